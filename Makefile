@@ -1,0 +1,42 @@
+# Quickstart: `make demo` and `make test` work on a fresh machine: each creates .venv if missing and
+# installs the package (editable, with the dev extra) before it runs.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.alignbench-installed
+
+.PHONY: install demo test bench example-db clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+
+# Reinstalled when pyproject.toml changes; pip takes torch/torchvision from this machine's disk.
+$(STAMP): pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[dev]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+# The main job on the embedded default (efficientnet_lite0, real ImageNet weights, on the embedded
+# `sample` dataset; offline), then the report of what is stored.
+demo: install
+	$(BIN)/alignbench models
+	$(BIN)/alignbench score
+	$(BIN)/alignbench score
+	$(BIN)/alignbench report
+
+test: install
+	$(BIN)/python -m pytest -q
+
+bench: install
+	for script in benchmarks/*.py; do echo "== $$script"; $(BIN)/python $$script || exit 1; done
+
+# Rebuild alignbench.db.example with the project's own commands (run after a schema change).
+example-db: install
+	rm -f alignbench.db.example
+	ALIGNBENCH_DB=sqlite:///alignbench.db.example $(BIN)/alignbench score
+	ALIGNBENCH_DB=sqlite:///alignbench.db.example $(BIN)/alignbench score --explainer gradcam
+	$(BIN)/python -c "import sqlite3; c = sqlite3.connect('alignbench.db.example'); c.execute('PRAGMA wal_checkpoint(TRUNCATE)'); c.execute('PRAGMA journal_mode=DELETE'); c.close()"
+
+clean:
+	rm -rf $(VENV) build *.egg-info .pytest_cache

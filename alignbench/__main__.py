@@ -1,0 +1,3 @@
+from alignbench.cli.app import main
+
+main()

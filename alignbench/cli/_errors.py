@@ -1,0 +1,39 @@
+"""Turning library errors into one line on stderr and an exit code: the only place the CLI does so."""
+
+from __future__ import annotations
+
+import functools
+import sys
+from typing import Callable, TypeVar
+
+import typer
+from rich.console import Console
+
+from alignbench.errors import AlignbenchError
+
+F = TypeVar("F", bound=Callable[..., object])
+
+err_console = Console(stderr=True, highlight=False, soft_wrap=True)
+
+
+def fail(message: str, exit_code: int = 2) -> "typer.Exit":
+    """Print ``error: message`` on stderr and return the Exit to raise."""
+    err_console.print(f"[bold red]error:[/] {message}", markup=True) if sys.stderr.isatty() else print(
+        f"error: {message}", file=sys.stderr
+    )
+    return typer.Exit(exit_code)
+
+
+def guarded(func: F) -> F:
+    """Map AlignbenchError (and Ctrl-C) raised by the library to a clear line and exit code."""
+
+    @functools.wraps(func)
+    def wrapper(*args, **kwargs):
+        try:
+            return func(*args, **kwargs)
+        except AlignbenchError as exc:
+            raise fail(exc.message, exc.exit_code) from None
+        except KeyboardInterrupt:
+            raise fail("interrupted; everything scored so far is stored and the next run resumes from there", 130) from None
+
+    return wrapper  # type: ignore[return-value]

@@ -1,0 +1,38 @@
+"""Options shared by several commands, defined once as ``Annotated`` aliases (typer docs_src/one_file_per_command)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+ModelName = Annotated[str, typer.Argument(help="Registry name (see `alignbench models`) or any timm model name.", show_default=False)]
+OptionalModelName = Annotated[
+    Optional[str],
+    typer.Argument(help="Registry name or timm model name; omitted: the embedded default (efficientnet_lite0).", show_default=False),
+]
+Dcls = Annotated[bool, typer.Option("--dcls", help="Use the model with its convolutions replaced by DCLS (per the registry recipe).")]
+Checkpoint = Annotated[
+    Optional[Path],
+    typer.Option(
+        "--checkpoint",
+        help="A state_dict for the timm model (after conversion when --dcls); original-repository checkpoints are remapped.",
+        exists=False,
+        dir_okay=False,
+        show_default=False,
+    ),
+]
+Device = Annotated[str, typer.Option("--device", help="cpu, cuda or auto (cuda when available).")]
+Db = Annotated[
+    Optional[str],
+    typer.Option(
+        "--db",
+        help="Results store URL (any SQLAlchemy URL). Default: $ALIGNBENCH_DB, else sqlite:///alignbench.db.",
+        show_default=False,
+    ),
+]
+Json = Annotated[bool, typer.Option("--json", help="Print one JSON document on stdout and nothing else.")]
+Explainer = Annotated[str, typer.Option("--explainer", help="Explanation method (see the SPEC list; e.g. gradcam, threshold-gradcam).")]
+Dataset = Annotated[str, typer.Option("--dataset", help="sample, clickme-val, folder or imagenet-val.")]
+Protocol = Annotated[str, typer.Option("--protocol", help="aligned (heatmap and input share one geometry) or paper (the published pipeline).")]

@@ -1,0 +1,5 @@
+"""The results store: tables (tables.py), engine from a URL (engine.py), named queries (queries.py)."""
+
+from alignbench.store.engine import DEFAULT_URL, Store, StoreMissing, open_store, resolve_url
+
+__all__ = ["DEFAULT_URL", "Store", "StoreMissing", "open_store", "resolve_url"]

@@ -1,0 +1,157 @@
+"""Opening a results store from a URL: engine, SQLite pragmas, migrations, clear errors.
+
+SQLite (the default) is opened in WAL mode with a busy timeout and foreign keys on, so several
+processes can score into one file at once; transactions are begun explicitly so that DDL and writes
+are atomic (pysqlite's own implicit BEGIN would leave half a migration behind on failure).
+Any other SQLAlchemy URL (PostgreSQL for teams) works as it is.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from sqlalchemy import create_engine, event
+from sqlalchemy.engine import Engine, make_url
+from sqlalchemy.engine.url import URL
+from sqlalchemy.exc import ArgumentError, DatabaseError, NoSuchModuleError, OperationalError
+from sqlalchemy.pool import StaticPool
+from sqlmodel import Session
+
+from alignbench.errors import StoreError
+
+DEFAULT_URL = "sqlite:///alignbench.db"
+SQLITE_BUSY_TIMEOUT_S = 60.0  # a writer waits this long for another process's transaction
+
+def migrations_dir() -> Path:
+    """migrations/ of the source tree, installed as the package alignbench.migrations (pyproject)."""
+    import alignbench.migrations
+
+    return Path(alignbench.migrations.__file__).resolve().parent
+
+
+class StoreMissing(StoreError):
+    """A read-only command was pointed at a SQLite file that does not exist."""
+
+    exit_code = 0
+
+
+def resolve_url(url: str | None = None) -> str:
+    """``--db`` if given, else ``$ALIGNBENCH_DB``, else ``sqlite:///alignbench.db`` (working directory)."""
+    return url or os.environ.get("ALIGNBENCH_DB") or DEFAULT_URL
+
+
+@dataclass
+class Store:
+    url: str
+    engine: Engine
+
+    def session(self, *, write: bool = False) -> Session:
+        """A session; ``write=True`` takes SQLite's write lock at BEGIN (no read-then-upgrade deadlock)."""
+        bind = self.engine.execution_options(sqlite_begin="IMMEDIATE") if write else self.engine
+        return Session(bind, expire_on_commit=False)
+
+    @property
+    def is_sqlite(self) -> bool:
+        return self.engine.dialect.name == "sqlite"
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    def __enter__(self) -> "Store":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def _parse(url: str) -> URL:
+    try:
+        return make_url(url)
+    except ArgumentError:
+        raise StoreError(
+            f"--db {url!r} is not a database URL; use e.g. sqlite:///alignbench.db or postgresql://user@host/dbname"
+        ) from None
+
+
+def _check_sqlite_path(url: str, path: str | None, create: bool) -> None:
+    if not path or path == ":memory:":
+        return
+    file = Path(path)
+    if file.is_dir():
+        raise StoreError(f"store {url}: {file} is a directory; give a file path, e.g. sqlite:///{file / 'alignbench.db'}")
+    if file.exists():
+        if not os.access(file, os.R_OK | os.W_OK):
+            raise StoreError(f"store {url}: {file} is not readable and writable by you; fix its permissions or pass another --db")
+        return
+    if not create:
+        raise StoreMissing(f"no store at {file}; run `alignbench score` first (or pass --db)")
+    parent = file.parent if str(file.parent) else Path(".")
+    if not parent.is_dir():
+        raise StoreError(f"store {url}: directory {parent} does not exist; create it or pass another --db")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise StoreError(f"store {url}: directory {parent} is not writable; pass another --db")
+
+
+def _install_sqlite_pragmas(engine: Engine) -> None:
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_connection, _record) -> None:
+        dbapi_connection.isolation_level = None  # SQLAlchemy emits BEGIN itself (see module docstring)
+        cursor = dbapi_connection.cursor()
+        cursor.execute(f"PRAGMA busy_timeout = {int(SQLITE_BUSY_TIMEOUT_S * 1000)}")
+        cursor.execute("PRAGMA foreign_keys = ON")
+        mode = cursor.execute("PRAGMA journal_mode").fetchone()[0]
+        if mode not in ("wal", "memory"):
+            cursor.execute("PRAGMA journal_mode = WAL")
+        cursor.execute("PRAGMA synchronous = NORMAL")  # safe with WAL; a crash loses no committed row
+        cursor.close()
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(connection) -> None:
+        mode = connection.get_execution_options().get("sqlite_begin", "DEFERRED")
+        connection.exec_driver_sql(f"BEGIN {mode}")
+
+
+def create_store_engine(url: str, *, create: bool = True) -> Engine:
+    """An engine for ``url`` with the SQLite settings above; errors are StoreError with one clear line."""
+    sa_url = _parse(url)
+    kwargs: dict = {}
+    if sa_url.get_backend_name() == "sqlite":
+        _check_sqlite_path(url, sa_url.database, create)
+        kwargs["connect_args"] = {"timeout": SQLITE_BUSY_TIMEOUT_S, "check_same_thread": False}
+        if sa_url.database in (None, "", ":memory:"):
+            kwargs["poolclass"] = StaticPool  # one connection, so the in-memory database persists
+    try:
+        engine = create_engine(sa_url, **kwargs)
+    except NoSuchModuleError:
+        raise StoreError(
+            f"--db {url!r}: unknown database scheme {sa_url.drivername!r}; use sqlite:///PATH or postgresql://..."
+        ) from None
+    except ModuleNotFoundError as exc:
+        raise StoreError(f"--db {url!r} needs the Python driver {exc.name!r}; pip install it") from None
+    if engine.dialect.name == "sqlite":
+        _install_sqlite_pragmas(engine)
+    return engine
+
+
+def open_store(url: str | None = None, *, create: bool = True) -> Store:
+    """Open (and create, unless ``create=False``) the store at ``url``, migrated to the head revision.
+
+    Raises StoreError for a bad URL, an unwritable or corrupt file, or a store written by a newer
+    alignbench; nothing stored is changed in any of those cases.
+    """
+    from alignbench.store.migrate import upgrade_to_head
+
+    url = resolve_url(url)
+    engine = create_store_engine(url, create=create)
+    try:
+        upgrade_to_head(engine, url)
+    except StoreError:
+        engine.dispose()
+        raise
+    except (OperationalError, DatabaseError) as exc:
+        engine.dispose()
+        reason = str(getattr(exc, "orig", exc)).strip() or type(exc).__name__
+        raise StoreError(f"cannot open store {url}: {reason}; check the path/URL or pass another --db") from None
+    return Store(url=url, engine=engine)

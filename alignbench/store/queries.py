@@ -1,0 +1,293 @@
+"""Named queries on the store. Everything that reads or writes rows goes through these functions."""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from sqlalchemy import func
+from sqlalchemy.exc import IntegrityError
+from sqlmodel import Session, SQLModel, select
+
+from alignbench._cache import sha256_text
+from alignbench.store.tables import (
+    METRIC_COLUMNS,
+    Dataset,
+    ExplainerSetting,
+    ImageScore,
+    Model,
+    Run,
+    utcnow,
+)
+
+T = TypeVar("T", bound=SQLModel)
+
+
+def canonical_json(value: Any) -> str:
+    """One spelling per value: sorted keys, no spaces (settings and recipes are compared as text)."""
+    return json.dumps(value, sort_keys=True, separators=(",", ":"))
+
+
+def metric_column(metric: str) -> str:
+    """The image_score column of a metric: ``pointing-game`` → ``pointing_game``."""
+    column = metric.replace("-", "_")
+    if column not in METRIC_COLUMNS:
+        raise KeyError(f"metric {metric!r} has no column in image_score")
+    return column
+
+
+def _get_or_create(session: Session, table: type[T], lookup: Mapping[str, Any], defaults: Mapping[str, Any]) -> T:
+    """The row matching ``lookup``, inserted with ``defaults`` if missing; safe against a concurrent insert."""
+    statement = select(table).filter_by(**lookup)
+    row = session.exec(statement).first()
+    if row is not None:
+        return row
+    row = table(**lookup, **defaults)
+    try:
+        with session.begin_nested():
+            session.add(row)
+    except IntegrityError:  # another process inserted the same row between our select and insert
+        row = session.exec(statement).one()
+    return row
+
+
+def upsert_model(session: Session, identity: Any, *, param_count: int | None = None, family: str | None = None) -> Model:
+    """Record a model by its weights fingerprint (``identity`` is an alignbench.models.ModelIdentity)."""
+    recipe = getattr(identity, "recipe", None)
+    row = _get_or_create(
+        session,
+        Model,
+        {"weights_fingerprint": identity.fingerprint},
+        {
+            "name": identity.name,
+            "family": family,
+            "dcls": bool(identity.dcls),
+            "recipe": canonical_json(recipe) if recipe else None,
+            "init": getattr(identity, "init", None),
+            "weights_source": getattr(identity, "weights_source", "") or "",
+            "checkpoint_sha256": getattr(identity, "checkpoint_sha256", None),
+            "param_count": param_count,
+        },
+    )
+    if param_count is not None and row.param_count is None:
+        row.param_count = param_count
+        session.add(row)
+    if family is not None and row.family is None:
+        row.family = family
+        session.add(row)
+    return row
+
+
+def find_model(session: Session, fingerprint: str) -> Model | None:
+    return session.exec(select(Model).where(Model.weights_fingerprint == fingerprint)).first()
+
+
+def upsert_explainer(session: Session, method: str, params: Mapping[str, Any]) -> ExplainerSetting:
+    return _get_or_create(session, ExplainerSetting, {"method": method, "params": canonical_json(dict(params))}, {})
+
+
+def upsert_dataset(
+    session: Session, name: str, fingerprint: str, size: int, *, ceiling: float | None = None, location: str | None = None
+) -> Dataset:
+    return _get_or_create(
+        session, Dataset, {"name": name, "fingerprint": fingerprint}, {"size": size, "ceiling": ceiling, "location": location}
+    )
+
+
+def run_key(
+    model_fingerprint: str,
+    method: str,
+    params: Mapping[str, Any],
+    dataset_fingerprint: str,
+    protocol: str,
+    metrics: Sequence[str],
+) -> str:
+    """The identity of a run: the same inputs always give the same key, so they are computed once."""
+    return sha256_text(
+        "run-v1", model_fingerprint, method, canonical_json(dict(params)), dataset_fingerprint, protocol, ",".join(sorted(metrics))
+    )
+
+
+def find_run(session: Session, key: str) -> Run | None:
+    return session.exec(select(Run).where(Run.key == key)).first()
+
+
+def get_or_create_run(
+    session: Session,
+    *,
+    key: str,
+    model: Model,
+    explainer: ExplainerSetting,
+    dataset: Dataset,
+    protocol: str,
+    metrics: Sequence[str],
+    n_images: int,
+) -> Run:
+    return _get_or_create(
+        session,
+        Run,
+        {"key": key},
+        {
+            "model_id": model.id,
+            "explainer_id": explainer.id,
+            "dataset_id": dataset.id,
+            "protocol": protocol,
+            "metrics": ",".join(sorted(metrics)),
+            "n_images": n_images,
+        },
+    )
+
+
+def scored_image_ids(session: Session, run_id: int) -> set[str]:
+    return set(session.exec(select(ImageScore.image_id).where(ImageScore.run_id == run_id)).all())
+
+
+def insert_scores(session: Session, run_id: int, rows: Iterable[Mapping[str, Any]]) -> int:
+    """Insert image rows, ignoring images the run already has (a concurrent or resumed writer)."""
+    values = []
+    now = utcnow()
+    for row in rows:
+        value = {"run_id": run_id, "created_at": now, **row}
+        for column in METRIC_COLUMNS:  # NaN is stored as NULL: SQL has no NaN, NULL means skipped
+            number = value.get(column)
+            if number is not None and not math.isfinite(number):
+                value[column] = None
+        values.append(value)
+    if not values:
+        return 0
+    table = ImageScore.__table__
+    dialect = session.get_bind().dialect.name
+    if dialect == "sqlite":
+        from sqlalchemy.dialects.sqlite import insert
+    elif dialect == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert
+    else:  # portable fallback: filter out what is there, then insert
+        present = scored_image_ids(session, run_id)
+        values = [v for v in values if v["image_id"] not in present]
+        session.execute(table.insert(), values)
+        return len(values)
+    statement = insert(table).on_conflict_do_nothing(index_elements=["run_id", "image_id"])
+    result = session.execute(statement, values)
+    return result.rowcount if result.rowcount is not None and result.rowcount >= 0 else len(values)
+
+
+def update_run(
+    session: Session,
+    run: Run,
+    *,
+    status: str | None = None,
+    add_seconds: float = 0.0,
+    device: str | None = None,
+    versions: Mapping[str, str] | None = None,
+) -> Run:
+    if status is not None:
+        run.status = status
+    run.compute_seconds = (run.compute_seconds or 0.0) + add_seconds
+    if device is not None:
+        run.device = device
+    if versions is not None:
+        run.versions = canonical_json(dict(versions))
+    run.updated_at = utcnow()
+    session.add(run)
+    return run
+
+
+@dataclass(frozen=True)
+class MetricSummary:
+    metric: str
+    mean: float | None
+    n_scored: int
+    n_skipped: int
+
+
+def summarise(session: Session, run_id: int, metrics: Sequence[str], image_ids: Iterable[str] | None = None) -> tuple[int, dict[str, MetricSummary]]:
+    """(rows present, per-metric mean over non-NULL values) for a run, optionally over some images."""
+    condition = [ImageScore.run_id == run_id]
+    if image_ids is not None:
+        ids = list(image_ids)
+        condition.append(ImageScore.image_id.in_(ids))  # type: ignore[attr-defined]
+    n_rows = session.exec(select(func.count()).select_from(ImageScore).where(*condition)).one()
+    summaries = {}
+    for metric in metrics:
+        column = getattr(ImageScore, metric_column(metric))
+        mean, n_scored = session.exec(select(func.avg(column), func.count(column)).where(*condition)).one()
+        summaries[metric] = MetricSummary(metric, None if mean is None else float(mean), int(n_scored), int(n_rows - n_scored))
+    return int(n_rows), summaries
+
+
+@dataclass(frozen=True)
+class RunView:
+    """A run with the names compare/report show, from one joined query."""
+
+    run_id: int
+    model: str
+    family: str | None
+    dcls: bool
+    recipe: str | None
+    param_count: int | None
+    weights_fingerprint: str
+    method: str
+    params: str
+    dataset: str
+    dataset_fingerprint: str
+    ceiling: float | None
+    protocol: str
+    metrics: str
+    status: str
+    n_images: int
+    updated_at: Any
+
+
+def list_runs(
+    session: Session, *, dataset: str | None = None, method: str | None = None, protocol: str | None = None
+) -> list[RunView]:
+    statement = (
+        select(Run, Model, ExplainerSetting, Dataset)
+        .join(Model, Model.id == Run.model_id)
+        .join(ExplainerSetting, ExplainerSetting.id == Run.explainer_id)
+        .join(Dataset, Dataset.id == Run.dataset_id)
+        .order_by(Run.id)
+    )
+    if dataset is not None:
+        statement = statement.where(Dataset.name == dataset)
+    if method is not None:
+        statement = statement.where(ExplainerSetting.method == method)
+    if protocol is not None:
+        statement = statement.where(Run.protocol == protocol)
+    return [
+        RunView(
+            run_id=run.id,
+            model=model.name,
+            family=model.family,
+            dcls=model.dcls,
+            recipe=model.recipe,
+            param_count=model.param_count,
+            weights_fingerprint=model.weights_fingerprint,
+            method=explainer.method,
+            params=explainer.params,
+            dataset=ds.name,
+            dataset_fingerprint=ds.fingerprint,
+            ceiling=ds.ceiling,
+            protocol=run.protocol,
+            metrics=run.metrics,
+            status=run.status,
+            n_images=run.n_images,
+            updated_at=run.updated_at,
+        )
+        for run, model, explainer, ds in session.exec(statement).all()
+    ]
+
+
+def per_image_scores(session: Session, run_ids: Sequence[int], metric: str = "spearman") -> dict[int, dict[str, float]]:
+    """run id → {image id: value} for the non-NULL values of one metric (one query for all runs)."""
+    column = getattr(ImageScore, metric_column(metric))
+    out: dict[int, dict[str, float]] = {run_id: {} for run_id in run_ids}
+    statement = select(ImageScore.run_id, ImageScore.image_id, column).where(
+        ImageScore.run_id.in_(list(run_ids)), column.is_not(None)  # type: ignore[attr-defined]
+    )
+    for run_id, image_id, value in session.exec(statement).all():
+        out[run_id][image_id] = float(value)
+    return out

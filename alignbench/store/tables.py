@@ -1,0 +1,110 @@
+"""The results store's tables (SQLModel). Migrations in migrations/ create exactly these.
+
+Data flows one way into the store: a model, an explainer setting and a dataset are recorded once
+each; a run joins them with a protocol and a metric set; image_score holds one row per (run, image).
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from typing import Optional
+
+from sqlalchemy import Column, ForeignKey, Index, Integer, UniqueConstraint
+from sqlmodel import Field, SQLModel
+
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+class Model(SQLModel, table=True):
+    """A model with exactly one set of weights; ``weights_fingerprint`` is its identity."""
+
+    __tablename__ = "model"
+    __table_args__ = (UniqueConstraint("weights_fingerprint", name="uq_model_fingerprint"),)
+
+    id: Optional[int] = Field(default=None, primary_key=True)
+    name: str = Field(index=True)
+    family: Optional[str] = None
+    dcls: bool = False
+    recipe: Optional[str] = None  # canonical JSON of the DCLS recipe; NULL for dense models
+    init: Optional[str] = None  # how DCLS weights were obtained: checkpoint, from-dense, random
+    weights_source: str = ""
+    weights_fingerprint: str
+    checkpoint_sha256: Optional[str] = None
+    param_count: Optional[int] = None
+    created_at: datetime = Field(default_factory=utcnow)
+
+
+class ExplainerSetting(SQLModel, table=True):
+    """An explanation method with all its parameters (defaults filled), as canonical JSON."""
+
+    __tablename__ = "explainer_setting"
+    __table_args__ = (UniqueConstraint("method", "params", name="uq_explainer_method_params"),)
+
+    id: Optional[int] = Field(default=None, primary_key=True)
+    method: str = Field(index=True)
+    params: str = "{}"
+
+
+class Dataset(SQLModel, table=True):
+    """A dataset's content, identified by its fingerprint (a hash of its files)."""
+
+    __tablename__ = "dataset"
+    __table_args__ = (UniqueConstraint("name", "fingerprint", name="uq_dataset_name_fingerprint"),)
+
+    id: Optional[int] = Field(default=None, primary_key=True)
+    name: str = Field(index=True)
+    fingerprint: str
+    size: int
+    ceiling: Optional[float] = None  # human inter-rater ceiling of the reference maps, if known
+    location: Optional[str] = None
+    created_at: datetime = Field(default_factory=utcnow)
+
+
+class Run(SQLModel, table=True):
+    """model × explainer setting × dataset × protocol × metric set; ``key`` hashes exactly these."""
+
+    __tablename__ = "run"
+    __table_args__ = (
+        UniqueConstraint("key", name="uq_run_key"),
+        # compare/report group runs of one dataset, explainer and protocol
+        Index("ix_run_dataset_explainer_protocol", "dataset_id", "explainer_id", "protocol"),
+    )
+
+    id: Optional[int] = Field(default=None, primary_key=True)
+    key: str
+    model_id: int = Field(sa_column=Column(Integer, ForeignKey("model.id"), nullable=False, index=True))
+    explainer_id: int = Field(sa_column=Column(Integer, ForeignKey("explainer_setting.id"), nullable=False))
+    dataset_id: int = Field(sa_column=Column(Integer, ForeignKey("dataset.id"), nullable=False))
+    protocol: str
+    metrics: str  # comma-separated metric names, sorted
+    status: str = "running"  # running | partial | complete | failed
+    n_images: int = 0  # images in the dataset (a complete run has one row for each)
+    compute_seconds: float = 0.0
+    device: Optional[str] = None
+    versions: str = "{}"  # JSON: alignbench, torch, timm, ... of the last process that wrote rows
+    created_at: datetime = Field(default_factory=utcnow)
+    updated_at: datetime = Field(default_factory=utcnow)
+
+
+class ImageScore(SQLModel, table=True):
+    """One image of one run: target, prediction and one column per metric (NULL = skipped)."""
+
+    __tablename__ = "image_score"
+    __table_args__ = (UniqueConstraint("run_id", "image_id", name="uq_image_score_run_image"),)
+
+    id: Optional[int] = Field(default=None, primary_key=True)
+    run_id: int = Field(sa_column=Column(Integer, ForeignKey("run.id", ondelete="CASCADE"), nullable=False))
+    image_index: int  # position in the dataset's image order
+    image_id: str
+    target: Optional[int] = None
+    prediction: Optional[int] = None
+    confidence: Optional[float] = None  # softmax probability of the prediction
+    spearman: Optional[float] = None
+    skip_reason: Optional[str] = None  # why a metric is NULL (constant map, non-finite map, ...)
+    created_at: datetime = Field(default_factory=utcnow)
+
+
+METRIC_COLUMNS: tuple[str, ...] = ("spearman",)
+"""Per-image metric columns of image_score; a metric named ``a-b`` is stored in column ``a_b``."""
