@@ -145,8 +145,9 @@ def scored_image_ids(session: Session, run_id: int) -> set[str]:
     return set(session.exec(select(ImageScore.image_id).where(ImageScore.run_id == run_id)).all())
 
 
-def insert_scores(session: Session, run_id: int, rows: Iterable[Mapping[str, Any]]) -> int:
-    """Insert image rows, ignoring images the run already has (a concurrent or resumed writer)."""
+def insert_scores(session: Session, run_id: int, rows: Iterable[Mapping[str, Any]], *, replace: bool = False) -> int:
+    """Insert image rows; images the run already has are kept (a concurrent or resumed writer), or
+    overwritten with ``replace=True`` (``score --force``: a row is replaced only once its new value exists)."""
     values = []
     now = utcnow()
     for row in rows:
@@ -164,12 +165,23 @@ def insert_scores(session: Session, run_id: int, rows: Iterable[Mapping[str, Any
         from sqlalchemy.dialects.sqlite import insert
     elif dialect == "postgresql":
         from sqlalchemy.dialects.postgresql import insert
-    else:  # portable fallback: filter out what is there, then insert
-        present = scored_image_ids(session, run_id)
-        values = [v for v in values if v["image_id"] not in present]
-        session.execute(table.insert(), values)
+    else:  # portable fallback: filter out (or delete) what is there, then insert
+        present = scored_image_ids(session, run_id) & {v["image_id"] for v in values}
+        if replace and present:
+            session.execute(table.delete().where(table.c.run_id == run_id, table.c.image_id.in_(present)))
+        elif present:
+            values = [v for v in values if v["image_id"] not in present]
+        if values:
+            session.execute(table.insert(), values)
         return len(values)
-    statement = insert(table).on_conflict_do_nothing(index_elements=["run_id", "image_id"])
+    statement = insert(table)
+    if replace:
+        columns = [c for c in values[0] if c not in ("run_id", "image_id")]
+        statement = statement.on_conflict_do_update(
+            index_elements=["run_id", "image_id"], set_={c: statement.excluded[c] for c in columns}
+        )
+    else:
+        statement = statement.on_conflict_do_nothing(index_elements=["run_id", "image_id"])
     result = session.execute(statement, values)
     return result.rowcount if result.rowcount is not None and result.rowcount >= 0 else len(values)
 
@@ -203,12 +215,21 @@ class MetricSummary:
     n_skipped: int
 
 
-def summarise(session: Session, run_id: int, metrics: Sequence[str], image_ids: Iterable[str] | None = None) -> tuple[int, dict[str, MetricSummary]]:
-    """(rows present, per-metric mean over non-NULL values) for a run, optionally over some images."""
+def count_rows(session: Session, run_id: int, *, max_index: int | None = None) -> int:
+    """Rows a run has, among the first ``max_index`` images of its dataset when given."""
     condition = [ImageScore.run_id == run_id]
-    if image_ids is not None:
-        ids = list(image_ids)
-        condition.append(ImageScore.image_id.in_(ids))  # type: ignore[attr-defined]
+    if max_index is not None:
+        condition.append(ImageScore.image_index < max_index)
+    return int(session.exec(select(func.count()).select_from(ImageScore).where(*condition)).one())
+
+
+def summarise(
+    session: Session, run_id: int, metrics: Sequence[str], *, max_index: int | None = None
+) -> tuple[int, dict[str, MetricSummary]]:
+    """(rows present, per-metric mean over non-NULL values) for a run, over its first ``max_index`` images."""
+    condition = [ImageScore.run_id == run_id]
+    if max_index is not None:
+        condition.append(ImageScore.image_index < max_index)
     n_rows = session.exec(select(func.count()).select_from(ImageScore).where(*condition)).one()
     summaries = {}
     for metric in metrics:

@@ -1,0 +1,172 @@
+"""The main job: explain every image of a dataset, score it against the human maps, store every row.
+
+A run is identified by its inputs (model weights fingerprint, explainer setting, dataset fingerprint,
+protocol, metric set), so the same request twice computes once: the second time the answer comes from
+the store and nothing here imports torch. Rows are committed batch by batch; an interrupted run
+(Ctrl-C, kill -9) resumes with the images it has not stored, and ends with exactly one row per image.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from alignbench.errors import AlignbenchError, MetricError
+from alignbench.store import open_store
+from alignbench.store import queries as q
+
+DEFAULT_MODEL = "efficientnet_lite0"
+DEFAULT_EXPLAINER = "threshold-gradcam"
+DEFAULT_DATASET = "sample"
+PROTOCOLS = ("aligned", "paper")
+
+
+@dataclass(frozen=True)
+class ScoreRequest:
+    model: str = DEFAULT_MODEL
+    dcls: bool = False
+    checkpoint: Path | None = None
+    explainer: str = DEFAULT_EXPLAINER
+    explainer_params: dict[str, Any] = field(default_factory=dict)
+    dataset: str = DEFAULT_DATASET
+    data_dir: Path | None = None
+    protocol: str = "aligned"
+    metrics: tuple[str, ...] = ("spearman",)
+    limit: int | None = None
+    batch_size: int = 16
+    force: bool = False
+    device: str = "auto"
+    workers: int | None = None  # DataLoader workers; None: min(2, cores)
+
+
+@dataclass
+class ScoreResult:
+    run_id: int
+    model: str
+    dcls: bool
+    explainer: str
+    explainer_params: dict[str, Any]
+    dataset: str
+    protocol: str
+    n_images: int
+    n_scored: int
+    n_skipped: int
+    mean_spearman: float | None
+    alignment_score: float | None
+    cached: bool
+    metrics: dict[str, float | None]
+    status: str
+    computed_images: int = 0
+    seconds: float = 0.0
+    weights_source: str = ""
+    device: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+ProgressCallback = Callable[[int, int], None]  # (images done in this process, images to do)
+
+
+def _validate(request: ScoreRequest) -> None:
+    from alignbench.metrics import METRICS
+
+    if request.protocol not in PROTOCOLS:
+        raise AlignbenchError(f"unknown protocol {request.protocol!r}; use one of: {', '.join(PROTOCOLS)}")
+    unknown = [m for m in request.metrics if m not in METRICS]
+    if unknown:
+        raise MetricError(f"unknown metric {unknown[0]!r}; available: {', '.join(METRICS)}")
+    if not request.metrics:
+        raise MetricError("no metric given; pass --metric spearman (or a comma-separated list)")
+    if request.limit is not None and request.limit < 1:
+        raise AlignbenchError(f"--limit must be at least 1, got {request.limit}")
+    if request.batch_size < 1:
+        raise AlignbenchError(f"--batch-size must be at least 1, got {request.batch_size}")
+
+
+def _result(session, run, request, *, method, params, n_images, cached, computed=0, seconds=0.0, weights_source="", device=None) -> ScoreResult:
+    from alignbench.store.tables import Dataset
+
+    dataset = session.get(Dataset, run.dataset_id)
+    n_rows, summaries = q.summarise(session, run.id, request.metrics, max_index=n_images)
+    spearman = summaries.get("spearman")
+    mean_spearman = spearman.mean if spearman else None
+    alignment = mean_spearman / dataset.ceiling if (mean_spearman is not None and dataset.ceiling) else None
+    # images with a NULL spearman, or missing altogether, are skipped; never silently lost
+    n_scored = spearman.n_scored if spearman else min(s.n_scored for s in summaries.values())
+    return ScoreResult(
+        run_id=run.id,
+        model=request.model,
+        dcls=request.dcls,
+        explainer=method,
+        explainer_params=params,
+        dataset=request.dataset,
+        protocol=request.protocol,
+        n_images=n_images,
+        n_scored=n_scored,
+        n_skipped=n_images - n_scored,
+        mean_spearman=mean_spearman,
+        alignment_score=alignment,
+        cached=cached,
+        metrics={name: s.mean for name, s in summaries.items()},
+        status=run.status,
+        computed_images=computed,
+        seconds=seconds,
+        weights_source=weights_source,
+        device=device,
+    )
+
+
+def score(request: ScoreRequest, *, db: str | None = None, progress: ProgressCallback | None = None) -> ScoreResult:
+    """Score ``request`` into the store at ``db`` and return the summary over the requested images."""
+    from alignbench.datasets import open_dataset
+    from alignbench.explainers import explainer_setting
+    from alignbench.models import model_identity
+
+    _validate(request)
+    identity = model_identity(request.model, dcls=request.dcls, checkpoint=request.checkpoint)
+    method, params = explainer_setting(request.explainer, **request.explainer_params)
+    dataset = open_dataset(request.dataset, request.data_dir)
+    n_total = len(dataset)
+    n_images = min(n_total, request.limit) if request.limit else n_total
+    metrics = tuple(sorted(set(request.metrics)))
+    request = ScoreRequest(**{**asdict(request), "metrics": metrics})
+    key = q.run_key(identity.fingerprint, method, params, dataset.fingerprint, request.protocol, metrics)
+
+    store = open_store(db)
+    try:
+        with store.session() as session:
+            run = q.find_run(session, key)
+            if run is not None and not request.force and q.count_rows(session, run.id, max_index=n_images) >= n_images:
+                return _result(session, run, request, method=method, params=params, n_images=n_images, cached=True,
+                               weights_source=identity.weights_source, device=run.device)
+        from alignbench._compute import compute_run  # imports torch: only when something is computed
+
+        start = time.perf_counter()
+        run_id, computed, device = compute_run(
+            store, request, identity=identity, method=method, params=params, dataset=dataset, key=key,
+            n_images=n_images, progress=progress,
+        )
+        with store.session() as session:
+            from alignbench.store.tables import Run
+
+            run = session.get(Run, run_id)
+            return _result(session, run, request, method=method, params=params, n_images=n_images, cached=False,
+                           computed=computed, seconds=time.perf_counter() - start,
+                           weights_source=identity.weights_source, device=device)
+    finally:
+        store.close()
+
+
+def parse_metrics(text: str | Sequence[str]) -> tuple[str, ...]:
+    """``spearman,pointing-game`` → ('spearman', 'pointing-game'); order kept, duplicates dropped."""
+    parts = text.split(",") if isinstance(text, str) else list(text)
+    seen: dict[str, None] = {}
+    for part in parts:
+        name = part.strip().lower()
+        if name:
+            seen.setdefault(name, None)
+    return tuple(seen)
