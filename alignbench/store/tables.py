@@ -102,9 +102,28 @@ class ImageScore(SQLModel, table=True):
     prediction: Optional[int] = None
     confidence: Optional[float] = None  # softmax probability of the prediction
     spearman: Optional[float] = None
+    # localisation and faithfulness metrics of the related studies (migration 0002)
+    pointing_game: Optional[float] = None
+    stochastic_pointing_game: Optional[float] = None
+    energy_in_box: Optional[float] = None
+    deletion: Optional[float] = None
+    insertion: Optional[float] = None
+    average_drop: Optional[float] = None
+    average_increase: Optional[float] = None
+    average_gain: Optional[float] = None
     skip_reason: Optional[str] = None  # why a metric is NULL (constant map, non-finite map, ...)
     created_at: datetime = Field(default_factory=utcnow)
 
 
-METRIC_COLUMNS: tuple[str, ...] = ("spearman",)
+METRIC_COLUMNS: tuple[str, ...] = (
+    "spearman",
+    "pointing_game",
+    "stochastic_pointing_game",
+    "energy_in_box",
+    "deletion",
+    "insertion",
+    "average_drop",
+    "average_increase",
+    "average_gain",
+)
 """Per-image metric columns of image_score; a metric named ``a-b`` is stored in column ``a_b``."""
