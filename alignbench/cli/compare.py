@@ -1,15 +1,170 @@
-"""`alignbench compare`."""
+"""`alignbench compare`: parse options, call alignbench.analysis.compare.compare, print tables or JSON."""
 
 from __future__ import annotations
 
-from alignbench.cli._errors import guarded
-from alignbench.errors import NotImplementedYet
+import json
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from alignbench.analysis.compare import ALPHA, CONFIDENCE, CompareResult, GroupComparison
+from alignbench.analysis.compare import compare as run_compare
+from alignbench.cli import _options as o
+from alignbench.cli._errors import err_console, guarded
+
+# Filters shared with `report` (which imports them from here).
+ExplainerFilter = Annotated[
+    Optional[str], typer.Option("--explainer", help="Only this explainer (name or alias, e.g. threshold).", show_default=False)
+]
+DatasetFilter = Annotated[Optional[str], typer.Option("--dataset", help="Only this dataset (e.g. clickme-val).", show_default=False)]
+ProtocolFilter = Annotated[Optional[str], typer.Option("--protocol", help="Only this protocol: aligned or paper.", show_default=False)]
+Metric = Annotated[str, typer.Option("--metric", help="The per-image metric (spearman, or another stored metric).")]
+
+_VERDICT_STYLE = {"better": "bold green", "worse": "bold red", "no significant difference": "", "too few pairs": "yellow"}
+
+
+def _number(value: float | None, signed: bool = False) -> str:
+    if value is None:
+        return "—"
+    return f"{value:+.4f}" if signed else f"{value:.4f}"
+
+
+def _p_value(p: float | None) -> str:
+    if p is None:
+        return "—"
+    if p == 0.0:
+        return "< 1e-300"
+    return f"{p:.1e}" if p < 1e-3 else f"{p:.3f}"
+
+
+def _comparison_table(group: GroupComparison, n_resamples: int) -> Table:
+    table = Table(
+        title=f"DCLS vs baseline ({group.scale_name}) · {group.group.label}",
+        caption=(
+            f"scores: {group.scale}, on the images both runs scored · Δ = DCLS − baseline · "
+            f"{CONFIDENCE:.0%} CI: paired bootstrap, {n_resamples} resamples · p: Wilcoxon signed-rank · "
+            f"verdict: CI excludes 0 and p < {ALPHA} · centre bias: the reference on the same images"
+        ),
+        caption_justify="left",
+    )
+    for name in ("model", "baseline", "DCLS", "Δ", f"{CONFIDENCE:.0%} CI", "p", "pairs", "centre bias", "verdict"):
+        table.add_column(name, justify="left" if name in ("model", "verdict") else "right")
+    for row in group.rows:
+        ci = "—" if row.ci_low is None else f"[{row.ci_low:+.4f}, {row.ci_high:+.4f}]"
+        style = _VERDICT_STYLE.get(row.verdict, "yellow")
+        table.add_row(
+            row.model,
+            _number(row.baseline),
+            _number(row.dcls),
+            _number(row.delta, signed=True),
+            ci,
+            _p_value(row.p_value),
+            f"{row.n_pairs:,}" if row.baseline is not None and row.dcls is not None else "—",
+            _number(row.centre_bias),
+            f"[{style}]{row.verdict}[/]" if style else row.verdict,
+        )
+    if group.reference is not None:
+        table.add_section()
+        table.add_row(
+            "[italic]centre bias (model-free reference)[/]", "", "", "", "", "", f"{group.reference.n_scored:,}",
+            _number(group.reference.score), "",
+        )
+    return table
+
+
+def _ranking_table(group: GroupComparison) -> Table:
+    metric = group.ranking[0].metric
+    table = Table(title=f"Ranking ({group.scale_name}) · {group.group.label}", caption=f"score: {group.scale}", caption_justify="left")
+    for name in ("#", "run", "model", "DCLS", "score", f"mean {metric}", "scored / images", "status"):
+        table.add_column(name, justify="left" if name in ("model", "status") else "right")
+    rank = 0
+    for run in group.ranking:
+        if not run.is_reference:
+            rank += 1
+        table.add_row(
+            "" if run.is_reference else str(rank),
+            str(run.run_id),
+            "[italic]centre bias (reference)[/]" if run.is_reference else run.view.model,
+            "" if run.is_reference else ("yes" if run.view.dcls else "no"),
+            _number(run.score),
+            _number(run.mean),
+            f"{run.n_scored:,} / {run.view.n_images:,}",
+            run.view.status,
+        )
+    return table
+
+
+def _summary(group: GroupComparison) -> str | None:
+    complete = [r for r in group.rows if r.baseline is not None and r.dcls is not None]
+    if not complete:
+        return None
+    count = {v: sum(r.verdict == v for r in complete) for v in ("better", "worse", "no significant difference", "too few pairs")}
+    return (
+        f"DCLS better on {count['better']} of {len(complete)} architectures, worse on {count['worse']}, "
+        f"no significant difference on {count['no significant difference']}"
+        + (f", too few pairs on {count['too few pairs']}" if count["too few pairs"] else "")
+    )
+
+
+def _notes(group: GroupComparison) -> list[str]:
+    """What to know about a group's comparisons, and what to run for a missing side or reference."""
+    notes = []
+    for row in group.rows:
+        notes.extend(row.notes)
+        if row.verdict in ("missing DCLS run", "missing baseline run"):
+            flag = " --dcls" if row.dcls is None else ""
+            options = f"--explainer {row.explainer} --dataset {row.dataset} --protocol {row.protocol}"
+            notes.append(f"{row.model}: {row.verdict}; run `alignbench score {row.model}{flag} {options}` to compare")
+    if group.reference is None:
+        notes.append(
+            f"no centre-bias reference stored for {group.group.dataset} / {group.group.protocol}; "
+            "`alignbench score` records it with its next run on that dataset"
+        )
+    return notes
+
+
+def stdout_console() -> Console:
+    """The terminal's width on a TTY; piped or captured, wide enough that the tables do not wrap."""
+    console = Console()
+    return console if console.is_terminal else Console(width=160)
+
+
+def print_result(result: CompareResult, console: Console) -> None:
+    for group in result.groups:
+        console.print(_comparison_table(group, result.n_resamples))
+        summary = _summary(group)
+        if summary:
+            console.print(summary)
+        for note in _notes(group):
+            console.print(f"• {note}", style="dim", markup=False, highlight=False)
+        console.print()
+    for group in result.groups:
+        console.print(_ranking_table(group))
+        console.print()
 
 
 @guarded
-def compare() -> None:
+def compare(
+    explainer: ExplainerFilter = None,
+    dataset: DatasetFilter = None,
+    protocol: ProtocolFilter = None,
+    metric: Metric = "spearman",
+    db: o.Db = None,
+    as_json: o.Json = False,
+) -> None:
     """DCLS vs baseline per architecture, with confidence intervals and rankings, from the store.
+
+    For each architecture with a baseline and a DCLS run on the same dataset, explainer and protocol: both scores on the images both runs scored, Δ, a paired bootstrap 95% CI of Δ, the Wilcoxon signed-rank p-value and a verdict, with the centre-bias reference on the same images; then a ranking of all runs. Reads the store only; exits 1 when nothing can be compared.
 
     Example: [bold]alignbench compare --explainer threshold-gradcam --dataset clickme-val[/]
     """
-    raise NotImplementedYet("`alignbench compare` is not implemented yet")
+    result = run_compare(db, explainer=explainer, dataset=dataset, protocol=protocol, metric=metric)
+    if as_json:
+        typer.echo(json.dumps(result.to_json(), allow_nan=False))
+        for group in result.groups:
+            for note in _notes(group):
+                err_console.print(note, markup=False, highlight=False)
+    else:
+        print_result(result, stdout_console())

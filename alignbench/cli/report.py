@@ -1,15 +1,174 @@
-"""`alignbench report`."""
+"""`alignbench report`: parse options, call alignbench.analysis.report.report, print or export."""
 
 from __future__ import annotations
 
-from alignbench.cli._errors import guarded
-from alignbench.errors import NotImplementedYet
+import json
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+from rich.text import Text
+
+from alignbench.analysis import exports
+from alignbench.analysis.report import DEFAULT_BINS, Report
+from alignbench.analysis.report import report as build
+from alignbench.cli import _options as o
+from alignbench.cli._errors import err_console, guarded
+from alignbench.cli.compare import DatasetFilter, ExplainerFilter, Metric, ProtocolFilter, stdout_console
+from alignbench.errors import AlignbenchError
+
+
+def _number(value: float | None, signed: bool = False) -> str:
+    if value is None:
+        return "—"
+    return f"{value:+.4f}" if signed else f"{value:.4f}"
+
+
+def _runs_table(report: Report) -> Table:
+    metric = report.metric
+    table = Table(title="Stored runs", caption="score: mean / human ceiling where the dataset has one (the alignment score), else the mean", caption_justify="left")
+    for name in ("run", "model", "DCLS", "params", "explainer", "dataset", "protocol", "status", "scored / images", "skipped", f"mean {metric}", "score"):
+        table.add_column(name, justify="right" if name in ("run", "params", "scored / images", "skipped", f"mean {metric}", "score") else "left")
+    for run in report.runs:
+        v = run.view
+        params = "" if not v.param_count else f"{v.param_count / 1e6:.1f} M"
+        table.add_row(
+            str(run.run_id),
+            "[italic]centre bias (reference)[/]" if run.is_reference else v.model,
+            "" if run.is_reference else ("yes" if v.dcls else "no"),
+            params,
+            v.method,
+            v.dataset,
+            v.protocol,
+            v.status,
+            f"{run.n_scored:,} / {v.n_images:,}",
+            f"{run.n_rows - run.n_scored:,}",
+            _number(run.mean),
+            _number(run.score),
+        )
+    return table
+
+
+def _pairs_table(report: Report) -> Table | None:
+    if not report.pairings:
+        return None
+    table = Table(
+        title="DCLS vs baseline (the paper's table)",
+        caption="on the images both runs scored; centre bias on the same images · confidence intervals and tests: `alignbench compare`",
+        caption_justify="left",
+    )
+    for name in ("model", "explainer", "dataset", "protocol", "baseline", "DCLS", "Δ", "pairs", "centre bias"):
+        table.add_column(name, justify="left" if name in ("model", "explainer", "dataset", "protocol") else "right")
+    for p in sorted(report.pairings, key=lambda p: (p.group.dataset, p.group.protocol, p.model, p.group.method)):
+        delta = p.dcls_score - p.baseline_score if p.complete and p.n_pairs else None
+        table.add_row(
+            p.model, p.group.explainer_label, p.group.dataset, p.group.protocol, _number(p.baseline_score), _number(p.dcls_score),
+            _number(delta, signed=True), f"{p.n_pairs:,}" if p.complete else "—", _number(p.reference_score),
+        )
+    return table
+
+
+def _fits_table(report: Report) -> Table | None:
+    if not report.parameter_fits:
+        return None
+    table = Table(title="Parameter count vs score (baselines)")
+    for name in ("explainer", "dataset", "protocol", "models", "Pearson r", "Spearman ρ"):
+        table.add_column(name, justify="right" if name in ("models", "Pearson r", "Spearman ρ") else "left")
+    for fit in report.parameter_fits:
+        table.add_row(
+            fit.group.explainer_label, fit.group.dataset, fit.group.protocol, str(len(fit.models)),
+            _number(fit.pearson_r, signed=True), _number(fit.spearman_rho, signed=True),
+        )
+    return table
+
+
+def _worst_table(report: Report) -> Table | None:
+    if report.worst_run is None:
+        return None
+    run = report.worst_run
+    table = Table(title=f"Images run {run.run_id} ({run.display_name}, {run.view.method}) agrees with humans least on")
+    for name in ("image index", "image id", "target", "prediction", "confidence", report.metric):
+        table.add_column(name, justify="left" if name == "image id" else "right")
+    for w in report.worst:
+        table.add_row(
+            str(w.image_index), w.image_id, "" if w.target is None else str(w.target),
+            "" if w.prediction is None else str(w.prediction), "" if w.confidence is None else f"{w.confidence:.3f}", f"{w.value:+.4f}",
+        )
+    return table
+
+
+def _print_report(report: Report, console: Console) -> None:
+    from alignbench.analysis.plots import terminal_figures  # imports plotext
+
+    for table in (_runs_table(report), _pairs_table(report), _fits_table(report)):
+        if table is not None:
+            console.print(table)
+            console.print()
+    colour = console.is_terminal and not console.no_color
+    for figure in terminal_figures(report, width=min(console.width, 140), colour=colour):
+        # plotext's own output, colour codes included: not rich markup, never wrapped
+        console.print(Text.from_ansi(figure), crop=False, soft_wrap=True)
+        console.print()
+    worst = _worst_table(report)
+    if worst is not None:
+        console.print(worst)
 
 
 @guarded
-def report() -> None:
+def report(
+    explainer: ExplainerFilter = None,
+    dataset: DatasetFilter = None,
+    protocol: ProtocolFilter = None,
+    metric: Metric = "spearman",
+    run: Annotated[Optional[int], typer.Option("--run", help="Report on this run only (ids: the `run` column).", show_default=False)] = None,
+    worst: Annotated[
+        Optional[int], typer.Option("--worst", help="With --run: list the N images the model agrees with humans least on (default 10).", show_default=False)
+    ] = None,
+    csv: Annotated[
+        Optional[Path],
+        typer.Option("--csv", help="Write the runs table (with --run: the worst images) to this CSV file.", dir_okay=False, show_default=False),
+    ] = None,
+    markdown: Annotated[bool, typer.Option("--markdown", help="Print the tables as Markdown instead of the terminal report.")] = False,
+    png: Annotated[
+        Optional[Path], typer.Option("--png", help="Write the figures as PNG files into this directory.", file_okay=False, show_default=False)
+    ] = None,
+    bins: Annotated[int, typer.Option("--bins", help="Histogram bins.")] = DEFAULT_BINS,
+    db: o.Db = None,
+    as_json: o.Json = False,
+) -> None:
     """Tables and terminal plots of everything stored; CSV/JSON/Markdown/PNG exports.
 
-    Example: [bold]alignbench report --csv results.csv[/]
+    The paper's table and figures for the stored runs: DCLS vs baseline scatter (Fig. 2), per-model bars per explainer with and without DCLS (Fig. 3), parameter count vs score with the correlation (Fig. 4), and a histogram of per-image scores per run. Reads the store only; an empty store says what to run and exits 0.
+
+    Example: [bold]alignbench report --csv results.csv[/]   [bold]alignbench report --run 3 --worst 20[/]
     """
-    raise NotImplementedYet("`alignbench report` is not implemented yet")
+    if as_json and markdown:
+        raise AlignbenchError("--json and --markdown both print the report; choose one")
+    result = build(db, explainer=explainer, dataset=dataset, protocol=protocol, metric=metric, run_id=run, worst=worst, bins=bins)
+    if result.empty:
+        # nothing stored yet is not an error: say what to run, exit 0
+        if as_json:
+            typer.echo(json.dumps(exports.json_document(result), allow_nan=False))
+            err_console.print(result.message, markup=False, highlight=False)
+        elif markdown:
+            typer.echo(f"_{result.message}_")
+        else:
+            typer.echo(result.message)
+        return
+    if csv is not None:
+        path = exports.write_csv(result, csv)
+        err_console.print(f"wrote {exports.main_table(result)} table to {path}", markup=False, highlight=False)
+    if png is not None:
+        from alignbench.analysis.plots import write_pngs
+
+        for path in write_pngs(result, png):
+            err_console.print(f"wrote {path}", markup=False, highlight=False)
+    if as_json:
+        typer.echo(json.dumps(exports.json_document(result), allow_nan=False))
+    elif markdown:
+        sys.stdout.write(exports.to_markdown(result))
+    else:
+        _print_report(result, stdout_console())

@@ -1,0 +1,151 @@
+"""A store of made-up runs, for the compare/report benchmark and tests. Never used on real results.
+
+Shaped like the paper's study: architectures with and without DCLS, one explainer, one dataset, and
+the centre-bias reference run; per-image Spearman values are drawn from normals (clipped to [-1, 1])
+with a few skipped (NULL) images, so every code path of compare and report is exercised.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from types import SimpleNamespace
+
+import numpy as np
+
+from alignbench._cache import sha256_text
+from alignbench.store import Store
+from alignbench.store import queries as q
+
+# the paper's eight architectures: name, family, parameter count (approximate), and a made-up
+# baseline mean Spearman (not the paper's results)
+PAPER_ARCHITECTURES: tuple[tuple[str, str, int, float], ...] = (
+    ("resnet50", "resnet", 25_557_032, 0.30),
+    ("convnext_tiny", "convnext", 28_589_128, 0.32),
+    ("convnext_small", "convnext", 50_223_688, 0.33),
+    ("convnext_base", "convnext", 88_591_464, 0.34),
+    ("caformer_s18", "metaformer", 26_340_000, 0.36),
+    ("convformer_s18", "metaformer", 26_770_000, 0.35),
+    ("fastvit_sa24", "fastvit", 21_550_000, 0.31),
+    ("fastvit_sa36", "fastvit", 31_530_000, 0.32),
+)
+
+
+@dataclass(frozen=True)
+class SyntheticRun:
+    run_id: int
+    model: str
+    dcls: bool
+    method: str
+
+
+def image_id(index: int) -> str:
+    return f"img-{index:06d}"
+
+
+def model_identity(name: str, *, dcls: bool, checkpoint: str = "") -> SimpleNamespace:
+    """What q.upsert_model reads from an alignbench.models.ModelIdentity."""
+    return SimpleNamespace(
+        name=name,
+        dcls=dcls,
+        recipe={"dilated_kernel_size": 17, "kernel_count": 34, "version": "v1"} if dcls else None,
+        init="checkpoint" if dcls else None,
+        weights_source="synthetic",
+        fingerprint=sha256_text("synthetic", name, str(dcls), checkpoint),
+        checkpoint_sha256=None,
+    )
+
+
+def add_run(
+    store: Store,
+    *,
+    model: str,
+    dcls: bool,
+    values: Sequence[float] | np.ndarray,
+    indices: Sequence[int] | None = None,
+    family: str | None = None,
+    param_count: int | None = None,
+    method: str = "threshold-gradcam",
+    params: dict | None = None,
+    dataset: str = "clickme-val",
+    dataset_fingerprint: str = "synthetic-clickme",
+    dataset_size: int | None = None,
+    ceiling: float | None = 0.65753,
+    protocol: str = "aligned",
+    metrics: Sequence[str] = ("spearman",),
+    checkpoint: str = "",
+    status: str = "complete",
+) -> int:
+    """Record one run with one row per value (NaN → a skipped image); returns the run id.
+
+    ``indices`` are the images' positions in the dataset (default 0, 1, ...); image ids are derived
+    from them, so runs given the same index hold the same image.
+    """
+    values = np.asarray(values, dtype=np.float64)
+    indices = list(range(len(values))) if indices is None else [int(i) for i in indices]
+    params = {"threshold": 0.3} if params is None and method == "threshold-gradcam" else dict(params or {})
+    identity = model_identity(model, dcls=dcls, checkpoint=checkpoint)
+    with store.session(write=True) as session:
+        model_row = q.upsert_model(session, identity, param_count=param_count, family=family)
+        explainer = q.upsert_explainer(session, method, params)
+        dataset_row = q.upsert_dataset(session, dataset, dataset_fingerprint, dataset_size or len(values), ceiling=ceiling)
+        key = q.run_key(identity.fingerprint, method, params, dataset_fingerprint, protocol, metrics)
+        run = q.get_or_create_run(
+            session,
+            key=key,
+            model=model_row,
+            explainer=explainer,
+            dataset=dataset_row,
+            protocol=protocol,
+            metrics=metrics,
+            n_images=dataset_row.size,
+        )
+        rows = [
+            {
+                "image_index": index,
+                "image_id": image_id(index),
+                "target": index % 1000,
+                "prediction": (index * 7) % 1000,
+                "confidence": 0.5,
+                "spearman": float(value),
+                "skip_reason": "constant map" if not np.isfinite(value) else None,
+            }
+            for index, value in zip(indices, values)
+        ]
+        q.insert_scores(session, run.id, rows)
+        q.update_run(session, run, status=status)
+        session.commit()
+        return int(run.id)
+
+
+def fill_paper_like_store(
+    store: Store,
+    *,
+    n_images: int = 52_000,
+    architectures: Sequence[tuple[str, str, int, float]] = PAPER_ARCHITECTURES,
+    methods: Sequence[str] = ("threshold-gradcam",),
+    centre_bias: bool = True,
+    seed: int = 0,
+) -> list[SyntheticRun]:
+    """Baseline and DCLS runs of every architecture × method, plus the centre-bias reference run."""
+    rng = np.random.default_rng(seed)
+    difficulty = rng.normal(0.0, 0.15, n_images)  # images hard for every model make the pairs correlated
+    skipped = rng.random(n_images) < 0.003
+    runs: list[SyntheticRun] = []
+    for method_index, method in enumerate(methods):
+        for name, family, param_count, mean in architectures:
+            for dcls in (False, True):
+                shift = 0.02 if dcls else 0.0
+                values = np.clip(mean + shift - 0.03 * method_index + difficulty + rng.normal(0, 0.15, n_images), -1, 1)
+                values[skipped] = np.nan
+                run_id = add_run(
+                    store, model=name, dcls=dcls, values=values, family=family, param_count=param_count, method=method
+                )
+                runs.append(SyntheticRun(run_id, name, dcls, method))
+    if centre_bias:
+        values = np.clip(0.25 + difficulty + rng.normal(0, 0.1, n_images), -1, 1)
+        run_id = add_run(
+            store, model="centre-bias", dcls=False, values=values, family="reference", method="centre-bias", params={"sigma_frac": 0.25}
+        )
+        runs.append(SyntheticRun(run_id, "centre-bias", False, "centre-bias"))
+    return runs

@@ -1,0 +1,141 @@
+"""The model-free reference: a centre-bias map scored against each image's reference map, stored as a run.
+
+Human attention on photographs concentrates near the image centre (photographers centre their
+subject; Tatler 2007, Judd et al. 2009), so a map that knows nothing about the image but its centre
+already correlates with human maps. Every comparison shows this run, so a reader sees whether a
+model's explanations beat the centre prior.
+
+The map is an isotropic Gaussian at the image centre. Spearman's ρ depends only on the ranks of the
+map, and every isotropic Gaussian ranks pixels by their distance to the centre, so ``sigma_frac``
+does not change the Spearman score; it is kept (and recorded) for value-based metrics. 0.25 of the
+shorter side keeps the corners at exp(-4) of the peak (224×224), far from float32 underflow, which
+would tie the outer pixels and change the ranks.
+
+This module's top level is torch-free (compare and report import ``CENTRE_BIAS``); scoring imports
+torch inside :func:`score_centre_bias`, which ``alignbench score`` calls once per dataset and protocol.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from alignbench._cache import sha256_text
+from alignbench.store import Store
+from alignbench.store import queries as q
+
+CENTRE_BIAS = "centre-bias"  # the reference's model name and explainer method in the store
+CENTRE_BIAS_FAMILY = "reference"
+CENTRE_BIAS_SIGMA_FRAC = 0.25
+
+
+def centre_bias_map(height: int, width: int, sigma_frac: float = CENTRE_BIAS_SIGMA_FRAC) -> np.ndarray:
+    """float32 [height, width]: exp(-r² / 2σ²), r = distance to the image centre, σ = sigma_frac × min(height, width); peak 1."""
+    if height < 1 or width < 1 or not sigma_frac > 0:
+        raise ValueError(f"centre_bias_map needs a positive size and sigma_frac; got {height}×{width}, {sigma_frac}")
+    sigma = sigma_frac * min(height, width)
+    # pixel centres at integer coordinates; the image centre is halfway between the middle pixels
+    y = np.arange(height, dtype=np.float64) - (height - 1) / 2.0
+    x = np.arange(width, dtype=np.float64) - (width - 1) / 2.0
+    squared = y[:, None] ** 2 + x[None, :] ** 2
+    return np.exp(-squared / (2.0 * sigma * sigma)).astype(np.float32)
+
+
+class CentreBiasIdentity:
+    """What q.upsert_model records for the reference (the attributes of an alignbench.models.ModelIdentity)."""
+
+    def __init__(self, sigma_frac: float, input_size: tuple[int, int]) -> None:
+        self.name = CENTRE_BIAS
+        self.dcls = False
+        self.recipe = None
+        self.init = None
+        self.weights_source = f"model-free: isotropic Gaussian at the image centre, sigma = {sigma_frac} × shorter side"
+        self.checkpoint_sha256 = None
+        self.fingerprint = sha256_text(CENTRE_BIAS, repr(float(sigma_frac)), f"{input_size[0]}x{input_size[1]}")
+
+
+def score_centre_bias(
+    store: Store,
+    dataset: Any,
+    *,
+    protocol: str,
+    input_size: tuple[int, int] = (224, 224),
+    sigma_frac: float = CENTRE_BIAS_SIGMA_FRAC,
+    limit: int | None = None,
+    batch_size: int = 64,
+    num_workers: int | None = None,
+) -> int:
+    """Score the centre-bias map against ``dataset``'s reference maps into ``store``; returns the run id.
+
+    ``dataset`` is an opened alignbench dataset (``open_dataset``). Its reference maps are read at
+    ``input_size`` through ``protocol``, exactly as a model's run reads them. Images already stored
+    are skipped, so a second call computes nothing and an interrupted one resumes.
+    """
+    import torch
+
+    from alignbench.metrics.spearman import spearman
+    from alignbench.preprocessing import Preprocessing
+
+    identity = CentreBiasIdentity(sigma_frac, input_size)
+    params = {"sigma_frac": float(sigma_frac)}
+    metrics = ("spearman",)
+    n_images = len(dataset)
+    wanted = n_images if limit is None else min(limit, n_images)
+    with store.session(write=True) as session:
+        model = q.upsert_model(session, identity, param_count=0, family=CENTRE_BIAS_FAMILY)
+        explainer = q.upsert_explainer(session, CENTRE_BIAS, params)
+        dataset_row = q.upsert_dataset(
+            session, dataset.name, dataset.fingerprint, n_images, ceiling=dataset.ceiling,
+            location=str(getattr(dataset, "location", "") or "") or None,
+        )
+        key = q.run_key(identity.fingerprint, CENTRE_BIAS, params, dataset.fingerprint, protocol, metrics)
+        run = q.get_or_create_run(
+            session, key=key, model=model, explainer=explainer, dataset=dataset_row, protocol=protocol,
+            metrics=metrics, n_images=n_images,
+        )
+        run_id = run.id
+        done = q.scored_image_ids(session, run_id)
+        have = q.count_rows(session, run_id, max_index=wanted)
+        session.commit()
+
+    if have < wanted:
+        # The reference maps only: model mean/std are irrelevant, the input size fixes the map size.
+        preprocessing = Preprocessing(input_size=tuple(input_size), mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5))
+        batches = dataset.data_loader(
+            preprocessing, protocol, batch_size=batch_size, num_workers=num_workers,
+            skip_ids=frozenset(done), limit=limit, reference_ranks=False,
+        )
+        centre_maps: dict[tuple[int, int], torch.Tensor] = {}
+        for batch in batches:
+            reference = batch["reference"].float()
+            size = tuple(reference.shape[-2:])
+            if size not in centre_maps:
+                centre_maps[size] = torch.from_numpy(centre_bias_map(size[0], size[1], sigma_frac))
+            centre = centre_maps[size].expand(reference.shape[0], *size)
+            values = spearman(centre, reference)
+            rows = []
+            for i, image_id in enumerate(batch["image_id"]):
+                value = float(values[i])
+                label = int(batch["label"][i])
+                rows.append({
+                    "image_index": int(batch["index"][i]),
+                    "image_id": image_id,
+                    "target": label if label >= 0 else None,
+                    "prediction": None,
+                    "confidence": None,
+                    "spearman": value,
+                    "skip_reason": None if value == value else "spearman: undefined (constant or non-finite reference map)",
+                })
+            with store.session(write=True) as session:
+                q.insert_scores(session, run_id, rows)
+                session.commit()
+
+    with store.session(write=True) as session:
+        from alignbench.store.tables import Run
+
+        row = session.get(Run, run_id)
+        q.update_run(session, row, status="complete" if q.count_rows(session, run_id) >= n_images else "partial")
+        session.commit()
+    return run_id
+

@@ -1,0 +1,238 @@
+"""DCLS vs baseline per architecture, with the statistics the paper leaves out, and rankings (store only).
+
+For each architecture with a baseline and a DCLS run in one group (same dataset, explainer setting
+and protocol; see alignbench.analysis.runs): both scores on the images both runs scored, Δ = DCLS −
+baseline, a paired bootstrap 95% confidence interval of Δ, the Wilcoxon signed-rank p-value, and a
+verdict. Scores are alignment scores (mean Spearman / human ceiling) where the dataset has a
+ceiling, else the metric's mean; Δ and its interval are on the same scale.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from sqlmodel import Session
+
+from alignbench.analysis.runs import GroupKey, Pairing, RunScore, filter_options, load_runs, pair_runs, score_label, score_name
+from alignbench.analysis.stats import DEFAULT_RESAMPLES, DEFAULT_SEED, paired_bootstrap_ci, wilcoxon_signed_rank
+from alignbench.errors import AlignbenchError, MetricError
+from alignbench.store import StoreMissing, open_store
+
+# Below this many image pairs neither the bootstrap interval nor the signed-rank test says much (with
+# 5 pairs the smallest two-sided Wilcoxon p is 0.0625): the verdict is "too few pairs".
+MIN_PAIRS = 10
+ALPHA = 0.05
+CONFIDENCE = 0.95
+
+NOTHING_STORED = "no model runs stored yet; run `alignbench score` first (e.g. `alignbench score resnet50` and `alignbench score resnet50 --dcls`)"
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """One row of ``alignbench compare`` (and of ``compare --json``)."""
+
+    model: str
+    dataset: str
+    explainer: str
+    explainer_params: dict[str, Any]
+    protocol: str
+    metric: str
+    scale: str  # what baseline/dcls/delta are: "alignment score" or "mean <metric>"
+    baseline: float | None
+    dcls: float | None
+    delta: float | None
+    ci_low: float | None
+    ci_high: float | None
+    p_value: float | None
+    n_pairs: int
+    verdict: str  # better | worse | no significant difference | too few pairs | missing DCLS run | missing baseline run
+    baseline_run_id: int | None
+    dcls_run_id: int | None
+    baseline_n_scored: int
+    dcls_n_scored: int
+    centre_bias: float | None  # the centre-bias reference on the same images, same scale
+    centre_bias_n: int  # images it was averaged over
+    centre_bias_run_id: int | None
+    notes: tuple[str, ...] = ()
+
+    def to_json(self) -> dict[str, Any]:
+        row = asdict(self)
+        row["notes"] = list(self.notes)
+        for key, value in row.items():  # JSON has no NaN
+            if isinstance(value, float) and not math.isfinite(value):
+                row[key] = None
+        return row
+
+
+@dataclass(frozen=True)
+class GroupComparison:
+    """The comparisons of one group (dataset, explainer setting, protocol) and the ranking of its runs."""
+
+    group: GroupKey
+    scale: str  # what the scores are (see score_label)
+    scale_name: str  # the same in two words (see score_name)
+    rows: tuple[Comparison, ...]  # one per architecture, by model name
+    ranking: tuple[RunScore, ...]  # every run of the group and the reference, best score first
+    reference: RunScore | None  # the centre-bias run of the group's dataset and protocol
+
+
+@dataclass(frozen=True)
+class CompareResult:
+    metric: str
+    n_resamples: int
+    groups: list[GroupComparison]
+
+    @property
+    def comparisons(self) -> list[Comparison]:
+        return [row for group in self.groups for row in group.rows]
+
+    def to_json(self) -> list[dict[str, Any]]:
+        """``compare --json``: one row per architecture and group."""
+        return [row.to_json() for row in self.comparisons]
+
+
+def _verdict(pairing: Pairing, delta: float | None, low: float, high: float, p: float, higher_is_better: bool) -> str:
+    if pairing.dcls is None:
+        return "missing DCLS run"
+    if pairing.baseline is None:
+        return "missing baseline run"
+    if pairing.n_pairs < MIN_PAIRS:
+        return "too few pairs"
+    if (low > 0 or high < 0) and p < ALPHA:  # NaN (no non-zero difference) compares False
+        return "better" if (delta > 0) == higher_is_better else "worse"
+    return "no significant difference"
+
+
+def _nan_to_none(value: float | None) -> float | None:
+    return None if value is None or not math.isfinite(value) else float(value)
+
+
+def compare_pairing(
+    pairing: Pairing,
+    *,
+    n_resamples: int = DEFAULT_RESAMPLES,
+    seed: int = DEFAULT_SEED,
+    higher_is_better: bool = True,
+) -> Comparison:
+    """The statistics of one pairing; one-sided pairings keep their side's score and no statistics."""
+    group = pairing.group
+    delta = low = high = p = math.nan
+    if pairing.complete and pairing.n_pairs:
+        delta = float((pairing.y - pairing.x).mean()) / pairing.scale
+        low, high = paired_bootstrap_ci(pairing.x, pairing.y, n_resamples=n_resamples, confidence=CONFIDENCE, seed=seed)
+        low, high = low / pairing.scale, high / pairing.scale
+        p = wilcoxon_signed_rank(pairing.x, pairing.y).p_value
+    reference = pairing.reference
+    some_run = pairing.baseline or pairing.dcls
+    return Comparison(
+        model=pairing.model,
+        dataset=group.dataset,
+        explainer=group.method,
+        explainer_params=group.params_dict,
+        protocol=group.protocol,
+        metric=some_run.metric,
+        scale=score_label(some_run.metric, some_run.view.ceiling),
+        baseline=pairing.baseline_score,
+        dcls=pairing.dcls_score,
+        delta=_nan_to_none(delta),
+        ci_low=_nan_to_none(low),
+        ci_high=_nan_to_none(high),
+        p_value=_nan_to_none(p),
+        n_pairs=pairing.n_pairs,
+        verdict=_verdict(pairing, delta, low, high, p, higher_is_better),
+        baseline_run_id=pairing.baseline.run_id if pairing.baseline else None,
+        dcls_run_id=pairing.dcls.run_id if pairing.dcls else None,
+        baseline_n_scored=pairing.baseline.n_scored if pairing.baseline else 0,
+        dcls_n_scored=pairing.dcls.n_scored if pairing.dcls else 0,
+        centre_bias=pairing.reference_score,
+        centre_bias_n=int(pairing.reference_values.size),
+        centre_bias_run_id=reference.run_id if reference else None,
+        notes=pairing.notes,
+    )
+
+
+def _ranked(runs: list[RunScore]) -> tuple[RunScore, ...]:
+    # best score first; a run with no scored image last
+    return tuple(sorted(runs, key=lambda r: (r.score is None, -(r.score or 0.0), r.run_id)))
+
+
+def _higher_is_better(metric: str) -> bool:
+    from alignbench.metrics import METRICS  # the registry is plain data (torch-free)
+
+    spec = METRICS.get(metric)
+    if spec is None:
+        raise MetricError(f"unknown metric {metric!r}; available: {', '.join(METRICS)}")
+    return spec.higher_is_better
+
+
+def compare_runs(
+    session: Session,
+    *,
+    explainer: str | None = None,
+    dataset: str | None = None,
+    protocol: str | None = None,
+    metric: str = "spearman",
+    n_resamples: int = DEFAULT_RESAMPLES,
+    seed: int = DEFAULT_SEED,
+) -> CompareResult:
+    """Compare every architecture's baseline and DCLS runs that match the filters; rank all runs."""
+    higher_is_better = _higher_is_better(metric)
+    stored = load_runs(session, explainer=explainer, dataset=dataset, protocol=protocol, metric=metric)
+    by_group: dict[GroupKey, list[Pairing]] = defaultdict(list)
+    for pairing in pair_runs(stored.runs, stored.values):
+        by_group[pairing.group].append(pairing)
+    groups = []
+    for group in sorted(by_group, key=lambda g: (g.dataset, g.method, g.params, g.protocol)):
+        pairings = sorted(by_group[group], key=lambda p: p.model)
+        rows = tuple(compare_pairing(p, n_resamples=n_resamples, seed=seed, higher_is_better=higher_is_better) for p in pairings)
+        reference = pairings[0].reference
+        members = [r for r in stored.runs if not r.is_reference and r.group == group]
+        some = members[0]
+        groups.append(
+            GroupComparison(
+                group, score_label(metric, some.view.ceiling), score_name(metric, some.view.ceiling), rows,
+                _ranked(members + ([reference] if reference else [])), reference,
+            )
+        )
+    return CompareResult(metric, n_resamples, groups)
+
+
+def compare(
+    db: str | None = None,
+    *,
+    explainer: str | None = None,
+    dataset: str | None = None,
+    protocol: str | None = None,
+    metric: str = "spearman",
+    n_resamples: int = DEFAULT_RESAMPLES,
+    seed: int = DEFAULT_SEED,
+) -> CompareResult:
+    """``alignbench compare``: open the store at ``db`` read-only and compare.
+
+    Raises AlignbenchError (exit code 1) saying what to run when nothing can be compared: an empty
+    or missing store, or no model run matching the filters.
+    """
+    try:
+        store = open_store(db, create=False)
+    except StoreMissing:
+        raise AlignbenchError(NOTHING_STORED, exit_code=1) from None
+    try:
+        with store.session() as session:
+            result = compare_runs(
+                session, explainer=explainer, dataset=dataset, protocol=protocol, metric=metric, n_resamples=n_resamples, seed=seed
+            )
+    finally:
+        store.close()
+    if not result.comparisons:
+        filters = filter_options(explainer=explainer, dataset=dataset, protocol=protocol, metric=metric)
+        if not filters:
+            raise AlignbenchError(NOTHING_STORED, exit_code=1)
+        raise AlignbenchError(
+            f"no stored runs match {filters}; run `alignbench score MODEL {filters}` and "
+            f"`alignbench score MODEL --dcls {filters}` first (`alignbench report` lists what is stored)",
+            exit_code=1,
+        )
+    return result

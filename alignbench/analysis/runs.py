@@ -1,0 +1,280 @@
+"""Stored runs as compare and report see them: scored, grouped, and paired baseline-with-DCLS.
+
+Runs are comparable when they share a dataset (name and fingerprint), an explainer setting (method
+and parameters) and a protocol: a *group*. Within a group, the runs of one architecture (model name)
+pair up as baseline (dense) and DCLS. The centre-bias run of the group's dataset and protocol is the
+model-free reference. Everything here reads the store; nothing is computed from images.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+from sqlmodel import Session
+
+from alignbench.analysis._queries import EMPTY_VALUES, ImageValues, per_image_values, row_counts
+from alignbench.analysis.centre_bias import CENTRE_BIAS
+from alignbench.errors import ExplainerError, MetricError
+from alignbench.store import queries as q
+
+
+@dataclass(frozen=True)
+class GroupKey:
+    dataset: str
+    dataset_fingerprint: str
+    method: str
+    params: str  # canonical JSON
+    protocol: str
+
+    @property
+    def params_dict(self) -> dict:
+        return json.loads(self.params or "{}")
+
+    @property
+    def explainer_label(self) -> str:
+        params = ", ".join(f"{k}={v}" for k, v in sorted(self.params_dict.items()))
+        return f"{self.method} ({params})" if params else self.method
+
+    @property
+    def label(self) -> str:
+        return f"{self.dataset} · {self.explainer_label} · {self.protocol}"
+
+
+def _reference_key(view: q.RunView) -> tuple[str, str, str]:
+    return (view.dataset, view.dataset_fingerprint, view.protocol)
+
+
+@dataclass(frozen=True)
+class RunScore:
+    """One stored run with its counts and mean for the metric under study."""
+
+    view: q.RunView
+    metric: str
+    n_rows: int
+    n_scored: int
+    mean: float | None  # mean metric over the run's scored images
+    scale: float  # score = mean / scale (the human ceiling for Spearman where known, else 1)
+
+    @property
+    def run_id(self) -> int:
+        return self.view.run_id
+
+    @property
+    def is_reference(self) -> bool:
+        return self.view.method == CENTRE_BIAS
+
+    @property
+    def score(self) -> float | None:
+        return None if self.mean is None else self.mean / self.scale
+
+    @property
+    def group(self) -> GroupKey:
+        v = self.view
+        return GroupKey(v.dataset, v.dataset_fingerprint, v.method, v.params, v.protocol)
+
+    @property
+    def display_name(self) -> str:
+        return f"{self.view.model} + DCLS" if self.view.dcls else self.view.model
+
+
+def score_scale(metric: str, ceiling: float | None) -> float:
+    """The alignment score normalises mean Spearman by the human ceiling (paper, eq. 2); other metrics are shown as they are."""
+    return float(ceiling) if metric == "spearman" and ceiling else 1.0
+
+
+def score_name(metric: str, ceiling: float | None) -> str:
+    return "alignment score" if score_scale(metric, ceiling) != 1.0 else f"mean {metric}"
+
+
+def score_label(metric: str, ceiling: float | None) -> str:
+    """What a score is, in full (table captions, ``compare --json``'s ``scale``)."""
+    if score_scale(metric, ceiling) != 1.0:
+        return f"alignment score (mean {metric} / human ceiling {ceiling:.4f})"
+    return f"mean {metric}"
+
+
+def canonical_explainer(name: str | None) -> str | None:
+    """The stored method name for a name or alias (``threshold`` → ``threshold-gradcam``)."""
+    if name is None:
+        return None
+    from alignbench.explainers import resolve_method  # the registry is plain data (torch-free)
+
+    try:
+        return resolve_method(name).name
+    except ExplainerError:
+        return name.strip().lower()  # e.g. centre-bias, or a method a newer alignbench stored
+
+
+def filter_options(*, explainer: str | None, dataset: str | None, protocol: str | None, metric: str) -> str:
+    """The filters as the command-line options that select them (``score`` takes the same ones)."""
+    parts = [f"--{name} {value}" for name, value in (("explainer", explainer), ("dataset", dataset), ("protocol", protocol)) if value]
+    if metric != "spearman":
+        parts.append(f"--metric {metric}")
+    return " ".join(parts)
+
+
+@dataclass(frozen=True)
+class StoredRuns:
+    """The runs under study and their scored per-image values (read once, shared by every table and plot)."""
+
+    metric: str
+    runs: list[RunScore]
+    values: dict[int, ImageValues] = field(repr=False)
+
+
+def load_runs(
+    session: Session,
+    *,
+    explainer: str | None = None,
+    dataset: str | None = None,
+    protocol: str | None = None,
+    metric: str = "spearman",
+    run_id: int | None = None,
+) -> StoredRuns:
+    """Every stored run that matches the filters and has ``metric``, plus the centre-bias runs for them.
+
+    Three queries whatever the number of runs: the runs, their row counts, and every scored value.
+    """
+    try:
+        q.metric_column(metric)  # an unknown metric fails before any query
+    except KeyError:
+        raise MetricError(f"metric {metric!r} has no column in the store; use spearman or a metric `alignbench score --metric` stores") from None
+    method = canonical_explainer(explainer)
+    views = [
+        v
+        for v in q.list_runs(session, dataset=dataset, protocol=protocol)
+        if metric in v.metrics.split(",")
+        and (method is None or v.method in (method, CENTRE_BIAS))
+        and (run_id is None or v.run_id == run_id)
+    ]
+    # keep only the references of datasets/protocols that some selected model run uses
+    wanted = {_reference_key(v) for v in views if v.method != CENTRE_BIAS}
+    if method != CENTRE_BIAS and run_id is None:
+        views = [v for v in views if v.method != CENTRE_BIAS or _reference_key(v) in wanted]
+    ids = [v.run_id for v in views]
+    values = per_image_values(session, ids, metric)
+    rows = row_counts(session, ids) if ids else {}
+    runs = []
+    for v in views:
+        scored = values.get(v.run_id, EMPTY_VALUES)
+        mean = float(scored.value.mean()) if len(scored) else None
+        runs.append(RunScore(v, metric, rows[v.run_id], len(scored), mean, score_scale(metric, v.ceiling)))
+    return StoredRuns(metric, runs, values)
+
+
+def _best(runs: Sequence[RunScore]) -> RunScore:
+    # most images scored for the metric; then the most recent run
+    return max(runs, key=lambda r: (r.n_scored, r.run_id))
+
+
+@dataclass(frozen=True)
+class Pairing:
+    """One architecture's baseline and DCLS runs in one group, on the images both scored."""
+
+    group: GroupKey
+    model: str
+    baseline: RunScore | None
+    dcls: RunScore | None
+    reference: RunScore | None  # the centre-bias run of the group's dataset and protocol
+    scale: float
+    # metric values on the common images (baseline x, DCLS y), in image order; one side alone: its own images
+    x: np.ndarray = field(repr=False)
+    y: np.ndarray = field(repr=False)
+    # the centre-bias values on those images that the reference scored too
+    reference_values: np.ndarray = field(repr=False)
+    notes: tuple[str, ...] = ()
+
+    @property
+    def complete(self) -> bool:
+        return self.baseline is not None and self.dcls is not None
+
+    @property
+    def n_pairs(self) -> int:
+        return int(self.x.size) if self.complete else 0
+
+    @property
+    def baseline_score(self) -> float | None:
+        return _scaled_mean(self.x, self.scale) if self.baseline is not None else None
+
+    @property
+    def dcls_score(self) -> float | None:
+        return _scaled_mean(self.y, self.scale) if self.dcls is not None else None
+
+    @property
+    def reference_score(self) -> float | None:
+        return _scaled_mean(self.reference_values, self.scale)
+
+
+def _scaled_mean(values: np.ndarray, scale: float) -> float | None:
+    return float(values.mean() / scale) if values.size else None
+
+
+def _choose(runs: Sequence[RunScore], side: str, model: str) -> tuple[RunScore | None, list[str]]:
+    if not runs:
+        return None, []
+    best = _best(runs)
+    notes = []
+    if len(runs) > 1:
+        others = ", ".join(str(r.run_id) for r in runs if r is not best)
+        notes.append(f"{model}: {len(runs)} {side} runs match; compared run {best.run_id} (most images scored; also {others})")
+    return best, notes
+
+
+def _shared(index: np.ndarray, other: ImageValues) -> tuple[np.ndarray, np.ndarray]:
+    """(which of the images ``index`` ``other`` scored, as a mask; ``other``'s values on them, in image order)."""
+    if not index.size or not len(other):
+        return np.zeros(index.size, dtype=bool), np.empty(0)
+    # both are sorted and unique, so the two masks select the same images in the same order
+    mine = np.isin(index, other.index, assume_unique=True, kind="table")
+    theirs = np.isin(other.index, index, assume_unique=True, kind="table")
+    return mine, other.value[theirs]
+
+
+def pair_runs(runs: Iterable[RunScore], values: dict[int, ImageValues]) -> list[Pairing]:
+    """Pair the runs of each architecture within each group (see the module docstring).
+
+    Several runs on one side (other checkpoints, other metric sets): the one with the most scored
+    images is compared, and a note says so. Runs on different image subsets are compared on the
+    images both scored.
+    """
+    runs = list(runs)
+    references: dict[tuple[str, str, str], list[RunScore]] = defaultdict(list)
+    sides: dict[tuple[GroupKey, str], dict[bool, list[RunScore]]] = defaultdict(lambda: {False: [], True: []})
+    for run in runs:
+        if run.is_reference:
+            references[_reference_key(run.view)].append(run)
+        else:
+            sides[(run.group, run.view.model)][run.view.dcls].append(run)
+
+    pairings = []
+    for (group, model), by_side in sides.items():
+        baseline, notes = _choose(by_side[False], "baseline", model)
+        dcls, dcls_notes = _choose(by_side[True], "DCLS", model)
+        notes += dcls_notes
+        reference = None
+        candidates = references.get((group.dataset, group.dataset_fingerprint, group.protocol), [])
+        if candidates:
+            reference = _best(candidates)
+        present = [r for r in (baseline, dcls) if r is not None]
+        scale = present[0].scale
+        if baseline is not None and dcls is not None:
+            b, d = values.get(baseline.run_id, EMPTY_VALUES), values.get(dcls.run_id, EMPTY_VALUES)
+            in_both, y = _shared(b.index, d)
+            common, x = b.index[in_both], b.value[in_both]
+            if common.size < max(len(b), len(d)):
+                notes.append(
+                    f"{model}: compared on the {common.size:,} images both runs scored "
+                    f"(baseline {len(b):,}, DCLS {len(d):,})"
+                )
+        else:
+            only = values.get(present[0].run_id, EMPTY_VALUES)
+            common = only.index
+            x = only.value if baseline is not None else np.empty(0)
+            y = only.value if dcls is not None else np.empty(0)
+        reference_values = _shared(common, values.get(reference.run_id, EMPTY_VALUES))[1] if reference else np.empty(0)
+        pairings.append(Pairing(group, model, baseline, dcls, reference, scale, x, y, reference_values, tuple(notes)))
+    return pairings
