@@ -18,8 +18,7 @@ from alignbench.errors import StoreError
 from alignbench.store import StoreMissing, open_store
 from alignbench.store import queries as q
 from alignbench.store.engine import create_store_engine
-from alignbench.store.migrate import alembic_config, current_revision, head_revision, upgrade_to_head
-from alembic.script import ScriptDirectory
+from alignbench.store.migrate import alembic_config, current_revision, first_revision, head_revision, upgrade_to_head
 
 
 def _identity(fingerprint: str = "f" * 64, name: str = "resnet50", dcls: bool = False):
@@ -115,9 +114,12 @@ def test_env_var_and_default_url(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
     assert resolve_url(None) == "sqlite:///alignbench.db"
 
 
-def _first_revision() -> str:
+def test_revision_graph_matches_alembic() -> None:
+    from alembic.script import ScriptDirectory
+
     script = ScriptDirectory.from_config(alembic_config())
-    return list(script.walk_revisions())[-1].revision
+    assert head_revision() == script.get_current_head()
+    assert first_revision() == list(script.walk_revisions())[-1].revision
 
 
 def test_upgrade_from_first_revision_keeps_every_row(tmp_path: Path) -> None:
@@ -125,8 +127,8 @@ def test_upgrade_from_first_revision_keeps_every_row(tmp_path: Path) -> None:
     path = tmp_path / "old.db"
     url = f"sqlite:///{path}"
     engine = create_store_engine(url)
-    upgrade_to_head(engine, url, revision=_first_revision())
-    assert current_revision(engine) == _first_revision()
+    upgrade_to_head(engine, url, revision=first_revision())
+    assert current_revision(engine) == first_revision()
     with engine.begin() as conn:  # rows as the first revision's code wrote them (plain SQL: its columns)
         conn.exec_driver_sql(
             "INSERT INTO model (id, name, dcls, weights_source, weights_fingerprint, created_at) "

@@ -1,17 +1,31 @@
-"""Alembic migrations applied when a store is opened; a store from a newer alignbench is refused."""
+"""Alembic migrations applied when a store is opened; a store from a newer alignbench is refused.
+
+Opening a store that is already at the head revision reads ``alembic_version`` with one plain query
+and never imports alembic (~0.2 s), so read-only commands stay fast; alembic runs only to upgrade.
+"""
 
 from __future__ import annotations
 
-from alembic import command
-from alembic.config import Config
-from alembic.runtime.migration import MigrationContext
-from alembic.script import ScriptDirectory
+import re
+from functools import lru_cache
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from sqlalchemy import inspect, text
 from sqlalchemy.engine import Engine
 
 from alignbench.errors import StoreError
 
+if TYPE_CHECKING:  # pragma: no cover
+    from alembic.config import Config
 
-def alembic_config() -> Config:
+_REVISION = re.compile(r"^revision\s*=\s*['\"]([^'\"]+)['\"]", re.MULTILINE)
+_DOWN_REVISION = re.compile(r"^down_revision\s*=\s*(?:['\"]([^'\"]+)['\"]|None)", re.MULTILINE)
+
+
+def alembic_config() -> "Config":
+    from alembic.config import Config
+
     from alignbench.store.engine import migrations_dir
 
     config = Config()
@@ -19,30 +33,53 @@ def alembic_config() -> Config:
     return config
 
 
+@lru_cache(maxsize=1)
+def revisions() -> dict[str, str | None]:
+    """revision → down_revision, read from migrations/versions without importing alembic."""
+    from alignbench.store.engine import migrations_dir
+
+    graph: dict[str, str | None] = {}
+    for path in sorted(Path(migrations_dir(), "versions").glob("*.py")):
+        source = path.read_text()
+        revision, down = _REVISION.search(source), _DOWN_REVISION.search(source)
+        if revision and down:
+            graph[revision.group(1)] = down.group(1)
+    return graph
+
+
 def head_revision() -> str:
-    return ScriptDirectory.from_config(alembic_config()).get_current_head()
+    graph = revisions()
+    (head,) = set(graph) - set(graph.values())  # a linear history has exactly one head
+    return head
+
+
+def first_revision() -> str:
+    (first,) = [revision for revision, down in revisions().items() if down is None]
+    return first
 
 
 def current_revision(engine: Engine) -> str | None:
     with engine.connect() as connection:
-        return MigrationContext.configure(connection).get_current_revision()
+        if not inspect(connection).has_table("alembic_version"):
+            return None
+        return connection.execute(text("SELECT version_num FROM alembic_version")).scalar()
 
 
 def upgrade_to_head(engine: Engine, url: str, *, revision: str = "head") -> None:
     """Upgrade the store to ``revision`` in one transaction; refuse revisions this code does not know."""
-    config = alembic_config()
-    script = ScriptDirectory.from_config(config)
-    target = script.get_current_head() if revision == "head" else revision
+    target = head_revision() if revision == "head" else revision
     current = current_revision(engine)
     if current == target:
         return
-    known = {rev.revision for rev in script.walk_revisions()}
-    if current is not None and current not in known:
+    if current is not None and current not in revisions():
         raise StoreError(
             f"store {url} was written by a newer alignbench (schema revision {current}, this one knows up to "
-            f"{script.get_current_head()}); upgrade alignbench to use it"
+            f"{head_revision()}); upgrade alignbench to use it"
         )
+    from alembic import command
+
+    config = alembic_config()
     # BEGIN IMMEDIATE on SQLite: concurrent openers of a new store wait for one migration, then see it.
     with engine.execution_options(sqlite_begin="IMMEDIATE").begin() as connection:
         config.attributes["connection"] = connection
-        command.upgrade(config, revision)
+        command.upgrade(config, target)
