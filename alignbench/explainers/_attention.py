@@ -1,0 +1,112 @@
+"""Attention maps of ViT / DeiT: attention rollout (Abnar & Zuidema 2020) and the last block's raw attention.
+
+timm's attention uses fused ``scaled_dot_product_attention`` and never materialises the attention
+matrix, so each block's input is captured with a forward pre-hook (removed before returning, also on
+error) and softmax(q·k^T·scale) is recomputed from the block's own ``qkv``, ``q_norm``, ``k_norm`` and
+``scale``; the result equals timm's unfused path (tests/test_explain_attention.py).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from alignbench.errors import ExplainerError
+from alignbench.explainers._split import Targets, frozen_parameters, model_name, resolve_targets
+
+def attention_modules(model: nn.Module, method: str = "rollout") -> list[nn.Module]:
+    """The self-attention module of every block of a ViT/DeiT-style model, checked usable.
+
+    Only timm's plain ViT ``Attention`` qualifies: variants that add rotary embeddings or relative
+    position biases inside ``forward`` (EVA, BEiT, ...) would be recomputed wrongly, so they are refused.
+    """
+    from timm.models.vision_transformer import Attention
+
+    blocks = getattr(model, "blocks", None)
+    attns = [getattr(block, "attn", None) for block in blocks] if isinstance(blocks, (nn.Sequential, nn.ModuleList)) else []
+    usable = bool(attns) and all(type(a) is Attention for a in attns)
+    if not usable or not hasattr(model, "patch_embed"):
+        raise ExplainerError(
+            f"{method} needs a ViT/DeiT-style model (patch tokens and self-attention blocks); "
+            f"{model_name(model)} has none — use a CAM explainer such as gradcam or threshold-gradcam"
+        )
+    if getattr(model, "cls_token", None) is None:
+        raise ExplainerError(f"{method} reads the class token's attention row; {model_name(model)} has no class token")
+    return attns
+
+
+def attention_probabilities(attn: nn.Module, x: Tensor) -> Tensor:
+    """softmax(q k^T / sqrt(d)) per head, [B, heads, N, N], from the block's input tokens x [B, N, C]."""
+    b, n, _ = x.shape
+    q, k, _ = attn.qkv(x).reshape(b, n, 3, attn.num_heads, attn.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
+    q, k = attn.q_norm(q), attn.k_norm(k)
+    return ((q * attn.scale) @ k.transpose(-2, -1)).softmax(dim=-1)
+
+
+def fuse_heads(attention: Tensor, head_fusion: str) -> Tensor:
+    """[B, heads, N, N] -> [B, N, N]: mean (Abnar & Zuidema), or max / min (Gildenblat's vit-explain)."""
+    if head_fusion == "mean":
+        return attention.mean(dim=1)
+    if head_fusion == "max":
+        return attention.amax(dim=1)
+    return attention.amin(dim=1)
+
+
+def rollout(attentions: list[Tensor], discard_ratio: float = 0.0) -> Tensor:
+    """Attention rollout R = Ã_L ··· Ã_1 with Ã_l = (A_l + I) / 2, rows renormalised (Abnar & Zuidema
+    2020, eq. 1-2: the identity accounts for the residual connection). ``discard_ratio`` zeroes the
+    weakest fraction of each image's fused attention before adding I, never the class token's own
+    entry (Gildenblat's vit-explain); 0 is the original method. [B, N, N] each -> [B, N, N]."""
+    b, n, _ = attentions[0].shape
+    eye = torch.eye(n, device=attentions[0].device, dtype=attentions[0].dtype)
+    result = eye.expand(b, n, n)
+    for a in attentions:
+        if discard_ratio > 0:
+            flat = a.flatten(1)
+            lowest = flat.topk(int(flat.shape[1] * discard_ratio), dim=1, largest=False).indices
+            discard = torch.zeros_like(flat, dtype=torch.bool).scatter_(1, lowest, True)
+            discard[:, 0] = False  # the class token's attention to itself
+            a = flat.masked_fill(discard, 0.0).view(b, n, n)
+        a = (a + eye) / 2
+        a = a / a.sum(dim=-1, keepdim=True)
+        result = a @ result
+    return result
+
+
+def _grid(model: nn.Module, images: Tensor, tokens: int, prefix: int) -> tuple[int, int]:
+    embed = model.patch_embed
+    if hasattr(embed, "dynamic_feat_size") and getattr(model, "dynamic_img_size", False):
+        h, w = embed.dynamic_feat_size(tuple(images.shape[-2:]))
+    else:
+        h, w = embed.grid_size
+    if h * w != tokens - prefix:
+        raise ExplainerError(f"{model_name(model)} gives {tokens - prefix} patch tokens, not the {h}x{w} grid its patch embedding implies")
+    return int(h), int(w)
+
+
+def attention_maps(model: nn.Module, images: Tensor, targets: Targets, method: str, params: dict[str, Any]) -> tuple[Tensor, Tensor, Tensor]:
+    """(maps [B, h, w] at patch resolution, logits, targets): rollout or the last block's raw attention.
+
+    Both are class-agnostic (the class token's attention row); the targets are resolved and returned
+    so callers store the same triple as for CAM methods. One forward gives the logits and the maps.
+    """
+    attns = attention_modules(model, method)
+    inputs: list[Tensor] = []
+    handles = [a.register_forward_pre_hook(lambda _m, args: inputs.append(args[0])) for a in attns]
+    try:
+        with torch.no_grad(), frozen_parameters(model):
+            logits = model(images)
+            attentions = [fuse_heads(attention_probabilities(a, x), params["head_fusion"]) for a, x in zip(attns, inputs)]
+    finally:
+        for handle in handles:
+            handle.remove()
+    if method == "rollout":
+        relevance = rollout(attentions, params.get("discard_ratio", 0.0))
+    else:
+        relevance = attentions[-1]
+    prefix = int(getattr(model, "num_prefix_tokens", 1))
+    h, w = _grid(model, images, relevance.shape[-1], prefix)
+    maps = relevance[:, 0, prefix:].reshape(-1, h, w)  # row 0: what the class token attends to
+    return maps, logits, resolve_targets(targets, logits)

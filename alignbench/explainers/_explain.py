@@ -1,0 +1,106 @@
+"""``explain`` / ``explain_batch``: one entry point over the three kinds of method (core, library, attention)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from alignbench.errors import ExplainerError
+from alignbench.explainers._attention import attention_maps, attention_modules
+from alignbench.explainers._gradient import GRADIENT_METHODS
+from alignbench.explainers._methods import DEFAULT_METHOD, METHODS, explainer_setting, resolve_method
+from alignbench.explainers._split import Targets, as_batch, eval_mode, gradient_evidence, model_name, split_model
+
+
+@dataclass(frozen=True)
+class Explanation:
+    """Maps and the prediction they explain, from one forward pass.
+
+    maps [B, H, W] float32 at the images' size, logits [B, num_classes], targets [B] (long): the class
+    each map explains (the given one, else the top-1 prediction). All on the model's device.
+    """
+
+    maps: Tensor
+    logits: Tensor
+    targets: Tensor
+    method: str
+    params: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def predictions(self) -> Tensor:
+        return self.logits.argmax(dim=1)
+
+    @property
+    def confidences(self) -> Tensor:
+        """Softmax probability of the predicted class."""
+        return self.logits.float().softmax(dim=1).amax(dim=1)
+
+
+def upsample(maps: Tensor, size: tuple[int, int]) -> Tensor:
+    """Bilinear resize of [B, h, w] maps with half-pixel centres (align_corners=False) and no
+    antialiasing: the convention of the paper's torchvision Resize on upsampling, of cv2 in
+    pytorch-grad-cam, and of the ClickMe preprocessing, so explanations and human maps share a grid."""
+    if tuple(maps.shape[-2:]) == tuple(size):
+        return maps
+    return F.interpolate(maps[:, None], size=size, mode="bilinear", align_corners=False, antialias=False)[:, 0]
+
+
+def _is_token_transformer(model: nn.Module) -> bool:
+    # timm's ViT family (ViT, DeiT, EVA, ...) exposes num_prefix_tokens and emits [B, N, C] tokens
+    return hasattr(model, "num_prefix_tokens") and hasattr(model, "blocks") and hasattr(model, "patch_embed")
+
+
+def check_applicable(model: nn.Module, method: str) -> None:
+    """Raise ExplainerError (one line: what is wrong, what to use) if ``method`` cannot explain ``model``."""
+    spec = resolve_method(method)
+    if spec.needs == "attention":
+        attention_modules(model, spec.name)
+        return
+    split_model(model)
+    if _is_token_transformer(model):
+        raise ExplainerError(
+            f"{spec.name} needs a spatial feature map; {model_name(model)} is a token transformer whose "
+            "head reads the class token — use rollout or raw-attention"
+        )
+
+
+def explain_batch(
+    model: nn.Module, images: Tensor, targets: Targets = None, method: str = DEFAULT_METHOD, **params: Any
+) -> Explanation:
+    """Explain a batch: maps [B, H, W] plus the logits and targets of the same forward pass.
+
+    ``images``: normalised [B, 3, H, W] (or one [3, H, W]); ``targets``: None (top-1), one class for
+    all, or one per image. The model is put in eval mode for the call and left as it was.
+    """
+    name, full = explainer_setting(method, **params)
+    spec = METHODS[name]
+    check_applicable(model, name)
+    x = as_batch(images, model)
+    size = (x.shape[-2], x.shape[-1])
+    # Gradients are needed even when the caller runs under torch.inference_mode(); an image batch
+    # made there is an inference tensor, which autograd may read but not differentiate: copy it.
+    with torch.inference_mode(False), eval_mode(model):
+        if x.is_inference():
+            x = x.clone()
+        if spec.kind == "core":
+            evidence = gradient_evidence(model, x, targets)
+            maps = upsample(GRADIENT_METHODS[name](evidence, **full), size)
+            logits, t = evidence.logits, evidence.targets
+        elif spec.kind == "library":
+            # imported on use: pytorch-grad-cam pulls in cv2, sklearn and ttach
+            from alignbench.explainers._library import library_maps
+
+            maps, logits, t = library_maps(model, x, targets, spec, full)
+        else:
+            low, logits, t = attention_maps(model, x, targets, name, full)
+            maps = upsample(low, size)
+    return Explanation(maps=maps.float(), logits=logits, targets=t, method=name, params=full)
+
+
+def explain(model: nn.Module, images: Tensor, targets: Targets = None, method: str = DEFAULT_METHOD, **params: Any) -> Tensor:
+    """Heatmaps [B, H, W] (float32, the images' size, the model's device) for a batch of images."""
+    return explain_batch(model, images, targets, method, **params).maps

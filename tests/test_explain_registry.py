@@ -1,0 +1,72 @@
+"""The explainer registry is data, torch-free, and names every setting canonically."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from alignbench.errors import ExplainerError
+from alignbench.explainers import METHODS, explainer_setting, resolve_method
+
+
+def test_importing_the_registry_does_not_import_torch():
+    code = (
+        "import sys, alignbench.explainers as e; e.explainer_setting('threshold');"
+        "sys.exit('torch' in sys.modules)"
+    )
+    assert subprocess.run([sys.executable, "-c", code]).returncode == 0
+
+
+@pytest.mark.parametrize(
+    "given, canonical",
+    [
+        ("threshold", "threshold-gradcam"),
+        ("Threshold-GradCAM", "threshold-gradcam"),
+        ("GradCAM++", "gradcam++"),
+        ("gradcam_plusplus", "gradcam++"),
+        ("grad-cam", "gradcam"),
+        ("EigenCAM", "eigencam"),
+        ("attention-rollout", "rollout"),
+    ],
+)
+def test_aliases_resolve_to_one_canonical_name(given, canonical):
+    assert resolve_method(given).name == canonical
+
+
+def test_settings_fill_defaults_and_coerce_types():
+    assert explainer_setting("threshold") == ("threshold-gradcam", {"threshold": 0.3})
+    assert explainer_setting("threshold-gradcam", threshold="0.5") == ("threshold-gradcam", {"threshold": 0.5})
+    assert explainer_setting("threshold", threshold=None) == ("threshold-gradcam", {"threshold": 0.3})
+    assert explainer_setting("gradcam") == ("gradcam", {})
+    assert explainer_setting("rollout") == ("rollout", {"head_fusion": "mean", "discard_ratio": 0.0})
+
+
+def test_registry_covers_the_issue_and_every_spec_is_consistent():
+    for name in ("gradcam", "threshold-gradcam", "gradcam++", "xgradcam", "layercam", "hirescam", "eigengradcam"):
+        assert METHODS[name].kind == "core"
+    for name in ("eigencam", "scorecam", "ablationcam", "fullgrad"):
+        assert METHODS[name].kind == "library"
+    assert METHODS["rollout"].needs == METHODS["raw-attention"].needs == "attention"
+    for name, spec in METHODS.items():
+        assert name == spec.name == name.lower()
+        assert resolve_method(name) is spec
+        if spec.kind == "library":
+            assert spec.library_class
+
+
+@pytest.mark.parametrize(
+    "call, fragment",
+    [
+        (lambda: resolve_method("gradcam3"), "unknown explainer 'gradcam3'"),
+        (lambda: explainer_setting("gradcam", threshold=0.3), "takes no parameter 'threshold'"),
+        (lambda: explainer_setting("threshold", threshold=1.2), "threshold must be in [0, 1)"),
+        (lambda: explainer_setting("threshold", threshold="high"), "is not a float"),
+        (lambda: explainer_setting("rollout", head_fusion="median"), "head_fusion must be one of"),
+    ],
+)
+def test_bad_settings_are_one_clear_line(call, fragment):
+    with pytest.raises(ExplainerError) as info:
+        call()
+    assert fragment in info.value.message and "\n" not in info.value.message
