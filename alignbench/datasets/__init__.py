@@ -1,0 +1,121 @@
+"""Datasets of images with reference ("human") maps: the registry and ``open_dataset`` (torch-free).
+
+``open_dataset(name, data_dir)`` lists a dataset's image ids and fingerprints its content without
+importing torch or decoding an image, so a cached ``score`` answers from the store in well under a
+second. ``Dataset.torch_dataset(preprocessing, protocol)`` (imports torch) yields model inputs,
+reference maps, labels and boxes; ``Dataset.collate`` batches them. See SPEC "Datasets".
+
+Files read: ``sample`` ships in ``alignbench/data/sample``; ``clickme-val`` downloads to
+``<cache>/clickme/val`` (``$ALIGNBENCH_CLICKME_URL`` points at a mirror) unless ``data_dir`` holds
+the shards; ``folder`` and ``imagenet-val`` read ``data_dir``. Derived data (file digests, shard
+indexes, reference ranks) lives under the cache (``alignbench._cache.cache_dir``).
+"""
+
+from __future__ import annotations
+
+from os import PathLike
+from pathlib import Path
+
+from alignbench.datasets._base import (
+    CLICKME_HUMAN_CEILING,
+    PROTOCOLS,
+    ClickMeSample,
+    Dataset,
+    DatasetSpec,
+    FolderSample,
+)
+from alignbench.datasets._clickme import (
+    CLICKME_VAL_SHARDS,
+    CLICKME_VAL_URL,
+    ClickMeRecord,
+    iter_clickme_shard,
+    open_clickme,
+    write_clickme_shard,
+)
+from alignbench.datasets._folder import open_folder
+from alignbench.datasets._imagenet import open_imagenet_val, open_sample
+from alignbench.errors import DatasetError
+
+__all__ = [
+    "CLICKME_HUMAN_CEILING",
+    "CLICKME_VAL_SHARDS",
+    "CLICKME_VAL_URL",
+    "DATASETS",
+    "PROTOCOLS",
+    "ClickMeRecord",
+    "ClickMeSample",
+    "Dataset",
+    "DatasetSpec",
+    "FolderSample",
+    "collate",
+    "iter_clickme_shard",
+    "open_dataset",
+    "write_clickme_shard",
+]
+
+_BOX_MAP = "box mask blurred with the ClickMe blur (derived from ImageNet boxes, not human click data)"
+
+DATASETS: dict[str, DatasetSpec] = {
+    spec.name: spec
+    for spec in (
+        DatasetSpec(
+            name="sample",
+            description="10 ImageNet val images embedded in the package, with labels and human-drawn boxes",
+            reference=_BOX_MAP,
+            needs_data_dir=False,
+            has_boxes=True,
+            has_labels=True,
+            ceiling=None,
+            protocols=PROTOCOLS,
+            opener=open_sample,
+        ),
+        DatasetSpec(
+            name="clickme-val",
+            description="ClickMe validation set: 17 TFRecord shards, downloaded on demand or read from --data-dir",
+            reference="human ClickMe click heatmap",
+            needs_data_dir=False,
+            has_boxes=False,
+            has_labels=True,
+            ceiling=CLICKME_HUMAN_CEILING,
+            protocols=PROTOCOLS,
+            opener=open_clickme,
+        ),
+        DatasetSpec(
+            name="folder",
+            description="--data-dir with images/, heatmaps/ (same stems) and optional labels.csv (filename,label)",
+            reference="the given heatmap",
+            needs_data_dir=True,
+            has_boxes=False,
+            has_labels=False,
+            ceiling=None,
+            protocols=("aligned",),  # no published pipeline to reproduce: one geometry
+            opener=open_folder,
+        ),
+        DatasetSpec(
+            name="imagenet-val",
+            description="--data-dir with ImageNet val JPEGs and wsolevaluation box metadata",
+            reference=_BOX_MAP,
+            needs_data_dir=True,
+            has_boxes=True,
+            has_labels=True,
+            ceiling=None,
+            protocols=PROTOCOLS,
+            opener=open_imagenet_val,
+        ),
+    )
+}
+
+
+def open_dataset(name: str, data_dir: str | PathLike[str] | None = None, *, download: bool = True) -> Dataset:
+    """Open a registered dataset (torch-free). ``download=False`` forbids fetching ClickMe shards."""
+    spec = DATASETS.get(name)
+    if spec is None:
+        raise DatasetError(f"unknown dataset {name!r}; available: {', '.join(DATASETS)}")
+    return spec.opener(spec, None if data_dir is None else Path(data_dir), download)
+
+
+def collate(items: list[dict]) -> dict:
+    """Batch items of ``Dataset.torch_dataset`` (a DataLoader ``collate_fn``; imports torch)."""
+    from alignbench.datasets._torch_data import collate as collate_items
+
+    return collate_items(items)

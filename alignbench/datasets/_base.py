@@ -1,0 +1,227 @@
+"""What every dataset is (torch-free): its registry entry, the opened dataset, and what a reader yields.
+
+Opening a dataset lists its image ids and fingerprints its files without decoding an image or
+importing torch, so a cached ``score`` answers from the store alone. ``torch_dataset`` (which imports
+torch) turns it into model inputs and reference maps.
+
+Two geometries cover every dataset:
+
+- ``clickme``: a 256×256 RGB image and a 256×256 heatmap, as a ClickMe record stores them, then the
+  ClickMe preprocessing (image 256→224, heatmap 256→64 → ClickMe blur → 224). ``clickme-val`` reads
+  them from shards; ``sample`` and ``imagenet-val`` make them from an ImageNet JPEG squashed to
+  256×256 and its boxes' mask, so all three share one pipeline and one protocol switch.
+- ``folder``: an image and a heatmap of the same size, both resized to the model input with
+  antialiasing, no crop.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+from alignbench.errors import DatasetError
+
+if TYPE_CHECKING:  # pragma: no cover - numpy is imported only where images are decoded
+    import numpy as np
+
+    from alignbench.preprocessing import Preprocessing
+
+Geometry = Literal["clickme", "folder"]
+PROTOCOLS = ("aligned", "paper")
+CLICKME_HUMAN_CEILING = 0.65753  # inter-rater Spearman ceiling, Harmonization (Fel et al. 2022)
+# ClickMe stores 256×256 images and heatmaps (Harmonization clickme_dataset.py reshapes to (256, 256, c)).
+CLICKME_SIDE = 256
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    """One registry entry: what the dataset is and how to open it."""
+
+    name: str
+    description: str
+    reference: str  # what the reference ("human") map is, as reports should say it
+    needs_data_dir: bool
+    has_boxes: bool
+    has_labels: bool  # every image has a label (folder: only with labels.csv)
+    ceiling: float | None  # human inter-rater ceiling that normalises mean Spearman, if known
+    protocols: tuple[str, ...]
+    opener: Callable[..., Dataset] = field(repr=False, compare=False)  # (spec, data_dir, download)
+
+
+@dataclass
+class ClickMeSample:
+    """A record in the ClickMe layout, decoded (numpy)."""
+
+    image: np.ndarray  # uint8 [256, 256, 3]
+    heatmap: np.ndarray  # float32 [256, 256]
+    label: int  # ImageNet-1k index, -1 unknown
+    # float32 [K, 4]: x0, y0, x1, y1 in the 256×256 frame, continuous pixel edges (pixel c covers
+    # [c, c+1)), x1/y1 exclusive — the convention of alignbench.metrics.localisation.
+    boxes: np.ndarray
+
+
+@dataclass
+class FolderSample:
+    image: np.ndarray  # uint8 [h, w, 3]
+    heatmap: np.ndarray  # float32 [h, w]
+    label: int
+
+
+class Reader:
+    """Reads sample ``index`` (a position in ``image_ids``) in a DataLoader worker; picklable."""
+
+    geometry: Geometry
+
+    def read(self, index: int) -> ClickMeSample | FolderSample:  # pragma: no cover - interface
+        raise NotImplementedError
+
+
+class Dataset:
+    """An opened dataset: ids, labels and fingerprint (torch-free), and its torch view."""
+
+    def __init__(
+        self,
+        spec: DatasetSpec,
+        *,
+        fingerprint: str,
+        image_ids: Sequence[str],
+        location: Path | None,
+        has_labels: bool | None = None,
+    ) -> None:
+        self.spec = spec
+        self.name = spec.name
+        self.fingerprint = fingerprint
+        self.ceiling = spec.ceiling
+        self.has_boxes = spec.has_boxes
+        self.has_labels = spec.has_labels if has_labels is None else has_labels
+        self.location = location  # the files read (data dir, cache dir or package data)
+        self._image_ids = list(image_ids)
+
+    def __len__(self) -> int:
+        return len(self._image_ids)
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.name}: {len(self)} images, fingerprint {self.fingerprint[:12]}>"
+
+    def image_ids(self) -> list[str]:
+        """Stable order: position i here is ``index`` i of the torch dataset."""
+        return list(self._image_ids)
+
+    # --- subclasses ---------------------------------------------------------------------------
+
+    def labels(self) -> list[int]:
+        """Label per image in ``image_ids`` order; -1 where unknown (the scorer then uses top-1)."""
+        raise NotImplementedError
+
+    def reader(self) -> Reader:
+        raise NotImplementedError
+
+    # --- shared -------------------------------------------------------------------------------
+
+    def check_labels(self, num_classes: int) -> None:
+        """DatasetError naming the first image whose label is not one of the model's classes."""
+        for image_id, label in zip(self._image_ids, self.labels()):
+            if label < -1 or label >= num_classes:
+                raise DatasetError(
+                    f"{self.name}: image {image_id} has label {label}, outside the model's {num_classes} "
+                    "classes; use a model trained on the dataset's classes or fix the labels"
+                )
+
+    def positions(self, *, skip_ids: Iterable[str] = frozenset(), limit: int | None = None) -> list[int]:
+        """Indices to serve: the first ``limit`` images (all when None), minus ``skip_ids``.
+
+        ``limit`` counts from the start of the dataset, not after skipping, so a resumed
+        ``--limit N`` run finishes the same N images.
+        """
+        skip = frozenset(skip_ids)
+        end = len(self) if limit is None else max(0, min(limit, len(self)))
+        return [i for i in range(end) if self._image_ids[i] not in skip]
+
+    def _check_protocol(self, protocol: str) -> None:
+        if protocol not in PROTOCOLS:
+            raise DatasetError(f"unknown protocol {protocol!r}; use one of: {', '.join(PROTOCOLS)}")
+        if protocol not in self.spec.protocols:
+            raise DatasetError(
+                f"protocol {protocol!r} does not apply to dataset {self.name!r} "
+                f"(it reproduces the ClickMe pipeline); use --protocol {' or '.join(self.spec.protocols)}"
+            )
+
+    def torch_dataset(
+        self,
+        preprocessing: Preprocessing,
+        protocol: str = "aligned",
+        *,
+        skip_ids: Iterable[str] = frozenset(),
+        limit: int | None = None,
+        reference_ranks: bool = True,
+        num_classes: int | None = None,
+    ) -> Any:
+        """A map-style ``torch.utils.data.Dataset`` of model inputs and reference maps.
+
+        Items are dicts (see ``alignbench.datasets._torch_data``); batch them with :meth:`collate`.
+        Works with DataLoader workers: each item reads only its own record or files, so memory
+        stays flat. ``reference_ranks`` adds each reference map's average ranks, read from (or
+        computed once into) the reference-rank cache. ``num_classes`` checks every label first.
+        """
+        self._check_protocol(protocol)
+        if num_classes is not None:
+            self.check_labels(num_classes)
+        from alignbench.datasets._torch_data import ReferenceMapDataset
+
+        return ReferenceMapDataset(
+            self,
+            preprocessing,
+            protocol,
+            self.positions(skip_ids=skip_ids, limit=limit),
+            reference_ranks=reference_ranks,
+        )
+
+    @staticmethod
+    def collate(items: list[dict[str, Any]]) -> dict[str, Any]:
+        """Batch items of :meth:`torch_dataset` (``collate_fn`` for a DataLoader)."""
+        from alignbench.datasets._torch_data import collate
+
+        return collate(items)
+
+    def data_loader(
+        self,
+        preprocessing: Preprocessing,
+        protocol: str = "aligned",
+        *,
+        batch_size: int = 16,
+        num_workers: int | None = None,
+        skip_ids: Iterable[str] = frozenset(),
+        limit: int | None = None,
+        reference_ranks: bool = True,
+        num_classes: int | None = None,
+        pin_memory: bool = False,
+    ) -> Any:
+        """Batches of :meth:`torch_dataset`, decoded in worker processes (default: cores − 1, at
+        most 4). A DatasetError raised in a worker is re-raised here with its own one-line message."""
+        from alignbench.datasets._torch_data import make_loader
+
+        dataset = self.torch_dataset(
+            preprocessing, protocol, skip_ids=skip_ids, limit=limit, reference_ranks=reference_ranks,
+            num_classes=num_classes,
+        )
+        if num_workers is None:
+            num_workers = max(1, min(4, (os.cpu_count() or 2) - 1))
+        return make_loader(dataset, batch_size=batch_size, num_workers=num_workers, pin_memory=pin_memory)
+
+
+def listing(names: Sequence[str], limit: int = 10) -> str:
+    """'a, b, c' or 'a, b, … (and 12 more)' for error messages."""
+    shown = ", ".join(names[:limit])
+    return shown if len(names) <= limit else f"{shown}, … (and {len(names) - limit} more)"
+
+
+def need_data_dir(spec: DatasetSpec, data_dir: Path | None, what: str) -> Path:
+    if data_dir is None:
+        raise DatasetError(f"dataset {spec.name!r} needs --data-dir DIR with {what}")
+    data_dir = Path(data_dir).expanduser()
+    if not data_dir.is_dir():
+        raise DatasetError(f"--data-dir {data_dir} is not a directory; dataset {spec.name!r} needs {what}")
+    return data_dir

@@ -1,0 +1,162 @@
+"""The torch view of a dataset: a map-style Dataset of model inputs and reference maps, and its collate.
+
+Item (one image), a dict:
+
+- ``index``: int, the image's position in ``Dataset.image_ids()``;
+- ``image_id``: str;
+- ``image``: float32 [3, H, W], normalised model input (H, W = preprocessing.input_size);
+- ``reference``: float32 [H, W], the reference map at the model input size;
+- ``reference_ranks``: float32 [H·W], average ranks of ``reference`` (NaN row if it is non-finite);
+  present when asked for;
+- ``label``: int, the class index, -1 when unknown (the scorer then uses the top-1 prediction);
+- ``boxes``: float32 [K, 4], (x0, y0, x1, y1) in model-input pixels, continuous edges, x1/y1
+  exclusive (alignbench.metrics.localisation's convention); K may be 0.
+
+``collate`` stacks them; ``boxes`` becomes [B, K_max, 4] padded with NaN, with ``box_counts`` int64
+[B] saying how many rows are real; ``index`` and ``label`` become int64 [B]; ``image_id`` a list.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import torch
+from torch.utils.data import DataLoader
+from torch.utils.data import Dataset as TorchDataset
+
+from alignbench.datasets._base import Dataset
+from alignbench.datasets._pipeline import clickme_item, folder_item, reference_recipe
+from alignbench.datasets._reference_ranks import ReferenceRankCache
+from alignbench.errors import DatasetError
+from alignbench.preprocessing import Preprocessing
+
+
+class ReferenceMapDataset(TorchDataset):
+    """Serves ``positions`` (dataset indices) of one dataset under one preprocessing and protocol."""
+
+    def __init__(
+        self,
+        dataset: Dataset,
+        preprocessing: Preprocessing,
+        protocol: str,
+        positions: list[int],
+        *,
+        reference_ranks: bool = True,
+    ) -> None:
+        # Only picklable, torch-free parts are kept: workers receive a copy of this object.
+        self.reader = dataset.reader()
+        self.image_ids = dataset.image_ids()
+        self.preprocessing = preprocessing
+        self.protocol = protocol
+        self.positions = positions
+        self.rank_cache = (
+            ReferenceRankCache(
+                dataset.fingerprint,
+                reference_recipe(self.reader.geometry, preprocessing, protocol),
+                len(dataset),
+                tuple(preprocessing.input_size),
+            )
+            if reference_ranks
+            else None
+        )
+
+    def __len__(self) -> int:
+        return len(self.positions)
+
+    def __getitem__(self, k: int) -> dict[str, Any]:
+        index = self.positions[k]
+        sample = self.reader.read(index)
+        if self.reader.geometry == "clickme":
+            image, reference, boxes = clickme_item(sample, self.preprocessing, self.protocol)
+        else:
+            image, reference, boxes = folder_item(sample, self.preprocessing)
+        item = {
+            "index": index,
+            "image_id": self.image_ids[index],
+            "image": image,
+            "reference": reference,
+            "label": int(sample.label),
+            "boxes": boxes,
+        }
+        if self.rank_cache is not None:
+            item["reference_ranks"] = self.rank_cache.ranks(index, reference)
+        return item
+
+
+def collate(items: list[dict[str, Any]]) -> dict[str, Any]:
+    if not items:
+        raise ValueError("collate needs at least one item")
+    max_boxes = max(item["boxes"].shape[0] for item in items)
+    boxes = torch.full((len(items), max_boxes, 4), float("nan"), dtype=torch.float32)
+    for row, item in enumerate(items):
+        boxes[row, : item["boxes"].shape[0]] = item["boxes"]
+    batch: dict[str, Any] = {
+        "index": torch.tensor([item["index"] for item in items], dtype=torch.int64),
+        "image_id": [item["image_id"] for item in items],
+        "image": torch.stack([item["image"] for item in items]),
+        "reference": torch.stack([item["reference"] for item in items]),
+        "label": torch.tensor([item["label"] for item in items], dtype=torch.int64),
+        "boxes": boxes,
+        "box_counts": torch.tensor([item["boxes"].shape[0] for item in items], dtype=torch.int64),
+    }
+    if all("reference_ranks" in item for item in items):
+        batch["reference_ranks"] = torch.stack([item["reference_ranks"] for item in items])
+    return batch
+
+
+def worker_error_message(error: DatasetError) -> str:
+    """The original one-line message of a DatasetError that torch re-raised from a worker.
+
+    torch wraps it as "Caught DatasetError in DataLoader worker process 0.\\nOriginal Traceback …
+    \\nalignbench.errors.DatasetError: <message>"; the last line holds the message.
+    """
+    text = error.message
+    if "DataLoader worker" not in text:
+        return text
+    marker = "DatasetError: "
+    last = text.rstrip().splitlines()[-1]
+    return last.split(marker, 1)[1] if marker in last else last
+
+
+class _Batches:
+    """A DataLoader whose worker DatasetErrors keep their one-line message."""
+
+    def __init__(self, loader: DataLoader) -> None:
+        self.loader = loader
+        self.dataset = loader.dataset
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        iterator = iter(self.loader)
+        while True:
+            message = None
+            try:
+                batch = next(iterator)
+            except StopIteration:
+                return
+            except DatasetError as error:
+                message = worker_error_message(error)
+            if message is not None:
+                # Raised outside the except block, with the iterator dropped: nothing (no exception
+                # context, no traceback) keeps the workers alive, so they shut down now.
+                iterator = None  # noqa: F841
+                raise DatasetError(message)
+            yield batch
+
+
+def make_loader(dataset: ReferenceMapDataset, *, batch_size: int, num_workers: int, pin_memory: bool = False) -> _Batches:
+    return _Batches(
+        DataLoader(
+            dataset,
+            batch_size=batch_size,
+            num_workers=num_workers,
+            collate_fn=collate,
+            pin_memory=pin_memory,
+            persistent_workers=False,
+            # a couple of batches in flight per worker: enough to overlap with the model, memory stays flat
+            prefetch_factor=2 if num_workers > 0 else None,
+        )
+    )
