@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import time
 from typing import Any
 
@@ -20,15 +19,6 @@ def _versions(device: str) -> dict[str, str]:
     return {"alignbench": __version__, "torch": torch.__version__, "timm": timm.__version__, "device": device}
 
 
-def default_workers() -> int:
-    # Decoding and preprocessing overlap with the model in worker processes; on a 2-core machine one
-    # worker leaves a core to the model. 0 disables workers (debugging, or where fork is unavailable).
-    env = os.environ.get("ALIGNBENCH_WORKERS")
-    if env is not None:
-        return max(0, int(env))
-    return max(1, min(4, (os.cpu_count() or 2) - 1))
-
-
 def _targets(labels: torch.Tensor, num_classes: int, image_ids: list[str]) -> torch.Tensor | None:
     """Dataset labels as explanation targets; -1 (no label) means the top-1 prediction."""
     bad = (labels >= num_classes) | (labels < -1)
@@ -41,17 +31,11 @@ def _targets(labels: torch.Tensor, num_classes: int, image_ids: list[str]) -> to
     return labels
 
 
-def _metric_values(metrics: tuple[str, ...], maps: torch.Tensor, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
+def _metric_values(metrics: tuple[str, ...], maps: torch.Tensor, batch: dict[str, Any], *, model, explanation) -> dict[str, torch.Tensor]:
     """Each requested metric's per-image values for one batch (NaN where undefined)."""
-    from alignbench.metrics.spearman import spearman
+    from alignbench.metrics import metric_function
 
-    values = {}
-    for metric in metrics:
-        if metric == "spearman":
-            values[metric] = spearman(maps, batch["reference"].to(maps.device))
-        else:
-            raise DatasetError(f"metric {metric!r} cannot be computed by this version of the scorer")
-    return values
+    return {metric: metric_function(metric)(maps, batch, model=model, explanation=explanation) for metric in metrics}
 
 
 def compute_run(
@@ -67,8 +51,6 @@ def compute_run(
     progress: Any = None,
 ) -> tuple[int, int, str]:
     """Compute the missing rows of the run ``key``; returns (run id, images computed, device)."""
-    from torch.utils.data import DataLoader
-
     from alignbench.explainers import explain_batch
     from alignbench.models import load_model, resolve_device
 
@@ -91,17 +73,17 @@ def compute_run(
         q.update_run(session, run, status="running", device=device, versions=_versions(device))
         session.commit()
 
-    todo = max(0, n_images - len(done))  # images still to score (done may hold ids past --limit: upper bound)
-    torch_dataset = dataset.torch_dataset(info.preprocessing, protocol=request.protocol, skip_ids=frozenset(done), limit=n_images)
-    workers = request.workers if request.workers is not None else default_workers()
-    loader = DataLoader(
-        torch_dataset,
+    loader = dataset.data_loader(
+        info.preprocessing,
+        request.protocol,
         batch_size=request.batch_size,
-        num_workers=workers,
-        collate_fn=dataset.collate,
+        num_workers=request.workers,  # None: the dataset's default (cores - 1, at most 4)
+        skip_ids=frozenset(done),
+        limit=n_images,
+        num_classes=info.num_classes,
         pin_memory=device.startswith("cuda"),
-        persistent_workers=False,
     )
+    todo = len(loader.dataset)
     computed = 0
     if progress is not None:
         progress(0, max(0, todo))
@@ -111,7 +93,7 @@ def compute_run(
             images = batch["image"].to(device, non_blocking=True)
             labels = _targets(batch["label"], info.num_classes, batch["image_id"])
             explanation = explain_batch(model, images, labels.to(device), method=method, **params)
-            scores = _metric_values(request.metrics, explanation.maps, batch)
+            scores = _metric_values(request.metrics, explanation.maps, batch, model=model, explanation=explanation)
             probabilities = explanation.logits.float().softmax(dim=1)
             confidence, prediction = probabilities.max(dim=1)
             rows = []

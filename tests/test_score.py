@@ -1,0 +1,128 @@
+"""`alignbench score` end to end on the embedded default (real efficientnet_lite0 weights, real images)."""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from alignbench.cli.app import app
+
+REQUIRED_KEYS = {
+    "run_id", "model", "dcls", "explainer", "dataset", "protocol", "n_images", "n_scored", "n_skipped",
+    "mean_spearman", "alignment_score", "cached", "metrics",
+}
+
+
+def _score(db: Path, *args: str) -> dict:
+    result = CliRunner().invoke(app, ["score", *args, "--db", f"sqlite:///{db}", "--json", "--workers", "0"])
+    assert result.exit_code == 0, result.output
+    return json.loads(result.stdout)
+
+
+def _cli(*args: str, env: dict | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "alignbench", *args], capture_output=True, text=True, timeout=timeout,
+        env={**os.environ, **(env or {})},
+    )
+
+
+def test_embedded_default_scores_then_answers_from_the_store(tmp_path: Path) -> None:
+    db = tmp_path / "s.db"
+    first = _score(db)
+    assert REQUIRED_KEYS <= first.keys()
+    assert (first["model"], first["dataset"], first["explainer"], first["protocol"]) == (
+        "efficientnet_lite0", "sample", "threshold-gradcam", "aligned")
+    assert first["cached"] is False
+    assert first["n_images"] == 10 and first["n_scored"] + first["n_skipped"] == 10
+    assert -1.0 <= first["mean_spearman"] <= 1.0
+    assert first["metrics"] == {"spearman": pytest.approx(first["mean_spearman"])}
+    assert first["alignment_score"] is None  # the sample dataset has no human ceiling
+    rows = sqlite3.connect(db).execute("SELECT count(*), count(DISTINCT image_id) FROM image_score").fetchone()
+    assert rows == (10, 10)
+
+    # the same command again: read from the store, in a fresh process that never imports torch
+    started = time.perf_counter()
+    proc = _cli("score", "--db", f"sqlite:///{db}", "--json", env={"PYTHONWARNINGS": "ignore"})
+    elapsed = time.perf_counter() - started
+    assert proc.returncode == 0, proc.stderr
+    second = json.loads(proc.stdout)
+    assert second["cached"] is True and second["run_id"] == first["run_id"]
+    assert second["mean_spearman"] == pytest.approx(first["mean_spearman"])
+    assert elapsed < 10  # generous: the point is that no model runs (the benchmark measures it)
+    code = (
+        "import sys; from alignbench.scoring import score, ScoreRequest; "
+        f"r = score(ScoreRequest(), db='sqlite:///{db}'); assert r.cached; "
+        "assert 'torch' not in sys.modules, 'cached score imported torch'"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
+
+
+def test_limit_force_and_threshold_are_separate_runs(tmp_path: Path) -> None:
+    db = tmp_path / "s.db"
+    three = _score(db, "--limit", "3")
+    assert three["n_images"] == 3 and three["cached"] is False
+    again = _score(db, "--limit", "3")
+    assert again["cached"] is True
+    # --limit 5 reuses the three stored images and computes two
+    five = _score(db, "--limit", "5")
+    assert five["run_id"] == three["run_id"] and five["n_images"] == 5 and five["cached"] is False
+    forced = _score(db, "--limit", "5", "--force")
+    assert forced["cached"] is False and forced["mean_spearman"] == pytest.approx(five["mean_spearman"], abs=1e-6)
+    other = _score(db, "--limit", "3", "--threshold", "0.5")
+    assert other["run_id"] != three["run_id"]
+    con = sqlite3.connect(db)
+    assert con.execute("SELECT count(*) FROM image_score WHERE run_id = ?", (three["run_id"],)).fetchone() == (5,)
+
+
+def test_killed_run_resumes_with_one_row_per_image(tmp_path: Path) -> None:
+    db = tmp_path / "s.db"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "alignbench", "score", "--db", f"sqlite:///{db}", "--batch-size", "1", "--workers", "0"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+    )
+    deadline = time.time() + 240
+    rows = 0
+    while time.time() < deadline and proc.poll() is None:
+        time.sleep(0.2)
+        if db.exists():
+            try:
+                rows = sqlite3.connect(db, timeout=5).execute("SELECT count(*) FROM image_score").fetchone()[0]
+            except sqlite3.OperationalError:
+                rows = 0
+            if rows >= 2:
+                break
+    assert proc.poll() is None, f"the run ended before it could be killed: {proc.stderr.read()}"
+    proc.kill()  # SIGKILL: no cleanup, no final status
+    proc.wait()
+    stored = sqlite3.connect(db).execute("SELECT count(*) FROM image_score").fetchone()[0]
+    assert 2 <= stored < 10
+    resumed = _score(db)
+    assert resumed["cached"] is False and resumed["n_images"] == 10
+    con = sqlite3.connect(db)
+    assert con.execute("SELECT count(*), count(DISTINCT image_id) FROM image_score").fetchone() == (10, 10)
+    assert con.execute("SELECT status FROM run").fetchone() == ("complete",)
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["no_such_model_xyz"], "no_such_model_xyz"),
+        (["--protocol", "sideways"], "protocol"),
+        (["--metric", "nonsense"], "nonsense"),
+        (["--dataset", "nope"], "nope"),
+        (["--limit", "0"], "--limit"),
+    ],
+)
+def test_bad_input_is_one_line_and_exit_2(tmp_path: Path, args: list[str], message: str) -> None:
+    result = CliRunner().invoke(app, ["score", *args, "--db", f"sqlite:///{tmp_path / 's.db'}"])
+    assert result.exit_code == 2, result.output
+    assert message in result.output
+    assert "Traceback" not in result.output
