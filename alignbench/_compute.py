@@ -51,6 +51,7 @@ def compute_run(
     progress: Any = None,
 ) -> tuple[int, int, str]:
     """Compute the missing rows of the run ``key``; returns (run id, images computed, device)."""
+    from alignbench.analysis.centre_bias import score_centre_bias
     from alignbench.explainers import explain_batch
     from alignbench.models import load_model, resolve_device
 
@@ -121,6 +122,12 @@ def compute_run(
             computed += len(rows)
             if progress is not None:
                 progress(computed, max(todo, computed))
+        # The model-free reference every comparison shows, on the same images: computed once per
+        # dataset, protocol and input size (a no-op when stored), so compare/report stay store-only.
+        score_centre_bias(
+            store, dataset, protocol=request.protocol, input_size=info.preprocessing.input_size,
+            limit=n_images, num_workers=request.workers,
+        )
     finally:
         with store.session(write=True) as session:
             row = session.get(type(run), run_id)
