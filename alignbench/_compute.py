@@ -8,7 +8,6 @@ from typing import Any
 import torch
 
 from alignbench import __version__
-from alignbench.errors import DatasetError
 from alignbench.store import Store
 from alignbench.store import queries as q
 
@@ -19,15 +18,20 @@ def _versions(device: str) -> dict[str, str]:
     return {"alignbench": __version__, "torch": torch.__version__, "timm": timm.__version__, "device": device}
 
 
-def _targets(labels: torch.Tensor, num_classes: int, image_ids: list[str]) -> torch.Tensor | None:
-    """Dataset labels as explanation targets; -1 (no label) means the top-1 prediction."""
-    bad = (labels >= num_classes) | (labels < -1)
-    if bool(bad.any()):
-        i = int(bad.nonzero()[0])
-        raise DatasetError(
-            f"image {image_ids[i]}: label {int(labels[i])} is outside the model's {num_classes} classes; "
-            "use a model trained on the dataset's classes or fix the labels"
-        )
+def _targets(model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor | None:
+    """Dataset labels as explanation targets; an image without a label (-1) is explained for its
+    top-1 prediction. All unlabelled: None (the explainer takes the top-1 of its own forward pass);
+    a mix: one extra forward pass for the unlabelled ones."""
+    labels = labels.to(images.device)
+    missing = labels < 0
+    if not bool(missing.any()):
+        return labels
+    if bool(missing.all()):
+        return None
+    with torch.inference_mode():
+        top1 = model(images[missing]).argmax(dim=1)
+    labels = labels.clone()
+    labels[missing] = top1
     return labels
 
 
@@ -92,8 +96,8 @@ def compute_run(
         for batch in loader:
             start = time.perf_counter()
             images = batch["image"].to(device, non_blocking=True)
-            labels = _targets(batch["label"], info.num_classes, batch["image_id"])
-            explanation = explain_batch(model, images, labels.to(device), method=method, **params)
+            targets = _targets(model, images, batch["label"])
+            explanation = explain_batch(model, images, targets, method=method, **params)
             scores = _metric_values(request.metrics, explanation.maps, batch, model=model, explanation=explanation)
             probabilities = explanation.logits.float().softmax(dim=1)
             confidence, prediction = probabilities.max(dim=1)

@@ -126,3 +126,69 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path: Path, args: list[str], messa
     assert result.exit_code == 2, result.output
     assert message in result.output
     assert "Traceback" not in result.output
+
+
+def _sample_arrays(n: int):
+    import numpy as np
+    from PIL import Image
+
+    from alignbench.datasets import open_dataset
+
+    sample = open_dataset("sample")
+    folder = Path(sample.location)
+    images = sorted(folder.glob("*.JPEG"))[:n]
+    rng = np.random.default_rng(0)
+    out = []
+    for path in images:
+        image = np.asarray(Image.open(path).convert("RGB").resize((256, 256), Image.BILINEAR))
+        yy, xx = np.mgrid[:256, :256]
+        cy, cx = rng.integers(64, 192, size=2)
+        heatmap = (255 * np.exp(-((yy - cy) ** 2 + (xx - cx) ** 2) / (2 * 40.0**2))).astype(np.uint8)
+        out.append((path.stem, image, heatmap))
+    return out
+
+
+def test_clickme_shards_written_here_are_scored_and_a_corrupt_shard_keeps_stored_rows(tmp_path: Path) -> None:
+    from alignbench.datasets import CLICKME_HUMAN_CEILING, ClickMeRecord, write_clickme_shard
+
+    shards = tmp_path / "shards"
+    shards.mkdir()
+    arrays = _sample_arrays(6)
+    labels = [1, 2, 3, 4, 5, 6]
+    for shard, chunk in enumerate((slice(0, 3), slice(3, 6))):
+        records = [ClickMeRecord(image, heatmap, label) for (_, image, heatmap), label in zip(arrays[chunk], labels[chunk])]
+        assert write_clickme_shard(shards / f"val-{shard}.tfrecords", records) == 3
+    db = tmp_path / "s.db"
+    result = _score(db, "--dataset", "clickme-val", "--data-dir", str(shards), "--explainer", "gradcam")
+    assert result["n_images"] == 6 and result["dataset"] == "clickme-val"
+    assert result["alignment_score"] == pytest.approx(result["mean_spearman"] / CLICKME_HUMAN_CEILING)
+    con = sqlite3.connect(db)
+    assert con.execute("SELECT group_concat(target) FROM (SELECT target FROM image_score WHERE run_id = ? ORDER BY image_index)",
+                       (result["run_id"],)).fetchone() == ("1,2,3,4,5,6",)
+
+    # corrupt one byte in the middle of the second shard: one clear line naming the file and offset,
+    # exit 2, and the rows already stored are all still there
+    shard = shards / "val-1.tfrecords"
+    data = bytearray(shard.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    shard.write_bytes(bytes(data))
+    bad = CliRunner().invoke(app, ["score", "--dataset", "clickme-val", "--data-dir", str(shards), "--db", f"sqlite:///{db}"])
+    assert bad.exit_code == 2, bad.output
+    assert "val-1.tfrecords" in bad.output and "byte" in bad.output
+    assert con.execute("SELECT count(*) FROM image_score WHERE run_id = ?", (result["run_id"],)).fetchone() == (6,)
+
+
+def test_folder_without_labels_explains_the_top1_class(tmp_path: Path) -> None:
+    from PIL import Image
+
+    root = tmp_path / "folder"
+    (root / "images").mkdir(parents=True)
+    (root / "heatmaps").mkdir()
+    for stem, image, heatmap in _sample_arrays(3):
+        Image.fromarray(image).save(root / "images" / f"{stem}.png")
+        Image.fromarray(heatmap).save(root / "heatmaps" / f"{stem}.png")
+    db = tmp_path / "s.db"
+    result = _score(db, "--dataset", "folder", "--data-dir", str(root))
+    assert result["n_images"] == 3 and result["n_scored"] == 3
+    rows = sqlite3.connect(db).execute("SELECT target, prediction FROM image_score WHERE run_id = ?", (result["run_id"],)).fetchall()
+    assert len(rows) == 3 and all(target == prediction for target, prediction in rows)
