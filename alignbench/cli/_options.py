@@ -7,6 +7,12 @@ from typing import Annotated, Optional
 
 import typer
 
+from alignbench.datasets import DATASETS, PROTOCOLS
+from alignbench.explainers import METHODS
+
+# Choices are read from the registries (never a second hand-written list) and validated by the
+# library, whose errors are one line; Typer's Enum choices would print a multi-line box instead.
+
 ModelName = Annotated[str, typer.Argument(help="Registry name (see `alignbench models`) or any timm model name.", show_default=False)]
 OptionalModelName = Annotated[
     Optional[str],
@@ -33,6 +39,8 @@ Db = Annotated[
     ),
 ]
 Json = Annotated[bool, typer.Option("--json", help="Print one JSON document on stdout and nothing else.")]
-Explainer = Annotated[str, typer.Option("--explainer", help="Explanation method (see the SPEC list; e.g. gradcam, threshold-gradcam).")]
-Dataset = Annotated[str, typer.Option("--dataset", help="sample, clickme-val, folder or imagenet-val.")]
-Protocol = Annotated[str, typer.Option("--protocol", help="aligned (heatmap and input share one geometry) or paper (the published pipeline).")]
+Explainer = Annotated[str, typer.Option("--explainer", help=f"Explanation method: {', '.join(METHODS)} (aliases: threshold, ...).")]
+Dataset = Annotated[str, typer.Option("--dataset", help=f"Dataset: {', '.join(DATASETS)}.")]
+Protocol = Annotated[
+    str, typer.Option("--protocol", help=f"{' or '.join(PROTOCOLS)}: aligned = heatmap and input share one geometry; paper = the published pipeline.")
+]

@@ -14,6 +14,7 @@ from rich.table import Table
 
 from alignbench.cli import _options as o
 from alignbench.cli._errors import guarded
+from alignbench.metrics import METRICS
 from alignbench.scoring import DEFAULT_MODEL, ScoreRequest, ScoreResult, parse_metrics
 from alignbench.scoring import score as run_score
 
@@ -66,7 +67,7 @@ def score(
     dataset: o.Dataset = "sample",
     data_dir: Annotated[Optional[Path], typer.Option("--data-dir", help="Dataset files (ClickMe shards, folder, ImageNet val JPEGs).", show_default=False)] = None,
     protocol: o.Protocol = "aligned",
-    metric: Annotated[str, typer.Option("--metric", help="Metric name or comma-separated names.")] = "spearman",
+    metric: Annotated[str, typer.Option("--metric", help=f"Metric or comma-separated metrics: {', '.join(METRICS)}.")] = "spearman",
     limit: Annotated[Optional[int], typer.Option("--limit", help="Score only the first N images.", show_default=False)] = None,
     batch_size: Annotated[int, typer.Option("--batch-size", help="Images per forward/backward pass.")] = 16,
     workers: Annotated[Optional[int], typer.Option("--workers", help="DataLoader worker processes (default: cores - 1).", show_default=False)] = None,
