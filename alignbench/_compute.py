@@ -35,6 +35,14 @@ def _targets(model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor)
     return labels
 
 
+def _why_undefined(metric: str, batch: dict[str, Any], i: int) -> str:
+    from alignbench.metrics import METRICS
+
+    if METRICS[metric].needs_boxes and int(batch["box_counts"][i]) == 0:
+        return "the image has no box"
+    return "undefined (constant or non-finite map, or no box inside the image)"
+
+
 def _metric_values(metrics: tuple[str, ...], maps: torch.Tensor, batch: dict[str, Any], *, model, explanation) -> dict[str, torch.Tensor]:
     """Each requested metric's per-image values for one batch (NaN where undefined)."""
     from alignbench.metrics import metric_function
@@ -115,7 +123,7 @@ def compute_run(
                     value = float(values[i])
                     row[metric.replace("-", "_")] = value
                     if value != value:  # NaN: the metric is undefined for this image (counted as skipped)
-                        reasons.append(f"{metric}: undefined (constant or non-finite map)")
+                        reasons.append(f"{metric}: {_why_undefined(metric, batch, i)}")
                 row["skip_reason"] = "; ".join(reasons) or None
                 rows.append(row)
             elapsed = time.perf_counter() - start

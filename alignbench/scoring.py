@@ -87,6 +87,23 @@ def _validate(request: ScoreRequest) -> None:
         raise AlignbenchError(f"--batch-size must be at least 1, got {request.batch_size}")
 
 
+def _check_metrics_fit(metrics: Sequence[str], dataset: Any) -> None:
+    from alignbench.metrics import METRICS
+
+    boxed = [m for m in metrics if METRICS[m].needs_boxes]
+    if boxed and not dataset.has_boxes:
+        with_boxes = ", ".join(name for name, spec in _datasets().items() if spec.has_boxes)
+        raise MetricError(
+            f"metric {boxed[0]!r} needs bounding boxes and dataset {dataset.name!r} has none; use a dataset with boxes ({with_boxes})"
+        )
+
+
+def _datasets() -> dict[str, Any]:
+    from alignbench.datasets import DATASETS
+
+    return DATASETS
+
+
 def _result(session, run, request, *, method, params, n_images, cached, computed=0, seconds=0.0, weights_source="", device=None) -> ScoreResult:
     from alignbench.store.tables import Dataset
 
@@ -130,6 +147,7 @@ def score(request: ScoreRequest, *, db: str | None = None, progress: ProgressCal
     identity = model_identity(request.model, dcls=request.dcls, checkpoint=request.checkpoint)
     method, params = explainer_setting(request.explainer, **request.explainer_params)
     dataset = open_dataset(request.dataset, request.data_dir)
+    _check_metrics_fit(request.metrics, dataset)
     n_total = len(dataset)
     n_images = min(n_total, request.limit) if request.limit else n_total
     metrics = tuple(sorted(set(request.metrics)))

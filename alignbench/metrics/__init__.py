@@ -41,6 +41,73 @@ METRICS: dict[str, MetricSpec] = {
             "= scipy.stats.spearmanr); NaN for a constant or non-finite map",
             module="alignbench.metrics.spearman",
         ),
+        # Localisation against human bounding boxes ("Explainable Models with Consistent
+        # Interpretations", AAAI 2021; Score-CAM's energy-based pointing game).
+        MetricSpec(
+            name="pointing-game",
+            higher_is_better=True,
+            needs_boxes=True,
+            needs_model=False,
+            description="1 when the map's maximum lies within 15 px of a box (Zhang et al. 2018), else 0",
+            module="alignbench.metrics.localisation",
+        ),
+        MetricSpec(
+            name="stochastic-pointing-game",
+            higher_is_better=True,
+            needs_boxes=True,
+            needs_model=False,
+            description="fraction of 100 points sampled from the normalised map that fall inside the boxes",
+            module="alignbench.metrics.localisation",
+        ),
+        MetricSpec(
+            name="energy-in-box",
+            higher_is_better=True,
+            needs_boxes=True,
+            needs_model=False,
+            description="share of the min-max-normalised map's mass inside the boxes",
+            module="alignbench.metrics.localisation",
+        ),
+        # Faithfulness: does the highlighted region drive the prediction (RISE; Grad-CAM++; Opti-CAM).
+        MetricSpec(
+            name="deletion",
+            higher_is_better=False,
+            needs_boxes=False,
+            needs_model=True,
+            description="RISE deletion AUC: target probability as the most salient pixels are removed (224 steps)",
+            module="alignbench.metrics.faithfulness",
+        ),
+        MetricSpec(
+            name="insertion",
+            higher_is_better=True,
+            needs_boxes=False,
+            needs_model=True,
+            description="RISE insertion AUC: target probability as the most salient pixels are restored on a blur",
+            module="alignbench.metrics.faithfulness",
+        ),
+        MetricSpec(
+            name="average-drop",
+            higher_is_better=False,
+            needs_boxes=False,
+            needs_model=True,
+            description="% drop of the target probability on the image masked by the map (Grad-CAM++)",
+            module="alignbench.metrics.faithfulness",
+        ),
+        MetricSpec(
+            name="average-increase",
+            higher_is_better=True,
+            needs_boxes=False,
+            needs_model=True,
+            description="100 when the masked image raises the target probability, else 0 (Grad-CAM++)",
+            module="alignbench.metrics.faithfulness",
+        ),
+        MetricSpec(
+            name="average-gain",
+            higher_is_better=True,
+            needs_boxes=False,
+            needs_model=True,
+            description="% gain of the target probability on the masked image, relative to 1 - p (Opti-CAM)",
+            module="alignbench.metrics.faithfulness",
+        ),
     )
 }
 
