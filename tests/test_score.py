@@ -192,3 +192,31 @@ def test_folder_without_labels_explains_the_top1_class(tmp_path: Path) -> None:
     assert result["n_images"] == 3 and result["n_scored"] == 3
     rows = sqlite3.connect(db).execute("SELECT target, prediction FROM image_score WHERE run_id = ?", (result["run_id"],)).fetchall()
     assert len(rows) == 3 and all(target == prediction for target, prediction in rows)
+
+
+def test_box_and_faithfulness_metrics_are_stored_beside_spearman(tmp_path: Path) -> None:
+    db = tmp_path / "s.db"
+    metrics = "spearman,pointing-game,energy-in-box,average-drop"
+    result = _score(db, "--limit", "3", "--metric", metrics)
+    assert set(result["metrics"]) == set(metrics.split(","))
+    assert 0.0 <= result["metrics"]["pointing-game"] <= 1.0
+    assert 0.0 <= result["metrics"]["energy-in-box"] <= 1.0
+    assert 0.0 <= result["metrics"]["average-drop"] <= 100.0
+    rows = sqlite3.connect(db).execute(
+        "SELECT pointing_game, energy_in_box, average_drop, spearman FROM image_score WHERE run_id = ?", (result["run_id"],)
+    ).fetchall()
+    assert len(rows) == 3 and all(None not in row for row in rows)
+    assert _score(db, "--limit", "3", "--metric", metrics)["cached"] is True
+
+
+def test_box_metric_on_a_dataset_without_boxes_is_refused(tmp_path: Path) -> None:
+    from alignbench.datasets import ClickMeRecord, write_clickme_shard
+
+    shards = tmp_path / "shards"
+    shards.mkdir()
+    write_clickme_shard(shards / "val-0.tfrecords", [ClickMeRecord(image, heatmap, 1) for _, image, heatmap in _sample_arrays(1)])
+    result = CliRunner().invoke(
+        app, ["score", "--dataset", "clickme-val", "--data-dir", str(shards), "--metric", "pointing-game", "--db", f"sqlite:///{tmp_path / 's.db'}"]
+    )
+    assert result.exit_code == 2
+    assert "needs bounding boxes" in result.output and "Traceback" not in result.output
