@@ -45,8 +45,15 @@ def test_embedded_default_scores_then_answers_from_the_store(tmp_path: Path) -> 
     assert -1.0 <= first["mean_spearman"] <= 1.0
     assert first["metrics"] == {"spearman": pytest.approx(first["mean_spearman"])}
     assert first["alignment_score"] is None  # the sample dataset has no human ceiling
-    rows = sqlite3.connect(db).execute("SELECT count(*), count(DISTINCT image_id) FROM image_score").fetchone()
+    con = sqlite3.connect(db)
+    rows = con.execute("SELECT count(*), count(DISTINCT image_id) FROM image_score WHERE run_id = ?", (first["run_id"],)).fetchone()
     assert rows == (10, 10)
+    # the model-free centre-bias reference was stored on the same images, for compare/report
+    (reference,) = con.execute(
+        "SELECT count(*) FROM image_score JOIN run ON run.id = run_id JOIN model ON model.id = run.model_id "
+        "WHERE model.name = 'centre-bias'"
+    ).fetchone()
+    assert reference == 10
 
     # the same command again: read from the store, in a fresh process that never imports torch
     started = time.perf_counter()
@@ -107,8 +114,10 @@ def test_killed_run_resumes_with_one_row_per_image(tmp_path: Path) -> None:
     resumed = _score(db)
     assert resumed["cached"] is False and resumed["n_images"] == 10
     con = sqlite3.connect(db)
-    assert con.execute("SELECT count(*), count(DISTINCT image_id) FROM image_score").fetchone() == (10, 10)
-    assert con.execute("SELECT status FROM run").fetchone() == ("complete",)
+    assert con.execute(
+        "SELECT count(*), count(DISTINCT image_id) FROM image_score WHERE run_id = ?", (resumed["run_id"],)
+    ).fetchone() == (10, 10)
+    assert con.execute("SELECT status FROM run WHERE id = ?", (resumed["run_id"],)).fetchone() == ("complete",)
 
 
 @pytest.mark.parametrize(
