@@ -1,15 +1,118 @@
-"""`alignbench convert`."""
+"""`alignbench convert`: parse options, call alignbench.models.convert_model, print the summary."""
 
 from __future__ import annotations
 
+import json
+from enum import Enum
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from alignbench.cli import _options as o
 from alignbench.cli._errors import guarded
-from alignbench.errors import NotImplementedYet
+from alignbench.errors import ModelError
+from alignbench.registry import DCLS_VERSIONS, INIT_MODES
+
+# Choices built from the registry, never a second hand-written list (STYLE 2).
+DclsVersion = Enum("DclsVersion", {version: version for version in DCLS_VERSIONS}, type=str)
+InitMode = Enum("InitMode", {mode.replace("-", "_"): mode for mode in INIT_MODES}, type=str)
+
+
+def _summary(result) -> Table:
+    report = result.report
+    recipe = report.recipe
+    table = Table(title=f"{result.name} → DCLS", show_header=False)
+    table.add_column(style="bold")
+    table.add_column()
+    dense, dilated, growth = report.max_span_growth
+    size = recipe["dilated_kernel_size"]
+    change = report.params_after - report.params_before
+    rows = [
+        ("recipe", f"{recipe['version']}, {size}×{size}, {recipe['kernel_count']} elements, {recipe['selector']}"),
+        ("init", report.init),
+        ("weights", result.identity.weights_source),
+        ("layers replaced", f"{len(report.layers)} ({report.position_groups} shared position groups)"),
+        ("parameters", f"{report.params_before:,} → {report.params_after:,} ({change:+,}, "
+                       f"{100 * change / report.params_before:+.1f}%)"),
+        ("max receptive-field growth", f"{dense}×{dense} → {dilated}×{dilated} per layer ({growth:.1f}× span); "
+                                       f"elements now cover up to {report.max_effective_span} px"),
+    ]
+    if report.kernel_error is not None:
+        exact = report.kernel_error == 0.0
+        rows.append(("approximation", "exact: every dense tap kept" if exact else
+                     f"largest taps kept; max relative kernel error {report.kernel_error:.4f}"))
+    if result.logit_error is not None:
+        rows.append(("max |Δlogit| vs dense", f"{result.logit_error:.2e} (2 seeded N(0,1) inputs)"))
+    if result.out is not None:
+        rows.append(("wrote", f"{result.out} (sha256 {result.sha256[:16]}…)"))
+    else:
+        rows.append(("wrote", "nothing (pass --out PATH to save the weights)"))
+    if result.recorded_in:
+        rows.append(("recorded", f"{result.recorded_in} (fingerprint {result.identity.fingerprint[:12]})"))
+    for key, value in rows:
+        table.add_row(key, value)
+    return table
+
+
+def _as_dict(result) -> dict:
+    report = result.report
+    return {
+        "model": result.name,
+        "recipe": report.recipe,
+        "init": report.init,
+        "layers_replaced": [layer.name for layer in report.layers],
+        "position_groups": report.position_groups,
+        "params_before": report.params_before,
+        "params_after": report.params_after,
+        "max_span_growth": list(report.max_span_growth),
+        "kernel_error": report.kernel_error,
+        "logit_error": result.logit_error,
+        "out": str(result.out) if result.out else None,
+        "sha256": result.sha256,
+        "fingerprint": result.identity.fingerprint,
+        "weights_source": result.identity.weights_source,
+        "recorded_in": result.recorded_in,
+    }
 
 
 @guarded
-def convert() -> None:
+def convert(
+    model: o.ModelName,
+    dcls: o.Dcls = False,
+    kernel_count: Annotated[Optional[int], typer.Option("--kernel-count", help="Elements per kernel (default: the registry recipe).", show_default=False)] = None,
+    dilated_kernel_size: Annotated[Optional[int], typer.Option("--dilated-kernel-size", help="Odd span the elements may cover (default: the registry recipe).", show_default=False)] = None,
+    version: Annotated[Optional[DclsVersion], typer.Option("--version", help="Dcls2d kernel construction (default: the registry recipe).", show_default=False)] = None,
+    init: Annotated[Optional[InitMode], typer.Option("--init", help="checkpoint (published, or --checkpoint), from-dense, or random (default: checkpoint when there is one, else from-dense).", show_default=False)] = None,
+    checkpoint: o.Checkpoint = None,
+    out: Annotated[Optional[Path], typer.Option("--out", help="Write the converted weights here (.safetensors, else torch.save).", dir_okay=False, show_default=False)] = None,
+    device: o.Device = "cpu",
+    db: o.Db = None,
+    as_json: o.Json = False,
+) -> None:
     """Replace a model's convolutions by DCLS per its recipe and write a checkpoint.
 
     Example: [bold]alignbench convert convnext_tiny --dcls --init from-dense --out convnext_tiny_dcls.safetensors[/]
     """
-    raise NotImplementedYet("`alignbench convert` is not implemented yet")
+    from alignbench.models import convert_model
+
+    if not dcls:
+        raise ModelError("convert turns a model into its DCLS version: add --dcls")
+    result = convert_model(
+        model,
+        version=version.value if version else None,
+        kernel_count=kernel_count,
+        dilated_kernel_size=dilated_kernel_size,
+        init=init.value if init else None,
+        checkpoint=checkpoint,
+        out=out,
+        device=device,
+        record=True,
+        db=db,
+    )
+    if as_json:
+        print(json.dumps(_as_dict(result), indent=1))
+        return
+    Console().print(_summary(result))

