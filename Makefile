@@ -18,11 +18,14 @@ $(STAMP): pyproject.toml | $(BIN)/python
 install: $(STAMP)
 
 # The main job on the embedded default (efficientnet_lite0, real ImageNet weights, on the embedded
-# `sample` dataset; offline), then the report of what is stored.
+# `sample` dataset; offline), its DCLS conversion (from-dense), the same command again (answered from
+# the store), the comparison and the report of what is stored in ./alignbench.db.
 demo: install
 	$(BIN)/alignbench models
 	$(BIN)/alignbench score
+	$(BIN)/alignbench score efficientnet_lite0 --dcls
 	$(BIN)/alignbench score
+	$(BIN)/alignbench compare
 	$(BIN)/alignbench report
 
 test: install
