@@ -4,8 +4,8 @@ The recipe is the smallest that holds every dense tap of efficientnet_lite0 (5×
 3² elements), so the DCLS model costs about what the dense one does; the paper-sized 17×17 recipe is
 checked on real images in test_models.py.
 
-Two forward passes over 1000 images at 224 px take minutes on a shared 2-core CPU, so by default the
-test takes every 20th image (50 classes); ``ALIGNBENCH_FULL_TESTS=1`` runs all 1000.
+Two forward passes over all 1000 images at 224 px take about 45 s on an idle 2-core CPU (the issue
+asks for all 1000); ``ALIGNBENCH_QUICK_TESTS=1`` takes every 20th image (50 classes) for quick local runs.
 """
 
 from __future__ import annotations
@@ -25,8 +25,8 @@ def test_efficientnet_lite0_from_dense_keeps_every_top1(shared_data: Path) -> No
     root = shared_data / "imagenet-samples-256"
     rows = list(csv.DictReader(open(root / "labels.csv")))
     assert len(rows) == 1000
-    full = os.environ.get("ALIGNBENCH_FULL_TESTS") == "1"
-    rows = rows if full else rows[::20]
+    quick = os.environ.get("ALIGNBENCH_QUICK_TESTS") == "1"
+    rows = rows[::20] if quick else rows
     dense = load_model("efficientnet_lite0")
     dcls = load_model("efficientnet_lite0", dcls=True, init="from-dense", dilated_kernel_size=5, kernel_count=25)
     assert dcls.alignbench_info.conversion.kernel_error == 0.0

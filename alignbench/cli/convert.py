@@ -33,7 +33,7 @@ def _summary(result) -> Table:
     rows = [
         ("recipe", f"{recipe['version']}, {size}×{size}, {recipe['kernel_count']} elements, {recipe['selector']}"),
         ("init", report.init),
-        ("weights", result.identity.weights_source),
+        ("weights from", result.source),
         ("layers replaced", f"{len(report.layers)} ({report.position_groups} shared position groups)"),
         ("parameters", f"{report.params_before:,} → {report.params_after:,} ({change:+,}, "
                        f"{100 * change / report.params_before:+.1f}%)"),
@@ -73,7 +73,7 @@ def _as_dict(result) -> dict:
         "out": str(result.out) if result.out else None,
         "sha256": result.sha256,
         "fingerprint": result.identity.fingerprint,
-        "weights_source": result.identity.weights_source,
+        "weights_source": result.source,
         "recorded_in": result.recorded_in,
     }
 

@@ -339,6 +339,7 @@ class ConversionResult:
     sha256: str | None
     identity: ModelIdentity  # of the written checkpoint (as `--dcls --checkpoint OUT` loads it)
     param_count: int
+    source: str = ""  # where the converted weights came from (human readable)
     recorded_in: str | None = None  # store URL the model was recorded in
 
 
@@ -388,6 +389,7 @@ def convert_model(
     return ConversionResult(
         name=plan.spec.name, report=report, logit_error=logit_error, out=path, sha256=digest,
         identity=identity, param_count=param_count, recorded_in=recorded_in,
+        source=plan.identity.weights_source,
     )
 
 
