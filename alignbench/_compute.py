@@ -43,11 +43,16 @@ def _why_undefined(metric: str, batch: dict[str, Any], i: int) -> str:
     return "undefined (constant or non-finite map, or no box inside the image)"
 
 
-def _metric_values(metrics: tuple[str, ...], maps: torch.Tensor, batch: dict[str, Any], *, model, explanation) -> dict[str, torch.Tensor]:
+def _metric_values(
+    metrics: tuple[str, ...], maps: torch.Tensor, batch: dict[str, Any], *, model, explanation, params: dict[str, dict[str, Any]]
+) -> dict[str, torch.Tensor]:
     """Each requested metric's per-image values for one batch (NaN where undefined)."""
     from alignbench.metrics import metric_function
 
-    return {metric: metric_function(metric)(maps, batch, model=model, explanation=explanation) for metric in metrics}
+    return {
+        metric: metric_function(metric)(maps, batch, model=model, explanation=explanation, **params.get(metric, {}))
+        for metric in metrics
+    }
 
 
 def compute_run(
@@ -106,7 +111,9 @@ def compute_run(
             images = batch["image"].to(device, non_blocking=True)
             targets = _targets(model, images, batch["label"])
             explanation = explain_batch(model, images, targets, method=method, **params)
-            scores = _metric_values(request.metrics, explanation.maps, batch, model=model, explanation=explanation)
+            scores = _metric_values(
+                request.metrics, explanation.maps, batch, model=model, explanation=explanation, params=request.metric_params
+            )
             probabilities = explanation.logits.float().softmax(dim=1)
             confidence, prediction = probabilities.max(dim=1)
             rows = []

@@ -35,6 +35,7 @@ class ScoreRequest:
     data_dir: Path | None = None
     protocol: str = "aligned"
     metrics: tuple[str, ...] = ("spearman",)
+    metric_params: dict[str, dict[str, Any]] = field(default_factory=dict)  # e.g. {"deletion": {"steps": 50}}
     limit: int | None = None
     batch_size: int = 16
     force: bool = False
@@ -85,6 +86,15 @@ def _validate(request: ScoreRequest) -> None:
         raise AlignbenchError(f"--limit must be at least 1, got {request.limit}")
     if request.batch_size < 1:
         raise AlignbenchError(f"--batch-size must be at least 1, got {request.batch_size}")
+    for metric, params in request.metric_params.items():
+        if metric not in request.metrics:
+            continue
+        unknown = sorted(set(params) - set(METRICS[metric].params))
+        if unknown:
+            raise MetricError(f"metric {metric!r} takes no parameter {unknown[0]!r}")
+        steps = params.get("steps")
+        if steps is not None and (not isinstance(steps, int) or steps < 1):
+            raise MetricError(f"--steps must be a whole number of at least 1, got {steps!r}")
 
 
 def _check_metrics_fit(metrics: Sequence[str], dataset: Any) -> None:
@@ -151,8 +161,12 @@ def score(request: ScoreRequest, *, db: str | None = None, progress: ProgressCal
     n_total = len(dataset)
     n_images = min(n_total, request.limit) if request.limit else n_total
     metrics = tuple(sorted(set(request.metrics)))
-    request = ScoreRequest(**{**asdict(request), "metrics": metrics})
-    key = q.run_key(identity.fingerprint, method, params, dataset.fingerprint, request.protocol, metrics)
+    # only the parameters of requested metrics count; a metric at its defaults keeps its plain name,
+    # so runs stored before metric parameters existed keep their key
+    metric_params = {m: dict(p) for m, p in sorted(request.metric_params.items()) if m in metrics and p}
+    request = ScoreRequest(**{**asdict(request), "metrics": metrics, "metric_params": metric_params})
+    keyed = [f"{m}{q.canonical_json(metric_params[m])}" if m in metric_params else m for m in metrics]
+    key = q.run_key(identity.fingerprint, method, params, dataset.fingerprint, request.protocol, keyed)
 
     store = open_store(db)
     try:

@@ -229,3 +229,17 @@ def test_box_metric_on_a_dataset_without_boxes_is_refused(tmp_path: Path) -> Non
     )
     assert result.exit_code == 2
     assert "needs bounding boxes" in result.output and "Traceback" not in result.output
+
+
+def test_deletion_steps_are_part_of_the_run(tmp_path: Path) -> None:
+    db = tmp_path / "s.db"
+    coarse = _score(db, "--limit", "2", "--metric", "deletion,insertion", "--steps", "4")
+    assert 0.0 <= coarse["metrics"]["deletion"] <= 1.0 and 0.0 <= coarse["metrics"]["insertion"] <= 1.0
+    assert _score(db, "--limit", "2", "--metric", "deletion,insertion", "--steps", "4")["cached"] is True
+    finer = _score(db, "--limit", "2", "--metric", "deletion,insertion", "--steps", "8")
+    assert finer["run_id"] != coarse["run_id"] and finer["cached"] is False
+    # --steps does not touch a run without deletion/insertion
+    plain = _score(db, "--limit", "2")
+    assert _score(db, "--limit", "2", "--steps", "8")["run_id"] == plain["run_id"]
+    bad = CliRunner().invoke(app, ["score", "--metric", "deletion", "--steps", "0", "--db", f"sqlite:///{db}"])
+    assert bad.exit_code == 2 and "--steps" in bad.output

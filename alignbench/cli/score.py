@@ -68,6 +68,9 @@ def score(
     data_dir: Annotated[Optional[Path], typer.Option("--data-dir", help="Dataset files (ClickMe shards, folder, ImageNet val JPEGs).", show_default=False)] = None,
     protocol: o.Protocol = "aligned",
     metric: Annotated[str, typer.Option("--metric", help=f"Metric or comma-separated metrics: {', '.join(METRICS)}.")] = "spearman",
+    steps: Annotated[
+        Optional[int], typer.Option("--steps", help="Steps of the deletion/insertion curves (default 224, RISE).", show_default=False)
+    ] = None,
     limit: Annotated[Optional[int], typer.Option("--limit", help="Score only the first N images.", show_default=False)] = None,
     batch_size: Annotated[int, typer.Option("--batch-size", help="Images per forward/backward pass.")] = 16,
     workers: Annotated[Optional[int], typer.Option("--workers", help="DataLoader worker processes (default: cores - 1).", show_default=False)] = None,
@@ -94,6 +97,7 @@ def score(
         data_dir=data_dir,
         protocol=protocol,
         metrics=parse_metrics(metric),
+        metric_params={} if steps is None else {"deletion": {"steps": steps}, "insertion": {"steps": steps}},
         limit=limit,
         batch_size=batch_size,
         force=force,

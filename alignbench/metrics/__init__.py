@@ -27,6 +27,7 @@ class MetricSpec:
     needs_model: bool  # the metric runs the model again (faithfulness), not just the maps
     description: str
     module: str  # defines METRIC_FUNCTIONS[name]
+    params: tuple[str, ...] = ()  # keyword parameters the adapter takes (part of a run's identity)
 
 
 METRICS: dict[str, MetricSpec] = {
@@ -70,6 +71,7 @@ METRICS: dict[str, MetricSpec] = {
         # Faithfulness: does the highlighted region drive the prediction (RISE; Grad-CAM++; Opti-CAM).
         MetricSpec(
             name="deletion",
+            params=("steps",),
             higher_is_better=False,
             needs_boxes=False,
             needs_model=True,
@@ -78,6 +80,7 @@ METRICS: dict[str, MetricSpec] = {
         ),
         MetricSpec(
             name="insertion",
+            params=("steps",),
             higher_is_better=True,
             needs_boxes=False,
             needs_model=True,

@@ -368,19 +368,23 @@ def _require_model(model: Any, metric: str) -> nn.Module:
     return model
 
 
-def _steps(maps: Tensor) -> int:
+def _steps(maps: Tensor, steps: int | None) -> int:
     # images smaller than 15 x 15 have fewer pixels than RISE's step count: one pixel per step then
-    return min(DEFAULT_STEPS, maps.shape[-2] * maps.shape[-1])
+    return min(DEFAULT_STEPS if steps is None else steps, maps.shape[-2] * maps.shape[-1])
 
 
-def _deletion(maps: Tensor, batch: Mapping[str, Any], *, model: Any = None, explanation: Any = None) -> Tensor:
+def _deletion(
+    maps: Tensor, batch: Mapping[str, Any], *, model: Any = None, explanation: Any = None, steps: int | None = None
+) -> Tensor:
     model = _require_model(model, "deletion")
-    return deletion_auc(model, batch["image"].to(maps.device), maps, explanation.targets, steps=_steps(maps))
+    return deletion_auc(model, batch["image"].to(maps.device), maps, explanation.targets, steps=_steps(maps, steps))
 
 
-def _insertion(maps: Tensor, batch: Mapping[str, Any], *, model: Any = None, explanation: Any = None) -> Tensor:
+def _insertion(
+    maps: Tensor, batch: Mapping[str, Any], *, model: Any = None, explanation: Any = None, steps: int | None = None
+) -> Tensor:
     model = _require_model(model, "insertion")
-    return insertion_auc(model, batch["image"].to(maps.device), maps, explanation.targets, steps=_steps(maps))
+    return insertion_auc(model, batch["image"].to(maps.device), maps, explanation.targets, steps=_steps(maps, steps))
 
 
 def _average_drop(maps: Tensor, batch: Mapping[str, Any], *, model: Any = None, explanation: Any = None) -> Tensor:
