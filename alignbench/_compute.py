@@ -75,6 +75,9 @@ def compute_run(
     device = resolve_device(request.device)
     model = load_model(request.model, dcls=request.dcls, checkpoint=request.checkpoint, device=device)
     info = model.alignbench_info
+    # NHWC kernels: measured 1.46x faster explanations on efficientnet_lite0 and 1.23x on resnet50 on
+    # this CPU (convnext unchanged), same maps to 6e-7; the metrics and the stored values do not change.
+    model = model.to(memory_format=torch.channels_last)
     with store.session(write=True) as session:
         model_row = q.upsert_model(session, info.identity, param_count=info.param_count, family=info.spec.family)
         explainer_row = q.upsert_explainer(session, method, params)
@@ -108,7 +111,7 @@ def compute_run(
     try:
         for batch in loader:
             start = time.perf_counter()
-            images = batch["image"].to(device, non_blocking=True)
+            images = batch["image"].to(device, non_blocking=True, memory_format=torch.channels_last)
             targets = _targets(model, images, batch["label"])
             explanation = explain_batch(model, images, targets, method=method, **params)
             scores = _metric_values(
