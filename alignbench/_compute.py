@@ -59,15 +59,16 @@ def compute_run(
     store: Store,
     request: Any,
     *,
-    identity: Any,
     method: str,
     params: dict[str, Any],
     dataset: Any,
-    key: str,
+    run_key: Any,
     n_images: int,
     progress: Any = None,
 ) -> tuple[int, int, str]:
-    """Compute the missing rows of the run ``key``; returns (run id, images computed, device)."""
+    """Compute the missing rows of the run ``run_key(weights fingerprint)``; returns (run id, images
+    computed, device). The key is made from the loaded model's fingerprint, which can be more exact
+    than the one known before loading (e.g. hub weights that were not cached yet)."""
     from alignbench.analysis.centre_bias import score_centre_bias
     from alignbench.explainers import explain_batch
     from alignbench.models import load_model, resolve_device
@@ -86,7 +87,7 @@ def compute_run(
             location=str(getattr(dataset, "location", "") or "") or None,
         )
         run = q.get_or_create_run(
-            session, key=key, model=model_row, explainer=explainer_row, dataset=dataset_row,
+            session, key=run_key(info.identity.fingerprint), model=model_row, explainer=explainer_row, dataset=dataset_row,
             protocol=request.protocol, metrics=request.metrics, n_images=len(dataset),
         )
         run_id = run.id
@@ -131,7 +132,7 @@ def compute_run(
                 reasons = []
                 for metric, values in scores.items():
                     value = float(values[i])
-                    row[metric.replace("-", "_")] = value
+                    row[q.metric_column(metric)] = value
                     if value != value:  # NaN: the metric is undefined for this image (counted as skipped)
                         reasons.append(f"{metric}: {_why_undefined(metric, batch, i)}")
                 row["skip_reason"] = "; ".join(reasons) or None

@@ -166,7 +166,11 @@ def score(request: ScoreRequest, *, db: str | None = None, progress: ProgressCal
     metric_params = {m: dict(p) for m, p in sorted(request.metric_params.items()) if m in metrics and p}
     request = ScoreRequest(**{**asdict(request), "metrics": metrics, "metric_params": metric_params})
     keyed = [f"{m}{q.canonical_json(metric_params[m])}" if m in metric_params else m for m in metrics]
-    key = q.run_key(identity.fingerprint, method, params, dataset.fingerprint, request.protocol, keyed)
+
+    def run_key(model_fingerprint: str) -> str:
+        return q.run_key(model_fingerprint, method, params, dataset.fingerprint, request.protocol, keyed)
+
+    key = run_key(identity.fingerprint)
 
     store = open_store(db)
     try:
@@ -179,7 +183,7 @@ def score(request: ScoreRequest, *, db: str | None = None, progress: ProgressCal
 
         start = time.perf_counter()
         run_id, computed, device = compute_run(
-            store, request, identity=identity, method=method, params=params, dataset=dataset, key=key,
+            store, request, method=method, params=params, dataset=dataset, run_key=run_key,
             n_images=n_images, progress=progress,
         )
         with store.session() as session:
