@@ -100,7 +100,9 @@ def _fit(text: str, width: int) -> str:
 
 def _span(values: list[float]) -> tuple[float, float]:
     low, high = min(values), max(values)
-    pad = (high - low) * 0.05 or 0.05
+    # at least 0.05: nearly equal scores (a from-dense DCLS model, Δ ~ 1e-8) would otherwise give
+    # plotext a degenerate axis and no visible diagonal
+    pad = max((high - low) * 0.05, 0.05)
     return low - pad, high + pad
 
 
