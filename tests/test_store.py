@@ -276,3 +276,19 @@ def test_migrations_create_exactly_the_tables(tmp_path: Path) -> None:
     with open_store(f"sqlite:///{tmp_path / 's.db'}") as store, store.engine.connect() as conn:
         diff = compare_metadata(MigrationContext.configure(conn), SQLModel.metadata)
     assert diff == []
+
+
+@pytest.mark.parametrize("command", [["score", "--limit", "1"], ["compare"], ["report"]])
+def test_cli_refuses_a_bad_store_with_one_line_and_exit_2(tmp_path: Path, command: list[str]) -> None:
+    from typer.testing import CliRunner
+
+    from alignbench.cli.app import app
+
+    corrupt = tmp_path / "corrupt.db"
+    corrupt.write_bytes(b"not a database at all" * 50)
+    before = _sha(corrupt)
+    for url, message in ((f"sqlite:///{corrupt}", "cannot open store"), ("nosuchdb://x/y", "unknown database scheme")):
+        result = CliRunner().invoke(app, [*command, "--db", url])
+        assert result.exit_code == 2, result.output
+        assert message in result.stderr and len(result.stderr.strip().splitlines()) == 1
+    assert _sha(corrupt) == before
