@@ -12,3 +12,5 @@ calls to record the model-free reference run.
 - ``stats``: paired bootstrap, Wilcoxon signed-rank, correlations (numpy; tested against scipy);
 - ``centre_bias``: the centre-prior map and its stored run.
 """
+
+DEFAULT_BINS = 20  # histogram bins of `report` (here, numpy-free, so the CLI can show the default)

@@ -25,13 +25,13 @@ from typing import Any
 import numpy as np
 from sqlmodel import Session
 
+from alignbench.analysis import DEFAULT_BINS  # defined numpy-free there, for the CLI's --bins default
 from alignbench.analysis._queries import WorstImage, worst_images
 from alignbench.analysis.runs import GroupKey, Pairing, RunScore, StoredRuns, filter_options, load_runs, pair_runs, score_label
 from alignbench.analysis.stats import pearson_r, spearman_rho
 from alignbench.errors import AlignbenchError, MetricError
 from alignbench.store import StoreMissing, open_store
 
-DEFAULT_BINS = 20
 DEFAULT_WORST = 10
 NOTHING_STORED = "no runs stored yet; run `alignbench score` first (it scores the embedded default model in seconds)"
 

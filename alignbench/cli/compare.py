@@ -3,16 +3,17 @@
 from __future__ import annotations
 
 import json
-from typing import Annotated, Optional
+from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
 from rich.console import Console
 from rich.table import Table
 
-from alignbench.analysis.compare import ALPHA, CONFIDENCE, CompareResult, GroupComparison
-from alignbench.analysis.compare import compare as run_compare
 from alignbench.cli import _options as o
 from alignbench.cli._errors import err_console, guarded
+
+if TYPE_CHECKING:  # the analysis modules import numpy: loaded only when the command runs
+    from alignbench.analysis.compare import CompareResult, GroupComparison
 
 # Filters shared with `report` (which imports them from here).
 ExplainerFilter = Annotated[
@@ -40,6 +41,8 @@ def _p_value(p: float | None) -> str:
 
 
 def _comparison_table(group: GroupComparison, n_resamples: int) -> Table:
+    from alignbench.analysis.compare import ALPHA, CONFIDENCE
+
     table = Table(
         title=f"DCLS vs baseline ({group.scale_name}) · {group.group.label}",
         caption=(
@@ -160,6 +163,8 @@ def compare(
 
     Example: [bold]alignbench compare --explainer threshold-gradcam --dataset clickme-val[/]
     """
+    from alignbench.analysis.compare import compare as run_compare
+
     result = run_compare(db, explainer=explainer, dataset=dataset, protocol=protocol, metric=metric)
     if as_json:
         typer.echo(json.dumps(result.to_json(), allow_nan=False))

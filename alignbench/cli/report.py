@@ -5,20 +5,21 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
 from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from alignbench.analysis import exports
-from alignbench.analysis.report import DEFAULT_BINS, Report
-from alignbench.analysis.report import report as build
+from alignbench.analysis import DEFAULT_BINS
 from alignbench.cli import _options as o
 from alignbench.cli._errors import err_console, guarded
 from alignbench.cli.compare import DatasetFilter, ExplainerFilter, Metric, ProtocolFilter, stdout_console
 from alignbench.errors import AlignbenchError
+
+if TYPE_CHECKING:  # the analysis modules import numpy: loaded only when the command runs
+    from alignbench.analysis.report import Report
 
 
 def _number(value: float | None, signed: bool = False) -> str:
@@ -147,6 +148,9 @@ def report(
     """
     if as_json and markdown:
         raise AlignbenchError("--json and --markdown both print the report; choose one")
+    from alignbench.analysis import exports
+    from alignbench.analysis.report import report as build
+
     result = build(db, explainer=explainer, dataset=dataset, protocol=protocol, metric=metric, run_id=run, worst=worst, bins=bins)
     if result.empty:
         # nothing stored yet is not an error: say what to run, exit 0
