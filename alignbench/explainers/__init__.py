@@ -16,6 +16,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
 
+from alignbench._lazy import lazy_attributes
 from alignbench.explainers._methods import DEFAULT_METHOD, METHODS, MethodSpec, explainer_setting, resolve_method
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -90,9 +91,4 @@ def explain_files(
     )
 
 
-def __getattr__(name: str) -> Any:
-    if name == "Explanation":
-        from alignbench.explainers._explain import Explanation
-
-        return Explanation
-    raise AttributeError(f"module 'alignbench.explainers' has no attribute {name!r}")
+__getattr__, __dir__ = lazy_attributes(__name__, {"Explanation": "alignbench.explainers._explain"})

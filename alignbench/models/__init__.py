@@ -7,9 +7,9 @@ and their fingerprint) and ``resolve_device`` answer without it, so a cached ``s
 
 from __future__ import annotations
 
-from importlib import import_module
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
+from alignbench._lazy import lazy_attributes
 from alignbench.models._device import resolve_device
 from alignbench.models._identity import ModelIdentity, model_identity
 
@@ -45,13 +45,4 @@ if TYPE_CHECKING:  # pragma: no cover
     from alignbench.models._load import ConversionReport, ConversionResult, ModelInfo, convert_model, load_model
 
 
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        value = getattr(import_module(_LAZY[name]), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module 'alignbench.models' has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(__all__))
+__getattr__, __dir__ = lazy_attributes(__name__, _LAZY)
