@@ -98,20 +98,15 @@ def _validate(request: ScoreRequest) -> None:
 
 
 def _check_metrics_fit(metrics: Sequence[str], dataset: Any) -> None:
+    from alignbench.datasets import DATASETS
     from alignbench.metrics import METRICS
 
     boxed = [m for m in metrics if METRICS[m].needs_boxes]
     if boxed and not dataset.has_boxes:
-        with_boxes = ", ".join(name for name, spec in _datasets().items() if spec.has_boxes)
+        with_boxes = ", ".join(name for name, spec in DATASETS.items() if spec.has_boxes)
         raise MetricError(
             f"metric {boxed[0]!r} needs bounding boxes and dataset {dataset.name!r} has none; use a dataset with boxes ({with_boxes})"
         )
-
-
-def _datasets() -> dict[str, Any]:
-    from alignbench.datasets import DATASETS
-
-    return DATASETS
 
 
 def _result(session, run, request, *, method, params, n_images, cached, computed=0, seconds=0.0, weights_source="", device=None) -> ScoreResult:

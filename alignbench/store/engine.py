@@ -52,10 +52,6 @@ class Store:
         bind = self.engine.execution_options(sqlite_begin="IMMEDIATE") if write else self.engine
         return Session(bind, expire_on_commit=False)
 
-    @property
-    def is_sqlite(self) -> bool:
-        return self.engine.dialect.name == "sqlite"
-
     def close(self) -> None:
         self.engine.dispose()
 
