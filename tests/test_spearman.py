@@ -98,15 +98,44 @@ def test_maps_larger_than_the_exact_range():
     assert abs(rho[0].item() - scipy_rho(a[:1], b[:1])[0]) <= 1e-12 and torch.isnan(rho[1])
 
 
-@pytest.mark.parametrize("side", [300, 400])  # 2 rows per sort call, then 1
-def test_rows_sorted_in_several_calls(side):
-    # Rows whose last and first values are equal across a sort-call boundary must not share a group.
+@pytest.mark.parametrize("side", [300, 400])
+def test_rows_sorted_one_at_a_time_keep_their_groups(side):
+    # Rows whose last and first values are equal must not share a tie group.
     generator = torch.Generator().manual_seed(5)
     row = (torch.rand(side * side, generator=generator) * 50).floor()
     row[0], row[-1] = 7.0, 7.0
     rows = torch.stack([row, row.flip(0), row, row])
     expected = torch.from_numpy(rankdata(rows.double().numpy(), axis=-1))
     assert torch.equal(rank_average(rows), expected)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16, torch.int16, torch.uint8, torch.bool])
+def test_radix_sorted_rows_equal_scipy_for_every_key_type(dtype):
+    # 224×224 rows take the one-row-at-a-time radix path: signed values, both zeros, infinities and
+    # large tied regions must keep scipy's order and average ranks.
+    generator = torch.Generator().manual_seed(6)
+    x = torch.randn(3, 224 * 224, generator=generator)
+    x[:, ::3] = 0.0
+    x[:, 1::7] = -0.0
+    if dtype.is_floating_point:
+        x[0, 5], x[0, 6], x[1, 9] = float("inf"), float("-inf"), float("-inf")
+        x = x.to(dtype)
+    elif dtype == torch.bool:
+        x = x > 0.5
+    else:
+        x = (x * 20).round().clamp(0 if dtype == torch.uint8 else -300, 255).to(dtype)
+    expected = rankdata(x.double().numpy(), method="average", axis=-1)
+    assert torch.equal(rank_average(x), torch.from_numpy(expected))
+    other = torch.rand(3, 224 * 224, generator=generator)
+    if dtype.is_floating_point:
+        return  # ±inf rows are undefined for spearman; the ranks above are what counts
+    assert np.abs(spearman(x, other).numpy() - scipy_rho(x, other)).max() <= 1e-12
+
+
+def test_ranking_leaves_the_thread_count_as_it_was():
+    threads = torch.get_num_threads()
+    rank_average(torch.rand(2, 224 * 224))
+    assert torch.get_num_threads() == threads
 
 
 def test_spearman_from_ranks_equals_spearman():

@@ -13,7 +13,9 @@ Item (one image), a dict:
   exclusive (alignbench.metrics.localisation's convention); K may be 0.
 
 ``collate`` stacks them; ``boxes`` becomes [B, K_max, 4] padded with NaN, with ``box_counts`` int64
-[B] saying how many rows are real; ``index`` and ``label`` become int64 [B]; ``image_id`` a list.
+[B] saying how many rows are real; ``index`` and ``label`` become int64 [B]; ``image_id`` a list;
+``image`` [B, 3, H, W] is stored channels-last (NHWC in memory), the layout the scorer runs its
+models in, so the copy into it happens in the worker rather than in the main loop.
 """
 
 from __future__ import annotations
@@ -84,6 +86,14 @@ class ReferenceMapDataset(TorchDataset):
         return item
 
 
+def _stack_channels_last(images: list[torch.Tensor]) -> torch.Tensor:
+    channels, height, width = images[0].shape
+    batch = torch.empty((len(images), height, width, channels), dtype=images[0].dtype).permute(0, 3, 1, 2)
+    for row, image in enumerate(images):
+        batch[row].copy_(image)
+    return batch
+
+
 def collate(items: list[dict[str, Any]]) -> dict[str, Any]:
     if not items:
         raise ValueError("collate needs at least one item")
@@ -94,7 +104,7 @@ def collate(items: list[dict[str, Any]]) -> dict[str, Any]:
     batch: dict[str, Any] = {
         "index": torch.tensor([item["index"] for item in items], dtype=torch.int64),
         "image_id": [item["image_id"] for item in items],
-        "image": torch.stack([item["image"] for item in items]),
+        "image": _stack_channels_last([item["image"] for item in items]),
         "reference": torch.stack([item["reference"] for item in items]),
         "label": torch.tensor([item["label"] for item in items], dtype=torch.int64),
         "boxes": boxes,

@@ -83,9 +83,10 @@ def split_model(model: nn.Module) -> Split:
 
 
 def model_device(model: nn.Module) -> torch.device:
-    for tensor in (*model.parameters(), *model.buffers()):
-        return tensor.device
-    return torch.device("cpu")
+    tensor = next(model.parameters(), None)
+    if tensor is None:
+        tensor = next(model.buffers(), None)
+    return torch.device("cpu") if tensor is None else tensor.device
 
 
 def as_batch(images: Tensor, model: nn.Module) -> Tensor:
@@ -134,27 +135,28 @@ def resolve_targets(targets: Targets, logits: Tensor) -> Tensor:
 @contextmanager
 def frozen_parameters(model: nn.Module) -> Iterator[None]:
     """No parameter requires grad inside; every flag is restored exactly afterwards."""
-    flags = [(p, p.requires_grad) for p in model.parameters()]
+    trainable = [p for p in model.parameters() if p.requires_grad]
     try:
-        for p, _ in flags:
+        for p in trainable:
             p.requires_grad_(False)
         yield
     finally:
-        for p, flag in flags:
-            p.requires_grad_(flag)
+        for p in trainable:
+            p.requires_grad_(True)
 
 
 @contextmanager
 def eval_mode(model: nn.Module) -> Iterator[None]:
     """Eval mode inside (BatchNorm running stats, no dropout: each image's map depends on that image
     alone, and repeated calls agree); every module's own training flag is restored afterwards."""
-    flags = [(m, m.training) for m in model.modules()]
+    training = [m for m in model.modules() if m.training]
     try:
-        model.eval()
+        if training:  # a model already in eval mode (the scorer's) is left alone
+            model.eval()
         yield
     finally:
-        for m, flag in flags:
-            m.training = flag
+        for m in training:
+            m.training = True
 
 
 @dataclass(frozen=True)

@@ -9,18 +9,21 @@ Degenerate inputs are explicit, never dropped: a map that is constant or holds a
 gives NaN for its image (scipy gives NaN for constant input too), and the caller counts NaNs as
 skipped images.
 
-Speed: ranking is one sort per map. On the CPU, maps of 32-bit (or narrower) floats become int64 keys
-(an order-preserving integer image of each float, with the row number in the high bits) sorted a few
-rows at a time with a stable 1-D sort, which torch runs as a radix sort; other dtypes and devices use
-``torch.sort(dim=-1)``. A reference map's ranks can be computed once and passed to
-:func:`spearman_from_ranks` (the datasets' reference-rank cache does that across runs), which halves
-the work per image. benchmarks/spearman.py measures both against scipy.
+Speed: ranking is one sort per map. Maps of 32-bit (or narrower) floats become int32 keys (an
+order-preserving integer image of each float); on the CPU each row's keys get a stable 1-D sort,
+which torch runs as a 4-pass radix sort, on one thread; float64/int64 maps and other devices use
+``torch.sort(dim=-1)``. The correlation is taken in one map's sorted order (the other map's ranks
+are gathered into it), so only the other map's ranks are ever scattered back to pixel order. A
+reference map's ranks can be computed once and passed to :func:`spearman_from_ranks` (the datasets'
+reference-rank cache does that across runs), which halves the work per image.
+benchmarks/spearman.py measures both against scipy.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from typing import Any
 
 import torch
@@ -39,55 +42,72 @@ def _as_rows(x: Tensor | object, name: str) -> Tensor:
     return x.reshape(x.shape[0], math.prod(x.shape[1:]))
 
 
-_SMALL_INTEGERS = (torch.uint8, torch.int8, torch.int16, torch.int32, torch.bool)
-_KEYS_PER_SORT = 1 << 18
+_SMALL_INTEGERS = (torch.uint8, torch.int8, torch.int16, torch.int32)
+# Below this many pixels a row is not radix-sorted by torch (its GRAIN_SIZE), so one batched sort wins.
+_RADIX_MIN_PIXELS = 32768
 
 
-def _sorted_ties(rows: Tensor) -> tuple[Tensor, Tensor]:
-    """Sort each row; return (flat permutation, flat bool 'starts a new tie group').
-
-    ``perm[j]`` is the flat index (row * N + column) of the j-th element in row-major sorted order; a
-    tie group never spans two rows.
-    """
+def _sort_keys(rows: Tensor) -> Tensor:
+    """Each value as an order-preserving int32 (equal values, equal keys), or the values themselves
+    when 32 bits cannot hold them (float64, int64)."""
     if rows.dtype in (torch.float32, torch.float16, torch.bfloat16):
         # Adding 0.0 maps -0.0 to +0.0: the two zeros are equal as floats, so they must share a key.
         bits = (rows.to(torch.float32) + 0.0).view(torch.int32)
         # IEEE-754 order as a signed integer: flip the magnitude bits of negative floats.
-        values = bits ^ ((bits >> 31) & 0x7FFFFFFF)
-    elif rows.dtype in _SMALL_INTEGERS:
-        values = rows
-    else:  # float64, int64: a 32-bit key would merge distinct values
-        return _sorted_ties_per_row(rows)
-    if rows.device.type != "cpu":
-        return _sorted_ties_per_row(values)
-    # On the CPU a stable sort of a 1-D int64 tensor is a radix sort. Rows are sorted a few at a
-    # time, row number in the high 32 bits of the key: ~2**18 keys and their indices (4 MB) stay in
-    # cache, which makes it ~2.5x faster than one sort of a 32-map batch and than torch.sort(dim=-1),
-    # while few sort calls keep the thread pool's synchronisation cheap on a busy machine.
-    batch, n = rows.shape
-    rows_per_sort = max(1, _KEYS_PER_SORT // n)
-    keys = values.to(torch.int64) + (1 << 31)  # [0, 2**32)
-    keys += (torch.arange(batch, dtype=torch.int64) % rows_per_sort << 32).unsqueeze(1)
-    keys = keys.reshape(-1)
+        return bits ^ ((bits >> 31) & 0x7FFFFFFF)
+    if rows.dtype in _SMALL_INTEGERS:
+        return rows.to(torch.int32)
+    return rows
+
+
+@contextmanager
+def _one_thread() -> Iterator[None]:
+    """torch on one thread inside. The radix sort splits a row between threads and waits for the
+    slowest; with the DataLoader worker and other processes on the cores, one thread sorting alone
+    was faster (measured in the scoring loop, see benchmarks/score.py)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _sort_rows(rows: Tensor) -> tuple[Tensor, Tensor]:
+    """(sorted keys, permutation) per row: ``perm[r, j]`` is the column of row r's j-th smallest value."""
+    keys = _sort_keys(rows)
+    batch, n = keys.shape
+    if rows.device.type != "cpu" or keys.dtype != torch.int32 or n < _RADIX_MIN_PIXELS:
+        return torch.sort(keys, dim=-1)
+    # On the CPU a stable sort of a 1-D integer tensor is a radix sort, one pass per key byte: 32-bit
+    # keys one row at a time take 4 passes where a batched sort (or 64-bit keys holding the row
+    # number) takes 8, and one row's keys and indices (0.6 MB) stay in cache.
     sorted_keys = torch.empty_like(keys)
-    perm = torch.empty_like(keys)
-    for start in range(0, batch * n, rows_per_sort * n):
-        end = min(start + rows_per_sort * n, batch * n)
-        torch.sort(keys[start:end], stable=True, out=(sorted_keys[start:end], perm[start:end]))
-        perm[start:end] += start
-    starts = torch.ones_like(sorted_keys, dtype=torch.bool)
-    starts[1:] = sorted_keys[1:] != sorted_keys[:-1]  # the row bits differ across rows of one sort
-    starts[::n] = True  # and a row starting a new sort always starts a group
-    return perm, starts
+    perm = torch.empty((batch, n), dtype=torch.int64)
+    with _one_thread():
+        for r in range(batch):
+            torch.sort(keys[r], stable=True, out=(sorted_keys[r], perm[r]))
+    return sorted_keys, perm
 
 
-def _sorted_ties_per_row(rows: Tensor) -> tuple[Tensor, Tensor]:
+def _sorted_ranks(rows: Tensor) -> tuple[Tensor, Tensor]:
+    """Sort each row; return (perm, ranks in sorted order): row r's value at column ``perm[r, j]``
+    has the average rank ``ranks[r, j]`` (float64, 1-based).
+
+    Tie groups (runs of equal keys in sorted order) are found along the flattened batch, where row r
+    holds positions r·N … r·N + N − 1 and a group never spans two rows, as each row starts one; the
+    positions p … p + c − 1 of a group share the rank (p mod N) + (c + 1)/2.
+    """
     batch, n = rows.shape
-    sorted_rows, perm = torch.sort(rows, dim=-1)
-    starts = torch.ones_like(sorted_rows, dtype=torch.bool)
-    starts[:, 1:] = sorted_rows[:, 1:] != sorted_rows[:, :-1]
-    offsets = torch.arange(batch, device=rows.device, dtype=torch.int64).unsqueeze(1) * n
-    return (perm + offsets).reshape(-1), starts.reshape(-1)
+    sorted_keys, perm = _sort_rows(rows)
+    starts = torch.ones((batch, n), dtype=torch.bool, device=rows.device)
+    torch.ne(sorted_keys[:, 1:], sorted_keys[:, :-1], out=starts[:, 1:])
+    if bool(starts.all()):
+        return perm, torch.arange(1, n + 1, dtype=torch.float64, device=rows.device).expand(batch, n)
+    group_start = torch.nonzero(starts.reshape(-1)).squeeze(1)
+    counts = torch.diff(group_start, append=group_start.new_tensor([batch * n]))
+    group_rank = (group_start % n).to(torch.float64) + (counts.to(torch.float64) + 1.0) * 0.5
+    return perm, torch.repeat_interleave(group_rank, counts, output_size=batch * n).reshape(batch, n)
 
 
 def rank_average(x: Tensor) -> Tensor:
@@ -97,45 +117,33 @@ def rank_average(x: Tensor) -> Tensor:
     (scipy's ``nan_policy="propagate"``).
     """
     x = torch.as_tensor(x)
+    if x.dtype == torch.bool:
+        x = x.to(torch.uint8)
     shape = x.shape
     rows = x.reshape(-1, shape[-1]) if x.dim() else x.reshape(1, 1)
-    batch, n = rows.shape
     if rows.numel() == 0:
         return torch.zeros(shape, dtype=torch.float64, device=x.device)
-    perm, starts = _sorted_ties(rows)
-    # Ranks are counted along the flattened batch (row r's values hold ranks r·N + 1 … r·N + N, as a
-    # tie group never spans two rows) and the row offset is subtracted at the end: no per-element
-    # position lookup. A tie group at flat positions p … p + c − 1 shares rank p + (c + 1)/2.
-    if bool(starts.all()):
-        flat_ranks = torch.arange(1, batch * n + 1, device=x.device, dtype=torch.float64)
-    else:
-        group_start = torch.nonzero(starts).squeeze(1)
-        counts = torch.diff(group_start, append=group_start.new_tensor([batch * n]))
-        group_rank = group_start.to(torch.float64) + (counts.to(torch.float64) + 1.0) * 0.5
-        flat_ranks = torch.repeat_interleave(group_rank, counts, output_size=batch * n)
-    ranks = torch.empty(batch * n, dtype=torch.float64, device=x.device).scatter_(0, perm, flat_ranks)
-    ranks = ranks.reshape(batch, n)
-    ranks -= torch.arange(0, batch * n, n, device=x.device, dtype=torch.float64).unsqueeze(1)
+    perm, sorted_ranks = _sorted_ranks(rows)
+    ranks = torch.empty(rows.shape, dtype=torch.float64, device=x.device).scatter_(1, perm, sorted_ranks)
     if rows.is_floating_point():
         ranks[torch.isnan(rows).any(dim=1)] = float("nan")
     return ranks.reshape(shape)
 
 
-def _pearson_of_ranks(ranks_a: Tensor, ranks_b: Tensor) -> Tensor:
-    """Pearson correlation per row of two float64 rank matrices [B, N].
+def _pearson_of_rank_sums(cross: Tensor, square_a: Tensor, square_b: Tensor, n: int) -> Tensor:
+    """Pearson's correlation per row of two rank vectors of N average ranks, from their raw sums
+    Σ a·b, Σ a² and Σ b² (float64 [B]).
 
     Every row of average ranks has mean (N + 1)/2, so the centred sums are raw sums minus
     N·((N + 1)/2)². Ranks are integers and halves: for N ≤ 2**17 pixels every product and partial sum
-    is a multiple of 1/4 below 2**51, so both terms, and the covariance, are exact in float64 (beyond
-    that, rounding stays near 1e-15). Rows that are constant must be masked by the caller.
+    is a multiple of 1/4 below 2**51, so the sums, in any order, and the covariance are exact in
+    float64 (beyond that, rounding stays near 1e-15). Rows that are constant must be masked by the
+    caller.
     """
-    n = ranks_a.shape[1]
     mean_square = n * ((n + 1) / 2.0) ** 2
-    covariance = torch.linalg.vecdot(ranks_a, ranks_b) - mean_square
-    spread_a = torch.linalg.vecdot(ranks_a, ranks_a) - mean_square
-    spread_b = torch.linalg.vecdot(ranks_b, ranks_b) - mean_square
+    covariance = cross - mean_square
     # One rounding in the denominator: identical maps give exactly 1 (sqrt of a square is exact).
-    return (covariance / torch.sqrt(spread_a * spread_b)).clamp(-1.0, 1.0)
+    return (covariance / torch.sqrt((square_a - mean_square) * (square_b - mean_square))).clamp(-1.0, 1.0)
 
 
 def _undefined_rows(rows: Tensor) -> Tensor:
@@ -145,6 +153,20 @@ def _undefined_rows(rows: Tensor) -> Tensor:
     if rows.is_floating_point():
         undefined |= ~(torch.isfinite(low) & torch.isfinite(high))
     return undefined
+
+
+def _spearman_sorted(rows: Tensor, other_ranks: Tensor) -> Tensor:
+    """ρ per row between the maps ``rows`` and the float64 ranks ``other_ranks`` of the other maps.
+
+    Pearson's correlation does not depend on the order of the pixels, so it is taken in the sorted
+    order of ``rows``: the other map's ranks are gathered into that order, rather than this map's
+    ranks scattered back into pixel order.
+    """
+    perm, ranks = _sorted_ranks(rows)
+    other = other_ranks.gather(1, perm)
+    return _pearson_of_rank_sums(
+        torch.linalg.vecdot(ranks, other), torch.linalg.vecdot(ranks, ranks), torch.linalg.vecdot(other, other), rows.shape[1]
+    )
 
 
 def spearman(a: Tensor, b: Tensor) -> Tensor:
@@ -159,12 +181,7 @@ def spearman(a: Tensor, b: Tensor) -> Tensor:
     if rows_a.shape[0] == 0:
         return torch.zeros(0, dtype=torch.float64, device=rows_a.device)
     undefined = _undefined_rows(rows_a) | _undefined_rows(rows_b)
-    if rows_a.dtype == rows_b.dtype:  # one sort call ranks both batches
-        ranks = rank_average(torch.cat([rows_a, rows_b]))
-        ranks_a, ranks_b = ranks[: len(rows_a)], ranks[len(rows_a) :]
-    else:
-        ranks_a, ranks_b = rank_average(rows_a), rank_average(rows_b)
-    return _pearson_of_ranks(ranks_a, ranks_b).masked_fill(undefined, float("nan"))
+    return _spearman_sorted(rows_a, rank_average(rows_b)).masked_fill(undefined, float("nan"))
 
 
 def spearman_from_ranks(pred: Tensor, ref_ranks: Tensor) -> Tensor:
@@ -185,7 +202,7 @@ def spearman_from_ranks(pred: Tensor, ref_ranks: Tensor) -> Tensor:
     if rows_pred.shape[0] == 0:
         return torch.zeros(0, dtype=torch.float64, device=rows_pred.device)
     undefined = _undefined_rows(rows_pred) | _undefined_rows(ranks_ref)  # NaN ranks are non-finite
-    return _pearson_of_ranks(rank_average(rows_pred), ranks_ref).masked_fill(undefined, float("nan"))
+    return _spearman_sorted(rows_pred, ranks_ref).masked_fill(undefined, float("nan"))
 
 
 def _spearman_metric(maps: Tensor, batch: Mapping[str, Any], *, model: Any = None, explanation: Any = None) -> Tensor:
