@@ -40,7 +40,7 @@ class ScoreRequest:
     batch_size: int = 16
     force: bool = False
     device: str = "auto"
-    workers: int | None = None  # DataLoader workers; None: min(2, cores)
+    workers: int | None = None  # DataLoader workers; None: the dataset's default (cores - 1, at most 4)
 
 
 @dataclass
@@ -179,7 +179,7 @@ def score(request: ScoreRequest, *, db: str | None = None, progress: ProgressCal
         start = time.perf_counter()
         run_id, computed, device = compute_run(
             store, request, method=method, params=params, dataset=dataset, run_key=run_key,
-            n_images=n_images, progress=progress,
+            planned_fingerprint=identity.fingerprint, n_images=n_images, progress=progress,
         )
         with store.session() as session:
             from alignbench.store.tables import Run

@@ -243,3 +243,27 @@ def test_deletion_steps_are_part_of_the_run(tmp_path: Path) -> None:
     assert _score(db, "--limit", "2", "--steps", "8")["run_id"] == plain["run_id"]
     bad = CliRunner().invoke(app, ["score", "--metric", "deletion", "--steps", "0", "--db", f"sqlite:///{db}"])
     assert bad.exit_code == 2 and "--steps" in bad.output
+
+
+def test_workers_started_before_the_model_loads_serve_only_the_missing_images(tmp_path: Path, monkeypatch) -> None:
+    # The scorer starts its DataLoader workers from the planned run before the model loads; they
+    # must skip exactly the stored images, and be replaced when the loaded model's fingerprint turns
+    # out to differ from the planned one (as for hub weights that were not cached yet).
+    from dataclasses import replace
+
+    from alignbench import models
+    from alignbench.scoring import ScoreRequest, score
+
+    db = f"sqlite:///{tmp_path / 's.db'}"
+    request = ScoreRequest(limit=3, workers=1, batch_size=2)
+    first = score(request, db=db)
+    five = score(replace(request, limit=5), db=db)
+    assert five.run_id == first.run_id and five.computed_images == 2 and five.n_scored == 5
+    planned = models.model_identity
+    monkeypatch.setattr(models, "model_identity", lambda *a, **k: replace(planned(*a, **k), fingerprint="not-the-loaded-one"))
+    seven = score(replace(request, limit=7), db=db)
+    assert seven.run_id == first.run_id and seven.computed_images == 2 and seven.n_scored == 7
+    con = sqlite3.connect(tmp_path / "s.db")
+    assert con.execute(
+        "SELECT count(*), count(DISTINCT image_id) FROM image_score WHERE run_id = ?", (first.run_id,)
+    ).fetchone() == (7, 7)

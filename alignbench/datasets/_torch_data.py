@@ -140,21 +140,39 @@ class _Batches:
         return len(self.loader)
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
-        iterator = iter(self.loader)
-        while True:
-            message = None
-            try:
-                batch = next(iterator)
-            except StopIteration:
-                return
-            except DatasetError as error:
-                message = worker_error_message(error)
-            if message is not None:
-                # Raised outside the except block, with the iterator dropped: nothing (no exception
-                # context, no traceback) keeps the workers alive, so they shut down now.
-                iterator = None  # noqa: F841
-                raise DatasetError(message)
-            yield batch
+        return _BatchIterator(iter(self.loader))
+
+
+class _BatchIterator:
+    """Batches from a DataLoader iterator. Made eagerly: the workers start, and start decoding,
+    when ``iter()`` is called, so a caller can overlap them with other work (the scorer loads its
+    model meanwhile)."""
+
+    def __init__(self, iterator: Iterator[dict[str, Any]]) -> None:
+        self.iterator: Iterator[dict[str, Any]] | None = iterator
+
+    def __iter__(self) -> _BatchIterator:
+        return self
+
+    def __next__(self) -> dict[str, Any]:
+        if self.iterator is None:
+            raise StopIteration
+        message = None
+        try:
+            return next(self.iterator)
+        except StopIteration:
+            self.close()
+            raise
+        except DatasetError as error:
+            message = worker_error_message(error)
+        # Raised outside the except block, with the iterator dropped: nothing (no exception
+        # context, no traceback) keeps the workers alive, so they shut down now.
+        self.close()
+        raise DatasetError(message)
+
+    def close(self) -> None:
+        """Stop the workers now (dropping the last reference to the DataLoader iterator does)."""
+        self.iterator = None
 
 
 def make_loader(dataset: ReferenceMapDataset, *, batch_size: int, num_workers: int, pin_memory: bool = False) -> _Batches:
