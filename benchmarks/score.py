@@ -151,9 +151,16 @@ def run_alignbench(name: str, checkpoint: Path | None, shards: Path, db: str, ar
         batch_size=args.batch_size, workers=args.workers, force=True, device="cpu",
     )
     marks: list[float] = []
+    memory: list[tuple[float, float]] = []  # (main process, DataLoader workers) MiB, per batch
+
+    def progress(done: int, todo: int) -> None:
+        marks.append(time.perf_counter())
+        if done:  # after each committed batch (the first call comes before any)
+            memory.append(resident_mib())
+
     with timed_model_calls() as spent:
         start = time.perf_counter()
-        result = score(request, db=db, progress=lambda done, todo: marks.append(time.perf_counter()))
+        result = score(request, db=db, progress=progress)
         whole = time.perf_counter() - start
     if spent["calls"] == 0:
         raise SystemExit("gradient_evidence was never called: the model timer no longer wraps the explainer")
@@ -161,9 +168,40 @@ def run_alignbench(name: str, checkpoint: Path | None, shards: Path, db: str, ar
     return {
         "result": result, "loop_s": loop, "whole_s": whole, "model_s": spent["seconds"],
         "images_per_s": result.computed_images / loop, "outside": (loop - spent["seconds"]) / loop,
-        # pipeline fill: worker start-up and the first batch's decoding, which nothing overlaps
+        # pipeline fill: what is left in the loop of worker start-up and the first batch's decoding
         "fill": (spent["first_start"] - marks[0]) / loop,
+        "memory": memory,
     }
+
+
+def resident_mib() -> tuple[float, float]:
+    """Resident anonymous memory (MiB) of this process and of its child processes (the DataLoader
+    workers), from /proc; (nan, nan) where /proc is not there."""
+
+    def rss(pid: str) -> float:
+        # anonymous pages only: file pages (libraries, shard reads) are shared page cache, and a
+        # forked worker's copy-on-write pages count here only once it writes them
+        with open(f"/proc/{pid}/status") as status:
+            for line in status:
+                if line.startswith("RssAnon:"):
+                    return int(line.split()[1]) / 1024
+        return 0.0
+
+    try:
+        me = str(os.getpid())
+        children = 0.0
+        for entry in os.listdir("/proc"):
+            if entry.isdigit() and entry != me:
+                try:
+                    with open(f"/proc/{entry}/stat") as stat:
+                        parent = stat.read().rsplit(")", 1)[1].split()[1]
+                    if parent == me:
+                        children += rss(entry)
+                except OSError:
+                    continue  # the process ended meanwhile
+        return rss(me), children
+    except OSError:
+        return float("nan"), float("nan")
 
 
 def stored_rhos(db: str, run_id: int) -> dict[str, float]:
@@ -314,6 +352,11 @@ def main() -> None:
         line = (f"{r['model']}: ratio per repeat {ratios}; cold first run {r['cold']['images_per_s']:.2f} img/s; "
                 f"whole score() call {call_rate:.2f} img/s, {call_outside:.1%} outside fwd/bwd; mean ρ {r['mean_rho']:.3f}; "
                 f"|Δρ| > 1e-5 on {r['over_1e5']} of {r['compared']} images")
+        if ours["memory"]:
+            (main_first, workers_first), (main_last, workers_last) = ours["memory"][0], ours["memory"][-1]
+            peak = max(main for main, _ in ours["memory"])
+            line += (f"; anonymous resident memory after the first → last batch: main {main_first:.0f} → {main_last:.0f} MiB "
+                     f"(peak {peak:.0f}), workers {workers_first:.0f} → {workers_last:.0f} MiB")
         if r["undefined_mismatch"]:
             line += f"; {r['undefined_mismatch']} image(s) undefined in one pipeline only"
         print(line)
