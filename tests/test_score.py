@@ -267,3 +267,23 @@ def test_workers_started_before_the_model_loads_serve_only_the_missing_images(tm
     assert con.execute(
         "SELECT count(*), count(DISTINCT image_id) FROM image_score WHERE run_id = ?", (first.run_id,)
     ).fetchone() == (7, 7)
+
+
+def test_scores_do_not_depend_on_the_number_of_workers(tmp_path: Path) -> None:
+    # Dataset items are made on one torch thread wherever they are made (torch's bilinear resize
+    # differs in the last bits with the thread count), so the main process (--workers 0) and a
+    # DataLoader worker hand the model the same inputs, and the stored scores are equal.
+    from dataclasses import replace
+
+    from alignbench.scoring import ScoreRequest, score
+
+    request = ScoreRequest(limit=4, batch_size=2, workers=0)
+    runs = {}
+    for workers in (0, 1):
+        db = tmp_path / f"w{workers}.db"
+        run = score(replace(request, workers=workers), db=f"sqlite:///{db}")
+        con = sqlite3.connect(db)
+        runs[workers] = con.execute(
+            "SELECT image_id, spearman, confidence FROM image_score WHERE run_id = ? ORDER BY image_id", (run.run_id,)
+        ).fetchall()
+    assert len(runs[0]) == 4 and runs[0] == runs[1]

@@ -27,6 +27,7 @@ import torch
 from torch.utils.data import DataLoader
 from torch.utils.data import Dataset as TorchDataset
 
+from alignbench._threads import one_torch_thread
 from alignbench.datasets._base import Dataset
 from alignbench.datasets._pipeline import clickme_item, folder_item, reference_recipe
 from alignbench.datasets._reference_ranks import ReferenceRankCache
@@ -67,7 +68,10 @@ class ReferenceMapDataset(TorchDataset):
         return len(self.positions)
 
     def __getitem__(self, k: int) -> dict[str, Any]:
-        index = self.positions[k]
+        with one_torch_thread():  # the same bits in a worker and in the main process (see _threads)
+            return self._item(self.positions[k])
+
+    def _item(self, index: int) -> dict[str, Any]:
         sample = self.reader.read(index)
         if self.reader.geometry == "clickme":
             image, reference, boxes = clickme_item(sample, self.preprocessing, self.protocol)

@@ -22,12 +22,13 @@ benchmarks/spearman.py measures both against scipy.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Mapping
 from typing import Any
 
 import torch
 from torch import Tensor
+
+from alignbench._threads import one_torch_thread
 
 __all__ = ["METRIC_FUNCTIONS", "rank_average", "spearman", "spearman_from_ranks"]
 
@@ -60,23 +61,6 @@ def _sort_keys(rows: Tensor) -> Tensor:
     return rows
 
 
-@contextmanager
-def _one_thread() -> Iterator[None]:
-    """torch on one thread inside (the setting is process-wide; it is restored on exit).
-
-    The radix sort of one 50,000-key row gains little from a second thread (0.44 against 0.50 ms
-    on this 2-core machine, idle) and loses when the other core is busy — with the scorer's
-    DataLoader worker, or other processes — as it waits for the slower thread (1.4 against 1.7 ms
-    per map for ``spearman_from_ranks`` under background load; within noise in benchmarks/score.py).
-    """
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
-
-
 def _sort_rows(rows: Tensor) -> tuple[Tensor, Tensor]:
     """(sorted keys, permutation) per row: ``perm[r, j]`` is the column of row r's j-th smallest value."""
     keys = _sort_keys(rows)
@@ -88,7 +72,10 @@ def _sort_rows(rows: Tensor) -> tuple[Tensor, Tensor]:
     # number) takes 8, and one row's keys and indices (0.6 MB) stay in cache.
     sorted_keys = torch.empty_like(keys)
     perm = torch.empty((batch, n), dtype=torch.int64)
-    with _one_thread():
+    # One thread: 0.44 against 0.50 ms per row with two on this idle 2-core machine, but 1.4 against
+    # 1.7 ms per map (spearman_from_ranks) when the other core is busy, as the DataLoader worker
+    # keeps it in a scoring run: the sort waits for the slower thread.
+    with one_torch_thread():
         for r in range(batch):
             torch.sort(keys[r], stable=True, out=(sorted_keys[r], perm[r]))
     return sorted_keys, perm
