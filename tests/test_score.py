@@ -287,3 +287,20 @@ def test_scores_do_not_depend_on_the_number_of_workers(tmp_path: Path) -> None:
             "SELECT image_id, spearman, confidence FROM image_score WHERE run_id = ? ORDER BY image_id", (run.run_id,)
         ).fetchall()
     assert len(runs[0]) == 4 and runs[0] == runs[1]
+
+
+def test_a_label_outside_the_model_classes_is_refused_before_anything_is_stored(tmp_path: Path) -> None:
+    from alignbench.datasets import ClickMeRecord, write_clickme_shard
+
+    shards = tmp_path / "shards"
+    shards.mkdir()
+    records = [ClickMeRecord(image, heatmap, label) for (_, image, heatmap), label in zip(_sample_arrays(2), [3, 1000])]
+    write_clickme_shard(shards / "val-0.tfrecords", records)
+    db = tmp_path / "s.db"
+    result = CliRunner().invoke(app, ["score", "--dataset", "clickme-val", "--data-dir", str(shards), "--db", f"sqlite:///{db}", "--workers", "1"])
+    assert result.exit_code == 2, result.output
+    assert "image val-0:1 has label 1000, outside the model's 1000 classes" in result.output
+    assert "Traceback" not in result.output
+    con = sqlite3.connect(db)
+    assert con.execute("SELECT count(*) FROM run").fetchone() == (0,)
+    assert con.execute("SELECT count(*) FROM image_score").fetchone() == (0,)
