@@ -1,4 +1,5 @@
-"""Turning library errors into one line on stderr and an exit code: the only place the CLI does so."""
+"""Turning library errors into one line on stderr and an exit code (the only place the CLI does so),
+and the consoles the commands print to."""
 
 from __future__ import annotations
 
@@ -14,6 +15,13 @@ from alignbench.errors import AlignbenchError
 F = TypeVar("F", bound=Callable[..., object])
 
 err_console = Console(stderr=True, highlight=False, soft_wrap=True)
+
+
+def stdout_console() -> Console:
+    """The terminal's width on a TTY; piped or captured, wide enough that the tables do not wrap
+    (rich would assume 80 columns)."""
+    console = Console()
+    return console if console.is_terminal else Console(width=160)
 
 
 def fail(message: str, exit_code: int = 2) -> "typer.Exit":

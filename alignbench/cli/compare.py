@@ -10,7 +10,7 @@ from rich.console import Console
 from rich.table import Table
 
 from alignbench.cli import _options as o
-from alignbench.cli._errors import err_console, guarded
+from alignbench.cli._errors import err_console, guarded, stdout_console
 
 if TYPE_CHECKING:  # the analysis modules import numpy: loaded only when the command runs
     from alignbench.analysis.compare import CompareResult, GroupComparison
@@ -126,12 +126,6 @@ def _notes(group: GroupComparison) -> list[str]:
             "`alignbench score` records it with its next run on that dataset"
         )
     return notes
-
-
-def stdout_console() -> Console:
-    """The terminal's width on a TTY; piped or captured, wide enough that the tables do not wrap."""
-    console = Console()
-    return console if console.is_terminal else Console(width=160)
 
 
 def print_result(result: CompareResult, console: Console) -> None:

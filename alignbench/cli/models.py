@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import json
 
-from rich.console import Console
 from rich.table import Table
 
 from alignbench.cli import _options as o
-from alignbench.cli._errors import guarded
+from alignbench.cli._errors import guarded, stdout_console
 
 
 def _yes_no(value: bool | None) -> str:
@@ -46,4 +45,4 @@ def models(as_json: o.Json = False) -> None:
             row.dcls_weights or "-",
             f"{_yes_no(row.dense_offline)}/{_yes_no(row.dcls_offline)}",
         )
-    Console().print(table)
+    stdout_console().print(table)

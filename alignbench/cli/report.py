@@ -14,8 +14,8 @@ from rich.text import Text
 
 from alignbench.analysis import DEFAULT_BINS
 from alignbench.cli import _options as o
-from alignbench.cli._errors import err_console, guarded
-from alignbench.cli.compare import DatasetFilter, ExplainerFilter, Metric, ProtocolFilter, stdout_console
+from alignbench.cli._errors import err_console, guarded, stdout_console
+from alignbench.cli.compare import DatasetFilter, ExplainerFilter, Metric, ProtocolFilter
 from alignbench.errors import AlignbenchError
 
 if TYPE_CHECKING:  # the analysis modules import numpy: loaded only when the command runs

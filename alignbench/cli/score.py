@@ -13,7 +13,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from alignbench.cli import _options as o
-from alignbench.cli._errors import guarded
+from alignbench.cli._errors import guarded, stdout_console
 from alignbench.metrics import METRICS
 from alignbench.scoring import DEFAULT_MODEL, ScoreRequest, ScoreResult, parse_metrics
 from alignbench.scoring import score as run_score
@@ -132,4 +132,4 @@ def score(
     if as_json:
         typer.echo(json.dumps(result.to_json(), default=str))
     else:
-        Console().print(_summary_table(result))
+        stdout_console().print(_summary_table(result))
