@@ -500,3 +500,57 @@ def test_paper_image_is_the_published_torchvision_transform(preprocessing):
             transforms.Normalize(mean=preprocessing.mean, std=preprocessing.std),
         ])
     assert torch.equal(paper_image(image_224, preprocessing), published(pil))
+
+
+TF_DECODE = Path(__file__).parent / "data" / "tf_decode"
+
+
+@pytest.mark.parametrize("name", ["tf_rgb_q95_420", "pil_rgb_q75_444", "tf_gray_q95"])
+def test_jpegs_decode_to_tensorflows_pixels(name):
+    # tf.io.decode_jpeg's output for these files was saved by TensorFlow 2.21 (make_fixture.py there):
+    # ClickMe records are decoded byte for byte as the TF pipeline decodes them.
+    from PIL import Image
+
+    from alignbench.datasets._clickme import decode_jpeg
+
+    data = (TF_DECODE / f"{name}.jpg").read_bytes()
+    expected = np.load(TF_DECODE / f"{name}.tf_decoded.npy")
+    decoded = decode_jpeg(data, TF_DECODE / f"{name}.jpg", 0)
+    assert decoded.dtype == np.uint8 and decoded.shape == expected.shape
+    assert np.array_equal(decoded, expected)
+    if name != "pil_rgb_q75_444":  # at quality 95 PIL's accurate IDCT gives other pixels: the test can tell
+        pil = np.asarray(Image.open(TF_DECODE / f"{name}.jpg")).reshape(expected.shape)
+        assert not np.array_equal(pil, expected)
+
+
+def _jpeg_bytes(array: np.ndarray) -> bytes:
+    import io
+
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.fromarray(array).save(buffer, format="JPEG", quality=90)
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize(
+    "image, heatmap, problem",
+    [
+        (lambda good: good[: len(good) // 2], None, "a JPEG does not decode (Premature end of JPEG file)"),
+        (lambda good: _jpeg_bytes(np.zeros((128, 128, 3), np.uint8)), None, "image 128×128, heatmap 256×256"),
+        (None, lambda good: _jpeg_bytes(np.zeros((256, 256, 3), np.uint8)), "the heatmap JPEG has colour channels"),
+    ],
+)
+def test_records_whose_jpegs_are_not_clickme_are_named(tmp_path, isolated_cache, image, heatmap, problem):
+    good_image = _jpeg_bytes(np.full((256, 256, 3), 100, np.uint8))
+    good_heatmap = _jpeg_bytes(np.full((256, 256), 50, np.uint8))
+    record = ClickMeRecord(image(good_image) if image else good_image, heatmap(good_heatmap) if heatmap else good_heatmap, 3)
+    data = tmp_path / "shards"
+    data.mkdir()
+    write_clickme_shard(data / "val-0.tfrecords", [ClickMeRecord(good_image, good_heatmap, 1), record])
+    reader = open_dataset("clickme-val", data).reader()
+    assert reader.read(0).image.shape == (256, 256, 3)
+    with pytest.raises(DatasetError) as caught:
+        reader.read(1)
+    message = caught.value.message
+    assert "val-0.tfrecords" in message and "at the record at byte" in message and problem in message, message

@@ -22,8 +22,11 @@ Protocols (SPEC "Datasets"):
   input is not 224 the 224 heatmap is resized (bilinear) to it, so maps can be compared at all.
 
 Folder images and heatmaps are resized to the model input with antialiased bilinear, no crop.
-JPEGs are decoded with PIL (libjpeg's accurate integer IDCT); TensorFlow's decode_jpeg defaults to
-the fast integer IDCT, so decoded pixels can differ by a grey level or two from the TF pipeline.
+ClickMe JPEGs are decoded as ``tf.io.decode_jpeg`` decodes them (libjpeg-turbo's fast integer IDCT,
+through simplejpeg: see ``_clickme.decode_jpeg``); folder and ImageNet images with PIL. Given the
+same decoded pixels, this module's image and reference maps equal TensorFlow 2.21's
+``parse_clickme_prototype`` steps to float rounding (max |diff| 4.6e-5 on the 0..255 image, 5e-7
+relative on the heatmap, 64 real images).
 """
 
 from __future__ import annotations
