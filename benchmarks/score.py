@@ -302,6 +302,7 @@ def bench(name: str, tmp: Path, shards: Path, db: str, args: argparse.Namespace)
         "over_1e5": sum(d > 1e-5 for d in deltas), "compared": len(both), "undefined_mismatch": undefined_mismatch,
         "mean_rho": ours["result"].mean_spearman,
         "ratios": [o["images_per_s"] / p["images_per_s"] for o, p in zip(ours_runs, paper_runs)],
+        "outsides": [o["outside"] for o in ours_runs],
     }
 
 
@@ -349,7 +350,8 @@ def main() -> None:
         call_rate = ours["result"].computed_images / ours["whole_s"]
         call_outside = (ours["whole_s"] - ours["model_s"]) / ours["whole_s"]
         ratios = ", ".join(f"{ratio:.2f}x" for ratio in r["ratios"])
-        line = (f"{r['model']}: ratio per repeat {ratios}; cold first run {r['cold']['images_per_s']:.2f} img/s; "
+        outsides = ", ".join(f"{outside:.1%}" for outside in r["outsides"])
+        line = (f"{r['model']}: ratio per repeat {ratios}, outside fwd/bwd per repeat {outsides}; cold first run {r['cold']['images_per_s']:.2f} img/s; "
                 f"whole score() call {call_rate:.2f} img/s, {call_outside:.1%} outside fwd/bwd; mean ρ {r['mean_rho']:.3f}; "
                 f"|Δρ| > 1e-5 on {r['over_1e5']} of {r['compared']} images")
         if ours["memory"]:
