@@ -176,3 +176,31 @@ def test_public_api_and_registry():
 def test_metrics_registry_does_not_import_torch():
     code = "import sys, alignbench.metrics as m; assert 'spearman' in m.METRICS; assert 'torch' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16])
+@pytest.mark.parametrize("side", [8, 224])  # one batched sort; one radix sort per row
+def test_undefined_rows_are_found_from_the_sorted_ends(dtype, side):
+    # NaN of either sign, ±inf and constant rows are undefined, whichever map holds them; rank_average
+    # gives NaN rows exactly where a NaN is (scipy: nan_policy="propagate"), ±inf rows keep their ranks.
+    generator = torch.Generator().manual_seed(7)
+    good = torch.rand(side * side, generator=generator)
+    rows = good.repeat(7, 1)
+    negative_nan = -torch.tensor(float("nan"))
+    assert negative_nan.view(torch.int32) < 0  # the sign bit is set
+    rows[1, 3], rows[2, 5], rows[3, 0], rows[4, 9] = float("nan"), negative_nan, float("inf"), float("-inf")
+    rows[5] = 0.25
+    rows = rows.to(dtype)
+    other = torch.rand(7, side * side, generator=generator).to(dtype)
+    expected = torch.tensor([False, True, True, True, True, True, False])
+    assert torch.equal(torch.isnan(spearman(rows, other)), expected)
+    assert torch.equal(torch.isnan(spearman(other, rows)), expected)
+    ranks = rank_average(rows)
+    nan_rows = torch.tensor([False, True, True, False, False, False, False])
+    assert torch.equal(torch.isnan(ranks).all(dim=1), nan_rows)
+    # ranks of a map with ±inf are ordinary ranks (the reference-rank cache stores a NaN row for a
+    # non-finite reference instead): from ranks, only the NaN and constant rows are undefined
+    assert torch.equal(torch.isnan(spearman_from_ranks(other, ranks.float())), nan_rows | (torch.arange(7) == 5))
+    assert torch.equal(torch.isnan(spearman_from_ranks(rows, rank_average(other).float())), expected)
+    finite = [0, 3, 4, 5, 6]
+    assert torch.equal(ranks[finite], torch.from_numpy(rankdata(rows[finite].double().numpy(), axis=-1)))

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -81,24 +82,58 @@ def _sort_rows(rows: Tensor) -> tuple[Tensor, Tensor]:
     return sorted_keys, perm
 
 
-def _sorted_ranks(rows: Tensor) -> tuple[Tensor, Tensor]:
-    """Sort each row; return (perm, ranks in sorted order): row r's value at column ``perm[r, j]``
-    has the average rank ``ranks[r, j]`` (float64, 1-based).
+# The int32 keys of ±inf (see _sort_keys): every NaN key lies beyond them, +NaN above, −NaN below.
+_KEY_POS_INF = 0x7F800000
+_KEY_NEG_INF = -0x7F800000 - 1
 
-    Tie groups (runs of equal keys in sorted order) are found along the flattened batch, where row r
-    holds positions r·N … r·N + N − 1 and a group never spans two rows, as each row starts one; the
-    positions p … p + c − 1 of a group share the rank (p mod N) + (c + 1)/2.
-    """
+
+@dataclass(frozen=True)
+class _Sorted:
+    """Each row sorted and ranked. Row r's value at column ``perm[r, j]`` has the average rank
+    ``ranks[r, j]`` (float64, 1-based); per row, whether it holds a NaN, and whether Spearman's ρ
+    is undefined for it (a NaN or ±inf, or every value equal) — read off the sorted ends, so no
+    extra pass over the values."""
+
+    perm: Tensor
+    ranks: Tensor
+    has_nan: Tensor
+    undefined: Tensor
+
+
+def _sorted_ranks(rows: Tensor) -> _Sorted:
+    """Tie groups (runs of equal keys in sorted order) are found along the flattened batch, where row
+    r holds positions r·N … r·N + N − 1 and a group never spans two rows, as each row starts one; the
+    positions p … p + c − 1 of a group share the rank (p mod N) + (c + 1)/2."""
     batch, n = rows.shape
     sorted_keys, perm = _sort_rows(rows)
+    low, high = sorted_keys[:, 0], sorted_keys[:, -1]
+    if sorted_keys.dtype == torch.int32 and rows.is_floating_point():
+        has_nan = (high > _KEY_POS_INF) | (low < _KEY_NEG_INF)
+        undefined = (low == high) | (high >= _KEY_POS_INF) | (low <= _KEY_NEG_INF)
+    elif rows.is_floating_point():  # sorted values; torch.sort puts NaN last
+        has_nan = torch.isnan(high)
+        undefined = (low == high) | ~torch.isfinite(low) | ~torch.isfinite(high)
+    else:
+        has_nan = torch.zeros_like(low, dtype=torch.bool)
+        undefined = low == high
     starts = torch.ones((batch, n), dtype=torch.bool, device=rows.device)
     torch.ne(sorted_keys[:, 1:], sorted_keys[:, :-1], out=starts[:, 1:])
     if bool(starts.all()):
-        return perm, torch.arange(1, n + 1, dtype=torch.float64, device=rows.device).expand(batch, n)
-    group_start = torch.nonzero(starts.reshape(-1)).squeeze(1)
-    counts = torch.diff(group_start, append=group_start.new_tensor([batch * n]))
-    group_rank = (group_start % n).to(torch.float64) + (counts.to(torch.float64) + 1.0) * 0.5
-    return perm, torch.repeat_interleave(group_rank, counts, output_size=batch * n).reshape(batch, n)
+        ranks = torch.arange(1, n + 1, dtype=torch.float64, device=rows.device).expand(batch, n)
+    else:
+        group_start = torch.nonzero(starts.reshape(-1)).squeeze(1)
+        counts = torch.diff(group_start, append=group_start.new_tensor([batch * n]))
+        group_rank = (group_start % n).to(torch.float64) + (counts.to(torch.float64) + 1.0) * 0.5
+        ranks = torch.repeat_interleave(group_rank, counts, output_size=batch * n).reshape(batch, n)
+    return _Sorted(perm, ranks, has_nan, undefined)
+
+
+def _rank_rows(rows: Tensor) -> tuple[Tensor, Tensor]:
+    """(average ranks in pixel order, float64 with NaN rows where a value is NaN; undefined rows)."""
+    ranked = _sorted_ranks(rows)
+    ranks = torch.empty(rows.shape, dtype=torch.float64, device=rows.device).scatter_(1, ranked.perm, ranked.ranks)
+    ranks[ranked.has_nan] = float("nan")
+    return ranks, ranked.undefined
 
 
 def rank_average(x: Tensor) -> Tensor:
@@ -114,11 +149,7 @@ def rank_average(x: Tensor) -> Tensor:
     rows = x.reshape(-1, shape[-1]) if x.dim() else x.reshape(1, 1)
     if rows.numel() == 0:
         return torch.zeros(shape, dtype=torch.float64, device=x.device)
-    perm, sorted_ranks = _sorted_ranks(rows)
-    ranks = torch.empty(rows.shape, dtype=torch.float64, device=x.device).scatter_(1, perm, sorted_ranks)
-    if rows.is_floating_point():
-        ranks[torch.isnan(rows).any(dim=1)] = float("nan")
-    return ranks.reshape(shape)
+    return _rank_rows(rows)[0].reshape(shape)
 
 
 def _pearson_of_rank_sums(cross: Tensor, square_a: Tensor, square_b: Tensor, n: int) -> Tensor:
@@ -147,17 +178,20 @@ def _undefined_rows(rows: Tensor) -> Tensor:
 
 
 def _spearman_sorted(rows: Tensor, other_ranks: Tensor) -> Tensor:
-    """ρ per row between the maps ``rows`` and the float64 ranks ``other_ranks`` of the other maps.
+    """ρ per row between the maps ``rows`` and the ranks ``other_ranks`` of the other maps (float),
+    NaN where ``rows`` is undefined (the caller masks the other side).
 
     Pearson's correlation does not depend on the order of the pixels, so it is taken in the sorted
-    order of ``rows``: the other map's ranks are gathered into that order, rather than this map's
-    ranks scattered back into pixel order.
+    order of ``rows``: the other map's ranks are gathered into that order (in their own dtype, then
+    widened), rather than this map's ranks scattered back into pixel order.
     """
-    perm, ranks = _sorted_ranks(rows)
-    other = other_ranks.gather(1, perm)
-    return _pearson_of_rank_sums(
+    ranked = _sorted_ranks(rows)
+    other = other_ranks.gather(1, ranked.perm).to(torch.float64)
+    ranks = ranked.ranks
+    rho = _pearson_of_rank_sums(
         torch.linalg.vecdot(ranks, other), torch.linalg.vecdot(ranks, ranks), torch.linalg.vecdot(other, other), rows.shape[1]
     )
+    return rho.masked_fill(ranked.undefined, float("nan"))
 
 
 def spearman(a: Tensor, b: Tensor) -> Tensor:
@@ -171,8 +205,8 @@ def spearman(a: Tensor, b: Tensor) -> Tensor:
     rows_b = rows_b.to(rows_a.device)
     if rows_a.shape[0] == 0:
         return torch.zeros(0, dtype=torch.float64, device=rows_a.device)
-    undefined = _undefined_rows(rows_a) | _undefined_rows(rows_b)
-    return _spearman_sorted(rows_a, rank_average(rows_b)).masked_fill(undefined, float("nan"))
+    ranks_b, undefined_b = _rank_rows(rows_b)
+    return _spearman_sorted(rows_a, ranks_b).masked_fill(undefined_b, float("nan"))
 
 
 def spearman_from_ranks(pred: Tensor, ref_ranks: Tensor) -> Tensor:
@@ -184,7 +218,9 @@ def spearman_from_ranks(pred: Tensor, ref_ranks: Tensor) -> Tensor:
     reference is constant or NaN.
     """
     rows_pred = _as_rows(pred, "pred")
-    ranks_ref = _as_rows(ref_ranks, "ref_ranks").to(device=rows_pred.device, dtype=torch.float64)
+    ranks_ref = _as_rows(ref_ranks, "ref_ranks").to(rows_pred.device)
+    if not ranks_ref.is_floating_point():
+        ranks_ref = ranks_ref.to(torch.float64)
     if rows_pred.shape != ranks_ref.shape:
         raise ValueError(
             f"pred and ref_ranks must hold as many maps of as many pixels; got {tuple(rows_pred.shape)}"
@@ -192,8 +228,8 @@ def spearman_from_ranks(pred: Tensor, ref_ranks: Tensor) -> Tensor:
         )
     if rows_pred.shape[0] == 0:
         return torch.zeros(0, dtype=torch.float64, device=rows_pred.device)
-    undefined = _undefined_rows(rows_pred) | _undefined_rows(ranks_ref)  # NaN ranks are non-finite
-    return _spearman_sorted(rows_pred, ranks_ref).masked_fill(undefined, float("nan"))
+    undefined_ref = _undefined_rows(ranks_ref)  # NaN ranks are non-finite
+    return _spearman_sorted(rows_pred, ranks_ref).masked_fill(undefined_ref, float("nan"))
 
 
 def _spearman_metric(maps: Tensor, batch: Mapping[str, Any], *, model: Any = None, explanation: Any = None) -> Tensor:
