@@ -11,7 +11,8 @@ skipped images.
 
 Speed: ranking is one sort per map. Maps of 32-bit (or narrower) floats become int32 keys (an
 order-preserving integer image of each float); on the CPU each row's keys get a stable 1-D sort,
-which torch runs as a 4-pass radix sort, on one thread; float64/int64 maps and other devices use
+which torch runs as a 4-pass radix sort, rows shared out between threads that each sort on one torch
+thread (alignbench._threads.for_each_row); float64/int64 maps and other devices use
 ``torch.sort(dim=-1)``. The correlation is taken in one map's sorted order (the other map's ranks
 are gathered into it), so only the other map's ranks are ever scattered back to pixel order. A
 reference map's ranks can be computed once and passed to :func:`spearman_from_ranks` (the datasets'
@@ -29,7 +30,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from alignbench._threads import one_torch_thread
+from alignbench._threads import for_each_row
 
 __all__ = ["METRIC_FUNCTIONS", "rank_average", "spearman", "spearman_from_ranks"]
 
@@ -73,12 +74,11 @@ def _sort_rows(rows: Tensor) -> tuple[Tensor, Tensor]:
     # number) takes 8, and one row's keys and indices (0.6 MB) stay in cache.
     sorted_keys = torch.empty_like(keys)
     perm = torch.empty((batch, n), dtype=torch.int64)
-    # One thread: 0.44 against 0.50 ms per row with two on this idle 2-core machine, but 1.4 against
-    # 1.7 ms per map (spearman_from_ranks) when the other core is busy, as the DataLoader worker
-    # keeps it in a scoring run: the sort waits for the slower thread.
-    with one_torch_thread():
-        for r in range(batch):
-            torch.sort(keys[r], stable=True, out=(sorted_keys[r], perm[r]))
+
+    def sort_row(r: int) -> None:
+        torch.sort(keys[r], stable=True, out=(sorted_keys[r], perm[r]))
+
+    for_each_row(batch, sort_row)  # whole rows per thread, each on one torch thread (see _threads)
     return sorted_keys, perm
 
 
