@@ -204,3 +204,47 @@ def test_undefined_rows_are_found_from_the_sorted_ends(dtype, side):
     assert torch.equal(torch.isnan(spearman_from_ranks(rows, rank_average(other).float())), expected)
     finite = [0, 3, 4, 5, 6]
     assert torch.equal(ranks[finite], torch.from_numpy(rankdata(rows[finite].double().numpy(), axis=-1)))
+
+
+def _rows_in_child(queue) -> None:
+    from alignbench._threads import for_each_row
+
+    # No OpenMP region runs here: libgomp itself hangs in a forked child that uses more than one
+    # thread (why DataLoader workers run torch on one); the row threads are what is checked.
+    torch.set_num_threads(2)
+    seen: list[int] = []
+    for_each_row(6, seen.append)
+    queue.put(sorted(seen))
+
+
+def test_row_threads_work_in_a_forked_child_and_pass_errors_on():
+    # The parent's helper threads are not inherited through fork: a child must make its own.
+    import multiprocessing
+
+    from alignbench._threads import for_each_row
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        rank_average(torch.rand(4, 224 * 224))  # the parent's helper pool exists now
+        context = multiprocessing.get_context("fork")
+        queue = context.Queue()
+        child = context.Process(target=_rows_in_child, args=(queue,))
+        child.start()
+        child.join(timeout=60)
+        if child.exitcode is None:
+            child.kill()
+        assert child.exitcode == 0 and queue.get(timeout=5) == list(range(6))
+
+        seen = []
+
+        def work(row: int) -> None:
+            seen.append(row)
+            if row == 5:
+                raise ValueError("row 5")
+
+        with pytest.raises(ValueError, match="row 5"):
+            for_each_row(8, work)
+        assert torch.get_num_threads() == 2 and 5 in seen
+    finally:
+        torch.set_num_threads(threads)
