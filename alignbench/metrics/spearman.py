@@ -10,10 +10,12 @@ gives NaN for its image (scipy gives NaN for constant input too), and the caller
 skipped images.
 
 Speed: ranking is one sort per map. Maps of 32-bit (or narrower) floats become int32 keys (an
-order-preserving integer image of each float); on the CPU each row's keys get a stable 1-D sort,
-which torch runs as a 4-pass radix sort, rows shared out between threads that each sort on one torch
-thread (alignbench._threads.for_each_row); float64/int64 maps and other devices use
-``torch.sort(dim=-1)``. The correlation is taken in one map's sorted order (the other map's ranks
+order-preserving integer image of each float). On the CPU each row is sorted (a stable 1-D sort of
+int32, which torch runs as a 4-pass radix sort), ranked and, for ρ, gathered and summed by one
+thread on its own, rows shared out between as many Python threads as torch has
+(alignbench._threads.for_each_row): no OpenMP barrier per pass, a busy core slows one row rather
+than all, and a row's working set stays in cache. float64/int64 maps, small maps and other devices
+use one batched ``torch.sort(dim=-1)``. ρ is taken in one map's sorted order (the other map's ranks
 are gathered into it), so only the other map's ranks are ever scattered back to pixel order. A
 reference map's ranks can be computed once and passed to :func:`spearman_from_ranks` (the datasets'
 reference-rank cache does that across runs), which halves the work per image.
@@ -63,23 +65,9 @@ def _sort_keys(rows: Tensor) -> Tensor:
     return rows
 
 
-def _sort_rows(rows: Tensor) -> tuple[Tensor, Tensor]:
-    """(sorted keys, permutation) per row: ``perm[r, j]`` is the column of row r's j-th smallest value."""
-    keys = _sort_keys(rows)
-    batch, n = keys.shape
-    if rows.device.type != "cpu" or keys.dtype != torch.int32 or n < _RADIX_MIN_PIXELS:
-        return torch.sort(keys, dim=-1)
-    # On the CPU a stable sort of a 1-D integer tensor is a radix sort, one pass per key byte: 32-bit
-    # keys one row at a time take 4 passes where a batched sort (or 64-bit keys holding the row
-    # number) takes 8, and one row's keys and indices (0.6 MB) stay in cache.
-    sorted_keys = torch.empty_like(keys)
-    perm = torch.empty((batch, n), dtype=torch.int64)
-
-    def sort_row(r: int) -> None:
-        torch.sort(keys[r], stable=True, out=(sorted_keys[r], perm[r]))
-
-    for_each_row(batch, sort_row)  # whole rows per thread, each on one torch thread (see _threads)
-    return sorted_keys, perm
+def _by_row(rows: Tensor, keys: Tensor) -> bool:
+    """Whether the rows are ranked one at a time (CPU, int32 keys, rows torch radix-sorts)."""
+    return rows.device.type == "cpu" and keys.dtype == torch.int32 and keys.shape[1] >= _RADIX_MIN_PIXELS
 
 
 # The int32 keys of ±inf (see _sort_keys): every NaN key lies beyond them, +NaN above, −NaN below.
@@ -87,12 +75,42 @@ _KEY_POS_INF = 0x7F800000
 _KEY_NEG_INF = -0x7F800000 - 1
 
 
+def _end_flags(rows: Tensor, low: Tensor, high: Tensor) -> tuple[Tensor, Tensor]:
+    """(holds a NaN, ρ undefined: a NaN or ±inf, or every value equal) per row, from the smallest and
+    largest sorted key (or value) of each row — no extra pass over the values."""
+    if low.dtype == torch.int32 and rows.is_floating_point():
+        has_nan = (high > _KEY_POS_INF) | (low < _KEY_NEG_INF)
+        return has_nan, (low == high) | (high >= _KEY_POS_INF) | (low <= _KEY_NEG_INF)
+    if rows.is_floating_point():  # sorted values; torch.sort puts NaN last
+        return torch.isnan(high), (low == high) | ~torch.isfinite(low) | ~torch.isfinite(high)
+    return torch.zeros_like(low, dtype=torch.bool), low == high
+
+
+def _row_ranks(keys: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """One CPU row of int32 keys → (sorted keys, perm, ranks in sorted order): the value at column
+    ``perm[j]`` has the average rank ``ranks[j]`` (float64, 1-based).
+
+    A stable 1-D sort of int32 is torch's 4-pass radix sort (64-bit keys, or a batched sort, take 8
+    passes); one row's keys, indices and ranks (1 MB) stay in cache. Positions p … p + c − 1 of a tie
+    group (a run of equal keys) share the rank p + (c + 1)/2.
+    """
+    n = keys.shape[0]
+    sorted_keys, perm = torch.sort(keys, stable=True)
+    starts = torch.empty(n, dtype=torch.bool)
+    starts[0] = True
+    torch.ne(sorted_keys[1:], sorted_keys[:-1], out=starts[1:])
+    group_start = torch.nonzero(starts).squeeze(1)
+    if group_start.shape[0] == n:
+        return sorted_keys, perm, torch.arange(1, n + 1, dtype=torch.float64)
+    counts = torch.diff(group_start, append=group_start.new_tensor([n]))
+    group_rank = group_start.to(torch.float64) + (counts.to(torch.float64) + 1.0) * 0.5
+    return sorted_keys, perm, torch.repeat_interleave(group_rank, counts, output_size=n)
+
+
 @dataclass(frozen=True)
 class _Sorted:
-    """Each row sorted and ranked. Row r's value at column ``perm[r, j]`` has the average rank
-    ``ranks[r, j]`` (float64, 1-based); per row, whether it holds a NaN, and whether Spearman's ρ
-    is undefined for it (a NaN or ±inf, or every value equal) — read off the sorted ends, so no
-    extra pass over the values."""
+    """Each row sorted and ranked: row r's value at column ``perm[r, j]`` has the average rank
+    ``ranks[r, j]``; per row, whether it holds a NaN and whether ρ is undefined for it."""
 
     perm: Tensor
     ranks: Tensor
@@ -100,22 +118,13 @@ class _Sorted:
     undefined: Tensor
 
 
-def _sorted_ranks(rows: Tensor) -> _Sorted:
-    """Tie groups (runs of equal keys in sorted order) are found along the flattened batch, where row
-    r holds positions r·N … r·N + N − 1 and a group never spans two rows, as each row starts one; the
-    positions p … p + c − 1 of a group share the rank (p mod N) + (c + 1)/2."""
+def _sorted_ranks(rows: Tensor, keys: Tensor) -> _Sorted:
+    """All rows at once (GPU, float64/int64 maps, small maps): one ``torch.sort(dim=-1)``. Tie groups
+    are found along the flattened batch, where row r holds positions r·N … r·N + N − 1 and a group
+    never spans two rows, as each row starts one; positions p … p + c − 1 share (p mod N) + (c + 1)/2."""
     batch, n = rows.shape
-    sorted_keys, perm = _sort_rows(rows)
-    low, high = sorted_keys[:, 0], sorted_keys[:, -1]
-    if sorted_keys.dtype == torch.int32 and rows.is_floating_point():
-        has_nan = (high > _KEY_POS_INF) | (low < _KEY_NEG_INF)
-        undefined = (low == high) | (high >= _KEY_POS_INF) | (low <= _KEY_NEG_INF)
-    elif rows.is_floating_point():  # sorted values; torch.sort puts NaN last
-        has_nan = torch.isnan(high)
-        undefined = (low == high) | ~torch.isfinite(low) | ~torch.isfinite(high)
-    else:
-        has_nan = torch.zeros_like(low, dtype=torch.bool)
-        undefined = low == high
+    sorted_keys, perm = torch.sort(keys, dim=-1)
+    has_nan, undefined = _end_flags(rows, sorted_keys[:, 0], sorted_keys[:, -1])
     starts = torch.ones((batch, n), dtype=torch.bool, device=rows.device)
     torch.ne(sorted_keys[:, 1:], sorted_keys[:, :-1], out=starts[:, 1:])
     if bool(starts.all()):
@@ -130,10 +139,24 @@ def _sorted_ranks(rows: Tensor) -> _Sorted:
 
 def _rank_rows(rows: Tensor) -> tuple[Tensor, Tensor]:
     """(average ranks in pixel order, float64 with NaN rows where a value is NaN; undefined rows)."""
-    ranked = _sorted_ranks(rows)
-    ranks = torch.empty(rows.shape, dtype=torch.float64, device=rows.device).scatter_(1, ranked.perm, ranked.ranks)
-    ranks[ranked.has_nan] = float("nan")
-    return ranks, ranked.undefined
+    keys = _sort_keys(rows)
+    if not _by_row(rows, keys):
+        ranked = _sorted_ranks(rows, keys)
+        ranks = torch.empty(rows.shape, dtype=torch.float64, device=rows.device).scatter_(1, ranked.perm, ranked.ranks)
+        has_nan, undefined = ranked.has_nan, ranked.undefined
+    else:
+        ranks = torch.empty(rows.shape, dtype=torch.float64)
+        ends = torch.empty((rows.shape[0], 2), dtype=torch.int32)
+
+        def rank_row(r: int) -> None:
+            sorted_keys, perm, sorted_ranks = _row_ranks(keys[r])
+            ranks[r].scatter_(0, perm, sorted_ranks)
+            ends[r, 0], ends[r, 1] = sorted_keys[0], sorted_keys[-1]
+
+        for_each_row(rows.shape[0], rank_row)  # whole rows per thread, each on one torch thread (see _threads)
+        has_nan, undefined = _end_flags(rows, ends[:, 0], ends[:, 1])
+    ranks[has_nan] = float("nan")
+    return ranks, undefined
 
 
 def rank_average(x: Tensor) -> Tensor:
@@ -183,15 +206,28 @@ def _spearman_sorted(rows: Tensor, other_ranks: Tensor) -> Tensor:
 
     Pearson's correlation does not depend on the order of the pixels, so it is taken in the sorted
     order of ``rows``: the other map's ranks are gathered into that order (in their own dtype, then
-    widened), rather than this map's ranks scattered back into pixel order.
+    widened), rather than this map's ranks scattered back into pixel order. On the CPU each row is
+    sorted, ranked, gathered and summed by one thread, with nothing [B, N] but the inputs.
     """
-    ranked = _sorted_ranks(rows)
-    other = other_ranks.gather(1, ranked.perm).to(torch.float64)
-    ranks = ranked.ranks
-    rho = _pearson_of_rank_sums(
-        torch.linalg.vecdot(ranks, other), torch.linalg.vecdot(ranks, ranks), torch.linalg.vecdot(other, other), rows.shape[1]
-    )
-    return rho.masked_fill(ranked.undefined, float("nan"))
+    n = rows.shape[1]
+    keys = _sort_keys(rows)
+    if not _by_row(rows, keys):
+        ranked = _sorted_ranks(rows, keys)
+        ranks, other = ranked.ranks, other_ranks.gather(1, ranked.perm).to(torch.float64)
+        sums = (torch.linalg.vecdot(ranks, other), torch.linalg.vecdot(ranks, ranks), torch.linalg.vecdot(other, other))
+        return _pearson_of_rank_sums(*sums, n).masked_fill(ranked.undefined, float("nan"))
+    sums = torch.empty((rows.shape[0], 3), dtype=torch.float64)
+    ends = torch.empty((rows.shape[0], 2), dtype=torch.int32)
+
+    def correlate_row(r: int) -> None:
+        sorted_keys, perm, ranks = _row_ranks(keys[r])
+        other = other_ranks[r].index_select(0, perm).to(torch.float64)
+        sums[r, 0], sums[r, 1], sums[r, 2] = torch.dot(ranks, other), torch.dot(ranks, ranks), torch.dot(other, other)
+        ends[r, 0], ends[r, 1] = sorted_keys[0], sorted_keys[-1]
+
+    for_each_row(rows.shape[0], correlate_row)
+    _, undefined = _end_flags(rows, ends[:, 0], ends[:, 1])
+    return _pearson_of_rank_sums(sums[:, 0], sums[:, 1], sums[:, 2], n).masked_fill(undefined, float("nan"))
 
 
 def spearman(a: Tensor, b: Tensor) -> Tensor:
