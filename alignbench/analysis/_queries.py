@@ -34,39 +34,35 @@ EMPTY_VALUES = ImageValues(np.empty(0, dtype=np.int64), np.empty(0, dtype=np.flo
 
 
 def per_image_values(session: Session, run_ids: Sequence[int], metric: str) -> dict[int, ImageValues]:
-    """run id → its scored images' (image index, value) arrays, for all runs in one query.
+    """run id → its scored images' (image index, value) arrays, one query per run.
 
     Images are keyed by ``image_index`` rather than ``image_id``: runs are only ever joined within
     one dataset fingerprint, where the index is the image's fixed position, and integers transfer
     and join much faster than strings.
     """
     run_ids = sorted({int(r) for r in run_ids})
-    if not run_ids:
-        return {}
     column = getattr(ImageScore, metric_column(metric))
-    statement = select(ImageScore.run_id, ImageScore.image_index, column).where(
-        ImageScore.run_id.in_(run_ids), column.is_not(None)  # type: ignore[attr-defined]
-    )
     connection = session.connection()
-    # The only literals are the integer run ids above, so inlining them is safe; it lets the raw
-    # DBAPI cursor run the statement without knowing this dialect's parameter style.
-    sql = str(statement.compile(dialect=connection.dialect, compile_kwargs={"literal_binds": True}))
     cursor = connection.connection.cursor()
+    out = {}
     try:
-        cursor.execute(sql)
-        rows = np.fromiter(cursor, dtype=[("run", np.int64), ("index", np.int64), ("value", np.float64)])
+        # One statement per run: two columns per row instead of three is ~20% less to convert in
+        # Python's sqlite3, the slow part (0.49 against 0.59 s for 884,000 rows).
+        for run_id in run_ids:
+            statement = select(ImageScore.image_index, column).where(
+                ImageScore.run_id == run_id, column.is_not(None)  # type: ignore[attr-defined]
+            )
+            # The only literal is the integer run id, so inlining it is safe; it lets the raw DBAPI
+            # cursor run the statement without knowing this dialect's parameter style.
+            cursor.execute(str(statement.compile(dialect=connection.dialect, compile_kwargs={"literal_binds": True})))
+            rows = np.fromiter(cursor, dtype=[("index", np.int64), ("value", np.float64)])
+            index, value = rows["index"], rows["value"]
+            if index.size > 1 and not (index[1:] > index[:-1]).all():
+                order = np.argsort(index, kind="stable")
+                index, value = index[order], value[order]
+            out[run_id] = ImageValues(np.ascontiguousarray(index), np.ascontiguousarray(value)) if index.size else EMPTY_VALUES
     finally:
         cursor.close()
-    if rows.size and (np.diff(rows["run"]) < 0).any():  # SQLite already returns them run by run (its index)
-        rows = rows[np.argsort(rows["run"], kind="stable")]
-    bounds = np.searchsorted(rows["run"], run_ids + [run_ids[-1] + 1])
-    out = {}
-    for run_id, start, stop in zip(run_ids, bounds[:-1], bounds[1:]):
-        index, value = rows["index"][start:stop], rows["value"][start:stop]
-        if index.size > 1 and not (index[1:] > index[:-1]).all():
-            order = np.argsort(index, kind="stable")
-            index, value = index[order], value[order]
-        out[run_id] = ImageValues(np.ascontiguousarray(index), np.ascontiguousarray(value)) if stop > start else EMPTY_VALUES
     return out
 
 
