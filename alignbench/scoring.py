@@ -73,13 +73,12 @@ ProgressCallback = Callable[[int, int], None]  # (images done in this process, i
 
 
 def _validate(request: ScoreRequest) -> None:
-    from alignbench.metrics import METRICS
+    from alignbench.metrics import metric_spec
 
     if request.protocol not in PROTOCOLS:
         raise AlignbenchError(f"unknown protocol {request.protocol!r}; use one of: {', '.join(PROTOCOLS)}")
-    unknown = [m for m in request.metrics if m not in METRICS]
-    if unknown:
-        raise MetricError(f"unknown metric {unknown[0]!r}; available: {', '.join(METRICS)}")
+    for metric in request.metrics:
+        metric_spec(metric)  # the first unknown one is refused, naming those available
     if not request.metrics:
         raise MetricError("no metric given; pass --metric spearman (or a comma-separated list)")
     if request.limit is not None and request.limit < 1:
@@ -89,7 +88,7 @@ def _validate(request: ScoreRequest) -> None:
     for metric, params in request.metric_params.items():
         if metric not in request.metrics:
             continue
-        unknown = sorted(set(params) - set(METRICS[metric].params))
+        unknown = sorted(set(params) - set(metric_spec(metric).params))
         if unknown:
             raise MetricError(f"metric {metric!r} takes no parameter {unknown[0]!r}")
         steps = params.get("steps")

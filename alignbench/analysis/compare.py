@@ -18,7 +18,7 @@ from sqlmodel import Session
 
 from alignbench.analysis.runs import GroupKey, Pairing, RunScore, filter_options, load_runs, pair_runs, score_label, score_name
 from alignbench.analysis.stats import DEFAULT_RESAMPLES, DEFAULT_SEED, paired_bootstrap_ci, wilcoxon_signed_rank
-from alignbench.errors import AlignbenchError, MetricError
+from alignbench.errors import AlignbenchError
 from alignbench.store import StoreMissing, open_store
 
 # Below this many image pairs neither the bootstrap interval nor the signed-rank test says much (with
@@ -160,12 +160,9 @@ def _ranked(runs: list[RunScore]) -> tuple[RunScore, ...]:
 
 
 def _higher_is_better(metric: str) -> bool:
-    from alignbench.metrics import METRICS  # the registry is plain data (torch-free)
+    from alignbench.metrics import metric_spec  # the registry is plain data (torch-free)
 
-    spec = METRICS.get(metric)
-    if spec is None:
-        raise MetricError(f"unknown metric {metric!r}; available: {', '.join(METRICS)}")
-    return spec.higher_is_better
+    return metric_spec(metric).higher_is_better
 
 
 def compare_runs(

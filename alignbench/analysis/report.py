@@ -29,7 +29,7 @@ from alignbench.analysis import DEFAULT_BINS  # defined numpy-free there, for th
 from alignbench.analysis._queries import WorstImage, worst_images
 from alignbench.analysis.runs import GroupKey, Pairing, RunScore, StoredRuns, filter_options, load_runs, pair_runs, score_label
 from alignbench.analysis.stats import pearson_r, spearman_rho
-from alignbench.errors import AlignbenchError, MetricError
+from alignbench.errors import AlignbenchError
 from alignbench.store import StoreMissing, open_store
 
 DEFAULT_WORST = 10
@@ -195,11 +195,9 @@ def build_report(
     bins: int = DEFAULT_BINS,
 ) -> Report:
     """The report of the runs matching the filters; with ``run_id``, of that run and its ``worst`` images."""
-    from alignbench.metrics import METRICS  # the registry is plain data (torch-free)
+    from alignbench.metrics import metric_spec  # the registry is plain data (torch-free)
 
-    spec = METRICS.get(metric)
-    if spec is None:
-        raise MetricError(f"unknown metric {metric!r}; available: {', '.join(METRICS)}")
+    spec = metric_spec(metric)
     if worst is not None and worst < 1:
         raise AlignbenchError(f"--worst must be at least 1, got {worst}")
     if bins < 1:

@@ -16,7 +16,7 @@ from typing import Any
 
 from alignbench.errors import MetricError
 
-__all__ = ["METRICS", "MetricSpec", "metric_function"]
+__all__ = ["METRICS", "MetricSpec", "metric_function", "metric_spec"]
 
 
 @dataclass(frozen=True)
@@ -115,9 +115,14 @@ METRICS: dict[str, MetricSpec] = {
 }
 
 
-def metric_function(name: str) -> Callable[..., Any]:
-    """The scorer's adapter for metric ``name`` (imports its module, hence torch)."""
+def metric_spec(name: str) -> MetricSpec:
+    """The registry entry of metric ``name``; MetricError naming the available ones if unknown."""
     spec = METRICS.get(name)
     if spec is None:
         raise MetricError(f"unknown metric {name!r}; available: {', '.join(METRICS)}")
-    return import_module(spec.module).METRIC_FUNCTIONS[name]
+    return spec
+
+
+def metric_function(name: str) -> Callable[..., Any]:
+    """The scorer's adapter for metric ``name`` (imports its module, hence torch)."""
+    return import_module(metric_spec(name).module).METRIC_FUNCTIONS[name]
