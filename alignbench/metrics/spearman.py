@@ -86,25 +86,34 @@ def _end_flags(rows: Tensor, low: Tensor, high: Tensor) -> tuple[Tensor, Tensor]
     return torch.zeros_like(low, dtype=torch.bool), low == high
 
 
+def _tie_ranks(starts: Tensor, n: int) -> Tensor:
+    """Average ranks in sorted order (float64, 1-based, flat) from ``starts`` (flat bool: a position
+    begins a run of equal keys) over rows of ``n`` sorted keys laid end to end, each row starting a
+    run: positions p … p + c − 1 of a run share (p mod n) + (c + 1)/2."""
+    total = starts.shape[0]
+    group_start = torch.nonzero(starts).squeeze(1)
+    if group_start.shape[0] == total:  # no ties
+        ranks = torch.arange(1, n + 1, dtype=torch.float64, device=starts.device)
+        return ranks if total == n else ranks.repeat(total // n)
+    counts = torch.diff(group_start, append=group_start.new_tensor([total]))
+    first = group_start if total == n else group_start % n  # one row: no remainder to take
+    group_rank = first.to(torch.float64) + (counts.to(torch.float64) + 1.0) * 0.5
+    return torch.repeat_interleave(group_rank, counts, output_size=total)
+
+
 def _row_ranks(keys: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     """One CPU row of int32 keys → (sorted keys, perm, ranks in sorted order): the value at column
     ``perm[j]`` has the average rank ``ranks[j]`` (float64, 1-based).
 
     A stable 1-D sort of int32 is torch's 4-pass radix sort (64-bit keys, or a batched sort, take 8
-    passes); one row's keys, indices and ranks (1 MB) stay in cache. Positions p … p + c − 1 of a tie
-    group (a run of equal keys) share the rank p + (c + 1)/2.
+    passes); one row's keys, indices and ranks (1 MB) stay in cache.
     """
     n = keys.shape[0]
     sorted_keys, perm = torch.sort(keys, stable=True)
     starts = torch.empty(n, dtype=torch.bool)
     starts[0] = True
     torch.ne(sorted_keys[1:], sorted_keys[:-1], out=starts[1:])
-    group_start = torch.nonzero(starts).squeeze(1)
-    if group_start.shape[0] == n:
-        return sorted_keys, perm, torch.arange(1, n + 1, dtype=torch.float64)
-    counts = torch.diff(group_start, append=group_start.new_tensor([n]))
-    group_rank = group_start.to(torch.float64) + (counts.to(torch.float64) + 1.0) * 0.5
-    return sorted_keys, perm, torch.repeat_interleave(group_rank, counts, output_size=n)
+    return sorted_keys, perm, _tie_ranks(starts, n)
 
 
 @dataclass(frozen=True)
@@ -119,22 +128,14 @@ class _Sorted:
 
 
 def _sorted_ranks(rows: Tensor, keys: Tensor) -> _Sorted:
-    """All rows at once (GPU, float64/int64 maps, small maps): one ``torch.sort(dim=-1)``. Tie groups
-    are found along the flattened batch, where row r holds positions r·N … r·N + N − 1 and a group
-    never spans two rows, as each row starts one; positions p … p + c − 1 share (p mod N) + (c + 1)/2."""
+    """All rows at once (GPU, float64/int64 maps, small maps): one ``torch.sort(dim=-1)``, tie groups
+    found along the flattened batch (a group never spans two rows, as each row starts one)."""
     batch, n = rows.shape
     sorted_keys, perm = torch.sort(keys, dim=-1)
     has_nan, undefined = _end_flags(rows, sorted_keys[:, 0], sorted_keys[:, -1])
     starts = torch.ones((batch, n), dtype=torch.bool, device=rows.device)
     torch.ne(sorted_keys[:, 1:], sorted_keys[:, :-1], out=starts[:, 1:])
-    if bool(starts.all()):
-        ranks = torch.arange(1, n + 1, dtype=torch.float64, device=rows.device).expand(batch, n)
-    else:
-        group_start = torch.nonzero(starts.reshape(-1)).squeeze(1)
-        counts = torch.diff(group_start, append=group_start.new_tensor([batch * n]))
-        group_rank = (group_start % n).to(torch.float64) + (counts.to(torch.float64) + 1.0) * 0.5
-        ranks = torch.repeat_interleave(group_rank, counts, output_size=batch * n).reshape(batch, n)
-    return _Sorted(perm, ranks, has_nan, undefined)
+    return _Sorted(perm, _tie_ranks(starts.reshape(-1), n).reshape(batch, n), has_nan, undefined)
 
 
 def _rank_rows(rows: Tensor) -> tuple[Tensor, Tensor]:
