@@ -76,7 +76,7 @@ def compute_run(
     """Compute the missing rows of the run ``run_key(weights fingerprint)``; returns (run id, images
     computed, device). The key is made from the loaded model's fingerprint, which can be more exact
     than the one known before loading (``planned_fingerprint``; e.g. hub weights not cached yet)."""
-    from alignbench.analysis.centre_bias import score_centre_bias
+    from alignbench._centre_bias_run import score_centre_bias
     from alignbench.explainers import explain_batch
     from alignbench.models import load_model, resolve_device
     from alignbench.registry import get_spec
@@ -98,13 +98,13 @@ def compute_run(
     # When the input preprocessing and the run are known before the model is loaded, the workers
     # start first and decode the first batches while it loads (worker start-up and the first
     # decode were 2-4% of a 144-image run, with nothing to overlap them).
-    planned = get_spec(request.model).preprocessing
+    planned = get_spec(request.model.name).preprocessing
     early = None
     if planned is not None and planned_fingerprint is not None:
         planned_done = set() if request.force else _stored_ids(store, run_key(planned_fingerprint))
         early = (planned, planned_done, *batches(planned, planned_done))
     try:
-        model = load_model(request.model, dcls=request.dcls, checkpoint=request.checkpoint, device=device)
+        model = load_model(request.model, device=device)
         info = model.alignbench_info
         dataset.check_labels(info.num_classes)
     except BaseException:

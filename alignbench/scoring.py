@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from alignbench.errors import AlignbenchError, MetricError
+from alignbench.models import ModelRequest
 from alignbench.store import open_store
 from alignbench.store import queries as q
 
@@ -26,9 +27,7 @@ PROTOCOLS = ("aligned", "paper")
 
 @dataclass(frozen=True)
 class ScoreRequest:
-    model: str = DEFAULT_MODEL
-    dcls: bool = False
-    checkpoint: Path | None = None
+    model: ModelRequest = field(default_factory=lambda: ModelRequest(DEFAULT_MODEL))  # a name is taken too
     explainer: str = DEFAULT_EXPLAINER
     explainer_params: dict[str, Any] = field(default_factory=dict)
     dataset: str = DEFAULT_DATASET
@@ -41,6 +40,10 @@ class ScoreRequest:
     force: bool = False
     device: str = "auto"
     workers: int | None = None  # DataLoader workers; None: the dataset's default (cores - 1, at most 4)
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.model, ModelRequest):
+            object.__setattr__(self, "model", ModelRequest(str(self.model)))
 
 
 @dataclass
@@ -120,8 +123,8 @@ def _result(session, run, request, *, method, params, n_images, cached, computed
     n_scored = spearman.n_scored if spearman else min(s.n_scored for s in summaries.values())
     return ScoreResult(
         run_id=run.id,
-        model=request.model,
-        dcls=request.dcls,
+        model=request.model.name,
+        dcls=request.model.dcls,
         explainer=method,
         explainer_params=params,
         dataset=request.dataset,
@@ -145,10 +148,10 @@ def score(request: ScoreRequest, *, db: str | None = None, progress: ProgressCal
     """Score ``request`` into the store at ``db`` and return the summary over the requested images."""
     from alignbench.datasets import open_dataset
     from alignbench.explainers import explainer_setting
-    from alignbench.models import model_identity
+    from alignbench.models import model_identity  # torch-free
 
     _validate(request)
-    identity = model_identity(request.model, dcls=request.dcls, checkpoint=request.checkpoint)
+    identity = model_identity(request.model)
     method, params = explainer_setting(request.explainer, **request.explainer_params)
     dataset = open_dataset(request.dataset, request.data_dir)
     _check_metrics_fit(request.metrics, dataset)
@@ -158,7 +161,7 @@ def score(request: ScoreRequest, *, db: str | None = None, progress: ProgressCal
     # only the parameters of requested metrics count; a metric at its defaults keeps its plain name,
     # so runs stored before metric parameters existed keep their key
     metric_params = {m: dict(p) for m, p in sorted(request.metric_params.items()) if m in metrics and p}
-    request = ScoreRequest(**{**asdict(request), "metrics": metrics, "metric_params": metric_params})
+    request = replace(request, metrics=metrics, metric_params=metric_params)
     keyed = [f"{m}{q.canonical_json(metric_params[m])}" if m in metric_params else m for m in metrics]
 
     def run_key(model_fingerprint: str) -> str:

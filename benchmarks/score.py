@@ -144,10 +144,11 @@ def timed_model_calls():
 
 
 def run_alignbench(name: str, checkpoint: Path | None, shards: Path, db: str, args: argparse.Namespace) -> dict:
+    from alignbench.models import ModelRequest
     from alignbench.scoring import ScoreRequest, score
 
     request = ScoreRequest(
-        model=name, checkpoint=checkpoint, dataset="clickme-val", data_dir=shards, explainer="threshold-gradcam",
+        model=ModelRequest(name, checkpoint=checkpoint), dataset="clickme-val", data_dir=shards, explainer="threshold-gradcam",
         batch_size=args.batch_size, workers=args.workers, force=True, device="cpu",
     )
     marks: list[float] = []

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
 
 from alignbench.datasets import DATASETS, PROTOCOLS
 from alignbench.explainers import METHODS
+
+if TYPE_CHECKING:  # pragma: no cover
+    from alignbench.models import ModelRequest
 
 # Choices are read from the registries (never a second hand-written list) and validated by the
 # library, whose errors are one line; Typer's Enum choices would print a multi-line box instead.
@@ -44,3 +47,10 @@ Dataset = Annotated[str, typer.Option("--dataset", help=f"Dataset: {', '.join(DA
 Protocol = Annotated[
     str, typer.Option("--protocol", help=f"{' or '.join(PROTOCOLS)}: aligned = heatmap and input share one geometry; paper = the published pipeline.")
 ]
+
+
+def model_request(name: str, *, dcls: bool = False, checkpoint: Optional[Path] = None, **options) -> "ModelRequest":
+    """The ``ModelRequest`` of a command's model options (the one place they become a request)."""
+    from alignbench.models import ModelRequest
+
+    return ModelRequest(name, dcls=dcls, checkpoint=checkpoint, **options)

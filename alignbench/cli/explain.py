@@ -10,7 +10,7 @@ from rich.console import Console
 from rich.table import Table
 
 from alignbench.cli._errors import err_console, guarded
-from alignbench.cli._options import Checkpoint, Dcls, Device, Explainer, ModelName
+from alignbench.cli._options import Checkpoint, Dcls, Device, Explainer, ModelName, model_request
 from alignbench.explainers import DEFAULT_METHOD, explain_files
 
 Images = Annotated[
@@ -50,8 +50,8 @@ def explain(
     """
     params = {} if threshold is None else {"threshold": threshold}
     result = explain_files(
-        model, images, out, method=explainer, params=params, target=target, dcls=dcls, checkpoint=checkpoint,
-        device=device, batch_size=batch_size,
+        model_request(model, dcls=dcls, checkpoint=checkpoint), images, out, method=explainer, params=params,
+        target=target, device=device, batch_size=batch_size,
     )
     for path, why in result.skipped:
         err_console.print(f"skipped {path}: {why}", markup=False)

@@ -88,9 +88,7 @@ def score(
     """
     explainer_params = {} if threshold is None else {"threshold": threshold}
     request = ScoreRequest(
-        model=model or DEFAULT_MODEL,
-        dcls=dcls,
-        checkpoint=checkpoint,
+        model=o.model_request(model or DEFAULT_MODEL, dcls=dcls, checkpoint=checkpoint),
         explainer=explainer,
         explainer_params=explainer_params,
         dataset=dataset,

@@ -18,6 +18,7 @@ from alignbench.errors import ExplainerError
 from alignbench.explainers._explain import check_applicable, explain_batch
 from alignbench.explainers._methods import DEFAULT_METHOD, explainer_setting
 from alignbench.explainers._split import model_device, model_name, resolve_targets
+from alignbench.models import ModelRequest
 from alignbench.preprocessing import Preprocessing
 
 OVERLAY_ALPHA = 0.5  # heatmap weight in the overlay PNG
@@ -137,27 +138,23 @@ def _unique_stem(path: Path, used: set[str]) -> str:
     return stem
 
 
-def _load(model: str | nn.Module, dcls: bool, checkpoint: Path | None, device: str) -> tuple[nn.Module, str]:
+def _load(model: str | ModelRequest | nn.Module, device: str) -> tuple[nn.Module, str]:
     if isinstance(model, nn.Module):
-        if dcls or checkpoint is not None:
-            raise ExplainerError("dcls/checkpoint apply to a model name; convert or load the module before passing it")
         return model, model_name(model)
     from alignbench.models import load_model, resolve_device
 
-    loaded = load_model(model, dcls=dcls, checkpoint=checkpoint, device=resolve_device(device))
+    loaded = load_model(model, device=resolve_device(device))
     return loaded, model_name(loaded)
 
 
 def explain_files(
-    model: str | nn.Module,
+    model: str | ModelRequest | nn.Module,
     paths: Sequence[str | Path],
     out_dir: str | Path,
     *,
     method: str = DEFAULT_METHOD,
     params: dict[str, Any] | None = None,
     target: int | None = None,
-    dcls: bool = False,
-    checkpoint: str | Path | None = None,
     device: str = "auto",
     batch_size: int = 8,
     preprocessing: Preprocessing | None = None,
@@ -165,7 +162,8 @@ def explain_files(
     """Explain every readable image in ``paths`` (files, or directories: their image files) and write
     ``out_dir/<stem>.npy`` (float32 map at the model's input size) and ``out_dir/<stem>.png`` (overlay).
 
-    ``model`` is a registry/timm name (loaded with ``alignbench.load_model``) or a loaded module.
+    ``model`` is a registry/timm name or a ``ModelRequest`` (loaded with ``alignbench.load_model``) or a
+    loaded module.
     Unreadable files are listed in ``skipped``; if none can be read, ExplainerError (exit code 1).
     """
     name, full = explainer_setting(method, **(params or {}))
@@ -177,7 +175,7 @@ def explain_files(
     if out.exists() and not out.is_dir():
         raise ExplainerError(f"--out {out} is a file; give a directory (it is created if missing)")
 
-    module, label = _load(model, dcls, Path(checkpoint) if checkpoint is not None else None, device)
+    module, label = _load(model, device)
     check_applicable(module, name)
     num_classes = int(getattr(module, "num_classes", 0) or 0)
     if target is not None and num_classes:

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 
 from alignbench._lazy import lazy_attributes
 from alignbench.models._device import resolve_device
-from alignbench.models._identity import ModelIdentity, model_identity
+from alignbench.models._identity import ModelIdentity, ModelRequest, model_identity
 
 __all__ = [
     "CatalogRow",
@@ -19,6 +19,7 @@ __all__ = [
     "ConversionResult",
     "ModelIdentity",
     "ModelInfo",
+    "ModelRequest",
     "catalog",
     "convert_model",
     "load_model",

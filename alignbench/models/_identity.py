@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from importlib import import_module
 from pathlib import Path
 from typing import Literal
@@ -76,21 +76,48 @@ class LoadPlan:
     dense: WeightSource
     dcls: WeightSource | None
     identity: ModelIdentity
+    request: ModelRequest
 
 
-def plan_load(
-    name: str,
-    *,
-    dcls: bool = False,
-    checkpoint: str | os.PathLike[str] | None = None,
-    pretrained: bool = True,
-    version: str | None = None,
-    kernel_count: int | None = None,
-    dilated_kernel_size: int | None = None,
-    init: str | None = None,
-) -> LoadPlan:
+@dataclass(frozen=True)
+class ModelRequest:
+    """Everything that decides which model and weights ``load_model`` returns: its options, written once.
+
+    ``load_model``, ``model_identity``, ``convert_model`` and the commands that take a model all
+    accept one of these (or the same fields as keyword arguments, via :meth:`of`), so a new option is
+    added here and nowhere else.
+    """
+
+    name: str
+    dcls: bool = False
+    checkpoint: Path | None = None  # a state_dict file for the model (after conversion when dcls)
+    pretrained: bool = True
+    version: str | None = None  # DCLS recipe overrides (need dcls)
+    kernel_count: int | None = None
+    dilated_kernel_size: int | None = None
+    init: str | None = None  # checkpoint | from-dense | random (needs dcls)
+
+    def __post_init__(self) -> None:
+        # "" means no checkpoint, as None does (an unset CLI option, an empty environment variable)
+        checkpoint = Path(self.checkpoint) if self.checkpoint not in (None, "") else None
+        object.__setattr__(self, "checkpoint", checkpoint)
+
+    @classmethod
+    def of(cls, model: "str | ModelRequest", **options) -> "ModelRequest":
+        """``model`` as a request: a name with ``options``, or a request with ``options`` replacing its fields."""
+        if isinstance(model, ModelRequest):
+            return replace(model, **options) if options else model
+        return cls(str(model), **options)
+
+
+def plan_load(request: ModelRequest) -> LoadPlan:
+    """The resolved plan for ``request``: what to build and where each part's weights come from."""
+    name, dcls, checkpoint, pretrained = request.name, request.dcls, request.checkpoint, request.pretrained
+    version, kernel_count, dilated_kernel_size, init = (
+        request.version, request.kernel_count, request.dilated_kernel_size, request.init,
+    )
     spec = get_spec(name)
-    checkpoint_path = _existing(checkpoint) if checkpoint else None  # "" = none, as None
+    checkpoint_path = _existing(checkpoint) if checkpoint else None
     recipe = None
     if dcls:
         if spec.dcls is None:
@@ -142,25 +169,12 @@ def plan_load(
         fingerprint=sha256_text(*parts),
         weights_on_disk=on_disk,
     )
-    return LoadPlan(spec, recipe, init, dense, dcls_source, identity)
+    return LoadPlan(spec, recipe, init, dense, dcls_source, identity, request)
 
 
-def model_identity(
-    name: str,
-    *,
-    dcls: bool = False,
-    checkpoint: str | os.PathLike[str] | None = None,
-    pretrained: bool = True,
-    version: str | None = None,
-    kernel_count: int | None = None,
-    dilated_kernel_size: int | None = None,
-    init: str | None = None,
-) -> ModelIdentity:
+def model_identity(model: "str | ModelRequest", **options) -> ModelIdentity:
     """The identity (and fingerprint) of ``load_model`` with the same arguments, without torch."""
-    return plan_load(
-        name, dcls=dcls, checkpoint=checkpoint, pretrained=pretrained, version=version,
-        kernel_count=kernel_count, dilated_kernel_size=dilated_kernel_size, init=init,
-    ).identity
+    return plan_load(ModelRequest.of(model, **options)).identity
 
 
 def _existing(checkpoint: str | os.PathLike[str]) -> Path:

@@ -25,8 +25,8 @@ from alignbench.models import _checkpoint, _dcls
 from alignbench.models._device import resolve_device
 from alignbench.models._download import discard, fetch, is_verified, zenodo_md5
 from alignbench.models._hashes import file_sha256
-from alignbench.models._identity import (RANDOM_SEED, LoadPlan, ModelIdentity, model_identity, plan_load,
-                                         published_path)
+from alignbench.models._identity import (RANDOM_SEED, LoadPlan, ModelIdentity, ModelRequest, model_identity,
+                                         plan_load, published_path)
 from alignbench.preprocessing import Preprocessing
 from alignbench.registry import DclsRecipe, ModelSpec
 
@@ -84,32 +84,24 @@ class ModelInfo:
         return f"{self.spec.name} (DCLS)" if self.identity.dcls else self.spec.name
 
 
-def load_model(
-    name: str,
-    dcls: bool = False,
-    checkpoint: str | os.PathLike[str] | None = None,
-    pretrained: bool = True,
-    *,
-    version: str | None = None,
-    kernel_count: int | None = None,
-    dilated_kernel_size: int | None = None,
-    init: str | None = None,
-    device: str = "cpu",
-) -> nn.Module:
-    """The model ``name`` (registry or any timm name), in eval mode on ``device``, with its weights.
+def load_model(model: str | ModelRequest, dcls: bool = False, checkpoint: str | os.PathLike[str] | None = None,
+               pretrained: bool = True, *, device: str = "cpu", **options) -> nn.Module:
+    """The model (a registry or any timm name, or a ``ModelRequest``), in eval mode on ``device``, with its weights.
 
     ``dcls``: convolutions replaced per the registry recipe (``version``, ``kernel_count``,
     ``dilated_kernel_size`` override it); weights from ``init``: ``checkpoint`` (``checkpoint`` file,
     else the published one), ``from-dense`` or ``random``; default: the first that applies.
     ``checkpoint`` without ``dcls`` (or with init from-dense/random): the dense model's state_dict.
-    Raises ModelError / WeightsUnavailableError; never returns silently random weights.
+    Every option is a field of ``ModelRequest``. Raises ModelError / WeightsUnavailableError; never
+    returns silently random weights.
     """
-    plan = plan_load(
-        name, dcls=dcls, checkpoint=checkpoint, pretrained=pretrained, version=version,
-        kernel_count=kernel_count, dilated_kernel_size=dilated_kernel_size, init=init,
-    )
-    model, report = _build(plan)
-    return _finish(model, plan, report, device)
+    if isinstance(model, ModelRequest):
+        request = ModelRequest.of(model, **options)
+    else:
+        request = ModelRequest(model, dcls=dcls, checkpoint=checkpoint, pretrained=pretrained, **options)
+    plan = plan_load(request)
+    built, report = _build(plan)
+    return _finish(built, plan, report, device)
 
 
 def _finish(model: nn.Module, plan: LoadPlan, report: ConversionReport | None, device: str) -> nn.Module:
@@ -344,29 +336,23 @@ class ConversionResult:
 
 
 def convert_model(
-    name: str,
+    model: str | ModelRequest,
     *,
-    version: str | None = None,
-    kernel_count: int | None = None,
-    dilated_kernel_size: int | None = None,
-    init: str | None = None,
-    checkpoint: str | os.PathLike[str] | None = None,
-    pretrained: bool = True,
     out: str | os.PathLike[str] | None = None,
     device: str = "cpu",
     record: bool = False,
     db: str | None = None,
+    **options,
 ) -> ConversionResult:
-    """Convert ``name`` to DCLS, report what changed, and write the weights to ``out``.
+    """Convert ``model`` (a name with ``ModelRequest`` options, or a request) to DCLS, report what
+    changed, and write the weights to ``out``.
 
     ``out`` ending in ``.safetensors`` is written with safetensors, anything else with torch.save;
     either holds a plain timm state_dict (shared positions repeated per conv, as the published
     checkpoints do), loadable with ``load_model(name, dcls=True, checkpoint=out)``.
     """
-    plan = plan_load(
-        name, dcls=True, checkpoint=checkpoint, pretrained=pretrained, version=version,
-        kernel_count=kernel_count, dilated_kernel_size=dilated_kernel_size, init=init,
-    )
+    request = ModelRequest.of(model, dcls=True, **options)
+    plan = plan_load(request)
     logit_error = None
     if plan.init == "from-dense":
         dense = _dense(plan)
@@ -380,10 +366,7 @@ def convert_model(
         path = Path(out).expanduser().resolve()
         save_state_dict(model, path)
         digest = file_sha256(path)
-        identity = model_identity(
-            name, dcls=True, checkpoint=path, version=version, kernel_count=kernel_count,
-            dilated_kernel_size=dilated_kernel_size, init="checkpoint",
-        )
+        identity = model_identity(replace(request, checkpoint=path, init="checkpoint", pretrained=True))
     param_count = model.alignbench_info.param_count
     recorded_in = _record(identity, param_count, plan.spec.family, db) if record else None
     return ConversionResult(
