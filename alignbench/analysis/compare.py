@@ -16,7 +16,7 @@ from typing import Any
 
 from sqlmodel import Session
 
-from alignbench.analysis.runs import GroupKey, Pairing, RunScore, filter_options, load_runs, pair_runs, score_label, score_name
+from alignbench.analysis.runs import GroupKey, Pairing, RunFilter, RunScore, load_runs, pair_runs, score_label, score_name
 from alignbench.analysis.stats import DEFAULT_RESAMPLES, DEFAULT_SEED, paired_bootstrap_ci, wilcoxon_signed_rank
 from alignbench.errors import AlignbenchError
 from alignbench.store import StoreMissing, open_store
@@ -167,17 +167,17 @@ def _higher_is_better(metric: str) -> bool:
 
 def compare_runs(
     session: Session,
+    runs: RunFilter | None = None,
     *,
-    explainer: str | None = None,
-    dataset: str | None = None,
-    protocol: str | None = None,
-    metric: str = "spearman",
     n_resamples: int = DEFAULT_RESAMPLES,
     seed: int = DEFAULT_SEED,
+    **filters,
 ) -> CompareResult:
     """Compare every architecture's baseline and DCLS runs that match the filters; rank all runs."""
+    runs = RunFilter.of(runs, **filters)
+    metric = runs.metric
     higher_is_better = _higher_is_better(metric)
-    stored = load_runs(session, explainer=explainer, dataset=dataset, protocol=protocol, metric=metric)
+    stored = load_runs(session, runs)
     by_group: dict[GroupKey, list[Pairing]] = defaultdict(list)
     for pairing in pair_runs(stored.runs, stored.values):
         by_group[pairing.group].append(pairing)
@@ -199,37 +199,35 @@ def compare_runs(
 
 def compare(
     db: str | None = None,
+    runs: RunFilter | None = None,
     *,
-    explainer: str | None = None,
-    dataset: str | None = None,
-    protocol: str | None = None,
-    metric: str = "spearman",
     n_resamples: int = DEFAULT_RESAMPLES,
     seed: int = DEFAULT_SEED,
+    **filters,
 ) -> CompareResult:
-    """``alignbench compare``: open the store at ``db`` read-only and compare.
+    """``alignbench compare``: open the store at ``db`` read-only and compare the runs ``runs`` (or
+    ``filters``: the fields of ``RunFilter``) selects.
 
     Raises AlignbenchError (exit code 1) saying what to run when nothing can be compared: an empty
     or missing store, or no model run matching the filters.
     """
+    runs = RunFilter.of(runs, **filters)
     try:
         store = open_store(db, create=False)
     except StoreMissing:
         raise AlignbenchError(NOTHING_STORED, exit_code=1) from None
     try:
         with store.session() as session:
-            result = compare_runs(
-                session, explainer=explainer, dataset=dataset, protocol=protocol, metric=metric, n_resamples=n_resamples, seed=seed
-            )
+            result = compare_runs(session, runs, n_resamples=n_resamples, seed=seed)
     finally:
         store.close()
     if not result.comparisons:
-        filters = filter_options(explainer=explainer, dataset=dataset, protocol=protocol, metric=metric)
-        if not filters:
+        options = runs.options()
+        if not options:
             raise AlignbenchError(NOTHING_STORED, exit_code=1)
         raise AlignbenchError(
-            f"no stored runs match {filters}; run `alignbench score MODEL {filters}` and "
-            f"`alignbench score MODEL --dcls {filters}` first (`alignbench report` lists what is stored)",
+            f"no stored runs match {options}; run `alignbench score MODEL {options}` and "
+            f"`alignbench score MODEL --dcls {options}` first (`alignbench report` lists what is stored)",
             exit_code=1,
         )
     return result

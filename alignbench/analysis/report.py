@@ -27,7 +27,7 @@ from sqlmodel import Session
 
 from alignbench.analysis import DEFAULT_BINS  # defined numpy-free there, for the CLI's --bins default
 from alignbench.analysis._queries import WorstImage, worst_images
-from alignbench.analysis.runs import GroupKey, Pairing, RunScore, StoredRuns, filter_options, load_runs, pair_runs, score_label
+from alignbench.analysis.runs import GroupKey, Pairing, RunFilter, RunScore, StoredRuns, load_runs, pair_runs, score_label
 from alignbench.analysis.stats import pearson_r, spearman_rho
 from alignbench.errors import AlignbenchError
 from alignbench.store import StoreMissing, open_store
@@ -185,24 +185,23 @@ def parameter_fits(pairings: list[Pairing]) -> list[ParameterFit]:
 
 def build_report(
     session: Session,
+    runs: RunFilter | None = None,
     *,
-    explainer: str | None = None,
-    dataset: str | None = None,
-    protocol: str | None = None,
-    metric: str = "spearman",
-    run_id: int | None = None,
     worst: int | None = None,
     bins: int = DEFAULT_BINS,
+    **filters,
 ) -> Report:
     """The report of the runs matching the filters; with ``run_id``, of that run and its ``worst`` images."""
     from alignbench.metrics import metric_spec  # the registry is plain data (torch-free)
 
+    runs = RunFilter.of(runs, **filters)
+    metric, run_id = runs.metric, runs.run_id
     spec = metric_spec(metric)
     if worst is not None and worst < 1:
         raise AlignbenchError(f"--worst must be at least 1, got {worst}")
     if bins < 1:
         raise AlignbenchError(f"--bins must be at least 1, got {bins}")
-    stored: StoredRuns = load_runs(session, explainer=explainer, dataset=dataset, protocol=protocol, metric=metric, run_id=run_id)
+    stored: StoredRuns = load_runs(session, runs)
     if run_id is not None and not stored.runs:
         raise AlignbenchError(
             f"no run {run_id} with metric {metric!r} in the store; `alignbench report` lists the stored runs and their ids"
@@ -220,21 +219,21 @@ def build_report(
 
 def report(
     db: str | None = None,
+    runs: RunFilter | None = None,
     *,
-    explainer: str | None = None,
-    dataset: str | None = None,
-    protocol: str | None = None,
-    metric: str = "spearman",
-    run_id: int | None = None,
     worst: int | None = None,
     bins: int = DEFAULT_BINS,
+    **filters,
 ) -> Report:
-    """``alignbench report``: open the store at ``db`` read-only and build the report.
+    """``alignbench report``: open the store at ``db`` read-only and build the report of the runs
+    ``runs`` (or ``filters``: the fields of ``RunFilter``) selects.
 
     An empty or missing store, or no run matching the filters, gives an empty report whose
     ``message`` says what to run (the CLI exits 0 with it).
     """
-    if worst is not None and run_id is None:
+    runs = RunFilter.of(runs, **filters)
+    metric = runs.metric
+    if worst is not None and runs.run_id is None:
         raise AlignbenchError("--worst needs --run ID: the run whose images to list (`alignbench report` shows run ids)")
     try:
         store = open_store(db, create=False)
@@ -242,13 +241,11 @@ def report(
         return Report(metric, [], [], [], [], message=NOTHING_STORED)
     try:
         with store.session() as session:
-            result = build_report(
-                session, explainer=explainer, dataset=dataset, protocol=protocol, metric=metric, run_id=run_id, worst=worst, bins=bins
-            )
+            result = build_report(session, runs, worst=worst, bins=bins)
     finally:
         store.close()
     if result.empty:
-        filters = filter_options(explainer=explainer, dataset=dataset, protocol=protocol, metric=metric)
-        message = NOTHING_STORED if not filters else f"no stored runs match {filters}; run `alignbench score MODEL {filters}` first"
+        options = runs.options()
+        message = NOTHING_STORED if not options else f"no stored runs match {options}; run `alignbench score MODEL {options}` first"
         return Report(metric, [], [], [], [], message=message)
     return result

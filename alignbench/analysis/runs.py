@@ -17,7 +17,7 @@ import numpy as np
 from sqlmodel import Session
 
 from alignbench.analysis._queries import EMPTY_VALUES, ImageValues, per_image_values, row_counts
-from alignbench.analysis.centre_bias import CENTRE_BIAS
+from alignbench.explainers import CENTRE_BIAS
 from alignbench.errors import ExplainerError, MetricError
 from alignbench.store import queries as q
 
@@ -109,12 +109,29 @@ def canonical_explainer(name: str | None) -> str | None:
         return name.strip().lower()  # e.g. centre-bias, or a method a newer alignbench stored
 
 
-def filter_options(*, explainer: str | None, dataset: str | None, protocol: str | None, metric: str) -> str:
-    """The filters as the command-line options that select them (``score`` takes the same ones)."""
-    parts = [f"--{name} {value}" for name, value in (("explainer", explainer), ("dataset", dataset), ("protocol", protocol)) if value]
-    if metric != "spearman":
-        parts.append(f"--metric {metric}")
-    return " ".join(parts)
+@dataclass(frozen=True)
+class RunFilter:
+    """Which stored runs compare and report read: the filters their commands share, written once."""
+
+    explainer: str | None = None
+    dataset: str | None = None
+    protocol: str | None = None
+    metric: str = "spearman"
+    run_id: int | None = None
+
+    @classmethod
+    def of(cls, runs: "RunFilter | None" = None, **filters) -> "RunFilter":
+        """``runs`` with ``filters`` replacing its fields (a new filter when ``runs`` is None)."""
+        from dataclasses import replace
+
+        return replace(runs, **filters) if runs is not None else cls(**filters)
+
+    def options(self) -> str:
+        """The filters as the command-line options that select them (``score`` takes the same ones)."""
+        parts = [f"--{name} {value}" for name, value in (("explainer", self.explainer), ("dataset", self.dataset), ("protocol", self.protocol)) if value]
+        if self.metric != "spearman":
+            parts.append(f"--metric {self.metric}")
+        return " ".join(parts)
 
 
 @dataclass(frozen=True)
@@ -126,27 +143,21 @@ class StoredRuns:
     values: dict[int, ImageValues] = field(repr=False)
 
 
-def load_runs(
-    session: Session,
-    *,
-    explainer: str | None = None,
-    dataset: str | None = None,
-    protocol: str | None = None,
-    metric: str = "spearman",
-    run_id: int | None = None,
-) -> StoredRuns:
-    """Every stored run that matches the filters and has ``metric``, plus the centre-bias runs for them.
+def load_runs(session: Session, runs: RunFilter | None = None, **filters) -> StoredRuns:
+    """Every stored run that matches the filters and has their metric, plus the centre-bias runs for them.
 
     Three queries whatever the number of runs: the runs, their row counts, and every scored value.
     """
+    runs = RunFilter.of(runs, **filters)
+    metric, run_id = runs.metric, runs.run_id
     try:
         q.metric_column(metric)  # an unknown metric fails before any query
     except KeyError:
         raise MetricError(f"metric {metric!r} has no column in the store; use spearman or a metric `alignbench score --metric` stores") from None
-    method = canonical_explainer(explainer)
+    method = canonical_explainer(runs.explainer)
     views = [
         v
-        for v in q.list_runs(session, dataset=dataset, protocol=protocol)
+        for v in q.list_runs(session, dataset=runs.dataset, protocol=runs.protocol)
         if metric in v.metrics.split(",")
         and (method is None or v.method in (method, CENTRE_BIAS))
         and (run_id is None or v.run_id == run_id)
