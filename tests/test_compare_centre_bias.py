@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from alignbench.analysis.centre_bias import CENTRE_BIAS, centre_bias_map, score_centre_bias
+from alignbench._centre_bias_run import score_centre_bias
+from alignbench.explainers import CENTRE_BIAS, centre_bias_map
 from alignbench.analysis.compare import compare
 from alignbench.analysis._synthetic import add_run
 from alignbench.store import open_store

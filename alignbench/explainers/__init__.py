@@ -8,7 +8,8 @@ on first call. Methods:
   ``hirescam``, ``eigengradcam``: one torch-native core that splits the model at A (``_split``);
 - every other pytorch-grad-cam method (``eigencam``, ``scorecam``, ``ablationcam``, ``fullgrad``, ...)
   through the library itself (``_library``);
-- ``rollout`` and ``raw-attention`` for ViT / DeiT (``_attention``).
+- ``rollout`` and ``raw-attention`` for ViT / DeiT (``_attention``);
+- ``centre_bias_map``: the model-free reference every comparison shows (``_centre_bias``).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
 
 from alignbench._lazy import lazy_attributes
+from alignbench.explainers._centre_bias import CENTRE_BIAS, CENTRE_BIAS_FAMILY, CENTRE_BIAS_SIGMA_FRAC, centre_bias_map
 from alignbench.explainers._methods import DEFAULT_METHOD, METHODS, MethodSpec, explainer_setting, resolve_method
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -25,13 +27,18 @@ if TYPE_CHECKING:  # pragma: no cover
     from alignbench.explainers._explain import Explanation
     from alignbench.explainers._files import ExplainedFiles
     from alignbench.explainers._split import Targets
+    from alignbench.models import ModelRequest
     from alignbench.preprocessing import Preprocessing
 
 __all__ = [
+    "CENTRE_BIAS",
+    "CENTRE_BIAS_FAMILY",
+    "CENTRE_BIAS_SIGMA_FRAC",
     "DEFAULT_METHOD",
     "METHODS",
     "Explanation",
     "MethodSpec",
+    "centre_bias_map",
     "check_applicable",
     "explain",
     "explain_batch",
@@ -67,15 +74,13 @@ def check_applicable(model: nn.Module, method: str) -> None:
 
 
 def explain_files(
-    model: str | nn.Module,
+    model: str | ModelRequest | nn.Module,
     paths: Sequence[str | Path],
     out_dir: str | Path,
     *,
     method: str = DEFAULT_METHOD,
     params: dict[str, Any] | None = None,
     target: int | None = None,
-    dcls: bool = False,
-    checkpoint: str | Path | None = None,
     device: str = "auto",
     batch_size: int = 8,
     preprocessing: Preprocessing | None = None,
@@ -86,8 +91,7 @@ def explain_files(
     from alignbench.explainers._files import explain_files as _explain_files
 
     return _explain_files(
-        model, paths, out_dir, method=method, params=params, target=target, dcls=dcls, checkpoint=checkpoint,
-        device=device, batch_size=batch_size, preprocessing=preprocessing,
+        model, paths, out_dir, method=method, params=params, target=target, device=device, batch_size=batch_size, preprocessing=preprocessing,
     )
 
 

@@ -1,45 +1,17 @@
-"""The model-free reference: a centre-bias map scored against each image's reference map, stored as a run.
+"""Scoring the centre-bias reference (``alignbench.explainers`` ``centre_bias_map``) into the store as a run.
 
-Human attention on photographs concentrates near the image centre (photographers centre their
-subject; Tatler 2007, Judd et al. 2009), so a map that knows nothing about the image but its centre
-already correlates with human maps. Every comparison shows this run, so a reader sees whether a
-model's explanations beat the centre prior.
-
-The map is an isotropic Gaussian at the image centre. Spearman's ρ depends only on the ranks of the
-map, and every isotropic Gaussian ranks pixels by their distance to the centre, so ``sigma_frac``
-does not change the Spearman score; it is kept (and recorded) for value-based metrics. 0.25 of the
-shorter side keeps the corners at exp(-4) of the peak (224×224), far from float32 underflow, which
-would tie the outer pixels and change the ranks.
-
-This module's top level is torch-free (compare and report import ``CENTRE_BIAS``); scoring imports
-torch inside :func:`score_centre_bias`, which ``alignbench score`` calls once per dataset and protocol.
+``alignbench score`` calls :func:`score_centre_bias` after each computed run, so compare and report
+always have the model-free reference on the same images and stay store-only. Imports torch inside.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-import numpy as np
-
 from alignbench._cache import sha256_text
+from alignbench.explainers import CENTRE_BIAS, CENTRE_BIAS_FAMILY, CENTRE_BIAS_SIGMA_FRAC, centre_bias_map
 from alignbench.store import Store
 from alignbench.store import queries as q
-
-CENTRE_BIAS = "centre-bias"  # the reference's model name and explainer method in the store
-CENTRE_BIAS_FAMILY = "reference"
-CENTRE_BIAS_SIGMA_FRAC = 0.25
-
-
-def centre_bias_map(height: int, width: int, sigma_frac: float = CENTRE_BIAS_SIGMA_FRAC) -> np.ndarray:
-    """float32 [height, width]: exp(-r² / 2σ²), r = distance to the image centre, σ = sigma_frac × min(height, width); peak 1."""
-    if height < 1 or width < 1 or not sigma_frac > 0:
-        raise ValueError(f"centre_bias_map needs a positive size and sigma_frac; got {height}×{width}, {sigma_frac}")
-    sigma = sigma_frac * min(height, width)
-    # pixel centres at integer coordinates; the image centre is halfway between the middle pixels
-    y = np.arange(height, dtype=np.float64) - (height - 1) / 2.0
-    x = np.arange(width, dtype=np.float64) - (width - 1) / 2.0
-    squared = y[:, None] ** 2 + x[None, :] ** 2
-    return np.exp(-squared / (2.0 * sigma * sigma)).astype(np.float32)
 
 
 class CentreBiasIdentity:
