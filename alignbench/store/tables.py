@@ -9,7 +9,7 @@ from __future__ import annotations
 from datetime import datetime, timezone
 from typing import Optional
 
-from sqlalchemy import Column, ForeignKey, Index, Integer, UniqueConstraint
+from sqlalchemy import Column, ForeignKey, Index, Integer, LargeBinary, UniqueConstraint, false
 from sqlmodel import Field, SQLModel
 
 
@@ -34,6 +34,12 @@ class Model(SQLModel, table=True):
     checkpoint_sha256: Optional[str] = None
     param_count: Optional[int] = None
     created_at: datetime = Field(default_factory=utcnow)
+    # lineage (migration 0003): what a trained or imported model is and where it came from
+    tag: Optional[str] = Field(default=None, index=True)  # the user's name for it (--tag)
+    origin: Optional[str] = None  # moco-v3, dcls-finetune, gc-consistency, ca-stream, ...
+    parent_id: Optional[int] = Field(default=None, sa_column=Column(Integer, ForeignKey("model.id", name="fk_model_parent_id_model"), nullable=True))
+    lineage: Optional[str] = None  # canonical JSON: method, data fingerprint, steps, hyper-parameters, final loss/top-1
+    ca_stream: bool = Field(default=False, sa_column_kwargs={"server_default": false()})
 
 
 class ExplainerSetting(SQLModel, table=True):
@@ -86,6 +92,12 @@ class Run(SQLModel, table=True):
     versions: str = "{}"  # JSON: alignbench, torch, timm, ... of the last process that wrote rows
     created_at: datetime = Field(default_factory=utcnow)
     updated_at: datetime = Field(default_factory=utcnow)
+    # migration 0003: the forward pass's precision (part of the key unless fp32), and the process that
+    # last wrote the run, so a run whose process is gone shows as interrupted, not running
+    precision: str = Field(default="fp32", sa_column_kwargs={"server_default": "fp32"})
+    pid: Optional[int] = None
+    host: Optional[str] = None
+    heartbeat_at: Optional[datetime] = None
 
 
 class ImageScore(SQLModel, table=True):
@@ -112,6 +124,27 @@ class ImageScore(SQLModel, table=True):
     average_increase: Optional[float] = None
     average_gain: Optional[float] = None
     skip_reason: Optional[str] = None  # why a metric is NULL (constant map, non-finite map, ...)
+    created_at: datetime = Field(default_factory=utcnow)
+
+
+class Thumbnail(SQLModel, table=True):
+    """A small 8-bit PNG of one image's picture or map in one run, for the HTML report's galleries.
+
+    ``kind``: ``image`` (the model input), ``reference`` (the human map), ``model`` (the run's
+    explanation) or ``centre-bias``; ``vmin``/``vmax``: the value range the map was quantised from,
+    so maps can be shown on one shared colour scale.
+    """
+
+    __tablename__ = "thumbnail"
+    __table_args__ = (UniqueConstraint("run_id", "image_id", "kind", name="uq_thumbnail_run_image_kind"),)
+
+    id: Optional[int] = Field(default=None, primary_key=True)
+    run_id: int = Field(sa_column=Column(Integer, ForeignKey("run.id", ondelete="CASCADE"), nullable=False))
+    image_id: str
+    kind: str
+    png: bytes = Field(sa_column=Column(LargeBinary, nullable=False))
+    vmin: Optional[float] = None
+    vmax: Optional[float] = None
     created_at: datetime = Field(default_factory=utcnow)
 
 
