@@ -28,7 +28,10 @@ demo: install
 	$(BIN)/alignbench compare
 	$(BIN)/alignbench report
 
+# The store tests run against PostgreSQL too and the HTML report opens in headless Chromium: both are
+# Debian packages, installed here where missing (scripts/system_packages.sh).
 test: install
+	scripts/system_packages.sh
 	$(BIN)/python -m pytest -q
 
 bench: install
