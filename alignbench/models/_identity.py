@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from importlib import import_module
 from pathlib import Path
 from typing import Literal
@@ -64,6 +64,10 @@ class ModelIdentity:
     checkpoint_sha256: str | None  # sha256 of the file the final weights are read from
     fingerprint: str
     weights_on_disk: bool  # False: loading needs a download
+    # How to load it again and what the user calls it: recorded beside the identity, not part of it
+    # (two requests that load the same weights are the same model).
+    request: dict | None = field(default=None, compare=False)  # ModelRequest.to_json()
+    tag: str | None = field(default=None, compare=False)
 
 
 @dataclass(frozen=True)
@@ -96,6 +100,7 @@ class ModelRequest:
     kernel_count: int | None = None
     dilated_kernel_size: int | None = None
     init: str | None = None  # checkpoint | from-dense | random (needs dcls)
+    tag: str | None = None  # a name for the model in the store (not part of its identity: the weights are)
 
     def __post_init__(self) -> None:
         # "" means no checkpoint, as None does (an unset CLI option, an empty environment variable)
@@ -108,6 +113,14 @@ class ModelRequest:
         if isinstance(model, ModelRequest):
             return replace(model, **options) if options else model
         return cls(str(model), **options)
+
+    def to_json(self) -> dict:
+        """The request as JSON (checkpoint as an absolute path): what the store records so that a
+        model can be loaded again (``ModelRequest(**json)``) by a later command, e.g. a report's gallery."""
+        fields = {name: getattr(self, name) for name in self.__dataclass_fields__}
+        if self.checkpoint is not None:
+            fields["checkpoint"] = str(Path(self.checkpoint).expanduser().resolve())
+        return fields
 
 
 def plan_load(request: ModelRequest) -> LoadPlan:
@@ -168,6 +181,8 @@ def plan_load(request: ModelRequest) -> LoadPlan:
         checkpoint_sha256=file_sha256(final.path) if final.path is not None else None,
         fingerprint=sha256_text(*parts),
         weights_on_disk=on_disk,
+        request=request.to_json(),
+        tag=request.tag,
     )
     return LoadPlan(spec, recipe, init, dense, dcls_source, identity, request)
 

@@ -70,8 +70,13 @@ def upsert_model(session: Session, identity: Any, *, param_count: int | None = N
             "weights_source": getattr(identity, "weights_source", "") or "",
             "checkpoint_sha256": getattr(identity, "checkpoint_sha256", None),
             "param_count": param_count,
+            "request": canonical_json(identity.request) if getattr(identity, "request", None) else None,
         },
     )
+    tag = getattr(identity, "tag", None)
+    if tag and row.tag != tag:  # a name given now names the model from now on
+        row.tag = tag
+        session.add(row)
     if param_count is not None and row.param_count is None:
         row.param_count = param_count
         session.add(row)

@@ -40,6 +40,7 @@ class Model(SQLModel, table=True):
     parent_id: Optional[int] = Field(default=None, sa_column=Column(Integer, ForeignKey("model.id", name="fk_model_parent_id_model"), nullable=True))
     lineage: Optional[str] = None  # canonical JSON: method, data fingerprint, steps, hyper-parameters, final loss/top-1
     ca_stream: bool = Field(default=False, sa_column_kwargs={"server_default": false()})
+    request: Optional[str] = None  # canonical JSON of the ModelRequest that loads it again
 
 
 class ExplainerSetting(SQLModel, table=True):

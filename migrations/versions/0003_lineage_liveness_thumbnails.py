@@ -7,8 +7,8 @@ Create Date: 2026-11-29 22:00:00
 - model: ``tag`` (a user's name for a model), ``origin`` (where its weights come from in kind:
   ``moco-v3``, ``dcls-finetune``, ``gc-consistency``, ``ca-stream``, ...), ``parent_id`` (the model it
   was trained from), ``lineage`` (JSON: method, data fingerprint, steps, hyper-parameters, final
-  loss/top-1, ...), ``ca_stream`` (the model carries a CA-Stream). Existing models get NULL/false:
-  nothing is known of their lineage.
+  loss/top-1, ...), ``ca_stream`` (the model carries a CA-Stream), ``request`` (JSON of the
+  ModelRequest that loads it again). Existing models get NULL/false: nothing is known of their lineage.
 - run: ``precision`` (fp32 | bf16 | fp16; every existing run was computed in fp32), and the process
   that last wrote it (``pid``, ``host``, ``heartbeat_at``), so a run whose process is gone can be shown
   as interrupted rather than running.
@@ -41,6 +41,7 @@ def upgrade() -> None:
         op.create_foreign_key("fk_model_parent_id_model", "model", "model", ["parent_id"], ["id"])
     op.add_column("model", sa.Column("lineage", sa.String(), nullable=True))
     op.add_column("model", sa.Column("ca_stream", sa.Boolean(), nullable=False, server_default=sa.false()))
+    op.add_column("model", sa.Column("request", sa.String(), nullable=True))
     op.create_index(op.f("ix_model_tag"), "model", ["tag"], unique=False)
 
     op.add_column("run", sa.Column("precision", sa.String(), nullable=False, server_default="fp32"))
@@ -72,5 +73,5 @@ def downgrade() -> None:
     with op.batch_alter_table("model", schema=None) as batch_op:
         batch_op.drop_constraint("fk_model_parent_id_model", type_="foreignkey")
         batch_op.drop_index(batch_op.f("ix_model_tag"))
-        for column in ("ca_stream", "lineage", "parent_id", "origin", "tag"):
+        for column in ("request", "ca_stream", "lineage", "parent_id", "origin", "tag"):
             batch_op.drop_column(column)
