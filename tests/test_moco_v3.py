@@ -289,3 +289,24 @@ def test_score_records_origin_head_and_tag_in_the_store(tmp_path):
     assert "linear head" in row[2] and str(head.resolve()) in row[3]
     params = sqlite3.connect(db).execute("SELECT params FROM explainer_setting WHERE method = 'raw-attention'").fetchone()
     assert params == ('{"head_fusion":"mean","layer":2}',)
+
+
+def test_convert_takes_an_encoder_and_its_head_and_writes_one_whole_checkpoint(tmp_path):
+    """--head is generic (any classifier slot, here ConvNeXt's head.fc) and survives a DCLS conversion:
+    the written file holds the head too, so it loads alone."""
+    from alignbench.models import convert_model
+
+    torch.manual_seed(0)
+    convnext = timm.create_model("test_convnext", pretrained=False).eval()
+    state = convnext.state_dict()
+    encoder = _save(tmp_path, "encoder.pth", {k: v for k, v in state.items() if not k.startswith("head.fc.")})
+    head = _save(tmp_path, "head.pth", {"weight": state["head.fc.weight"], "bias": state["head.fc.bias"]})
+    out = tmp_path / "dcls.safetensors"
+    result = convert_model("test_convnext", checkpoint=encoder, head=head, init="from-dense", out=out)
+    assert result.identity.request["head"] is None and "linear head" in result.source
+    from safetensors.torch import load_file
+
+    written = load_file(str(out))
+    assert torch.equal(written["head.fc.weight"], state["head.fc.weight"]) and torch.equal(written["head.fc.bias"], state["head.fc.bias"])
+    converted = load_model("test_convnext", dcls=True, checkpoint=out, device="cpu")  # alone: no --head needed
+    assert converted.alignbench_info.identity.fingerprint == result.identity.fingerprint

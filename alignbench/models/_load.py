@@ -379,7 +379,8 @@ def convert_model(
         path = Path(out).expanduser().resolve()
         save_state_dict(model, path)
         digest = file_sha256(path)
-        identity = model_identity(replace(request, checkpoint=path, init="checkpoint", pretrained=True))
+        # the written file holds every weight, the --head's too
+        identity = model_identity(replace(request, checkpoint=path, init="checkpoint", pretrained=True, head=None))
     param_count = model.alignbench_info.param_count
     recorded_in = _record(identity, param_count, plan.spec.family, db) if record else None
     return ConversionResult(
