@@ -255,7 +255,9 @@ def load_checkpoint(model: nn.Module, state: Mapping[str, torch.Tensor], what: s
     if encoder is not None:
         # MoCo_ResNet / MoCo_ViT put the projection MLP where the classifier was (fc / head)
         state = _without(encoder, classifier)
-    if head is not None and classifier is not None:
+    if head is not None:
+        if classifier is None:
+            raise ModelError(f"--head: {what} names no classifier module in its timm config, so there is no slot for it")
         state = {**_without(state, classifier), **read_head(head, classifier)}
     if classifier is not None and not any(_under(k, classifier) for k in state):
         own_head = {k: v for k, v in model.state_dict().items() if _under(k, classifier)}

@@ -124,7 +124,7 @@ class ModelRequest:
         return cls(str(model), **options)
 
     def to_json(self) -> dict:
-        """The request as JSON (checkpoint as an absolute path): what the store records so that a
+        """The request as JSON (checkpoint and head as absolute paths): what the store records so that a
         model can be loaded again (``ModelRequest(**json)``) by a later command, e.g. a report's gallery."""
         fields = {name: getattr(self, name) for name in self.__dataclass_fields__}
         for name in ("checkpoint", "head"):
