@@ -242,6 +242,15 @@ def test_a_head_file_without_a_linear_classifier_is_refused(tmp_path):
         load_model(VIT, checkpoint=path, head=head, device="cpu")
 
 
+def test_a_head_for_a_model_without_a_classifier_slot_is_refused(tmp_path):
+    from alignbench.models._checkpoint import load_checkpoint
+
+    bare = nn.Linear(4, 2)  # no timm pretrained_cfg naming a classifier
+    head = _save(tmp_path, "head.pth", {"weight": torch.zeros(2, 4), "bias": torch.zeros(2)})
+    with pytest.raises(ModelError, match="--head: bare names no classifier module"):
+        load_checkpoint(bare, dict(bare.state_dict()), "bare", source=tmp_path / "c.pth", head=head)
+
+
 # ------------------------------------------------------------------------------------------- CLI
 
 
