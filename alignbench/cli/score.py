@@ -62,8 +62,13 @@ def score(
     model: o.OptionalModelName = None,
     dcls: o.Dcls = False,
     checkpoint: o.Checkpoint = None,
+    head: o.Head = None,
+    tag: o.Tag = None,
     explainer: o.Explainer = "threshold-gradcam",
     threshold: Annotated[Optional[float], typer.Option("--threshold", help="Threshold-Grad-CAM floor (default 0.3).", show_default=False)] = None,
+    layer: o.Layer = None,
+    head_fusion: o.HeadFusion = None,
+    discard_ratio: o.DiscardRatio = None,
     dataset: o.Dataset = "sample",
     data_dir: Annotated[Optional[Path], typer.Option("--data-dir", help="Dataset files (ClickMe shards, folder, ImageNet val JPEGs).", show_default=False)] = None,
     protocol: o.Protocol = "aligned",
@@ -86,11 +91,10 @@ def score(
 
     Example: [bold]alignbench score resnet50 --dcls --explainer threshold --dataset clickme-val --data-dir shards/[/]
     """
-    explainer_params = {} if threshold is None else {"threshold": threshold}
     request = ScoreRequest(
-        model=o.model_request(model or DEFAULT_MODEL, dcls=dcls, checkpoint=checkpoint),
+        model=o.model_request(model or DEFAULT_MODEL, dcls=dcls, checkpoint=checkpoint, head=head, tag=tag),
         explainer=explainer,
-        explainer_params=explainer_params,
+        explainer_params=o.explainer_params(threshold=threshold, layer=layer, head_fusion=head_fusion, discard_ratio=discard_ratio),
         dataset=dataset,
         data_dir=data_dir,
         protocol=protocol,

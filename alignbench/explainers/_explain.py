@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from alignbench.errors import ExplainerError
-from alignbench.explainers._attention import attention_maps, attention_modules
+from alignbench.explainers._attention import attention_maps, attention_modules, block_index
 from alignbench.explainers._gradient import GRADIENT_METHODS
 from alignbench.explainers._methods import DEFAULT_METHOD, METHODS, explainer_setting, resolve_method
 from alignbench.explainers._split import Targets, as_batch, eval_mode, gradient_evidence, model_name, split_model
@@ -54,11 +54,14 @@ def _is_token_transformer(model: nn.Module) -> bool:
     return hasattr(model, "num_prefix_tokens") and hasattr(model, "blocks") and hasattr(model, "patch_embed")
 
 
-def check_applicable(model: nn.Module, method: str) -> None:
-    """Raise ExplainerError (one line: what is wrong, what to use) if ``method`` cannot explain ``model``."""
+def check_applicable(model: nn.Module, method: str, **params: Any) -> None:
+    """Raise ExplainerError (one line: what is wrong, what to use) if ``method`` with ``params``
+    cannot explain ``model`` (e.g. rollout on a CNN, a raw-attention layer the model does not have)."""
     spec = resolve_method(method)
     if spec.needs == "attention":
-        attention_modules(model, spec.name)
+        attns = attention_modules(model, spec.name)
+        if "layer" in params:
+            block_index(attns, int(params["layer"]), model)
         return
     split_model(model)
     if _is_token_transformer(model):
@@ -78,7 +81,7 @@ def explain_batch(
     """
     name, full = explainer_setting(method, **params)
     spec = METHODS[name]
-    check_applicable(model, name)
+    check_applicable(model, name, **full)
     x = as_batch(images, model)
     size = (x.shape[-2], x.shape[-1])
     # Gradients are needed even when the caller runs under torch.inference_mode(); an image batch
