@@ -16,7 +16,8 @@ from typing import Any
 
 from alignbench.errors import AlignbenchError, MetricError
 from alignbench.models import ModelRequest
-from alignbench.store import open_store
+from alignbench.store import StoreMissing, StoreOutdated, open_store
+from alignbench.store.engine import stored_rows_of_outdated_store
 from alignbench.store import queries as q
 
 DEFAULT_MODEL = "efficientnet_lite0"
@@ -144,6 +145,28 @@ def _result(session, run, request, *, method, params, n_images, cached, computed
     )
 
 
+def _cached(db: str | None, key: str, request: ScoreRequest, *, n_images: int, **described) -> ScoreResult | None:
+    """The stored answer, read without creating or upgrading anything; None when it must be computed.
+
+    A store at an older schema revision is not upgraded to read it: when it holds the answer, the
+    StoreOutdated error (naming ``alignbench upgrade``) is raised; when it does not, the computing
+    command upgrades it like any store it writes to.
+    """
+    try:
+        store = open_store(db, create=False, migrate=False)
+    except StoreMissing:
+        return None
+    except StoreOutdated:
+        if stored_rows_of_outdated_store(db, key, max_index=n_images) >= n_images:
+            raise
+        return None
+    with store, store.session() as session:
+        run = q.find_run(session, key)
+        if run is None or q.count_rows(session, run.id, max_index=n_images) < n_images:
+            return None
+        return _result(session, run, request, n_images=n_images, cached=True, device=run.device, **described)
+
+
 def score(request: ScoreRequest, *, db: str | None = None, progress: ProgressCallback | None = None) -> ScoreResult:
     """Score ``request`` into the store at ``db`` and return the summary over the requested images."""
     from alignbench.datasets import open_dataset
@@ -169,13 +192,12 @@ def score(request: ScoreRequest, *, db: str | None = None, progress: ProgressCal
 
     key = run_key(identity.fingerprint)
 
+    if not request.force:
+        cached = _cached(db, key, request, method=method, params=params, n_images=n_images, weights_source=identity.weights_source)
+        if cached is not None:
+            return cached
     store = open_store(db)
     try:
-        with store.session() as session:
-            run = q.find_run(session, key)
-            if run is not None and not request.force and q.count_rows(session, run.id, max_index=n_images) >= n_images:
-                return _result(session, run, request, method=method, params=params, n_images=n_images, cached=True,
-                               weights_source=identity.weights_source, device=run.device)
         from alignbench._compute import compute_run  # imports torch: only when something is computed
 
         start = time.perf_counter()

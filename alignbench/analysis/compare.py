@@ -213,7 +213,7 @@ def compare(
     """
     runs = RunFilter.of(runs, **filters)
     try:
-        store = open_store(db, create=False)
+        store = open_store(db, create=False, migrate=False)
     except StoreMissing:
         raise AlignbenchError(NOTHING_STORED, exit_code=1) from None
     try:

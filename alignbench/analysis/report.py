@@ -236,7 +236,7 @@ def report(
     if worst is not None and runs.run_id is None:
         raise AlignbenchError("--worst needs --run ID: the run whose images to list (`alignbench report` shows run ids)")
     try:
-        store = open_store(db, create=False)
+        store = open_store(db, create=False, migrate=False)
     except StoreMissing:
         return Report(metric, [], [], [], [], message=NOTHING_STORED)
     try:

@@ -228,6 +228,13 @@ def count_rows(session: Session, run_id: int, *, max_index: int | None = None) -
     return int(session.exec(select(func.count()).select_from(ImageScore).where(*condition)).one())
 
 
+def count_rows_of_key(session: Session, key: str, *, max_index: int | None = None) -> int:
+    """Rows of the run with ``key`` (0 when there is none); reads only run.id/key and image_score's
+    run_id/image_index, which every schema revision has."""
+    run_id = session.exec(select(Run.id).where(Run.key == key)).first()
+    return 0 if run_id is None else count_rows(session, run_id, max_index=max_index)
+
+
 def summarise(
     session: Session, run_id: int, metrics: Sequence[str], *, max_index: int | None = None
 ) -> tuple[int, dict[str, MetricSummary]]:
