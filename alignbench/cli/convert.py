@@ -87,7 +87,7 @@ def convert(
     version: Annotated[Optional[DclsVersion], typer.Option("--version", help="Dcls2d kernel construction (default: the registry recipe).", show_default=False)] = None,
     init: Annotated[Optional[InitMode], typer.Option("--init", help="checkpoint (published, or --checkpoint), from-dense, or random (default: checkpoint when there is one, else from-dense).", show_default=False)] = None,
     checkpoint: o.Checkpoint = None,
-    out: Annotated[Optional[Path], typer.Option("--out", help="Write the converted weights here (.safetensors, else torch.save).", dir_okay=False, show_default=False)] = None,
+    out: Annotated[Optional[Path], typer.Option("--out", help="Write the converted weights here (.safetensors, else torch.save).", show_default=False)] = None,
     device: o.Device = "cpu",
     db: o.Db = None,
     as_json: o.Json = False,

@@ -130,11 +130,11 @@ def report(
     ] = None,
     csv: Annotated[
         Optional[Path],
-        typer.Option("--csv", help="Write the runs table (with --run: the worst images) to this CSV file.", dir_okay=False, show_default=False),
+        typer.Option("--csv", help="Write the runs table (with --run: the worst images) to this CSV file.", show_default=False),
     ] = None,
     markdown: Annotated[bool, typer.Option("--markdown", help="Print the tables as Markdown instead of the terminal report.")] = False,
     png: Annotated[
-        Optional[Path], typer.Option("--png", help="Write the figures as PNG files into this directory.", file_okay=False, show_default=False)
+        Optional[Path], typer.Option("--png", help="Write the figures as PNG files into this directory.", show_default=False)
     ] = None,
     bins: Annotated[int, typer.Option("--bins", help="Histogram bins.")] = DEFAULT_BINS,
     db: o.Db = None,
@@ -148,9 +148,14 @@ def report(
     """
     if as_json and markdown:
         raise AlignbenchError("--json and --markdown both print the report; choose one")
+    from alignbench._paths import check_output_dir, check_output_file
     from alignbench.analysis import exports
     from alignbench.analysis.report import report as build
 
+    if csv is not None:  # before the report is built, not after
+        check_output_file(csv, "--csv")
+    if png is not None:
+        check_output_dir(png, "--png")
     result = build(db, explainer=explainer, dataset=dataset, protocol=protocol, metric=metric, run_id=run, worst=worst, bins=bins)
     if result.empty:
         # nothing stored yet is not an error: say what to run, exit 0

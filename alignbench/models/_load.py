@@ -22,6 +22,7 @@ from torch import nn
 
 from alignbench.errors import ModelError, WeightsUnavailableError
 from alignbench.models import _checkpoint, _dcls
+from alignbench._paths import check_output_file
 from alignbench.models._device import resolve_device
 from alignbench.models._download import discard, fetch, is_verified, zenodo_md5
 from alignbench.models._hashes import file_sha256
@@ -176,7 +177,7 @@ def _dense(plan: LoadPlan) -> nn.Module:
         if dcls_convs:
             raise ModelError(
                 f"checkpoint {source.path} holds DCLS layers ({dcls_convs[0]}, ...); "
-                "load it with --dcls (and --init checkpoint)"
+                "load it with --dcls, which builds the DCLS model it was saved from"
             )
         state = _checkpoint.remap(state, model)
         _checkpoint.load_into(model, state, f"{spec.name} (dense)")
@@ -353,6 +354,8 @@ def convert_model(
     """
     request = ModelRequest.of(model, dcls=True, **options)
     plan = plan_load(request)
+    if out is not None:  # before the conversion, not after it
+        check_output_file(out, "--out")
     logit_error = None
     if plan.init == "from-dense":
         dense = _dense(plan)
