@@ -40,19 +40,23 @@ def _why_undefined(metric: str, batch: dict[str, Any], i: int) -> str:
 
     if METRICS[metric].needs_boxes and int(batch["box_counts"][i]) == 0:
         return "the image has no box"
-    return "undefined (constant or non-finite map, or no box inside the image)"
+    return "undefined (no box inside the image, or the target's probability underflowed)"
 
 
 def _metric_values(
     metrics: tuple[str, ...], maps: torch.Tensor, batch: dict[str, Any], *, model, explanation, params: dict[str, dict[str, Any]]
-) -> dict[str, torch.Tensor]:
-    """Each requested metric's per-image values for one batch (NaN where undefined)."""
+) -> tuple[dict[str, torch.Tensor], dict[str, list[str | None]]]:
+    """Each requested metric's per-image values for one batch (NaN where undefined), and why a
+    value is undefined where a map the metric needs to vary is constant (alignbench.metrics.constancy)."""
     from alignbench.metrics import metric_function
+    from alignbench.metrics.constancy import constant_map_reason, mask_undefined
 
-    return {
+    values = {
         metric: metric_function(metric)(maps, batch, model=model, explanation=explanation, **params.get(metric, {}))
         for metric in metrics
     }
+    constant = {"model": constant_map_reason(maps, "the model's map"), "reference": batch["reference_undefined"]}
+    return values, mask_undefined(values, constant)
 
 
 def _stored_ids(store: Store, key: str) -> set[str]:
@@ -146,7 +150,7 @@ def compute_run(
             images = batch["image"].to(device, non_blocking=True, memory_format=torch.channels_last)
             targets = _targets(model, images, batch["label"])
             explanation = explain_batch(model, images, targets, method=method, **params)
-            scores = _metric_values(
+            scores, constant = _metric_values(
                 request.metrics, explanation.maps, batch, model=model, explanation=explanation, params=request.metric_params
             )
             probabilities = explanation.logits.float().softmax(dim=1)
@@ -165,7 +169,7 @@ def compute_run(
                     value = float(values[i])
                     row[q.metric_column(metric)] = value
                     if value != value:  # NaN: the metric is undefined for this image (counted as skipped)
-                        reasons.append(f"{metric}: {_why_undefined(metric, batch, i)}")
+                        reasons.append(f"{metric}: {constant[metric][i] or _why_undefined(metric, batch, i)}")
                 row["skip_reason"] = "; ".join(reasons) or None
                 rows.append(row)
             elapsed = time.perf_counter() - start

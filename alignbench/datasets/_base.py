@@ -75,6 +75,7 @@ class Reader:
     """Reads sample ``index`` (a position in ``image_ids``) in a DataLoader worker; picklable."""
 
     geometry: Geometry
+    reference_origin: str  # where the reference map comes from, as "constant in <origin>" reads
 
     def read(self, index: int) -> ClickMeSample | FolderSample:  # pragma: no cover - interface
         raise NotImplementedError

@@ -91,6 +91,7 @@ def _heatmap_problem(path: Path, image_size: tuple[int, int], image: Path) -> st
 
 class FolderReader(Reader):
     geometry = "folder"
+    reference_origin = "its heatmap file"
 
     def __init__(self, images: list[Path], heatmaps: list[Path], labels: list[int]) -> None:
         self.images, self.heatmaps, self.labels = images, heatmaps, labels

@@ -43,6 +43,7 @@ class BoxedImageReader(Reader):
     """Reads an ImageNet JPEG as a ClickMe-layout sample: image and box mask at 256×256."""
 
     geometry = "clickme"
+    reference_origin = "its box mask (no box inside the image, or boxes covering all of it)"
 
     def __init__(
         self,
