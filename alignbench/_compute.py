@@ -10,6 +10,7 @@ import torch
 from alignbench import __version__
 from alignbench.store import Store
 from alignbench.store import queries as q
+from alignbench.store.liveness import Heartbeat, this_process
 
 
 def _versions(device: str) -> dict[str, str]:
@@ -134,6 +135,8 @@ def compute_run(
         run_id = run.id
         done = set() if request.force else q.scored_image_ids(session, run_id)
         q.update_run(session, run, status="running", device=device, versions=_versions(device))
+        pid, host = this_process()  # readers show the run as interrupted once this process is gone
+        q.record_process(session, run, pid=pid, host=host)
         session.commit()
 
     if early is not None and early[0] == info.preprocessing and early[1] == done:
@@ -144,6 +147,7 @@ def compute_run(
     computed = 0
     if progress is not None:
         progress(0, max(0, todo))
+    heartbeat = Heartbeat(store, run_id).start()
     try:
         for batch in loader:
             start = time.perf_counter()
@@ -175,7 +179,7 @@ def compute_run(
             elapsed = time.perf_counter() - start
             with store.session(write=True) as session:
                 q.insert_scores(session, run_id, rows, replace=request.force)
-                q.update_run(session, session.get(type(run), run_id), add_seconds=elapsed)
+                q.update_run(session, session.get(type(run), run_id), add_seconds=elapsed, heartbeat=True)
                 session.commit()
             computed += len(rows)
             if progress is not None:
@@ -187,6 +191,7 @@ def compute_run(
             limit=n_images, num_workers=request.workers,
         )
     finally:
+        heartbeat.stop()
         with store.session(write=True) as session:
             row = session.get(type(run), run_id)
             have = q.count_rows(session, run_id)

@@ -33,6 +33,15 @@ def one_line_error(result, *fragments: str, exit_code: int = 2) -> str:
     return lines[0]
 
 
+def dump(path: Path) -> list[str]:
+    """Every table and row of the SQLite file at ``path`` as SQL text: equal dumps, equal stores."""
+    con = sqlite3.connect(path)
+    try:
+        return list(con.iterdump())
+    finally:
+        con.close()
+
+
 def no_runs(path: Path) -> bool:
     """Nothing was stored at ``path``: no store, or a store without a run or a row."""
     if not Path(path).exists():
