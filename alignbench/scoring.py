@@ -19,6 +19,7 @@ from alignbench.errors import AlignbenchError, MetricError
 from alignbench.models import ModelRequest
 from alignbench.store import StoreMissing, StoreOutdated, open_store
 from alignbench.store.engine import stored_rows_of_outdated_store
+from alignbench.store.liveness import shown_status
 from alignbench.store import queries as q
 
 DEFAULT_MODEL = "efficientnet_lite0"
@@ -148,7 +149,7 @@ def _result(session, run, request, *, method, params, n_images, cached, computed
         alignment_score=alignment,
         cached=cached,
         metrics={name: s.mean for name, s in summaries.items()},
-        status=run.status,
+        status=shown_status(run.status, pid=run.pid, host=run.host, heartbeat_at=run.heartbeat_at, updated_at=run.updated_at),
         computed_images=computed,
         seconds=seconds,
         weights_source=weights_source,

@@ -253,4 +253,3 @@ def report(
             message = f"no stored run{' matching ' + options if options else ''} has a row yet; {hidden_note(result.hidden_empty)}"
         return Report(metric, [], [], [], [], message=message, hidden_empty=result.hidden_empty)
     return result
-

@@ -35,7 +35,7 @@ from alignbench.datasets._base import Dataset
 from alignbench.datasets._pipeline import clickme_item, folder_item, reference_recipe
 from alignbench.datasets._reference_ranks import ReferenceRankCache
 from alignbench.errors import DatasetError
-from alignbench.metrics.constancy import constant_map_reason
+from alignbench.metrics.constancy import CONSTANT_RTOL, constant_map_reason, relative_range
 from alignbench.preprocessing import Preprocessing
 
 
@@ -98,8 +98,7 @@ class ReferenceMapDataset(TorchDataset):
     def _reference_undefined(self, heatmap: Any, reference: torch.Tensor) -> str | None:
         """Why the reference map makes the metrics that read it undefined, or None: constant in the data
         as given (even if preprocessing made it vary), or constant up to rounding after preprocessing."""
-        (as_given,) = constant_map_reason(torch.from_numpy(heatmap)[None], "the reference map")
-        if as_given is not None and "NaN" not in as_given:
+        if float(relative_range(torch.from_numpy(heatmap)[None])) <= CONSTANT_RTOL:  # False for NaN
             return f"the reference map is constant in {self.reader.reference_origin}"
         return constant_map_reason(reference[None], "the reference map")[0]
 

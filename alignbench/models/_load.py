@@ -20,9 +20,9 @@ import timm
 import torch
 from torch import nn
 
+from alignbench._paths import check_output_file
 from alignbench.errors import ModelError, WeightsUnavailableError
 from alignbench.models import _checkpoint, _dcls
-from alignbench._paths import check_output_file
 from alignbench.models._device import resolve_device
 from alignbench.models._download import discard, fetch, is_verified, zenodo_md5
 from alignbench.models._hashes import file_sha256
