@@ -11,14 +11,7 @@ from rich.table import Table
 from alignbench.cli import _options as o
 from alignbench.cli._errors import guarded, stdout_console
 
-app = typer.Typer(
-    name="runs",
-    help="List the stored runs, delete the ones you no longer want.",
-    no_args_is_help=True,
-    add_completion=False,
-    pretty_exceptions_enable=False,
-    rich_markup_mode="rich",
-)
+app = typer.Typer(name="runs", help="List the stored runs, delete the ones you no longer want.", no_args_is_help=True, rich_markup_mode="rich")
 
 
 def _as_dict(run) -> dict:

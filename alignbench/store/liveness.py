@@ -101,7 +101,11 @@ class Heartbeat:
                 continue
 
     def start(self) -> "Heartbeat":
-        self._thread.start()
+        url = self.store.engine.url
+        # An in-memory SQLite store is one connection that only this process sees: a second thread
+        # would share its transactions, and no other process could read the beat anyway.
+        if not (url.get_backend_name() == "sqlite" and url.database in (None, "", ":memory:")):
+            self._thread.start()
         return self
 
     def stop(self) -> None:
