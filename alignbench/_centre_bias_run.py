@@ -46,6 +46,7 @@ def score_centre_bias(
     """
     import torch
 
+    from alignbench.metrics.constancy import constant_map_reason, mask_undefined
     from alignbench.metrics.spearman import spearman
     from alignbench.preprocessing import Preprocessing
 
@@ -86,6 +87,9 @@ def score_centre_bias(
                 centre_maps[size] = torch.from_numpy(centre_bias_map(size[0], size[1], sigma_frac))
             centre = centre_maps[size].expand(reference.shape[0], *size)
             values = spearman(centre, reference)
+            # the dataset's verdict on each reference (constant in its file, or up to rounding after preprocessing)
+            constant = batch.get("reference_undefined") or constant_map_reason(reference, "the reference map")
+            why = mask_undefined({"spearman": values}, {"reference": constant})["spearman"]
             rows = []
             for i, image_id in enumerate(batch["image_id"]):
                 value = float(values[i])
@@ -97,7 +101,7 @@ def score_centre_bias(
                     "prediction": None,
                     "confidence": None,
                     "spearman": value,
-                    "skip_reason": None if value == value else "spearman: undefined (constant or non-finite reference map)",
+                    "skip_reason": None if value == value else f"spearman: {why[i] or 'undefined'}",
                 })
             with store.session(write=True) as session:
                 q.insert_scores(session, run_id, rows)

@@ -10,6 +10,7 @@ import torch
 from alignbench import __version__
 from alignbench.store import Store
 from alignbench.store import queries as q
+from alignbench.store.liveness import Heartbeat, this_process
 
 
 def _versions(device: str) -> dict[str, str]:
@@ -40,19 +41,23 @@ def _why_undefined(metric: str, batch: dict[str, Any], i: int) -> str:
 
     if METRICS[metric].needs_boxes and int(batch["box_counts"][i]) == 0:
         return "the image has no box"
-    return "undefined (constant or non-finite map, or no box inside the image)"
+    return "undefined (no box inside the image, or the target's probability underflowed)"
 
 
 def _metric_values(
     metrics: tuple[str, ...], maps: torch.Tensor, batch: dict[str, Any], *, model, explanation, params: dict[str, dict[str, Any]]
-) -> dict[str, torch.Tensor]:
-    """Each requested metric's per-image values for one batch (NaN where undefined)."""
+) -> tuple[dict[str, torch.Tensor], dict[str, list[str | None]]]:
+    """Each requested metric's per-image values for one batch (NaN where undefined), and why a
+    value is undefined where a map the metric needs to vary is constant (alignbench.metrics.constancy)."""
     from alignbench.metrics import metric_function
+    from alignbench.metrics.constancy import constant_map_reason, mask_undefined
 
-    return {
+    values = {
         metric: metric_function(metric)(maps, batch, model=model, explanation=explanation, **params.get(metric, {}))
         for metric in metrics
     }
+    constant = {"model": constant_map_reason(maps, "the model's map"), "reference": batch["reference_undefined"]}
+    return values, mask_undefined(values, constant)
 
 
 def _stored_ids(store: Store, key: str) -> set[str]:
@@ -131,6 +136,8 @@ def compute_run(
         run_id = run.id
         done = set() if request.force else q.scored_image_ids(session, run_id)
         q.update_run(session, run, status="running", device=device, versions=_versions(device))
+        pid, host = this_process()  # readers show the run as interrupted once this process is gone
+        q.record_process(session, run, pid=pid, host=host)
         session.commit()
 
     if early is not None and early[0] == info.preprocessing and early[1] == done:
@@ -141,13 +148,14 @@ def compute_run(
     computed = 0
     if progress is not None:
         progress(0, max(0, todo))
+    heartbeat = Heartbeat(store, run_id).start()
     try:
         for batch in loader:
             start = time.perf_counter()
             images = batch["image"].to(device, non_blocking=True, memory_format=torch.channels_last)
             targets = _targets(model, images, batch["label"])
             explanation = explain_batch(model, images, targets, method=method, **params)
-            scores = _metric_values(
+            scores, constant = _metric_values(
                 request.metrics, explanation.maps, batch, model=model, explanation=explanation, params=request.metric_params
             )
             probabilities = explanation.logits.float().softmax(dim=1)
@@ -166,13 +174,13 @@ def compute_run(
                     value = float(values[i])
                     row[q.metric_column(metric)] = value
                     if value != value:  # NaN: the metric is undefined for this image (counted as skipped)
-                        reasons.append(f"{metric}: {_why_undefined(metric, batch, i)}")
+                        reasons.append(f"{metric}: {constant[metric][i] or _why_undefined(metric, batch, i)}")
                 row["skip_reason"] = "; ".join(reasons) or None
                 rows.append(row)
             elapsed = time.perf_counter() - start
             with store.session(write=True) as session:
                 q.insert_scores(session, run_id, rows, replace=request.force)
-                q.update_run(session, session.get(type(run), run_id), add_seconds=elapsed)
+                q.update_run(session, session.get(type(run), run_id), add_seconds=elapsed, heartbeat=True)
                 session.commit()
             computed += len(rows)
             if progress is not None:
@@ -184,6 +192,7 @@ def compute_run(
             limit=n_images, num_workers=request.workers,
         )
     finally:
+        heartbeat.stop()
         with store.session(write=True) as session:
             row = session.get(type(run), run_id)
             have = q.count_rows(session, run_id)

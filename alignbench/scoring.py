@@ -8,6 +8,7 @@ the store and nothing here imports torch. Rows are committed batch by batch; an 
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, replace
@@ -16,7 +17,9 @@ from typing import Any
 
 from alignbench.errors import AlignbenchError, MetricError
 from alignbench.models import ModelRequest
-from alignbench.store import open_store
+from alignbench.store import StoreMissing, StoreOutdated, open_store
+from alignbench.store.engine import stored_rows_of_outdated_store
+from alignbench.store.liveness import shown_status
 from alignbench.store import queries as q
 
 DEFAULT_MODEL = "efficientnet_lite0"
@@ -76,7 +79,17 @@ ProgressCallback = Callable[[int, int], None]  # (images done in this process, i
 
 
 def _validate(request: ScoreRequest) -> None:
+    """Every option checked before anything is read or stored, whether or not the answer is cached."""
     from alignbench.metrics import metric_spec
+    from alignbench.models import check_device_name
+
+    check_device_name(request.device)
+    cores = os.cpu_count() or 1
+    if request.workers is not None and not 0 <= request.workers <= cores:
+        raise AlignbenchError(
+            f"--workers must be between 0 and {cores} (this machine's cores), got {request.workers}; "
+            "0 decodes the images in the main process"
+        )
 
     if request.protocol not in PROTOCOLS:
         raise AlignbenchError(f"unknown protocol {request.protocol!r}; use one of: {', '.join(PROTOCOLS)}")
@@ -136,12 +149,37 @@ def _result(session, run, request, *, method, params, n_images, cached, computed
         alignment_score=alignment,
         cached=cached,
         metrics={name: s.mean for name, s in summaries.items()},
-        status=run.status,
+        status=shown_status(run.status, pid=run.pid, host=run.host, heartbeat_at=run.heartbeat_at, updated_at=run.updated_at),
         computed_images=computed,
         seconds=seconds,
         weights_source=weights_source,
         device=device,
     )
+
+
+def _look_up(db: str | None, key: str, request: ScoreRequest, *, n_images: int, **described) -> tuple[ScoreResult | None, frozenset[str]]:
+    """(the stored answer, or None when it must be computed; the image ids the run has stored), read
+    without creating or upgrading anything.
+
+    A store at an older schema revision is not upgraded to read it: when it holds the answer, the
+    StoreOutdated error (naming ``alignbench upgrade``) is raised; when it does not, the computing
+    command upgrades it like any store it writes to.
+    """
+    try:
+        store = open_store(db, create=False, migrate=False)
+    except StoreMissing:
+        return None, frozenset()
+    except StoreOutdated:
+        if stored_rows_of_outdated_store(db, key, max_index=n_images) >= n_images:
+            raise
+        return None, frozenset()
+    with store, store.session() as session:
+        run = q.find_run(session, key)
+        if run is None:
+            return None, frozenset()
+        if q.count_rows(session, run.id, max_index=n_images) >= n_images:
+            return _result(session, run, request, n_images=n_images, cached=True, device=run.device, **described), frozenset()
+        return None, frozenset(q.scored_image_ids(session, run.id))
 
 
 def score(request: ScoreRequest, *, db: str | None = None, progress: ProgressCallback | None = None) -> ScoreResult:
@@ -169,13 +207,17 @@ def score(request: ScoreRequest, *, db: str | None = None, progress: ProgressCal
 
     key = run_key(identity.fingerprint)
 
+    done: frozenset[str] = frozenset()
+    if not request.force:
+        cached, done = _look_up(db, key, request, method=method, params=params, n_images=n_images, weights_source=identity.weights_source)
+        if cached is not None:
+            return cached
+    # Every file the run will read is checked before the store is written to or the model loaded,
+    # so a bad file leaves no run behind (a fixed file changes the dataset's fingerprint: such a run
+    # could never be resumed).
+    dataset.check_files(dataset.positions(skip_ids=done, limit=n_images))
     store = open_store(db)
     try:
-        with store.session() as session:
-            run = q.find_run(session, key)
-            if run is not None and not request.force and q.count_rows(session, run.id, max_index=n_images) >= n_images:
-                return _result(session, run, request, method=method, params=params, n_images=n_images, cached=True,
-                               weights_source=identity.weights_source, device=run.device)
         from alignbench._compute import compute_run  # imports torch: only when something is computed
 
         start = time.perf_counter()

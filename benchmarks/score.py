@@ -44,6 +44,14 @@ NCHW tensor (alignbench's, and the paper's torch code) can round them 1 ulp apar
 tie and moves ρ by up to ~1e-3. The count of images with |Δρ| > 1e-5 is printed.
 
 The machine may be busy: the load average is printed before and after.
+
+``--dataset folder`` measures what the dataset check costs a computed run (issue 11: at most 5%):
+a ``folder`` dataset of the first ``--images`` images of ``imagenet-samples-256`` (JPEGs as they
+are, of many sizes) with a synthetic 8-bit PNG heatmap of each image's size and a ``labels.csv``,
+scored with efficientnet_lite0 (``force=True``: every image computed) ``--repeats`` times. Each run
+times ``Dataset.check_files`` inside ``score`` (every file opened, its header and end read: what
+the check adds), and each is paired with a run whose check is switched off, interleaved; the
+figure is the check's seconds over the rest of the run, and the A/B ratio of whole runs beside it.
 """
 
 from __future__ import annotations
@@ -67,15 +75,40 @@ TARGET_OUTSIDE = 0.15
 # --- data ---------------------------------------------------------------------------------------
 
 
-def synthetic_heatmap(rng: np.random.Generator, side: int = 256) -> np.ndarray:
-    """uint8 [side, side]: 2-5 Gaussian blobs near the centre on a zero background (click-map-like)."""
-    ys, xs = np.mgrid[0:side, 0:side].astype(np.float64)
-    heat = np.zeros((side, side))
+def synthetic_heatmap(rng: np.random.Generator, side: int = 256, width: int | None = None) -> np.ndarray:
+    """uint8 [side, width or side]: 2-5 Gaussian blobs near the centre on a zero background (click-map-like)."""
+    height, width = side, width or side
+    ys, xs = np.mgrid[0:height, 0:width].astype(np.float64)
+    heat = np.zeros((height, width))
     for _ in range(rng.integers(2, 6)):
-        cy, cx = np.clip(rng.normal(side / 2, side / 6, size=2), 20, side - 20)
-        sigma = rng.uniform(side / 20, side / 7)
+        cy = np.clip(rng.normal(height / 2, height / 6), 20, height - 20)
+        cx = np.clip(rng.normal(width / 2, width / 6), 20, width - 20)
+        sigma = rng.uniform(min(height, width) / 20, min(height, width) / 7)
         heat += rng.uniform(0.3, 1.0) * np.exp(-((ys - cy) ** 2 + (xs - cx) ** 2) / (2 * sigma**2))
     return np.round(255 * heat / heat.max()).astype(np.uint8)
+
+
+def write_folder(out_dir: Path, n_images: int, seed: int = 0) -> Path:
+    """The first ``n_images`` of ``imagenet-samples-256`` as a ``folder`` dataset: the JPEGs as they
+    are, a synthetic 8-bit PNG heatmap of each image's size, labels.csv."""
+    import shutil
+
+    from PIL import Image
+
+    with open(DATA / "labels.csv", newline="") as handle:
+        rows = list(csv.DictReader(handle))[:n_images]
+    (out_dir / "images").mkdir(parents=True)
+    (out_dir / "heatmaps").mkdir()
+    rng = np.random.default_rng(seed)
+    for row in rows:
+        source = DATA / "images" / row["filename"]
+        shutil.copyfile(source, out_dir / "images" / row["filename"])
+        with Image.open(source) as image:
+            width, height = image.size
+        Image.fromarray(synthetic_heatmap(rng, height, width)).save(out_dir / "heatmaps" / f"{Path(row['filename']).stem}.png")
+    with open(out_dir / "labels.csv", "w", newline="") as handle:
+        csv.writer(handle).writerows([("filename", "label"), *((row["filename"], row["class_index"]) for row in rows)])
+    return out_dir
 
 
 def write_shards(out_dir: Path, n_images: int, seed: int = 0) -> Path:
@@ -307,6 +340,71 @@ def bench(name: str, tmp: Path, shards: Path, db: str, args: argparse.Namespace)
     }
 
 
+@contextmanager
+def dataset_check(enabled: bool):
+    """Time ``Dataset.check_files`` inside ``score`` (or switch it off, for the A/B runs)."""
+    from alignbench.datasets import Dataset
+
+    original = Dataset.check_files
+    spent = {"seconds": 0.0, "files": 0}
+
+    def timed(self, positions):
+        start = time.perf_counter()
+        try:
+            return original(self, positions) if enabled else None
+        finally:
+            spent["seconds"] += time.perf_counter() - start
+            spent["files"] += len(positions)
+
+    Dataset.check_files = timed
+    try:
+        yield spent
+    finally:
+        Dataset.check_files = original
+
+
+def bench_folder_check(tmp: Path, args: argparse.Namespace) -> None:
+    """The dataset check's share of a computed efficientnet_lite0 run on a folder dataset (see the docstring)."""
+    from alignbench.models import ModelRequest
+    from alignbench.scoring import ScoreRequest, score
+
+    load_before = load_average()
+    folder = write_folder(tmp / "folder", args.images)
+    db = f"sqlite:///{tmp}/bench.db"
+    request = ScoreRequest(
+        model=ModelRequest("efficientnet_lite0"), dataset="folder", data_dir=folder, explainer="threshold-gradcam",
+        batch_size=args.batch_size, workers=args.workers, force=True, device="cpu",
+    )
+    with dataset_check(True):
+        score(request, db=db)  # cold: imports, fingerprint, reference ranks, the centre-bias reference
+    shares, ratios, rows = [], [], []
+    for _ in range(args.repeats):
+        timings = {}
+        for enabled in (True, False):  # interleaved, so load from other processes hits both alike
+            with dataset_check(enabled) as spent:
+                start = time.perf_counter()
+                result = score(request, db=db)
+                timings[enabled] = (time.perf_counter() - start, spent["seconds"], spent["files"])
+        (whole_on, check_s, files), (whole_off, _, _) = timings[True], timings[False]
+        shares.append(check_s / (whole_on - check_s))
+        ratios.append(whole_on / whole_off)
+        rows.append((whole_on, check_s, files, whole_off, result.computed_images))
+    load_after = load_average()
+    import torch
+
+    print(
+        f"score efficientnet_lite0, folder ({args.images} imagenet-samples-256 JPEGs + PNG heatmaps), threshold-gradcam, "
+        f"CPU, batch {args.batch_size}, {torch.get_num_threads()} threads, {os.cpu_count()} cores"
+    )
+    print(f"load average (1, 5, 15 min) before {load_before} · after {load_after}")
+    print(f"{'run':<5}{'whole s':>9}{'check s':>9}{'images':>8}{'check / rest':>14}{'whole, no check s':>19}{'A/B':>7}")
+    for k, ((whole_on, check_s, files, whole_off, computed), share, ratio) in enumerate(zip(rows, shares, ratios), 1):
+        print(f"{k:<5}{whole_on:>9.2f}{check_s:>9.3f}{files:>8}{share:>14.2%}{whole_off:>19.2f}{ratio:>7.3f}")
+    per_image_ms = 1000 * sum(r[1] for r in rows) / sum(r[2] for r in rows)
+    print(f"dataset check: {per_image_ms:.2f} ms per image (image + heatmap), {min(shares):.2%}–{max(shares):.2%} of the rest "
+          f"of a computed run (target ≤ 5%); whole runs with/without it: {', '.join(f'{r:.3f}' for r in ratios)}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", default="resnet50,efficientnet_lite0", help="comma-separated")
@@ -314,8 +412,15 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=16, help="default: score's")
     parser.add_argument("--workers", type=int, default=None, help="DataLoader workers (default: the dataset's)")
     parser.add_argument("--repeats", type=int, default=2, help="timed runs of each pipeline, interleaved; best kept")
+    parser.add_argument("--dataset", choices=("clickme", "folder"), default="clickme",
+                        help="folder: the dataset check's cost on a computed efficientnet_lite0 run (--images up to 1000)")
     args = parser.parse_args()
     names = [name.strip() for name in args.models.split(",") if name.strip()]
+    if args.dataset == "folder":
+        with tempfile.TemporaryDirectory(prefix="alignbench-score-bench-") as tmp_name:
+            os.environ["ALIGNBENCH_CACHE"] = str(Path(tmp_name) / "cache")
+            bench_folder_check(Path(tmp_name), args)
+        return
 
     with tempfile.TemporaryDirectory(prefix="alignbench-score-bench-") as tmp_name:
         tmp = Path(tmp_name)

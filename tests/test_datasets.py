@@ -210,7 +210,7 @@ def test_folder_heatmap_of_the_wrong_size(tmp_path, shared_data):
     _folder(tmp_path / "f", shared_data, n=1)
     Image.fromarray(np.zeros((10, 20), dtype=np.uint8)).save(tmp_path / "f" / "heatmaps" / "img0.png")
     dataset = open_dataset("folder", tmp_path / "f")
-    with pytest.raises(DatasetError, match=r"heatmap img0\.png is 20×10 but image img0\.png is \d+×\d+"):
+    with pytest.raises(DatasetError, match=r"heatmap img0\.png is 20×10, but its image img0\.png is \d+×\d+"):
         dataset.torch_dataset(PREP)[0]
 
 

@@ -78,10 +78,10 @@ def test_bad_options_are_one_line_errors(folder, tmp_path, extra, code, message)
     assert message in result.stderr and len(result.stderr.strip().splitlines()) == 1
 
 
-def test_no_readable_image_exits_1_naming_the_files(folder, tmp_path):
+def test_no_readable_image_exits_2_naming_the_files(folder, tmp_path):
     args = ["explain", "efficientnet_lite0", str(folder / "broken.jpg"), str(tmp_path / "missing.png"), "--out", str(tmp_path / "o")]
     result = CliRunner().invoke(app, args)
-    assert result.exit_code == 1
+    assert result.exit_code == 2
     assert "broken.jpg" in result.stderr and "missing.png" in result.stderr
     assert not (tmp_path / "o").exists()
 

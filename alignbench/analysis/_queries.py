@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
-from sqlalchemy import func, select
+from sqlalchemy import select
 from sqlmodel import Session
 
 from alignbench.store.queries import metric_column
@@ -64,18 +64,6 @@ def per_image_values(session: Session, run_ids: Sequence[int], metric: str) -> d
     finally:
         cursor.close()
     return out
-
-
-def row_counts(session: Session, run_ids: Sequence[int]) -> dict[int, int]:
-    """Rows (images with a row, scored or skipped) per run; counted on the (run, image) index alone."""
-    statement = (
-        select(ImageScore.run_id, func.count())
-        .where(ImageScore.run_id.in_(list(run_ids)))  # type: ignore[attr-defined]
-        .group_by(ImageScore.run_id)
-    )
-    counts = {int(run_id): 0 for run_id in run_ids}
-    counts.update({int(run_id): int(n) for run_id, n in session.exec(statement).all()})
-    return counts
 
 
 @dataclass(frozen=True)

@@ -75,6 +75,7 @@ def add_run(
     metrics: Sequence[str] = ("spearman",),
     checkpoint: str = "",
     status: str = "complete",
+    location: str | None = "synthetic",  # where a real dataset's files are; shown beside its name
 ) -> int:
     """Record one run with one row per value (NaN → a skipped image); returns the run id.
 
@@ -88,7 +89,9 @@ def add_run(
     with store.session(write=True) as session:
         model_row = q.upsert_model(session, identity, param_count=param_count, family=family)
         explainer = q.upsert_explainer(session, method, params)
-        dataset_row = q.upsert_dataset(session, dataset, dataset_fingerprint, dataset_size or len(values), ceiling=ceiling)
+        dataset_row = q.upsert_dataset(
+            session, dataset, dataset_fingerprint, dataset_size or len(values), ceiling=ceiling, location=location
+        )
         key = q.run_key(identity.fingerprint, method, params, dataset_fingerprint, protocol, metrics)
         run = q.get_or_create_run(
             session,

@@ -16,7 +16,7 @@ from typing import Any
 
 from sqlmodel import Session
 
-from alignbench.analysis.runs import GroupKey, Pairing, RunFilter, RunScore, load_runs, pair_runs, score_label, score_name
+from alignbench.analysis.runs import GroupKey, Pairing, RunFilter, RunScore, hidden_note, load_runs, pair_runs, score_label, score_name
 from alignbench.analysis.stats import DEFAULT_RESAMPLES, DEFAULT_SEED, paired_bootstrap_ci, wilcoxon_signed_rank
 from alignbench.errors import AlignbenchError
 from alignbench.store import StoreMissing, open_store
@@ -57,6 +57,7 @@ class Comparison:
     centre_bias_n: int  # images it was averaged over
     centre_bias_run_id: int | None
     notes: tuple[str, ...] = ()
+    dataset_location: str | None = None  # where the dataset's files were read (two folder datasets differ here)
 
     def to_json(self) -> dict[str, Any]:
         row = asdict(self)
@@ -84,6 +85,7 @@ class CompareResult:
     metric: str
     n_resamples: int
     groups: list[GroupComparison]
+    hidden_empty: int = 0  # runs with no stored row, left out (RunFilter.include_empty shows them)
 
     @property
     def comparisons(self) -> list[Comparison]:
@@ -151,6 +153,7 @@ def compare_pairing(
         centre_bias_n=int(pairing.reference_values.size),
         centre_bias_run_id=reference.run_id if reference else None,
         notes=pairing.notes,
+        dataset_location=group.dataset_location,
     )
 
 
@@ -194,7 +197,7 @@ def compare_runs(
                 _ranked(members + ([reference] if reference else [])), reference,
             )
         )
-    return CompareResult(metric, n_resamples, groups)
+    return CompareResult(metric, n_resamples, groups, stored.hidden_empty)
 
 
 def compare(
@@ -213,7 +216,7 @@ def compare(
     """
     runs = RunFilter.of(runs, **filters)
     try:
-        store = open_store(db, create=False)
+        store = open_store(db, create=False, migrate=False)
     except StoreMissing:
         raise AlignbenchError(NOTHING_STORED, exit_code=1) from None
     try:
@@ -223,6 +226,11 @@ def compare(
         store.close()
     if not result.comparisons:
         options = runs.options()
+        if result.hidden_empty:
+            raise AlignbenchError(
+                f"no stored run{' matching ' + options if options else ''} has a row to compare; {hidden_note(result.hidden_empty)}",
+                exit_code=1,
+            )
         if not options:
             raise AlignbenchError(NOTHING_STORED, exit_code=1)
         raise AlignbenchError(

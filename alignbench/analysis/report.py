@@ -27,7 +27,7 @@ from sqlmodel import Session
 
 from alignbench.analysis import DEFAULT_BINS  # defined numpy-free there, for the CLI's --bins default
 from alignbench.analysis._queries import WorstImage, worst_images
-from alignbench.analysis.runs import GroupKey, Pairing, RunFilter, RunScore, StoredRuns, load_runs, pair_runs, score_label
+from alignbench.analysis.runs import GroupKey, Pairing, RunFilter, RunScore, StoredRuns, hidden_note, load_runs, pair_runs, score_label
 from alignbench.analysis.stats import pearson_r, spearman_rho
 from alignbench.errors import AlignbenchError
 from alignbench.store import StoreMissing, open_store
@@ -66,6 +66,7 @@ class Report:
     worst_run: RunScore | None = None
     worst: list[WorstImage] = field(default_factory=list)
     message: str | None = None  # why the report is empty, and what to run
+    hidden_empty: int = 0  # runs with no stored row, left out (RunFilter.include_empty shows them)
 
     @property
     def empty(self) -> bool:
@@ -105,6 +106,7 @@ def _run_row(run: RunScore) -> dict[str, Any]:
         "explainer": v.method,
         "explainer_params": v.params,
         "dataset": v.dataset,
+        "dataset_location": v.dataset_location,
         "protocol": v.protocol,
         "status": v.status,
         "n_images": v.n_images,
@@ -214,7 +216,7 @@ def build_report(
         if worst_run is not None
         else []
     )
-    return Report(metric, stored.runs, pairings, histograms, parameter_fits(pairings), worst_run, worst_rows)
+    return Report(metric, stored.runs, pairings, histograms, parameter_fits(pairings), worst_run, worst_rows, hidden_empty=stored.hidden_empty)
 
 
 def report(
@@ -236,7 +238,7 @@ def report(
     if worst is not None and runs.run_id is None:
         raise AlignbenchError("--worst needs --run ID: the run whose images to list (`alignbench report` shows run ids)")
     try:
-        store = open_store(db, create=False)
+        store = open_store(db, create=False, migrate=False)
     except StoreMissing:
         return Report(metric, [], [], [], [], message=NOTHING_STORED)
     try:
@@ -247,5 +249,7 @@ def report(
     if result.empty:
         options = runs.options()
         message = NOTHING_STORED if not options else f"no stored runs match {options}; run `alignbench score MODEL {options}` first"
-        return Report(metric, [], [], [], [], message=message)
+        if result.hidden_empty:
+            message = f"no stored run{' matching ' + options if options else ''} has a row yet; {hidden_note(result.hidden_empty)}"
+        return Report(metric, [], [], [], [], message=message, hidden_empty=result.hidden_empty)
     return result

@@ -16,7 +16,8 @@ from dataclasses import dataclass, field
 import numpy as np
 from sqlmodel import Session
 
-from alignbench.analysis._queries import EMPTY_VALUES, ImageValues, per_image_values, row_counts
+from alignbench.analysis._queries import EMPTY_VALUES, ImageValues, per_image_values
+from alignbench.datasets import dataset_label
 from alignbench.explainers import CENTRE_BIAS
 from alignbench.errors import ExplainerError, MetricError
 from alignbench.store import queries as q
@@ -29,6 +30,11 @@ class GroupKey:
     method: str
     params: str  # canonical JSON
     protocol: str
+    dataset_location: str | None = None  # one per fingerprint: the dataset row's
+
+    @property
+    def dataset_label(self) -> str:
+        return dataset_label(self.dataset, self.dataset_location)
 
     @property
     def params_dict(self) -> dict:
@@ -41,7 +47,7 @@ class GroupKey:
 
     @property
     def label(self) -> str:
-        return f"{self.dataset} · {self.explainer_label} · {self.protocol}"
+        return f"{self.dataset_label} · {self.explainer_label} · {self.protocol}"
 
 
 def _reference_key(view: q.RunView) -> tuple[str, str, str]:
@@ -74,7 +80,7 @@ class RunScore:
     @property
     def group(self) -> GroupKey:
         v = self.view
-        return GroupKey(v.dataset, v.dataset_fingerprint, v.method, v.params, v.protocol)
+        return GroupKey(v.dataset, v.dataset_fingerprint, v.method, v.params, v.protocol, v.dataset_location)
 
     @property
     def display_name(self) -> str:
@@ -118,6 +124,7 @@ class RunFilter:
     protocol: str | None = None
     metric: str = "spearman"
     run_id: int | None = None
+    include_empty: bool = False  # runs with no stored row (stopped before their first batch) are hidden unless asked for
 
     @classmethod
     def of(cls, runs: "RunFilter | None" = None, **filters) -> "RunFilter":
@@ -141,6 +148,7 @@ class StoredRuns:
     metric: str
     runs: list[RunScore]
     values: dict[int, ImageValues] = field(repr=False)
+    hidden_empty: int = 0  # runs left out because they have no stored row (RunFilter.include_empty shows them)
 
 
 def load_runs(session: Session, runs: RunFilter | None = None, **filters) -> StoredRuns:
@@ -168,13 +176,19 @@ def load_runs(session: Session, runs: RunFilter | None = None, **filters) -> Sto
         views = [v for v in views if v.method != CENTRE_BIAS or _reference_key(v) in wanted]
     ids = [v.run_id for v in views]
     values = per_image_values(session, ids, metric)
-    rows = row_counts(session, ids) if ids else {}
-    runs = []
+    rows = q.row_counts(session, ids) if ids else {}
+    scores = []
     for v in views:
         scored = values.get(v.run_id, EMPTY_VALUES)
         mean = float(scored.value.mean()) if len(scored) else None
-        runs.append(RunScore(v, metric, rows[v.run_id], len(scored), mean, score_scale(metric, v.ceiling)))
-    return StoredRuns(metric, runs, values)
+        scores.append(RunScore(v, metric, rows[v.run_id], len(scored), mean, score_scale(metric, v.ceiling)))
+    shown = scores if runs.include_empty or run_id is not None else [r for r in scores if r.n_rows]
+    return StoredRuns(metric, shown, values, hidden_empty=len(scores) - len(shown))
+
+
+def hidden_note(hidden: int) -> str:
+    """What compare and report say about the runs they left out for having no stored row."""
+    return f"{hidden} run(s) with no stored row hidden: `--all` shows them, `alignbench runs prune --empty` deletes them"
 
 
 def _best(runs: Sequence[RunScore]) -> RunScore:

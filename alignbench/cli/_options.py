@@ -27,8 +27,6 @@ Checkpoint = Annotated[
     typer.Option(
         "--checkpoint",
         help="A state_dict for the timm model (after conversion when --dcls); original-repository checkpoints are remapped.",
-        exists=False,
-        dir_okay=False,
         show_default=False,
     ),
 ]

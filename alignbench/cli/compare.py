@@ -22,6 +22,9 @@ ExplainerFilter = Annotated[
 DatasetFilter = Annotated[Optional[str], typer.Option("--dataset", help="Only this dataset (e.g. clickme-val).", show_default=False)]
 ProtocolFilter = Annotated[Optional[str], typer.Option("--protocol", help="Only this protocol: aligned or paper.", show_default=False)]
 Metric = Annotated[str, typer.Option("--metric", help="The per-image metric (spearman, or another stored metric).")]
+ShowAll = Annotated[
+    bool, typer.Option("--all", help="Also show runs with no stored row (stopped before their first batch; hidden by default).")
+]
 
 _VERDICT_STYLE = {"better": "bold green", "worse": "bold red", "no significant difference": "", "too few pairs": "yellow"}
 
@@ -118,7 +121,8 @@ def _notes(group: GroupComparison) -> list[str]:
         notes.extend(row.notes)
         if row.verdict in ("missing DCLS run", "missing baseline run"):
             flag = " --dcls" if row.dcls is None else ""
-            options = f"--explainer {row.explainer} --dataset {row.dataset} --protocol {row.protocol}"
+            location = f" --data-dir {row.dataset_location}" if row.dataset_location and row.dataset == "folder" else ""
+            options = f"--explainer {row.explainer} --dataset {row.dataset}{location} --protocol {row.protocol}"
             notes.append(f"{row.model}: {row.verdict}; run `alignbench score {row.model}{flag} {options}` to compare")
     if group.reference is None:
         notes.append(
@@ -129,6 +133,8 @@ def _notes(group: GroupComparison) -> list[str]:
 
 
 def print_result(result: CompareResult, console: Console) -> None:
+    from alignbench.analysis.runs import hidden_note
+
     for group in result.groups:
         console.print(_comparison_table(group, result.n_resamples))
         summary = _summary(group)
@@ -140,6 +146,8 @@ def print_result(result: CompareResult, console: Console) -> None:
     for group in result.groups:
         console.print(_ranking_table(group))
         console.print()
+    if result.hidden_empty:
+        console.print(f"• {hidden_note(result.hidden_empty)}", style="dim", markup=False, highlight=False)
 
 
 @guarded
@@ -148,6 +156,7 @@ def compare(
     dataset: DatasetFilter = None,
     protocol: ProtocolFilter = None,
     metric: Metric = "spearman",
+    show_all: ShowAll = False,
     db: o.Db = None,
     as_json: o.Json = False,
 ) -> None:
@@ -159,7 +168,7 @@ def compare(
     """
     from alignbench.analysis.compare import compare as run_compare
 
-    result = run_compare(db, explainer=explainer, dataset=dataset, protocol=protocol, metric=metric)
+    result = run_compare(db, explainer=explainer, dataset=dataset, protocol=protocol, metric=metric, include_empty=show_all)
     if as_json:
         typer.echo(json.dumps(result.to_json(), allow_nan=False))
         for group in result.groups:

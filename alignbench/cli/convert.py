@@ -88,7 +88,7 @@ def convert(
     init: Annotated[Optional[InitMode], typer.Option("--init", help="checkpoint (published, or --checkpoint), from-dense, or random (default: checkpoint when there is one, else from-dense).", show_default=False)] = None,
     checkpoint: o.Checkpoint = None,
     head: o.Head = None,
-    out: Annotated[Optional[Path], typer.Option("--out", help="Write the converted weights here (.safetensors, else torch.save).", dir_okay=False, show_default=False)] = None,
+    out: Annotated[Optional[Path], typer.Option("--out", help="Write the converted weights here (.safetensors, else torch.save).", show_default=False)] = None,
     device: o.Device = "cpu",
     db: o.Db = None,
     as_json: o.Json = False,

@@ -18,7 +18,7 @@ Images = Annotated[
     list[Path],
     typer.Argument(help="Image files, or directories (every image file in them).", show_default=False),
 ]
-OutDir = Annotated[Path, typer.Option("--out", help="Directory for <stem>.npy (float32 map) and <stem>.png (overlay).", file_okay=False)]
+OutDir = Annotated[Path, typer.Option("--out", help="Directory for <stem>.npy (float32 map) and <stem>.png (overlay).")]
 Target = Annotated[
     Optional[int],
     typer.Option("--target", help="Class index to explain for every image; default: each image's top-1 prediction.", show_default=False),

@@ -15,7 +15,7 @@ from rich.text import Text
 from alignbench.analysis import DEFAULT_BINS
 from alignbench.cli import _options as o
 from alignbench.cli._errors import err_console, guarded, stdout_console
-from alignbench.cli.compare import DatasetFilter, ExplainerFilter, Metric, ProtocolFilter
+from alignbench.cli.compare import DatasetFilter, ExplainerFilter, Metric, ProtocolFilter, ShowAll
 from alignbench.errors import AlignbenchError
 
 if TYPE_CHECKING:  # the analysis modules import numpy: loaded only when the command runs
@@ -29,8 +29,14 @@ def _number(value: float | None, signed: bool = False) -> str:
 
 
 def _runs_table(report: Report) -> Table:
+    from alignbench.analysis.runs import hidden_note
+    from alignbench.datasets import dataset_label
+
     metric = report.metric
-    table = Table(title="Stored runs", caption="score: mean / human ceiling where the dataset has one (the alignment score), else the mean", caption_justify="left")
+    caption = "score: mean / human ceiling where the dataset has one (the alignment score), else the mean"
+    if report.hidden_empty:
+        caption += f" · {hidden_note(report.hidden_empty)}"
+    table = Table(title="Stored runs", caption=caption, caption_justify="left")
     for name in ("run", "model", "DCLS", "params", "explainer", "dataset", "protocol", "status", "scored / images", "skipped", f"mean {metric}", "score"):
         table.add_column(name, justify="right" if name in ("run", "params", "scored / images", "skipped", f"mean {metric}", "score") else "left")
     for run in report.runs:
@@ -42,7 +48,7 @@ def _runs_table(report: Report) -> Table:
             "" if run.is_reference else ("yes" if v.dcls else "no"),
             params,
             v.method,
-            v.dataset,
+            dataset_label(v.dataset, v.dataset_location),
             v.protocol,
             v.status,
             f"{run.n_scored:,} / {v.n_images:,}",
@@ -66,7 +72,7 @@ def _pairs_table(report: Report) -> Table | None:
     for p in sorted(report.pairings, key=lambda p: (p.group.dataset, p.group.protocol, p.model, p.group.method)):
         delta = p.dcls_score - p.baseline_score if p.complete and p.n_pairs else None
         table.add_row(
-            p.model, p.group.explainer_label, p.group.dataset, p.group.protocol, _number(p.baseline_score), _number(p.dcls_score),
+            p.model, p.group.explainer_label, p.group.dataset_label, p.group.protocol, _number(p.baseline_score), _number(p.dcls_score),
             _number(delta, signed=True), f"{p.n_pairs:,}" if p.complete else "—", _number(p.reference_score),
         )
     return table
@@ -80,7 +86,7 @@ def _fits_table(report: Report) -> Table | None:
         table.add_column(name, justify="right" if name in ("models", "Pearson r", "Spearman ρ") else "left")
     for fit in report.parameter_fits:
         table.add_row(
-            fit.group.explainer_label, fit.group.dataset, fit.group.protocol, str(len(fit.models)),
+            fit.group.explainer_label, fit.group.dataset_label, fit.group.protocol, str(len(fit.models)),
             _number(fit.pearson_r, signed=True), _number(fit.spearman_rho, signed=True),
         )
     return table
@@ -130,13 +136,14 @@ def report(
     ] = None,
     csv: Annotated[
         Optional[Path],
-        typer.Option("--csv", help="Write the runs table (with --run: the worst images) to this CSV file.", dir_okay=False, show_default=False),
+        typer.Option("--csv", help="Write the runs table (with --run: the worst images) to this CSV file.", show_default=False),
     ] = None,
     markdown: Annotated[bool, typer.Option("--markdown", help="Print the tables as Markdown instead of the terminal report.")] = False,
     png: Annotated[
-        Optional[Path], typer.Option("--png", help="Write the figures as PNG files into this directory.", file_okay=False, show_default=False)
+        Optional[Path], typer.Option("--png", help="Write the figures as PNG files into this directory.", show_default=False)
     ] = None,
     bins: Annotated[int, typer.Option("--bins", help="Histogram bins.")] = DEFAULT_BINS,
+    show_all: ShowAll = False,
     db: o.Db = None,
     as_json: o.Json = False,
 ) -> None:
@@ -148,10 +155,18 @@ def report(
     """
     if as_json and markdown:
         raise AlignbenchError("--json and --markdown both print the report; choose one")
+    from alignbench._paths import check_output_dir, check_output_file
     from alignbench.analysis import exports
     from alignbench.analysis.report import report as build
 
-    result = build(db, explainer=explainer, dataset=dataset, protocol=protocol, metric=metric, run_id=run, worst=worst, bins=bins)
+    if csv is not None:  # before the report is built, not after
+        check_output_file(csv, "--csv")
+    if png is not None:
+        check_output_dir(png, "--png")
+    result = build(
+        db, explainer=explainer, dataset=dataset, protocol=protocol, metric=metric, run_id=run, worst=worst, bins=bins,
+        include_empty=show_all,
+    )
     if result.empty:
         # nothing stored yet is not an error: say what to run, exit 0
         if as_json:

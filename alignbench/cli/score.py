@@ -78,7 +78,7 @@ def score(
     ] = None,
     limit: Annotated[Optional[int], typer.Option("--limit", help="Score only the first N images.", show_default=False)] = None,
     batch_size: Annotated[int, typer.Option("--batch-size", help="Images per forward/backward pass.")] = 16,
-    workers: Annotated[Optional[int], typer.Option("--workers", help="DataLoader worker processes (default: cores - 1).", show_default=False)] = None,
+    workers: Annotated[Optional[int], typer.Option("--workers", help="DataLoader worker processes, 0 (the main process) to the number of cores (default: cores - 1).", show_default=False)] = None,
     force: Annotated[bool, typer.Option("--force", help="Recompute even if the run is stored (rows are replaced as they are recomputed).")] = False,
     device: o.Device = "auto",
     db: o.Db = None,

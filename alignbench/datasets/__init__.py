@@ -48,6 +48,7 @@ __all__ = [
     "DatasetSpec",
     "FolderSample",
     "collate",
+    "dataset_label",
     "iter_clickme_shard",
     "open_dataset",
     "write_clickme_shard",
@@ -112,6 +113,18 @@ def open_dataset(name: str, data_dir: str | PathLike[str] | None = None, *, down
     if spec is None:
         raise DatasetError(f"unknown dataset {name!r}; available: {', '.join(DATASETS)}")
     return spec.opener(spec, None if data_dir is None else Path(data_dir), download)
+
+
+def dataset_label(name: str, location: str | None) -> str:
+    """A dataset as tables show it: its name and where its files were read (a folder, a shard
+    directory), so that two ``folder`` datasets can be told apart; files that ship inside alignbench
+    (``sample``) are not located."""
+    if not location or Path(location).is_relative_to(_PACKAGE_DIR):
+        return name
+    return f"{name} ({location})"
+
+
+_PACKAGE_DIR = Path(__file__).resolve().parents[1]
 
 
 def collate(items: list[dict]) -> dict:

@@ -34,6 +34,7 @@ PROTOCOLS = ("aligned", "paper")
 CLICKME_HUMAN_CEILING = 0.65753  # inter-rater Spearman ceiling, Harmonization (Fel et al. 2022)
 # ClickMe stores 256×256 images and heatmaps (Harmonization clickme_dataset.py reshapes to (256, 256, c)).
 CLICKME_SIDE = 256
+UNLABELLED = -1  # the label of an image that has none (folder only): it is explained for its top-1 prediction
 
 
 @dataclass(frozen=True)
@@ -74,6 +75,7 @@ class Reader:
     """Reads sample ``index`` (a position in ``image_ids``) in a DataLoader worker; picklable."""
 
     geometry: Geometry
+    reference_origin: str  # where the reference map comes from, as "constant in <origin>" reads
 
     def read(self, index: int) -> ClickMeSample | FolderSample:  # pragma: no cover - interface
         raise NotImplementedError
@@ -119,16 +121,38 @@ class Dataset:
     def reader(self) -> Reader:
         raise NotImplementedError
 
+    def file_problems(self, positions: Sequence[int]) -> list[str]:
+        """One line per image at ``positions`` whose files cannot be used, from their headers and sizes
+        (see ``_file_checks``). ClickMe records were checked when their shard was indexed: nothing here."""
+        return []
+
     # --- shared -------------------------------------------------------------------------------
 
     def check_labels(self, num_classes: int) -> None:
-        """DatasetError naming the first image whose label is not one of the model's classes."""
+        """DatasetError naming the first image whose label is not one of the model's classes.
+
+        Only a dataset whose images may lack a label (``folder``) has UNLABELLED ones, which are
+        explained for the top-1 prediction; any other negative label is refused, never read as "no label".
+        """
+        lowest = 0 if self.spec.has_labels else UNLABELLED
         for image_id, label in zip(self._image_ids, self.labels()):
-            if label < -1 or label >= num_classes:
+            if label < lowest or label >= num_classes:
                 raise DatasetError(
                     f"{self.name}: image {image_id} has label {label}, outside the model's {num_classes} "
-                    "classes; use a model trained on the dataset's classes or fix the labels"
+                    f"classes (0–{num_classes - 1}); use a model trained on the dataset's classes or fix the labels"
                 )
+
+    def check_files(self, positions: Sequence[int]) -> None:
+        """DatasetError naming the first ten images at ``positions`` whose files cannot be used, and how
+        many there are; the labels are read (and checked) too. Called before a run is stored."""
+        self.labels()
+        problems = self.file_problems(positions)
+        if problems:
+            where = f"{self.name}" + (f" in {self.location}" if self.spec.needs_data_dir and self.location else "")
+            raise DatasetError(
+                f"{len(problems)} of the {len(positions)} images to score in dataset {where} cannot be used: "
+                f"{listing(problems)}; fix or remove them and run again (nothing was stored)"
+            )
 
     def positions(self, *, skip_ids: Iterable[str] = frozenset(), limit: int | None = None) -> list[int]:
         """Indices to serve: the first ``limit`` images (all when None), minus ``skip_ids``.

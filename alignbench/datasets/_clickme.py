@@ -241,6 +241,7 @@ def _shard_paths(spec: DatasetSpec, data_dir: Path | None, download: bool) -> li
 
 class ClickMeReader(Reader):
     geometry = "clickme"
+    reference_origin = "its ClickMe record"
 
     def __init__(self, shards: list[Path], shard_of: list[int], offsets: list[int]) -> None:
         self.shards = shards

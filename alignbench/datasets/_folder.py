@@ -3,17 +3,21 @@
 A heatmap has its image's stem (``images/cat.jpg`` ↔ ``heatmaps/cat.png`` or ``heatmaps/cat.npy``)
 and its image's size; it is a grayscale image file or a 2-D ``.npy`` array (what ``alignbench
 explain`` writes). ``labels.csv`` rows are ``filename,label`` (an optional header row is skipped;
-the filename may be given with or without its extension); without it every target is the model's
-top-1 prediction. Image ids are the image stems.
+the filename may be given with or without its extension; an empty label, ``name,``, means no label);
+an image without a label, or every image when there is no ``labels.csv``, is explained for the
+model's top-1 prediction. A label is a class index from 0: a negative one is refused rather than
+read as "no label". Image ids are the image stems.
 """
 
 from __future__ import annotations
 
 import csv
+from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from alignbench.datasets._base import Dataset, DatasetSpec, FolderSample, Reader, listing, need_data_dir
+from alignbench.datasets._base import UNLABELLED, Dataset, DatasetSpec, FolderSample, Reader, listing, need_data_dir
+from alignbench.datasets._file_checks import GRAYSCALE_MODES, heatmap_shape, image_header, npy_header, size_text
 from alignbench.datasets._file_hashes import fingerprint_files
 from alignbench.errors import DatasetError
 
@@ -37,10 +41,10 @@ def _read_heatmap(path: Path) -> np.ndarray:
             array = np.load(path, allow_pickle=False)
         except (OSError, ValueError) as error:
             raise DatasetError(f"cannot read heatmap {path}: {error}") from None
-        array = np.squeeze(array)
-        if array.ndim != 2 or not np.issubdtype(array.dtype, np.number):
-            raise DatasetError(f"heatmap {path} holds an array of shape {array.shape}; a heatmap is a 2-D array of numbers")
-        return array.astype(np.float32)
+        size = heatmap_shape(array.shape)
+        if size is None or not (np.issubdtype(array.dtype, np.number) or array.dtype == np.bool_):
+            raise DatasetError(f"heatmap {path} holds {array.dtype} values of shape {array.shape}; {_HEATMAP_ARRAY}")
+        return array.reshape(size).astype(np.float32)
     from PIL import Image
 
     try:
@@ -49,15 +53,45 @@ def _read_heatmap(path: Path) -> np.ndarray:
             heatmap = opened
     except OSError as error:
         raise DatasetError(f"cannot read heatmap {path}: {error}") from None
-    if heatmap.mode in ("1", "L", "I", "F", "I;16", "I;16B", "I;16L"):
-        return np.array(heatmap, dtype=np.float32)
     if heatmap.mode == "LA":
         return np.array(heatmap.getchannel("L"), dtype=np.float32)
-    raise DatasetError(f"heatmap {path} is a {heatmap.mode} image; heatmaps must be grayscale (one channel) or .npy")
+    if heatmap.mode in GRAYSCALE_MODES:
+        return np.array(heatmap, dtype=np.float32)
+    raise DatasetError(f"heatmap {path} is a {heatmap.mode} image; {_HEATMAP_IMAGE}")
+
+
+_HEATMAP_ARRAY = "a heatmap array is 2-D numbers, [H, W] (or [1, H, W] / [H, W, 1]), the size of its image"
+_HEATMAP_IMAGE = "heatmaps must be grayscale (one channel) or .npy"
+
+
+def _size_mismatch(heatmap_size: tuple[int, int], image: Path, image_size: tuple[int, int]) -> str:
+    return (
+        f"{size_text(*heatmap_size)}, but its image {image.name} is {size_text(*image_size)} (width×height); "
+        "a heatmap must have its image's size"
+    )
+
+
+def _heatmap_problem(path: Path, image_size: tuple[int, int], image: Path) -> str | None:
+    """What is wrong with heatmap file ``path`` of an image of ``image_size`` (height, width), from its header."""
+    if path.suffix.lower() == ".npy":
+        problem, shape, dtype = npy_header(path)
+        if problem is not None:
+            return problem
+        size = heatmap_shape(shape)
+        if size is None:
+            return f"holds an array of shape {shape}; {_HEATMAP_ARRAY}"
+    else:
+        problem, size, mode = image_header(path)
+        if problem is not None:
+            return problem
+        if mode not in GRAYSCALE_MODES:
+            return f"is a {mode} image; {_HEATMAP_IMAGE}"
+    return None if size == image_size else _size_mismatch(size, image, image_size)
 
 
 class FolderReader(Reader):
     geometry = "folder"
+    reference_origin = "its heatmap file"
 
     def __init__(self, images: list[Path], heatmaps: list[Path], labels: list[int]) -> None:
         self.images, self.heatmaps, self.labels = images, heatmaps, labels
@@ -74,10 +108,7 @@ class FolderReader(Reader):
             raise DatasetError(f"cannot read image {image_path}: {error}") from None
         heatmap = _read_heatmap(heatmap_path)
         if heatmap.shape != image.shape[:2]:
-            raise DatasetError(
-                f"heatmap {heatmap_path.name} is {heatmap.shape[1]}×{heatmap.shape[0]} but image {image_path.name} "
-                f"is {image.shape[1]}×{image.shape[0]} (width×height); a heatmap must have its image's size"
-            )
+            raise DatasetError(f"heatmap {heatmap_path.name} is {_size_mismatch(heatmap.shape, image_path, image.shape[:2])}")
         return FolderSample(image=image, heatmap=heatmap, label=self.labels[index])
 
 
@@ -90,20 +121,31 @@ def _read_labels(path: Path, images: list[Path]) -> list[int]:
             if len(row) < 2:
                 raise DatasetError(f"{path}, line {line_number}: expected 'filename,label', got {','.join(row)!r}")
             name, label = row[0].strip(), row[1].strip()
+            if not label:  # an empty label: this image is explained for its top-1 prediction
+                by_name[name] = UNLABELLED
+                continue
             try:
                 by_name[name] = int(label)
             except ValueError:
                 if line_number == 1:  # a header row
                     continue
                 raise DatasetError(f"{path}, line {line_number}: label {label!r} is not an integer class index") from None
+            if by_name[name] < 0:
+                raise DatasetError(
+                    f"{path}, line {line_number}: label {label} is not a class index (classes are numbered from 0); "
+                    f"leave it empty ('{name},') to explain that image's top-1 prediction"
+                )
     labels, unlabelled = [], []
     for image in images:
         label = by_name.get(image.name, by_name.get(image.stem))
         if label is None:
             unlabelled.append(image.name)
-        labels.append(-1 if label is None else label)
+        labels.append(UNLABELLED if label is None else label)
     if unlabelled:
-        raise DatasetError(f"{path} has no label for: {listing(unlabelled)}; add them, or remove {LABELS_FILE} to use top-1 targets")
+        raise DatasetError(
+            f"{path} has no label for: {listing(unlabelled)}; add them (an empty label, 'name,', means the top-1 "
+            f"prediction), or remove {LABELS_FILE} to use top-1 targets for every image"
+        )
     return labels
 
 
@@ -121,11 +163,24 @@ class FolderDataset(Dataset):
 
     def labels(self) -> list[int]:
         if self._labels is None:
-            self._labels = _read_labels(self.labels_file, self.images) if self.labels_file else [-1] * len(self.images)
+            self._labels = _read_labels(self.labels_file, self.images) if self.labels_file else [UNLABELLED] * len(self.images)
         return list(self._labels)
 
     def reader(self) -> FolderReader:
         return FolderReader(self.images, self.heatmaps, self.labels())
+
+    def file_problems(self, positions: Iterable[int]) -> list[str]:
+        problems = []
+        for i in positions:
+            image, heatmap = self.images[i], self.heatmaps[i]
+            problem, size, _ = image_header(image)
+            if problem is not None:
+                problems.append(f"images/{image.name}: {problem}")
+                continue
+            problem = _heatmap_problem(heatmap, size, image)
+            if problem is not None:
+                problems.append(f"heatmaps/{heatmap.name}: {problem}")
+        return problems
 
 
 def open_folder(spec: DatasetSpec, data_dir: Path | None, download: bool) -> FolderDataset:

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from alignbench.datasets._base import CLICKME_SIDE, ClickMeSample, Dataset, DatasetSpec, Reader, listing, need_data_dir
+from alignbench.datasets._file_checks import image_header
 from alignbench.datasets._file_hashes import fingerprint_files
 from alignbench.errors import DatasetError
 
@@ -42,6 +43,7 @@ class BoxedImageReader(Reader):
     """Reads an ImageNet JPEG as a ClickMe-layout sample: image and box mask at 256×256."""
 
     geometry = "clickme"
+    reference_origin = "its box mask (no box inside the image, or boxes covering all of it)"
 
     def __init__(
         self,
@@ -124,6 +126,14 @@ class BoxedImageDataset(Dataset):
         labels, boxes, frames = self._annotated()
         paths = [os.path.join(self.root, name) for name in self.image_names]
         return BoxedImageReader(paths, labels, boxes, frames)
+
+    def file_problems(self, positions: Sequence[int]) -> list[str]:
+        problems = []
+        for i in positions:
+            problem = image_header(Path(self.root, self.image_names[i]))[0]
+            if problem is not None:
+                problems.append(f"{self.image_names[i]}: {problem}")
+        return problems
 
 
 def _parse_box(text: str, where: str) -> Box:

@@ -6,6 +6,8 @@ Item (one image), a dict:
 - ``image_id``: str;
 - ``image``: float32 [3, H, W], normalised model input (H, W = preprocessing.input_size);
 - ``reference``: float32 [H, W], the reference map at the model input size;
+- ``reference_undefined``: None, or why the reference map makes a metric that reads it undefined
+  (constant in its file or record, or up to rounding after preprocessing: alignbench.metrics.constancy);
 - ``reference_ranks``: float32 [H·W], average ranks of ``reference`` (NaN row if it is non-finite);
   present when asked for;
 - ``label``: int, the class index, -1 when unknown (the scorer then uses the top-1 prediction);
@@ -13,7 +15,8 @@ Item (one image), a dict:
   exclusive (alignbench.metrics.localisation's convention); K may be 0.
 
 ``collate`` stacks them; ``boxes`` becomes [B, K_max, 4] padded with NaN, with ``box_counts`` int64
-[B] saying how many rows are real; ``index`` and ``label`` become int64 [B]; ``image_id`` a list;
+[B] saying how many rows are real; ``index`` and ``label`` become int64 [B]; ``image_id`` and
+``reference_undefined`` lists;
 ``image`` [B, 3, H, W] is stored channels-last (NHWC in memory), the layout the scorer runs its
 models in, so the copy into it happens in the worker rather than in the main loop.
 """
@@ -32,6 +35,7 @@ from alignbench.datasets._base import Dataset
 from alignbench.datasets._pipeline import clickme_item, folder_item, reference_recipe
 from alignbench.datasets._reference_ranks import ReferenceRankCache
 from alignbench.errors import DatasetError
+from alignbench.metrics.constancy import CONSTANT_RTOL, constant_map_reason, relative_range
 from alignbench.preprocessing import Preprocessing
 
 
@@ -82,12 +86,21 @@ class ReferenceMapDataset(TorchDataset):
             "image_id": self.image_ids[index],
             "image": image,
             "reference": reference,
+            "reference_undefined": self._reference_undefined(sample.heatmap, reference),
             "label": int(sample.label),
             "boxes": boxes,
         }
         if self.rank_cache is not None:
             item["reference_ranks"] = self.rank_cache.ranks(index, reference)
         return item
+
+
+    def _reference_undefined(self, heatmap: Any, reference: torch.Tensor) -> str | None:
+        """Why the reference map makes the metrics that read it undefined, or None: constant in the data
+        as given (even if preprocessing made it vary), or constant up to rounding after preprocessing."""
+        if float(relative_range(torch.from_numpy(heatmap)[None])) <= CONSTANT_RTOL:  # False for NaN
+            return f"the reference map is constant in {self.reader.reference_origin}"
+        return constant_map_reason(reference[None], "the reference map")[0]
 
 
 def _stack_channels_last(images: list[torch.Tensor]) -> torch.Tensor:
@@ -110,6 +123,7 @@ def collate(items: list[dict[str, Any]]) -> dict[str, Any]:
         "image_id": [item["image_id"] for item in items],
         "image": _stack_channels_last([item["image"] for item in items]),
         "reference": torch.stack([item["reference"] for item in items]),
+        "reference_undefined": [item["reference_undefined"] for item in items],
         "label": torch.tensor([item["label"] for item in items], dtype=torch.int64),
         "boxes": boxes,
         "box_counts": torch.tensor([item["boxes"].shape[0] for item in items], dtype=torch.int64),

@@ -14,6 +14,7 @@ import torch
 from PIL import Image, ImageDraw, ImageFont, UnidentifiedImageError
 from torch import nn
 
+from alignbench._paths import check_output_dir
 from alignbench.errors import ExplainerError
 from alignbench.explainers._explain import check_applicable, explain_batch
 from alignbench.explainers._methods import DEFAULT_METHOD, explainer_setting
@@ -54,11 +55,14 @@ def image_files(paths: Sequence[str | Path]) -> tuple[list[Path], list[tuple[Pat
     for raw in paths:
         path = Path(raw)
         if path.is_dir():
-            files.extend(sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in extensions))
+            found = sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in extensions)
+            if not found:
+                missing.append((path, "is a directory with no image file in it (looked for .jpg, .png, .webp, … by extension)"))
+            files.extend(found)
         elif path.is_file():
             files.append(path)
         else:
-            missing.append((path, "no such file or directory"))
+            missing.append((path, "does not exist"))
     return files, missing
 
 
@@ -164,16 +168,15 @@ def explain_files(
 
     ``model`` is a registry/timm name or a ``ModelRequest`` (loaded with ``alignbench.load_model``) or a
     loaded module.
-    Unreadable files are listed in ``skipped``; if none can be read, ExplainerError (exit code 1).
+    Unreadable files (and directories without images) are listed in ``skipped``; if none can be read,
+    ExplainerError. ``out_dir`` is checked to be writable before the model is loaded.
     """
     name, full = explainer_setting(method, **(params or {}))
     files, skipped = image_files(paths)
     if not files:
-        reasons = "; ".join(f"{p}: {why}" for p, why in skipped) or "no paths given"
-        raise ExplainerError(f"no image files to explain ({reasons})", exit_code=1)
-    out = Path(out_dir)
-    if out.exists() and not out.is_dir():
-        raise ExplainerError(f"--out {out} is a file; give a directory (it is created if missing)")
+        reasons = "; ".join(f"{p} {why}" for p, why in skipped) or "no image or directory was given"
+        raise ExplainerError(f"no image files to explain: {reasons}")
+    out = check_output_dir(out_dir, "--out")
 
     module, label = _load(model, device)
     check_applicable(module, name, **full)
@@ -192,8 +195,7 @@ def explain_files(
             skipped.append((path, f"unreadable image ({exc})"))
     if not pictures:
         raise ExplainerError(
-            f"none of the {len(files)} file(s) could be read as an image: " + "; ".join(f"{p} ({why})" for p, why in skipped),
-            exit_code=1,
+            f"none of the {len(files)} file(s) could be read as an image: " + "; ".join(f"{p} ({why})" for p, why in skipped)
         )
 
     out.mkdir(parents=True, exist_ok=True)

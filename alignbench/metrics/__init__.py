@@ -28,6 +28,12 @@ class MetricSpec:
     description: str
     module: str  # defines METRIC_FUNCTIONS[name]
     params: tuple[str, ...] = ()  # keyword parameters the adapter takes (part of a run's identity)
+    # The maps ("model": the explanation, "reference": the human map) the metric is undefined without:
+    # one that is constant, in its file or up to rounding (alignbench.metrics.constancy), makes it NaN
+    # with the reason stored. Every metric here reads the model's map through its ranks, its maximum,
+    # its min-max normalisation or its pixel order, all of which a constant map decides by rounding
+    # noise alone; only spearman reads the reference map too.
+    needs_variation: tuple[str, ...] = ("model",)
 
 
 METRICS: dict[str, MetricSpec] = {
@@ -41,6 +47,7 @@ METRICS: dict[str, MetricSpec] = {
             description="Spearman rank correlation of explanation and reference map (average ranks for ties, "
             "= scipy.stats.spearmanr); NaN for a constant or non-finite map",
             module="alignbench.metrics.spearman",
+            needs_variation=("model", "reference"),
         ),
         # Localisation against human bounding boxes ("Explainable Models with Consistent
         # Interpretations", AAAI 2021; Score-CAM's energy-based pointing game).

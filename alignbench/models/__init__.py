@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from alignbench._lazy import lazy_attributes
-from alignbench.models._device import resolve_device
+from alignbench.models._device import check_device_name, resolve_device
 from alignbench.models._identity import ModelIdentity, ModelRequest, model_identity
 
 __all__ = [
@@ -21,6 +21,7 @@ __all__ = [
     "ModelInfo",
     "ModelRequest",
     "catalog",
+    "check_device_name",
     "convert_model",
     "load_model",
     "model_identity",

@@ -17,6 +17,7 @@ projection MLP, which is no classifier: a linear classifier must come from elsew
 from __future__ import annotations
 
 import argparse
+import re
 from collections.abc import Mapping
 from importlib import import_module
 from pathlib import Path
@@ -53,12 +54,28 @@ def read_state_dict(path: Path, key: str | None = None, *, trusted: bool = False
     except Exception as error:
         pickled_objects = "weights_only" in str(error).lower() or "unpickl" in str(error).lower()
         if not (trusted and pickled_objects):
-            raise ModelError(
-                f"cannot read checkpoint {path} ({str(error).splitlines()[0]}); "
-                "pass a torch or safetensors file holding a state_dict"
-            ) from None
+            raise ModelError(_unreadable(path, error)) from None
         obj = torch.load(path, map_location="cpu", weights_only=False)
     return _unwrap(obj, key, path)
+
+
+_EXPECTED = (
+    "alignbench reads a state_dict saved with torch.save(model.state_dict(), PATH) or safetensors, "
+    "or a training checkpoint holding one (under state_dict_ema, model_ema, state_dict or model)"
+)
+_PICKLED_GLOBAL = re.compile(r"Unsupported global: GLOBAL ([\w.]+)")
+
+
+def _unreadable(path: Path, error: Exception) -> str:
+    """Why ``torch.load(path, weights_only=True)`` failed, as the user can act on it. PyTorch's own
+    text advises ``weights_only=False``, which would run arbitrary code from the file: never repeated."""
+    pickled = _PICKLED_GLOBAL.search(str(error))
+    if pickled:
+        return (
+            f"checkpoint {path} pickles a Python object ({pickled.group(1)}), not only tensors (e.g. a whole model "
+            f"saved with torch.save(model)), which alignbench does not unpickle; {_EXPECTED}"
+        )
+    return f"{path} is not a checkpoint alignbench can read (neither a PyTorch file of tensors nor safetensors); {_EXPECTED}"
 
 
 def _unwrap(obj: object, key: str | None, path: Path) -> dict[str, torch.Tensor]:

@@ -2,15 +2,25 @@
 
 from __future__ import annotations
 
+import re
+
 from alignbench.errors import ModelError
+
+_DEVICE_NAME = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
+
+
+def check_device_name(name: str) -> None:
+    """ModelError unless ``name`` is one of cpu, cuda, cuda:N or auto (torch-free: a cached answer
+    checks its options too, without importing torch)."""
+    if not isinstance(name, str) or not _DEVICE_NAME.match(name):
+        raise ModelError(f"unknown device {name!r}; use cpu, cuda (or cuda:N) or auto")
 
 
 def resolve_device(name: str = "auto") -> str:
     """``auto`` → cuda when available, else cpu; ``cuda`` (or ``cuda:N``) without a GPU is an error."""
+    check_device_name(name)
     if name == "cpu":
         return "cpu"
-    if name not in ("auto", "cuda") and not name.startswith("cuda:"):
-        raise ModelError(f"unknown device {name!r}; use cpu, cuda or auto")
     import torch
 
     available = torch.cuda.is_available()

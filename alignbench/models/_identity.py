@@ -215,6 +215,8 @@ def model_identity(model: "str | ModelRequest", **options) -> ModelIdentity:
 
 def _existing(checkpoint: str | os.PathLike[str]) -> Path:
     path = Path(checkpoint).expanduser()
+    if path.is_dir():
+        raise ModelError(f"checkpoint {path} is a directory; pass the path of a saved state_dict file")
     if not path.is_file():
         raise ModelError(f"checkpoint {path} does not exist; pass the path of a saved state_dict")
     return path.resolve()

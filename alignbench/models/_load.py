@@ -20,6 +20,7 @@ import timm
 import torch
 from torch import nn
 
+from alignbench._paths import check_output_file
 from alignbench.errors import ModelError, WeightsUnavailableError
 from alignbench.models import _checkpoint, _dcls
 from alignbench.models._device import resolve_device
@@ -190,7 +191,7 @@ def _dense(plan: LoadPlan) -> tuple[nn.Module, str | None]:
         if dcls_convs:
             raise ModelError(
                 f"checkpoint {source.path} holds DCLS layers ({dcls_convs[0]}, ...); "
-                "load it with --dcls (and --init checkpoint)"
+                "load it with --dcls, which builds the DCLS model it was saved from"
             )
         origin = _checkpoint.load_checkpoint(model, state, f"{spec.name} (dense)", source=source.path, head=plan.head)
         return model, origin
@@ -366,6 +367,8 @@ def convert_model(
     """
     request = ModelRequest.of(model, dcls=True, **options)
     plan = plan_load(request)
+    if out is not None:  # before the conversion, not after it
+        check_output_file(out, "--out")
     logit_error = None
     if plan.init == "from-dense":
         dense, origin = _dense(plan)

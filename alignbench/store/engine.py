@@ -1,7 +1,8 @@
 """Opening a results store from a URL: engine, SQLite pragmas, migrations, clear errors.
 
-SQLite (the default) is opened in WAL mode with a busy timeout and foreign keys on, so several
-processes can score into one file at once; transactions are begun explicitly so that DDL and writes
+SQLite (the default) is opened with a busy timeout and foreign keys on, and switched to WAL mode by
+the commands that write (after the file was checked to be a store), so several processes can score
+into one file at once; transactions are begun explicitly so that DDL and writes
 are atomic (pysqlite's own implicit BEGIN would leave half a migration behind on failure).
 Any other SQLAlchemy URL (PostgreSQL for teams) works as it is.
 """
@@ -97,9 +98,6 @@ def _install_sqlite_pragmas(engine: Engine) -> None:
         cursor = dbapi_connection.cursor()
         cursor.execute(f"PRAGMA busy_timeout = {int(SQLITE_BUSY_TIMEOUT_S * 1000)}")
         cursor.execute("PRAGMA foreign_keys = ON")
-        mode = cursor.execute("PRAGMA journal_mode").fetchone()[0]
-        if mode not in ("wal", "memory"):
-            cursor.execute("PRAGMA journal_mode = WAL")
         cursor.execute("PRAGMA synchronous = NORMAL")  # safe with WAL; a crash loses no committed row
         cursor.close()
 
@@ -107,6 +105,22 @@ def _install_sqlite_pragmas(engine: Engine) -> None:
     def _on_begin(connection) -> None:
         mode = connection.get_execution_options().get("sqlite_begin", "DEFERRED")
         connection.exec_driver_sql(f"BEGIN {mode}")
+
+
+def _use_wal(engine: Engine) -> None:
+    """Switch a SQLite store to WAL (persistent in the file), so readers and writers do not block
+    each other. Done only by commands that write, after the file was checked to be a store: the
+    switch itself rewrites the file's header."""
+    if engine.dialect.name != "sqlite":
+        return
+    connection = engine.raw_connection()  # autocommit (see _install_sqlite_pragmas): WAL cannot be set in a transaction
+    try:
+        cursor = connection.cursor()
+        if cursor.execute("PRAGMA journal_mode").fetchone()[0] not in ("wal", "memory"):
+            cursor.execute("PRAGMA journal_mode = WAL")
+        cursor.close()
+    finally:
+        connection.close()
 
 
 def create_store_engine(url: str, *, create: bool = True) -> Engine:
@@ -131,18 +145,36 @@ def create_store_engine(url: str, *, create: bool = True) -> Engine:
     return engine
 
 
-def open_store(url: str | None = None, *, create: bool = True) -> Store:
-    """Open (and create, unless ``create=False``) the store at ``url``, migrated to the head revision.
+def open_store(url: str | None = None, *, create: bool = True, migrate: bool = True) -> Store:
+    """Open the store at ``url``, checked before anything is written to it.
 
-    Raises StoreError for a bad URL, an unwritable or corrupt file, or a store written by a newer
-    alignbench; nothing stored is changed in any of those cases.
+    ``create``: a missing SQLite file, or a database without any table, becomes a new store; else
+    StoreMissing. ``migrate``: a store at an older schema revision is upgraded to the head revision;
+    else StoreOutdated, naming ``alignbench upgrade``. With neither (``report``, ``compare``, a cached
+    ``score``) nothing is written at all, not even SQLite's journal mode.
+
+    Raises StoreError, with nothing stored changed, for a bad URL, an unwritable or corrupt file, a
+    database that is not an alignbench store or is damaged (see ``alignbench.store._check``), or a
+    store written by a newer alignbench. Opening a store at the head revision reads its table names
+    and revision and never imports alembic.
     """
-    from alignbench.store.migrate import upgrade_to_head
+    from alignbench.store._check import check_state, outdated, read_state, shown_url
 
     url = resolve_url(url)
     engine = create_store_engine(url, create=create)
     try:
-        upgrade_to_head(engine, url)
+        state = read_state(engine)
+        check_state(state, url)
+        if state.empty and not create:
+            raise StoreMissing(f"store {shown_url(url)} is empty; run `alignbench score` first (or pass --db)")
+        if create or migrate:
+            _use_wal(engine)
+        if not state.at_head:
+            if not (migrate or state.empty):
+                raise outdated(state, url)
+            from alignbench.store.migrate import upgrade_to_head
+
+            upgrade_to_head(engine, url)
     except StoreError:
         engine.dispose()
         raise
@@ -151,3 +183,16 @@ def open_store(url: str | None = None, *, create: bool = True) -> Store:
         reason = str(getattr(exc, "orig", exc)).strip() or type(exc).__name__
         raise StoreError(f"cannot open store {url}: {reason}; check the path/URL or pass another --db") from None
     return Store(url=url, engine=engine)
+
+
+def stored_rows_of_outdated_store(url: str | None, key: str, *, max_index: int) -> int:
+    """Rows a store at an older schema revision holds for the run ``key`` (its first ``max_index``
+    images), read through columns every revision has; nothing is upgraded or written."""
+    from alignbench.store import queries as q
+
+    engine = create_store_engine(resolve_url(url), create=False)
+    try:
+        with Session(engine) as session:
+            return q.count_rows_of_key(session, key, max_index=max_index)
+    finally:
+        engine.dispose()

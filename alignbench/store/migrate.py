@@ -21,6 +21,7 @@ if TYPE_CHECKING:  # pragma: no cover
 
 _REVISION = re.compile(r"^revision\s*=\s*['\"]([^'\"]+)['\"]", re.MULTILINE)
 _DOWN_REVISION = re.compile(r"^down_revision\s*=\s*(?:['\"]([^'\"]+)['\"]|None)", re.MULTILINE)
+_TABLE_OP = re.compile(r"op\.(create_table|drop_table)\(\s*['\"](\w+)['\"]")
 
 
 def alembic_config() -> "Config":
@@ -45,6 +46,35 @@ def revisions() -> dict[str, str | None]:
         if revision and down:
             graph[revision.group(1)] = down.group(1)
     return graph
+
+
+@lru_cache(maxsize=1)
+def _table_changes() -> dict[str, tuple[tuple[str, str], ...]]:
+    """revision → the (create_table | drop_table, table) operations of its upgrade(), in order."""
+    from alignbench.store.engine import migrations_dir
+
+    changes: dict[str, tuple[tuple[str, str], ...]] = {}
+    for path in sorted(Path(migrations_dir(), "versions").glob("*.py")):
+        source = path.read_text()
+        revision = _REVISION.search(source)
+        if revision:
+            upgrade = source.split("def downgrade", 1)[0]
+            changes[revision.group(1)] = tuple(_TABLE_OP.findall(upgrade))
+    return changes
+
+
+def tables_at(revision: str) -> frozenset[str]:
+    """The tables a store at ``revision`` has (alembic_version included), read from the migrations."""
+    graph = revisions()
+    chain = []
+    while revision is not None:
+        chain.append(revision)
+        revision = graph[revision]
+    tables = {"alembic_version"}
+    for step in reversed(chain):
+        for operation, table in _table_changes().get(step, ()):
+            (tables.add if operation == "create_table" else tables.discard)(table)
+    return frozenset(tables)
 
 
 def head_revision() -> str:

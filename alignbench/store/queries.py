@@ -8,11 +8,12 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from sqlalchemy import func
+from sqlalchemy import delete, func, update
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, SQLModel, select
 
 from alignbench._cache import sha256_text
+from alignbench.store.liveness import shown_status
 from alignbench.store.tables import (
     METRIC_COLUMNS,
     Dataset,
@@ -204,6 +205,7 @@ def update_run(
     add_seconds: float = 0.0,
     device: str | None = None,
     versions: Mapping[str, str] | None = None,
+    heartbeat: bool = False,
 ) -> Run:
     if status is not None:
         run.status = status
@@ -213,8 +215,22 @@ def update_run(
     if versions is not None:
         run.versions = canonical_json(dict(versions))
     run.updated_at = utcnow()
+    if heartbeat:  # the writing process is alive (alignbench.store.liveness)
+        run.heartbeat_at = run.updated_at
     session.add(run)
     return run
+
+
+def record_process(session: Session, run: Run, *, pid: int, host: str) -> Run:
+    """The process now computing ``run``, with a first heartbeat (see alignbench.store.liveness)."""
+    run.pid, run.host, run.heartbeat_at = pid, host, utcnow()
+    session.add(run)
+    return run
+
+
+def beat(session: Session, run_id: int) -> None:
+    """Refresh the heartbeat of run ``run_id`` (one UPDATE; the row is not loaded)."""
+    session.execute(update(Run).where(Run.id == run_id).values(heartbeat_at=utcnow()))
 
 
 @dataclass(frozen=True)
@@ -225,12 +241,44 @@ class MetricSummary:
     n_skipped: int
 
 
+def row_counts(session: Session, run_ids: Sequence[int]) -> dict[int, int]:
+    """Rows (images with a row, scored or skipped) per run; counted on the (run, image) index alone."""
+    statement = (
+        select(ImageScore.run_id, func.count())
+        .where(ImageScore.run_id.in_(list(run_ids)))  # type: ignore[attr-defined]
+        .group_by(ImageScore.run_id)
+    )
+    counts = {int(run_id): 0 for run_id in run_ids}
+    counts.update({int(run_id): int(n) for run_id, n in session.exec(statement).all()})
+    return counts
+
+
+def delete_runs(session: Session, run_ids: Sequence[int]) -> int:
+    """Delete runs with their rows and thumbnails (rows first, in the caller's transaction); returns
+    the image rows deleted. Thumbnails would cascade; they are deleted explicitly so that no backend
+    depends on its foreign-key settings."""
+    from alignbench.store.tables import Thumbnail
+
+    ids = list(run_ids)
+    rows = session.execute(delete(ImageScore).where(ImageScore.run_id.in_(ids))).rowcount  # type: ignore[attr-defined]
+    session.execute(delete(Thumbnail).where(Thumbnail.run_id.in_(ids)))  # type: ignore[attr-defined]
+    session.execute(delete(Run).where(Run.id.in_(ids)))  # type: ignore[union-attr]
+    return int(rows or 0)
+
+
 def count_rows(session: Session, run_id: int, *, max_index: int | None = None) -> int:
     """Rows a run has, among the first ``max_index`` images of its dataset when given."""
     condition = [ImageScore.run_id == run_id]
     if max_index is not None:
         condition.append(ImageScore.image_index < max_index)
     return int(session.exec(select(func.count()).select_from(ImageScore).where(*condition)).one())
+
+
+def count_rows_of_key(session: Session, key: str, *, max_index: int | None = None) -> int:
+    """Rows of the run with ``key`` (0 when there is none); reads only run.id/key and image_score's
+    run_id/image_index, which every schema revision has."""
+    run_id = session.exec(select(Run.id).where(Run.key == key)).first()
+    return 0 if run_id is None else count_rows(session, run_id, max_index=max_index)
 
 
 def summarise(
@@ -267,9 +315,10 @@ class RunView:
     ceiling: float | None
     protocol: str
     metrics: str
-    status: str
+    status: str  # as stored, except a running run whose process is gone: interrupted (alignbench.store.liveness)
     n_images: int
     updated_at: Any
+    dataset_location: str | None = None  # where the dataset's files were read (a folder, a shard directory)
 
 
 def list_runs(
@@ -304,9 +353,10 @@ def list_runs(
             ceiling=ds.ceiling,
             protocol=run.protocol,
             metrics=run.metrics,
-            status=run.status,
+            status=shown_status(run.status, pid=run.pid, host=run.host, heartbeat_at=run.heartbeat_at, updated_at=run.updated_at),
             n_images=run.n_images,
             updated_at=run.updated_at,
+            dataset_location=ds.location,
         )
         for run, model, explainer, ds in session.exec(statement).all()
     ]
