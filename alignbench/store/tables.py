@@ -149,6 +149,9 @@ class Thumbnail(SQLModel, table=True):
     created_at: datetime = Field(default_factory=utcnow)
 
 
+THUMBNAIL_KINDS: tuple[str, ...] = ("image", "reference", "model")
+"""What the HTML report stores per (run, image) for its galleries (the centre-bias map is drawn, not stored)."""
+
 METRIC_COLUMNS: tuple[str, ...] = (
     "spearman",
     "pointing_game",
