@@ -35,7 +35,7 @@ from alignbench.analysis.compare import ALPHA, CONFIDENCE, CompareResult, compar
 from alignbench.analysis.gallery import DEFAULT_GALLERY, DEFAULT_SEED, GalleryImage, GalleryPlan, plan_galleries, thumbnails_needed
 from alignbench.analysis.report import Report, build_report
 from alignbench.analysis.runs import RunFilter, RunScore, StoredRuns, load_runs, score_label
-from alignbench.analysis.stats import DEFAULT_RESAMPLES
+from alignbench.explainers import CENTRE_BIAS
 from alignbench.store import queries as q
 from alignbench.store.tables import THUMBNAIL_KINDS, Thumbnail
 
@@ -127,6 +127,11 @@ class Gallery:
     missing: tuple[str, ...] = ()  # why some maps are not shown
     reference: str = ""  # what the reference map of this dataset is
 
+    @property
+    def has_pictures(self) -> bool:
+        """Whether any image or model map is shown (else the template lists the images and scores only)."""
+        return any(row.picture.src for section in self.sections for row in section.rows)
+
 
 @dataclass(frozen=True)
 class ImageTable:
@@ -191,7 +196,13 @@ def read_report_data(session: Session, runs: RunFilter | None = None, *, gallery
     report = build_report(session, runs, stored=stored)
     compared = compare_runs(session, runs, stored=stored) if runs.run_id is None else None
     comparisons = compared.comparisons if compared is not None else []
-    plans = plan_galleries(session, stored, comparisons, gallery, seed=seed, higher_is_better=higher_is_better, run_id=runs.run_id)
+    galleried = stored
+    if runs.run_id is not None and stored.runs and not stored.runs[0].is_reference:
+        # a run's page shows the centre-bias reference beside its maps, as the overview's galleries do
+        view = stored.runs[0].view
+        references = load_runs(session, RunFilter(explainer=CENTRE_BIAS, dataset=view.dataset, protocol=view.protocol, metric=runs.metric))
+        galleried = StoredRuns(stored.metric, stored.runs + references.runs, {**stored.values, **references.values})
+    plans = plan_galleries(session, galleried, comparisons, gallery, seed=seed, higher_is_better=higher_is_better, run_id=runs.run_id)
     details = run_details(session, [run.run_id for run in stored.runs])
     return ReportData(runs, stored, report, compared, plans, details, gallery, seed)
 
@@ -460,7 +471,7 @@ def _gallery(
     imagenet = {run_id: _imagenet_classes(runs[run_id], data.details.get(run_id)) for run_id in plan.run_ids}
     reference_name, reference_what = _reference_names(runs[plan.run_ids[0]].view.dataset)
     missing = [f"run {run_id} ({runs[run_id].display_name}): {why}" for run_id, why in unavailable.items() if run_id in plan.run_ids]
-    no_thumbnail = "not computed (see above)" if missing else "not computed"
+    no_thumbnail = "see above" if missing else "not computed"
     centre_cache: dict[tuple[int, int], tuple[str, np.ndarray]] = {}
 
     def gallery_row(image: GalleryImage) -> GalleryRow:
