@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from alignbench.analysis.gallery import DEFAULT_GALLERY, DEFAULT_SEED
+from alignbench.analysis.html import PICTURES
 from alignbench.analysis.runs import RunFilter
 from alignbench.errors import AlignbenchError
 from alignbench.store import StoreMissing, open_store, resolve_url
@@ -92,12 +93,18 @@ class OutputDirectory:
         if foreign:
             raise AlignbenchError(f"--html {self.path}: {sorted(foreign)[0]} exists and was not written by this report; move it or choose another directory")
         try:
-            for name, content in files.items():
+            for directory in sorted({(self.path / name).parent for name in files}):
+                directory.mkdir(parents=True, exist_ok=True)
+            for name, content in sorted(files.items(), key=lambda item: item[0] == INDEX):  # the page last
                 target = self.path / name
-                target.parent.mkdir(parents=True, exist_ok=True)
-                partial = target.with_name(f".{target.name}.partial")
-                partial.write_bytes(content)
-                os.replace(partial, target)  # a reader never sees half a page
+                if name.startswith(PICTURES) and name in self.previous and target.is_file():
+                    continue  # pictures are named by a hash of their bytes: an earlier report wrote these
+                if target.exists():
+                    partial = target.with_name(f".{target.name}.partial")
+                    partial.write_bytes(content)
+                    os.replace(partial, target)  # a reader of the old file never sees half the new one
+                else:
+                    target.write_bytes(content)
             for name in sorted(self.previous - set(files)):
                 stale = self.path / name
                 if stale.is_file():

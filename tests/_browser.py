@@ -149,6 +149,17 @@ class Browser:
         path.write_bytes(base64.b64decode(data))
         return path
 
+    def capture(self, selector: str) -> bytes:
+        """A PNG of the first element matching ``selector``, scrolled into view, as drawn (one device
+        pixel per CSS pixel). Within the viewport: capturing beyond it resizes the viewport, which
+        drops the scroll bar and reflows the page under the clip."""
+        box = self.evaluate(
+            f"(() => {{ const e = document.querySelector({json.dumps(selector)}); e.scrollIntoView({{block: 'center'}});"
+            " const r = e.getBoundingClientRect(); return [r.left + scrollX, r.top + scrollY, r.width, r.height]; })()"
+        )
+        clip = dict(zip(("x", "y", "width", "height"), box), scale=1)
+        return base64.b64decode(self.page("Page.captureScreenshot", {"format": "png", "clip": clip})["data"])
+
     def close(self) -> None:
         try:
             if getattr(self, "socket", None) is not None:

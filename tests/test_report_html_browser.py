@@ -82,6 +82,14 @@ def test_gallery_maps_are_the_runs_maps(tiny_store: dict) -> None:
             assert _decode(png).shape == (112, 112) and tuple(pre.input_size) == (160, 160)  # 160×160 input, 112 a side
 
 
+def _rgb(png: bytes) -> np.ndarray:
+    import io
+
+    from PIL import Image
+
+    return np.asarray(Image.open(io.BytesIO(png)).convert("RGB")).astype(float)
+
+
 def _decode(png: bytes) -> np.ndarray:
     import io
 
@@ -143,6 +151,13 @@ def test_report_in_a_real_browser(tiny_store: dict, tmp_path: Path) -> None:
         assert len(comparison) == 10  # the comparison's gallery: every sample image once
         assert all(r["picture"] > 0 and r["human"] > 0 and min(r["model"]) > 0 and r["unavailable"] == 0 for r in comparison)
         assert browser.evaluate("document.getElementById('comparisons').textContent.includes('no significant difference')")
+        # an overlay is the map drawn over the picture at explain's weight: the pixels the browser drew
+        overlay = "#galleries .gallery-row .overlay"
+        under, over = browser.evaluate(f"Array.from(document.querySelector('{overlay}').children).map(i => i.getAttribute('src'))")
+        drawn = _rgb(browser.capture(overlay))
+        under, over = _rgb((out / under).read_bytes()), _rgb((out / over).read_bytes())
+        error = np.abs(drawn - (0.5 * under + 0.5 * over))
+        assert error.mean() < 1.0 and np.percentile(error, 99) <= 2.0
         shot = browser.screenshot(tmp_path / "index.png")
         assert shot.stat().st_size > 50_000
 

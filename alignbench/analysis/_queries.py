@@ -124,10 +124,20 @@ def _image_rows_statement(run_id: int, metric: str):
     ).where(ImageScore.run_id == run_id)
 
 
-def image_rows(session: Session, run_id: int, metric: str, indices: Sequence[int] | None = None) -> list[ImageRow]:
-    """A run's rows (those at ``indices`` only, when given), by image index."""
+def image_rows(
+    session: Session, run_id: int, metric: str, indices: Sequence[int] | None = None, *, image_ids: Sequence[str] | None = None
+) -> list[ImageRow]:
+    """A run's rows (those at ``indices``, or of ``image_ids``, when given), by image index.
+
+    By ``image_ids`` is the fast way: (run, image id) is the table's unique index, while a
+    selection by index reads every row of the run.
+    """
     statement = _image_rows_statement(run_id, metric)
-    if indices is not None:
+    if image_ids is not None:
+        if not image_ids:
+            return []
+        statement = statement.where(ImageScore.image_id.in_(sorted(set(image_ids))))  # type: ignore[attr-defined]
+    elif indices is not None:
         if not indices:
             return []
         statement = statement.where(ImageScore.image_index.in_(sorted({int(i) for i in indices})))  # type: ignore[attr-defined]

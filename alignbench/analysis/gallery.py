@@ -101,10 +101,12 @@ def _common(first: ImageValues, second: ImageValues) -> tuple[np.ndarray, np.nda
 
 
 def _rows(session: Session, metric: str, run_ids: list[int], indices: tuple[int, ...]) -> dict[int, dict[int, ImageRow]]:
-    """image index → run id → row, for these runs at these images."""
+    """image index → run id → row, for these runs at these images (all runs of one dataset)."""
     out: dict[int, dict[int, ImageRow]] = {i: {} for i in indices}
-    for run_id in run_ids:
-        for row in image_rows(session, run_id, metric, indices):
+    first = image_rows(session, run_ids[0], metric, indices)  # the images were picked from this run's scores
+    ids = [row.image_id for row in first]
+    for run_id, rows in zip(run_ids, [first] + [image_rows(session, r, metric, image_ids=ids) for r in run_ids[1:]]):
+        for row in rows:
             out[row.image_index][run_id] = row
     return out
 

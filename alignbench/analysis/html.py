@@ -7,10 +7,12 @@ bytes (``assets``); ``render_page`` lays it out with the templates in ``template
 Nothing here computes a map or imports torch: thumbnails are computed beside the scorer
 (``alignbench._thumbnails``) before the page is built, and the centre-bias map is model-free.
 
-Colours: maps are drawn with the colour map ``explain`` uses for its overlays (jet), blended into the
-picture at the same weight. In a gallery row the model maps of every run share one colour scale
-(from the lowest to the highest value among them), so a weaker map looks weaker; the human map and
-the centre-bias map, in other units, each span their own range.
+Colours: maps are drawn with the colour map ``explain`` uses for its overlays (jet), as 8-bit PNGs
+whose palette is the colour map, and overlaid on the picture by the page itself at the weight
+``explain`` blends them with (CSS opacity: the browser blends exactly as ``explain`` does, with no
+second file per map). In a gallery row the model maps of every run share one colour scale (from the
+lowest to the highest value among them), so a weaker map looks weaker; the human map and the
+centre-bias map, in other units, each span their own range.
 """
 
 from __future__ import annotations
@@ -40,7 +42,8 @@ from alignbench.store import queries as q
 from alignbench.store.tables import THUMBNAIL_KINDS, Thumbnail
 
 COLOUR_MAP = "jet"  # explain's overlays (alignbench.explainers._files)
-OVERLAY_ALPHA = 0.5  # the map's weight in an overlay, as in explain's
+PICTURES = "images/"  # where the pictures go, each named by a hash of its bytes (so a rewrite can skip it)
+OVERLAY_ALPHA = 0.5  # the map's weight in an overlay, as in explain's (the templates' CSS opacity)
 # Datasets whose labels are ImageNet-1k class indices (SPEC "Datasets"), so targets have ImageNet names.
 IMAGENET_LABELLED = frozenset({"sample", "clickme-val", "imagenet-val"})
 NOTHING_STORED = "No runs stored yet: run `alignbench score` first (it scores the embedded default model in seconds), then this report again."
@@ -91,11 +94,10 @@ class Picture:
 
 @dataclass(frozen=True)
 class MapView:
-    """One map of a gallery row, as an overlay on the picture and as a plain map."""
+    """One map of a gallery row (the page shows it over the row's picture and on its own)."""
 
-    label: str  # human, baseline, DCLS, centre bias
+    label: str  # human map, baseline, DCLS, centre bias
     kind: str  # human | model | centre-bias (CSS class)
-    overlay: Picture
     plain: Picture
     score: str  # the image's metric value for this map, e.g. "ρ = +0.512"
     note: str = ""  # the prediction of the model this map explains
@@ -383,16 +385,17 @@ def _image_table(session: Session, run: RunScore, imagenet: bool) -> ImageTable:
 
 
 class _Painter:
-    """Turns stored thumbnails into the report's pictures (colour maps, overlays), each file once."""
+    """Turns stored thumbnails into the report's pictures: maps as palette PNGs, each file once."""
 
     def __init__(self, assets: dict[str, bytes]) -> None:
         from matplotlib import colormaps
 
         self.assets = assets
-        self.lut = np.rint(colormaps[COLOUR_MAP](np.linspace(0.0, 1.0, 256))[:, :3] * 255.0).astype(np.uint8)
+        lut = np.rint(colormaps[COLOUR_MAP](np.linspace(0.0, 1.0, 256))[:, :3] * 255.0).astype(np.uint8)
+        self.palette = lut.ravel().tolist()
 
     def add(self, png: bytes) -> str:
-        name = f"images/{hashlib.sha1(png).hexdigest()[:20]}.png"
+        name = f"{PICTURES}{hashlib.sha1(png).hexdigest()[:20]}.png"
         self.assets.setdefault(name, png)
         return name
 
@@ -403,27 +406,26 @@ class _Painter:
         with Image.open(io.BytesIO(png)) as image:
             return np.asarray(image)
 
-    def encode(self, array: np.ndarray) -> str:
+    @staticmethod
+    def size(png: bytes) -> tuple[int, int]:
+        """(height, width) from the PNG's header, without decoding it."""
         from PIL import Image
 
+        with Image.open(io.BytesIO(png)) as image:
+            return image.height, image.width
+
+    def colour(self, unit: np.ndarray) -> str:
+        """A map scaled to [0, 1] as a PNG of palette indices 0-255 (a third of an RGB PNG to encode)."""
+        from PIL import Image
+
+        image = Image.fromarray(np.rint(np.clip(unit, 0.0, 1.0) * 255.0).astype(np.uint8), mode="L").convert("P")
+        image.putpalette(self.palette)
         buffer = io.BytesIO()
-        Image.fromarray(array).save(buffer, format="PNG", compress_level=1)  # small files anyway; level 1 is ~4× faster
+        image.save(buffer, format="PNG", compress_level=1)  # maps are smooth: level 1 is as small, and faster
         return self.add(buffer.getvalue())
 
-    def colour(self, unit: np.ndarray) -> np.ndarray:
-        return self.lut[np.rint(np.clip(unit, 0.0, 1.0) * 255.0).astype(np.intp)]
-
-    def pair(self, unit: np.ndarray, picture: np.ndarray | None) -> tuple[str, str | None]:
-        """(plain map, overlay on ``picture``) of a map scaled to [0, 1]."""
-        coloured = self.colour(unit)
-        plain = self.encode(coloured)
-        if picture is None or picture.shape[:2] != coloured.shape[:2]:
-            return plain, None
-        blended = (1.0 - OVERLAY_ALPHA) * picture[..., :3].astype(np.float64) + OVERLAY_ALPHA * coloured
-        return plain, self.encode(np.clip(np.rint(blended), 0, 255).astype(np.uint8))
-
     def colour_bar(self) -> str:
-        return self.encode(np.repeat(self.colour(np.linspace(0.0, 1.0, 256))[None], 12, axis=0))
+        return self.colour(np.repeat(np.linspace(0.0, 1.0, 256)[None], 12, axis=0))
 
 
 def _values(thumbnail: Thumbnail) -> np.ndarray:
@@ -472,28 +474,26 @@ def _gallery(
     reference_name, reference_what = _reference_names(runs[plan.run_ids[0]].view.dataset)
     missing = [f"run {run_id} ({runs[run_id].display_name}): {why}" for run_id, why in unavailable.items() if run_id in plan.run_ids]
     no_thumbnail = "see above" if missing else "not computed"
-    centre_cache: dict[tuple[int, int], tuple[str, np.ndarray]] = {}
+    centre_maps: dict[tuple[int, int], str] = {}  # one file per picture size
 
     def gallery_row(image: GalleryImage) -> GalleryRow:
         image_id = image.image_id()
         first = plan.run_ids[0]
-        # the picture and the human map are the same for every run of the gallery: the first that has them
-        stored = [(run_id, thumbnails[run_id]) for run_id in plan.run_ids]
-        picture_thumb = next((t.get((image_id, "image")) for _, t in stored if t.get((image_id, "image"))), None)
-        reference_thumb = next((t.get((image_id, "reference")) for _, t in stored if t.get((image_id, "reference"))), None)
-        picture = painter.decode(picture_thumb.png) if picture_thumb is not None else None
+        # the picture and the reference map are the same for every run of the gallery: the first that has them
+        found = {kind: next((t[(image_id, kind)] for t in thumbnails.values() if (image_id, kind) in t), None) for kind in ("image", "reference")}
+        picture, reference = found["image"], found["reference"]
+        size = _Painter.size(picture.png) if picture is not None else None
         picture_view = (
-            Picture(painter.add(picture_thumb.png), f"image {image_id}", (picture_thumb.run_id, image_id, "image"))
-            if picture_thumb is not None else _missing("image", no_thumbnail)
+            Picture(painter.add(picture.png), f"image {image_id}", (picture.run_id, image_id, "image"))
+            if picture is not None else _missing("image", no_thumbnail)
         )
         maps = []
-        if reference_thumb is not None:
-            plain, overlay = painter.pair(_unit(_values(reference_thumb), reference_thumb.vmin or 0.0, reference_thumb.vmax or 0.0), picture)
-            source = (reference_thumb.run_id, image_id, "reference")
-            maps.append(MapView(reference_name, "human", Picture(overlay, f"{reference_name} of {image_id} over the image", source),
-                                Picture(plain, f"{reference_name} of {image_id}", source), ""))
+        if reference is not None:
+            # stored over its own range: its grey levels are already the colour indices
+            plain = painter.colour(_Painter.decode(reference.png) / 255.0)
+            maps.append(MapView(reference_name, "human", Picture(plain, f"{reference_name} of {image_id}", (reference.run_id, image_id, "reference")), ""))
         else:
-            maps.append(MapView(reference_name, "human", _missing(reference_name, no_thumbnail), _missing(reference_name, no_thumbnail), ""))
+            maps.append(MapView(reference_name, "human", _missing(reference_name, no_thumbnail), ""))
         model_thumbs = {run_id: thumbnails[run_id].get((image_id, "model")) for run_id in plan.run_ids}
         present = [t for t in model_thumbs.values() if t is not None]
         low = min((t.vmin or 0.0 for t in present), default=0.0)
@@ -506,24 +506,19 @@ def _gallery(
                 confidence = f" ({row.confidence:.0%})" if row.confidence is not None else ""
                 note = f"predicts {class_name(row.prediction, imagenet[run_id])}{confidence}"
             if thumb is None:
-                why = unavailable.get(run_id, no_thumbnail)
-                maps.append(MapView(label, "model", _missing(f"{label} map", why), _missing(f"{label} map", why), _score_text(metric, row), note))
+                maps.append(MapView(label, "model", _missing(f"{label} map", unavailable.get(run_id, no_thumbnail)), _score_text(metric, row), note))
                 continue
-            plain, overlay = painter.pair(_unit(_values(thumb), low, high), picture)
-            source = (run_id, image_id, "model")
-            maps.append(MapView(label, "model", Picture(overlay, f"{label} map of {image_id} over the image", source),
-                                Picture(plain, f"{label} map of {image_id}", source), _score_text(metric, row), note))
-        if plan.reference_run_id is not None or picture is not None:
-            size = picture.shape[:2] if picture is not None else (112, 112)
-            if size not in centre_cache:
+            plain = painter.colour(_unit(_values(thumb), low, high))
+            maps.append(MapView(label, "model", Picture(plain, f"{label} map of {image_id}", (run_id, image_id, "model")), _score_text(metric, row), note))
+        if size is not None:
+            if size not in centre_maps:
                 unit = centre_bias_map(size[0], size[1], plan.reference_sigma_frac or CENTRE_BIAS_SIGMA_FRAC).astype(np.float64)
-                unit = _unit(unit, float(unit.min()), float(unit.max()))
-                centre_cache[size] = (painter.encode(painter.colour(unit)), unit)
-            plain_src, unit = centre_cache[size]
-            overlay_src = painter.pair(unit, picture)[1] if picture is not None else None
+                centre_maps[size] = painter.colour(_unit(unit, float(unit.min()), float(unit.max())))
             reference_row = image.rows.get(plan.reference_run_id) if plan.reference_run_id is not None else None
-            maps.append(MapView("centre bias", "centre-bias", Picture(overlay_src, "centre-bias map over the image"),
-                                Picture(plain_src, "centre-bias map"), _score_text(metric, reference_row) if reference_row else ""))
+            maps.append(MapView("centre bias", "centre-bias", Picture(centre_maps[size], "centre-bias map"),
+                                _score_text(metric, reference_row) if reference_row else ""))
+        else:
+            maps.append(MapView("centre bias", "centre-bias", _missing("centre-bias map", "its size is the picture's"), ""))
         target_row = image.rows.get(first) or next(iter(image.rows.values()))
         delta = ""
         if len(plan.run_ids) == 2:
@@ -621,4 +616,4 @@ def _environment():
 
 def render_page(page: HtmlPage) -> str:
     """The page's HTML (one file; its pictures and figures are ``page.assets``)."""
-    return _environment().get_template(page.template).render(page=page)
+    return _environment().get_template(page.template).render(page=page, overlay_alpha=OVERLAY_ALPHA)

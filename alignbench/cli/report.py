@@ -148,7 +148,7 @@ def _write_html(directory: Path, db: str | None, *, gallery: int, seed: int, for
         err_console.print(result.message, markup=False, highlight=False)
     elif result.thumbnails_computed:
         err_console.print(f"computed and stored the gallery maps of {result.thumbnails_computed} run images", markup=False, highlight=False)
-    typer.echo(str(result.index))
+    typer.echo(str(result.index.resolve()))
 
 
 @guarded
