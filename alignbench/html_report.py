@@ -21,6 +21,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from alignbench.analysis import DEFAULT_BINS
 from alignbench.analysis.gallery import DEFAULT_GALLERY, DEFAULT_SEED
 from alignbench.analysis.html import PICTURES
 from alignbench.analysis.runs import RunFilter
@@ -133,6 +134,7 @@ def write_html_report(
     *,
     gallery: int = DEFAULT_GALLERY,
     seed: int = DEFAULT_SEED,
+    bins: int = DEFAULT_BINS,
     force: bool = False,
     device: str = "auto",
     batch_size: int = 16,
@@ -143,7 +145,7 @@ def write_html_report(
     in the store at ``db`` to ``directory``; with ``run_id``, the page of that run (every image).
 
     ``gallery``: images per gallery section (0: no galleries, nothing computed); ``seed``: the random
-    section's draw. Raises AlignbenchError for an output directory that cannot be used (before
+    section's draw; ``bins``: the histograms'. Raises AlignbenchError for an output directory that cannot be used (before
     anything is read or computed), a bad filter or an unknown run; an empty store is not an error.
     """
     from alignbench.analysis.html import NOTHING_STORED, build_page, message_page, missing_thumbnails, read_report_data, render_page
@@ -165,7 +167,7 @@ def write_html_report(
     outcome = None
     try:
         with store.session() as session:
-            data = read_report_data(session, runs, gallery=gallery, seed=seed)
+            data = read_report_data(session, runs, gallery=gallery, seed=seed, bins=bins)
             missing = missing_thumbnails(session, data)
         read_seconds = time.perf_counter() - started
         if missing:

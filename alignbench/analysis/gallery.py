@@ -14,6 +14,7 @@ computed outside ``analysis`` (``alignbench._thumbnails``), which only reads the
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 
 import numpy as np
@@ -123,8 +124,6 @@ def _sections(session: Session, metric: str, run_ids: list[int], picks: Picks, t
 def _sigma(run: RunScore | None) -> float | None:
     if run is None:
         return None
-    import json
-
     return json.loads(run.view.params or "{}").get("sigma_frac")
 
 

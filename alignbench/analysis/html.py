@@ -32,6 +32,7 @@ from sqlmodel import Session
 
 from alignbench import __version__
 from alignbench._class_names import class_name
+from alignbench.analysis import DEFAULT_BINS
 from alignbench.analysis._queries import ImageRow, RunDetails, image_rows, metric_means, run_details
 from alignbench.analysis.compare import ALPHA, CONFIDENCE, CompareResult, compare_runs
 from alignbench.analysis.gallery import DEFAULT_GALLERY, DEFAULT_SEED, GalleryImage, GalleryPlan, plan_galleries, thumbnails_needed
@@ -180,22 +181,22 @@ class ReportData:
     compared: CompareResult | None
     plans: list[GalleryPlan]
     details: dict[int, RunDetails]
-    k: int
-    seed: int
 
     @property
     def empty(self) -> bool:
         return not self.stored.runs
 
 
-def read_report_data(session: Session, runs: RunFilter | None = None, *, gallery: int = DEFAULT_GALLERY, seed: int = DEFAULT_SEED) -> ReportData:
+def read_report_data(
+    session: Session, runs: RunFilter | None = None, *, gallery: int = DEFAULT_GALLERY, seed: int = DEFAULT_SEED, bins: int = DEFAULT_BINS,
+) -> ReportData:
     """The runs, comparisons, figure data and gallery choices of the report of ``runs``."""
     from alignbench.metrics import metric_spec  # the registry is plain data (torch-free)
 
     runs = RunFilter.of(runs)
     higher_is_better = metric_spec(runs.metric).higher_is_better
     stored = load_runs(session, runs)
-    report = build_report(session, runs, stored=stored)
+    report = build_report(session, runs, bins=bins, stored=stored)
     compared = compare_runs(session, runs, stored=stored) if runs.run_id is None else None
     comparisons = compared.comparisons if compared is not None else []
     galleried = stored
@@ -206,7 +207,7 @@ def read_report_data(session: Session, runs: RunFilter | None = None, *, gallery
         galleried = StoredRuns(stored.metric, stored.runs + references.runs, {**stored.values, **references.values})
     plans = plan_galleries(session, galleried, comparisons, gallery, seed=seed, higher_is_better=higher_is_better, run_id=runs.run_id)
     details = run_details(session, [run.run_id for run in stored.runs])
-    return ReportData(runs, stored, report, compared, plans, details, gallery, seed)
+    return ReportData(runs, stored, report, compared, plans, details)
 
 
 def missing_thumbnails(session: Session, data: ReportData) -> dict[int, set[str]]:
@@ -307,16 +308,17 @@ def _runs_table(data: ReportData, means: dict[str, dict[int, tuple[float | None,
     return Table("runs", "Stored runs", columns, tuple(rows), tuple(classes), caption)
 
 
-def _comparison_tables(compared: CompareResult) -> list[Table]:
+def _comparison_tables(compared: CompareResult, plans: list[GalleryPlan]) -> list[Table]:
+    galleries = {plan.run_ids: plan.anchor for plan in plans if plan.comparison is not None}
     tables = []
     for n, group in enumerate(compared.groups):
         rows, classes = [], []
         for row in group.rows:
             both = row.baseline_run_id is not None and row.dcls_run_id is not None
             ci = "—" if row.ci_low is None else f"[{row.ci_low:+.4f}, {row.ci_high:+.4f}]"
-            anchor = f"#comparison-{row.baseline_run_id}-{row.dcls_run_id}" if both and row.n_pairs else None
+            anchor = galleries.get((row.baseline_run_id, row.dcls_run_id))
             rows.append((
-                Cell(row.model, link=anchor), _number(row.baseline), _number(row.dcls), _number(row.delta, signed=True),
+                Cell(row.model, link=f"#{anchor}" if anchor else None), _number(row.baseline), _number(row.dcls), _number(row.delta, signed=True),
                 Cell(ci, row.ci_low), _p_value(row.p_value), _count(row.n_pairs if both else None), _number(row.centre_bias),
                 Cell(row.verdict), Cell(" · ".join(f"run {r}" for r in (row.baseline_run_id, row.dcls_run_id) if r is not None)),
             ))
@@ -341,13 +343,13 @@ def _comparison_tables(compared: CompareResult) -> list[Table]:
     return tables
 
 
-def _details_table(run: RunScore, details: RunDetails | None, data: ReportData) -> Table:
+def _details_table(run: RunScore, details: RunDetails | None) -> Table:
     v = run.view
     pairs = [
         ("model", "centre bias (reference)" if run.is_reference else v.model),
         ("variant", _variant(run, details)),
         ("weights", details.weights_source if details else ""),
-        ("how it loads", details.model_request or "—" if details else "—"),
+        ("how it loads", (details.model_request if details else None) or "—"),
         ("weights fingerprint", v.weights_fingerprint),
         ("parameters", f"{v.param_count:,}" if v.param_count else "—"),
         ("explainer", run.group.explainer_label),
@@ -585,7 +587,7 @@ def build_page(
         means[metric] = metric_means(session, [run.run_id for run in data.stored.runs if metric in run.view.metrics.split(",")], metric)
     page.runs = _runs_table(data, means)
     if data.compared is not None:
-        page.comparisons = _comparison_tables(data.compared)
+        page.comparisons = _comparison_tables(data.compared, data.plans)
         page.notes += [note for row in data.compared.comparisons for note in row.notes]
     page.figures = _figures(data.report, page.assets)
     painter = _Painter(page.assets)
@@ -595,7 +597,7 @@ def build_page(
     if runs.run_id is not None:
         run = data.stored.runs[0]
         details = data.details.get(run.run_id)
-        page.details = _details_table(run, details, data)
+        page.details = _details_table(run, details)
         page.images = _image_table(session, run, _imagenet_classes(run, details))
         if run.is_reference:
             page.notes.append("the centre-bias reference has one map for every image; it is shown beside the model maps in every other run's gallery")

@@ -118,7 +118,7 @@ def _print_report(report: Report, console: Console) -> None:
         console.print(worst)
 
 
-def _write_html(directory: Path, db: str | None, *, gallery: int, seed: int, force: bool, device: str, others: tuple, **filters) -> None:
+def _write_html(directory: Path, db: str | None, *, gallery: int, seed: int, bins: int, force: bool, device: str, others: tuple, **filters) -> None:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from alignbench.html_report import write_html_report
@@ -139,7 +139,9 @@ def _write_html(directory: Path, db: str | None, *, gallery: int, seed: int, for
         progress.update(task, completed=done, total=total)
 
     try:
-        result = write_html_report(directory, db, gallery=gallery, seed=seed, force=force, device=device, progress=on_progress, **filters)
+        result = write_html_report(
+            directory, db, gallery=gallery, seed=seed, bins=bins, force=force, device=device, progress=on_progress, **filters,
+        )
     finally:
         progress.stop()
     for run_id, why in sorted(result.unavailable.items()):
@@ -193,7 +195,7 @@ def report(
         raise AlignbenchError("--json and --markdown both print the report; choose one")
     if html is not None:
         _write_html(html, db, explainer=explainer, dataset=dataset, protocol=protocol, metric=metric, run_id=run,
-                    gallery=gallery, seed=seed, force=force, device=device, others=(csv, png, worst, as_json or markdown))
+                    gallery=gallery, seed=seed, bins=bins, force=force, device=device, others=(csv, png, worst, as_json or markdown))
         return
     from alignbench.analysis import exports
     from alignbench.analysis.report import report as build
