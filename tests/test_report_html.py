@@ -257,3 +257,17 @@ def test_imagenet_names_read_without_timm_equal_timms() -> None:
 
     info = ImageNetInfo()
     assert list(imagenet_class_names()) == [info.index_to_description(i) for i in range(1000)]
+
+
+def test_a_thumbnail_is_stored_once(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 's.db'}"
+    with open_store(url) as store:
+        run_id = add_run(store, model="resnet50", dcls=False, values=[0.1])
+        first = {"run_id": run_id, "image_id": image_id(0), "kind": "model", "png": b"first", "vmin": 0.0, "vmax": 1.0}
+        with store.session(write=True) as session:
+            assert q.insert_thumbnails(session, [first]) == 1
+            assert q.insert_thumbnails(session, [{**first, "png": b"second"}]) == 0  # a concurrent report's copy is kept
+            session.commit()
+        with store.session() as session:
+            assert q.stored_thumbnails(session, [run_id]) == {(run_id, image_id(0), "model")}
+            assert q.read_thumbnails(session, run_id, [image_id(0)])[(image_id(0), "model")].png == b"first"
