@@ -75,7 +75,13 @@ class OutputDirectory:
             listed = json.loads((self.path / MANIFEST).read_text(encoding="utf-8"))["files"]
         except (OSError, ValueError, KeyError, TypeError):
             return set()
-        return {name for name in listed if isinstance(name, str)}
+        # only plain paths inside the directory: a manifest never makes the report touch anything else
+        return {name for name in listed if isinstance(name, str) and not Path(name).is_absolute() and ".." not in Path(name).parts}
+
+    def _record(self, names: set[str]) -> None:
+        partial = self.path / f"{MANIFEST}.partial"
+        partial.write_text(json.dumps({"files": sorted(names)}, indent=0), encoding="utf-8")
+        os.replace(partial, self.path / MANIFEST)
 
     def _files(self) -> set[str]:
         return {str(p.relative_to(self.path)) for p in self.path.rglob("*") if p.is_file() or p.is_symlink()}
@@ -96,6 +102,7 @@ class OutputDirectory:
         try:
             for directory in sorted({(self.path / name).parent for name in files}):
                 directory.mkdir(parents=True, exist_ok=True)
+            self._record(self.previous | set(files))  # first: files of an interrupted write are still known as the report's
             for name, content in sorted(files.items(), key=lambda item: item[0] == INDEX):  # the page last
                 target = self.path / name
                 if name.startswith(PICTURES) and name in self.previous and target.is_file():
@@ -112,7 +119,7 @@ class OutputDirectory:
                     stale.unlink()
                     if stale.parent != self.path and not any(stale.parent.iterdir()):
                         stale.parent.rmdir()
-            (self.path / MANIFEST).write_text(json.dumps({"files": sorted(files)}, indent=0), encoding="utf-8")
+            self._record(set(files))
         except OSError as error:
             raise AlignbenchError(f"cannot write the report to {self.path}: {error.strerror or error}") from None
         return self.path / INDEX

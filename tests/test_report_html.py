@@ -206,6 +206,13 @@ def test_output_directory_rules(store_url: str, tmp_path: Path) -> None:
     (foreign_index / "index.html").write_text("someone's page")
     clash = runner.invoke(app, ["report", "--db", store_url, "--html", str(foreign_index), "--force"])
     assert clash.exit_code == 2 and "index.html" in clash.stderr and (foreign_index / "index.html").read_text() == "someone's page"
+    # a manifest that names files outside the directory never makes the report touch them
+    victim = tmp_path / "victim.txt"
+    victim.write_text("keep me")
+    listed = json.loads((out / MANIFEST).read_text())["files"]
+    (out / MANIFEST).write_text(json.dumps({"files": [*listed, "../victim.txt", str(victim)]}))
+    assert runner.invoke(app, ["report", "--db", store_url, "--html", str(out), "--force"]).exit_code == 0
+    assert victim.read_text() == "keep me"
     a_file = tmp_path / "file"
     a_file.write_text("x")
     for bad in (a_file, a_file / "sub"):
