@@ -19,7 +19,8 @@ install: $(STAMP)
 
 # The main job on the embedded default (efficientnet_lite0, real ImageNet weights, on the embedded
 # `sample` dataset; offline), its DCLS conversion (from-dense), the same command again (answered from
-# the store), the comparison and the report of what is stored in ./alignbench.db.
+# the store), the comparison and the report of what is stored in ./alignbench.db, then the same
+# report as a static HTML page with the galleries of maps (its path is printed last).
 demo: install
 	$(BIN)/alignbench models
 	$(BIN)/alignbench score
@@ -27,6 +28,7 @@ demo: install
 	$(BIN)/alignbench score
 	$(BIN)/alignbench compare
 	$(BIN)/alignbench report
+	$(BIN)/alignbench report --html alignbench-report
 
 # The store tests run against PostgreSQL too and the HTML report opens in headless Chromium: both are
 # Debian packages, installed here where missing (scripts/system_packages.sh).

@@ -1,10 +1,11 @@
-"""Time `alignbench compare` and `alignbench report` on a big store: 16 runs × 52,000 images (+ centre bias).
+"""Time `alignbench compare`, `alignbench report` and `alignbench report --html` on a big store: 16 runs × 52,000 images (+ centre bias).
 
     .venv/bin/python benchmarks/compare_report.py [--images 52000] [--repeats 3] [--db PATH] [--json]
 
 Fills a temporary SQLite store with synthetic rows shaped like the paper's study (8 architectures ×
 baseline/DCLS, threshold-gradcam, clickme-val, plus the centre-bias reference run: 17 runs, 884,000
-image rows), then times each command two ways:
+image rows) and the gallery thumbnails the HTML report shows (made-up pictures and maps, 8 galleries
+× 24 images × 2 runs: the report's second run, with every map stored), then times each command two ways:
 
 - in-process: the library call plus formatting (what the command does after Python has started and
   imported alignbench);
@@ -12,7 +13,7 @@ image rows), then times each command two ways:
   /dev/null, as a user runs it (interpreter start and imports included).
 
 Prints the median of --repeats runs of each, wall-clock and CPU time, and the ratio of the end-to-end
-wall time to the 2 s target. A busy machine inflates wall times (the load average is printed with
+wall time to its target (2 s; 5 s for the HTML report, written to a temporary directory). A busy machine inflates wall times (the load average is printed with
 them); CPU time (user + system, of the child process end to end) is what the command costs on an
 idle machine. ``--db PATH`` reuses (or keeps) a filled store, since filling takes 15-30 s.
 """
@@ -24,6 +25,7 @@ import io
 import json
 import os
 import resource
+import shutil
 import statistics
 import subprocess
 import sys
@@ -33,17 +35,25 @@ from pathlib import Path
 
 from rich.console import Console
 
-TARGET_S = 2.0
+TARGET_S = {"compare": 2.0, "report": 2.0, "html": 5.0}
 
 
 def fill(path: Path, n_images: int) -> float:
-    from alignbench.analysis._synthetic import fill_paper_like_store
+    from alignbench.analysis._synthetic import add_thumbnails, fill_paper_like_store
+    from alignbench.analysis.html import missing_thumbnails, read_report_data
     from alignbench.store import open_store
 
     start = time.perf_counter()
     with open_store(f"sqlite:///{path}") as store:
         fill_paper_like_store(store, n_images=n_images)
+        with store.session() as session:
+            needed = missing_thumbnails(session, read_report_data(session))
+        add_thumbnails(store, needed)
     return time.perf_counter() - start
+
+
+def _html_dir() -> str:
+    return tempfile.mkdtemp(prefix="alignbench-html-")
 
 
 def in_process(command: str, url: str) -> tuple[float, float]:
@@ -52,13 +62,21 @@ def in_process(command: str, url: str) -> tuple[float, float]:
     from alignbench.analysis.report import report
     from alignbench.cli.report import _print_report
 
+    from alignbench.html_report import write_html_report
+
     console = Console(file=io.StringIO(), width=160)
+    directory = _html_dir()
     start, cpu = time.perf_counter(), time.process_time()
     if command == "compare":
         print_result(compare(url), console)
-    else:
+    elif command == "report":
         _print_report(report(url), console)
-    return time.perf_counter() - start, time.process_time() - cpu
+    else:
+        result = write_html_report(directory, url)
+        assert result.thumbnails_computed == 0 and not result.unavailable, "every gallery map must be stored"
+    elapsed = time.perf_counter() - start, time.process_time() - cpu
+    shutil.rmtree(directory)
+    return elapsed
 
 
 def _children_cpu() -> float:
@@ -67,9 +85,13 @@ def _children_cpu() -> float:
 
 
 def end_to_end(command: str, url: str) -> tuple[float, float]:
+    directory = _html_dir()
+    arguments = ["report", "--html", directory] if command == "html" else [command]
     start, cpu = time.perf_counter(), _children_cpu()
-    subprocess.run([sys.executable, "-m", "alignbench", command, "--db", url], check=True, stdout=subprocess.DEVNULL)
-    return time.perf_counter() - start, _children_cpu() - cpu
+    subprocess.run([sys.executable, "-m", "alignbench", *arguments, "--db", url], check=True, stdout=subprocess.DEVNULL)
+    elapsed = time.perf_counter() - start, _children_cpu() - cpu
+    shutil.rmtree(directory)
+    return elapsed
 
 
 def _median(samples: list[tuple[float, float]]) -> tuple[float, float]:
@@ -89,17 +111,17 @@ def main() -> None:
         fill_seconds = fill(path, args.images) if not path.exists() else 0.0
         url = f"sqlite:///{path}"
         results = {}
-        for command in ("compare", "report"):
+        for command in ("compare", "report", "html"):
             in_process(command, url)  # warm the OS file cache and the imports
             inside, inside_cpu = _median([in_process(command, url) for _ in range(args.repeats)])
             whole, whole_cpu = _median([end_to_end(command, url) for _ in range(args.repeats)])
             results[command] = {
                 "in_process_s": inside, "in_process_cpu_s": inside_cpu,
-                "end_to_end_s": whole, "end_to_end_cpu_s": whole_cpu, "ratio_to_target": whole / TARGET_S,
+                "end_to_end_s": whole, "end_to_end_cpu_s": whole_cpu, "ratio_to_target": whole / TARGET_S[command],
             }
     load = os.getloadavg()[0]
     if args.json:
-        print(json.dumps({"images": args.images, "runs": 17, "fill_s": fill_seconds, "load_average_1min": load, "target_s": TARGET_S, **results}))
+        print(json.dumps({"images": args.images, "runs": 17, "fill_s": fill_seconds, "load_average_1min": load, "targets_s": TARGET_S, **results}))
         return
     print(f"store: 16 runs + centre bias × {args.images:,} images" + (f" (filled in {fill_seconds:.1f} s)" if fill_seconds else ""))
     print(f"load average (1 min): {load:.2f} on {os.cpu_count()} cores")
@@ -107,7 +129,7 @@ def main() -> None:
         print(
             f"{command:8s} in-process {r['in_process_s']:.2f} s (cpu {r['in_process_cpu_s']:.2f} s) · "
             f"end to end {r['end_to_end_s']:.2f} s (cpu {r['end_to_end_cpu_s']:.2f} s) "
-            f"= {r['ratio_to_target']:.2f} × the {TARGET_S:.0f} s target"
+            f"= {r['ratio_to_target']:.2f} × the {TARGET_S[command]:.0f} s target"
         )
 
 

@@ -89,3 +89,100 @@ def worst_images(session: Session, run_id: int, metric: str, n: int, *, higher_i
         WorstImage(int(index), image_id, target, prediction, confidence, float(value))
         for index, image_id, target, prediction, confidence, value in session.exec(statement).all()
     ]
+
+
+@dataclass(frozen=True)
+class ImageRow:
+    """One stored image of one run, as the HTML report's galleries and per-image tables show it."""
+
+    image_index: int
+    image_id: str
+    target: int | None
+    prediction: int | None
+    confidence: float | None
+    value: float | None  # the metric under study; None: skipped
+    skip_reason: str | None
+
+
+def _image_rows_statement(run_id: int, metric: str):
+    column = getattr(ImageScore, metric_column(metric))
+    return select(
+        ImageScore.image_index, ImageScore.image_id, ImageScore.target, ImageScore.prediction,
+        ImageScore.confidence, column, ImageScore.skip_reason,
+    ).where(ImageScore.run_id == run_id)
+
+
+def image_rows(
+    session: Session, run_id: int, metric: str, indices: Sequence[int] | None = None, *, image_ids: Sequence[str] | None = None
+) -> list[ImageRow]:
+    """A run's rows (those at ``indices``, or of ``image_ids``, when given), by image index.
+
+    By ``image_ids`` is the fast way: (run, image id) is the table's unique index, while a
+    selection by index reads every row of the run.
+    """
+    statement = _image_rows_statement(run_id, metric)
+    if image_ids is not None:
+        if not image_ids:
+            return []
+        statement = statement.where(ImageScore.image_id.in_(sorted(set(image_ids))))  # type: ignore[attr-defined]
+    elif indices is not None:
+        if not indices:
+            return []
+        statement = statement.where(ImageScore.image_index.in_(sorted({int(i) for i in indices})))  # type: ignore[attr-defined]
+    rows = [
+        ImageRow(int(index), image_id, target, prediction, confidence, None if value is None else float(value), reason)
+        for index, image_id, target, prediction, confidence, value, reason in session.exec(statement).all()
+    ]
+    return sorted(rows, key=lambda row: row.image_index)
+
+
+def metric_means(session: Session, run_ids: Sequence[int], metric: str) -> dict[int, tuple[float | None, int]]:
+    """run id → (mean of the metric over its non-NULL rows, how many), one grouped query."""
+    if not run_ids:
+        return {}
+    column = getattr(ImageScore, metric_column(metric))
+    statement = (
+        select(ImageScore.run_id, func.avg(column), func.count(column))
+        .where(ImageScore.run_id.in_(sorted(set(run_ids))))  # type: ignore[attr-defined]
+        .group_by(ImageScore.run_id)
+    )
+    return {int(run_id): (None if mean is None else float(mean), int(n)) for run_id, mean, n in session.exec(statement).all()}
+
+
+@dataclass(frozen=True)
+class RunDetails:
+    """What the HTML report says about a run beyond ``RunView``: how its model loads, where its data is."""
+
+    run_id: int
+    model_request: str | None  # canonical JSON of the ModelRequest (NULL: stored before requests were recorded)
+    weights_source: str
+    init: str | None
+    tag: str | None
+    origin: str | None
+    dataset_location: str | None
+    dataset_size: int
+    precision: str
+    device: str | None
+    compute_seconds: float
+    created_at: object
+    updated_at: object
+
+
+def run_details(session: Session, run_ids: Sequence[int]) -> dict[int, RunDetails]:
+    from alignbench.store.tables import Dataset, Model, Run
+
+    if not run_ids:
+        return {}
+    statement = (
+        select(Run, Model, Dataset)
+        .join(Model, Model.id == Run.model_id)
+        .join(Dataset, Dataset.id == Run.dataset_id)
+        .where(Run.id.in_(sorted(set(run_ids))))  # type: ignore[union-attr]
+    )
+    return {
+        int(run.id): RunDetails(
+            int(run.id), model.request, model.weights_source, model.init, model.tag, model.origin, dataset.location,
+            int(dataset.size), run.precision, run.device, float(run.compute_seconds or 0.0), run.created_at, run.updated_at,
+        )
+        for run, model, dataset in session.exec(statement).all()
+    }

@@ -152,3 +152,41 @@ def fill_paper_like_store(
         )
         runs.append(SyntheticRun(run_id, "centre-bias", False, "centre-bias"))
     return runs
+
+
+def _png(array: np.ndarray) -> bytes:
+    import io
+
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.fromarray(array).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def add_thumbnails(store: Store, needed: dict[int, set[str]], *, side: int = 112, seed: int = 0) -> int:
+    """Made-up gallery thumbnails (a textured picture, a blob for each map) for ``needed`` (run id →
+    image ids), so the HTML report can be timed and tested on a synthetic store; returns how many
+    images got them."""
+    from alignbench.store.tables import THUMBNAIL_KINDS
+
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:side, 0:side] / side
+    rows = []
+    for run_id, image_ids in sorted(needed.items()):
+        for image_id in sorted(image_ids):
+            picture = (rng.random((side, side, 3)) * 64 + np.stack([xx, yy, 1 - xx], axis=-1) * 191).astype(np.uint8)
+            kinds = {"image": (_png(picture), None, None)}
+            for kind in THUMBNAIL_KINDS[1:]:
+                cy, cx, width = rng.uniform(0.3, 0.7), rng.uniform(0.3, 0.7), rng.uniform(0.1, 0.3)
+                blob = np.exp(-((yy - cy) ** 2 + (xx - cx) ** 2) / (2 * width**2))
+                high = float(rng.uniform(0.5, 2.0))
+                kinds[kind] = (_png(np.rint(255 * (blob - blob.min()) / (blob.max() - blob.min())).astype(np.uint8)), 0.0, high)
+            rows += [
+                {"run_id": run_id, "image_id": image_id, "kind": kind, "png": png, "vmin": low, "vmax": high}
+                for kind, (png, low, high) in kinds.items()
+            ]
+    with store.session(write=True) as session:
+        q.insert_thumbnails(session, rows)
+        session.commit()
+    return sum(len(ids) for ids in needed.values())

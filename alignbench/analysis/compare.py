@@ -16,7 +16,7 @@ from typing import Any
 
 from sqlmodel import Session
 
-from alignbench.analysis.runs import GroupKey, Pairing, RunFilter, RunScore, hidden_note, load_runs, pair_runs, score_label, score_name
+from alignbench.analysis.runs import GroupKey, Pairing, RunFilter, RunScore, StoredRuns, hidden_note, load_runs, pair_runs, score_label, score_name
 from alignbench.analysis.stats import DEFAULT_RESAMPLES, DEFAULT_SEED, paired_bootstrap_ci, wilcoxon_signed_rank
 from alignbench.errors import AlignbenchError
 from alignbench.store import StoreMissing, open_store
@@ -174,13 +174,15 @@ def compare_runs(
     *,
     n_resamples: int = DEFAULT_RESAMPLES,
     seed: int = DEFAULT_SEED,
+    stored: StoredRuns | None = None,
     **filters,
 ) -> CompareResult:
-    """Compare every architecture's baseline and DCLS runs that match the filters; rank all runs."""
+    """Compare every architecture's baseline and DCLS runs that match the filters; rank all runs.
+    ``stored``: those runs already read (``load_runs``), e.g. by a caller that reports on them too."""
     runs = RunFilter.of(runs, **filters)
     metric = runs.metric
     higher_is_better = _higher_is_better(metric)
-    stored = load_runs(session, runs)
+    stored = stored if stored is not None else load_runs(session, runs)
     by_group: dict[GroupKey, list[Pairing]] = defaultdict(list)
     for pairing in pair_runs(stored.runs, stored.values):
         by_group[pairing.group].append(pairing)

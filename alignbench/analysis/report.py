@@ -191,9 +191,11 @@ def build_report(
     *,
     worst: int | None = None,
     bins: int = DEFAULT_BINS,
+    stored: StoredRuns | None = None,
     **filters,
 ) -> Report:
-    """The report of the runs matching the filters; with ``run_id``, of that run and its ``worst`` images."""
+    """The report of the runs matching the filters; with ``run_id``, of that run and its ``worst`` images.
+    ``stored``: those runs already read (``load_runs``), e.g. by a caller that compares them too."""
     from alignbench.metrics import metric_spec  # the registry is plain data (torch-free)
 
     runs = RunFilter.of(runs, **filters)
@@ -203,7 +205,7 @@ def build_report(
         raise AlignbenchError(f"--worst must be at least 1, got {worst}")
     if bins < 1:
         raise AlignbenchError(f"--bins must be at least 1, got {bins}")
-    stored: StoredRuns = load_runs(session, runs)
+    stored = stored if stored is not None else load_runs(session, runs)
     if run_id is not None and not stored.runs:
         raise AlignbenchError(
             f"no run {run_id} with metric {metric!r} in the store; `alignbench report` lists the stored runs and their ids"

@@ -124,6 +124,41 @@ def _print_report(report: Report, console: Console) -> None:
         console.print(worst)
 
 
+def _write_html(directory: Path, db: str | None, *, gallery: int, seed: int, bins: int, force: bool, device: str, others: tuple, **filters) -> None:
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from alignbench.html_report import write_html_report
+
+    if any(others):
+        raise AlignbenchError("--html writes its own report; run --csv, --png, --worst, --json or --markdown separately")
+    progress = Progress(
+        TextColumn("[bold]gallery maps"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+        console=err_console, transient=True, disable=not sys.stderr.isatty(),
+    )
+    task = None
+
+    def on_progress(done: int, total: int) -> None:
+        nonlocal task
+        if task is None:  # started only when maps are computed: a report from stored maps shows none
+            progress.start()
+            task = progress.add_task("maps", total=total)
+        progress.update(task, completed=done, total=total)
+
+    try:
+        result = write_html_report(
+            directory, db, gallery=gallery, seed=seed, bins=bins, force=force, device=device, progress=on_progress, **filters,
+        )
+    finally:
+        progress.stop()
+    for run_id, why in sorted(result.unavailable.items()):
+        err_console.print(f"run {run_id}: maps not shown ({why})", markup=False, highlight=False)
+    if result.message:
+        err_console.print(result.message, markup=False, highlight=False)
+    elif result.thumbnails_computed:
+        err_console.print(f"computed and stored the gallery maps of {result.thumbnails_computed} run images", markup=False, highlight=False)
+    typer.echo(str(result.index.resolve()))
+
+
 @guarded
 def report(
     explainer: ExplainerFilter = None,
@@ -144,6 +179,14 @@ def report(
     ] = None,
     bins: Annotated[int, typer.Option("--bins", help="Histogram bins.")] = DEFAULT_BINS,
     show_all: ShowAll = False,
+    html: Annotated[
+        Optional[Path],
+        typer.Option("--html", help="Write a static HTML report with map galleries into this directory (with --run: that run's page).", show_default=False),
+    ] = None,
+    gallery: Annotated[int, typer.Option("--gallery", help="With --html: images per gallery section (best, worst, random); 0: no galleries.")] = 8,
+    seed: Annotated[int, typer.Option("--seed", help="With --html: the seed of the galleries' random images.")] = 0,
+    force: Annotated[bool, typer.Option("--force", help="With --html: write into a directory that holds other files (they are kept).")] = False,
+    device: o.Device = "auto",
     db: o.Db = None,
     as_json: o.Json = False,
 ) -> None:
@@ -151,10 +194,17 @@ def report(
 
     The paper's table and figures for the stored runs: DCLS vs baseline scatter (Fig. 2), per-model bars per explainer with and without DCLS (Fig. 3), parameter count vs score with the correlation (Fig. 4), and a histogram of per-image scores per run. Reads the store only; an empty store says what to run and exits 0.
 
-    Example: [bold]alignbench report --csv results.csv[/]   [bold]alignbench report --run 3 --worst 20[/]
+    With --html DIR: one self-contained static page (no server, no network) with the runs, comparisons, figures and galleries of image, human map, each variant's map and the centre-bias map; the gallery maps are computed once (as `score` computes them) and stored, so the next report is fast.
+
+    Example: [bold]alignbench report --csv results.csv[/]   [bold]alignbench report --run 3 --worst 20[/]   [bold]alignbench report --html report[/]
     """
     if as_json and markdown:
         raise AlignbenchError("--json and --markdown both print the report; choose one")
+    if html is not None:
+        _write_html(html, db, explainer=explainer, dataset=dataset, protocol=protocol, metric=metric, run_id=run,
+                    include_empty=show_all, gallery=gallery, seed=seed, bins=bins, force=force, device=device,
+                    others=(csv, png, worst, as_json or markdown))
+        return
     from alignbench._paths import check_output_dir, check_output_file
     from alignbench.analysis import exports
     from alignbench.analysis.report import report as build

@@ -51,6 +51,7 @@ __all__ = [
     "dataset_label",
     "iter_clickme_shard",
     "open_dataset",
+    "reopen_dataset",
     "write_clickme_shard",
 ]
 
@@ -125,6 +126,24 @@ def dataset_label(name: str, location: str | None) -> str:
 
 
 _PACKAGE_DIR = Path(__file__).resolve().parents[1]
+
+
+def reopen_dataset(name: str, location: str | None, fingerprint: str) -> Dataset:
+    """The dataset a stored run read, opened again (torch-free, never downloading): from the stored
+    ``location`` (the files it was read from), else from where alignbench finds it by itself (the
+    embedded sample, the ClickMe cache). DatasetError unless its content is the stored one (same
+    fingerprint): maps of other images would not be the run's."""
+    reasons = []
+    for data_dir in ([location] if location else []) + [None]:
+        try:
+            dataset = open_dataset(name, data_dir, download=False)
+        except DatasetError as error:
+            reasons.append(error.message)
+            continue
+        if dataset.fingerprint == fingerprint:
+            return dataset
+        reasons.append(f"the files at {dataset.location} are not the ones stored (fingerprint {dataset.fingerprint[:12]}, stored {fingerprint[:12]})")
+    raise DatasetError(f"dataset {name!r} as stored is not on this machine: {reasons[0] if reasons else 'no location recorded'}")
 
 
 def collate(items: list[dict]) -> dict:

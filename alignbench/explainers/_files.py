@@ -14,6 +14,7 @@ import torch
 from PIL import Image, ImageDraw, ImageFont, UnidentifiedImageError
 from torch import nn
 
+from alignbench._class_names import class_names
 from alignbench._paths import check_output_dir
 from alignbench.errors import ExplainerError
 from alignbench.explainers._explain import check_applicable, explain_batch
@@ -106,16 +107,6 @@ def model_preprocessing(model: nn.Module) -> Preprocessing:
         input_size=tuple(cfg["input_size"][-2:]), mean=tuple(cfg["mean"]), std=tuple(cfg["std"]),
         interpolation=cfg.get("interpolation", "bicubic"), crop_pct=float(cfg.get("crop_pct", 0.875)),
     )
-
-
-def class_names(num_classes: int) -> list[str]:
-    """ImageNet-1k descriptions for a 1000-class model (timm's bundled WordNet lemmas), else 'class i'."""
-    if num_classes == 1000:
-        from timm.data import ImageNetInfo
-
-        info = ImageNetInfo()
-        return [info.index_to_description(i) for i in range(1000)]
-    return [f"class {i}" for i in range(num_classes)]
 
 
 def overlay(picture: Image.Image, heatmap: np.ndarray, caption: str) -> Image.Image:

@@ -21,6 +21,7 @@ from alignbench.store.tables import (
     ImageScore,
     Model,
     Run,
+    Thumbnail,
     utcnow,
 )
 
@@ -372,3 +373,49 @@ def per_image_scores(session: Session, run_ids: Sequence[int], metric: str = "sp
     for run_id, image_id, value in session.exec(statement).all():
         out[run_id][image_id] = float(value)
     return out
+
+
+ThumbnailKey = tuple[int, str, str]  # (run id, image id, kind)
+
+
+def stored_thumbnails(session: Session, run_ids: Sequence[int]) -> set[ThumbnailKey]:
+    """Which (run, image, kind) thumbnails the store holds for these runs (keys only, no bytes)."""
+    if not run_ids:
+        return set()
+    statement = select(Thumbnail.run_id, Thumbnail.image_id, Thumbnail.kind).where(
+        Thumbnail.run_id.in_(sorted(set(run_ids)))  # type: ignore[attr-defined]
+    )
+    return {(int(run_id), image_id, kind) for run_id, image_id, kind in session.exec(statement).all()}
+
+
+def read_thumbnails(session: Session, run_id: int, image_ids: Iterable[str]) -> dict[tuple[str, str], Thumbnail]:
+    """(image id, kind) → thumbnail row of one run's images."""
+    ids = sorted(set(image_ids))
+    if not ids:
+        return {}
+    statement = select(Thumbnail).where(Thumbnail.run_id == run_id, Thumbnail.image_id.in_(ids))  # type: ignore[attr-defined]
+    return {(row.image_id, row.kind): row for row in session.exec(statement).all()}
+
+
+def insert_thumbnails(session: Session, rows: Iterable[Mapping[str, Any]]) -> int:
+    """Insert thumbnails (run_id, image_id, kind, png, vmin, vmax); one already stored is kept (a
+    concurrent report computed the same map from the same inputs)."""
+    now = utcnow()
+    values = [{"created_at": now, **row} for row in rows]
+    if not values:
+        return 0
+    table = Thumbnail.__table__
+    dialect = session.get_bind().dialect.name
+    if dialect == "sqlite":
+        from sqlalchemy.dialects.sqlite import insert
+    elif dialect == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert
+    else:  # portable fallback: leave out what is there, then insert
+        present = stored_thumbnails(session, sorted({v["run_id"] for v in values}))
+        values = [v for v in values if (v["run_id"], v["image_id"], v["kind"]) not in present]
+        if values:
+            session.execute(table.insert(), values)
+        return len(values)
+    statement = insert(table).on_conflict_do_nothing(index_elements=["run_id", "image_id", "kind"])
+    result = session.execute(statement, values)
+    return result.rowcount if result.rowcount is not None and result.rowcount >= 0 else len(values)

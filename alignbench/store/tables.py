@@ -131,9 +131,9 @@ class ImageScore(SQLModel, table=True):
 class Thumbnail(SQLModel, table=True):
     """A small 8-bit PNG of one image's picture or map in one run, for the HTML report's galleries.
 
-    ``kind``: ``image`` (the model input), ``reference`` (the human map), ``model`` (the run's
-    explanation) or ``centre-bias``; ``vmin``/``vmax``: the value range the map was quantised from,
-    so maps can be shown on one shared colour scale.
+    ``kind``: ``image`` (the model input), ``reference`` (the human map) or ``model`` (the run's
+    explanation), see ``THUMBNAIL_KINDS``; ``vmin``/``vmax``: the value range the map was quantised
+    from, so maps can be shown on one shared colour scale.
     """
 
     __tablename__ = "thumbnail"
@@ -148,6 +148,9 @@ class Thumbnail(SQLModel, table=True):
     vmax: Optional[float] = None
     created_at: datetime = Field(default_factory=utcnow)
 
+
+THUMBNAIL_KINDS: tuple[str, ...] = ("image", "reference", "model")
+"""What the HTML report stores per (run, image) for its galleries (the centre-bias map is drawn, not stored)."""
 
 METRIC_COLUMNS: tuple[str, ...] = (
     "spearman",
