@@ -107,11 +107,22 @@ class DclsConv(Dcls2d):
 
     # ---- the kernel
 
-    def _parameters_key(self) -> tuple:
-        tensors = (self.weight, self.P, self.SIG)
+    def _parameters_state(self) -> tuple:
+        """What the kernel depends on: the tensors themselves (held, so that no new tensor can take
+        a freed one's id or address), their version counters, storage, dtype and device."""
         return tuple(
-            (id(t), t._version, t.data_ptr(), t.device, t.dtype) if t is not None else None for t in tensors
+            (t, t._version, t.data_ptr(), t.dtype, t.device) for t in (self.weight, self.P, self.SIG) if t is not None
         )
+
+    def _cached_kernel(self) -> torch.Tensor | None:
+        if self._frozen is None:
+            return None
+        state, kernel = self._frozen
+        current = self._parameters_state()
+        same = len(state) == len(current) and all(
+            old[0] is new[0] and old[1:] == new[1:] for old, new in zip(state, current)
+        )
+        return kernel if same else None
 
     def kernel(self) -> torch.Tensor:
         """The kernel this forward convolves with: centred in the D×D span, trimmed (h, w odd)."""
@@ -122,13 +133,13 @@ class DclsConv(Dcls2d):
         if torch.is_grad_enabled() and any(t.requires_grad for t in tensors):
             self._frozen = None
             return construct(self.weight, self.P, self.SIG, self.version, size)
-        key = self._parameters_key()
-        if self._frozen is None or self._frozen[0] != key:
+        kernel = self._cached_kernel()
+        if kernel is None:
             # A tensor made in inference mode could not be saved for a later backward (Grad-CAM).
             with torch.inference_mode(False), torch.no_grad():
-                built = trim_negligible(construct(self.weight, self.P, self.SIG, self.version, size))
-            self._frozen = (key, built)
-        return self._frozen[1]
+                kernel = trim_negligible(construct(self.weight, self.P, self.SIG, self.version, size))
+            self._frozen = (self._parameters_state(), kernel)
+        return kernel
 
     # ---- the convolution
 
