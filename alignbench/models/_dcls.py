@@ -17,8 +17,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
-from DCLS.construct.modules import Dcls2d
 import torch.nn.functional as F
+from DCLS.construct.modules import Dcls2d
 from timm.layers import Conv2dSame, get_same_padding, pad_same
 from torch import nn
 
