@@ -22,7 +22,9 @@ __all__ = [
     "ModelRequest",
     "catalog",
     "check_device_name",
+    "clamp_positions",
     "convert_model",
+    "dcls_implementation",
     "load_model",
     "model_identity",
     "resolve_device",
@@ -39,11 +41,13 @@ _LAZY = {
     "catalog": "alignbench.models._catalog",
     "CatalogRow": "alignbench.models._catalog",
     "swap_modules": "alignbench.models._dcls",
+    "clamp_positions": "alignbench.models._dcls",
+    "dcls_implementation": "alignbench.models._dcls",
 }
 
 if TYPE_CHECKING:  # pragma: no cover
     from alignbench.models._catalog import CatalogRow, catalog
-    from alignbench.models._dcls import swap_modules
+    from alignbench.models._dcls import clamp_positions, dcls_implementation, swap_modules
     from alignbench.models._load import ConversionReport, ConversionResult, ModelInfo, convert_model, load_model
 
 
