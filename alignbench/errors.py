@@ -22,6 +22,10 @@ class AlignbenchError(Exception):
         return str(self.args[0]) if self.args else self.__class__.__name__
 
 
+class AlignbenchWarning(UserWarning):
+    """Input that was accepted after a repair the user should know about (the CLI prints one line)."""
+
+
 class StoreError(AlignbenchError):
     """The results store cannot be opened, migrated or written."""
 

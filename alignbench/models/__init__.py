@@ -21,7 +21,9 @@ __all__ = [
     "ModelInfo",
     "ModelRequest",
     "catalog",
+    "clamp_positions",
     "convert_model",
+    "dcls_implementation",
     "load_model",
     "model_identity",
     "resolve_device",
@@ -42,11 +44,13 @@ _LAZY = {
     "swap_modules": "alignbench.models._dcls",
     "save_state_dict": "alignbench.models._load",
     "set_global_pool": "alignbench.models._pooling",
+    "clamp_positions": "alignbench.models._dcls",
+    "dcls_implementation": "alignbench.models._dcls",
 }
 
 if TYPE_CHECKING:  # pragma: no cover
     from alignbench.models._catalog import CatalogRow, catalog
-    from alignbench.models._dcls import swap_modules
+    from alignbench.models._dcls import clamp_positions, dcls_implementation, swap_modules
     from alignbench.models._load import ConversionReport, ConversionResult, ModelInfo, convert_model, load_model, save_state_dict
     from alignbench.models._pooling import set_global_pool
 

@@ -267,6 +267,7 @@ def _dcls_from_checkpoint(plan: LoadPlan) -> tuple[nn.Module, ConversionReport]:
         _dcls.convert(model, recipe, targets)
         state = _checkpoint.remap(raw, model)
     _checkpoint.load_into(model, state, what)
+    _dcls.check_checkpoint_positions(model, f"checkpoint {source.path or source.url}")
     targets = _groups_the_checkpoint_shares(model, targets)
     groups = _dcls.tie_positions(model, targets)
     return model, _report(model, recipe, "checkpoint", targets, groups, params_before, None)
