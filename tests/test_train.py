@@ -345,3 +345,16 @@ def test_kill_9_while_a_checkpoint_is_written_leaves_the_previous_one_whole(tmp_
     assert list(tmp_path.glob(".*.tmp"))  # the half-written temporary is all that is left of the killed write
     prepare_out(tmp_path, resume=path)  # the next run (here: a resume) clears it away
     assert not list(tmp_path.glob(".*.tmp"))
+
+
+def test_models_and_score_name_trained_models_by_tag(positions_run) -> None:
+    _, result, db = positions_run
+    table = runner.invoke(app, ["models", "--trained", "--db", db])
+    assert table.exit_code == 0, table.output
+    assert "tiny-pos" in table.stdout and "dcls-finetune" in table.stdout
+    unknown = runner.invoke(app, ["score", "--trained", "no-such-tag", "--db", db])
+    _one_line_error(unknown, "no model tagged 'no-such-tag'", "models --trained")
+    other = runner.invoke(app, ["score", "resnet50", "--trained", "tiny-pos", "--db", db])
+    _one_line_error(other, "give --trained alone")
+    empty = runner.invoke(app, ["models", "--trained", "--json", "--db", f"sqlite:///{result.out / 'none.db'}"])
+    assert empty.exit_code == 0 and json.loads(empty.stdout) == [] and not (result.out / "none.db").exists()
