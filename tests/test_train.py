@@ -358,3 +358,14 @@ def test_models_and_score_name_trained_models_by_tag(positions_run) -> None:
     _one_line_error(other, "give --trained alone")
     empty = runner.invoke(app, ["models", "--trained", "--json", "--db", f"sqlite:///{result.out / 'none.db'}"])
     assert empty.exit_code == 0 and json.loads(empty.stdout) == [] and not (result.out / "none.db").exists()
+
+
+def test_resuming_a_finished_run_only_records_it_again(positions_run, tmp_path) -> None:
+    request, result, _ = positions_run
+    db = f"sqlite:///{tmp_path / 'other.db'}"  # e.g. the store was deleted: train again records it, trains nothing
+    before = (result.out / STATE_FILE).read_bytes()
+    again = train(replace(request, resume=result.out / STATE_FILE), db=db)
+    assert again.steps == 3 and again.resumed_from == 3 and again.fingerprint == result.fingerprint
+    assert (result.out / STATE_FILE).read_bytes() == before
+    listed = runner.invoke(app, ["models", "--trained", "--json", "--db", db])
+    assert "tiny-pos" in {row["tag"] for row in json.loads(listed.stdout)}
