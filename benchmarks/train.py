@@ -1,7 +1,7 @@
 """Training-step throughput: dense, DCLS and Grad-CAM consistency, and 1 vs 2 torchrun processes (CPU).
 
     python benchmarks/train.py [--models efficientnet_lite0,resnet50] [--batch 8] [--steps 3] [--repeats 2]
-                               [--torchrun-steps 6] [--skip-torchrun]
+                               [--threads N] [--torchrun-steps 6] [--skip-torchrun]
 
 Part 1 — images/s of one ``alignbench train`` step (TrainingStep forward, backward, AdamW step, DCLS
 clamp) on random 224×224 images, per model and variant, and each variant's ratio to the dense step
@@ -68,12 +68,16 @@ def _step_fn(model_name: str, variant: str, batch: int):
 
 
 def steps_per_variant(args: argparse.Namespace) -> None:
-    print(f"== one training step, batch {args.batch} at 224×224, CPU ({os.cpu_count()} cores), "
+    import torch
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    print(f"== one training step, batch {args.batch} at 224×224, CPU ({os.cpu_count()} cores, {torch.get_num_threads()} torch threads), "
           f"median of {args.steps} steps × {args.repeats} interleaved repeats")
     for model_name in args.models.split(","):
         steps = {variant: _step_fn(model_name, variant, args.batch) for variant in VARIANTS}
-        for fn in steps.values():
-            fn()  # warm-up: allocator, DCLS index buffers
+        for variant, fn in steps.items():
+            print(f"  {model_name} {variant}: warm-up step {fn():.1f} s", file=sys.stderr, flush=True)  # allocator, DCLS buffers
         times: dict[str, list[float]] = {variant: [] for variant in VARIANTS}
         for _ in range(args.repeats):
             for variant, fn in steps.items():
@@ -135,6 +139,7 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--steps", type=int, default=3)
     parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=None, help="torch threads of part 1 (default: torch's; 1 is steadier on a busy machine)")
     parser.add_argument("--torchrun-steps", type=int, default=6)
     parser.add_argument("--torchrun-batch", type=int, default=16)
     parser.add_argument("--skip-torchrun", action="store_true")

@@ -30,7 +30,7 @@ from torch.utils.data import DataLoader
 
 from alignbench import __version__
 from alignbench.errors import AlignbenchError, DatasetError, TrainingError
-from alignbench.models import ModelRequest, load_model, save_state_dict, set_global_pool
+from alignbench.models import ModelRequest, clamp_positions, load_model, save_state_dict, set_global_pool
 from alignbench.training import _checkpoint as ckpt
 from alignbench.training import _distributed as distributed
 from alignbench.training._data import EpochSampler, EvalImages, LabelledImages, TrainingImages, open_training_data
@@ -312,14 +312,6 @@ def _check_store(db: str | None) -> None:
     open_store(db).close()  # a bad --db fails now, not after the training
 
 
-def _clamp_positions(model: nn.Module) -> int:
-    """DCLS positions back into the dilated kernel after a step (ConvNeXt-dcls engine.py calls the
-    model's ``clamp_parameters`` after every optimiser step)."""
-    from alignbench.models import clamp_positions
-
-    return clamp_positions(model)
-
-
 def _to_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
     return {key: value.to(device, non_blocking=True) if isinstance(value, torch.Tensor) else value for key, value in batch.items()}
 
@@ -393,7 +385,8 @@ def train_one_epoch(run: _Run, loader: DataLoader) -> bool:
         run.interruptible = False
         run.scaler.step(optimizer)
         run.scaler.update()
-        clamped = _clamp_positions(model)
+        # ConvNeXt-dcls engine.py: the model's clamp_parameters() after every optimiser step
+        clamped = clamp_positions(model)
         state.step += 1
         state.batch_in_epoch += 1
         state.images_seen += run.request.batch_size
