@@ -36,10 +36,12 @@ class TrainedModel:
 
     @property
     def parent_label(self) -> str:
+        """The parent in a few words: its kind (and tag) when it is of the same architecture, as usual."""
         if self.parent_name is None:
             return "—"
-        name = f"{self.parent_name}{' + DCLS' if self.parent_dcls else ''}"
-        return f"{name} ({self.parent_tag})" if self.parent_tag else name
+        kind = "DCLS" if self.parent_dcls else "dense"
+        name = kind if self.parent_name == self.name else f"{self.parent_name} ({kind})"
+        return f"{name}, {self.parent_tag}" if self.parent_tag else name
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -33,15 +34,16 @@ def _trained(db: str | None, as_json: bool) -> None:
         return
     table = Table(title="trained models", caption="score one with `alignbench score --trained TAG`; "
                   "compare each with its parent with `alignbench compare --against parent`")
-    for column in ("tag", "model", "method", "parent", "steps", "final loss", "--val top-1", "positions moved", "checkpoint", "fingerprint"):
-        table.add_column(column, justify="right" if column in ("steps", "final loss") else "left")
+    for column in ("tag", "model", "method", "parent", "steps", "final loss", "--val top-1", "positions moved", "checkpoint"):
+        table.add_column(column, justify="right" if column in ("steps", "final loss") else "left", no_wrap=True)
     for row in rows:
         lineage = row.lineage
         top1 = "—" if lineage.get("top1_before") is None else f"{_number(lineage.get('top1_before'))} → {_number(lineage.get('top1_after'))}"
         moved = "—" if lineage.get("positions_shift_max") is None else f"max {lineage['positions_shift_max']:.3f} px"
+        checkpoint = Path(lineage["checkpoint"]) if lineage.get("checkpoint") else None  # its --out and file name
         table.add_row(
             row.label, f"{row.name}{' + DCLS' if row.dcls else ''}", row.origin, row.parent_label, str(lineage.get("steps", "—")),
-            _number(lineage.get("final_loss")), top1, moved, str(lineage.get("checkpoint", "—")), row.fingerprint[:12],
+            _number(lineage.get("final_loss")), top1, moved, f"{checkpoint.parent.name}/{checkpoint.name}" if checkpoint else "—",
         )
     stdout_console().print(table)
 
