@@ -85,6 +85,11 @@ class RunScore:
         return f"{name} · {self.variant}" if self.variant else name
 
     @property
+    def model_label(self) -> str:
+        """The architecture, and the trained variant's name (tables with a DCLS column of their own)."""
+        return f"{self.view.model} · {self.variant}" if self.variant else self.view.model
+
+    @property
     def trained(self) -> bool:
         """Made by ``alignbench train`` (or recorded with an origin): not the architecture's plain weights."""
         return self.view.origin is not None

@@ -104,7 +104,7 @@ def _ranking_table(group: GroupComparison) -> Table:
         table.add_row(
             "" if run.is_reference else str(rank),
             str(run.run_id),
-            "[italic]centre bias (reference)[/]" if run.is_reference else (f"{run.view.model} · {run.variant}" if run.variant else run.view.model),
+            "[italic]centre bias (reference)[/]" if run.is_reference else run.model_label,
             "" if run.is_reference else ("yes" if run.view.dcls else "no"),
             _number(run.score),
             _number(run.mean),
