@@ -1,7 +1,7 @@
 """Training-step throughput: dense, DCLS and Grad-CAM consistency, and 1 vs 2 torchrun processes (CPU).
 
     python benchmarks/train.py [--models efficientnet_lite0,resnet50] [--batch 8] [--steps 3] [--repeats 2]
-                               [--threads N] [--torchrun-steps 6] [--skip-torchrun]
+                               [--threads N] [--torchrun-steps 6] [--skip-steps] [--skip-torchrun]
 
 Part 1 — images/s of one ``alignbench train`` step (TrainingStep forward, backward, AdamW step, DCLS
 clamp) on random 224×224 images, per model and variant, and each variant's ratio to the dense step
@@ -142,9 +142,11 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=None, help="torch threads of part 1 (default: torch's; 1 is steadier on a busy machine)")
     parser.add_argument("--torchrun-steps", type=int, default=6)
     parser.add_argument("--torchrun-batch", type=int, default=16)
-    parser.add_argument("--skip-torchrun", action="store_true")
+    parser.add_argument("--skip-steps", action="store_true", help="only part 2")
+    parser.add_argument("--skip-torchrun", action="store_true", help="only part 1")
     args = parser.parse_args()
-    steps_per_variant(args)
+    if not args.skip_steps:
+        steps_per_variant(args)
     if not args.skip_torchrun:
         processes(args)
 
