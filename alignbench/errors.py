@@ -54,3 +54,8 @@ class NotImplementedYet(AlignbenchError):
     """A command or option that is planned but not built: never a fake result."""
 
     exit_code = 2
+
+
+class TrainingError(AlignbenchError):
+    """A training run that cannot start or continue: bad data, an unwritable --out, a --resume
+    checkpoint of another model or recipe, a teacher with another label space."""

@@ -5,7 +5,9 @@ answer in well under two seconds), except :func:`centre_bias.score_centre_bias`,
 calls to record the model-free reference run.
 
 - ``runs``: stored runs scored, grouped (dataset × explainer setting × protocol) and paired;
-- ``compare``: per-architecture statistics and rankings (``alignbench compare``);
+- ``compare``: per-architecture statistics and rankings (``alignbench compare``), and the same for
+  trained models against their parents or any two runs;
+- ``lineage``: the trained models and their parents (``alignbench models --trained``);
 - ``report``: the paper's table and figure data, histograms, worst images (``alignbench report``);
 - ``plots``: those figures in the terminal (plotext) and as PNG files (matplotlib);
 - ``exports``: CSV / JSON / Markdown through pandas;

@@ -5,7 +5,7 @@ from __future__ import annotations
 import typer
 
 from alignbench import __version__
-from alignbench.cli import compare, convert, explain, models, report, runs, score, upgrade
+from alignbench.cli import compare, convert, explain, models, report, runs, score, train, upgrade
 
 app = typer.Typer(
     name="alignbench",
@@ -39,6 +39,7 @@ app.command("compare")(compare.compare)
 app.command("report")(report.report)
 app.command("upgrade")(upgrade.upgrade)
 app.add_typer(runs.app, name="runs")
+app.command("train")(train.train)
 
 
 def main() -> None:

@@ -44,7 +44,7 @@ def _runs_table(report: Report) -> Table:
         params = "" if not v.param_count else f"{v.param_count / 1e6:.1f} M"
         table.add_row(
             str(run.run_id),
-            "[italic]centre bias (reference)[/]" if run.is_reference else v.model,
+            "[italic]centre bias (reference)[/]" if run.is_reference else run.model_label,
             "" if run.is_reference else ("yes" if v.dcls else "no"),
             params,
             v.method,

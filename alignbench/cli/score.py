@@ -15,7 +15,8 @@ from rich.table import Table
 from alignbench.cli import _options as o
 from alignbench.cli._errors import guarded, stdout_console
 from alignbench.metrics import METRICS
-from alignbench.scoring import DEFAULT_MODEL, ScoreRequest, ScoreResult, parse_metrics
+from alignbench.errors import ModelError
+from alignbench.scoring import DEFAULT_MODEL, ScoreRequest, ScoreResult, parse_metrics, trained_request
 from alignbench.scoring import score as run_score
 
 
@@ -64,6 +65,9 @@ def score(
     checkpoint: o.Checkpoint = None,
     head: o.Head = None,
     tag: o.Tag = None,
+    trained: Annotated[
+        Optional[str], typer.Option("--trained", help="A model `alignbench train` made, by its tag (see `alignbench models --trained`).", show_default=False)
+    ] = None,
     explainer: o.Explainer = "threshold-gradcam",
     threshold: Annotated[Optional[float], typer.Option("--threshold", help="Threshold-Grad-CAM floor (default 0.3).", show_default=False)] = None,
     layer: o.Layer = None,
@@ -91,8 +95,14 @@ def score(
 
     Example: [bold]alignbench score resnet50 --dcls --explainer threshold --dataset clickme-val --data-dir shards/[/]
     """
+    if trained is not None:
+        chosen = trained_request(trained, db)
+        if dcls or checkpoint is not None or head is not None or (model is not None and model != chosen.name):
+            raise ModelError(f"--trained {trained} is {chosen.name}{' --dcls' if chosen.dcls else ''} with its own checkpoint; give --trained alone")
+    else:
+        chosen = o.model_request(model or DEFAULT_MODEL, dcls=dcls, checkpoint=checkpoint, head=head, tag=tag)
     request = ScoreRequest(
-        model=o.model_request(model or DEFAULT_MODEL, dcls=dcls, checkpoint=checkpoint, head=head, tag=tag),
+        model=chosen,
         explainer=explainer,
         explainer_params=o.explainer_params(threshold=threshold, layer=layer, head_fusion=head_fusion, discard_ratio=discard_ratio),
         dataset=dataset,

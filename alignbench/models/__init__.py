@@ -28,6 +28,8 @@ __all__ = [
     "load_model",
     "model_identity",
     "resolve_device",
+    "save_state_dict",
+    "set_global_pool",
     "swap_modules",
 ]
 
@@ -41,6 +43,8 @@ _LAZY = {
     "catalog": "alignbench.models._catalog",
     "CatalogRow": "alignbench.models._catalog",
     "swap_modules": "alignbench.models._dcls",
+    "save_state_dict": "alignbench.models._load",
+    "set_global_pool": "alignbench.models._pooling",
     "clamp_positions": "alignbench.models._dcls",
     "dcls_implementation": "alignbench.models._dcls",
 }
@@ -48,7 +52,8 @@ _LAZY = {
 if TYPE_CHECKING:  # pragma: no cover
     from alignbench.models._catalog import CatalogRow, catalog
     from alignbench.models._dcls import clamp_positions, dcls_implementation, swap_modules
-    from alignbench.models._load import ConversionReport, ConversionResult, ModelInfo, convert_model, load_model
+    from alignbench.models._load import ConversionReport, ConversionResult, ModelInfo, convert_model, load_model, save_state_dict
+    from alignbench.models._pooling import set_global_pool
 
 
 __getattr__, __dir__ = lazy_attributes(__name__, _LAZY)

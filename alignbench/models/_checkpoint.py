@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import re
+import json
 from collections.abc import Mapping
 from importlib import import_module
 from pathlib import Path
@@ -76,6 +77,28 @@ def _unreadable(path: Path, error: Exception) -> str:
             f"saved with torch.save(model)), which alignbench does not unpickle; {_EXPECTED}"
         )
     return f"{path} is not a checkpoint alignbench can read (neither a PyTorch file of tensors nor safetensors); {_EXPECTED}"
+# alignbench's entry in a safetensors header. One entry holding canonical JSON: safetensors keeps the
+# metadata in a hash map whose order changes from process to process, so two entries would give the
+# same weights different bytes — and a different sha256 fingerprint — each time they are saved.
+METADATA_KEY = "alignbench"
+
+
+def metadata_header(values: Mapping[str, str]) -> dict[str, str]:
+    return {METADATA_KEY: json.dumps(dict(values), sort_keys=True, separators=(",", ":"))}
+
+
+def read_metadata(path: Path) -> dict[str, str]:
+    """What alignbench wrote into a safetensors file (empty for other files): e.g. how its head pools."""
+    if Path(path).suffix != ".safetensors":
+        return {}
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            header = dict(handle.metadata() or {})
+        return dict(json.loads(header[METADATA_KEY])) if METADATA_KEY in header else {}
+    except Exception as error:  # safetensors raises its own error types
+        raise ModelError(f"cannot read {path} as safetensors ({error}); is it corrupt?") from None
 
 
 def _unwrap(obj: object, key: str | None, path: Path) -> dict[str, torch.Tensor]:

@@ -29,6 +29,7 @@ from alignbench.models._hashes import file_sha256
 from alignbench.models._identity import (RANDOM_SEED, LoadPlan, ModelIdentity, ModelRequest, model_identity,
                                          plan_load, published_path)
 from alignbench.models._origins import ORIGINS
+from alignbench.models._pooling import POOLING_METADATA_KEY, set_global_pool
 from alignbench.preprocessing import Preprocessing
 from alignbench.registry import DclsRecipe, ModelSpec
 
@@ -167,11 +168,22 @@ def _create(spec: ModelSpec) -> nn.Module:
 def _build(plan: LoadPlan) -> tuple[nn.Module, ConversionReport | None, str | None]:
     """The model, its DCLS conversion report (None when dense) and the origin its checkpoint shows."""
     if plan.recipe is not None and plan.init == "checkpoint":
-        return *_dcls_from_checkpoint(plan), None
-    model, origin = _dense(plan)
-    if plan.recipe is None:
-        return model, None, origin
-    return *_convert(model, plan.spec, plan.recipe, plan.init), origin
+        model, report, origin = *_dcls_from_checkpoint(plan), None
+    else:
+        (model, origin), report = _dense(plan), None
+        if plan.recipe is not None:
+            model, report = _convert(model, plan.spec, plan.recipe, plan.init)
+    _pool_as_trained(model, plan)
+    return model, report, origin
+
+
+def _pool_as_trained(model: nn.Module, plan: LoadPlan) -> None:
+    """A checkpoint trained with global max pooling (``train --maxpool``) is loaded pooling by max."""
+    files = [source.path for source in (plan.dcls, plan.dense) if source is not None and source.kind == "checkpoint"]
+    if files:
+        pool_type = _checkpoint.read_metadata(files[0]).get(POOLING_METADATA_KEY)
+        if pool_type:
+            set_global_pool(model, pool_type)
 
 
 def _dense(plan: LoadPlan) -> tuple[nn.Module, str | None]:
@@ -414,13 +426,16 @@ def _logit_error(dense: nn.Module, converted: nn.Module, preprocessing: Preproce
     return error
 
 
-def save_state_dict(model: nn.Module, path: Path) -> None:
-    """A plain state_dict; every tensor its own copy (safetensors refuses shared storage)."""
+def save_state_dict(model: nn.Module, path: Path, metadata: dict[str, str] | None = None) -> None:
+    """A plain state_dict; every tensor its own copy (safetensors refuses shared storage).
+    ``metadata``: what else the file should say (e.g. the head's pooling, see ``_pooling``)."""
     state = {key: value.detach().cpu().clone().contiguous() for key, value in model.state_dict().items()}
     path.parent.mkdir(parents=True, exist_ok=True)
     if path.suffix == ".safetensors":
         from safetensors.torch import save_file
 
-        save_file(state, str(path), metadata={"format": "pt", "alignbench_model": model.alignbench_info.spec.name})
+        info = getattr(model, "alignbench_info", None)
+        header = {**({"model": info.spec.name} if info else {}), **(metadata or {})}
+        save_file(state, str(path), metadata=_checkpoint.metadata_header(header))
     else:
         torch.save(state, path)
