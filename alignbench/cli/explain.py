@@ -10,7 +10,8 @@ from rich.console import Console
 from rich.table import Table
 
 from alignbench.cli._errors import err_console, guarded
-from alignbench.cli._options import Checkpoint, Dcls, Device, Explainer, ModelName, model_request
+from alignbench.cli._options import (BackboneCheckpoint, CaStream, Checkpoint, Dcls, Device, Explainer, ModelName,
+                                     model_request)
 from alignbench.explainers import DEFAULT_METHOD, explain_files
 
 Images = Annotated[
@@ -39,6 +40,8 @@ def explain(
     threshold: Threshold = None,
     dcls: Dcls = False,
     checkpoint: Checkpoint = None,
+    ca_stream: CaStream = False,
+    backbone_checkpoint: BackboneCheckpoint = None,
     device: Device = "auto",
     batch_size: BatchSize = 8,
 ) -> None:
@@ -50,7 +53,8 @@ def explain(
     """
     params = {} if threshold is None else {"threshold": threshold}
     result = explain_files(
-        model_request(model, dcls=dcls, checkpoint=checkpoint), images, out, method=explainer, params=params,
+        model_request(model, dcls=dcls, checkpoint=checkpoint, ca_stream=ca_stream, backbone_checkpoint=backbone_checkpoint),
+        images, out, method=explainer, params=params,
         target=target, device=device, batch_size=batch_size,
     )
     for path, why in result.skipped:

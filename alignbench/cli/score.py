@@ -38,7 +38,7 @@ def _summary_table(result: ScoreResult) -> Table:
     table.add_column()
     params = ", ".join(f"{k}={v}" for k, v in sorted(result.explainer_params.items()))
     rows = [
-        ("model", f"{result.model}{' + DCLS' if result.dcls else ''}"),
+        ("model", f"{result.model}{' + DCLS' if result.dcls else ''}{' + CA-Stream' if result.ca_stream else ''}"),
         ("weights", result.weights_source),
         ("explainer", f"{result.explainer}" + (f" ({params})" if params else "")),
         ("dataset / protocol", f"{result.dataset} / {result.protocol}"),
@@ -62,6 +62,8 @@ def score(
     model: o.OptionalModelName = None,
     dcls: o.Dcls = False,
     checkpoint: o.Checkpoint = None,
+    ca_stream: o.CaStream = False,
+    backbone_checkpoint: o.BackboneCheckpoint = None,
     explainer: o.Explainer = "threshold-gradcam",
     threshold: Annotated[Optional[float], typer.Option("--threshold", help="Threshold-Grad-CAM floor (default 0.3).", show_default=False)] = None,
     dataset: o.Dataset = "sample",
@@ -88,7 +90,8 @@ def score(
     """
     explainer_params = {} if threshold is None else {"threshold": threshold}
     request = ScoreRequest(
-        model=o.model_request(model or DEFAULT_MODEL, dcls=dcls, checkpoint=checkpoint),
+        model=o.model_request(model or DEFAULT_MODEL, dcls=dcls, checkpoint=checkpoint, ca_stream=ca_stream,
+                              backbone_checkpoint=backbone_checkpoint),
         explainer=explainer,
         explainer_params=explainer_params,
         dataset=dataset,

@@ -14,6 +14,7 @@ from alignbench.models._device import resolve_device
 from alignbench.models._identity import ModelIdentity, ModelRequest, model_identity
 
 __all__ = [
+    "CAStreamModel",
     "CatalogRow",
     "ConversionReport",
     "ConversionResult",
@@ -25,6 +26,7 @@ __all__ = [
     "load_model",
     "model_identity",
     "resolve_device",
+    "save_stream",
     "swap_modules",
 ]
 
@@ -38,12 +40,15 @@ _LAZY = {
     "catalog": "alignbench.models._catalog",
     "CatalogRow": "alignbench.models._catalog",
     "swap_modules": "alignbench.models._dcls",
+    "CAStreamModel": "alignbench.models._ca_stream",
+    "save_stream": "alignbench.models._load",
 }
 
 if TYPE_CHECKING:  # pragma: no cover
+    from alignbench.models._ca_stream import CAStreamModel
     from alignbench.models._catalog import CatalogRow, catalog
     from alignbench.models._dcls import swap_modules
-    from alignbench.models._load import ConversionReport, ConversionResult, ModelInfo, convert_model, load_model
+    from alignbench.models._load import ConversionReport, ConversionResult, ModelInfo, convert_model, load_model, save_stream
 
 
 __getattr__, __dir__ = lazy_attributes(__name__, _LAZY)

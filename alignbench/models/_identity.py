@@ -68,6 +68,7 @@ class ModelIdentity:
     # (two requests that load the same weights are the same model).
     request: dict | None = field(default=None, compare=False)  # ModelRequest.to_json()
     tag: str | None = field(default=None, compare=False)
+    ca_stream: bool = False  # a CA-Stream replaces global average pooling (its weights are in the fingerprint)
 
 
 @dataclass(frozen=True)
@@ -81,6 +82,7 @@ class LoadPlan:
     dcls: WeightSource | None
     identity: ModelIdentity
     request: ModelRequest
+    stream: WeightSource | None = None  # the CA-Stream's weights, when request.ca_stream
 
 
 @dataclass(frozen=True)
@@ -101,11 +103,20 @@ class ModelRequest:
     dilated_kernel_size: int | None = None
     init: str | None = None  # checkpoint | from-dense | random (needs dcls)
     tag: str | None = None  # a name for the model in the store (not part of its identity: the weights are)
+    # CA-Stream (Torres et al. 2024): a class token cross-attending to every stage replaces global
+    # average pooling. ``checkpoint`` stays the backbone's state_dict (dense, or DCLS after conversion)
+    # and the stream's own weights are a separate file, so any backbone a request can name (the usual
+    # weights, a fine-tuned or a DCLS checkpoint) takes a stream without a second meaning for
+    # ``checkpoint``. The CLI's ``--ca-stream --checkpoint S`` is ``stream_checkpoint=S``
+    # (``--backbone-checkpoint`` then names the backbone's file).
+    ca_stream: bool = False
+    stream_checkpoint: Path | None = None  # only the stream's parameters; None: a fresh stream (seeded)
 
     def __post_init__(self) -> None:
         # "" means no checkpoint, as None does (an unset CLI option, an empty environment variable)
-        checkpoint = Path(self.checkpoint) if self.checkpoint not in (None, "") else None
-        object.__setattr__(self, "checkpoint", checkpoint)
+        for name in ("checkpoint", "stream_checkpoint"):
+            value = getattr(self, name)
+            object.__setattr__(self, name, Path(value) if value not in (None, "") else None)
 
     @classmethod
     def of(cls, model: "str | ModelRequest", **options) -> "ModelRequest":
@@ -118,8 +129,9 @@ class ModelRequest:
         """The request as JSON (checkpoint as an absolute path): what the store records so that a
         model can be loaded again (``ModelRequest(**json)``) by a later command, e.g. a report's gallery."""
         fields = {name: getattr(self, name) for name in self.__dataclass_fields__}
-        if self.checkpoint is not None:
-            fields["checkpoint"] = str(Path(self.checkpoint).expanduser().resolve())
+        for name in ("checkpoint", "stream_checkpoint"):
+            if fields[name] is not None:
+                fields[name] = str(Path(fields[name]).expanduser().resolve())
         return fields
 
 
@@ -158,15 +170,20 @@ def plan_load(request: ModelRequest) -> LoadPlan:
                 "random", f"DCLS layers random (seed {RANDOM_SEED}), the rest {dense.description}"
             )
 
+    stream = _stream_source(request)
     parts = [_FINGERPRINT_FORMAT, spec.name, spec.timm_name, "dcls" if dcls else "dense",
              json.dumps(recipe.as_dict() if recipe else None, sort_keys=True), str(init),
              dense.identity()]
     if dcls_source is not None:
         parts.append(dcls_source.identity())
+    if stream is not None:  # only then: every model without a stream keeps its fingerprint
+        parts += ["ca-stream", stream.identity()]
     # The file the final weights are read from: the DCLS checkpoint, else the dense weights.
     final = dcls_source if dcls_source is not None and dcls_source.kind in ("checkpoint", "published") else dense
     on_disk = dense.available and (dcls_source is None or dcls_source.available)
     description = (dcls_source or dense).description
+    if stream is not None:
+        description += f" + {stream.description}"
     if not on_disk:
         description += " [not downloaded yet: fingerprint from its name, not its bytes]"
     identity = ModelIdentity(
@@ -183,13 +200,25 @@ def plan_load(request: ModelRequest) -> LoadPlan:
         weights_on_disk=on_disk,
         request=request.to_json(),
         tag=request.tag,
+        ca_stream=request.ca_stream,
     )
-    return LoadPlan(spec, recipe, init, dense, dcls_source, identity, request)
+    return LoadPlan(spec, recipe, init, dense, dcls_source, identity, request, stream)
 
 
 def model_identity(model: "str | ModelRequest", **options) -> ModelIdentity:
     """The identity (and fingerprint) of ``load_model`` with the same arguments, without torch."""
     return plan_load(ModelRequest.of(model, **options)).identity
+
+
+def _stream_source(request: ModelRequest) -> WeightSource | None:
+    if not request.ca_stream:
+        if request.stream_checkpoint is not None:
+            raise ModelError("a stream checkpoint needs the CA-Stream: pass --ca-stream (ca_stream=True)")
+        return None
+    if request.stream_checkpoint is None:
+        return WeightSource("random", f"CA-Stream fresh (seed {RANDOM_SEED}, untrained)")
+    path = _existing(request.stream_checkpoint)
+    return WeightSource("checkpoint", f"CA-Stream {path}", path=path)
 
 
 def _existing(checkpoint: str | os.PathLike[str]) -> Path:

@@ -71,6 +71,9 @@ def upsert_model(session: Session, identity: Any, *, param_count: int | None = N
             "checkpoint_sha256": getattr(identity, "checkpoint_sha256", None),
             "param_count": param_count,
             "request": canonical_json(identity.request) if getattr(identity, "request", None) else None,
+            "ca_stream": bool(getattr(identity, "ca_stream", False)),
+            # a stream is a trained addition whatever trained it; training records the lineage
+            "origin": "ca-stream" if getattr(identity, "ca_stream", False) else None,
         },
     )
     tag = getattr(identity, "tag", None)
