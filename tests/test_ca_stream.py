@@ -410,3 +410,14 @@ def test_score_cli_with_a_stream_is_stored_and_cached(tmp_path) -> None:
     assert "CA-Stream" in summary["weights_source"]
     again = runner.invoke(app, args)
     assert json.loads(again.stdout)["cached"] is True
+
+
+def test_models_lists_which_models_take_a_stream() -> None:
+    import json
+
+    rows = {row["name"]: row for row in json.loads(runner.invoke(app, ["models", "--json"]).stdout)}
+    assert all(row["ca_stream"] for row in rows.values())
+    # 64 (token) + 64·256+256 + 256·512+512 + 512·1024+1024 + 1024·2048+2048 + 2048·2048+2048
+    assert rows["resnet50"]["params_ca_stream"] == 6_969_152
+    table = runner.invoke(app, ["models"], env={"COLUMNS": "200"}).stdout
+    assert "--ca-stream (CA-Stream) fits every model above, adding 0.48 M–6.97 M parameters" in table
