@@ -22,6 +22,10 @@ class AlignbenchError(Exception):
         return str(self.args[0]) if self.args else self.__class__.__name__
 
 
+class AlignbenchWarning(UserWarning):
+    """Input that was accepted after a repair the user should know about (the CLI prints one line)."""
+
+
 class StoreError(AlignbenchError):
     """The results store cannot be opened, migrated or written."""
 
@@ -50,3 +54,8 @@ class NotImplementedYet(AlignbenchError):
     """A command or option that is planned but not built: never a fake result."""
 
     exit_code = 2
+
+
+class TrainingError(AlignbenchError):
+    """A training run that cannot start or continue: bad data, an unwritable --out, a --resume
+    checkpoint of another model or recipe, a teacher with another label space."""

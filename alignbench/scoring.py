@@ -196,6 +196,32 @@ def score(request: ScoreRequest, *, db: str | None = None, progress: ProgressCal
         store.close()
 
 
+def trained_request(tag: str, db: str | None = None) -> ModelRequest:
+    """The request of the newest model tagged ``tag`` in the store (``score --trained TAG``): what
+    ``alignbench train`` recorded, i.e. its model, DCLS recipe and trained checkpoint."""
+    import json
+    from dataclasses import fields
+
+    from alignbench.errors import ModelError
+    from alignbench.store import StoreMissing
+
+    try:
+        store = open_store(db, create=False)
+    except StoreMissing:
+        raise ModelError(f"no store to find --trained {tag!r} in; train a model with `alignbench train ... --tag {tag}` first") from None
+    try:
+        with store.session() as session:
+            rows = q.models_tagged(session, tag)
+    finally:
+        store.close()
+    if not rows:
+        raise ModelError(f"no model tagged {tag!r} in {store.url}; `alignbench models --trained` lists the trained ones")
+    if not rows[0].request:
+        raise ModelError(f"model {tag!r} was recorded without the options that load it; score it with MODEL --checkpoint PATH")
+    known = {f.name for f in fields(ModelRequest)}
+    return ModelRequest(**{key: value for key, value in json.loads(rows[0].request).items() if key in known})
+
+
 def parse_metrics(text: str | Sequence[str]) -> tuple[str, ...]:
     """``spearman,pointing-game`` → ('spearman', 'pointing-game'); order kept, duplicates dropped."""
     parts = text.split(",") if isinstance(text, str) else list(text)

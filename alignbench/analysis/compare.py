@@ -5,6 +5,11 @@ and protocol; see alignbench.analysis.runs): both scores on the images both runs
 baseline, a paired bootstrap 95% confidence interval of Δ, the Wilcoxon signed-rank p-value, and a
 verdict. Scores are alignment scores (mean Spearman / human ceiling) where the dataset has a
 ceiling, else the metric's mean; Δ and its interval are on the same scale.
+
+The same statistics compare any two variants: each trained DCLS model is a row of its own beside
+the architecture's DCLS weights (``kind`` dcls-vs-baseline, ``variant`` its tag); ``against="parent"``
+compares each trained model with the model it was trained from; ``run_pair=(A, B)`` run B with run A.
+The ``baseline`` / ``dcls`` fields are then the parent / trained model, or run A / run B.
 """
 
 from __future__ import annotations
@@ -16,7 +21,8 @@ from typing import Any
 
 from sqlmodel import Session
 
-from alignbench.analysis.runs import GroupKey, Pairing, RunFilter, RunScore, load_runs, pair_runs, score_label, score_name
+from alignbench.analysis.runs import (GroupKey, Pairing, RunFilter, RunScore, load_runs, pair_runs, pair_two_runs, pair_with_parents,
+                                     score_label, score_name)
 from alignbench.analysis.stats import DEFAULT_RESAMPLES, DEFAULT_SEED, paired_bootstrap_ci, wilcoxon_signed_rank
 from alignbench.errors import AlignbenchError
 from alignbench.store import StoreMissing, open_store
@@ -26,6 +32,11 @@ from alignbench.store import StoreMissing, open_store
 MIN_PAIRS = 10
 ALPHA = 0.05
 CONFIDENCE = 0.95
+# Every per-image difference at most this large is float rounding (a from-dense DCLS model computes
+# the dense function up to ~1e-7 in its maps): the verdict is "identical" and no test is run on it.
+IDENTICAL_TOLERANCE = 1e-6
+# compare's modes: which runs each row pairs
+AGAINST = ("baseline", "parent")
 
 NOTHING_STORED = "no model runs stored yet; run `alignbench score` first (e.g. `alignbench score resnet50` and `alignbench score resnet50 --dcls`)"
 
@@ -48,7 +59,7 @@ class Comparison:
     ci_high: float | None
     p_value: float | None
     n_pairs: int
-    verdict: str  # better | worse | no significant difference | too few pairs | missing DCLS run | missing baseline run
+    verdict: str  # better | worse | identical | no significant difference | too few pairs | missing DCLS run | missing baseline run
     baseline_run_id: int | None
     dcls_run_id: int | None
     baseline_n_scored: int
@@ -57,6 +68,10 @@ class Comparison:
     centre_bias_n: int  # images it was averaged over
     centre_bias_run_id: int | None
     notes: tuple[str, ...] = ()
+    kind: str = "dcls-vs-baseline"  # or against-parent / runs: then baseline/dcls are parent/trained, run A/run B
+    variant: str | None = None  # the trained model's tag (dcls-vs-baseline: None for the architecture's DCLS weights)
+    baseline_label: str | None = None  # what each side is, in words
+    dcls_label: str | None = None
 
     def to_json(self) -> dict[str, Any]:
         row = asdict(self)
@@ -84,6 +99,7 @@ class CompareResult:
     metric: str
     n_resamples: int
     groups: list[GroupComparison]
+    kind: str = "dcls-vs-baseline"  # against-parent, runs
 
     @property
     def comparisons(self) -> list[Comparison]:
@@ -94,11 +110,26 @@ class CompareResult:
         return [row.to_json() for row in self.comparisons]
 
 
+_MISSING = {
+    "dcls-vs-baseline": ("missing baseline run", "missing DCLS run"),
+    "against-parent": ("missing parent run", "missing trained run"),
+    "runs": ("missing run", "missing run"),
+}
+
+
+def is_identical(pairing: Pairing) -> bool:
+    """Both runs scored the same on every shared image, up to float rounding (IDENTICAL_TOLERANCE)."""
+    return pairing.complete and pairing.n_pairs > 0 and float(abs(pairing.y - pairing.x).max()) <= IDENTICAL_TOLERANCE
+
+
 def _verdict(pairing: Pairing, delta: float | None, low: float, high: float, p: float, higher_is_better: bool) -> str:
+    missing_baseline, missing_dcls = _MISSING[pairing.kind]
     if pairing.dcls is None:
-        return "missing DCLS run"
+        return missing_dcls
     if pairing.baseline is None:
-        return "missing baseline run"
+        return missing_baseline
+    if is_identical(pairing):
+        return "identical"
     if pairing.n_pairs < MIN_PAIRS:
         return "too few pairs"
     if (low > 0 or high < 0) and p < ALPHA:  # NaN (no non-zero difference) compares False
@@ -124,7 +155,8 @@ def compare_pairing(
         delta = float((pairing.y - pairing.x).mean()) / pairing.scale
         low, high = paired_bootstrap_ci(pairing.x, pairing.y, n_resamples=n_resamples, confidence=CONFIDENCE, seed=seed)
         low, high = low / pairing.scale, high / pairing.scale
-        p = wilcoxon_signed_rank(pairing.x, pairing.y).p_value
+        # differences at rounding level carry no signal: a signed-rank test over them is noise
+        p = math.nan if is_identical(pairing) else wilcoxon_signed_rank(pairing.x, pairing.y).p_value
     reference = pairing.reference
     some_run = pairing.baseline or pairing.dcls
     return Comparison(
@@ -151,7 +183,15 @@ def compare_pairing(
         centre_bias_n=int(pairing.reference_values.size),
         centre_bias_run_id=reference.run_id if reference else None,
         notes=pairing.notes,
+        kind=pairing.kind,
+        variant=pairing.variant,
+        baseline_label=_side_label(pairing.baseline),
+        dcls_label=_side_label(pairing.dcls),
     )
+
+
+def _side_label(run: RunScore | None) -> str | None:
+    return None if run is None else f"run {run.run_id}: {run.display_name}"
 
 
 def _ranked(runs: list[RunScore]) -> tuple[RunScore, ...]:
@@ -165,28 +205,51 @@ def _higher_is_better(metric: str) -> bool:
     return metric_spec(metric).higher_is_better
 
 
+def _pairings(stored, against: str, run_pair: tuple[int, int] | None) -> list[Pairing]:
+    if run_pair is not None:
+        by_id = {run.run_id: run for run in stored.runs if not run.is_reference}
+        missing = [str(run_id) for run_id in run_pair if run_id not in by_id]
+        if missing:
+            raise AlignbenchError(
+                f"no stored run {' or '.join(missing)} scores {stored.metric}; `alignbench report` lists the runs and their ids"
+            )
+        return [pair_two_runs(by_id[run_pair[0]], by_id[run_pair[1]], stored.runs, stored.values)]
+    if against == "parent":
+        return pair_with_parents(stored.runs, stored.values)
+    if against != "baseline":
+        raise AlignbenchError(f"unknown --against {against!r}; use one of {', '.join(AGAINST)}")
+    return pair_runs(stored.runs, stored.values, trained=True)
+
+
 def compare_runs(
     session: Session,
     runs: RunFilter | None = None,
     *,
+    against: str = "baseline",
+    run_pair: tuple[int, int] | None = None,
     n_resamples: int = DEFAULT_RESAMPLES,
     seed: int = DEFAULT_SEED,
     **filters,
 ) -> CompareResult:
-    """Compare every architecture's baseline and DCLS runs that match the filters; rank all runs."""
+    """Compare the runs that match the filters — every architecture's baseline with its DCLS weights
+    and each trained DCLS variant (``against="baseline"``), each trained model with its parent
+    (``against="parent"``), or run B with run A (``run_pair``) — and rank the runs of each group."""
     runs = RunFilter.of(runs, **filters)
+    if run_pair is not None:
+        runs = RunFilter(metric=runs.metric, run_ids=tuple(run_pair))
     metric = runs.metric
     higher_is_better = _higher_is_better(metric)
     stored = load_runs(session, runs)
     by_group: dict[GroupKey, list[Pairing]] = defaultdict(list)
-    for pairing in pair_runs(stored.runs, stored.values):
+    for pairing in _pairings(stored, against, run_pair):
         by_group[pairing.group].append(pairing)
     groups = []
     for group in sorted(by_group, key=lambda g: (g.dataset, g.method, g.params, g.protocol)):
-        pairings = sorted(by_group[group], key=lambda p: p.model)
+        pairings = sorted(by_group[group], key=lambda p: (p.model, p.variant or ""))
         rows = tuple(compare_pairing(p, n_resamples=n_resamples, seed=seed, higher_is_better=higher_is_better) for p in pairings)
         reference = pairings[0].reference
-        members = [r for r in stored.runs if not r.is_reference and r.group == group]
+        paired = {run.run_id for p in pairings for run in (p.baseline, p.dcls) if run is not None}
+        members = [r for r in stored.runs if not r.is_reference and (r.group == group or r.run_id in paired)]
         some = members[0]
         groups.append(
             GroupComparison(
@@ -194,33 +257,44 @@ def compare_runs(
                 _ranked(members + ([reference] if reference else [])), reference,
             )
         )
-    return CompareResult(metric, n_resamples, groups)
+    kind = "runs" if run_pair is not None else ("against-parent" if against == "parent" else "dcls-vs-baseline")
+    return CompareResult(metric, n_resamples, groups, kind)
 
 
 def compare(
     db: str | None = None,
     runs: RunFilter | None = None,
     *,
+    against: str = "baseline",
+    run_pair: tuple[int, int] | None = None,
     n_resamples: int = DEFAULT_RESAMPLES,
     seed: int = DEFAULT_SEED,
     **filters,
 ) -> CompareResult:
     """``alignbench compare``: open the store at ``db`` read-only and compare the runs ``runs`` (or
-    ``filters``: the fields of ``RunFilter``) selects.
+    ``filters``: the fields of ``RunFilter``) selects, as ``compare_runs`` does.
 
     Raises AlignbenchError (exit code 1) saying what to run when nothing can be compared: an empty
     or missing store, or no model run matching the filters.
     """
     runs = RunFilter.of(runs, **filters)
+    if against not in AGAINST:
+        raise AlignbenchError(f"unknown --against {against!r}; use one of {', '.join(AGAINST)}")
     try:
         store = open_store(db, create=False)
     except StoreMissing:
         raise AlignbenchError(NOTHING_STORED, exit_code=1) from None
     try:
         with store.session() as session:
-            result = compare_runs(session, runs, n_resamples=n_resamples, seed=seed)
+            result = compare_runs(session, runs, against=against, run_pair=run_pair, n_resamples=n_resamples, seed=seed)
     finally:
         store.close()
+    if not result.comparisons and against == "parent":
+        raise AlignbenchError(
+            "no trained model has runs matching these filters; train one (`alignbench train`), score it "
+            "(`alignbench score --trained TAG`) and its parent with the same options",
+            exit_code=1,
+        )
     if not result.comparisons:
         options = runs.options()
         if not options:

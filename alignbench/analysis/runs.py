@@ -2,8 +2,11 @@
 
 Runs are comparable when they share a dataset (name and fingerprint), an explainer setting (method
 and parameters) and a protocol: a *group*. Within a group, the runs of one architecture (model name)
-pair up as baseline (dense) and DCLS. The centre-bias run of the group's dataset and protocol is the
-model-free reference. Everything here reads the store; nothing is computed from images.
+pair up as baseline (dense) and DCLS; a model ``alignbench train`` made is a DCLS *variant* of its
+architecture (a row of its own, named by its tag), or pairs with the model it was trained from
+(``pair_with_parents``); ``pair_two_runs`` pairs any two runs of one dataset. The centre-bias run
+of the group's dataset and protocol is the model-free reference. Everything here reads the store;
+nothing is computed from images.
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ from sqlmodel import Session
 
 from alignbench.analysis._queries import EMPTY_VALUES, ImageValues, per_image_values, row_counts
 from alignbench.explainers import CENTRE_BIAS
-from alignbench.errors import ExplainerError, MetricError
+from alignbench.errors import AlignbenchError, ExplainerError, MetricError
 from alignbench.store import queries as q
 
 
@@ -78,7 +81,20 @@ class RunScore:
 
     @property
     def display_name(self) -> str:
-        return f"{self.view.model} + DCLS" if self.view.dcls else self.view.model
+        name = f"{self.view.model} + DCLS" if self.view.dcls else self.view.model
+        return f"{name} · {self.variant}" if self.variant else name
+
+    @property
+    def trained(self) -> bool:
+        """Made by ``alignbench train`` (or recorded with an origin): not the architecture's plain weights."""
+        return self.view.origin is not None
+
+    @property
+    def variant(self) -> str | None:
+        """A trained model's name: its tag, else its model id."""
+        if not self.trained:
+            return None
+        return self.view.tag or f"model {self.view.model_id}"
 
 
 def score_scale(metric: str, ceiling: float | None) -> float:
@@ -118,6 +134,7 @@ class RunFilter:
     protocol: str | None = None
     metric: str = "spearman"
     run_id: int | None = None
+    run_ids: tuple[int, ...] = ()  # only these model runs (and their references), e.g. compare --runs A B
 
     @classmethod
     def of(cls, runs: "RunFilter | None" = None, **filters) -> "RunFilter":
@@ -161,6 +178,7 @@ def load_runs(session: Session, runs: RunFilter | None = None, **filters) -> Sto
         if metric in v.metrics.split(",")
         and (method is None or v.method in (method, CENTRE_BIAS))
         and (run_id is None or v.run_id == run_id)
+        and (not runs.run_ids or v.run_id in runs.run_ids or v.method == CENTRE_BIAS)
     ]
     # keep only the references of datasets/protocols that some selected model run uses
     wanted = {_reference_key(v) for v in views if v.method != CENTRE_BIAS}
@@ -198,6 +216,11 @@ class Pairing:
     # the centre-bias values on those images that the reference scored too
     reference_values: np.ndarray = field(repr=False)
     notes: tuple[str, ...] = ()
+    # which comparison this is: dcls-vs-baseline (then ``variant`` names a trained DCLS model, None
+    # for the architecture's own DCLS weights), against-parent (baseline = the parent, dcls = the
+    # trained model), or runs (baseline = run A, dcls = run B)
+    kind: str = "dcls-vs-baseline"
+    variant: str | None = None
 
     @property
     def complete(self) -> bool:
@@ -245,47 +268,112 @@ def _shared(index: np.ndarray, other: ImageValues) -> tuple[np.ndarray, np.ndarr
     return mine, other.value[theirs]
 
 
-def pair_runs(runs: Iterable[RunScore], values: dict[int, ImageValues]) -> list[Pairing]:
+def _references(runs: Iterable[RunScore]) -> dict[tuple[str, str, str], RunScore]:
+    """The centre-bias run of each (dataset, fingerprint, protocol): the one with the most images."""
+    by_key: dict[tuple[str, str, str], list[RunScore]] = defaultdict(list)
+    for run in runs:
+        if run.is_reference:
+            by_key[_reference_key(run.view)].append(run)
+    return {key: _best(candidates) for key, candidates in by_key.items()}
+
+
+def _pairing(
+    group: GroupKey, model: str, baseline: RunScore | None, dcls: RunScore | None, reference: RunScore | None,
+    values: dict[int, ImageValues], notes: list[str], *, kind: str = "dcls-vs-baseline", variant: str | None = None,
+    sides: tuple[str, str] = ("baseline", "DCLS"),
+) -> Pairing:
+    """The two runs' values on the images both scored (one side alone: its own images), and the reference's on those."""
+    present = [r for r in (baseline, dcls) if r is not None]
+    scale = present[0].scale
+    if baseline is not None and dcls is not None:
+        b, d = values.get(baseline.run_id, EMPTY_VALUES), values.get(dcls.run_id, EMPTY_VALUES)
+        in_both, y = _shared(b.index, d)
+        common, x = b.index[in_both], b.value[in_both]
+        if common.size < max(len(b), len(d)):
+            notes.append(
+                f"{model}: compared on the {common.size:,} images both runs scored "
+                f"({sides[0]} {len(b):,}, {sides[1]} {len(d):,})"
+            )
+    else:
+        only = values.get(present[0].run_id, EMPTY_VALUES)
+        common = only.index
+        x = only.value if baseline is not None else np.empty(0)
+        y = only.value if dcls is not None else np.empty(0)
+    reference_values = _shared(common, values.get(reference.run_id, EMPTY_VALUES))[1] if reference else np.empty(0)
+    return Pairing(group, model, baseline, dcls, reference, scale, x, y, reference_values, tuple(notes), kind, variant)
+
+
+def pair_runs(runs: Iterable[RunScore], values: dict[int, ImageValues], *, trained: bool = False) -> list[Pairing]:
     """Pair the runs of each architecture within each group (see the module docstring).
 
     Several runs on one side (other checkpoints, other metric sets): the one with the most scored
     images is compared, and a note says so. Runs on different image subsets are compared on the
-    images both scored.
+    images both scored. Trained models are left out, unless ``trained``: then each trained DCLS
+    model is a variant of its own against the architecture's baseline (trained dense models are
+    compared with their parents, not here).
     """
     runs = list(runs)
-    references: dict[tuple[str, str, str], list[RunScore]] = defaultdict(list)
-    sides: dict[tuple[GroupKey, str], dict[bool, list[RunScore]]] = defaultdict(lambda: {False: [], True: []})
+    references = _references(runs)
+    sides: dict[tuple[GroupKey, str, str | None], dict[bool, list[RunScore]]] = defaultdict(lambda: {False: [], True: []})
     for run in runs:
-        if run.is_reference:
-            references[_reference_key(run.view)].append(run)
-        else:
-            sides[(run.group, run.view.model)][run.view.dcls].append(run)
+        if run.is_reference or (run.trained and not (trained and run.view.dcls)):
+            continue
+        sides[(run.group, run.view.model, run.variant)][run.view.dcls].append(run)
+    if trained:  # each trained variant is compared with the architecture's (untrained) baseline
+        for (group, model, variant), by_side in sides.items():
+            if variant is not None:
+                by_side[False] = sides[(group, model, None)][False] if (group, model, None) in sides else []
 
     pairings = []
-    for (group, model), by_side in sides.items():
-        baseline, notes = _choose(by_side[False], "baseline", model)
-        dcls, dcls_notes = _choose(by_side[True], "DCLS", model)
-        notes += dcls_notes
-        reference = None
-        candidates = references.get((group.dataset, group.dataset_fingerprint, group.protocol), [])
-        if candidates:
-            reference = _best(candidates)
-        present = [r for r in (baseline, dcls) if r is not None]
-        scale = present[0].scale
-        if baseline is not None and dcls is not None:
-            b, d = values.get(baseline.run_id, EMPTY_VALUES), values.get(dcls.run_id, EMPTY_VALUES)
-            in_both, y = _shared(b.index, d)
-            common, x = b.index[in_both], b.value[in_both]
-            if common.size < max(len(b), len(d)):
-                notes.append(
-                    f"{model}: compared on the {common.size:,} images both runs scored "
-                    f"(baseline {len(b):,}, DCLS {len(d):,})"
-                )
-        else:
-            only = values.get(present[0].run_id, EMPTY_VALUES)
-            common = only.index
-            x = only.value if baseline is not None else np.empty(0)
-            y = only.value if dcls is not None else np.empty(0)
-        reference_values = _shared(common, values.get(reference.run_id, EMPTY_VALUES))[1] if reference else np.empty(0)
-        pairings.append(Pairing(group, model, baseline, dcls, reference, scale, x, y, reference_values, tuple(notes)))
+    for (group, model, variant), by_side in sides.items():
+        name = f"{model} · {variant}" if variant else model
+        baseline, notes = _choose(by_side[False], "baseline", name)
+        dcls, dcls_notes = _choose(by_side[True], "DCLS", name)
+        if variant is not None and dcls is None:
+            continue  # a variant exists only through its DCLS runs
+        reference = references.get((group.dataset, group.dataset_fingerprint, group.protocol))
+        pairings.append(_pairing(group, model, baseline, dcls, reference, values, notes + dcls_notes, variant=variant))
     return pairings
+
+
+def pair_with_parents(runs: Iterable[RunScore], values: dict[int, ImageValues]) -> list[Pairing]:
+    """Each trained model's run against its parent's run in the same group, on the images both scored
+    (baseline = the parent, dcls = the trained model). A trained run whose parent has no run in the
+    group is one-sided, and its note says what to score."""
+    runs = list(runs)
+    references = _references(runs)
+    by_model: dict[tuple[GroupKey, int | None], list[RunScore]] = defaultdict(list)
+    for run in runs:
+        if not run.is_reference:
+            by_model[(run.group, run.view.model_id)].append(run)
+    pairings = []
+    for (group, _), trained_runs in by_model.items():
+        child = trained_runs[0]
+        if child.view.parent_id is None:
+            continue
+        name = f"{child.view.model} · {child.variant}"
+        trained, notes = _choose(trained_runs, "trained", name)
+        parent, parent_notes = _choose(by_model.get((group, child.view.parent_id), []), "parent", name)
+        if parent is None:
+            notes.append(f"{name}: its parent has no run with {group.explainer_label} on {group.dataset} / {group.protocol}; "
+                         "score the parent with the same options to compare")
+        reference = references.get((group.dataset, group.dataset_fingerprint, group.protocol))
+        pairings.append(_pairing(group, child.view.model, parent, trained, reference, values, notes + parent_notes,
+                                 kind="against-parent", variant=child.variant, sides=("parent", "trained")))
+    return pairings
+
+
+def pair_two_runs(first: RunScore, second: RunScore, runs: Iterable[RunScore], values: dict[int, ImageValues]) -> Pairing:
+    """Run ``second`` against run ``first`` on the images both scored (they must score one dataset)."""
+    a, b = first.view, second.view
+    if (a.dataset, a.dataset_fingerprint) != (b.dataset, b.dataset_fingerprint):
+        raise AlignbenchError(
+            f"runs {a.run_id} and {b.run_id} scored different datasets ({a.dataset} {a.dataset_fingerprint[:12]}, "
+            f"{b.dataset} {b.dataset_fingerprint[:12]}); compare two runs of one dataset"
+        )
+    notes = []
+    if first.group != second.group:
+        notes.append(f"run {a.run_id} is {first.group.explainer_label} / {a.protocol}, run {b.run_id} {second.group.explainer_label} / {b.protocol}")
+    reference = _references(runs).get(_reference_key(a))
+    return _pairing(first.group, f"run {b.run_id} vs run {a.run_id}", first, second, reference, values, notes,
+                    kind="runs", sides=(f"run {a.run_id}", f"run {b.run_id}"))

@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import functools
 import sys
+import warnings
 from typing import Callable, TypeVar
 
 import typer
 from rich.console import Console
 
-from alignbench.errors import AlignbenchError
+from alignbench.errors import AlignbenchError, AlignbenchWarning
 
 F = TypeVar("F", bound=Callable[..., object])
 
@@ -33,15 +34,29 @@ def fail(message: str, exit_code: int = 2) -> "typer.Exit":
 
 
 def guarded(func: F) -> F:
-    """Map AlignbenchError (and Ctrl-C) raised by the library to a clear line and exit code."""
+    """Map AlignbenchError (and Ctrl-C) raised by the library to a clear line and exit code, and
+    print each AlignbenchWarning as one line."""
 
     @functools.wraps(func)
     def wrapper(*args, **kwargs):
         try:
-            return func(*args, **kwargs)
+            with warnings.catch_warnings():
+                warnings.showwarning = _show_warning
+                return func(*args, **kwargs)
         except AlignbenchError as exc:
             raise fail(exc.message, exc.exit_code) from None
         except KeyboardInterrupt:
             raise fail("interrupted; everything scored so far is stored and the next run resumes from there", 130) from None
 
     return wrapper  # type: ignore[return-value]
+
+
+_python_showwarning = warnings.showwarning
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """An AlignbenchWarning as one ``warning: ...`` line on stderr; others as Python shows them."""
+    if issubclass(category, AlignbenchWarning):
+        print(f"warning: {message}", file=sys.stderr)
+    else:
+        _python_showwarning(message, category, filename, lineno, file, line)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from enum import Enum
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Optional
 
@@ -9,6 +10,7 @@ import typer
 
 from alignbench.datasets import DATASETS, PROTOCOLS
 from alignbench.explainers import METHODS
+from alignbench.registry import DCLS_VERSIONS, INIT_MODES
 
 if TYPE_CHECKING:  # pragma: no cover
     from alignbench.models import ModelRequest
@@ -65,6 +67,19 @@ Explainer = Annotated[str, typer.Option("--explainer", help=f"Explanation method
 Dataset = Annotated[str, typer.Option("--dataset", help=f"Dataset: {', '.join(DATASETS)}.")]
 Protocol = Annotated[
     str, typer.Option("--protocol", help=f"{' or '.join(PROTOCOLS)}: aligned = heatmap and input share one geometry; paper = the published pipeline.")
+]
+
+# The DCLS recipe overrides (convert, train). Choices built from the registry, never a second list.
+DclsVersion = Enum("DclsVersion", {version: version for version in DCLS_VERSIONS}, type=str)
+InitMode = Enum("InitMode", {mode.replace("-", "_"): mode for mode in INIT_MODES}, type=str)
+KernelCount = Annotated[Optional[int], typer.Option("--kernel-count", help="Elements per kernel (default: the registry recipe).", show_default=False)]
+DilatedKernelSize = Annotated[
+    Optional[int], typer.Option("--dilated-kernel-size", help="Odd span the elements may cover (default: the registry recipe).", show_default=False)
+]
+Version = Annotated[Optional[DclsVersion], typer.Option("--version", help="Dcls2d kernel construction (default: the registry recipe).", show_default=False)]
+Init = Annotated[
+    Optional[InitMode],
+    typer.Option("--init", help="checkpoint (published, or --checkpoint), from-dense, or random (default: checkpoint when there is one, else from-dense).", show_default=False),
 ]
 
 

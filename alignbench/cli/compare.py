@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from typing import TYPE_CHECKING, Annotated, Optional
+from typing import TYPE_CHECKING, Annotated, Optional, Tuple
 
 import typer
 from rich.console import Console
@@ -23,7 +23,13 @@ DatasetFilter = Annotated[Optional[str], typer.Option("--dataset", help="Only th
 ProtocolFilter = Annotated[Optional[str], typer.Option("--protocol", help="Only this protocol: aligned or paper.", show_default=False)]
 Metric = Annotated[str, typer.Option("--metric", help="The per-image metric (spearman, or another stored metric).")]
 
-_VERDICT_STYLE = {"better": "bold green", "worse": "bold red", "no significant difference": "", "too few pairs": "yellow"}
+_VERDICT_STYLE = {"better": "bold green", "worse": "bold red", "no significant difference": "", "identical": "", "too few pairs": "yellow"}
+# per kind of comparison: (title, column of side A, column of side B, Δ as words, what a row is)
+_KINDS = {
+    "dcls-vs-baseline": ("DCLS vs baseline", "baseline", "DCLS", "DCLS − baseline", "architectures"),
+    "against-parent": ("trained vs parent", "parent", "trained", "trained − parent", "trained models"),
+    "runs": ("run B vs run A", "run A", "run B", "run B − run A", "pairs"),
+}
 
 
 def _number(value: float | None, signed: bool = False) -> str:
@@ -40,25 +46,34 @@ def _p_value(p: float | None) -> str:
     return f"{p:.1e}" if p < 1e-3 else f"{p:.3f}"
 
 
-def _comparison_table(group: GroupComparison, n_resamples: int) -> Table:
-    from alignbench.analysis.compare import ALPHA, CONFIDENCE
+def _row_name(row) -> str:
+    """The model column: the architecture, with the trained variant's tag; run pairs name both runs."""
+    if row.kind == "runs":
+        return f"{row.dcls_label or '—'}\nvs {row.baseline_label or '—'}"
+    return f"{row.model} · {row.variant}" if row.variant else row.model
 
+
+def _comparison_table(group: GroupComparison, n_resamples: int, kind: str = "dcls-vs-baseline") -> Table:
+    from alignbench.analysis.compare import ALPHA, CONFIDENCE, IDENTICAL_TOLERANCE
+
+    title, side_a, side_b, delta, _ = _KINDS[kind]
     table = Table(
-        title=f"DCLS vs baseline ({group.scale_name}) · {group.group.label}",
+        title=f"{title} ({group.scale_name}) · {group.group.label}",
         caption=(
-            f"scores: {group.scale}, on the images both runs scored · Δ = DCLS − baseline · "
+            f"scores: {group.scale}, on the images both runs scored · Δ = {delta} · "
             f"{CONFIDENCE:.0%} CI: paired bootstrap, {n_resamples} resamples · p: Wilcoxon signed-rank · "
-            f"verdict: CI excludes 0 and p < {ALPHA} · centre bias: the reference on the same images"
+            f"verdict: CI excludes 0 and p < {ALPHA}; identical: every image within {IDENTICAL_TOLERANCE:g} · "
+            "centre bias: the reference on the same images"
         ),
         caption_justify="left",
     )
-    for name in ("model", "baseline", "DCLS", "Δ", f"{CONFIDENCE:.0%} CI", "p", "pairs", "centre bias", "verdict"):
+    for name in ("model", side_a, side_b, "Δ", f"{CONFIDENCE:.0%} CI", "p", "pairs", "centre bias", "verdict"):
         table.add_column(name, justify="left" if name in ("model", "verdict") else "right")
     for row in group.rows:
         ci = "—" if row.ci_low is None else f"[{row.ci_low:+.4f}, {row.ci_high:+.4f}]"
         style = _VERDICT_STYLE.get(row.verdict, "yellow")
         table.add_row(
-            row.model,
+            _row_name(row),
             _number(row.baseline),
             _number(row.dcls),
             _number(row.delta, signed=True),
@@ -89,7 +104,7 @@ def _ranking_table(group: GroupComparison) -> Table:
         table.add_row(
             "" if run.is_reference else str(rank),
             str(run.run_id),
-            "[italic]centre bias (reference)[/]" if run.is_reference else run.view.model,
+            "[italic]centre bias (reference)[/]" if run.is_reference else (f"{run.view.model} · {run.variant}" if run.variant else run.view.model),
             "" if run.is_reference else ("yes" if run.view.dcls else "no"),
             _number(run.score),
             _number(run.mean),
@@ -99,14 +114,19 @@ def _ranking_table(group: GroupComparison) -> Table:
     return table
 
 
-def _summary(group: GroupComparison) -> str | None:
+def _summary(group: GroupComparison, kind: str = "dcls-vs-baseline") -> str | None:
     complete = [r for r in group.rows if r.baseline is not None and r.dcls is not None]
-    if not complete:
+    if not complete or kind == "runs":
         return None
-    count = {v: sum(r.verdict == v for r in complete) for v in ("better", "worse", "no significant difference", "too few pairs")}
+    _, _, side_b, _, rows = _KINDS[kind]
+    if any(r.variant for r in complete) and kind == "dcls-vs-baseline":
+        rows = "DCLS models"  # the architectures' own DCLS weights and the trained variants
+    verdicts = ("better", "worse", "no significant difference", "identical", "too few pairs")
+    count = {v: sum(r.verdict == v for r in complete) for v in verdicts}
     return (
-        f"DCLS better on {count['better']} of {len(complete)} architectures, worse on {count['worse']}, "
+        f"{side_b} better on {count['better']} of {len(complete)} {rows}, worse on {count['worse']}, "
         f"no significant difference on {count['no significant difference']}"
+        + (f", identical on {count['identical']}" if count["identical"] else "")
         + (f", too few pairs on {count['too few pairs']}" if count["too few pairs"] else "")
     )
 
@@ -130,8 +150,8 @@ def _notes(group: GroupComparison) -> list[str]:
 
 def print_result(result: CompareResult, console: Console) -> None:
     for group in result.groups:
-        console.print(_comparison_table(group, result.n_resamples))
-        summary = _summary(group)
+        console.print(_comparison_table(group, result.n_resamples, result.kind))
+        summary = _summary(group, result.kind)
         if summary:
             console.print(summary)
         for note in _notes(group):
@@ -148,18 +168,27 @@ def compare(
     dataset: DatasetFilter = None,
     protocol: ProtocolFilter = None,
     metric: Metric = "spearman",
+    against: Annotated[
+        str, typer.Option("--against", help="baseline: each architecture's DCLS weights and trained DCLS variants vs its baseline; parent: each trained model vs the model it was trained from.")
+    ] = "baseline",
+    runs: Annotated[
+        Optional[Tuple[int, int]], typer.Option("--runs", help="Compare run B with run A (ids from `alignbench report`), on the images both scored.", show_default=False)
+    ] = None,
     db: o.Db = None,
     as_json: o.Json = False,
 ) -> None:
     """DCLS vs baseline per architecture, with confidence intervals and rankings, from the store.
 
-    For each architecture with a baseline and a DCLS run on the same dataset, explainer and protocol: both scores on the images both runs scored, Δ, a paired bootstrap 95% CI of Δ, the Wilcoxon signed-rank p-value and a verdict, with the centre-bias reference on the same images; then a ranking of all runs. Reads the store only; exits 1 when nothing can be compared.
+    For each architecture with a baseline and a DCLS run on the same dataset, explainer and protocol: both scores on the images both runs scored, Δ, a paired bootstrap 95% CI of Δ, the Wilcoxon signed-rank p-value and a verdict, with the centre-bias reference on the same images; then a ranking of all runs. Each trained DCLS model (`alignbench train`) is a row of its own, named by its tag. --against parent compares each trained model with its parent instead, --runs A B any two runs. Reads the store only; exits 1 when nothing can be compared.
 
     Example: [bold]alignbench compare --explainer threshold-gradcam --dataset clickme-val[/]
     """
     from alignbench.analysis.compare import compare as run_compare
+    from alignbench.errors import AlignbenchError
 
-    result = run_compare(db, explainer=explainer, dataset=dataset, protocol=protocol, metric=metric)
+    if runs is not None and (against != "baseline" or explainer or dataset or protocol):
+        raise AlignbenchError("--runs A B names the two runs itself; give it without --against, --explainer, --dataset or --protocol")
+    result = run_compare(db, explainer=explainer, dataset=dataset, protocol=protocol, metric=metric, against=against, run_pair=runs)
     if as_json:
         typer.echo(json.dumps(result.to_json(), allow_nan=False))
         for group in result.groups:

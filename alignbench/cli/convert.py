@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from enum import Enum
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -14,11 +13,6 @@ from rich.table import Table
 from alignbench.cli import _options as o
 from alignbench.cli._errors import guarded
 from alignbench.errors import ModelError
-from alignbench.registry import DCLS_VERSIONS, INIT_MODES
-
-# Choices built from the registry, never a second hand-written list (STYLE 2).
-DclsVersion = Enum("DclsVersion", {version: version for version in DCLS_VERSIONS}, type=str)
-InitMode = Enum("InitMode", {mode.replace("-", "_"): mode for mode in INIT_MODES}, type=str)
 
 
 def _summary(result) -> Table:
@@ -82,10 +76,10 @@ def _as_dict(result) -> dict:
 def convert(
     model: o.ModelName,
     dcls: o.Dcls = False,
-    kernel_count: Annotated[Optional[int], typer.Option("--kernel-count", help="Elements per kernel (default: the registry recipe).", show_default=False)] = None,
-    dilated_kernel_size: Annotated[Optional[int], typer.Option("--dilated-kernel-size", help="Odd span the elements may cover (default: the registry recipe).", show_default=False)] = None,
-    version: Annotated[Optional[DclsVersion], typer.Option("--version", help="Dcls2d kernel construction (default: the registry recipe).", show_default=False)] = None,
-    init: Annotated[Optional[InitMode], typer.Option("--init", help="checkpoint (published, or --checkpoint), from-dense, or random (default: checkpoint when there is one, else from-dense).", show_default=False)] = None,
+    kernel_count: o.KernelCount = None,
+    dilated_kernel_size: o.DilatedKernelSize = None,
+    version: o.Version = None,
+    init: o.Init = None,
     checkpoint: o.Checkpoint = None,
     out: Annotated[Optional[Path], typer.Option("--out", help="Write the converted weights here (.safetensors, else torch.save).", dir_okay=False, show_default=False)] = None,
     device: o.Device = "cpu",

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+from typing import Annotated
 
+import typer
 from rich.table import Table
 
 from alignbench.cli import _options as o
@@ -29,12 +31,47 @@ def _ca_stream_note(rows) -> str:
             "parameters (--json: params_ca_stream).")
 
 
+def _number(value: float | None) -> str:
+    return "—" if value is None else f"{value:.4f}"
+
+
+def _trained(db: str | None, as_json: bool) -> None:
+    from alignbench.analysis.lineage import trained_models
+
+    rows = trained_models(db)
+    if as_json:
+        print(json.dumps([row.to_json() for row in rows], indent=1, default=str))
+        return
+    table = Table(title="trained models", caption="score one with `alignbench score --trained TAG`; "
+                  "compare each with its parent with `alignbench compare --against parent`")
+    for column in ("tag", "model", "method", "parent", "steps", "final loss", "--val top-1", "positions moved", "checkpoint", "fingerprint"):
+        table.add_column(column, justify="right" if column in ("steps", "final loss") else "left")
+    for row in rows:
+        lineage = row.lineage
+        top1 = "—" if lineage.get("top1_before") is None else f"{_number(lineage.get('top1_before'))} → {_number(lineage.get('top1_after'))}"
+        moved = "—" if lineage.get("positions_shift_max") is None else f"max {lineage['positions_shift_max']:.3f} px"
+        table.add_row(
+            row.label, f"{row.name}{' + DCLS' if row.dcls else ''}", row.origin, row.parent_label, str(lineage.get("steps", "—")),
+            _number(lineage.get("final_loss")), top1, moved, str(lineage.get("checkpoint", "—")), row.fingerprint[:12],
+        )
+    stdout_console().print(table)
+
+
 @guarded
-def models(as_json: o.Json = False) -> None:
+def models(
+    trained: Annotated[bool, typer.Option("--trained", help="List the models `alignbench train` made (from the store), with their lineage.")] = False,
+    db: o.Db = None,
+    as_json: o.Json = False,
+) -> None:
     """List the model registry: families, DCLS recipes, weight sources, offline availability, CA-Stream.
+
+    With --trained: the trained models in the store, each with its parent, method, steps, loss and top-1.
 
     Example: [bold]alignbench models --json[/]
     """
+    if trained:
+        _trained(db, as_json)
+        return
     from alignbench.models import catalog
 
     rows = catalog()

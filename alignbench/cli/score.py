@@ -15,7 +15,8 @@ from rich.table import Table
 from alignbench.cli import _options as o
 from alignbench.cli._errors import guarded, stdout_console
 from alignbench.metrics import METRICS
-from alignbench.scoring import DEFAULT_MODEL, ScoreRequest, ScoreResult, parse_metrics
+from alignbench.errors import ModelError
+from alignbench.scoring import DEFAULT_MODEL, ScoreRequest, ScoreResult, parse_metrics, trained_request
 from alignbench.scoring import score as run_score
 
 
@@ -64,6 +65,9 @@ def score(
     checkpoint: o.Checkpoint = None,
     ca_stream: o.CaStream = False,
     backbone_checkpoint: o.BackboneCheckpoint = None,
+    trained: Annotated[
+        Optional[str], typer.Option("--trained", help="A model `alignbench train` made, by its tag (see `alignbench models --trained`).", show_default=False)
+    ] = None,
     explainer: o.Explainer = "threshold-gradcam",
     threshold: Annotated[Optional[float], typer.Option("--threshold", help="Threshold-Grad-CAM floor (default 0.3).", show_default=False)] = None,
     dataset: o.Dataset = "sample",
@@ -89,9 +93,15 @@ def score(
     Example: [bold]alignbench score resnet50 --dcls --explainer threshold --dataset clickme-val --data-dir shards/[/]
     """
     explainer_params = {} if threshold is None else {"threshold": threshold}
+    if trained is not None:
+        chosen = trained_request(trained, db)
+        if dcls or ca_stream or checkpoint is not None or backbone_checkpoint is not None or (model is not None and model != chosen.name):
+            raise ModelError(f"--trained {trained} is {chosen.name}{' --dcls' if chosen.dcls else ''} with its own checkpoint; give --trained alone")
+    else:
+        chosen = o.model_request(model or DEFAULT_MODEL, dcls=dcls, checkpoint=checkpoint, ca_stream=ca_stream,
+                                 backbone_checkpoint=backbone_checkpoint)
     request = ScoreRequest(
-        model=o.model_request(model or DEFAULT_MODEL, dcls=dcls, checkpoint=checkpoint, ca_stream=ca_stream,
-                              backbone_checkpoint=backbone_checkpoint),
+        model=chosen,
         explainer=explainer,
         explainer_params=explainer_params,
         dataset=dataset,

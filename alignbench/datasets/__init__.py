@@ -32,8 +32,9 @@ from alignbench.datasets._clickme import (
     open_clickme,
     write_clickme_shard,
 )
-from alignbench.datasets._folder import open_folder
-from alignbench.datasets._imagenet import open_imagenet_val, open_sample
+from alignbench.datasets._file_hashes import fingerprint_files
+from alignbench.datasets._folder import IMAGE_SUFFIXES, open_folder, read_labels
+from alignbench.datasets._imagenet import SAMPLE_DIR, SAMPLE_LABELS, open_imagenet_val, open_sample
 from alignbench.errors import DatasetError
 
 __all__ = [
@@ -41,15 +42,20 @@ __all__ = [
     "CLICKME_VAL_SHARDS",
     "CLICKME_VAL_URL",
     "DATASETS",
+    "IMAGE_SUFFIXES",
     "PROTOCOLS",
+    "SAMPLE_DIR",
+    "SAMPLE_LABELS",
     "ClickMeRecord",
     "ClickMeSample",
     "Dataset",
     "DatasetSpec",
     "FolderSample",
     "collate",
+    "fingerprint_files",
     "iter_clickme_shard",
     "open_dataset",
+    "read_labels",
     "write_clickme_shard",
 ]
 

@@ -81,21 +81,36 @@ class FolderReader(Reader):
         return FolderSample(image=image, heatmap=heatmap, label=self.labels[index])
 
 
-def _read_labels(path: Path, images: list[Path]) -> list[int]:
+# Header names of the label column when it is not the second one (imagenet-samples-256's labels.csv
+# is filename,wnid,class_index,name).
+_LABEL_COLUMNS = ("label", "class_index")
+
+
+def read_labels(path: Path) -> dict[str, int]:
+    """``labels.csv`` as filename → class index: rows ``filename,label``, or a header row naming a
+    ``label`` / ``class_index`` column."""
     by_name: dict[str, int] = {}
+    column = 1
     with open(path, newline="", encoding="utf-8") as handle:
         for line_number, row in enumerate(csv.reader(handle), start=1):
             if not row or not "".join(row).strip():
                 continue
-            if len(row) < 2:
+            if len(row) <= column:
                 raise DatasetError(f"{path}, line {line_number}: expected 'filename,label', got {','.join(row)!r}")
-            name, label = row[0].strip(), row[1].strip()
+            name, label = row[0].strip(), row[column].strip()
             try:
                 by_name[name] = int(label)
             except ValueError:
                 if line_number == 1:  # a header row
+                    header = [cell.strip().lower() for cell in row]
+                    column = next((header.index(c) for c in _LABEL_COLUMNS if c in header), column)
                     continue
                 raise DatasetError(f"{path}, line {line_number}: label {label!r} is not an integer class index") from None
+    return by_name
+
+
+def _read_labels(path: Path, images: list[Path]) -> list[int]:
+    by_name = read_labels(path)
     labels, unlabelled = [], []
     for image in images:
         label = by_name.get(image.name, by_name.get(image.stem))

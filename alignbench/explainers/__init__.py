@@ -26,7 +26,7 @@ if TYPE_CHECKING:  # pragma: no cover
 
     from alignbench.explainers._explain import Explanation
     from alignbench.explainers._files import ExplainedFiles
-    from alignbench.explainers._split import Targets
+    from alignbench.explainers._split import Split, Targets, split_model
     from alignbench.models import ModelRequest
     from alignbench.preprocessing import Preprocessing
 
@@ -38,6 +38,7 @@ __all__ = [
     "METHODS",
     "Explanation",
     "MethodSpec",
+    "Split",
     "centre_bias_map",
     "check_applicable",
     "explain",
@@ -45,6 +46,7 @@ __all__ = [
     "explain_files",
     "explainer_setting",
     "resolve_method",
+    "split_model",
 ]
 
 
@@ -95,4 +97,8 @@ def explain_files(
     )
 
 
-__getattr__, __dir__ = lazy_attributes(__name__, {"Explanation": "alignbench.explainers._explain"})
+# The split at A is shared with training (Grad-CAM consistency differentiates through it).
+__getattr__, __dir__ = lazy_attributes(
+    __name__,
+    {"Explanation": "alignbench.explainers._explain", "Split": "alignbench.explainers._split", "split_model": "alignbench.explainers._split"},
+)

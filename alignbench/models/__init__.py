@@ -22,11 +22,15 @@ __all__ = [
     "ModelInfo",
     "ModelRequest",
     "catalog",
+    "clamp_positions",
     "convert_model",
+    "dcls_implementation",
     "load_model",
     "model_identity",
     "resolve_device",
+    "save_state_dict",
     "save_stream",
+    "set_global_pool",
     "swap_modules",
 ]
 
@@ -40,6 +44,10 @@ _LAZY = {
     "catalog": "alignbench.models._catalog",
     "CatalogRow": "alignbench.models._catalog",
     "swap_modules": "alignbench.models._dcls",
+    "save_state_dict": "alignbench.models._load",
+    "set_global_pool": "alignbench.models._pooling",
+    "clamp_positions": "alignbench.models._dcls",
+    "dcls_implementation": "alignbench.models._dcls",
     "CAStreamModel": "alignbench.models._ca_stream",
     "save_stream": "alignbench.models._load",
 }
@@ -47,8 +55,10 @@ _LAZY = {
 if TYPE_CHECKING:  # pragma: no cover
     from alignbench.models._ca_stream import CAStreamModel
     from alignbench.models._catalog import CatalogRow, catalog
-    from alignbench.models._dcls import swap_modules
-    from alignbench.models._load import ConversionReport, ConversionResult, ModelInfo, convert_model, load_model, save_stream
+    from alignbench.models._dcls import clamp_positions, dcls_implementation, swap_modules
+    from alignbench.models._load import (ConversionReport, ConversionResult, ModelInfo, convert_model, load_model, save_state_dict,
+                                         save_stream)
+    from alignbench.models._pooling import set_global_pool
 
 
 __getattr__, __dir__ = lazy_attributes(__name__, _LAZY)

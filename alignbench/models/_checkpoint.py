@@ -52,6 +52,19 @@ def read_state_dict(path: Path, key: str | None = None, *, trusted: bool = False
     return _unwrap(obj, key, path)
 
 
+def read_metadata(path: Path) -> dict[str, str]:
+    """The string metadata of a safetensors file (empty for other files): e.g. how its head pools."""
+    if Path(path).suffix != ".safetensors":
+        return {}
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            return dict(handle.metadata() or {})
+    except Exception as error:  # safetensors raises its own error types
+        raise ModelError(f"cannot read {path} as safetensors ({error}); is it corrupt?") from None
+
+
 def _unwrap(obj: object, key: str | None, path: Path) -> dict[str, torch.Tensor]:
     if isinstance(obj, Mapping) and key is not None and key in obj:
         obj = obj[key]

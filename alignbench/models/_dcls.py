@@ -9,17 +9,21 @@ the D×D span sits where the centre of the k×k kernel sat.
 from __future__ import annotations
 
 import logging
+import os
 import re
+import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
 from DCLS.construct.modules import Dcls2d
-from timm.layers import Conv2dSame, pad_same
+import torch.nn.functional as F
+from timm.layers import Conv2dSame, get_same_padding, pad_same
 from torch import nn
 
-from alignbench.errors import ModelError
+from alignbench.errors import AlignbenchWarning, ModelError
+from alignbench.models._dcls_kernel import construct, trim_negligible
 from alignbench.registry import ConvSelector, DclsRecipe
 
 # Plain convolutions only: subclasses such as timm's StdConv2d transform their weight in forward,
@@ -27,17 +31,135 @@ from alignbench.registry import ConvSelector, DclsRecipe
 _CONVERTIBLE = (nn.Conv2d, Conv2dSame)
 
 
-class DclsConv(Dcls2d):
-    """``Dcls2d`` that forgets its cached index grids when moved, so it runs on any device.
+# ------------------------------------------------------------------------------- implementations
 
-    ``ConstructKernel2d`` caches ``IDX``/``lim`` on the device of its first forward; after
-    ``model.to(other_device)`` those stale tensors would meet weights on the new device.
+IMPLEMENTATIONS = ("fast", "reference")
+IMPLEMENTATION_ENV = "ALIGNBENCH_DCLS_IMPL"
+_chosen: list[str] = []  # innermost dcls_implementation() block last
+
+
+def current_implementation() -> str:
+    """"fast" (alignbench's kernel cache and lean construction, the default) or "reference" (the
+    dcls package's own forward): the innermost ``dcls_implementation`` block, else $ALIGNBENCH_DCLS_IMPL."""
+    if _chosen:
+        return _chosen[-1]
+    name = os.environ.get(IMPLEMENTATION_ENV) or "fast"
+    if name not in IMPLEMENTATIONS:
+        raise ModelError(f"{IMPLEMENTATION_ENV}={name!r} is not one of {', '.join(IMPLEMENTATIONS)}; unset it or pick one")
+    return name
+
+
+@contextmanager
+def dcls_implementation(name: str) -> Iterator[None]:
+    """Run every DCLS layer inside the block with ``name``: "fast" or "reference" (``Dcls2d``'s own
+    forward, which rebuilds the kernel from P on every call) — for tests and benchmarks."""
+    if name not in IMPLEMENTATIONS:
+        raise ModelError(f"unknown DCLS implementation {name!r}; choose {' or '.join(IMPLEMENTATIONS)}")
+    _chosen.append(name)
+    try:
+        yield
+    finally:
+        _chosen.pop()
+
+
+# oneDNN's NCHW depthwise kernel falls back to a generic path above this size (on this machine's
+# torch 2.14: 96×56×56, batch 8, 9×9 in 36 ms, 11×11 in 240 ms); channels_last stays direct.
+_NCHW_DEPTHWISE_MAX = 9
+
+
+class DclsConv(Dcls2d):
+    """``Dcls2d`` whose forward convolves with a kernel built by alignbench (``_dcls_kernel``).
+
+    Parameters frozen (or grad mode off): the kernel is built once per parameter version and kept,
+    trimmed to the taps that are not negligible; any in-place change of weight, P or SIG bumps
+    their version counters, so the next forward rebuilds it. With a gradient to compute, the lean
+    construction runs on every forward. The cache is a plain attribute: not in the state_dict, and
+    dropped by ``.to()``/``.half()``/... (``_apply``). ``dcls_implementation("reference")`` runs
+    ``Dcls2d.forward`` instead.
     """
 
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self._frozen: tuple[tuple, torch.Tensor] | None = None
+
     def _apply(self, fn, recurse=True):
+        # ConstructKernel2d caches IDX/lim on the device of its first forward; after
+        # model.to(other_device) those stale tensors would meet weights on the new device.
         self.DCK.IDX = None
         self.DCK.lim = None
+        self._frozen = None
         return super()._apply(fn, recurse)
+
+    def __getstate__(self):
+        state = super().__getstate__()
+        return {**state, "_frozen": None}  # deepcopy/pickle: a cache, not state
+
+    def forward(self, input: torch.Tensor) -> torch.Tensor:
+        if current_implementation() == "reference":
+            return super().forward(self._pad_for_reference(input))
+        return self._convolve(input, self.kernel())
+
+    def _pad_for_reference(self, input: torch.Tensor) -> torch.Tensor:
+        return input
+
+    # ---- the kernel
+
+    def _parameters_key(self) -> tuple:
+        tensors = (self.weight, self.P, self.SIG)
+        return tuple(
+            (id(t), t._version, t.data_ptr(), t.device, t.dtype) if t is not None else None for t in tensors
+        )
+
+    def kernel(self) -> torch.Tensor:
+        """The kernel this forward convolves with: centred in the D×D span, trimmed (h, w odd)."""
+        tensors = [t for t in (self.weight, self.P, self.SIG) if t is not None]
+        size = self.dilated_kernel_size[0]
+        if self.weight.device.type == "meta":
+            return self.weight.new_empty(*self.weight.shape[:2], size, size)
+        if torch.is_grad_enabled() and any(t.requires_grad for t in tensors):
+            self._frozen = None
+            return construct(self.weight, self.P, self.SIG, self.version, size)
+        key = self._parameters_key()
+        if self._frozen is None or self._frozen[0] != key:
+            # A tensor made in inference mode could not be saved for a later backward (Grad-CAM).
+            with torch.inference_mode(False), torch.no_grad():
+                built = trim_negligible(construct(self.weight, self.P, self.SIG, self.version, size))
+            self._frozen = (key, built)
+        return self._frozen[1]
+
+    # ---- the convolution
+
+    def _channels_last(self, input: torch.Tensor, kernel: torch.Tensor) -> bool:
+        if input.device.type != "cpu" or input.ndim != 4:
+            return False
+        if input.is_contiguous(memory_format=torch.channels_last) and not input.is_contiguous():
+            return True
+        return self.groups > 1 and max(kernel.shape[-2:]) > _NCHW_DEPTHWISE_MAX
+
+    def _convolve(self, input: torch.Tensor, kernel: torch.Tensor) -> torch.Tensor:
+        if self._channels_last(input, kernel):
+            input = input.contiguous(memory_format=torch.channels_last)
+            kernel = self._kernel_channels_last(kernel)
+        size = self.dilated_kernel_size[0]
+        # The trimmed kernel starts (D − h) / 2 taps into the span: pad that much less.
+        trim = [(size - k) // 2 for k in kernel.shape[-2:]]
+        input, padding = self._pad(input, trim)
+        return F.conv2d(input, kernel, self.bias, self.stride, padding, 1, self.groups)
+
+    def _kernel_channels_last(self, kernel: torch.Tensor) -> torch.Tensor:
+        converted = kernel.contiguous(memory_format=torch.channels_last)
+        if self._frozen is not None and self._frozen[1] is kernel:
+            self._frozen = (self._frozen[0], converted)  # convert a cached kernel once
+        return converted
+
+    def _pad(self, input: torch.Tensor, trim: list[int]) -> tuple[torch.Tensor, tuple[int, int]]:
+        """(input, conv padding) for a kernel trimmed by ``trim`` taps on each side (rows, cols)."""
+        padding = [p - t for p, t in zip(self.padding, trim)]
+        if min(padding) >= 0:
+            return input, tuple(padding)
+        # The trimmed window is narrower than the dense kernel: crop (negative pad) instead.
+        (top, left) = padding
+        return F.pad(input, (left, left, top, top)), (0, 0)
 
 
 class DclsConvSame(DclsConv):
@@ -51,8 +173,18 @@ class DclsConvSame(DclsConv):
         super().__init__(*args, **kwargs)
         self.dense_kernel_size = dense_kernel_size
 
-    def forward(self, input: torch.Tensor) -> torch.Tensor:
-        return super().forward(pad_same(input, self.dense_kernel_size, self.stride))
+    def _pad_for_reference(self, input: torch.Tensor) -> torch.Tensor:
+        return pad_same(input, self.dense_kernel_size, self.stride)
+
+    def _pad(self, input: torch.Tensor, trim: list[int]) -> tuple[torch.Tensor, tuple[int, int]]:
+        # One F.pad for both: TF SAME for the dense kernel (as timm's pad_same), plus the span's
+        # own (D − k) / 2, less the trim (negative values crop).
+        pads = []
+        for axis in (1, 0):  # F.pad wants (left, right, top, bottom)
+            total = get_same_padding(input.shape[-2 + axis], self.dense_kernel_size[axis], self.stride[axis], 1)
+            extra = self.padding[axis] - trim[axis]
+            pads += [total // 2 + extra, total - total // 2 + extra]
+        return F.pad(input, pads), (0, 0)
 
 
 # --------------------------------------------------------------------------------------- recursion
@@ -287,8 +419,67 @@ def p_to_positions(p: torch.Tensor, version: str) -> tuple[torch.Tensor, torch.T
     return (p[0], p[1]) if version == "v0" else (p[1], p[0])
 
 
+def position_limit(conv: Dcls2d) -> int:
+    """How far from the span centre an element may sit: DCLS's clamp_parameters uses D // 2."""
+    return conv.dilated_kernel_size[0] // 2
+
+
+@torch.no_grad()
+def clamp_positions(model: nn.Module) -> int:
+    """Clamp every DCLS layer's positions into its dilated kernel, in place; returns how many
+    coordinates moved.
+
+    What DCLS training does after every optimiser step (ConvNeXt-dcls engine.py calls the
+    model's ``clamp_parameters``: ``P.clamp_(-lim, lim)``, lim = dilated_kernel_size // 2), so
+    training code calls it after each ``optimizer.step()``. Shared positions are clamped once.
+    """
+    moved, seen = 0, set()
+    for _, conv in dcls_layers(model):
+        if id(conv.P) in seen:
+            continue
+        seen.add(id(conv.P))
+        limit = position_limit(conv)
+        outside = conv.P.abs() > limit
+        if bool(outside.any()):
+            moved += int(outside.sum())
+            conv.P.clamp_(-limit, limit)
+    return moved
+
+
+# A checkpoint's element beyond the span by up to this many pixels was still partly inside it —
+# e.g. an EMA of positions taken before the step's clamp; further out it never was.
+_CLAMPABLE_OVERSHOOT = 1.0
+
+
+def check_checkpoint_positions(model: nn.Module, what: str) -> None:
+    """Positions read from a checkpoint lie in the dilated kernel, else: up to one pixel beyond it
+    they are clamped with a warning naming the layers; further out the checkpoint is refused."""
+    overshoot = {}
+    for name, conv in dcls_layers(model):
+        beyond = float(conv.P.detach().abs().max()) - position_limit(conv) if conv.P.numel() else 0.0
+        if beyond > 0:
+            overshoot[name] = beyond
+    if not overshoot:
+        return
+    size = next(conv for _, conv in dcls_layers(model)).dilated_kernel_size[0]
+    worst = max(overshoot, key=overshoot.get)
+    names = ", ".join(list(overshoot)[:3]) + (f" (+{len(overshoot) - 3} more)" if len(overshoot) > 3 else "")
+    if overshoot[worst] > _CLAMPABLE_OVERSHOOT:
+        raise ModelError(
+            f"{what}: positions of {worst} lie {overshoot[worst]:.2f} px outside the {size}×{size} dilated "
+            "kernel; was the checkpoint trained with a larger --dilated-kernel-size?"
+        )
+    clamp_positions(model)
+    warnings.warn(
+        f"{what}: positions of {names} lay up to {overshoot[worst]:.3g} px outside the {size}×{size} "
+        "dilated kernel; clamped into it, as DCLS training does after every step",
+        AlignbenchWarning,
+        stacklevel=3,
+    )
+
+
 def dcls_kernel(conv: Dcls2d) -> torch.Tensor:
-    """The dense D×D kernel the Dcls2d convolves with, shape (out, in/groups, D, D)."""
+    """The dense D×D kernel of the dcls package's own construction, shape (out, in/groups, D, D)."""
     return conv.DCK(conv.weight, conv.P, conv.SIG)
 
 

@@ -27,6 +27,7 @@ from alignbench.models._download import discard, fetch, is_verified, zenodo_md5
 from alignbench.models._hashes import file_sha256
 from alignbench.models._identity import (RANDOM_SEED, LoadPlan, ModelIdentity, ModelRequest, model_identity,
                                          plan_load, published_path)
+from alignbench.models._pooling import POOLING_METADATA_KEY, set_global_pool
 from alignbench.preprocessing import Preprocessing
 from alignbench.registry import DclsRecipe, ModelSpec
 
@@ -160,11 +161,22 @@ def _create(spec: ModelSpec) -> nn.Module:
 
 def _build(plan: LoadPlan) -> tuple[nn.Module, ConversionReport | None]:
     if plan.recipe is not None and plan.init == "checkpoint":
-        return _dcls_from_checkpoint(plan)
-    model = _dense(plan)
-    if plan.recipe is None:
-        return model, None
-    return _convert(model, plan.spec, plan.recipe, plan.init)
+        model, report = _dcls_from_checkpoint(plan)
+    else:
+        model, report = _dense(plan), None
+        if plan.recipe is not None:
+            model, report = _convert(model, plan.spec, plan.recipe, plan.init)
+    _pool_as_trained(model, plan)
+    return model, report
+
+
+def _pool_as_trained(model: nn.Module, plan: LoadPlan) -> None:
+    """A checkpoint trained with global max pooling (``train --maxpool``) is loaded pooling by max."""
+    files = [source.path for source in (plan.dcls, plan.dense) if source is not None and source.kind == "checkpoint"]
+    if files:
+        pool_type = _checkpoint.read_metadata(files[0]).get(POOLING_METADATA_KEY)
+        if pool_type:
+            set_global_pool(model, pool_type)
 
 
 def _dense(plan: LoadPlan) -> nn.Module:
@@ -313,6 +325,7 @@ def _dcls_from_checkpoint(plan: LoadPlan) -> tuple[nn.Module, ConversionReport]:
         _dcls.convert(model, recipe, targets)
         state = _checkpoint.remap(raw, model)
     _checkpoint.load_into(model, state, what)
+    _dcls.check_checkpoint_positions(model, f"checkpoint {source.path or source.url}")
     targets = _groups_the_checkpoint_shares(model, targets)
     groups = _dcls.tie_positions(model, targets)
     return model, _report(model, recipe, "checkpoint", targets, groups, params_before, None)
@@ -456,13 +469,16 @@ def _logit_error(dense: nn.Module, converted: nn.Module, preprocessing: Preproce
     return error
 
 
-def save_state_dict(model: nn.Module, path: Path) -> None:
-    """A plain state_dict; every tensor its own copy (safetensors refuses shared storage)."""
+def save_state_dict(model: nn.Module, path: Path, metadata: dict[str, str] | None = None) -> None:
+    """A plain state_dict; every tensor its own copy (safetensors refuses shared storage).
+    ``metadata``: more safetensors metadata (e.g. the head's pooling, see ``_pooling``)."""
     state = {key: value.detach().cpu().clone().contiguous() for key, value in model.state_dict().items()}
     path.parent.mkdir(parents=True, exist_ok=True)
     if path.suffix == ".safetensors":
         from safetensors.torch import save_file
 
-        save_file(state, str(path), metadata={"format": "pt", "alignbench_model": model.alignbench_info.spec.name})
+        info = getattr(model, "alignbench_info", None)
+        header = {"format": "pt", **({"alignbench_model": info.spec.name} if info else {}), **(metadata or {})}
+        save_file(state, str(path), metadata=header)
     else:
         torch.save(state, path)

@@ -72,8 +72,6 @@ def upsert_model(session: Session, identity: Any, *, param_count: int | None = N
             "param_count": param_count,
             "request": canonical_json(identity.request) if getattr(identity, "request", None) else None,
             "ca_stream": bool(getattr(identity, "ca_stream", False)),
-            # a stream is a trained addition whatever trained it; training records the lineage
-            "origin": "ca-stream" if getattr(identity, "ca_stream", False) else None,
         },
     )
     tag = getattr(identity, "tag", None)
@@ -91,6 +89,39 @@ def upsert_model(session: Session, identity: Any, *, param_count: int | None = N
 
 def find_model(session: Session, fingerprint: str) -> Model | None:
     return session.exec(select(Model).where(Model.weights_fingerprint == fingerprint)).first()
+
+
+def record_trained_model(
+    session: Session,
+    identity: Any,
+    *,
+    origin: str,
+    parent: Model,
+    lineage: Mapping[str, Any],
+    param_count: int | None = None,
+    family: str | None = None,
+) -> Model:
+    """Record a model that ``alignbench train`` made: its weights (as upsert_model), the method
+    (``origin``), the model it was trained from and its lineage (canonical JSON)."""
+    row = upsert_model(session, identity, param_count=param_count, family=family)
+    row.origin = origin
+    row.parent_id = parent.id
+    row.lineage = canonical_json(dict(lineage))
+    session.add(row)
+    return row
+
+
+def trained_models(session: Session) -> list[tuple[Model, Model | None]]:
+    """Every model with an origin (trained, or imported with a lineage), newest first, with its parent."""
+    rows = session.exec(select(Model).where(Model.origin.is_not(None)).order_by(Model.id.desc())).all()  # type: ignore[union-attr]
+    parents = {row.parent_id for row in rows if row.parent_id is not None}
+    by_id = {m.id: m for m in session.exec(select(Model).where(Model.id.in_(parents))).all()} if parents else {}  # type: ignore[union-attr]
+    return [(row, by_id.get(row.parent_id)) for row in rows]
+
+
+def models_tagged(session: Session, tag: str) -> list[Model]:
+    """The models named ``tag``, newest first."""
+    return list(session.exec(select(Model).where(Model.tag == tag).order_by(Model.id.desc())).all())
 
 
 def upsert_explainer(session: Session, method: str, params: Mapping[str, Any]) -> ExplainerSetting:
@@ -268,6 +299,11 @@ class RunView:
     status: str
     n_images: int
     updated_at: Any
+    # lineage (migration 0003): which model row, its name in the store, how it was made, from which model
+    model_id: int | None = None
+    tag: str | None = None
+    origin: str | None = None
+    parent_id: int | None = None
 
 
 def list_runs(
@@ -305,6 +341,10 @@ def list_runs(
             status=run.status,
             n_images=run.n_images,
             updated_at=run.updated_at,
+            model_id=model.id,
+            tag=model.tag,
+            origin=model.origin,
+            parent_id=model.parent_id,
         )
         for run, model, explainer, ds in session.exec(statement).all()
     ]

@@ -1,0 +1,166 @@
+"""`alignbench train`: parse options, call alignbench.training.train, show progress and the summary."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Annotated, Any, Optional
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.table import Table
+
+from alignbench.cli import _options as o
+from alignbench.cli._errors import guarded, stdout_console
+from alignbench.training import FREEZE_MODES, METHODS, PAPER_GC_LAMBDA, POSITIONS_LR_FACTOR, POSITIONS_OFFSET, SCHEDULES
+
+_FREEZE_HELP = "; ".join(f"{mode.name}: {mode.description}" for mode in FREEZE_MODES.values())
+_METHOD_DEFAULTS = ", ".join(f"{method.name}: {method.default_freeze}" for method in METHODS)
+
+
+def _progress_bar(enabled: bool) -> Progress:
+    return Progress(
+        TextColumn("[bold]training"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("loss {task.fields[loss]}  acc {task.fields[accuracy]}  {task.fields[rate]}"),
+        TimeElapsedColumn(),
+        TextColumn("ETA"),
+        TimeRemainingColumn(),
+        console=Console(stderr=True),
+        disable=not enabled,
+    )
+
+
+def _number(value: float | None, digits: int = 4) -> str:
+    return "—" if value is None else f"{value:.{digits}f}"
+
+
+def _summary(result) -> Table:
+    table = Table(title=f"trained {result.tag}", show_header=False)
+    table.add_column(style="bold")
+    table.add_column()
+    trained = f"{result.trainable_parameters:,} of {result.total_parameters:,} parameters"
+    if result.trainable_positions:
+        trained += f" ({result.trainable_positions:,} DCLS position coordinates)"
+    rows = [
+        ("model", f"{result.model}{' + DCLS' if result.dcls else ''} · {result.method}"),
+        ("trained", trained),
+        ("steps", f"{result.steps} of {result.total_steps} ({result.epochs:.2f} epochs, {result.images_seen:,} images, "
+                  f"batch {result.batch_size}, {result.processes} process{'es' if result.processes > 1 else ''})"
+                  + (f", resumed at step {result.resumed_from}" if result.resumed_from is not None else "")),
+        ("final loss", f"{_number(result.final_loss)} (mean of the last steps)"),
+    ]
+    if result.top1_before is not None:
+        rows.append(("--val top-1", f"{_number(result.top1_before)} → {_number(result.top1_after)} "
+                                    f"(best {_number(result.best_top1)} at step {result.best_step})"))
+    if result.positions_shift_max is not None:
+        moved = f"max {result.positions_shift_max:.4f} px, mean {result.positions_shift_mean:.4f} px"
+        if result.positions_unpinned:
+            moved += f" (first {result.positions_unpinned:,} coordinates moved off the integer grid)"
+        rows.append(("positions moved", moved))
+    rows.append(("speed", f"{result.images_per_s:.1f} img/s over {result.seconds:.1f} s of steps"))
+    rows.append(("wrote", f"{result.last}" + (f", {result.best}" if result.best else "") + f" (log: {result.out / 'log.jsonl'})"))
+    if result.recorded_in:
+        rows.append(("recorded", f"{result.recorded_in}: tag {result.tag} (fingerprint {result.fingerprint[:12]}), "
+                                 f"parent {result.parent_fingerprint[:12]}"))
+        dcls = " --dcls" if result.dcls else ""
+        rows.append(("score it", f"alignbench score --trained {result.tag}  (or: alignbench score {result.model}{dcls} --checkpoint {result.last})"))
+    for key, value in rows:
+        table.add_row(key, value)
+    return table
+
+
+@guarded
+def train(
+    model: o.ModelName,
+    data: Annotated[str, typer.Option("--data", help="Training images: an ImageFolder tree (ImageNet wnid folders → ImageNet-1k indices), a folder with images/ and labels.csv, or `sample` (the embedded images).", show_default=False)],
+    out: Annotated[Path, typer.Option("--out", help="Directory for last.pt (to --resume), last.safetensors / best.safetensors (to score), log.jsonl, train.json.", file_okay=False, show_default=False)],
+    dcls: o.Dcls = False,
+    checkpoint: o.Checkpoint = None,
+    version: o.Version = None,
+    kernel_count: o.KernelCount = None,
+    dilated_kernel_size: o.DilatedKernelSize = None,
+    init: o.Init = None,
+    pretrained: Annotated[bool, typer.Option("--pretrained/--no-pretrained", help="Start from the model's pretrained weights, or from a seeded random initialisation.")] = True,
+    val: Annotated[Optional[str], typer.Option("--val", help="Images (same layouts) for top-1 before training and after each epoch; picks best.safetensors.", show_default=False)] = None,
+    steps: Annotated[Optional[int], typer.Option("--steps", help="Optimiser steps (or --epochs; default 1 epoch).", show_default=False)] = None,
+    epochs: Annotated[Optional[int], typer.Option("--epochs", help="Passes over --data.", show_default=False)] = None,
+    batch_size: Annotated[int, typer.Option("--batch-size", help="Images per step, over all processes.")] = 32,
+    opt: Annotated[str, typer.Option("--opt", help="timm optimiser (create_optimizer_v2): adamw, sgd, lamb, ...")] = "adamw",
+    lr: Annotated[float, typer.Option("--lr", help="Base learning rate.")] = 1e-4,
+    weight_decay: Annotated[float, typer.Option("--weight-decay", help="Weight decay (not of biases, norms or positions).")] = 0.05,
+    momentum: Annotated[float, typer.Option("--momentum", help="Momentum of SGD-like optimisers.")] = 0.9,
+    sched: Annotated[str, typer.Option("--sched", help=f"timm schedule per step (create_scheduler_v2): {', '.join(SCHEDULES)}.")] = "cosine",
+    warmup_steps: Annotated[int, typer.Option("--warmup-steps", help="Linear warm-up steps.")] = 0,
+    min_lr: Annotated[float, typer.Option("--min-lr", help="Lowest rate of decaying schedules.")] = 0.0,
+    positions_lr: Annotated[Optional[float], typer.Option("--positions-lr", help=f"Learning rate of the DCLS positions (default {POSITIONS_LR_FACTOR:g}× --lr, as ConvNeXt-dcls).", show_default=False)] = None,
+    positions_offset: Annotated[float, typer.Option("--positions-offset", help="v1 positions on the integer grid (from-dense) first move this many pixels, where the v1 kernel has a gradient (0: off).")] = POSITIONS_OFFSET,
+    freeze: Annotated[Optional[str], typer.Option("--freeze", help=f"What stays fixed. {_FREEZE_HELP}. Default by method: {_METHOD_DEFAULTS}.", show_default=False)] = None,
+    gc_consistency: Annotated[float, typer.Option("--gc-consistency", help=f"λ of Pillai & Pirsiavash's Grad-CAM consistency loss (loss = CE + λ·GC; the paper uses {PAPER_GC_LAMBDA:g}); 0: off.")] = 0.0,
+    maxpool: Annotated[bool, typer.Option("--maxpool", help="Global max pooling instead of average (their GMP variant); the checkpoint records it.")] = False,
+    distill_from: Annotated[Optional[str], typer.Option("--distill-from", help="Add KL to a teacher's logits: `dense` (a DCLS model's dense original) or a model name.", show_default=False)] = None,
+    distill_weight: Annotated[float, typer.Option("--distill-weight", help="Weight of the distillation term.")] = 1.0,
+    seed: Annotated[int, typer.Option("--seed", help="Seed of the data order, augmentation and initialisation (deterministic on the CPU).")] = 0,
+    img_size: Annotated[Optional[int], typer.Option("--img-size", help="Training input size (default: the model's).", show_default=False)] = None,
+    aug: Annotated[bool, typer.Option("--aug/--no-aug", help="timm's training augmentation (random resized crop, flip, colour jitter).")] = True,
+    workers: Annotated[Optional[int], typer.Option("--workers", help="DataLoader worker processes (default: cores per process - 1).", show_default=False)] = None,
+    amp: Annotated[bool, typer.Option("--amp", help="Mixed precision (CUDA only).")] = False,
+    device: o.Device = "auto",
+    tag: Annotated[Optional[str], typer.Option("--tag", help="The trained model's name in the store (default: the name of --out).", show_default=False)] = None,
+    resume: Annotated[Optional[Path], typer.Option("--resume", help="Continue from OUT/last.pt exactly where it stopped (same options).", show_default=False)] = None,
+    checkpoint_every: Annotated[Optional[int], typer.Option("--checkpoint-every", help="Also write last.pt every N steps (always at each epoch's end).", show_default=False)] = None,
+    db: o.Db = None,
+    as_json: o.Json = False,
+) -> None:
+    """Train a model for alignment: DCLS positions, Grad-CAM consistency; checkpoints with lineage in the store.
+
+    Several processes: [bold]torchrun --nproc_per_node N -m alignbench train ...[/] (DistributedDataParallel; gloo on the CPU).
+
+    Example: [bold]alignbench train efficientnet_lite0 --dcls --data imagenet-samples-256/ --out runs/lite0-pos --steps 100 --positions-lr 0.01[/]
+    """
+    from alignbench.training import TrainRequest
+    from alignbench.training import train as run_train
+
+    request = TrainRequest(
+        model=o.model_request(
+            model, dcls=dcls, checkpoint=checkpoint, version=version.value if version else None,
+            kernel_count=kernel_count, dilated_kernel_size=dilated_kernel_size, init=init.value if init else None,
+            pretrained=pretrained,
+        ),
+        data=data, out=out, val=val, steps=steps, epochs=epochs, batch_size=batch_size, opt=opt, lr=lr,
+        weight_decay=weight_decay, momentum=momentum, sched=sched, warmup_steps=warmup_steps, min_lr=min_lr,
+        positions_lr=positions_lr, positions_offset=positions_offset, freeze=freeze, gc_consistency=gc_consistency,
+        maxpool=maxpool, distill_from=distill_from, distill_weight=distill_weight, seed=seed, img_size=img_size,
+        aug=aug, workers=workers, amp=amp, device=device, tag=tag, resume=resume, checkpoint_every=checkpoint_every,
+    )
+    main_process = os.environ.get("RANK", "0") == "0"
+    bar = _progress_bar(enabled=main_process and sys.stderr.isatty() and not as_json)
+    task: Any = None
+
+    def on_progress(record) -> None:
+        nonlocal task
+        if record.event != "step":
+            if main_process and not as_json:
+                bar.console.print(f"step {record.step}: --val top-1 {record.top1:.4f} on {record.n_images} images"
+                                  + (" (best so far)" if record.best else ""))
+            return
+        fields = {"loss": f"{record.loss:.4f}", "accuracy": f"{record.accuracy:.3f}", "rate": f"{record.images_per_s:.1f} img/s"}
+        if task is None:
+            bar.start()
+            task = bar.add_task("train", total=record.total_steps, completed=record.step - 1, **fields)
+        bar.update(task, completed=record.step, **fields)
+
+    try:
+        result = run_train(request, db=db, progress=on_progress)
+    finally:
+        bar.stop()
+    if not main_process:
+        return
+    if as_json:
+        typer.echo(json.dumps(result.to_json(), default=str))
+    else:
+        stdout_console().print(_summary(result))

@@ -1,0 +1,194 @@
+"""What a training run is asked to do (torch-free): its options, the methods and freeze modes as data.
+
+``TrainRequest`` holds every option of ``alignbench train`` once; the CLI builds it and the library
+reads it. ``METHODS`` says which method a request is (what the store records as the trained model's
+``origin``) and which parameters it trains by default; ``FREEZE_MODES`` says which parameters a
+``--freeze`` choice leaves trainable. A new way of training (e.g. CA-Stream) adds one entry to each.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from alignbench.errors import TrainingError
+from alignbench.models import ModelRequest
+
+# ConvNeXt-dcls engine.py: the positions' learning rate is the scheduled rate × 5.
+POSITIONS_LR_FACTOR = 5.0
+# DCLS v1 builds each element as a tent relu(1 − |i − p|), whose gradient the DCLS package takes as
+# 0 at integer positions (abs'(0) = 0) — exactly where --init from-dense puts every element, so they
+# could never move. Training first moves such coordinates this far off the grid (pixels): the kernel
+# changes by this fraction of a tap, and the gradient is ±1 per tap from then on.
+POSITIONS_OFFSET = 1e-3
+# Pillai & Pirsiavash train ImageNet models with λ = 25 (README: `--lambda 25`).
+PAPER_GC_LAMBDA = 25.0
+# timm's step-based schedules (create_scheduler_v2 with step_on_epochs=False); 'plateau' steps on
+# epochs only, and 'none' keeps the optimiser's rate.
+SCHEDULES = ("cosine", "tanh", "step", "multistep", "poly", "constant", "none")
+# The name that trains on the images embedded in the package (alignbench/data/sample).
+SAMPLE_DATA = "sample"
+
+
+def position_parameters(model: Any) -> Iterator[Any]:
+    """The DCLS positions of ``model`` (each Dcls2d's P, and SIG for gauss), each shared tensor once."""
+    seen: set[int] = set()
+    for module in model.modules():
+        if not hasattr(module, "dilated_kernel_size"):  # Dcls2d (and alignbench's subclasses)
+            continue
+        for parameter in (getattr(module, "P", None), getattr(module, "SIG", None)):
+            if parameter is not None and id(parameter) not in seen:
+                seen.add(id(parameter))
+                yield parameter
+
+
+def _classifier_parameters(model: Any) -> Iterator[Any]:
+    get_classifier = getattr(model, "get_classifier", None)
+    if get_classifier is None:
+        raise TrainingError(f"{type(model).__name__} has no timm get_classifier(); --freeze backbone needs a timm classifier")
+    yield from get_classifier().parameters()
+
+
+@dataclass(frozen=True)
+class FreezeMode:
+    """A ``--freeze`` choice: ``trainable(model)`` yields the parameters that train; the rest stay
+    fixed (and so do the running statistics of batch-norm layers left with nothing to train)."""
+
+    name: str
+    description: str
+    trainable: Callable[[Any], Iterator[Any]] = field(repr=False, compare=False)
+
+
+FREEZE_MODES: dict[str, FreezeMode] = {
+    mode.name: mode
+    for mode in (
+        FreezeMode("none", "every parameter trains", lambda model: iter(model.parameters())),
+        FreezeMode("backbone", "only the classifier trains", _classifier_parameters),
+        FreezeMode("all-but-positions", "only the DCLS positions (P, and SIG) train", position_parameters),
+    )
+}
+
+
+@dataclass(frozen=True)
+class Method:
+    """A way of training: the first method in ``METHODS`` whose ``applies`` holds names a request.
+
+    ``name`` is what the store records as the trained model's ``origin``; ``default_freeze`` is the
+    ``--freeze`` mode used when none is given."""
+
+    name: str
+    description: str
+    applies: Callable[["TrainRequest"], bool] = field(repr=False, compare=False)
+    default_freeze: str = "none"
+
+
+METHODS: tuple[Method, ...] = (
+    Method("gc-consistency", "cross-entropy + λ · Grad-CAM consistency (Pillai & Pirsiavash 2021)",
+           lambda request: request.gc_consistency > 0),
+    Method("dcls-finetune", "DCLS positions fine-tuned (and, with --freeze none, every weight)",
+           lambda request: request.model.dcls, default_freeze="all-but-positions"),
+    Method("finetune", "cross-entropy fine-tuning", lambda request: True),
+)
+
+
+@dataclass(frozen=True)
+class TrainRequest:
+    """Every option of ``alignbench train`` (see ``alignbench train --help`` for each)."""
+
+    model: ModelRequest
+    data: Path | str  # an ImageFolder tree, the folder layout (images/ + labels.csv), or "sample"
+    out: Path
+    val: Path | str | None = None
+    steps: int | None = None  # optimiser steps; or
+    epochs: int | None = None  # passes over --data (default 1 when neither is given)
+    batch_size: int = 32  # images per step, over all processes
+    opt: str = "adamw"
+    lr: float = 1e-4
+    weight_decay: float = 0.05
+    momentum: float = 0.9
+    sched: str = "cosine"
+    warmup_steps: int = 0
+    min_lr: float = 0.0
+    positions_lr: float | None = None  # default POSITIONS_LR_FACTOR × lr
+    positions_offset: float = POSITIONS_OFFSET  # v1 positions on the integer grid are moved this far first
+    freeze: str | None = None  # default: the method's
+    gc_consistency: float = 0.0  # λ; 0 = off
+    maxpool: bool = False
+    distill_from: str | None = None  # "dense" or a model name
+    distill_weight: float = 1.0
+    seed: int = 0
+    img_size: int | None = None  # default: the model's input size
+    aug: bool = True  # timm's training augmentation (random resized crop, flip, colour jitter)
+    workers: int | None = None
+    amp: bool = False
+    device: str = "auto"
+    tag: str | None = None  # default: the name of --out
+    resume: Path | None = None
+    checkpoint_every: int | None = None  # also write last.pt every N steps (always: each epoch's end)
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.model, ModelRequest):
+            object.__setattr__(self, "model", ModelRequest(str(self.model)))
+        object.__setattr__(self, "out", Path(self.out).expanduser())
+        if self.resume is not None:
+            object.__setattr__(self, "resume", Path(self.resume).expanduser())
+
+    @property
+    def method(self) -> Method:
+        return next(method for method in METHODS if method.applies(self))
+
+    @property
+    def freeze_mode(self) -> FreezeMode:
+        return FREEZE_MODES[self.freeze or self.method.default_freeze]
+
+    @property
+    def effective_positions_lr(self) -> float:
+        return self.positions_lr if self.positions_lr is not None else POSITIONS_LR_FACTOR * self.lr
+
+    @property
+    def effective_tag(self) -> str:
+        return self.tag or self.out.resolve().name
+
+    def validate(self) -> None:
+        """Raise TrainingError naming the first option that cannot work (before anything is loaded)."""
+        positive = {"--batch-size": self.batch_size, "--steps": self.steps, "--epochs": self.epochs,
+                    "--checkpoint-every": self.checkpoint_every, "--img-size": self.img_size}
+        for option, value in positive.items():
+            if value is not None and value < 1:
+                raise TrainingError(f"{option} must be at least 1, got {value}")
+        if self.steps is not None and self.epochs is not None:
+            raise TrainingError("give --steps or --epochs, not both")
+        for option, value in {"--lr": self.lr, "--positions-lr": self.positions_lr, "--weight-decay": self.weight_decay,
+                              "--gc-consistency": self.gc_consistency, "--distill-weight": self.distill_weight,
+                              "--min-lr": self.min_lr, "--warmup-steps": self.warmup_steps,
+                              "--positions-offset": self.positions_offset}.items():
+            if value is not None and not (math.isfinite(value) and value >= 0):
+                raise TrainingError(f"{option} must be a finite number ≥ 0, got {value}")
+        if self.sched not in SCHEDULES:
+            raise TrainingError(f"unknown --sched {self.sched!r}; use one of {', '.join(SCHEDULES)}")
+        freeze = self.freeze or self.method.default_freeze
+        if freeze not in FREEZE_MODES:
+            raise TrainingError(f"unknown --freeze {freeze!r}; use one of {', '.join(FREEZE_MODES)}")
+        if freeze == "all-but-positions" and not self.model.dcls:
+            raise TrainingError("--freeze all-but-positions trains DCLS positions: add --dcls")
+        if self.workers is not None and self.workers < 0:
+            raise TrainingError(f"--workers must be 0 or more, got {self.workers}")
+
+    def recipe(self) -> dict[str, Any]:
+        """What decides the trained weights (a --resume checkpoint must have been written with the same):
+        the model, the data order and every hyper-parameter; not where files go or how many workers load them."""
+        skip = {"out", "resume", "workers", "device", "tag", "checkpoint_every", "data", "val"}
+        values = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in skip}
+        values["model"] = self.model.to_json()
+        values["model"].pop("tag", None)
+        values["positions_lr"] = self.effective_positions_lr
+        values["freeze"] = self.freeze_mode.name
+        return {key: str(value) if isinstance(value, Path) else value for key, value in values.items()}
+
+    def to_json(self) -> dict[str, Any]:
+        values = asdict(self)
+        values["model"] = self.model.to_json()
+        return {key: str(value) if isinstance(value, Path) else value for key, value in values.items()}

@@ -1,0 +1,578 @@
+"""``alignbench train``: the loop, read like timm's train.py.
+
+setup (data, model, frozen parts, objective, parameter groups → ``create_optimizer_v2``, schedule
+→ ``create_scheduler_v2`` stepped per optimiser update, checkpoint saver, resume) → for each epoch:
+``train_one_epoch`` (forward through ``TrainingStep``, backward, optimiser step, DCLS positions
+clamped into the dilated kernel, schedule update, one log line) → ``validate`` on ``--val`` → last
+(and best) checkpoint → at the end, the trained model and its lineage in the store.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import random
+import time
+from collections.abc import Callable
+from contextlib import nullcontext
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from timm.data import create_transform
+from timm.optim import create_optimizer_v2
+from timm.scheduler import create_scheduler_v2
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader
+
+from alignbench import __version__
+from alignbench.errors import AlignbenchError, DatasetError, TrainingError
+from alignbench.models import ModelRequest, load_model, save_state_dict, set_global_pool
+from alignbench.training import _checkpoint as ckpt
+from alignbench.training import _distributed as distributed
+from alignbench.training._data import EpochSampler, EvalImages, LabelledImages, TrainingImages, open_training_data
+from alignbench.training._lineage import TrainedFile, record_trained
+from alignbench.training._objective import CrossEntropy, Distillation, GradCamConsistency, TrainingStep
+from alignbench.training._params import Trainable, freeze, param_groups, train_mode, unpin_positions
+from alignbench.training._request import TrainRequest, position_parameters
+
+# final_loss: the mean training loss over this many last steps (one step's loss is noisy).
+FINAL_LOSS_STEPS = 10
+
+
+@dataclass(frozen=True)
+class StepRecord:
+    """One optimiser step, as the progress bar and ``log.jsonl`` see it (averaged over all processes)."""
+
+    step: int
+    total_steps: int
+    epoch: int
+    loss: float
+    terms: dict[str, float]  # each loss term before its weight (ce, gc, distill)
+    accuracy: float  # top-1 on the step's training images
+    lr: float | None  # None when only the positions train
+    positions_lr: float | None
+    images_per_s: float
+    clamped: int  # position coordinates moved back into the dilated kernel after the step
+    event: str = "step"
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class EvalRecord:
+    """Top-1 on ``--val`` after ``step`` steps (step 0: the model before training)."""
+
+    step: int
+    epoch: int
+    top1: float
+    n_images: int
+    best: bool
+    event: str = "val"
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+Progress = Callable[[Any], None]  # receives StepRecord / EvalRecord (rank 0 only)
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    """What ``train`` did (the CLI's summary, ``train --json``, ``OUT/train.json``)."""
+
+    model: str
+    dcls: bool
+    method: str
+    tag: str
+    out: Path
+    last: Path
+    best: Path | None
+    steps: int
+    total_steps: int
+    epochs: float  # passes over --data
+    images_seen: int
+    batch_size: int
+    processes: int
+    trainable_parameters: int
+    trainable_positions: int
+    total_parameters: int
+    final_loss: float | None
+    top1_before: float | None
+    top1_after: float | None
+    best_top1: float | None
+    best_step: int | None
+    seconds: float
+    images_per_s: float
+    resumed_from: int | None  # the step a --resume started from
+    positions_unpinned: int  # v1 coordinates first moved off the integer grid (--positions-offset)
+    positions_shift_max: float | None  # |P − P(parent)|, pixels, over every position coordinate (None: no DCLS)
+    positions_shift_mean: float | None
+    parent_fingerprint: str
+    fingerprint: str | None  # of last.safetensors (as the store records it)
+    best_fingerprint: str | None
+    data_fingerprint: str
+    recorded_in: str | None
+    lineage: dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        return {key: str(value) if isinstance(value, Path) else value for key, value in asdict(self).items()}
+
+
+class TrainingInterrupted(TrainingError):
+    """Ctrl-C: the state after the last whole step is saved for --resume."""
+
+    exit_code = 130
+
+
+@dataclass
+class _Run:
+    """Everything the loop works on, built once by ``_setup``."""
+
+    request: TrainRequest
+    processes: distributed.Processes
+    out: Path
+    data: LabelledImages
+    val: LabelledImages | None
+    recipe: dict
+    model: nn.Module
+    step_module: nn.Module  # TrainingStep, DDP-wrapped with several processes
+    trainable: Trainable
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
+    scaler: torch.amp.GradScaler
+    sampler: EpochSampler
+    dataset: TrainingImages
+    eval_loader: DataLoader | None
+    per_process_batch: int
+    steps_per_epoch: int
+    total_steps: int
+    state: ckpt.TrainState
+    resumed_from: int | None
+    workers: int
+    weights_metadata: dict[str, str]
+    progress: Progress | None
+    positions_group: int | None  # index of the positions' parameter group, if any
+    unpinned: int  # v1 position coordinates moved off the integer grid before the first step
+    initial_positions: list[torch.Tensor]  # the parent's DCLS positions (how far training moved them)
+    interruptible: bool = True  # False while the optimiser updates the parameters
+
+
+def _check_device(request: TrainRequest, processes: distributed.Processes) -> None:
+    if request.amp and processes.device.type != "cuda":
+        raise TrainingError("--amp (mixed precision) needs CUDA; train on the CPU in float32 without it")
+
+
+def _transforms(request: TrainRequest, model: nn.Module):
+    preprocessing = model.alignbench_info.preprocessing
+    size = (request.img_size, request.img_size) if request.img_size else tuple(preprocessing.input_size)
+    common = dict(input_size=(3, *size), interpolation=preprocessing.interpolation, mean=preprocessing.mean, std=preprocessing.std)
+    train = create_transform(is_training=True, no_aug=not request.aug, **common)
+    evaluate = create_transform(is_training=False, crop_pct=preprocessing.crop_pct, **common)
+    return train, evaluate
+
+
+def _teacher(request: TrainRequest, student: nn.Module, device: torch.device) -> nn.Module:
+    """``--distill-from dense``: the student's dense original; a model name: that model."""
+    info = student.alignbench_info
+    source = request.distill_from
+    if source == "dense":
+        if not request.model.dcls:
+            raise TrainingError("--distill-from dense distils a DCLS model from its dense original: add --dcls, or name a teacher model")
+        dense_checkpoint = None if info.identity.init == "checkpoint" else request.model.checkpoint
+        teacher_request = ModelRequest(request.model.name, checkpoint=dense_checkpoint, pretrained=request.model.pretrained)
+    else:
+        teacher_request = ModelRequest(source, pretrained=request.model.pretrained)
+    teacher = load_model(teacher_request, device=str(device)).eval().requires_grad_(False)
+    classes = teacher.alignbench_info.num_classes
+    if classes != info.num_classes:
+        raise TrainingError(
+            f"--distill-from {source}: the teacher predicts {classes} classes, {info.name} {info.num_classes}; "
+            "distil from a model with the same label space"
+        )
+    mine, theirs = info.preprocessing, teacher.alignbench_info.preprocessing
+    if (mine.mean, mine.std) != (theirs.mean, theirs.std):
+        raise TrainingError(
+            f"--distill-from {source}: the teacher expects inputs normalised with mean {theirs.mean} / std {theirs.std}, "
+            f"{info.name} with {mine.mean} / {mine.std}; distil from a model with the same input normalisation"
+        )
+    return teacher
+
+
+def _objective(request: TrainRequest, model: nn.Module, device: torch.device) -> list:
+    terms: list = [CrossEntropy()]
+    if request.gc_consistency > 0:
+        terms.append(GradCamConsistency(weight=request.gc_consistency))
+    if request.distill_from:
+        terms.append(Distillation(_teacher(request, model, device), weight=request.distill_weight))
+    return terms
+
+
+def _default_workers(processes: distributed.Processes) -> int:
+    # a DataLoader worker per process, when the cores allow it (decoding and augmenting JPEGs
+    # beside the step); none when every core already runs a training process
+    cores = os.cpu_count() or 1
+    return max(0, min(4, cores // processes.world_size - 1))
+
+
+def _seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def _setup(request: TrainRequest, processes: distributed.Processes, progress: Progress | None, db: str | None) -> _Run:
+    out = request.out.resolve()
+    ckpt.prepare_out(out, request.resume)
+    distributed.on_main(processes, lambda: _check_store(db))
+    data = open_training_data(request.data)
+    val = open_training_data(request.val, "--val") if request.val is not None else None
+    recipe = {**request.recipe(), "data": data.fingerprint()}
+    saved = ckpt.load_state(request.resume, recipe) if request.resume is not None else None
+    if request.batch_size % processes.world_size:
+        raise TrainingError(
+            f"--batch-size {request.batch_size} is the batch of all {processes.world_size} processes together: "
+            f"give a multiple of {processes.world_size}"
+        )
+
+    _seed_everything(request.seed + processes.rank)
+    model = load_model(request.model, device="cpu")
+    info = model.alignbench_info
+    data.check_labels(info.num_classes, info.name, "--data")
+    if val is not None:
+        val.check_labels(info.num_classes, info.name, "--val")
+    weights_metadata = {}
+    if request.maxpool:
+        set_global_pool(model, "max")
+        weights_metadata["alignbench_global_pool"] = "max"  # models._pooling.POOLING_METADATA_KEY
+    trainable = freeze(model, request.freeze_mode)
+    initial_positions = [p.detach().clone() for p in position_parameters(model)]
+    unpinned = unpin_positions(model, request.positions_offset) if request.positions_offset else 0
+    model.to(processes.device)
+    step_module = TrainingStep(model, _objective(request, model, processes.device))
+    if processes.distributed:
+        step_module = DistributedDataParallel(step_module, device_ids=[processes.device.index] if processes.device.type == "cuda" else None)
+
+    groups = param_groups(model, weight_decay=request.weight_decay, positions_lr=request.effective_positions_lr)
+    try:
+        optimizer = create_optimizer_v2(groups, opt=request.opt, lr=request.lr, weight_decay=request.weight_decay, momentum=request.momentum)
+    except (AssertionError, ValueError, KeyError) as error:
+        raise TrainingError(f"--opt {request.opt!r}: {error or 'unknown optimiser'}; use a timm optimiser name such as adamw or sgd") from None
+
+    train_transform, eval_transform = _transforms(request, model)
+    dataset = TrainingImages(data, train_transform, seed=request.seed, composites=request.gc_consistency > 0)
+    sampler = EpochSampler(dataset, num_replicas=processes.world_size, rank=processes.rank, seed=request.seed)
+    per_process = request.batch_size // processes.world_size
+    steps_per_epoch = math.ceil(sampler.num_samples / per_process)
+    total_steps = request.steps or (request.epochs or 1) * steps_per_epoch
+    # The schedule counts optimiser updates: one "epoch" of timm's scheduler per step.
+    scheduler = None
+    if request.sched != "none":
+        scheduler, _ = create_scheduler_v2(
+            optimizer, sched=request.sched, num_epochs=total_steps, warmup_epochs=request.warmup_steps,
+            min_lr=request.min_lr, step_on_epochs=False, updates_per_epoch=1,
+        )
+    scaler = torch.amp.GradScaler(processes.device.type, enabled=request.amp)
+    workers = request.workers if request.workers is not None else _default_workers(processes)
+    eval_loader = None
+    if val is not None and processes.is_main:
+        eval_loader = DataLoader(EvalImages(val, eval_transform), batch_size=per_process, num_workers=workers,
+                                 generator=torch.Generator())
+
+    state, resumed_from = ckpt.TrainState(), None
+    if saved is not None:
+        model.load_state_dict(saved["model"])
+        optimizer.load_state_dict(saved["optimizer"])
+        if scheduler is not None:
+            scheduler.load_state_dict(saved["scheduler"])
+        scaler.load_state_dict(saved["scaler"])
+        state = ckpt.TrainState(**saved["state"])
+        rng = saved["rng"]
+        if processes.rank < len(rng):
+            ckpt.set_rng_state(rng[processes.rank])
+        resumed_from = state.step
+    positions_group = next((i for i, group in enumerate(optimizer.param_groups) if group.get("group_name") == "positions"), None)
+    return _Run(
+        request=request, processes=processes, out=out, data=data, val=val, recipe=recipe, model=model,
+        step_module=step_module, trainable=trainable, optimizer=optimizer, scheduler=scheduler, scaler=scaler,
+        sampler=sampler, dataset=dataset, eval_loader=eval_loader, per_process_batch=per_process,
+        steps_per_epoch=steps_per_epoch, total_steps=total_steps, state=state, resumed_from=resumed_from,
+        workers=workers, weights_metadata=weights_metadata, progress=progress, positions_group=positions_group,
+        unpinned=unpinned, initial_positions=initial_positions,
+    )
+
+
+def _check_store(db: str | None) -> None:
+    from alignbench.store import open_store
+
+    open_store(db).close()  # a bad --db fails now, not after the training
+
+
+def _clamp_positions(model: nn.Module) -> int:
+    """DCLS positions back into the dilated kernel after a step (ConvNeXt-dcls engine.py calls the
+    model's ``clamp_parameters`` after every optimiser step)."""
+    from alignbench.models import clamp_positions
+
+    return clamp_positions(model)
+
+
+def _to_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
+    return {key: value.to(device, non_blocking=True) if isinstance(value, torch.Tensor) else value for key, value in batch.items()}
+
+
+def _batches(loader: DataLoader):
+    """The loader's batches; an unreadable image (raised in a worker) becomes its own one-line error."""
+    iterator = iter(loader)
+    while True:
+        try:
+            batch = next(iterator)
+        except StopIteration:
+            return
+        except DatasetError as error:
+            raise DatasetError(error.message.strip().splitlines()[-1].split(": ", 1)[-1]) from None
+        yield batch
+
+
+def _learning_rates(run: _Run) -> tuple[float, float | None]:
+    """The base rate (None when only positions train) and the positions' rate of the step about to be taken."""
+    groups = run.optimizer.param_groups
+    positions = float(groups[run.positions_group]["lr"]) if run.positions_group is not None else None
+    base = next((float(group["lr"]) for group in groups if group.get("group_name") != "positions"), None)
+    return base, positions
+
+
+def _step_record(run: _Run, output: dict[str, Any], labels: torch.Tensor, seconds: float, clamped: int,
+                 rates: tuple[float, float | None]) -> StepRecord:
+    """The step's loss, terms and accuracy averaged over every process's images."""
+    count = float(labels.numel())
+    terms = output["terms"]
+    correct = (output["logits"].detach().argmax(dim=1) == labels).sum().float()
+    local = torch.stack([output["loss"].detach().float() * count, *(v.float() * count for v in terms.values()), correct,
+                         torch.tensor(count, device=labels.device)]).cpu()
+    total = distributed.sum_over_ranks(local, run.processes)
+    images = float(total[-1])
+    loss, *term_values, accuracy = (total[:-1] / images).tolist()
+    return StepRecord(
+        step=run.state.step,
+        total_steps=run.total_steps,
+        epoch=run.state.epoch,
+        loss=loss,
+        terms=dict(zip(terms, term_values)),
+        accuracy=accuracy,
+        lr=rates[0],
+        positions_lr=rates[1],
+        images_per_s=images / seconds if seconds > 0 else 0.0,
+        clamped=clamped,
+    )
+
+
+def train_one_epoch(run: _Run, loader: DataLoader) -> bool:
+    """Steps through one epoch (from where a resumed run stopped) until it ends or the run's last
+    step; returns whether the epoch was completed."""
+    state, model, optimizer = run.state, run.model, run.optimizer
+    train_mode(model, run.trainable)
+    device = run.processes.device
+    autocast = torch.autocast(device.type, enabled=True) if run.request.amp else nullcontext()
+    for batch in _batches(loader):
+        start = time.perf_counter()
+        rates = _learning_rates(run)
+        batch = _to_device(batch, device)
+        with autocast:
+            output = run.step_module(batch)
+        loss = output["loss"]
+        if not torch.isfinite(loss.detach()):
+            raise TrainingError(
+                f"the loss is {float(loss)} at step {state.step + 1}; lower --lr (the last checkpoint in {run.out} is intact)"
+            )
+        optimizer.zero_grad(set_to_none=True)
+        run.scaler.scale(loss).backward()
+        run.interruptible = False
+        run.scaler.step(optimizer)
+        run.scaler.update()
+        clamped = _clamp_positions(model)
+        state.step += 1
+        state.batch_in_epoch += 1
+        state.images_seen += run.request.batch_size
+        if run.scheduler is not None:
+            run.scheduler.step_update(num_updates=state.step)
+        run.interruptible = True
+        seconds = time.perf_counter() - start
+        state.seconds += seconds
+        record = _step_record(run, output, batch["label"], seconds, clamped, rates)
+        state.recent_losses = (state.recent_losses + [record.loss])[-FINAL_LOSS_STEPS:]
+        if run.processes.is_main:
+            ckpt.append_log(run.out / ckpt.LOG_FILE, record.to_json())
+            if run.progress is not None:
+                run.progress(record)
+        every = run.request.checkpoint_every
+        if every and state.step % every == 0 and state.step < run.total_steps:
+            _save_last(run)
+        if state.step >= run.total_steps:
+            return state.batch_in_epoch >= run.steps_per_epoch
+    return True
+
+
+@torch.no_grad()
+def validate(model: nn.Module, loader: DataLoader, device: torch.device) -> float:
+    """Top-1 on the loader's images (eval mode; the caller restores training mode)."""
+    model.eval()
+    correct = total = 0
+    for images, labels in _batches(loader):
+        logits = model(images.to(device))
+        correct += int((logits.argmax(dim=1).cpu() == labels).sum())
+        total += int(labels.numel())
+    return correct / total
+
+
+def _evaluate(run: _Run) -> EvalRecord | None:
+    """Top-1 on --val (rank 0), the best checkpoint when it improves."""
+    if run.eval_loader is None:
+        return None
+    state = run.state
+    top1 = validate(run.model, run.eval_loader, run.processes.device)
+    best = state.step > 0 and (state.best_top1 is None or top1 > state.best_top1)
+    if state.step == 0:
+        state.top1_before = top1
+    state.last_top1, state.last_top1_step = top1, state.step
+    if best:
+        state.best_top1, state.best_step = top1, state.step
+        ckpt.atomic_write(run.out / ckpt.BEST_WEIGHTS, lambda temporary: _save_weights(run, temporary))
+    record = EvalRecord(step=state.step, epoch=state.epoch, top1=top1, n_images=len(run.val), best=best)
+    ckpt.append_log(run.out / ckpt.LOG_FILE, record.to_json())
+    if run.progress is not None:
+        run.progress(record)
+    return record
+
+
+def _save_weights(run: _Run, path: Path) -> None:
+    # save_state_dict picks the format from the suffix; the temporary name ends in .tmp
+    staged = path.with_name(path.name + ".safetensors")
+    try:
+        save_state_dict(run.model, staged, metadata=run.weights_metadata)
+        os.replace(staged, path)
+    finally:
+        staged.unlink(missing_ok=True)
+
+
+def _save_last(run: _Run) -> None:
+    """last.pt (everything --resume needs, every process's generators) and last.safetensors."""
+    rng = distributed.gather_objects(ckpt.rng_state(), run.processes)
+    if not run.processes.is_main:
+        return
+    ckpt.save_state(run.out / ckpt.STATE_FILE, recipe=run.recipe, model=run.model, optimizer=run.optimizer,
+                    scheduler=run.scheduler, scaler=run.scaler, state=run.state, rng=rng)
+    ckpt.atomic_write(run.out / ckpt.LAST_WEIGHTS, lambda temporary: _save_weights(run, temporary))
+
+
+def _loop(run: _Run) -> None:
+    state = run.state
+    if state.step == 0 and run.processes.is_main:
+        _evaluate(run)  # the model before training
+    while state.step < run.total_steps:
+        run.sampler.set_position(state.epoch, state.batch_in_epoch * run.per_process_batch)
+        # Its own generator: starting a loader draws a seed, which must not move the global
+        # generator (dropout) — a resumed run starts one where an uninterrupted run does not.
+        loader = DataLoader(
+            run.dataset, batch_size=run.per_process_batch, sampler=run.sampler, num_workers=run.workers,
+            pin_memory=run.processes.device.type == "cuda", generator=torch.Generator(),
+        )
+        completed = train_one_epoch(run, loader)
+        if completed:
+            state.epoch += 1
+            state.batch_in_epoch = 0
+        if run.processes.is_main and (completed or state.step >= run.total_steps):
+            _evaluate(run)
+        _save_last(run)
+
+
+def _lineage(run: _Run, result_fields: dict[str, Any]) -> dict[str, Any]:
+    request = run.request
+    hyper = {key: value for key, value in run.recipe.items() if key not in ("model", "data")}
+    return {
+        "method": request.method.name,
+        "data": run.recipe["data"],
+        "data_dir": str(run.data.root) if run.data.layout != "sample" else "sample",
+        "val_dir": str(run.val.root) if run.val is not None else None,
+        "steps": run.state.step,
+        "images_seen": run.state.images_seen,
+        "processes": run.processes.world_size,
+        "hyper_parameters": hyper,
+        **result_fields,
+        "top1_before": run.state.top1_before,
+        "top1_after": run.state.last_top1,
+        "versions": {"alignbench": __version__, "torch": torch.__version__},
+    }
+
+
+def _positions_shift(run: _Run) -> tuple[float | None, float | None]:
+    if not run.initial_positions:
+        return None, None
+    shifts = torch.cat([(p.detach().cpu() - p0).abs().flatten() for p, p0 in zip(position_parameters(run.model), run.initial_positions)])
+    return float(shifts.max()), float(shifts.mean())
+
+
+def _finish(run: _Run, db: str | None) -> TrainResult:
+    request, state, info = run.request, run.state, run.model.alignbench_info
+    shift_max, shift_mean = _positions_shift(run)
+    last, best = run.out / ckpt.LAST_WEIGHTS, run.out / ckpt.BEST_WEIGHTS
+    final_loss = float(np.mean(state.recent_losses)) if state.recent_losses else None
+    lineage = _lineage(run, {"final_loss": final_loss, "positions_shift_max": shift_max, "positions_shift_mean": shift_mean})
+    tag = request.effective_tag
+    recorded_in, identities = None, {}
+    if run.processes.is_main:
+        files = [TrainedFile("last", last, {"step": state.step, "top1": state.last_top1 if state.last_top1_step == state.step else None})]
+        if state.best_step is not None and best.is_file():
+            files.append(TrainedFile("best", best, {"step": state.best_step, "top1": state.best_top1}))
+        recorded_in, identities = record_trained(
+            db, parent=info.identity, parent_request=request.model, origin=request.method.name, tag=tag, files=files,
+            lineage=lineage, param_count=info.param_count, family=info.spec.family,
+        )
+    result = TrainResult(
+        model=info.spec.name, dcls=request.model.dcls, method=request.method.name, tag=tag, out=run.out, last=last,
+        best=best if state.best_step is not None else None, steps=state.step, total_steps=run.total_steps,
+        epochs=state.images_seen / len(run.data), images_seen=state.images_seen, batch_size=request.batch_size,
+        processes=run.processes.world_size, trainable_parameters=run.trainable.parameters,
+        trainable_positions=run.trainable.positions, total_parameters=run.trainable.total, final_loss=final_loss,
+        top1_before=state.top1_before, top1_after=state.last_top1, best_top1=state.best_top1, best_step=state.best_step,
+        seconds=state.seconds, images_per_s=state.images_seen / state.seconds if state.seconds else 0.0,
+        resumed_from=run.resumed_from, positions_unpinned=run.unpinned, positions_shift_max=shift_max,
+        positions_shift_mean=shift_mean, parent_fingerprint=info.identity.fingerprint,
+        fingerprint=identities["last"].fingerprint if "last" in identities else None,
+        best_fingerprint=identities["best"].fingerprint if "best" in identities else None,
+        data_fingerprint=run.recipe["data"], recorded_in=recorded_in, lineage=lineage,
+    )
+    if run.processes.is_main:
+        ckpt.write_json(run.out / ckpt.SUMMARY_FILE, {**result.to_json(), "request": request.to_json()})
+    return result
+
+
+def train(request: TrainRequest, *, db: str | None = None, progress: Progress | None = None) -> TrainResult:
+    """Train ``request.model`` on ``request.data`` into ``request.out`` and record it in the store at ``db``.
+
+    Run under ``torchrun --nproc_per_node N -m alignbench train ...`` it trains with N processes
+    (DistributedDataParallel). ``progress`` receives every StepRecord and EvalRecord (rank 0).
+    Raises AlignbenchError subclasses for bad input before anything is written, and
+    TrainingInterrupted (the state after the last whole step saved) on Ctrl-C.
+    """
+    request.validate()
+    processes = distributed.start(request.device)
+    try:
+        _check_device(request, processes)
+        run = _setup(request, processes, progress, db)
+        try:
+            _loop(run)
+        except KeyboardInterrupt:
+            if run.interruptible and run.state.step > 0:
+                _save_last(run)
+                raise TrainingInterrupted(
+                    f"interrupted after step {run.state.step} of {run.total_steps}; continue with "
+                    f"--resume {run.out / ckpt.STATE_FILE} (same options)"
+                ) from None
+            raise TrainingInterrupted(f"interrupted during step {run.state.step + 1}; the last checkpoint in {run.out} is intact") from None
+        return _finish(run, db)
+    finally:
+        distributed.stop(processes)
