@@ -276,18 +276,10 @@ def _with_stream(backbone: nn.Module, plan: LoadPlan) -> _ca_stream.CAStreamMode
     return model
 
 
-def save_stream(model: _ca_stream.CAStreamModel, path: Path) -> None:
-    """The stream's parameters only (loadable with ``--ca-stream --checkpoint path``), safetensors
-    or torch by suffix; safetensors records the model name, so a stream for another model is named."""
-    state = _ca_stream.stream_state_dict(model)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if path.suffix == ".safetensors":
-        from safetensors.torch import save_file
-
-        info = model.alignbench_info
-        save_file(state, str(path), metadata={"format": "pt", "alignbench_model": info.spec.name, "alignbench_part": "ca-stream"})
-    else:
-        torch.save(state, path)
+def save_stream(model: _ca_stream.CAStreamModel, path: Path, metadata: dict[str, str] | None = None) -> None:
+    """The stream's parameters only (``--ca-stream --checkpoint path`` loads them), as ``save_state_dict``
+    writes a model; safetensors records the model's name, so a stream for another model is named."""
+    _write_state(_ca_stream.stream_state_dict(model), path, model, {"alignbench_part": "ca-stream", **(metadata or {})})
 
 
 def _convert(model: nn.Module, spec: ModelSpec, recipe: DclsRecipe, init: str) -> tuple[nn.Module, ConversionReport]:
@@ -473,6 +465,11 @@ def save_state_dict(model: nn.Module, path: Path, metadata: dict[str, str] | Non
     """A plain state_dict; every tensor its own copy (safetensors refuses shared storage).
     ``metadata``: more safetensors metadata (e.g. the head's pooling, see ``_pooling``)."""
     state = {key: value.detach().cpu().clone().contiguous() for key, value in model.state_dict().items()}
+    _write_state(state, path, model, metadata)
+
+
+def _write_state(state: dict[str, torch.Tensor], path: Path, model: nn.Module, metadata: dict[str, str] | None) -> None:
+    """safetensors (with the model's name and ``metadata``) or torch, by the suffix of ``path``."""
     path.parent.mkdir(parents=True, exist_ok=True)
     if path.suffix == ".safetensors":
         from safetensors.torch import save_file
