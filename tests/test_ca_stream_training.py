@@ -153,3 +153,24 @@ def test_cli_train_ca_stream_refuses_in_one_line(tmp_path) -> None:
     assert result.exit_code == 2, result.output
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and "--ca-stream trains the stream alone" in lines[0]
+
+
+def test_compare_against_parent_pairs_the_stream_with_the_pooled_model(trained, tmp_path) -> None:
+    """Scored both ways, the trained stream is compared with its parent (GAP); neither it nor a stream
+    loaded from a file (no lineage) is ever taken for the architecture's baseline."""
+    from alignbench.analysis.compare import compare
+    from alignbench.models import save_stream
+    from alignbench.scoring import ScoreRequest, score, trained_request
+
+    result, db, _ = trained
+    options = dict(explainer="gradcam", dataset="sample", limit=4, batch_size=4, workers=0, device="cpu")
+    parent = score(ScoreRequest(model=ModelRequest("test_resnet", pretrained=False), **options), db=db)
+    child = score(ScoreRequest(model=trained_request(result.tag, db), **options), db=db)
+    save_stream(load_model(STREAM), tmp_path / "fresh.safetensors")
+    loose = score(ScoreRequest(model=ModelRequest("test_resnet", pretrained=False, ca_stream=True,
+                                                  stream_checkpoint=tmp_path / "fresh.safetensors"), **options), db=db)
+    [row] = compare(db, against="parent", dataset="sample").comparisons
+    assert (row.kind, row.baseline_run_id, row.dcls_run_id, row.variant) == ("against-parent", parent.run_id, child.run_id, result.tag)
+    assert "test_resnet + CA-Stream" in row.dcls_label
+    for pairing in compare(db, dataset="sample").comparisons:
+        assert {pairing.baseline_run_id, pairing.dcls_run_id}.isdisjoint({child.run_id, loose.run_id})

@@ -304,6 +304,7 @@ class RunView:
     tag: str | None = None
     origin: str | None = None
     parent_id: int | None = None
+    ca_stream: bool = False  # the model pools with a CA-Stream (not the architecture's baseline)
 
 
 def list_runs(
@@ -345,6 +346,7 @@ def list_runs(
             tag=model.tag,
             origin=model.origin,
             parent_id=model.parent_id,
+            ca_stream=model.ca_stream,
         )
         for run, model, explainer, ds in session.exec(statement).all()
     ]
