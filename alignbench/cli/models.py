@@ -51,7 +51,7 @@ def _trained(db: str | None, as_json: bool) -> None:
         top1 = "—" if lineage.get("top1_before") is None else f"{_number(lineage.get('top1_before'))} → {_number(lineage.get('top1_after'))}"
         moved = "—" if lineage.get("positions_shift_max") is None else f"max {lineage['positions_shift_max']:.3f} px"
         table.add_row(
-            row.label, f"{row.name}{' + DCLS' if row.dcls else ''}", row.origin, row.parent_label, str(lineage.get("steps", "—")),
+            row.label, f"{row.name}{' + DCLS' if row.dcls else ''}{' + CA-Stream' if row.ca_stream else ''}", row.origin, row.parent_label, str(lineage.get("steps", "—")),
             _number(lineage.get("final_loss")), top1, moved, str(lineage.get("checkpoint", "—")), row.fingerprint[:12],
         )
     stdout_console().print(table)
