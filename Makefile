@@ -19,13 +19,22 @@ install: $(STAMP)
 
 # The main job on the embedded default (efficientnet_lite0, real ImageNet weights, on the embedded
 # `sample` dataset; offline), its DCLS conversion (from-dense), the same command again (answered from
-# the store), the comparison and the report of what is stored in ./alignbench.db.
+# the store), then a DCLS model whose positions `alignbench train` moved (on the same ten images; an
+# earlier ./demo-train is resumed: finished, it is only recorded again), its score, the comparisons — DCLS vs
+# baseline, where from-dense is identical and the trained positions are not, and trained vs parent —
+# and the report of what is stored in ./alignbench.db.
+DEMO_TRAIN := demo-train
 demo: install
 	$(BIN)/alignbench models
 	$(BIN)/alignbench score
 	$(BIN)/alignbench score efficientnet_lite0 --dcls
 	$(BIN)/alignbench score
+	$(BIN)/alignbench train efficientnet_lite0 --dcls --data sample \
+		--out $(DEMO_TRAIN) --tag lite0-dcls-demo --steps 8 --batch-size 10 --positions-lr 0.05 \
+		$$(test -f $(DEMO_TRAIN)/last.pt && echo --resume $(DEMO_TRAIN)/last.pt)
+	$(BIN)/alignbench score --trained lite0-dcls-demo
 	$(BIN)/alignbench compare
+	$(BIN)/alignbench compare --against parent
 	$(BIN)/alignbench report
 
 # The store tests run against PostgreSQL too and the HTML report opens in headless Chromium: both are

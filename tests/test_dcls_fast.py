@@ -20,7 +20,7 @@ from typer.testing import CliRunner
 import alignbench
 from alignbench.cli.app import app
 from alignbench.errors import AlignbenchWarning, ModelError
-from alignbench.models import _dcls, clamp_positions, dcls_implementation, load_model
+from alignbench.models import _dcls, _depthwise, clamp_positions, dcls_implementation, load_model
 from alignbench.models._dcls_kernel import construct, trim_negligible
 from alignbench.registry import EVERY_3X3, DclsRecipe, get_spec
 
@@ -204,12 +204,14 @@ MODEL_CASES = [
     ("test_convnext", DclsRecipe("v0", 9, 10), 64),
     ("test_convnext", DclsRecipe("v1", 9, 10), 64),
     ("test_convnext", DclsRecipe("gauss", 9, 10), 64),
+    ("test_convnext", DclsRecipe("v0", 17, 12), 64),  # kernels above 11×11: alignbench's depthwise backward
     ("test_resnet", DclsRecipe("v0", 5, 5, EVERY_3X3), 64),  # full convs with stride 2
     ("test_efficientnet", DclsRecipe("v1", 9, 12), 67),  # TF "SAME" with stride 2 at an odd size
 ]
 
 
-@pytest.mark.parametrize(("name", "recipe", "size"), MODEL_CASES, ids=lambda v: getattr(v, "version", v))
+@pytest.mark.parametrize(("name", "recipe", "size"), MODEL_CASES,
+                         ids=[f"{name}-{recipe.version}-{recipe.dilated_kernel_size}" for name, recipe, _ in MODEL_CASES])
 def test_fast_path_equals_the_reference_under_no_grad_and_with_grad(name, recipe, size) -> None:
     model = _tiny(name, recipe)
     x = _input(size)
@@ -381,6 +383,28 @@ def test_taps_of_elements_with_weight_zero_are_trimmed_from_a_frozen_kernel() ->
     kernel = construct(weight, P, None, "v1", 9)
     assert kernel.shape[-2:] == (7, 7) and trim_negligible(kernel).shape[-2:] == (3, 3)
     torch.testing.assert_close(_embed(trim_negligible(kernel), 9), _embed(kernel, 9), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("method", ["conv", "fft"])
+@pytest.mark.parametrize(("size", "stride", "kernel", "padding"), [
+    (9, 1, 17, 8), (20, 1, 13, 6), (10, 2, 17, 8), (11, 2, 15, 7), (33, 2, 17, 9),
+])
+def test_large_depthwise_backward_equals_autograd(monkeypatch, method, size, stride, kernel, padding) -> None:
+    monkeypatch.setattr(_depthwise, "_SMALL_MAP", 10**9 if method == "conv" else 0)
+    generator = torch.Generator().manual_seed(0)
+    x = torch.randn(3, 5, size, size, generator=generator, dtype=torch.float64)
+    weight = torch.randn(5, 1, kernel, kernel, generator=generator, dtype=torch.float64)
+    bias = torch.randn(5, generator=generator, dtype=torch.float64)
+    leaves = [t.clone().requires_grad_() for t in (x, weight, bias)]
+    expected = F.conv2d(*leaves, stride, padding, 1, 5)
+    grad = torch.randn(expected.shape, generator=generator, dtype=torch.float64)
+    expected_grads = torch.autograd.grad(expected, leaves, grad)
+    ours = [t.clone().requires_grad_() for t in (x, weight, bias)]
+    out = _depthwise.depthwise_conv(ours[0].contiguous(memory_format=torch.channels_last), ours[1], ours[2],
+                                    (stride, stride), (padding, padding))
+    torch.testing.assert_close(out, expected, rtol=1e-12, atol=1e-12)
+    for got, want in zip(torch.autograd.grad(out, ours, grad), expected_grads):
+        torch.testing.assert_close(got, want, rtol=1e-11, atol=1e-11)
 
 
 # ------------------------------------------------------------------ switch, clamping, bad input

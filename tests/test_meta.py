@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 import alignbench
 from alignbench.cli.app import app
 
-COMMANDS = ["models", "convert", "explain", "score", "compare", "report"]
+COMMANDS = ["models", "convert", "explain", "score", "compare", "report", "train"]
 MODULES = sorted(
     name for _, name, _ in pkgutil.walk_packages(alignbench.__path__, prefix="alignbench.") if "migrations.env" not in name
 )

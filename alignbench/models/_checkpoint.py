@@ -9,6 +9,7 @@ the DCLS ``.P``/``.SIG`` keys too, since they ride on the same module paths.
 from __future__ import annotations
 
 import argparse
+import json
 from collections.abc import Mapping
 from importlib import import_module
 from pathlib import Path
@@ -52,15 +53,26 @@ def read_state_dict(path: Path, key: str | None = None, *, trusted: bool = False
     return _unwrap(obj, key, path)
 
 
+# alignbench's entry in a safetensors header. One entry holding canonical JSON: safetensors keeps the
+# metadata in a hash map whose order changes from process to process, so two entries would give the
+# same weights different bytes — and a different sha256 fingerprint — each time they are saved.
+METADATA_KEY = "alignbench"
+
+
+def metadata_header(values: Mapping[str, str]) -> dict[str, str]:
+    return {METADATA_KEY: json.dumps(dict(values), sort_keys=True, separators=(",", ":"))}
+
+
 def read_metadata(path: Path) -> dict[str, str]:
-    """The string metadata of a safetensors file (empty for other files): e.g. how its head pools."""
+    """What alignbench wrote into a safetensors file (empty for other files): e.g. how its head pools."""
     if Path(path).suffix != ".safetensors":
         return {}
     from safetensors import safe_open
 
     try:
         with safe_open(str(path), framework="pt") as handle:
-            return dict(handle.metadata() or {})
+            header = dict(handle.metadata() or {})
+        return dict(json.loads(header[METADATA_KEY])) if METADATA_KEY in header else {}
     except Exception as error:  # safetensors raises its own error types
         raise ModelError(f"cannot read {path} as safetensors ({error}); is it corrupt?") from None
 

@@ -24,6 +24,7 @@ from torch import nn
 
 from alignbench.errors import AlignbenchWarning, ModelError
 from alignbench.models._dcls_kernel import construct, trim_negligible
+from alignbench.models._depthwise import depthwise_conv
 from alignbench.registry import ConvSelector, DclsRecipe
 
 # Plain convolutions only: subclasses such as timm's StdConv2d transform their weight in forward,
@@ -62,9 +63,11 @@ def dcls_implementation(name: str) -> Iterator[None]:
         _chosen.pop()
 
 
-# oneDNN's NCHW depthwise kernel falls back to a generic path above this size (on this machine's
-# torch 2.14: 96×56×56, batch 8, 9×9 in 36 ms, 11×11 in 240 ms); channels_last stays direct.
-_NCHW_DEPTHWISE_MAX = 9
+# On the CPU a depthwise conv runs in channels_last: oneDNN's NCHW depthwise kernels are slow
+# forward above 9×9 and backward at every size (this machine, 96×56×56, batch 8, forward+backward:
+# 3×3 450 ms NCHW / 219 ms channels_last, 7×7 8.3 s / 0.52 s). From 13×13 up its channels_last
+# backward falls back too (15×15: 21 s), where alignbench's own takes over (_depthwise).
+_ONEDNN_DEPTHWISE_MAX = 11
 
 
 class DclsConv(Dcls2d):
@@ -129,21 +132,16 @@ class DclsConv(Dcls2d):
 
     # ---- the convolution
 
-    def _channels_last(self, input: torch.Tensor, kernel: torch.Tensor) -> bool:
-        if input.device.type != "cpu" or input.ndim != 4:
-            return False
-        if input.is_contiguous(memory_format=torch.channels_last) and not input.is_contiguous():
-            return True
-        return self.groups > 1 and max(kernel.shape[-2:]) > _NCHW_DEPTHWISE_MAX
-
     def _convolve(self, input: torch.Tensor, kernel: torch.Tensor) -> torch.Tensor:
-        if self._channels_last(input, kernel):
+        cpu_depthwise = input.device.type == "cpu" and self.groups == self.in_channels == self.out_channels
+        if cpu_depthwise or (input.ndim == 4 and _is_channels_last(input)):
             input = input.contiguous(memory_format=torch.channels_last)
             kernel = self._kernel_channels_last(kernel)
         size = self.dilated_kernel_size[0]
         # The trimmed kernel starts (D − h) / 2 taps into the span: pad that much less.
-        trim = [(size - k) // 2 for k in kernel.shape[-2:]]
-        input, padding = self._pad(input, trim)
+        input, padding = self._pad(input, [(size - k) // 2 for k in kernel.shape[-2:]])
+        if cpu_depthwise and max(kernel.shape[-2:]) > _ONEDNN_DEPTHWISE_MAX:
+            return depthwise_conv(input, kernel, self.bias, self.stride, padding)
         return F.conv2d(input, kernel, self.bias, self.stride, padding, 1, self.groups)
 
     def _kernel_channels_last(self, kernel: torch.Tensor) -> torch.Tensor:
@@ -160,6 +158,10 @@ class DclsConv(Dcls2d):
         # The trimmed window is narrower than the dense kernel: crop (negative pad) instead.
         (top, left) = padding
         return F.pad(input, (left, left, top, top)), (0, 0)
+
+
+def _is_channels_last(tensor: torch.Tensor) -> bool:
+    return tensor.is_contiguous(memory_format=torch.channels_last) and not tensor.is_contiguous()
 
 
 class DclsConvSame(DclsConv):

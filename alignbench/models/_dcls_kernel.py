@@ -17,10 +17,10 @@ that fall outside, and v1/gauss renormalise over the taps that remain, as the pa
 
 The kernel comes back trimmed to the centred window that holds every tap an element reaches
 (``construct``); the convolution pads by (D − window) / 2 less, which gives the same output. For
-v0/v1 the window holds both bilinear neighbours of every element even where one has weight 0,
-because its gradient w.r.t. the position is not 0; for gauss it drops rows and columns where
-every element's profile is below 1e-9 of its own peak, which changes the kernel by less than
-float32 rounding does.
+v0 the window holds both bilinear neighbours of every element even where one has weight 0,
+because its slope w.r.t. the position is 1 there; v1 leaves out the upper neighbour of an integer
+position (weight 0, slope 0); gauss drops rows and columns where every element's profile is below
+1e-9 of its own peak, which changes the kernel by less than float32 rounding does.
 """
 
 from __future__ import annotations

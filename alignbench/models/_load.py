@@ -463,7 +463,7 @@ def _logit_error(dense: nn.Module, converted: nn.Module, preprocessing: Preproce
 
 def save_state_dict(model: nn.Module, path: Path, metadata: dict[str, str] | None = None) -> None:
     """A plain state_dict; every tensor its own copy (safetensors refuses shared storage).
-    ``metadata``: more safetensors metadata (e.g. the head's pooling, see ``_pooling``)."""
+    ``metadata``: what else the file should say (e.g. the head's pooling, see ``_pooling``)."""
     state = {key: value.detach().cpu().clone().contiguous() for key, value in model.state_dict().items()}
     _write_state(state, path, model, metadata)
 
@@ -475,7 +475,7 @@ def _write_state(state: dict[str, torch.Tensor], path: Path, model: nn.Module, m
         from safetensors.torch import save_file
 
         info = getattr(model, "alignbench_info", None)
-        header = {"format": "pt", **({"alignbench_model": info.spec.name} if info else {}), **(metadata or {})}
-        save_file(state, str(path), metadata=header)
+        header = {**({"model": info.spec.name} if info else {}), **(metadata or {})}
+        save_file(state, str(path), metadata=_checkpoint.metadata_header(header))
     else:
         torch.save(state, path)

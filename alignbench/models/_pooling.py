@@ -14,7 +14,7 @@ from torch import nn
 from alignbench.errors import ModelError
 from alignbench.models._dcls import swap_modules
 
-POOLING_METADATA_KEY = "alignbench_global_pool"
+POOLING_METADATA_KEY = "global_pool"  # in the checkpoint's alignbench metadata (_checkpoint.METADATA_KEY)
 POOL_TYPES = ("avg", "max")
 
 

@@ -227,11 +227,10 @@ def _seed_everything(seed: int) -> None:
 
 
 def _setup(request: TrainRequest, processes: distributed.Processes, progress: Progress | None, db: str | None) -> _Run:
-    out = request.out.resolve()
-    ckpt.prepare_out(out, request.resume)
-    distributed.on_main(processes, lambda: _check_store(db))
     data = open_training_data(request.data)
     val = open_training_data(request.val, "--val") if request.val is not None else None
+    out = request.out.resolve()
+    ckpt.prepare_out(out, request.resume)
     recipe = {**request.recipe(), "data": data.fingerprint()}
     saved = ckpt.load_state(request.resume, recipe) if request.resume is not None else None
     if request.batch_size % processes.world_size:
@@ -246,10 +245,11 @@ def _setup(request: TrainRequest, processes: distributed.Processes, progress: Pr
     data.check_labels(info.num_classes, info.name, "--data")
     if val is not None:
         val.check_labels(info.num_classes, info.name, "--val")
+    distributed.on_main(processes, lambda: _check_store(db))
     weights_metadata = {}
     if request.maxpool:
         set_global_pool(model, "max")
-        weights_metadata["alignbench_global_pool"] = "max"  # models._pooling.POOLING_METADATA_KEY
+        weights_metadata["global_pool"] = "max"  # read back by load_model (models._pooling)
     trainable = freeze(model, request.freeze_mode)
     initial_positions = [p.detach().clone() for p in position_parameters(model)]
     unpinned = unpin_positions(model, request.positions_offset) if request.positions_offset else 0

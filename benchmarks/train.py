@@ -1,0 +1,148 @@
+"""Training-step throughput: dense, DCLS and Grad-CAM consistency, and 1 vs 2 torchrun processes (CPU).
+
+    python benchmarks/train.py [--models efficientnet_lite0,resnet50] [--batch 8] [--steps 3] [--repeats 2]
+                               [--torchrun-steps 6] [--skip-torchrun]
+
+Part 1 — images/s of one ``alignbench train`` step (TrainingStep forward, backward, AdamW step, DCLS
+clamp) on random 224×224 images, per model and variant, and each variant's ratio to the dense step
+measured in the same run (interleaved repeats, the median step of each). Variants: ``dense`` (cross-
+entropy, every weight), ``dcls`` (the registry recipe, --init from-dense, every weight and the
+positions), ``dense+gc`` (λ = 25: the 448×448 composite too, and the second-order backward),
+``dcls+gc``. Weights are random (the cost does not depend on them), so it runs offline.
+
+Part 2 — ``alignbench train efficientnet_lite0`` on a synthetic 224×224 ImageFolder, once as one
+process and once under ``torchrun --nproc_per_node 2`` (gloo), same global batch: the step images/s
+each reports, their ratio, and the wall time of each command. On this 2-core machine one process
+uses both cores through intra-op threads, two processes one core each.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+VARIANTS = ("dense", "dcls", "dense+gc", "dcls+gc")
+GC_LAMBDA = 25.0
+
+
+def _step_fn(model_name: str, variant: str, batch: int):
+    import torch
+    from timm.optim import create_optimizer_v2
+
+    from alignbench.models import ModelRequest, clamp_positions, load_model
+    from alignbench.training import CrossEntropy, GradCamConsistency, TrainingStep, build_composite, param_groups
+
+    dcls = variant.startswith("dcls")
+    request = ModelRequest(model_name, dcls=dcls, pretrained=False, init="from-dense" if dcls else None)
+    model = load_model(request).train()
+    terms = [CrossEntropy()] + ([GradCamConsistency(weight=GC_LAMBDA)] if variant.endswith("+gc") else [])
+    step_module = TrainingStep(model, terms)
+    optimizer = create_optimizer_v2(param_groups(model, weight_decay=0.05, positions_lr=5e-4), opt="adamw", lr=1e-4)
+    generator = torch.Generator().manual_seed(0)
+    images = torch.randn(batch, 3, 224, 224, generator=generator)
+    labels = torch.randint(0, 1000, (batch,), generator=generator)
+    data = {"image": images, "label": labels}
+    if variant.endswith("+gc"):
+        quadrants = torch.randint(0, 4, (batch,), generator=generator)
+        others = torch.randn(batch, 3, 3, 224, 224, generator=generator)
+        data["composite"] = torch.stack([build_composite(i, list(o), int(q)) for i, o, q in zip(images, others, quadrants)])
+        data["quadrant"] = quadrants
+
+    def step() -> float:
+        start = time.perf_counter()
+        output = step_module(data)
+        optimizer.zero_grad(set_to_none=True)
+        output["loss"].backward()
+        optimizer.step()
+        clamp_positions(model)
+        return time.perf_counter() - start
+
+    return step
+
+
+def steps_per_variant(args: argparse.Namespace) -> None:
+    print(f"== one training step, batch {args.batch} at 224×224, CPU ({os.cpu_count()} cores), "
+          f"median of {args.steps} steps × {args.repeats} interleaved repeats")
+    for model_name in args.models.split(","):
+        steps = {variant: _step_fn(model_name, variant, args.batch) for variant in VARIANTS}
+        for fn in steps.values():
+            fn()  # warm-up: allocator, DCLS index buffers
+        times: dict[str, list[float]] = {variant: [] for variant in VARIANTS}
+        for _ in range(args.repeats):
+            for variant, fn in steps.items():
+                times[variant] += [fn() for _ in range(args.steps)]
+        dense = statistics.median(times["dense"])
+        for variant in VARIANTS:
+            median = statistics.median(times[variant])
+            spread = f"{min(times[variant]):.2f}–{max(times[variant]):.2f} s"
+            print(f"{model_name:20s} {variant:9s} {args.batch / median:7.2f} img/s  step {median:6.2f} s ({spread})  "
+                  f"{median / dense:5.2f}× the dense step")
+        del steps
+
+
+def _synthetic_image_folder(root: Path, classes: int = 8, per_class: int = 4) -> None:
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for label in range(classes):
+        folder = root / f"class{label}"
+        folder.mkdir(parents=True)
+        for i in range(per_class):
+            Image.fromarray(rng.integers(0, 255, (256, 256, 3), dtype=np.uint8)).save(folder / f"{i}.jpg", quality=90)
+
+
+def processes(args: argparse.Namespace) -> None:
+    print(f"\n== alignbench train efficientnet_lite0, {args.torchrun_steps} steps, global batch {args.torchrun_batch}, "
+          "1 process vs torchrun --nproc_per_node 2 (gloo)")
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        _synthetic_image_folder(root / "data")
+        common = ["train", "efficientnet_lite0", "--data", str(root / "data"), "--steps", str(args.torchrun_steps),
+                  "--batch-size", str(args.torchrun_batch), "--workers", "0", "--json", "--db", f"sqlite:///{root / 's.db'}"]
+        runs = {
+            "1 process": [sys.executable, "-m", "alignbench", *common, "--out", str(root / "one")],
+            "2 processes": [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                            "-m", "alignbench", *common, "--out", str(root / "two")],
+        }
+        results = {}
+        for label, command in runs.items():
+            env = dict(os.environ)
+            if label == "2 processes":
+                env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 2) // 2))
+            start = time.perf_counter()
+            finished = subprocess.run(command, capture_output=True, text=True, env=env)
+            wall = time.perf_counter() - start
+            if finished.returncode != 0:
+                raise SystemExit(f"{label} failed:\n{finished.stderr[-2000:]}")
+            summary = json.loads(finished.stdout.strip().splitlines()[-1])
+            results[label] = summary["images_per_s"]
+            print(f"{label:12s} {summary['images_per_s']:7.2f} img/s over the steps, final loss {summary['final_loss']:.4f}, "
+                  f"{wall:6.1f} s wall (start-up, model load and data included)")
+        print(f"2 processes / 1 process: {results['2 processes'] / results['1 process']:.2f}×")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--models", default="efficientnet_lite0,resnet50")
+    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--steps", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--torchrun-steps", type=int, default=6)
+    parser.add_argument("--torchrun-batch", type=int, default=16)
+    parser.add_argument("--skip-torchrun", action="store_true")
+    args = parser.parse_args()
+    steps_per_variant(args)
+    if not args.skip_torchrun:
+        processes(args)
+
+
+if __name__ == "__main__":
+    main()
