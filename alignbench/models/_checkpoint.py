@@ -175,19 +175,6 @@ def load_by_order(model: nn.Module, state: Mapping[str, torch.Tensor], what: str
     model.load_state_dict(mapped, strict=True)
 
 
-def written_for(path: Path) -> str | None:
-    """The model name alignbench wrote into a safetensors file's metadata, if any."""
-    if Path(path).suffix != ".safetensors":
-        return None
-    from safetensors import safe_open
-
-    try:
-        with safe_open(str(path), framework="pt") as handle:
-            return (handle.metadata() or {}).get("alignbench_model")
-    except Exception:  # an unreadable file was reported when its tensors were read
-        return None
-
-
 def dcls_conv_names(state: Mapping[str, torch.Tensor]) -> set[str]:
     """The convs a checkpoint made DCLS: the modules of its ``.P`` keys."""
     return {key.removesuffix(".P") for key in state if key.endswith(".P")}

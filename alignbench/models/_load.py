@@ -269,7 +269,7 @@ def _with_stream(backbone: nn.Module, plan: LoadPlan) -> _ca_stream.CAStreamMode
         try:
             _checkpoint.load_into(model.ca_stream, state, f"the CA-Stream of {spec.name} (points of {widths} channels)")
         except ModelError as error:
-            written_for = _checkpoint.written_for(source.path)
+            written_for = _checkpoint.read_metadata(source.path).get("model")
             if written_for and written_for != spec.name:
                 raise ModelError(f"{error.message} — {source.path.name} is a stream for {written_for}") from None
             raise
@@ -279,7 +279,7 @@ def _with_stream(backbone: nn.Module, plan: LoadPlan) -> _ca_stream.CAStreamMode
 def save_stream(model: _ca_stream.CAStreamModel, path: Path, metadata: dict[str, str] | None = None) -> None:
     """The stream's parameters only (``--ca-stream --checkpoint path`` loads them), as ``save_state_dict``
     writes a model; safetensors records the model's name, so a stream for another model is named."""
-    _write_state(_ca_stream.stream_state_dict(model), path, model, {"alignbench_part": "ca-stream", **(metadata or {})})
+    _write_state(_ca_stream.stream_state_dict(model), path, model, {"part": "ca-stream", **(metadata or {})})
 
 
 def _convert(model: nn.Module, spec: ModelSpec, recipe: DclsRecipe, init: str) -> tuple[nn.Module, ConversionReport]:
