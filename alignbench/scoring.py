@@ -70,6 +70,7 @@ class ScoreResult:
     seconds: float = 0.0
     weights_source: str = ""
     device: str | None = None
+    ca_stream: bool = False
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -154,6 +155,7 @@ def _result(session, run, request, *, method, params, n_images, cached, computed
         seconds=seconds,
         weights_source=weights_source,
         device=device,
+        ca_stream=request.model.ca_stream,
     )
 
 

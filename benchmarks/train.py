@@ -1,14 +1,17 @@
 """Training-step throughput: dense, DCLS and Grad-CAM consistency, and 1 vs 2 torchrun processes (CPU).
 
     python benchmarks/train.py [--models efficientnet_lite0,resnet50] [--batch 8] [--steps 3] [--repeats 2]
-                               [--threads N] [--torchrun-steps 6] [--skip-steps] [--skip-torchrun]
+                               [--variants dense,dcls,dense+gc,dcls+gc,ca-stream] [--threads N] [--torchrun-steps 6]
+                               [--skip-steps] [--skip-torchrun]
 
 Part 1 — images/s of one ``alignbench train`` step (TrainingStep forward, backward, AdamW step, DCLS
 clamp) on random 224×224 images, per model and variant, and each variant's ratio to the dense step
 measured in the same run (interleaved repeats, the median step of each). Variants: ``dense`` (cross-
 entropy, every weight), ``dcls`` (the registry recipe, --init from-dense, every weight and the
 positions), ``dense+gc`` (λ = 25: the 448×448 composite too, and the second-order backward),
-``dcls+gc``. Weights are random (the cost does not depend on them), so it runs offline.
+``dcls+gc``, ``ca-stream`` (``--ca-stream``: only the stream trains, the backbone in eval mode and
+outside autograd; its ratio to ``dense`` is the CA-Stream step against a full fine-tuning step of the
+same model). Weights are random (the cost does not depend on them), so it runs offline.
 
 Part 2 — ``alignbench train efficientnet_lite0`` on a synthetic 224×224 ImageFolder, once as one
 process and once under ``torchrun --nproc_per_node 2`` (gloo), same global batch: the step images/s
@@ -28,7 +31,7 @@ import tempfile
 import time
 from pathlib import Path
 
-VARIANTS = ("dense", "dcls", "dense+gc", "dcls+gc")
+VARIANTS = ("dense", "dcls", "dense+gc", "dcls+gc", "ca-stream")
 GC_LAMBDA = 25.0
 
 
@@ -40,7 +43,8 @@ def _step_fn(model_name: str, variant: str, batch: int):
     from alignbench.training import CrossEntropy, GradCamConsistency, TrainingStep, build_composite, param_groups
 
     dcls = variant.startswith("dcls")
-    request = ModelRequest(model_name, dcls=dcls, pretrained=False, init="from-dense" if dcls else None)
+    request = ModelRequest(model_name, dcls=dcls, pretrained=False, init="from-dense" if dcls else None,
+                           ca_stream=variant == "ca-stream")
     model = load_model(request).train()
     terms = [CrossEntropy()] + ([GradCamConsistency(weight=GC_LAMBDA)] if variant.endswith("+gc") else [])
     step_module = TrainingStep(model, terms)
@@ -74,16 +78,20 @@ def steps_per_variant(args: argparse.Namespace) -> None:
         torch.set_num_threads(args.threads)
     print(f"== one training step, batch {args.batch} at 224×224, CPU ({os.cpu_count()} cores, {torch.get_num_threads()} torch threads), "
           f"median of {args.steps} steps × {args.repeats} interleaved repeats")
+    variants = ("dense", *(v for v in args.variants.split(",") if v != "dense"))
+    unknown = sorted(set(variants) - set(VARIANTS))
+    if unknown:
+        raise SystemExit(f"unknown variant {unknown[0]!r}; choose from {', '.join(VARIANTS)}")
     for model_name in args.models.split(","):
-        steps = {variant: _step_fn(model_name, variant, args.batch) for variant in VARIANTS}
+        steps = {variant: _step_fn(model_name, variant, args.batch) for variant in variants}
         for variant, fn in steps.items():
             print(f"  {model_name} {variant}: warm-up step {fn():.1f} s", file=sys.stderr, flush=True)  # allocator, DCLS buffers
-        times: dict[str, list[float]] = {variant: [] for variant in VARIANTS}
+        times: dict[str, list[float]] = {variant: [] for variant in variants}
         for _ in range(args.repeats):
             for variant, fn in steps.items():
                 times[variant] += [fn() for _ in range(args.steps)]
         dense = statistics.median(times["dense"])
-        for variant in VARIANTS:
+        for variant in variants:
             median = statistics.median(times[variant])
             spread = f"{min(times[variant]):.2f}–{max(times[variant]):.2f} s"
             print(f"{model_name:20s} {variant:9s} {args.batch / median:7.2f} img/s  step {median:6.2f} s ({spread})  "
@@ -140,6 +148,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=3)
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--threads", type=int, default=None, help="torch threads of part 1 (default: torch's; 1 is steadier on a busy machine)")
+    parser.add_argument("--variants", default=",".join(VARIANTS), help="which steps to time (dense, the reference, always)")
     parser.add_argument("--torchrun-steps", type=int, default=6)
     parser.add_argument("--torchrun-batch", type=int, default=16)
     parser.add_argument("--skip-steps", action="store_true", help="only part 2")

@@ -88,6 +88,7 @@ class RunScore:
     @property
     def display_name(self) -> str:
         name = f"{self.view.model} + DCLS" if self.view.dcls else self.view.model
+        name = f"{name} + CA-Stream" if self.view.ca_stream else name
         return f"{name} · {self.variant}" if self.variant else name
 
     @property
@@ -335,7 +336,8 @@ def pair_runs(runs: Iterable[RunScore], values: dict[int, ImageValues], *, train
     references = _references(runs)
     sides: dict[tuple[GroupKey, str, str | None], dict[bool, list[RunScore]]] = defaultdict(lambda: {False: [], True: []})
     for run in runs:
-        if run.is_reference or (run.trained and not (trained and run.view.dcls)):
+        # a CA-Stream model is no baseline of its architecture: --against parent or --runs compare it
+        if run.is_reference or run.view.ca_stream or (run.trained and not (trained and run.view.dcls)):
             continue
         sides[(run.group, run.view.model, run.variant)][run.view.dcls].append(run)
     if trained:  # each trained variant is compared with the architecture's (untrained) baseline

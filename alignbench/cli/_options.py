@@ -28,7 +28,8 @@ Checkpoint = Annotated[
     Optional[Path],
     typer.Option(
         "--checkpoint",
-        help="A state_dict for the timm model (after conversion when --dcls); original-repository checkpoints are remapped.",
+        help="A state_dict for the timm model (after conversion when --dcls); original-repository checkpoints are remapped. "
+        "With --ca-stream: the stream's checkpoint.",
         show_default=False,
     ),
 ]
@@ -49,6 +50,23 @@ Tag = Annotated[
         "--tag",
         help="A name for the model in the store; --tag moco-v3 also declares a --checkpoint's origin "
         "(its eval transform) where the file does not show it.",
+        show_default=False,
+    ),
+]
+CaStream = Annotated[
+    bool,
+    typer.Option(
+        "--ca-stream",
+        help="Use the model with a CA-Stream (a class token cross-attending to every stage) in place of global "
+        "average pooling; --checkpoint is then the stream's checkpoint (only stream parameters).",
+    ),
+]
+BackboneCheckpoint = Annotated[
+    Optional[Path],
+    typer.Option(
+        "--backbone-checkpoint",
+        help="With --ca-stream: the backbone's own state_dict (dense, or DCLS after conversion) when it is not "
+        "the model's usual weights.",
         show_default=False,
     ),
 ]
@@ -106,10 +124,29 @@ Init = Annotated[
 ]
 
 
-def model_request(name: str, *, dcls: bool = False, checkpoint: Optional[Path] = None, **options) -> "ModelRequest":
-    """The ``ModelRequest`` of a command's model options (the one place they become a request)."""
+def model_request(
+    name: str,
+    *,
+    dcls: bool = False,
+    checkpoint: Optional[Path] = None,
+    ca_stream: bool = False,
+    backbone_checkpoint: Optional[Path] = None,
+    **options,
+) -> "ModelRequest":
+    """The ``ModelRequest`` of a command's model options (the one place they become a request).
+
+    ``--checkpoint`` is the weights of the model asked for: with ``--ca-stream``, the stream's
+    (``ModelRequest.stream_checkpoint``), and ``--backbone-checkpoint`` the backbone's.
+    """
+    from alignbench.errors import ModelError
     from alignbench.models import ModelRequest
 
+    if ca_stream:
+        return ModelRequest(name, dcls=dcls, checkpoint=backbone_checkpoint, ca_stream=True,
+                            stream_checkpoint=checkpoint, **options)
+    if backbone_checkpoint is not None:
+        raise ModelError("--backbone-checkpoint is the weights under a CA-Stream and needs --ca-stream; "
+                         "without a stream pass the model's weights as --checkpoint")
     return ModelRequest(name, dcls=dcls, checkpoint=checkpoint, **options)
 
 

@@ -10,8 +10,8 @@ from rich.console import Console
 from rich.table import Table
 
 from alignbench.cli._errors import err_console, guarded
-from alignbench.cli._options import (Checkpoint, Dcls, Device, DiscardRatio, Explainer, Head, HeadFusion, Layer, ModelName, Tag,
-                                     explainer_params, model_request)
+from alignbench.cli._options import (BackboneCheckpoint, CaStream, Checkpoint, Dcls, Device, DiscardRatio, Explainer, Head,
+                                     HeadFusion, Layer, ModelName, Tag, explainer_params, model_request)
 from alignbench.explainers import DEFAULT_METHOD, explain_files
 
 Images = Annotated[
@@ -45,6 +45,8 @@ def explain(
     checkpoint: Checkpoint = None,
     head: Head = None,
     tag: Tag = None,
+    ca_stream: CaStream = False,
+    backbone_checkpoint: BackboneCheckpoint = None,
     device: Device = "auto",
     batch_size: BatchSize = 8,
 ) -> None:
@@ -56,7 +58,9 @@ def explain(
     """
     params = explainer_params(threshold=threshold, layer=layer, head_fusion=head_fusion, discard_ratio=discard_ratio)
     result = explain_files(
-        model_request(model, dcls=dcls, checkpoint=checkpoint, head=head, tag=tag), images, out, method=explainer, params=params,
+        model_request(model, dcls=dcls, checkpoint=checkpoint, head=head, tag=tag, ca_stream=ca_stream,
+                      backbone_checkpoint=backbone_checkpoint),
+        images, out, method=explainer, params=params,
         target=target, device=device, batch_size=batch_size,
     )
     for path, why in result.skipped:

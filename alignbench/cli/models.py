@@ -21,6 +21,17 @@ def _millions(count: int | None) -> str:
     return "-" if count is None else f"{count / 1e6:.2f} M"
 
 
+def _ca_stream_note(rows) -> str:
+    """Which models take --ca-stream and what the stream adds (a caption: the table is full width)."""
+    fits = [row for row in rows if row.ca_stream]
+    if not fits:
+        return "--ca-stream fits none of these models."
+    counts = sorted(row.params_ca_stream for row in fits)
+    which = "every model above" if len(fits) == len(rows) else "all but " + ", ".join(r.name for r in rows if not r.ca_stream)
+    return (f"--ca-stream (CA-Stream) fits {which}, adding {_millions(counts[0])}–{_millions(counts[-1])} "
+            "parameters (--json: params_ca_stream).")
+
+
 def _number(value: float | None) -> str:
     return "—" if value is None else f"{value:.4f}"
 
@@ -42,8 +53,9 @@ def _trained(db: str | None, as_json: bool) -> None:
         moved = "—" if lineage.get("positions_shift_max") is None else f"max {lineage['positions_shift_max']:.3f} px"
         checkpoint = Path(lineage["checkpoint"]) if lineage.get("checkpoint") else None  # its --out and file name
         table.add_row(
-            row.label, f"{row.name}{' + DCLS' if row.dcls else ''}", row.origin, row.parent_label, str(lineage.get("steps", "—")),
-            _number(lineage.get("final_loss")), top1, moved, f"{checkpoint.parent.name}/{checkpoint.name}" if checkpoint else "—",
+            row.label, f"{row.name}{' + DCLS' if row.dcls else ''}{' + CA-Stream' if row.ca_stream else ''}", row.origin, row.parent_label,
+            str(lineage.get("steps", "—")), _number(lineage.get("final_loss")), top1, moved,
+            f"{checkpoint.parent.name}/{checkpoint.name}" if checkpoint else "—",
         )
     stdout_console().print(table)
 
@@ -54,7 +66,7 @@ def models(
     db: o.Db = None,
     as_json: o.Json = False,
 ) -> None:
-    """List the model registry: families, DCLS recipes, weight sources, offline availability.
+    """List the model registry: families, DCLS recipes, weight sources, offline availability, CA-Stream.
 
     With --trained: the trained models in the store, each with its parent, method, steps, loss and top-1.
 
@@ -70,7 +82,7 @@ def models(
         print(json.dumps([row.as_dict() for row in rows], indent=1))
         return
     table = Table(title="alignbench models", caption="* in the paper. Any other timm model name works too "
-                  "(generic recipe: depthwise convs, v1 17×17, 34 elements).")
+                  f"(generic recipe: depthwise convs, v1 17×17, 34 elements).\n{_ca_stream_note(rows)}")
     for column in ("name", "family", "params", "+DCLS", "DCLS recipe", "dense weights", "DCLS weights", "offline"):
         table.add_column(column, justify="right" if column in ("params", "+DCLS") else "left")
     for row in rows:

@@ -39,7 +39,7 @@ def _summary_table(result: ScoreResult) -> Table:
     table.add_column()
     params = ", ".join(f"{k}={v}" for k, v in sorted(result.explainer_params.items()))
     rows = [
-        ("model", f"{result.model}{' + DCLS' if result.dcls else ''}"),
+        ("model", f"{result.model}{' + DCLS' if result.dcls else ''}{' + CA-Stream' if result.ca_stream else ''}"),
         ("weights", result.weights_source),
         ("explainer", f"{result.explainer}" + (f" ({params})" if params else "")),
         ("dataset / protocol", f"{result.dataset} / {result.protocol}"),
@@ -65,6 +65,8 @@ def score(
     checkpoint: o.Checkpoint = None,
     head: o.Head = None,
     tag: o.Tag = None,
+    ca_stream: o.CaStream = False,
+    backbone_checkpoint: o.BackboneCheckpoint = None,
     trained: Annotated[
         Optional[str], typer.Option("--trained", help="A model `alignbench train` made, by its tag (see `alignbench models --trained`).", show_default=False)
     ] = None,
@@ -97,10 +99,13 @@ def score(
     """
     if trained is not None:
         chosen = trained_request(trained, db)
-        if dcls or checkpoint is not None or head is not None or (model is not None and model != chosen.name):
+        if dcls or ca_stream or checkpoint is not None or backbone_checkpoint is not None or head is not None or (
+            model is not None and model != chosen.name
+        ):
             raise ModelError(f"--trained {trained} is {chosen.name}{' --dcls' if chosen.dcls else ''} with its own checkpoint; give --trained alone")
     else:
-        chosen = o.model_request(model or DEFAULT_MODEL, dcls=dcls, checkpoint=checkpoint, head=head, tag=tag)
+        chosen = o.model_request(model or DEFAULT_MODEL, dcls=dcls, checkpoint=checkpoint, head=head, tag=tag, ca_stream=ca_stream,
+                                 backbone_checkpoint=backbone_checkpoint)
     request = ScoreRequest(
         model=chosen,
         explainer=explainer,

@@ -21,6 +21,16 @@ _FREEZE_HELP = "; ".join(f"{mode.name}: {mode.description}" for mode in FREEZE_M
 _METHOD_DEFAULTS = ", ".join(f"{method.name}: {method.default_freeze}" for method in METHODS)
 
 
+def _recipe_default(option: str) -> str:
+    """``--opt``'s (etc.) default per method, from the methods' recipes (never a second list)."""
+    values: dict[str, list[str]] = {}
+    for method in METHODS:
+        values.setdefault(f"{method.recipe[option]:g}" if isinstance(method.recipe[option], float) else str(method.recipe[option]), []).append(method.name)
+    if len(values) == 1:
+        return f"default {next(iter(values))}"
+    return "default " + "; ".join(f"{value} ({', '.join(names)})" for value, names in values.items())
+
+
 def _progress_bar(enabled: bool) -> Progress:
     return Progress(
         TextColumn("[bold]training"),
@@ -46,8 +56,9 @@ def _summary(result) -> Table:
     trained = f"{result.trainable_parameters:,} of {result.total_parameters:,} parameters"
     if result.trainable_positions:
         trained += f" ({result.trainable_positions:,} DCLS position coordinates)"
+    variant = f"{' + DCLS' if result.dcls else ''}{' + CA-Stream' if result.ca_stream else ''}"
     rows = [
-        ("model", f"{result.model}{' + DCLS' if result.dcls else ''} · {result.method}"),
+        ("model", f"{result.model}{variant} · {result.method}"),
         ("trained", trained),
         ("steps", f"{result.steps} of {result.total_steps} ({result.epochs:.2f} epochs, {result.images_seen:,} images, "
                   f"batch {result.batch_size}, {result.processes} process{'es' if result.processes > 1 else ''})"
@@ -67,8 +78,8 @@ def _summary(result) -> Table:
     if result.recorded_in:
         rows.append(("recorded", f"{result.recorded_in}: tag {result.tag} (fingerprint {result.fingerprint[:12]}), "
                                  f"parent {result.parent_fingerprint[:12]}"))
-        dcls = " --dcls" if result.dcls else ""
-        rows.append(("score it", f"alignbench score --trained {result.tag}  (or: alignbench score {result.model}{dcls} --checkpoint {result.last})"))
+        flags = f"{' --dcls' if result.dcls else ''}{' --ca-stream' if result.ca_stream else ''}"
+        rows.append(("score it", f"alignbench score --trained {result.tag}  (or: alignbench score {result.model}{flags} --checkpoint {result.last})"))
     for key, value in rows:
         table.add_row(key, value)
     return table
@@ -81,6 +92,8 @@ def train(
     out: Annotated[Path, typer.Option("--out", help="Directory for last.pt (to --resume), last.safetensors / best.safetensors (to score), log.jsonl, train.json.", file_okay=False, show_default=False)],
     dcls: o.Dcls = False,
     checkpoint: o.Checkpoint = None,
+    ca_stream: o.CaStream = False,
+    backbone_checkpoint: o.BackboneCheckpoint = None,
     version: o.Version = None,
     kernel_count: o.KernelCount = None,
     dilated_kernel_size: o.DilatedKernelSize = None,
@@ -90,11 +103,13 @@ def train(
     steps: Annotated[Optional[int], typer.Option("--steps", help="Optimiser steps (or --epochs; default 1 epoch).", show_default=False)] = None,
     epochs: Annotated[Optional[int], typer.Option("--epochs", help="Passes over --data.", show_default=False)] = None,
     batch_size: Annotated[int, typer.Option("--batch-size", help="Images per step, over all processes.")] = 32,
-    opt: Annotated[str, typer.Option("--opt", help="timm optimiser (create_optimizer_v2): adamw, sgd, lamb, ...")] = "adamw",
-    lr: Annotated[float, typer.Option("--lr", help="Base learning rate.")] = 1e-4,
-    weight_decay: Annotated[float, typer.Option("--weight-decay", help="Weight decay (not of biases, norms or positions).")] = 0.05,
+    opt: Annotated[Optional[str], typer.Option("--opt", help=f"timm optimiser (create_optimizer_v2): adamw, sgd, momentum, lamb, ...; {_recipe_default('opt')}.", show_default=False)] = None,
+    lr: Annotated[Optional[float], typer.Option("--lr", help=f"Base learning rate; {_recipe_default('lr')}.", show_default=False)] = None,
+    weight_decay: Annotated[Optional[float], typer.Option("--weight-decay", help=f"Weight decay (not of biases, norms or positions); {_recipe_default('weight_decay')}.", show_default=False)] = None,
     momentum: Annotated[float, typer.Option("--momentum", help="Momentum of SGD-like optimisers.")] = 0.9,
-    sched: Annotated[str, typer.Option("--sched", help=f"timm schedule per step (create_scheduler_v2): {', '.join(SCHEDULES)}.")] = "cosine",
+    sched: Annotated[Optional[str], typer.Option("--sched", help=f"timm schedule per step (create_scheduler_v2): {', '.join(SCHEDULES)}; {_recipe_default('sched')}.", show_default=False)] = None,
+    decay_epochs: Annotated[Optional[float], typer.Option("--decay-epochs", help="step/multistep schedules: decay every this many epochs (ca-stream: 30, the official recipe).", show_default=False)] = None,
+    decay_rate: Annotated[float, typer.Option("--decay-rate", help="step/multistep schedules: the factor of each decay.")] = 0.1,
     warmup_steps: Annotated[int, typer.Option("--warmup-steps", help="Linear warm-up steps.")] = 0,
     min_lr: Annotated[float, typer.Option("--min-lr", help="Lowest rate of decaying schedules.")] = 0.0,
     positions_lr: Annotated[Optional[float], typer.Option("--positions-lr", help=f"Learning rate of the DCLS positions (default {POSITIONS_LR_FACTOR:g}× --lr, as ConvNeXt-dcls).", show_default=False)] = None,
@@ -116,7 +131,11 @@ def train(
     db: o.Db = None,
     as_json: o.Json = False,
 ) -> None:
-    """Train a model for alignment: DCLS positions, Grad-CAM consistency; checkpoints with lineage in the store.
+    """Train a model for alignment: DCLS positions, Grad-CAM consistency, CA-Stream; checkpoints with lineage in the store.
+
+    With --ca-stream only the stream trains (backbone, classifier and batch-norm statistics frozen), with the
+    official recipe unless given (SGD momentum 0.9, lr 0.1, weight decay 1e-4, ×0.1 every 30 epochs); OUT/last.safetensors
+    then holds the stream alone: score it with [bold]alignbench score MODEL --ca-stream --checkpoint OUT/last.safetensors[/].
 
     Several processes: [bold]torchrun --nproc_per_node N -m alignbench train ...[/] (DistributedDataParallel; gloo on the CPU).
 
@@ -129,13 +148,14 @@ def train(
         model=o.model_request(
             model, dcls=dcls, checkpoint=checkpoint, version=version.value if version else None,
             kernel_count=kernel_count, dilated_kernel_size=dilated_kernel_size, init=init.value if init else None,
-            pretrained=pretrained,
+            pretrained=pretrained, ca_stream=ca_stream, backbone_checkpoint=backbone_checkpoint,
         ),
         data=data, out=out, val=val, steps=steps, epochs=epochs, batch_size=batch_size, opt=opt, lr=lr,
         weight_decay=weight_decay, momentum=momentum, sched=sched, warmup_steps=warmup_steps, min_lr=min_lr,
         positions_lr=positions_lr, positions_offset=positions_offset, freeze=freeze, gc_consistency=gc_consistency,
         maxpool=maxpool, distill_from=distill_from, distill_weight=distill_weight, seed=seed, img_size=img_size,
         aug=aug, workers=workers, amp=amp, device=device, tag=tag, resume=resume, checkpoint_every=checkpoint_every,
+        decay_epochs=decay_epochs, decay_rate=decay_rate,
     )
     main_process = os.environ.get("RANK", "0") == "0"
     bar = _progress_bar(enabled=main_process and sys.stderr.isatty() and not as_json)

@@ -8,7 +8,7 @@ on first call. Methods:
   ``hirescam``, ``eigengradcam``: one torch-native core that splits the model at A (``_split``);
 - every other pytorch-grad-cam method (``eigencam``, ``scorecam``, ``ablationcam``, ``fullgrad``, ...)
   through the library itself (``_library``);
-- ``rollout`` and ``raw-attention`` for ViT / DeiT (``_attention``);
+- ``rollout`` and ``raw-attention`` for ViT / DeiT, ``ca-attention`` for CA-Stream models (``_attention``);
 - ``centre_bias_map``: the model-free reference every comparison shows (``_centre_bias``).
 """
 

@@ -1,4 +1,5 @@
-"""Attention maps of ViT / DeiT: attention rollout (Abnar & Zuidema 2020) and one block's raw attention.
+"""Attention maps of ViT / DeiT: attention rollout (Abnar & Zuidema 2020) and one block's raw
+attention; and of a CA-Stream model: its last cross-attention block's attention (``ca-attention``).
 
 timm's attention uses fused ``scaled_dot_product_attention`` and never materialises the attention
 matrix, so each block's input is captured with a forward pre-hook (removed before returning, also on
@@ -15,6 +16,7 @@ from torch import Tensor, nn
 
 from alignbench.errors import ExplainerError
 from alignbench.explainers._split import Targets, frozen_parameters, model_name, resolve_targets
+from alignbench.models._ca_stream import CAStreamModel
 
 def attention_modules(model: nn.Module, method: str = "rollout") -> list[nn.Module]:
     """The self-attention module of every block of a ViT/DeiT-style model, checked usable.
@@ -126,3 +128,27 @@ def attention_maps(model: nn.Module, images: Tensor, targets: Targets, method: s
     h, w = _grid(model, images, relevance.shape[-1], prefix)
     maps = relevance[:, 0, prefix:].reshape(-1, h, w)  # row 0: what the class token attends to
     return maps, logits, resolve_targets(targets, logits)
+
+
+def ca_stream_model(model: nn.Module, method: str = "ca-attention") -> CAStreamModel:
+    """``model`` if it is a CA-Stream model, else ExplainerError saying how to get one."""
+    if not isinstance(model, CAStreamModel):
+        raise ExplainerError(
+            f"{method} reads a CA-Stream's attention; {model_name(model)} has none — load the model with "
+            "--ca-stream (load_model(..., ca_stream=True)) or use a CAM explainer"
+        )
+    return model
+
+
+def ca_attention_maps(model: nn.Module, images: Tensor, targets: Targets) -> tuple[Tensor, Tensor, Tensor]:
+    """(maps [B, h, w] at the last stream block's resolution, logits, targets): that block's attention
+    over its positions, softmax(qᵀA/√C) (the official ``CLS_Attention``'s ``attend(dots)``); the
+    dispatcher upsamples it bilinearly and then min-max normalises it. Class-agnostic: one map
+    whatever the target; the targets are resolved and returned so callers store the same triple as
+    for CAM methods.
+    """
+    stream_model = ca_stream_model(model)
+    with torch.no_grad(), frozen_parameters(model):
+        logits, attention = stream_model.forward_with_attention(images)
+    last = attention[-1][:, 0]  # [B, h, w]: the last block's attention logits
+    return last.flatten(1).softmax(dim=1).view_as(last), logits, resolve_targets(targets, logits)

@@ -10,10 +10,11 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from alignbench.errors import ExplainerError
-from alignbench.explainers._attention import attention_maps, attention_modules, block_index
-from alignbench.explainers._gradient import GRADIENT_METHODS
+from alignbench.explainers._attention import attention_maps, attention_modules, block_index, ca_attention_maps, ca_stream_model
+from alignbench.explainers._gradient import GRADIENT_METHODS, minmax
 from alignbench.explainers._methods import DEFAULT_METHOD, METHODS, explainer_setting, resolve_method
-from alignbench.explainers._split import Targets, as_batch, eval_mode, gradient_evidence, model_name, split_model
+from alignbench.explainers._split import (StreamSplit, Targets, as_batch, eval_mode, gradient_evidence, model_name,
+                                          split_model)
 
 
 @dataclass(frozen=True)
@@ -63,7 +64,16 @@ def check_applicable(model: nn.Module, method: str, **params: Any) -> None:
         if "layer" in params:
             block_index(attns, int(params["layer"]), model)
         return
-    split_model(model)
+    if spec.needs == "ca-stream":
+        ca_stream_model(model, spec.name)
+        return
+    split = split_model(model)
+    if spec.name == "ablationcam" and isinstance(split, StreamSplit):
+        # AblationCAM re-runs the head on cached activations, one image's copies per batch; a stream
+        # model's head also needs that image's token, which the library has no way to hand over.
+        raise ExplainerError(
+            f"ablationcam cannot explain {model_name(model)} (a CA-Stream model); use scorecam, gradcam or ca-attention"
+        )
     if _is_token_transformer(model):
         raise ExplainerError(
             f"{spec.name} needs a spatial feature map; {model_name(model)} is a token transformer whose "
@@ -98,6 +108,11 @@ def explain_batch(
             from alignbench.explainers._library import library_maps
 
             maps, logits, t = library_maps(model, x, targets, spec, full)
+        elif spec.needs == "ca-stream":
+            low, logits, t = ca_attention_maps(model, x, targets)
+            # upsampled first, then min-max: exactly [0, 1] at the input's size (bilinear
+            # upsampling need not reach the low-resolution extremes)
+            maps = minmax(upsample(low, size))
         else:
             low, logits, t = attention_maps(model, x, targets, name, full)
             maps = upsample(low, size)

@@ -24,31 +24,41 @@ from alignbench.explainers._split import Split, Targets, frozen_parameters, mode
 
 
 class _Features(nn.Module):
-    def __init__(self, split: Split, full_graph: bool) -> None:
+    def __init__(self, split: Split, full_graph: bool, heads: list) -> None:
         super().__init__()
         self.split = split  # a frozen dataclass, not a submodule: the model is registered once, below
         self.full_graph = full_graph
+        self.heads = heads  # SplitModel's: the head of the images this module saw last
 
     def forward(self, images: Tensor) -> Tensor:
         if self.full_graph:
-            return self.split.features(images)
-        with torch.no_grad():
-            a = self.split.features(images)
-        # the library hooks this output for dy/dA; the graph behind it is the head alone
-        return a.requires_grad_(True)
+            a, head = self.split.cut(images)
+        else:
+            with torch.no_grad():
+                a, head = self.split.cut(images)
+            # the library hooks this output for dy/dA; the graph behind it is the head alone
+            a = a.requires_grad_(True)
+        self.heads[:] = [head]
+        return a
 
 
 class SplitModel(nn.Module):
-    """The classifier as pytorch-grad-cam sees it: ``features`` (target layer) then ``head``."""
+    """The classifier as pytorch-grad-cam sees it: ``features`` (target layer) then ``head``.
+
+    The head is the one ``Split.cut`` gave for the images ``features`` saw last (for a CA-Stream model
+    it holds their stream token); it is kept here, not on ``features``, which AblationCAM swaps out.
+    """
 
     def __init__(self, model: nn.Module, full_graph: bool = False) -> None:
         super().__init__()
         self._split = split_model(model)
         self.model = model
-        self.features = _Features(self._split, full_graph)
+        self._heads: list = []
+        self.features = _Features(self._split, full_graph, self._heads)
 
     def forward(self, images: Tensor) -> Tensor:
-        return self._split.head(self.features(images))
+        a = self.features(images)
+        return self._heads[0](a)
 
 
 @contextlib.contextmanager

@@ -13,10 +13,11 @@ from typing import Any, Literal, Mapping
 from alignbench.errors import ExplainerError
 
 # core: torch-native methods on the split at A (``_core``); library: pytorch-grad-cam itself
-# (``_library``); attention: ViT/DeiT attention maps (``_attention``).
+# (``_library``); attention: ViT/DeiT and CA-Stream attention maps (``_attention``).
 Kind = Literal["core", "library", "attention"]
-# feature-map: needs A as a spatial NCHW map from ``forward_features``; attention: needs ViT blocks.
-Needs = Literal["feature-map", "attention"]
+# feature-map: needs A as a spatial NCHW map from ``forward_features``; attention: needs ViT blocks;
+# ca-stream: needs a CA-Stream model (``load_model(..., ca_stream=True)``).
+Needs = Literal["feature-map", "attention", "ca-stream"]
 
 
 @dataclass(frozen=True)
@@ -91,6 +92,10 @@ _SPECS = (
     _spec("raw-attention", "attention", "Raw attention of one block (default the last): class-token row, heads fused",
           needs="attention", aliases=("attention", "raw-attn"), defaults={"head_fusion": "mean"},
           optional={"layer": -1}),
+    # The CA-Stream's own map (Torres et al. 2024): class-agnostic, like raw attention.
+    _spec("ca-attention", "attention",
+          "CA-Stream: the last cross-attention block's softmax over positions, upsampled, min-max",
+          needs="ca-stream", aliases=("ca-attn", "stream-attention"), normalised=True),
 )
 
 METHODS: Mapping[str, MethodSpec] = MappingProxyType({spec.name: spec for spec in _SPECS})

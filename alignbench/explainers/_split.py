@@ -19,18 +19,25 @@ original code's ``conv_exp``; resnet: ``layer4``; efficientnet: ``conv_head``+``
 without DCLS, because conversion swaps convolutions inside the stages and keeps this structure.
 timm models that emit NHWC (``output_fmt == "NHWC"``: swin, mambaout, ...) are permuted to NCHW,
 a view, so the head still sees its own layout.
+
+A CA-Stream model (``models.CAStreamModel``) is cut at the same A, and its head is the stream's last
+block plus the classifier: the token entering that block depends on the earlier stages' features
+only, so it is computed with them, without autograd, and is a constant of the head; dy_t/dA flows
+from the token through the last block's attention and values into A.
 """
 
 from __future__ import annotations
 
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Iterator, Sequence, Union
+from functools import partial
+from typing import Callable, Iterator, Sequence, Union
 
 import torch
 from torch import Tensor, nn
 
 from alignbench.errors import ExplainerError
+from alignbench.models._ca_stream import CAStreamModel
 
 Targets = Union[None, int, Sequence[int], Tensor]
 
@@ -55,6 +62,29 @@ class Split:
     def head(self, a: Tensor) -> Tensor:
         return self.model.forward_head(a.permute(0, 2, 3, 1) if self.channels_last else a)
 
+    def cut(self, images: Tensor) -> tuple[Tensor, Callable[[Tensor], Tensor]]:
+        """A, and the head that maps A (or a copy of it that requires grad) to these images' logits."""
+        return self.features(images), self.head
+
+
+@dataclass(frozen=True)
+class StreamSplit(Split):
+    """A CA-Stream model cut at A: the head is the last stream block and the classifier, given the
+    token the earlier blocks computed from the earlier stages' features of the same images."""
+
+    model: CAStreamModel
+
+    def features(self, images: Tensor) -> Tensor:
+        return self.model.forward_features(images)
+
+    def head(self, a: Tensor) -> Tensor:
+        raise ExplainerError("a CA-Stream model's head needs the token of the same images; use Split.cut(images)")
+
+    def cut(self, images: Tensor) -> tuple[Tensor, Callable[[Tensor], Tensor]]:
+        features = self.model.stream_features(images)
+        token = self.model.ca_stream.token_before_last(features)
+        return features[-1], partial(self.model.head, token=token)
+
 
 def model_name(model: nn.Module) -> str:
     """The name to put in a message: the registry name, else timm's architecture, else the class."""
@@ -67,6 +97,8 @@ def model_name(model: nn.Module) -> str:
 
 def split_model(model: nn.Module) -> Split:
     """The split at A for a timm model (anything with ``forward_features`` and ``forward_head``)."""
+    if isinstance(model, CAStreamModel):
+        return StreamSplit(model=model, channels_last=False)
     if not (callable(getattr(model, "forward_features", None)) and callable(getattr(model, "forward_head", None))):
         raise ExplainerError(
             f"{model_name(model)} has no forward_features/forward_head; CAM explainers need a timm "
@@ -176,10 +208,10 @@ def gradient_evidence(model: nn.Module, images: Tensor, targets: Targets = None)
     """
     split = split_model(model)
     with torch.no_grad():
-        a = split.features(images)
+        a, head = split.cut(images)
     a = a.detach().requires_grad_(True)
     with torch.enable_grad(), frozen_parameters(model):
-        logits = split.head(a)
+        logits = head(a)
         t = resolve_targets(targets, logits.detach())
         # Summing y_t over the batch gives each image's own gradient in one backward: in eval mode
         # image i's logits depend on A_i alone, so d(sum_j y_j)/dA_i = dy_i/dA_i.

@@ -14,6 +14,7 @@ from alignbench.models._device import check_device_name, resolve_device
 from alignbench.models._identity import ModelIdentity, ModelRequest, model_identity
 
 __all__ = [
+    "CAStreamModel",
     "CatalogRow",
     "ConversionReport",
     "ConversionResult",
@@ -29,6 +30,7 @@ __all__ = [
     "model_identity",
     "resolve_device",
     "save_state_dict",
+    "save_stream",
     "set_global_pool",
     "swap_modules",
 ]
@@ -47,12 +49,16 @@ _LAZY = {
     "set_global_pool": "alignbench.models._pooling",
     "clamp_positions": "alignbench.models._dcls",
     "dcls_implementation": "alignbench.models._dcls",
+    "CAStreamModel": "alignbench.models._ca_stream",
+    "save_stream": "alignbench.models._load",
 }
 
 if TYPE_CHECKING:  # pragma: no cover
+    from alignbench.models._ca_stream import CAStreamModel
     from alignbench.models._catalog import CatalogRow, catalog
     from alignbench.models._dcls import clamp_positions, dcls_implementation, swap_modules
-    from alignbench.models._load import ConversionReport, ConversionResult, ModelInfo, convert_model, load_model, save_state_dict
+    from alignbench.models._load import (ConversionReport, ConversionResult, ModelInfo, convert_model, load_model, save_state_dict,
+                                         save_stream)
     from alignbench.models._pooling import set_global_pool
 
 

@@ -72,6 +72,7 @@ class ModelIdentity:
     # Where the checkpoint was trained (``_origins.ORIGINS``): declared by the tag here, detected from
     # the checkpoint's layout when it is loaded.
     origin: str | None = field(default=None, compare=False)
+    ca_stream: bool = False  # a CA-Stream replaces global average pooling (its weights are in the fingerprint)
 
 
 @dataclass(frozen=True)
@@ -86,6 +87,7 @@ class LoadPlan:
     identity: ModelIdentity
     request: ModelRequest
     head: Path | None = None  # the checked --head file
+    stream: WeightSource | None = None  # the CA-Stream's weights, when request.ca_stream
 
 
 @dataclass(frozen=True)
@@ -109,10 +111,18 @@ class ModelRequest:
     # the linear classifier of an encoder-only checkpoint (a MoCo v3 pre-training checkpoint): a
     # linear-probe checkpoint or a plain {'weight', 'bias'} file
     head: Path | None = None
+    # CA-Stream (Torres et al. 2024): a class token cross-attending to every stage replaces global
+    # average pooling. ``checkpoint`` stays the backbone's state_dict (dense, or DCLS after conversion)
+    # and the stream's own weights are a separate file, so any backbone a request can name (the usual
+    # weights, a fine-tuned or a DCLS checkpoint) takes a stream without a second meaning for
+    # ``checkpoint``. The CLI's ``--ca-stream --checkpoint S`` is ``stream_checkpoint=S``
+    # (``--backbone-checkpoint`` then names the backbone's file).
+    ca_stream: bool = False
+    stream_checkpoint: Path | None = None  # only the stream's parameters; None: a fresh stream (seeded)
 
     def __post_init__(self) -> None:
         # "" means no file, as None does (an unset CLI option, an empty environment variable)
-        for name in ("checkpoint", "head"):
+        for name in ("checkpoint", "head", "stream_checkpoint"):
             value = getattr(self, name)
             object.__setattr__(self, name, Path(value) if value not in (None, "") else None)
 
@@ -124,10 +134,10 @@ class ModelRequest:
         return cls(str(model), **options)
 
     def to_json(self) -> dict:
-        """The request as JSON (checkpoint and head as absolute paths): what the store records so that a
+        """The request as JSON (its file paths absolute): what the store records so that a
         model can be loaded again (``ModelRequest(**json)``) by a later command, e.g. a report's gallery."""
         fields = {name: getattr(self, name) for name in self.__dataclass_fields__}
-        for name in ("checkpoint", "head"):
+        for name in ("checkpoint", "head", "stream_checkpoint"):
             if fields[name] is not None:
                 fields[name] = str(Path(fields[name]).expanduser().resolve())
         return fields
@@ -169,11 +179,14 @@ def plan_load(request: ModelRequest) -> LoadPlan:
                 "random", f"DCLS layers random (seed {RANDOM_SEED}), the rest {dense.description}"
             )
 
+    stream = _stream_source(request)
     parts = [_FINGERPRINT_FORMAT, spec.name, spec.timm_name, "dcls" if dcls else "dense",
              json.dumps(recipe.as_dict() if recipe else None, sort_keys=True), str(init),
              dense.identity()]
     if dcls_source is not None:
         parts.append(dcls_source.identity())
+    if stream is not None:  # only then: every model without a stream keeps its fingerprint
+        parts += ["ca-stream", stream.identity()]
     # The file the final weights are read from: the DCLS checkpoint, else the dense weights.
     final = dcls_source if dcls_source is not None and dcls_source.kind in ("checkpoint", "published") else dense
     on_disk = dense.available and (dcls_source is None or dcls_source.available)
@@ -187,6 +200,8 @@ def plan_load(request: ModelRequest) -> LoadPlan:
     declared_origin = request.tag if request.tag in ORIGINS and checkpoint_path is not None else None
     if declared_origin is not None:
         parts.append(f"origin:{declared_origin}")
+    if stream is not None:
+        description += f" + {stream.description}"
     if not on_disk:
         description += " [not downloaded yet: fingerprint from its name, not its bytes]"
     identity = ModelIdentity(
@@ -204,13 +219,25 @@ def plan_load(request: ModelRequest) -> LoadPlan:
         request=request.to_json(),
         tag=request.tag,
         origin=declared_origin,
+        ca_stream=request.ca_stream,
     )
-    return LoadPlan(spec, recipe, init, dense, dcls_source, identity, request, head_path)
+    return LoadPlan(spec, recipe, init, dense, dcls_source, identity, request, head=head_path, stream=stream)
 
 
 def model_identity(model: "str | ModelRequest", **options) -> ModelIdentity:
     """The identity (and fingerprint) of ``load_model`` with the same arguments, without torch."""
     return plan_load(ModelRequest.of(model, **options)).identity
+
+
+def _stream_source(request: ModelRequest) -> WeightSource | None:
+    if not request.ca_stream:
+        if request.stream_checkpoint is not None:
+            raise ModelError("a stream checkpoint needs the CA-Stream: pass --ca-stream (ca_stream=True)")
+        return None
+    if request.stream_checkpoint is None:
+        return WeightSource("random", f"CA-Stream fresh (seed {RANDOM_SEED}, untrained)")
+    path = _existing(request.stream_checkpoint)
+    return WeightSource("checkpoint", f"CA-Stream {path}", path=path)
 
 
 def _existing(checkpoint: str | os.PathLike[str]) -> Path:

@@ -22,7 +22,7 @@ from torch import nn
 
 from alignbench._paths import check_output_file
 from alignbench.errors import ModelError, WeightsUnavailableError
-from alignbench.models import _checkpoint, _dcls
+from alignbench.models import _ca_stream, _checkpoint, _dcls
 from alignbench.models._device import resolve_device
 from alignbench.models._download import discard, fetch, is_verified, zenodo_md5
 from alignbench.models._hashes import file_sha256
@@ -84,7 +84,8 @@ class ModelInfo:
 
     @property
     def name(self) -> str:
-        return f"{self.spec.name} (DCLS)" if self.identity.dcls else self.spec.name
+        name = f"{self.spec.name} (DCLS)" if self.identity.dcls else self.spec.name
+        return f"{name} + CA-Stream" if self.identity.ca_stream else name
 
 
 def load_model(model: str | ModelRequest, dcls: bool = False, checkpoint: str | os.PathLike[str] | None = None,
@@ -95,7 +96,9 @@ def load_model(model: str | ModelRequest, dcls: bool = False, checkpoint: str | 
     ``dilated_kernel_size`` override it); weights from ``init``: ``checkpoint`` (``checkpoint`` file,
     else the published one), ``from-dense`` or ``random``; default: the first that applies.
     ``checkpoint`` without ``dcls`` (or with init from-dense/random): the dense model's state_dict.
-    Every option is a field of ``ModelRequest``. Raises ModelError / WeightsUnavailableError; never
+    ``ca_stream``: a ``CAStreamModel`` (``model.ca_stream`` holds ``cls_token`` and ``blocks``) over that
+    backbone, its stream from ``stream_checkpoint`` (else fresh, seeded). Every option is a field of
+    ``ModelRequest``. Raises ModelError / WeightsUnavailableError; never
     returns silently random weights.
     """
     if isinstance(model, ModelRequest):
@@ -103,7 +106,11 @@ def load_model(model: str | ModelRequest, dcls: bool = False, checkpoint: str | 
     else:
         request = ModelRequest(model, dcls=dcls, checkpoint=checkpoint, pretrained=pretrained, **options)
     plan = plan_load(request)
+    if plan.stream is not None:
+        _check_stream_fits(plan.spec)  # before any weights are read or downloaded
     built, report, origin = _build(plan)
+    if plan.stream is not None:
+        built = _with_stream(built, plan)
     return _finish(built, plan, report, device, origin)
 
 
@@ -199,6 +206,11 @@ def _dense(plan: LoadPlan) -> tuple[nn.Module, str | None]:
     if source.kind == "checkpoint":
         model = _create(spec)
         state = _checkpoint.read_state_dict(source.path)
+        if _ca_stream.is_stream_state(state):
+            raise ModelError(
+                f"checkpoint {source.path} holds a CA-Stream (cls_token, blocks.*), not {spec.name}'s weights; "
+                "load it with --ca-stream --checkpoint (stream_checkpoint= in Python)"
+            )
         dcls_convs = sorted(_checkpoint.dcls_conv_names(state))
         if dcls_convs:
             raise ModelError(
@@ -244,6 +256,44 @@ def _hub_unreachable() -> str | None:
     except OSError as error:
         return f"{host} unreachable: {error}"
     return None
+
+
+def _check_stream_fits(spec: ModelSpec) -> None:
+    """ModelError (naming why, and the models that take one) if a CA-Stream cannot attach to the
+    architecture: the catalog's cached probe answers, and on a miss the probe runs on the meta device."""
+    from alignbench.models._catalog import parameter_counts
+
+    if parameter_counts(spec)[2] is None:
+        with torch.device("meta"):
+            architecture = timm.create_model(spec.timm_name, pretrained=False)
+        _ca_stream.attachment_plan(architecture, spec.name)  # raises, saying why
+        raise AssertionError("the catalog and the probe disagree")  # pragma: no cover
+
+
+def _with_stream(backbone: nn.Module, plan: LoadPlan) -> _ca_stream.CAStreamModel:
+    """The backbone with its CA-Stream: fresh (seeded), or the stream checkpoint's, shapes checked."""
+    spec, source = plan.spec, plan.stream
+    input_size = preprocessing_of(spec, backbone).input_size
+    attachments = _ca_stream.attachment_plan(backbone, spec.name, (3, *input_size))
+    with _seeded():
+        model = _ca_stream.CAStreamModel(backbone, attachments)
+    if source.kind == "checkpoint":
+        state = _ca_stream.as_stream_state(_checkpoint.read_state_dict(source.path))
+        widths = ", ".join(map(str, attachments.channels))
+        try:
+            _checkpoint.load_into(model.ca_stream, state, f"the CA-Stream of {spec.name} (points of {widths} channels)")
+        except ModelError as error:
+            written_for = _checkpoint.read_metadata(source.path).get("model")
+            if written_for and written_for != spec.name:
+                raise ModelError(f"{error.message} — {source.path.name} is a stream for {written_for}") from None
+            raise
+    return model
+
+
+def save_stream(model: _ca_stream.CAStreamModel, path: Path, metadata: dict[str, str] | None = None) -> None:
+    """The stream's parameters only (``--ca-stream --checkpoint path`` loads them), as ``save_state_dict``
+    writes a model; safetensors records the model's name, so a stream for another model is named."""
+    _write_state(_ca_stream.stream_state_dict(model), path, model, {"part": "ca-stream", **(metadata or {})})
 
 
 def _convert(model: nn.Module, spec: ModelSpec, recipe: DclsRecipe, init: str) -> tuple[nn.Module, ConversionReport]:
@@ -379,6 +429,8 @@ def convert_model(
     checkpoints do), loadable with ``load_model(name, dcls=True, checkpoint=out)``.
     """
     request = ModelRequest.of(model, dcls=True, **options)
+    if request.ca_stream:
+        raise ModelError("convert writes the DCLS backbone; leave out --ca-stream (score or explain it with --ca-stream)")
     plan = plan_load(request)
     if out is not None:  # before the conversion, not after it
         check_output_file(out, "--out")
@@ -430,6 +482,11 @@ def save_state_dict(model: nn.Module, path: Path, metadata: dict[str, str] | Non
     """A plain state_dict; every tensor its own copy (safetensors refuses shared storage).
     ``metadata``: what else the file should say (e.g. the head's pooling, see ``_pooling``)."""
     state = {key: value.detach().cpu().clone().contiguous() for key, value in model.state_dict().items()}
+    _write_state(state, path, model, metadata)
+
+
+def _write_state(state: dict[str, torch.Tensor], path: Path, model: nn.Module, metadata: dict[str, str] | None) -> None:
+    """safetensors (with the model's name and ``metadata``) or torch, by the suffix of ``path``."""
     path.parent.mkdir(parents=True, exist_ok=True)
     if path.suffix == ".safetensors":
         from safetensors.torch import save_file

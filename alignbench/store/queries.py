@@ -74,6 +74,7 @@ def upsert_model(session: Session, identity: Any, *, param_count: int | None = N
             "param_count": param_count,
             "request": canonical_json(identity.request) if getattr(identity, "request", None) else None,
             "origin": getattr(identity, "origin", None),
+            "ca_stream": bool(getattr(identity, "ca_stream", False)),
         },
     )
     origin = getattr(identity, "origin", None)
@@ -358,6 +359,7 @@ class RunView:
     tag: str | None = None
     origin: str | None = None
     parent_id: int | None = None
+    ca_stream: bool = False  # the model pools with a CA-Stream (not the architecture's baseline)
 
 
 def list_runs(
@@ -400,6 +402,7 @@ def list_runs(
             tag=model.tag,
             origin=model.origin,
             parent_id=model.parent_id,
+            ca_stream=model.ca_stream,
         )
         for run, model, explainer, ds in session.exec(statement).all()
     ]

@@ -1,4 +1,4 @@
-"""Training for alignment: DCLS positions, Grad-CAM consistency, and the runs' lineage in the store.
+"""Training for alignment: DCLS positions, Grad-CAM consistency, CA-Stream, and the runs' lineage in the store.
 
 ``train(TrainRequest)`` is ``alignbench train`` (see ``_train`` for the loop, which reads like
 timm's train.py); ``gc_consistency_loss`` is Pillai & Pirsiavash's loss as a pure function of

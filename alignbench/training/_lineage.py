@@ -1,7 +1,8 @@
 """A trained model in the store: its weights file as a model row, with the model it came from and how.
 
 The trained model's request is the parent's with ``checkpoint`` = the written file (so its
-fingerprint is that file's sha256, as for any checkpoint) and ``tag`` = the run's name;
+fingerprint is that file's sha256, as for any checkpoint) and ``tag`` = the run's name — for a
+CA-Stream run, ``stream_checkpoint`` = the file (which holds the stream alone) over the same backbone;
 ``alignbench score --trained TAG`` loads exactly that request again. ``best.safetensors`` is recorded
 too (tag ``TAG@best``) when it differs from ``last.safetensors``.
 """
@@ -27,7 +28,10 @@ class TrainedFile:
 
 
 def trained_request(parent: ModelRequest, checkpoint: Path, tag: str) -> ModelRequest:
-    """The request that loads the trained weights: the parent's model and DCLS recipe, the file's weights."""
+    """The request that loads the trained weights: the parent's model and DCLS recipe, the file's weights
+    (a CA-Stream's file: the stream's, on the backbone the request names)."""
+    if parent.ca_stream:
+        return replace(parent, stream_checkpoint=checkpoint, tag=tag)
     return replace(parent, checkpoint=checkpoint, init=None, pretrained=True, tag=tag)
 
 
@@ -42,12 +46,16 @@ def record_trained(
     lineage: dict[str, Any],
     param_count: int,
     family: str,
+    parent_param_count: int | None = None,
 ) -> tuple[str, dict[str, ModelIdentity]]:
     """Record the parent and each trained file in the store at ``db`` (one transaction); returns the
-    store's URL and each file kind's identity."""
+    store's URL and each file kind's identity. ``parent_request`` is the request that was trained;
+    ``parent`` the model it started from (for a fresh CA-Stream: the backbone with its pooling, of
+    ``parent_param_count`` parameters)."""
     identities: dict[str, ModelIdentity] = {}
     with open_store(db) as store, store.session(write=True) as session:
-        parent_row = q.upsert_model(session, parent, param_count=param_count, family=family)
+        parent_count = param_count if parent_param_count is None else parent_param_count
+        parent_row = q.upsert_model(session, parent, param_count=parent_count, family=family)
         seen: set[str] = set()
         for file in files:
             name = tag if file.kind == "last" else f"{tag}{BEST_SUFFIX}"

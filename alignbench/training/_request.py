@@ -10,12 +10,15 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterator
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any
 
 from alignbench.errors import TrainingError
 from alignbench.models import ModelRequest
+from alignbench.training import _ca_stream
 
 # ConvNeXt-dcls engine.py: the positions' learning rate is the scheduled rate × 5.
 POSITIONS_LR_FACTOR = 5.0
@@ -68,8 +71,13 @@ FREEZE_MODES: dict[str, FreezeMode] = {
         FreezeMode("none", "every parameter trains", lambda model: iter(model.parameters())),
         FreezeMode("backbone", "only the classifier trains", _classifier_parameters),
         FreezeMode("all-but-positions", "only the DCLS positions (P, and SIG) train", position_parameters),
+        FreezeMode(_ca_stream.FREEZE, "only the CA-Stream trains (backbone, classifier, batch-norm statistics fixed)",
+                   _ca_stream.stream_parameters),
     )
 }
+
+# The hyper-parameters a method uses where the request leaves them None (the CLI's unset options).
+GENERAL_RECIPE: Mapping[str, Any] = MappingProxyType({"opt": "adamw", "lr": 1e-4, "weight_decay": 0.05, "sched": "cosine"})
 
 
 @dataclass(frozen=True)
@@ -77,15 +85,18 @@ class Method:
     """A way of training: the first method in ``METHODS`` whose ``applies`` holds names a request.
 
     ``name`` is what the store records as the trained model's ``origin``; ``default_freeze`` is the
-    ``--freeze`` mode used when none is given."""
+    ``--freeze`` mode used when none is given; ``recipe`` the hyper-parameters it uses unless given."""
 
     name: str
     description: str
     applies: Callable[["TrainRequest"], bool] = field(repr=False, compare=False)
     default_freeze: str = "none"
+    recipe: Mapping[str, Any] = field(default_factory=lambda: GENERAL_RECIPE, repr=False, compare=False)
 
 
 METHODS: tuple[Method, ...] = (
+    Method(_ca_stream.METHOD, "the CA-Stream alone (Torres et al. 2024), cross-entropy through the frozen classifier",
+           lambda request: request.model.ca_stream, default_freeze=_ca_stream.FREEZE, recipe=_ca_stream.RECIPE),
     Method("gc-consistency", "cross-entropy + λ · Grad-CAM consistency (Pillai & Pirsiavash 2021)",
            lambda request: request.gc_consistency > 0),
     Method("dcls-finetune", "DCLS positions fine-tuned (and, with --freeze none, every weight)",
@@ -105,11 +116,11 @@ class TrainRequest:
     steps: int | None = None  # optimiser steps; or
     epochs: int | None = None  # passes over --data (default 1 when neither is given)
     batch_size: int = 32  # images per step, over all processes
-    opt: str = "adamw"
-    lr: float = 1e-4
-    weight_decay: float = 0.05
+    opt: str | None = None  # None: the method's recipe (GENERAL_RECIPE, or e.g. CA-Stream's SGD)
+    lr: float | None = None
+    weight_decay: float | None = None
     momentum: float = 0.9
-    sched: str = "cosine"
+    sched: str | None = None
     warmup_steps: int = 0
     min_lr: float = 0.0
     positions_lr: float | None = None  # default POSITIONS_LR_FACTOR × lr
@@ -128,10 +139,15 @@ class TrainRequest:
     tag: str | None = None  # default: the name of --out
     resume: Path | None = None
     checkpoint_every: int | None = None  # also write last.pt every N steps (always: each epoch's end)
+    decay_epochs: float | None = None  # step / multistep schedules: decay every this many epochs (None: timm's default)
+    decay_rate: float = 0.1
 
     def __post_init__(self) -> None:
         if not isinstance(self.model, ModelRequest):
             object.__setattr__(self, "model", ModelRequest(str(self.model)))
+        for name, value in self.method.recipe.items():
+            if getattr(self, name) is None:
+                object.__setattr__(self, name, value)
         object.__setattr__(self, "out", Path(self.out).expanduser())
         if self.resume is not None:
             object.__setattr__(self, "resume", Path(self.resume).expanduser())
@@ -174,8 +190,23 @@ class TrainRequest:
             raise TrainingError(f"unknown --freeze {freeze!r}; use one of {', '.join(FREEZE_MODES)}")
         if freeze == "all-but-positions" and not self.model.dcls:
             raise TrainingError("--freeze all-but-positions trains DCLS positions: add --dcls")
+        if self.model.ca_stream:
+            self._validate_ca_stream(freeze)
+        elif freeze == _ca_stream.FREEZE:
+            raise TrainingError("--freeze all-but-stream trains a CA-Stream: add --ca-stream")
+        if self.decay_epochs is not None and not (math.isfinite(self.decay_epochs) and self.decay_epochs > 0):
+            raise TrainingError(f"--decay-epochs must be a positive number, got {self.decay_epochs}")
         if self.workers is not None and self.workers < 0:
             raise TrainingError(f"--workers must be 0 or more, got {self.workers}")
+
+    def _validate_ca_stream(self, freeze: str) -> None:
+        """The stream trains alone, on cross-entropy (distillation may be added): the paper's protocol."""
+        if freeze != _ca_stream.FREEZE:
+            raise TrainingError(f"--ca-stream trains the stream alone with the backbone frozen; --freeze {freeze} does not apply")
+        if self.gc_consistency > 0:
+            raise TrainingError("--gc-consistency differentiates Grad-CAM of the pooled model; with --ca-stream drop it")
+        if self.maxpool:
+            raise TrainingError("--maxpool changes the global pooling, which the CA-Stream replaces; drop it")
 
     def recipe(self) -> dict[str, Any]:
         """What decides the trained weights (a --resume checkpoint must have been written with the same):

@@ -30,7 +30,7 @@ from torch.utils.data import DataLoader
 
 from alignbench import __version__
 from alignbench.errors import AlignbenchError, DatasetError, TrainingError
-from alignbench.models import ModelRequest, clamp_positions, load_model, save_state_dict, set_global_pool
+from alignbench.models import CAStreamModel, ModelRequest, clamp_positions, load_model, save_state_dict, save_stream, set_global_pool
 from alignbench.training import _checkpoint as ckpt
 from alignbench.training import _distributed as distributed
 from alignbench.training._data import EpochSampler, EvalImages, LabelledImages, TrainingImages, open_training_data
@@ -118,6 +118,7 @@ class TrainResult:
     data_fingerprint: str
     recorded_in: str | None
     lineage: dict[str, Any] = field(default_factory=dict)
+    ca_stream: bool = False
 
     def to_json(self) -> dict[str, Any]:
         return {key: str(value) if isinstance(value, Path) else value for key, value in asdict(self).items()}
@@ -272,9 +273,11 @@ def _setup(request: TrainRequest, processes: distributed.Processes, progress: Pr
     # The schedule counts optimiser updates: one "epoch" of timm's scheduler per step.
     scheduler = None
     if request.sched != "none":
+        # --decay-epochs is in passes over --data; the scheduler's "epochs" are steps
+        decay = {"decay_epochs": request.decay_epochs * steps_per_epoch} if request.decay_epochs else {}
         scheduler, _ = create_scheduler_v2(
             optimizer, sched=request.sched, num_epochs=total_steps, warmup_epochs=request.warmup_steps,
-            min_lr=request.min_lr, step_on_epochs=False, updates_per_epoch=1,
+            min_lr=request.min_lr, step_on_epochs=False, updates_per_epoch=1, decay_rate=request.decay_rate, **decay,
         )
     scaler = torch.amp.GradScaler(processes.device.type, enabled=request.amp)
     workers = request.workers if request.workers is not None else _default_workers(processes)
@@ -444,8 +447,10 @@ def _evaluate(run: _Run) -> EvalRecord | None:
 def _save_weights(run: _Run, path: Path) -> None:
     # save_state_dict picks the format from the suffix; the temporary name ends in .tmp
     staged = path.with_name(path.name + ".safetensors")
+    # a CA-Stream run writes the stream alone: its backbone is the parent's, unchanged
+    save = save_stream if isinstance(run.model, CAStreamModel) else save_state_dict
     try:
-        save_state_dict(run.model, staged, metadata=run.weights_metadata)
+        save(run.model, staged, metadata=run.weights_metadata)
         os.replace(staged, path)
     finally:
         staged.unlink(missing_ok=True)
@@ -508,6 +513,22 @@ def _positions_shift(run: _Run) -> tuple[float | None, float | None]:
     return float(shifts.max()), float(shifts.mean())
 
 
+def _parent(run: _Run) -> tuple[Any, int]:
+    """The model training started from, and its parameter count. A fresh CA-Stream is no model of its
+    own: a stream trained from scratch descends from the backbone with its global average pooling
+    (so ``compare --against parent`` is GAP vs stream); one trained further from a stream
+    checkpoint, from that stream."""
+    from dataclasses import replace
+
+    from alignbench.models import model_identity
+
+    info, model = run.model.alignbench_info, run.model
+    if isinstance(model, CAStreamModel) and run.request.model.stream_checkpoint is None:
+        pooled = replace(run.request.model, ca_stream=False, tag=None)
+        return model_identity(pooled), info.param_count - model.ca_stream.parameter_count()
+    return info.identity, info.param_count
+
+
 def _finish(run: _Run, db: str | None) -> TrainResult:
     request, state, info = run.request, run.state, run.model.alignbench_info
     shift_max, shift_mean = _positions_shift(run)
@@ -516,13 +537,14 @@ def _finish(run: _Run, db: str | None) -> TrainResult:
     lineage = _lineage(run, {"final_loss": final_loss, "positions_shift_max": shift_max, "positions_shift_mean": shift_mean})
     tag = request.effective_tag
     recorded_in, identities = None, {}
+    parent, parent_params = _parent(run)
     if run.processes.is_main:
         files = [TrainedFile("last", last, {"step": state.step, "top1": state.last_top1 if state.last_top1_step == state.step else None})]
         if state.best_step is not None and best.is_file():
             files.append(TrainedFile("best", best, {"step": state.best_step, "top1": state.best_top1}))
         recorded_in, identities = record_trained(
-            db, parent=info.identity, parent_request=request.model, origin=request.method.name, tag=tag, files=files,
-            lineage=lineage, param_count=info.param_count, family=info.spec.family,
+            db, parent=parent, parent_request=request.model, origin=request.method.name, tag=tag, files=files,
+            lineage=lineage, param_count=info.param_count, family=info.spec.family, parent_param_count=parent_params,
         )
     result = TrainResult(
         model=info.spec.name, dcls=request.model.dcls, method=request.method.name, tag=tag, out=run.out, last=last,
@@ -533,10 +555,10 @@ def _finish(run: _Run, db: str | None) -> TrainResult:
         top1_before=state.top1_before, top1_after=state.last_top1, best_top1=state.best_top1, best_step=state.best_step,
         seconds=state.seconds, images_per_s=state.images_seen / state.seconds if state.seconds else 0.0,
         resumed_from=run.resumed_from, positions_unpinned=run.unpinned, positions_shift_max=shift_max,
-        positions_shift_mean=shift_mean, parent_fingerprint=info.identity.fingerprint,
+        positions_shift_mean=shift_mean, parent_fingerprint=parent.fingerprint,
         fingerprint=identities["last"].fingerprint if "last" in identities else None,
         best_fingerprint=identities["best"].fingerprint if "best" in identities else None,
-        data_fingerprint=run.recipe["data"], recorded_in=recorded_in, lineage=lineage,
+        data_fingerprint=run.recipe["data"], recorded_in=recorded_in, lineage=lineage, ca_stream=request.model.ca_stream,
     )
     if run.processes.is_main:
         ckpt.write_json(run.out / ckpt.SUMMARY_FILE, {**result.to_json(), "request": request.to_json()})
