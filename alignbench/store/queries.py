@@ -109,11 +109,17 @@ def run_key(
     dataset_fingerprint: str,
     protocol: str,
     metrics: Sequence[str],
+    *,
+    precision: str = "fp32",
 ) -> str:
-    """The identity of a run: the same inputs always give the same key, so they are computed once."""
-    return sha256_text(
-        "run-v1", model_fingerprint, method, canonical_json(dict(params)), dataset_fingerprint, protocol, ",".join(sorted(metrics))
-    )
+    """The identity of a run: the same inputs always give the same key, so they are computed once.
+
+    The forward pass's precision is part of it only when it is not fp32, so every run stored before
+    precision existed (all fp32) keeps its key."""
+    parts = ["run-v1", model_fingerprint, method, canonical_json(dict(params)), dataset_fingerprint, protocol, ",".join(sorted(metrics))]
+    if precision != "fp32":
+        parts.append(f"precision={precision}")
+    return sha256_text(*parts)
 
 
 def find_run(session: Session, key: str) -> Run | None:
@@ -130,6 +136,7 @@ def get_or_create_run(
     protocol: str,
     metrics: Sequence[str],
     n_images: int,
+    precision: str = "fp32",
 ) -> Run:
     return _get_or_create(
         session,
@@ -142,6 +149,7 @@ def get_or_create_run(
             "protocol": protocol,
             "metrics": ",".join(sorted(metrics)),
             "n_images": n_images,
+            "precision": precision,
         },
     )
 
@@ -187,8 +195,9 @@ def insert_scores(session: Session, run_id: int, rows: Iterable[Mapping[str, Any
         )
     else:
         statement = statement.on_conflict_do_nothing(index_elements=["run_id", "image_id"])
-    result = session.execute(statement, values)
-    return result.rowcount if result.rowcount is not None and result.rowcount >= 0 else len(values)
+    # The rows written are counted from RETURNING: a batched INSERT's rowcount is not reliable
+    # (psycopg reported a row for an insert that DO NOTHING skipped).
+    return len(session.execute(statement.returning(table.c.image_id), values).all())
 
 
 def update_run(
