@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
 
+from alignbench._precision import PRECISIONS
 from alignbench.datasets import DATASETS, PROTOCOLS
 from alignbench.explainers import METHODS
 
@@ -42,6 +43,10 @@ Db = Annotated[
     ),
 ]
 Json = Annotated[bool, typer.Option("--json", help="Print one JSON document on stdout and nothing else.")]
+Precision = Annotated[
+    str,
+    typer.Option("--precision", help=f"Forward passes in {', '.join(PRECISIONS)} (autocast; maps and metrics stay float32). Part of the run key unless fp32."),
+]
 Explainer = Annotated[str, typer.Option("--explainer", help=f"Explanation method: {', '.join(METHODS)} (aliases: threshold, ...).")]
 Dataset = Annotated[str, typer.Option("--dataset", help=f"Dataset: {', '.join(DATASETS)}.")]
 Protocol = Annotated[

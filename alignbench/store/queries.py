@@ -126,6 +126,46 @@ def find_run(session: Session, key: str) -> Run | None:
     return session.exec(select(Run).where(Run.key == key)).first()
 
 
+def runs_by_key(session: Session, keys: Iterable[str]) -> dict[str, Run]:
+    """key → run for the keys that have one (one query)."""
+    keys = list(dict.fromkeys(keys))
+    if not keys:
+        return {}
+    return {run.key: run for run in session.exec(select(Run).where(Run.key.in_(keys))).all()}  # type: ignore[attr-defined]
+
+
+def find_run_like(
+    session: Session,
+    *,
+    model: str,
+    dcls: bool,
+    recipe: Mapping[str, Any] | None,
+    init: str | None,
+    method: str,
+    params: Mapping[str, Any],
+    dataset: str,
+    protocol: str,
+    metrics: Sequence[str],
+    precision: str = "fp32",
+) -> Run | None:
+    """The most recently updated run of a model and settings named rather than fingerprinted: for
+    a machine that has not the weights or the data to make the run key (``study status``)."""
+    statement = (
+        select(Run)
+        .join(Model, Model.id == Run.model_id)
+        .join(ExplainerSetting, ExplainerSetting.id == Run.explainer_id)
+        .join(Dataset, Dataset.id == Run.dataset_id)
+        .where(
+            Model.name == model, Model.dcls == dcls, Model.recipe == (canonical_json(recipe) if recipe else None),
+            ExplainerSetting.method == method, ExplainerSetting.params == canonical_json(dict(params)),
+            Dataset.name == dataset, Run.protocol == protocol, Run.metrics == ",".join(sorted(set(metrics))),
+            Run.precision == precision, Model.init == init,  # == None is IS NULL
+        )
+        .order_by(Run.updated_at.desc(), Run.id.desc())  # type: ignore[attr-defined]
+    )
+    return session.exec(statement).first()
+
+
 def get_or_create_run(
     session: Session,
     *,
