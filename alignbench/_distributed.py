@@ -5,7 +5,7 @@ nccl on GPUs).
 command with ``RANK``, ``WORLD_SIZE`` and ``LOCAL_RANK`` in their environment. Within every run, rank
 0 lists the images still missing from the store and broadcasts that list; rank r computes every N-th
 of them from position r, on its own device (``cuda:LOCAL_RANK``), and commits its own rows in its own
-transactions. All ranks then meet at a barrier, and rank 0 prints the summary read from the store.
+transactions. All ranks then meet (``all_done``), and rank 0 prints the summary read from the store.
 Nothing but the list of missing images (and whether a run is complete) goes through
 torch.distributed: the store is where results meet. A rank that dies leaves its committed rows; torchrun
 stops the others, and the next launch (any number of processes) computes only what is missing.
@@ -23,7 +23,7 @@ from typing import TypeVar
 
 T = TypeVar("T")
 
-# How long a rank waits for the others at a broadcast or barrier: model downloads and first-time
+# How long a rank waits for the others at a collective (broadcast, the end of a run): model downloads and first-time
 # dataset indexing happen on every rank before the first one, and ranks finish a run up to a batch
 # apart. torch's defaults (10 min for nccl) would turn a slow download into a crash.
 COLLECTIVE_TIMEOUT = timedelta(hours=2)
@@ -127,13 +127,13 @@ def my_share(ranks: Ranks, todo: Callable[[], Sequence[int]]) -> list[int]:
     return positions[ranks.rank :: ranks.world_size]
 
 
-def barrier(ranks: Ranks) -> None:
-    """Wait until every rank is here (the end of a run: its rows are all committed)."""
+def all_done(ranks: Ranks, count: int) -> int:
+    """Wait until every rank is here (the end of a run: all its rows are committed); returns the sum
+    of ``count`` over the ranks (the images the launch computed)."""
     if not ranks.distributed:
-        return
+        return count
     import torch.distributed as dist
 
-    if ranks.backend == "nccl":
-        dist.barrier(device_ids=[ranks.local_rank])
-    else:
-        dist.barrier()
+    counts: list[int | None] = [None] * ranks.world_size
+    dist.all_gather_object(counts, int(count))
+    return sum(int(c or 0) for c in counts)

@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from alignbench._distributed import agree, barrier, join_launch
+from alignbench._distributed import agree, all_done, join_launch
 from alignbench._precision import DEFAULT_PRECISION, check_precision
 from alignbench.errors import AlignbenchError, MetricError
 from alignbench.models import ModelRequest
@@ -183,7 +183,7 @@ def score(request: ScoreRequest, *, db: str | None = None, progress: ProgressCal
     store = open_store(db)
     try:
         # Under torchrun every rank runs this; all act on rank 0's view of the store (all compute, or
-        # all answer from it) and meet at the barrier once their rows are in (alignbench._distributed).
+        # all answer from it) and meet once their rows are in (alignbench._distributed).
         ranks = join_launch(request.device)  # alone: SINGLE, and no torch import
         with store.session() as session:
             run = q.find_run(session, key)
@@ -199,7 +199,7 @@ def score(request: ScoreRequest, *, db: str | None = None, progress: ProgressCal
             store, request, method=method, params=params, dataset=dataset, run_key=run_key,
             planned_fingerprint=identity.fingerprint, n_images=n_images, progress=progress, ranks=ranks,
         )
-        barrier(ranks)
+        computed = all_done(ranks, computed)  # under torchrun: every rank's rows are in, counted over all ranks
         if ranks.distributed and ranks.is_main:
             settle_status(store, run_id)  # each rank set it as it finished; all rows are in now
         with store.session() as session:
