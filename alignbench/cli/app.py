@@ -5,7 +5,7 @@ from __future__ import annotations
 import typer
 
 from alignbench import __version__
-from alignbench.cli import compare, convert, explain, models, report, score, study
+from alignbench.cli import compare, convert, explain, merge, models, report, score, study
 
 app = typer.Typer(
     name="alignbench",
@@ -38,6 +38,7 @@ app.command("score")(score.score)
 app.command("compare")(compare.compare)
 app.command("report")(report.report)
 app.add_typer(study.app, name="study")
+app.command("merge")(merge.merge)
 
 
 def main() -> None:

@@ -92,6 +92,7 @@ def score(
     models: Annotated[
         Optional[list[str]],
         typer.Argument(
+            metavar="MODEL",
             help="Registry name(s) or timm model names; several: one run each, then the comparison (the one-line form of a study). "
             "Omitted: the embedded default (efficientnet_lite0).",
             show_default=False,
@@ -120,12 +121,11 @@ def score(
     """Explain every image of a dataset, score it against the human maps, store and summarise.
 
     With no MODEL, the embedded default: efficientnet_lite0 (real ImageNet weights) on the `sample` dataset, offline.
-    The same command twice computes once; an interrupted run resumes. Several models: each is scored in turn, then
-    compared and ranked (as `alignbench study run` does for a whole grid). Under torchrun, the processes share
-    every run's images.
+    The same command twice computes once; an interrupted run resumes. Several models: each is scored in turn, then compared and ranked (as `alignbench study run` does for a whole grid). Under torchrun, the processes share every run's images.
 
     Example: [bold]alignbench score resnet50 --dcls --explainer threshold --dataset clickme-val --data-dir shards/[/]
-    [bold]torchrun --nproc_per_node 8 -m alignbench score resnet50 convnext_tiny --device cuda[/]
+
+    On 8 GPUs: [bold]torchrun --nproc_per_node 8 -m alignbench score resnet50 convnext_tiny --device cuda[/]
     """
     names = list(dict.fromkeys(models or [DEFAULT_MODEL]))
     if checkpoint is not None and len(names) > 1:

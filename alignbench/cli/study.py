@@ -92,11 +92,11 @@ def run(
 ) -> None:
     """Run every cell of a study that the store does not have complete, then compare and rank.
 
-    Each cell is scored exactly as `alignbench score` would (the same run key), so complete runs are read from the
-    store and a study that stops resumes where it stopped. Under torchrun, every process runs the same cells and
-    they share each run's images.
+    Each cell is scored exactly as `alignbench score` would (the same run key), so complete runs are read from the store and a study that stops resumes where it stopped. Under torchrun, every process runs the same cells and they share each run's images.
 
-    Example: [bold]alignbench study run demo[/]   [bold]torchrun --nproc_per_node 8 -m alignbench study run paper --device cuda[/]
+    Example: [bold]alignbench study run demo[/]
+
+    On 8 GPUs: [bold]torchrun --nproc_per_node 8 -m alignbench study run paper --device cuda[/]
     """
     from alignbench.cli.compare import print_result
     from alignbench.cli.score import scoring_progress
