@@ -16,6 +16,7 @@ Without torchrun, every function here is a no-op that imports nothing.
 from __future__ import annotations
 
 import os
+import signal
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from datetime import timedelta
@@ -93,8 +94,30 @@ def join_launch(device: str = "auto") -> Ranks:
     backend = "nccl" if on_cuda else "gloo"
     dist.init_process_group(backend=backend, timeout=COLLECTIVE_TIMEOUT)
     atexit.register(dist.destroy_process_group)
+    _handler_owner.append(os.getpid())
+    signal.signal(signal.SIGTERM, _stopped_by_torchrun)
     _joined.append(replace(ranks, backend=backend))
     return _joined[0]
+
+
+_handler_owner: list[int] = []  # the rank's own process (DataLoader workers inherit the handler)
+
+
+def _stopped_by_torchrun(signum: int, frame: object) -> None:
+    """torchrun stops every rank (SIGTERM) when one fails: say so in one line, rows kept (each batch
+    was its own transaction), instead of dying silently or with a traceback."""
+    from alignbench.errors import AlignbenchError
+
+    if os.getpid() not in _handler_owner:  # a forked DataLoader worker: die as it would have
+        signal.signal(signum, signal.SIG_DFL)
+        os.kill(os.getpid(), signum)
+        return
+
+    rank = launched_ranks().rank
+    raise AlignbenchError(
+        f"rank {rank} stopped: torchrun ends every process when one fails (see its report); the rows stored so far are kept "
+        "and the same command resumes", exit_code=128 + signum,
+    )
 
 
 def rank_device(device: str, ranks: Ranks) -> str:
@@ -111,7 +134,7 @@ def agree(ranks: Ranks, value: T) -> T:
     import torch.distributed as dist
 
     box = [value if ranks.is_main else None]
-    dist.broadcast_object_list(box, src=0)
+    _collective(ranks, lambda: dist.broadcast_object_list(box, src=0))
     return box[0]
 
 
@@ -135,5 +158,19 @@ def all_done(ranks: Ranks, count: int) -> int:
     import torch.distributed as dist
 
     counts: list[int | None] = [None] * ranks.world_size
-    dist.all_gather_object(counts, int(count))
+    _collective(ranks, lambda: dist.all_gather_object(counts, int(count)))
     return sum(int(c or 0) for c in counts)
+
+
+def _collective(ranks: Ranks, call: Callable[[], object]) -> None:
+    """Run a collective; a peer that died (its connection closed, a timeout) is one line, not a traceback."""
+    try:
+        call()
+    except RuntimeError as error:  # torch.distributed.DistBackendError and gloo's errors are RuntimeErrors
+        from alignbench.errors import AlignbenchError
+
+        reason = next((line.strip() for line in str(error).splitlines() if line.strip()), type(error).__name__)
+        raise AlignbenchError(
+            f"rank {ranks.rank}: another process of this launch is gone ({reason[:200]}); the rows stored so far are kept "
+            "and the same command resumes", exit_code=1,
+        ) from None

@@ -27,7 +27,9 @@ _STATE_STYLE = {"done": "green", "partial": "yellow", "missing": "red"}
 
 
 def _status_table(study, cells) -> Table:
-    table = Table(title=f"study {study.name} · {study.source}", caption="≈: matched by name (this machine lacks the weights or data to make the run key)", caption_justify="left")
+    by_name = any(not c.exact and c.run_id is not None for c in cells)
+    caption = "≈: matched by model name and settings (the weights or data to make the run key are not on this machine)" if by_name else None
+    table = Table(title=f"study {study.name} · {study.source}", caption=caption, caption_justify="left")
     for name in ("#", "model", "DCLS", "explainer", "dataset", "protocol", "state", "images", "run"):
         table.add_column(name, justify="right" if name in ("#", "images", "run") else "left")
     for index, cell in enumerate(cells, start=1):

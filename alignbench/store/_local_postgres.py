@@ -76,7 +76,7 @@ class LocalPostgres:
         try:
             server._command("initdb", "-D", str(root / "data"), "-U", _SUPERUSER, "--auth=trust", "--encoding=UTF8",
                             "--locale=C", "--no-sync")
-            options = [f"-c listen_addresses=127.0.0.1", f"-p {server.port}", f"-c unix_socket_directories={root}"]
+            options = ["-c listen_addresses=127.0.0.1", f"-p {server.port}", f"-c unix_socket_directories={root}"]
             if not durable:
                 options += ["-c fsync=off", "-c synchronous_commit=off", "-c full_page_writes=off"]
             server._command("pg_ctl", "-D", str(root / "data"), "-l", str(root / "server.log"), "-w", "-t", "60",
