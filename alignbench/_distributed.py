@@ -22,6 +22,8 @@ from dataclasses import dataclass, replace
 from datetime import timedelta
 from typing import TypeVar
 
+from alignbench.errors import AlignbenchError
+
 T = TypeVar("T")
 
 # How long a rank waits for the others at a collective (broadcast, the end of a run): model downloads and first-time
@@ -68,6 +70,7 @@ def is_main_process() -> bool:
 
 
 _joined: list[Ranks] = []  # the process group this process initialised (one per launch)
+_handler_owner: list[int] = []  # the rank's own process id (forked DataLoader workers inherit the handler)
 
 
 def join_launch(device: str = "auto") -> Ranks:
@@ -100,14 +103,9 @@ def join_launch(device: str = "auto") -> Ranks:
     return _joined[0]
 
 
-_handler_owner: list[int] = []  # the rank's own process (DataLoader workers inherit the handler)
-
-
 def _stopped_by_torchrun(signum: int, frame: object) -> None:
     """torchrun stops every rank (SIGTERM) when one fails: say so in one line, rows kept (each batch
     was its own transaction), instead of dying silently or with a traceback."""
-    from alignbench.errors import AlignbenchError
-
     if os.getpid() not in _handler_owner:  # a forked DataLoader worker: die as it would have
         signal.signal(signum, signal.SIG_DFL)
         os.kill(os.getpid(), signum)
@@ -167,8 +165,6 @@ def _collective(ranks: Ranks, call: Callable[[], object]) -> None:
     try:
         call()
     except RuntimeError as error:  # torch.distributed.DistBackendError and gloo's errors are RuntimeErrors
-        from alignbench.errors import AlignbenchError
-
         reason = next((line.strip() for line in str(error).splitlines() if line.strip()), type(error).__name__)
         raise AlignbenchError(
             f"rank {ranks.rank}: another process of this launch is gone ({reason[:200]}); the rows stored so far are kept "

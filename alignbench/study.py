@@ -45,15 +45,20 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import re
-import tomllib
+import sys
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from alignbench.errors import AlignbenchError, DatasetError, ExplainerError, MetricError, ModelError
 from alignbench.models import ModelRequest
 from alignbench.scoring import ScoreRequest, ScoreResult
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - Python 3.10: the same parser, from PyPI
+    import tomli as tomllib
 
 BUILT_IN_STUDIES = ("paper", "demo")
 # Fields of a ScoreRequest that the grid itself sets, or that belong to the command line (the machine

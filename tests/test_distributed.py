@@ -138,3 +138,21 @@ def test_a_rank_that_dies_leaves_the_run_resumable(tmp_path: Path) -> None:
     con = sqlite3.connect(db)
     assert con.execute("SELECT count(*), count(DISTINCT image_id) FROM image_score WHERE run_id = 1").fetchone() == (10, 10)
     con.close()
+
+
+def test_a_study_under_torchrun_stores_every_run_and_prints_once(tmp_path: Path) -> None:
+    study = tmp_path / "study.toml"
+    study.write_text(
+        '[[model]]\nname = "efficientnet_lite0"\ndcls = [false, true]\n\n[[explainer]]\nmethod = "gradcam"\n\n'
+        '[[dataset]]\nname = "sample"\n\n[run]\nlimit = 3\nbatch_size = 2\n'
+    )
+    db = tmp_path / "s.db"
+    done = _run("study", "run", str(study), "--workers", "0", "--db", f"sqlite:///{db}", "--json", processes=2)
+    assert done.returncode == 0, done.stderr
+    document = json.loads(done.stdout)  # one document: rank 0 alone prints
+    assert [(r["dcls"], r["n_scored"], r["computed_images"]) for r in document["runs"]] == [(False, 3, 3), (True, 3, 3)]
+    assert len(document["compare"]) == 1
+    con = sqlite3.connect(db)
+    per_run = con.execute("SELECT run_id, count(*), count(DISTINCT image_id) FROM image_score GROUP BY run_id").fetchall()
+    con.close()
+    assert [(n, distinct) for _, n, distinct in per_run] == [(3, 3)] * 3  # two model runs and the centre-bias reference

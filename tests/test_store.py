@@ -8,7 +8,6 @@ from __future__ import annotations
 import hashlib
 import json
 import socket
-import sqlite3
 import subprocess
 import sys
 import textwrap
@@ -360,3 +359,21 @@ def test_cli_refuses_a_bad_store_with_one_line_and_exit_2(tmp_path: Path, comman
         assert result.exit_code == 2, result.output
         assert message in result.stderr and len(result.stderr.strip().splitlines()) == 1
     assert _sha(corrupt) == before
+
+
+@pytest.mark.parametrize("command", [["score", "--limit", "1"], ["compare"], ["study", "status", "demo"], ["merge"]])
+def test_cli_names_an_unreachable_server_in_one_line(command: list[str]) -> None:
+    from typer.testing import CliRunner
+
+    from alignbench.cli.app import app
+
+    pytest.importorskip("psycopg")
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    url = f"postgresql://team@127.0.0.1:{port}/alignbench"
+    where = [url, "--into", "sqlite:///never-created.db"] if command == ["merge"] else ["--db", url]
+    result = CliRunner().invoke(app, [*command, *where])
+    assert result.exit_code == 2, result.output
+    assert f"127.0.0.1:{port}" in result.stderr and len(result.stderr.strip().splitlines()) == 1
+    assert "Traceback" not in result.output

@@ -29,7 +29,7 @@ from sqlalchemy import MetaData, Table, create_engine, func, inspect, select
 from sqlalchemy.engine import Connection, Engine, make_url
 
 from alignbench.errors import StoreError
-from alignbench.store.engine import create_store_engine, display_url, open_store, resolve_url
+from alignbench.store.engine import _server_message, create_store_engine, display_url, open_store, resolve_url
 from alignbench.store.migrate import current_revision, head_revision, revisions
 from alignbench.store.tables import METRIC_COLUMNS, Dataset, ExplainerSetting, ImageScore, Model, Run, Thumbnail
 
@@ -125,14 +125,16 @@ def _read_only_engine(url: str) -> Engine:
 
 
 def _source_revision(engine: Engine, url: str) -> str:
-    from sqlalchemy.exc import DatabaseError
+    from sqlalchemy.exc import DatabaseError, OperationalError
 
     try:
         revision = current_revision(engine)
         has_tables = bool(inspect(engine).get_table_names())
     except DatabaseError as error:
-        reason = " ".join(str(getattr(error, "orig", error)).split())
-        raise StoreError(f"cannot read store {display_url(url)}: {reason}") from None
+        reason = str(getattr(error, "orig", error)).strip()
+        if engine.dialect.name != "sqlite" and isinstance(error, OperationalError):
+            raise StoreError(_server_message(url, engine.url, reason)) from None
+        raise StoreError(f"cannot read store {display_url(url)}: {' '.join(reason.split())}") from None
     if revision is None:
         what = "is not an alignbench store (no schema revision)" if has_tables else "is empty"
         raise StoreError(f"{display_url(url)} {what}; nothing to merge")
