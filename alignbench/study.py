@@ -510,24 +510,18 @@ def study_status(requests: Sequence[ScoreRequest], *, db: str | None = None) -> 
     statuses = []
     try:
         session = store.session() if store is not None else None
-        found = []
-        by_key = q.runs_by_key(session, [p[4] for p in plans if p[4]]) if session is not None else {}
+        runs = q.runs_by_key(session, [p[4] for p in plans if p[4]]) if session is not None else {}
         for request, identity, method, params, key, wanted in plans:
-            run = by_key.get(key) if key else None
+            run = runs.get(key) if key else None
             if run is None and key is None and session is not None:
                 run = q.find_run_like(
                     session, model=identity.name, dcls=identity.dcls, recipe=identity.recipe, init=identity.init, method=method,
                     params=params, dataset=request.dataset, protocol=request.protocol, metrics=request.metrics,
                     precision=request.precision,
                 )
-            found.append(run)
-        counts: dict[tuple[int | None, int], int] = {}
-        for limit in {request.limit for request, *_ in plans}:  # one query per --limit (a study has one)
-            ids = [run.id for run, (request, *_) in zip(found, plans) if run is not None and request.limit == limit]
-            if ids:
-                counts.update({(limit, run_id): n for run_id, n in q.count_rows_by_run(session, ids, max_index=limit).items()})
-        for run, (request, identity, method, params, key, wanted) in zip(found, plans):
-            stored = counts[(request.limit, run.id)] if run is not None else 0
+            stored = 0
+            if run is not None:
+                stored = q.count_rows(session, run.id, max_index=request.limit)
             need = wanted if wanted is not None else (min(run.n_images, request.limit or run.n_images) if run else None)
             state = "missing" if run is None or stored == 0 else ("done" if need is not None and stored >= need else "partial")
             statuses.append(CellStatus(request, describe(request), state, stored, need, run.id if run else None,

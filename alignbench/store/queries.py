@@ -277,20 +277,6 @@ def count_rows(session: Session, run_id: int, *, max_index: int | None = None) -
     return int(session.exec(select(func.count()).select_from(ImageScore).where(*condition)).one())
 
 
-def count_rows_by_run(session: Session, run_ids: Iterable[int], *, max_index: int | None = None) -> dict[int, int]:
-    """``count_rows`` for many runs in one query (runs with no row: 0)."""
-    run_ids = sorted(set(run_ids))
-    counts = dict.fromkeys(run_ids, 0)
-    if not run_ids:
-        return counts
-    condition = [ImageScore.run_id.in_(run_ids)]  # type: ignore[attr-defined]
-    if max_index is not None:
-        condition.append(ImageScore.image_index < max_index)
-    statement = select(ImageScore.run_id, func.count()).where(*condition).group_by(ImageScore.run_id)
-    counts.update({int(run_id): int(n) for run_id, n in session.exec(statement).all()})
-    return counts
-
-
 def summarise(
     session: Session, run_id: int, metrics: Sequence[str], *, max_index: int | None = None
 ) -> tuple[int, dict[str, MetricSummary]]:
