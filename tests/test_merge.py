@@ -50,12 +50,12 @@ def _two_machines(tmp_path: Path) -> tuple[str, str]:
     values = [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8]
     common = dict(dataset_size=8, family="resnet")
     with open_store(a) as store:
-        run = add_run(store, model="resnet50", dcls=False, values=values[:5], **common)
-        add_run(store, model="resnet50", dcls=True, values=values[:3], **common)
+        run = add_run(store, model="resnet50", dcls=False, values=values[:5], status="partial", **common)
+        add_run(store, model="resnet50", dcls=True, values=values[:3], status="partial", **common)
         add_run(store, model="centre-bias", dcls=False, values=values, method="centre-bias", params={"sigma_frac": 0.25}, dataset_size=8)
         _thumbnail(store, run, "img-000000", b"png-a")
     with open_store(b) as store:
-        run = add_run(store, model="resnet50", dcls=False, values=values[3:], indices=range(3, 8), **common)
+        run = add_run(store, model="resnet50", dcls=False, values=values[3:], indices=range(3, 8), status="partial", **common)
         add_run(store, model="convnext_tiny", dcls=False, values=values, dataset_size=8, family="convnext")
         add_run(store, model="centre-bias", dcls=False, values=values, method="centre-bias", params={"sigma_frac": 0.25}, dataset_size=8)
         _thumbnail(store, run, "img-000007", b"png-b")
@@ -74,7 +74,7 @@ def test_merge_unions_by_identity_and_twice_changes_nothing(tmp_path: Path, stor
     counts = "SELECT (SELECT count(*) FROM model), (SELECT count(*) FROM explainer_setting), (SELECT count(*) FROM dataset), " \
              "(SELECT count(*) FROM run), (SELECT count(*) FROM image_score), (SELECT count(*) FROM thumbnail)"
     assert _query(store_url, counts) == [(4, 2, 1, 4, 27, 2)]
-    # resnet50's run holds the union, one row per image, and is complete now
+    # resnet50's run holds the union, one row per image, and is complete now (each machine had it partial)
     assert _query(store_url, "SELECT run.status, count(*), count(DISTINCT image_id) FROM run JOIN image_score ON image_score.run_id = run.id "
                              "JOIN model ON model.id = run.model_id WHERE model.name = 'resnet50' AND NOT model.dcls GROUP BY run.status") == [("complete", 8, 8)]
     again = merge_stores([a, b], store_url)

@@ -171,7 +171,7 @@ def test_status_matches_by_name_where_weights_or_data_are_not_here(tmp_path: Pat
 
     db = tmp_path / "s.db"
     with open_store(f"sqlite:///{db}") as store:
-        add_run(store, model="resnet50", dcls=False, values=[0.3] * 5, method="gradcam", params={}, dataset_size=8)
+        add_run(store, model="resnet50", dcls=False, values=[0.3] * 5, method="gradcam", params={}, dataset_size=8, status="partial")
     result = CliRunner().invoke(app, ["study", "status", "paper", "--db", f"sqlite:///{db}", "--json"])
     assert result.exit_code == 0, result.output
     cells = json.loads(result.stdout)["cells"]
