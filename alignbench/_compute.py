@@ -98,7 +98,7 @@ def compute_run(
     Under torchrun (``ranks``), this process computes its share of the missing images only
     (``alignbench._distributed``)."""
     from alignbench._centre_bias_run import score_centre_bias
-    from alignbench.explainers import explain_batch
+    from alignbench.explainers import check_applicable, explain_batch
     from alignbench.models import load_model, resolve_device
     from alignbench.registry import get_spec
 
@@ -130,6 +130,7 @@ def compute_run(
         model = load_model(request.model, device=device)
         info = model.alignbench_info
         dataset.check_labels(info.num_classes)
+        check_applicable(model, method, **params)  # e.g. a raw-attention layer it lacks: before any run row
     except BaseException:
         early = None  # stops the workers
         raise

@@ -8,7 +8,7 @@ import torch
 
 from alignbench.errors import ExplainerError
 from alignbench.explainers import explain, explain_batch
-from alignbench.explainers._attention import attention_probabilities, rollout
+from alignbench.explainers._attention import attention_maps, attention_probabilities, rollout
 
 
 @pytest.fixture(scope="module")
@@ -95,3 +95,184 @@ def test_attention_with_position_terms_inside_is_refused():
     relpos = timm.create_model("test_vit_relpos", pretrained=False, num_classes=10)
     with pytest.raises(ExplainerError, match="raw-attention needs a ViT/DeiT-style model"):
         explain(relpos, torch.randn(1, 3, 160, 160), None, "raw-attention")
+
+
+# ---------------------------------------------------------------- raw attention of any layer, rollout options
+
+
+def _direct_class_token_attention(model, images, layer, head_fusion):
+    """Block ``layer``'s class-token attention row, straight from its weights: the tokens entering the
+    block, norm1, q and k from the qkv projection, softmax(q·k^T / sqrt(d)) per head, heads fused."""
+    with torch.no_grad():
+        x = model.norm_pre(model.patch_drop(model._pos_embed(model.patch_embed(images))))
+        block = model.blocks[layer]
+        for earlier in model.blocks[: layer % len(model.blocks)]:
+            x = earlier(x)
+        h = block.norm1(x)
+        b, n, c = h.shape
+        heads = block.attn.num_heads
+        qkv = h @ block.attn.qkv.weight.T + block.attn.qkv.bias
+        q, k = qkv[..., :c], qkv[..., c : 2 * c]
+        q = q.reshape(b, n, heads, c // heads).transpose(1, 2)
+        k = k.reshape(b, n, heads, c // heads).transpose(1, 2)
+        attention = (q @ k.transpose(-2, -1) / (c // heads) ** 0.5).softmax(-1)
+        fused = {"mean": attention.mean(1), "max": attention.amax(1), "min": attention.amin(1)}[head_fusion]
+        return fused[:, 0, model.num_prefix_tokens :]
+
+
+@pytest.mark.parametrize("layer, head_fusion", [(0, "mean"), (2, "max"), (-1, "min"), (-4, "mean"), (5, "mean")])
+def test_raw_attention_of_layer_k_is_that_blocks_class_token_row(vit, images, layer, head_fusion):
+    grid = vit.patch_embed.dynamic_feat_size((64, 64))
+    low, _, _ = attention_maps(vit, images, None, "raw-attention", {"layer": layer, "head_fusion": head_fusion})
+    expected = _direct_class_token_attention(vit, images, layer, head_fusion).reshape(2, *grid)
+    torch.testing.assert_close(low, expected, atol=1e-6, rtol=1e-5)
+    # the public entry point: the same map upsampled, and -1 is the default (today's raw attention)
+    maps = explain(vit, images, None, "raw-attention", layer=layer, head_fusion=head_fusion)
+    torch.testing.assert_close(maps, torch.nn.functional.interpolate(expected[:, None], size=(64, 64), mode="bilinear")[:, 0],
+                               atol=1e-6, rtol=1e-5)
+    assert torch.equal(explain(vit, images, None, "raw-attention", layer=5), explain(vit, images, None, "raw-attention"))
+
+
+@pytest.mark.parametrize("layer", [6, -7, 100])
+def test_a_layer_outside_the_blocks_is_refused_naming_how_many_there_are(vit, images, layer):
+    with pytest.raises(ExplainerError, match=rf"layer {layer} is outside test_vit's 6 blocks; use 0..5 \(first to last\) or -6..-1"):
+        explain(vit, images, None, "raw-attention", layer=layer)
+
+
+def vit_explain_rollout(attentions, discard_ratio, head_fusion, rows_sum_to_one=True):
+    """jacobgil/vit-explain vit_rollout.py ``rollout``, line for line, on one image ([1, heads, N, N]
+    per block, as its attn_drop hook records them). ``rows_sum_to_one``: ``a.sum(dim=-1, keepdim=True)``,
+    the renormalisation its comment and the paper mean (its issue #16); False: its literal
+    ``a / a.sum(dim=-1)``, which broadcasts each row's sum over the columns."""
+    import numpy as np
+
+    result = torch.eye(attentions[0].size(-1))
+    with torch.no_grad():
+        for attention in attentions:
+            if head_fusion == "mean":
+                attention_heads_fused = attention.mean(axis=1)
+            elif head_fusion == "max":
+                attention_heads_fused = attention.max(axis=1)[0]
+            elif head_fusion == "min":
+                attention_heads_fused = attention.min(axis=1)[0]
+            # Drop the lowest attentions, but don't drop the class token
+            flat = attention_heads_fused.view(attention_heads_fused.size(0), -1)
+            _, indices = flat.topk(int(flat.size(-1) * discard_ratio), -1, False)
+            indices = indices[indices != 0]
+            flat[0, indices] = 0
+            I = torch.eye(attention_heads_fused.size(-1))
+            a = (attention_heads_fused + 1.0 * I) / 2
+            a = a / a.sum(dim=-1, keepdim=True) if rows_sum_to_one else a / a.sum(dim=-1)
+            result = torch.matmul(a, result)
+    mask = result[0, 0, 1:]
+    width = int(mask.size(-1) ** 0.5)
+    mask = mask.reshape(width, width).numpy()
+    return torch.from_numpy(mask / np.max(mask))
+
+
+@pytest.fixture()
+def unfused(vit):
+    """timm's unfused attention, so the forward that vit-explain's hook watches and ours are the same
+    computation to the bit (the fused kernel rounds differently, which could move a discard threshold)."""
+    for block in vit.blocks:
+        block.attn.fused_attn = False
+    yield vit
+    for block in vit.blocks:
+        block.attn.fused_attn = True
+
+
+@pytest.mark.parametrize("head_fusion", ["mean", "max", "min"])
+@pytest.mark.parametrize("discard_ratio", [0.0, 0.5, 0.9])
+def test_rollout_equals_vit_explains_rule(unfused, images, head_fusion, discard_ratio):
+    recorded = timm_attention(unfused, images)
+    for block in unfused.blocks:
+        block.attn.fused_attn = False  # timm_attention switched it back on
+    low, _, _ = attention_maps(unfused, images, None, "rollout", {"head_fusion": head_fusion, "discard_ratio": discard_ratio})
+    for i in range(images.shape[0]):
+        ours = low[i] / low[i].max()
+        expected = vit_explain_rollout([a[i : i + 1] for a in recorded], discard_ratio, head_fusion)
+        torch.testing.assert_close(ours, expected, atol=1e-6, rtol=1e-5)
+        literal = vit_explain_rollout([a[i : i + 1] for a in recorded], discard_ratio, head_fusion, rows_sum_to_one=False)
+        if discard_ratio == 0 and head_fusion == "mean":
+            # the rows of (A + I)/2 already sum to one: vit-explain's literal line is the same rollout
+            torch.testing.assert_close(ours, literal, atol=1e-6, rtol=1e-5)
+        else:
+            assert not torch.allclose(ours, literal, atol=1e-4)  # where its broadcast matters, rows are renormalised here
+
+
+def test_rollout_with_discard_ratio_zero_is_todays_rollout(vit, images):
+    """discard_ratio 0 (the default, and the stored setting) = the product of (A + I)/2, rows renormalised."""
+    recorded = [a.mean(1) for a in timm_attention(vit, images)]
+    n = recorded[0].shape[-1]
+    expected = torch.eye(n).expand(2, n, n)
+    for a in recorded:
+        a = (a + torch.eye(n)) / 2
+        expected = (a / a.sum(-1, keepdim=True)) @ expected
+    grid = vit.patch_embed.dynamic_feat_size((64, 64))
+    for params in ({}, {"discard_ratio": 0.0}, {"discard_ratio": 0.0, "head_fusion": "mean"}):
+        low, _, _ = attention_maps(vit, images, None, "rollout", {"head_fusion": "mean", "discard_ratio": 0.0, **params})
+        torch.testing.assert_close(low, expected[:, 0, 1:].reshape(2, *grid), atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(rollout(recorded, 0.0), expected, atol=1e-6, rtol=1e-5)
+
+
+# ------------------------------------------------------------------------------- through the CLI
+
+
+@pytest.fixture(scope="module")
+def vit_checkpoint(tmp_path_factory):
+    """test_vit as the CLI builds it (1000 classes), seeded: a file for --checkpoint."""
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("vit") / "test_vit.pth"
+    torch.save(timm.create_model("test_vit", pretrained=False).state_dict(), path)
+    return path
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--explainer", "raw-attention", "--layer", "6"], "layer 6 is outside test_vit's 6 blocks; use 0..5 (first to last) or -6..-1 (from the end)"),
+        (["--explainer", "raw-attention", "--layer", "-7"], "layer -7 is outside test_vit's 6 blocks"),
+        (["--explainer", "rollout", "--discard-ratio", "1"], "discard_ratio must be in [0, 1)"),
+        (["--explainer", "rollout", "--discard-ratio", "-0.5"], "discard_ratio must be in [0, 1)"),
+        (["--explainer", "rollout", "--head-fusion", "median"], "head_fusion must be one of mean, max, min"),
+        (["--explainer", "rollout", "--layer", "2"], "explainer 'rollout' takes no parameter 'layer'"),
+        (["--explainer", "gradcam", "--discard-ratio", "0.5"], "explainer 'gradcam' takes no parameter 'discard_ratio'"),
+    ],
+)
+def test_bad_attention_options_are_one_line_and_exit_2(vit_checkpoint, shared_data, tmp_path, extra, message):
+    from typer.testing import CliRunner
+
+    from alignbench.cli.app import app
+
+    image = shared_data / "imagenet-val-10" / "ILSVRC2012_val_00009492.JPEG"
+    db = tmp_path / "s.db"
+    for args in (["explain", "test_vit", str(image), "--out", str(tmp_path / "maps")],
+                 ["score", "test_vit", "--limit", "1", "--workers", "0", "--db", f"sqlite:///{db}"]):
+        result = CliRunner().invoke(app, [*args, "--checkpoint", str(vit_checkpoint), *extra])
+        assert result.exit_code == 2, result.output
+        assert "Traceback" not in result.output
+        lines = result.stderr.strip().splitlines()
+        assert len(lines) == 1 and message in lines[0], result.stderr
+    if db.exists():  # refused before any run row was written
+        import sqlite3
+
+        assert sqlite3.connect(db).execute("SELECT count(*) FROM run").fetchone() == (0,)
+
+
+def test_attention_options_reach_the_maps_through_explain(vit_checkpoint, shared_data, tmp_path):
+    import numpy as np
+    from typer.testing import CliRunner
+
+    from alignbench.cli.app import app
+
+    image = shared_data / "imagenet-val-10" / "ILSVRC2012_val_00009492.JPEG"
+    maps = {}
+    for label, extra in (("last", []), ("minus1", ["--layer", "-1"]), ("first", ["--layer", "0"]),
+                         ("first-max", ["--layer", "0", "--head-fusion", "max"])):
+        out = tmp_path / label
+        result = CliRunner().invoke(app, ["explain", "test_vit", str(image), "--out", str(out), "--checkpoint", str(vit_checkpoint),
+                                          "--explainer", "raw-attention", *extra])
+        assert result.exit_code == 0, result.output
+        maps[label] = np.load(out / "ILSVRC2012_val_00009492.npy")
+    assert np.array_equal(maps["last"], maps["minus1"])
+    assert not np.allclose(maps["last"], maps["first"]) and not np.allclose(maps["first"], maps["first-max"])

@@ -41,6 +41,17 @@ def test_settings_fill_defaults_and_coerce_types():
     assert explainer_setting("threshold", threshold=None) == ("threshold-gradcam", {"threshold": 0.3})
     assert explainer_setting("gradcam") == ("gradcam", {})
     assert explainer_setting("rollout") == ("rollout", {"head_fusion": "mean", "discard_ratio": 0.0})
+    assert explainer_setting("rollout", head_fusion="max", discard_ratio="0.9") == ("rollout", {"head_fusion": "max", "discard_ratio": 0.9})
+
+
+def test_raw_attention_keeps_its_stored_setting_unless_another_layer_is_asked_for():
+    # settings stored before --layer existed were {"head_fusion": "mean"}: the last block, as -1 is
+    stored = ("raw-attention", {"head_fusion": "mean"})
+    assert explainer_setting("raw-attention") == stored
+    assert explainer_setting("raw-attention", layer=None) == stored
+    assert explainer_setting("raw-attention", layer=-1) == stored
+    assert explainer_setting("raw-attention", layer="3", head_fusion="max") == ("raw-attention", {"head_fusion": "max", "layer": 3})
+    assert explainer_setting("raw-attention", layer=2.0) == ("raw-attention", {"head_fusion": "mean", "layer": 2})
 
 
 def test_registry_covers_the_issue_and_every_spec_is_consistent():
@@ -64,6 +75,12 @@ def test_registry_covers_the_issue_and_every_spec_is_consistent():
         (lambda: explainer_setting("threshold", threshold=1.2), "threshold must be in [0, 1)"),
         (lambda: explainer_setting("threshold", threshold="high"), "is not a float"),
         (lambda: explainer_setting("rollout", head_fusion="median"), "head_fusion must be one of"),
+        (lambda: explainer_setting("rollout", discard_ratio=1.0), "discard_ratio must be in [0, 1)"),
+        (lambda: explainer_setting("rollout", discard_ratio=-0.1), "discard_ratio must be in [0, 1)"),
+        (lambda: explainer_setting("rollout", layer=3), "explainer 'rollout' takes no parameter 'layer'"),
+        (lambda: explainer_setting("raw-attention", discard_ratio=0.5), "takes no parameter 'discard_ratio'"),
+        (lambda: explainer_setting("raw-attention", layer=2.5), "layer=2.5 is not a whole number"),
+        (lambda: explainer_setting("raw-attention", layer="last"), "layer='last' is not a whole number"),
     ],
 )
 def test_bad_settings_are_one_clear_line(call, fragment):

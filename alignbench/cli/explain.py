@@ -10,7 +10,8 @@ from rich.console import Console
 from rich.table import Table
 
 from alignbench.cli._errors import err_console, guarded
-from alignbench.cli._options import Checkpoint, Dcls, Device, Explainer, ModelName, model_request
+from alignbench.cli._options import (Checkpoint, Dcls, Device, DiscardRatio, Explainer, Head, HeadFusion, Layer, ModelName, Tag,
+                                     explainer_params, model_request)
 from alignbench.explainers import DEFAULT_METHOD, explain_files
 
 Images = Annotated[
@@ -37,8 +38,13 @@ def explain(
     explainer: Explainer = DEFAULT_METHOD,
     target: Target = None,
     threshold: Threshold = None,
+    layer: Layer = None,
+    head_fusion: HeadFusion = None,
+    discard_ratio: DiscardRatio = None,
     dcls: Dcls = False,
     checkpoint: Checkpoint = None,
+    head: Head = None,
+    tag: Tag = None,
     device: Device = "auto",
     batch_size: BatchSize = 8,
 ) -> None:
@@ -48,9 +54,9 @@ def explain(
 
     Example: [bold]alignbench explain efficientnet_lite0 cat.jpg dog.jpg --out maps/[/]
     """
-    params = {} if threshold is None else {"threshold": threshold}
+    params = explainer_params(threshold=threshold, layer=layer, head_fusion=head_fusion, discard_ratio=discard_ratio)
     result = explain_files(
-        model_request(model, dcls=dcls, checkpoint=checkpoint), images, out, method=explainer, params=params,
+        model_request(model, dcls=dcls, checkpoint=checkpoint, head=head, tag=tag), images, out, method=explainer, params=params,
         target=target, device=device, batch_size=batch_size,
     )
     for path, why in result.skipped:

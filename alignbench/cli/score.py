@@ -100,8 +100,13 @@ def score(
     ] = None,
     dcls: o.Dcls = False,
     checkpoint: o.Checkpoint = None,
+    head: o.Head = None,
+    tag: o.Tag = None,
     explainer: o.Explainer = "threshold-gradcam",
     threshold: Annotated[Optional[float], typer.Option("--threshold", help="Threshold-Grad-CAM floor (default 0.3).", show_default=False)] = None,
+    layer: o.Layer = None,
+    head_fusion: o.HeadFusion = None,
+    discard_ratio: o.DiscardRatio = None,
     dataset: o.Dataset = "sample",
     data_dir: Annotated[Optional[Path], typer.Option("--data-dir", help="Dataset files (ClickMe shards, folder, ImageNet val JPEGs).", show_default=False)] = None,
     protocol: o.Protocol = "aligned",
@@ -128,14 +133,14 @@ def score(
     On 8 GPUs: [bold]torchrun --nproc_per_node 8 -m alignbench score resnet50 convnext_tiny --device cuda[/]
     """
     names = list(dict.fromkeys(models or [DEFAULT_MODEL]))
-    if checkpoint is not None and len(names) > 1:
-        raise AlignbenchError(f"--checkpoint is the weights of one model; score {len(names)} models with a study file instead")
-    explainer_params = {} if threshold is None else {"threshold": threshold}
+    one_model = [name for name, value in (("--checkpoint", checkpoint), ("--head", head), ("--tag", tag)) if value is not None]
+    if one_model and len(names) > 1:
+        raise AlignbenchError(f"{one_model[0]} belongs to one model; score {len(names)} models with a study file instead")
     requests = [
         ScoreRequest(
-            model=o.model_request(name, dcls=dcls, checkpoint=checkpoint),
+            model=o.model_request(name, dcls=dcls, checkpoint=checkpoint, head=head, tag=tag),
             explainer=explainer,
-            explainer_params=explainer_params,
+            explainer_params=o.explainer_params(threshold=threshold, layer=layer, head_fusion=head_fusion, discard_ratio=discard_ratio),
             dataset=dataset,
             data_dir=data_dir,
             protocol=protocol,

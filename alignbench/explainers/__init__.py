@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any, Sequence
 
 from alignbench._lazy import lazy_attributes
 from alignbench.explainers._centre_bias import CENTRE_BIAS, CENTRE_BIAS_FAMILY, CENTRE_BIAS_SIGMA_FRAC, centre_bias_map
-from alignbench.explainers._methods import DEFAULT_METHOD, METHODS, MethodSpec, explainer_setting, resolve_method
+from alignbench.explainers._methods import DEFAULT_METHOD, HEAD_FUSIONS, METHODS, MethodSpec, explainer_setting, resolve_method
 
 if TYPE_CHECKING:  # pragma: no cover
     from torch import Tensor, nn
@@ -35,6 +35,7 @@ __all__ = [
     "CENTRE_BIAS_FAMILY",
     "CENTRE_BIAS_SIGMA_FRAC",
     "DEFAULT_METHOD",
+    "HEAD_FUSIONS",
     "METHODS",
     "Explanation",
     "MethodSpec",
@@ -69,11 +70,12 @@ def explain_batch(
     return _explain_batch(model, images, targets, method, precision=precision, **params)
 
 
-def check_applicable(model: nn.Module, method: str) -> None:
-    """Raise ExplainerError if ``method`` cannot explain ``model`` (e.g. ``rollout`` on a CNN)."""
+def check_applicable(model: nn.Module, method: str, **params: Any) -> None:
+    """Raise ExplainerError if ``method`` (with ``params``) cannot explain ``model`` (e.g. ``rollout``
+    on a CNN, ``raw-attention`` with a ``layer`` the model does not have)."""
     from alignbench.explainers._explain import check_applicable as _check_applicable
 
-    _check_applicable(model, method)
+    _check_applicable(model, method, **params)
 
 
 def explain_files(

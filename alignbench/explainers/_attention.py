@@ -1,4 +1,4 @@
-"""Attention maps of ViT / DeiT: attention rollout (Abnar & Zuidema 2020) and the last block's raw attention.
+"""Attention maps of ViT / DeiT: attention rollout (Abnar & Zuidema 2020) and one block's raw attention.
 
 timm's attention uses fused ``scaled_dot_product_attention`` and never materialises the attention
 matrix, so each block's input is captured with a forward pre-hook (removed before returning, also on
@@ -55,11 +55,27 @@ def fuse_heads(attention: Tensor, head_fusion: str) -> Tensor:
     return attention.amin(dim=1)
 
 
+def block_index(attns: list[nn.Module], layer: int, model: nn.Module) -> int:
+    """``layer`` (a Python index: 0 the first block, -1 the last) as a position in ``attns``, checked."""
+    n = len(attns)
+    if not -n <= layer < n:
+        raise ExplainerError(
+            f"layer {layer} is outside {model_name(model)}'s {n} blocks; use 0..{n - 1} (first to last) or -{n}..-1 (from the end)"
+        )
+    return layer % n
+
+
 def rollout(attentions: list[Tensor], discard_ratio: float = 0.0) -> Tensor:
     """Attention rollout R = Ã_L ··· Ã_1 with Ã_l = (A_l + I) / 2, rows renormalised (Abnar & Zuidema
-    2020, eq. 1-2: the identity accounts for the residual connection). ``discard_ratio`` zeroes the
-    weakest fraction of each image's fused attention before adding I, never the class token's own
-    entry (Gildenblat's vit-explain); 0 is the original method. [B, N, N] each -> [B, N, N]."""
+    2020, eq. 1-2: the identity accounts for the residual connection). ``discard_ratio`` R zeroes the
+    int(N²·R) smallest entries of each image's fused N×N attention before adding I, never the class
+    token's attention to itself (flat index 0), as jacobgil/vit-explain's vit_rollout.py does; 0 is
+    the original method. [B, N, N] each -> [B, N, N].
+
+    vit-explain then divides by ``a.sum(dim=-1)`` without keepdim, which broadcasts each *row*'s sum
+    over the *columns* (its issue #16); the rows are renormalised here, as the paper's rollout and
+    vit-explain's comment intend. With R = 0 and mean fusion the rows already sum to 1 and both agree.
+    """
     b, n, _ = attentions[0].shape
     eye = torch.eye(n, device=attentions[0].device, dtype=attentions[0].dtype)
     result = eye.expand(b, n, n)
@@ -90,7 +106,8 @@ def _grid(model: nn.Module, images: Tensor, tokens: int, prefix: int) -> tuple[i
 def attention_maps(
     model: nn.Module, images: Tensor, targets: Targets, method: str, params: dict[str, Any], *, precision: str = "fp32"
 ) -> tuple[Tensor, Tensor, Tensor]:
-    """(maps [B, h, w] at patch resolution, logits, targets): rollout or the last block's raw attention.
+    """(maps [B, h, w] at patch resolution, logits, targets): rollout, or the raw attention of block
+    ``params["layer"]`` (default the last).
 
     Both are class-agnostic (the class token's attention row); the targets are resolved and returned
     so callers store the same triple as for CAM methods. One forward gives the logits and the maps.
@@ -98,6 +115,8 @@ def attention_maps(
     from its float32-cast input outside it, so the maps are float32.
     """
     attns = attention_modules(model, method)
+    if method != "rollout":  # raw attention needs its own block only
+        attns = [attns[block_index(attns, params.get("layer", -1), model)]]
     inputs: list[Tensor] = []
     handles = [a.register_forward_pre_hook(lambda _m, args: inputs.append(args[0])) for a in attns]
     try:
@@ -109,10 +128,7 @@ def attention_maps(
     finally:
         for handle in handles:
             handle.remove()
-    if method == "rollout":
-        relevance = rollout(attentions, params.get("discard_ratio", 0.0))
-    else:
-        relevance = attentions[-1]
+    relevance = rollout(attentions, params.get("discard_ratio", 0.0)) if method == "rollout" else attentions[0]
     prefix = int(getattr(model, "num_prefix_tokens", 1))
     h, w = _grid(model, images, relevance.shape[-1], prefix)
     maps = relevance[:, 0, prefix:].reshape(-1, h, w)  # row 0: what the class token attends to

@@ -11,7 +11,7 @@ from torch import Tensor, nn
 
 from alignbench._precision import check_precision
 from alignbench.errors import ExplainerError
-from alignbench.explainers._attention import attention_maps, attention_modules
+from alignbench.explainers._attention import attention_maps, attention_modules, block_index
 from alignbench.explainers._gradient import GRADIENT_METHODS
 from alignbench.explainers._methods import DEFAULT_METHOD, METHODS, explainer_setting, resolve_method
 from alignbench.explainers._split import Targets, as_batch, eval_mode, gradient_evidence, model_name, split_model
@@ -55,11 +55,14 @@ def _is_token_transformer(model: nn.Module) -> bool:
     return hasattr(model, "num_prefix_tokens") and hasattr(model, "blocks") and hasattr(model, "patch_embed")
 
 
-def check_applicable(model: nn.Module, method: str) -> None:
-    """Raise ExplainerError (one line: what is wrong, what to use) if ``method`` cannot explain ``model``."""
+def check_applicable(model: nn.Module, method: str, **params: Any) -> None:
+    """Raise ExplainerError (one line: what is wrong, what to use) if ``method`` with ``params``
+    cannot explain ``model`` (e.g. rollout on a CNN, a raw-attention layer the model does not have)."""
     spec = resolve_method(method)
     if spec.needs == "attention":
-        attention_modules(model, spec.name)
+        attns = attention_modules(model, spec.name)
+        if "layer" in params:
+            block_index(attns, int(params["layer"]), model)
         return
     split_model(model)
     if _is_token_transformer(model):
@@ -80,7 +83,7 @@ def explain_batch(
     """
     name, full = explainer_setting(method, **params)
     spec = METHODS[name]
-    check_applicable(model, name)
+    check_applicable(model, name, **full)
     if check_precision(precision) != "fp32" and spec.kind == "library":
         # pytorch-grad-cam runs its own forward and backward: autocast could not be kept to the forward
         raise ExplainerError(

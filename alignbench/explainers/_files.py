@@ -176,7 +176,7 @@ def explain_files(
         raise ExplainerError(f"--out {out} is a file; give a directory (it is created if missing)")
 
     module, label = _load(model, device)
-    check_applicable(module, name)
+    check_applicable(module, name, **full)
     num_classes = int(getattr(module, "num_classes", 0) or 0)
     if target is not None and num_classes:
         resolve_targets(target, torch.zeros(1, num_classes))  # fail before reading any image

@@ -27,6 +27,9 @@ class MethodSpec:
     needs: Needs = "feature-map"
     aliases: tuple[str, ...] = ()
     defaults: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
+    # Parameters added after settings were stored, whose default reproduces the map stored before:
+    # part of the setting (the run key) only when given another value, so stored runs keep their key.
+    optional: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
     # pytorch-grad-cam class that computes it (kind == "library") or that it is tested equal to (core)
     library_class: str | None = None
     # library methods that need the full autograd graph (input gradients: FullGrad, ShapleyCAM)
@@ -38,7 +41,8 @@ class MethodSpec:
 
 def _spec(name: str, kind: Kind, summary: str, **kwargs: Any) -> MethodSpec:
     defaults = MappingProxyType(dict(kwargs.pop("defaults", {})))
-    return MethodSpec(name=name, kind=kind, summary=summary, defaults=defaults, **kwargs)
+    optional = MappingProxyType(dict(kwargs.pop("optional", {})))
+    return MethodSpec(name=name, kind=kind, summary=summary, defaults=defaults, optional=optional, **kwargs)
 
 
 _SPECS = (
@@ -79,11 +83,14 @@ _SPECS = (
           aliases=("random-cam", "random"), library_class="RandomCAM", defaults={"seed": 0}),
     # Attention maps for ViT / DeiT.
     _spec("rollout", "attention",
-          "Attention rollout (Abnar & Zuidema 2020): product of (A+I)/2 over blocks, class-token row",
+          "Attention rollout (Abnar & Zuidema 2020): product of (A+I)/2 over blocks, class-token row; "
+          "discard_ratio zeroes the weakest fraction of each fused matrix first (vit-explain)",
           needs="attention", aliases=("attention-rollout",),
           defaults={"head_fusion": "mean", "discard_ratio": 0.0}),
-    _spec("raw-attention", "attention", "Raw attention of the last block: class-token row, heads fused",
-          needs="attention", aliases=("attention", "raw-attn"), defaults={"head_fusion": "mean"}),
+    # layer: a block index as in Python (0 the first, -1 the last); -1 is what was stored before it existed.
+    _spec("raw-attention", "attention", "Raw attention of one block (default the last): class-token row, heads fused",
+          needs="attention", aliases=("attention", "raw-attn"), defaults={"head_fusion": "mean"},
+          optional={"layer": -1}),
 )
 
 METHODS: Mapping[str, MethodSpec] = MappingProxyType({spec.name: spec for spec in _SPECS})
@@ -105,24 +112,32 @@ def resolve_method(method: str) -> MethodSpec:
 
 def _check_params(spec: MethodSpec, params: dict[str, Any]) -> dict[str, Any]:
     """Coerce each parameter to its default's type and check its range; one line per problem."""
-    unknown = sorted(set(params) - set(spec.defaults))
+    known = {**spec.defaults, **spec.optional}
+    unknown = sorted(set(params) - set(known))
     if unknown:
-        allowed = ", ".join(spec.defaults) or "none"
+        allowed = ", ".join(known) or "none"
         raise ExplainerError(f"explainer {spec.name!r} takes no parameter {unknown[0]!r} (its parameters: {allowed})")
     full = dict(spec.defaults)
     for key, value in params.items():
         if value is None:
             continue
-        kind = type(spec.defaults[key])
+        kind = type(known[key])
+        what = "whole number" if kind is int else kind.__name__
         try:
+            if kind is int and isinstance(value, float) and not value.is_integer():
+                raise ValueError(value)  # int() would truncate it silently
             full[key] = kind(value)
         except (TypeError, ValueError):
-            raise ExplainerError(f"{spec.name} parameter {key}={value!r} is not a {kind.__name__}") from None
+            raise ExplainerError(f"{spec.name} parameter {key}={value!r} is not a {what}") from None
+        if key in spec.optional and full[key] == spec.optional[key]:
+            del full[key]
     if "threshold" in full and not 0.0 <= full["threshold"] < 1.0:
         # the map is min-max normalised to [0, 1] before the floor, so a floor >= 1 leaves nothing
         raise ExplainerError(f"threshold must be in [0, 1) (the map is min-max normalised first); got {full['threshold']}")
     if "discard_ratio" in full and not 0.0 <= full["discard_ratio"] < 1.0:
-        raise ExplainerError(f"discard_ratio must be in [0, 1); got {full['discard_ratio']}")
+        raise ExplainerError(
+            f"discard_ratio must be in [0, 1) (the fraction of each fused attention matrix set to zero); got {full['discard_ratio']}"
+        )
     if "head_fusion" in full and full["head_fusion"] not in HEAD_FUSIONS:
         raise ExplainerError(f"head_fusion must be one of {', '.join(HEAD_FUSIONS)}; got {full['head_fusion']!r}")
     return full
@@ -132,7 +147,8 @@ def explainer_setting(method: str = DEFAULT_METHOD, **params: Any) -> tuple[str,
     """Canonical method name and its full parameter dict (defaults filled): what identifies a setting.
 
     ``explainer_setting("threshold")`` -> ``("threshold-gradcam", {"threshold": 0.3})``. Parameters
-    given as None take their default, so CLI options that were not passed need no special casing.
+    given as None take their default, so CLI options that were not passed need no special casing;
+    an optional parameter (``MethodSpec.optional``) appears only when it differs from its default.
     """
     spec = resolve_method(method)
     return spec.name, _check_params(spec, params)

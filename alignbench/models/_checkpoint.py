@@ -4,6 +4,14 @@ The published DCLS checkpoints use the original repositories' layouts (facebookr
 sail-sg metaformer, apple ml-fastvit). timm ships a ``checkpoint_filter_fn`` beside each of those
 architectures that renames such keys to its own; applied to the model *after* conversion, it maps
 the DCLS ``.P``/``.SIG`` keys too, since they ride on the same module paths.
+
+MoCo v3 (facebookresearch/moco-v3) checkpoints need no renaming: its ResNets are torchvision's, whose
+names timm's ``resnet*`` keep, and its ViTs are timm's own ``VisionTransformer``. What differs is
+what they hold: the linear-classification checkpoint (main_lincls.py, ``{'state_dict':
+{'module.<key>'}}``) and DeiT-format files are the plain classifier, or its encoder alone
+(convert_to_deit.py drops ``head``); the pre-training checkpoint (main_moco.py) holds the whole
+MoCo module, of which only ``base_encoder`` is the model, and its classifier slot holds the
+projection MLP, which is no classifier: a linear classifier must come from elsewhere (``--head``).
 """
 
 from __future__ import annotations
@@ -17,6 +25,7 @@ import torch
 from torch import nn
 
 from alignbench.errors import ModelError
+from alignbench.models._origins import MOCO_V3
 
 # Entries of training checkpoints that hold the state_dict, most wanted first: the paper evaluates
 # EMA weights (timm's train.py saves `state_dict_ema`, ConvNeXt's `model_ema`).
@@ -153,3 +162,124 @@ def load_by_order(model: nn.Module, state: Mapping[str, torch.Tensor], what: str
 def dcls_conv_names(state: Mapping[str, torch.Tensor]) -> set[str]:
     """The convs a checkpoint made DCLS: the modules of its ``.P`` keys."""
     return {key.removesuffix(".P") for key in state if key.endswith(".P")}
+
+
+# ------------------------------------------------------------------------------------ MoCo v3
+
+
+def moco_v3_base_encoder(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor] | None:
+    """The ``base_encoder`` of a MoCo v3 pre-training checkpoint (moco/builder.py's MoCo module:
+    base_encoder, momentum_encoder, predictor), prefix removed; None for any other layout."""
+    if not any(k.startswith("base_encoder.") for k in state):
+        return None
+    if not any(k.startswith(("momentum_encoder.", "predictor.")) for k in state):
+        return None
+    return {k.removeprefix("base_encoder."): v for k, v in state.items() if k.startswith("base_encoder.")}
+
+
+def moco_v3_position_embedding(grid: tuple[int, int], dim: int) -> torch.Tensor:
+    """[1, 1 + h·w, dim]: the fixed 2-D sin-cos position embedding of MoCo v3's ViTs, transcribed from
+    ``VisionTransformerMoCo.build_2d_sincos_position_embedding`` (moco-v3 vits.py; temperature 1e4,
+    ``meshgrid(grid_w, grid_h)`` in its default 'ij' order, a zero row for the class token)."""
+    h, w = grid
+    grid_w, grid_h = torch.meshgrid(torch.arange(w, dtype=torch.float32), torch.arange(h, dtype=torch.float32), indexing="ij")
+    pos_dim = dim // 4
+    omega = 1.0 / (10000.0 ** (torch.arange(pos_dim, dtype=torch.float32) / pos_dim))
+    out_w = torch.einsum("m,d->md", grid_w.flatten(), omega)
+    out_h = torch.einsum("m,d->md", grid_h.flatten(), omega)
+    embedding = torch.cat([out_w.sin(), out_w.cos(), out_h.sin(), out_h.cos()], dim=1)
+    return torch.cat([torch.zeros(1, dim), embedding])[None]
+
+
+def _is_moco_v3_position_embedding(pos_embed: torch.Tensor) -> bool:
+    # MoCo v3 freezes this embedding (requires_grad=False), so every checkpoint of its ViTs
+    # (pre-training, linear classification, convert_to_deit.py) holds it unchanged.
+    if pos_embed.ndim != 3 or pos_embed.shape[0] != 1 or pos_embed.shape[2] % 4:
+        return False
+    side = round((pos_embed.shape[1] - 1) ** 0.5)
+    if side * side != pos_embed.shape[1] - 1:
+        return False
+    expected = moco_v3_position_embedding((side, side), pos_embed.shape[2])
+    return torch.allclose(pos_embed.float(), expected, atol=1e-5, rtol=0)
+
+
+def detect_origin(state: Mapping[str, torch.Tensor]) -> str | None:
+    """The training code base a checkpoint comes from, where its contents say so (``_origins``)."""
+    if moco_v3_base_encoder(state) is not None:
+        return MOCO_V3
+    pos_embed = state.get("pos_embed")
+    if isinstance(pos_embed, torch.Tensor) and _is_moco_v3_position_embedding(pos_embed):
+        return MOCO_V3
+    return None
+
+
+def classifier_name(model: nn.Module) -> str | None:
+    """The module holding the model's classifier in timm's pretrained config (resnet: fc, ViT: head)."""
+    config = getattr(model, "pretrained_cfg", None) or {}
+    return config.get("classifier") or None
+
+
+def _under(key: str, module: str) -> bool:
+    return key == module or key.startswith(module + ".")
+
+
+def _without(state: Mapping[str, torch.Tensor], module: str | None) -> dict[str, torch.Tensor]:
+    return {k: v for k, v in state.items() if module is None or not _under(k, module)}
+
+
+def read_head(path: Path, classifier: str) -> dict[str, torch.Tensor]:
+    """A linear classifier as ``{classifier}.weight`` / ``.bias``: from a plain ``{'weight', 'bias'}``
+    file, or the classifier of a linear-probe checkpoint (MoCo v3 main_lincls.py: ``fc`` for a
+    ResNet, ``head`` for a ViT)."""
+    state = read_state_dict(path)
+    for prefix in ("", f"{classifier}."):
+        weight, bias = state.get(prefix + "weight"), state.get(prefix + "bias")
+        if weight is not None and bias is not None and weight.ndim == 2 and bias.ndim == 1:
+            return {f"{classifier}.weight": weight, f"{classifier}.bias": bias}
+    raise ModelError(
+        f"--head {path} holds no linear classifier (looked for 'weight'/'bias' and '{classifier}.weight'/"
+        f"'{classifier}.bias'); pass a linear-probe checkpoint of this architecture or a {{'weight', 'bias'}} file"
+    )
+
+
+def load_checkpoint(model: nn.Module, state: Mapping[str, torch.Tensor], what: str, *,
+                    source: Path, head: Path | None = None) -> str | None:
+    """Load a dense checkpoint of any layout above into ``model``; returns its detected origin.
+
+    ``head`` replaces the classifier (and is required when the checkpoint has none). A checkpoint
+    for another architecture is refused naming its first mismatching keys, before a missing head is.
+    """
+    origin = detect_origin(state)
+    classifier = classifier_name(model)
+    encoder = moco_v3_base_encoder(state)
+    if encoder is not None:
+        # MoCo_ResNet / MoCo_ViT put the projection MLP where the classifier was (fc / head)
+        state = _without(encoder, classifier)
+    if head is not None:
+        if classifier is None:
+            raise ModelError(f"--head: {what} names no classifier module in its timm config, so there is no slot for it")
+        state = {**_without(state, classifier), **read_head(head, classifier)}
+    if classifier is not None and not any(_under(k, classifier) for k in state):
+        own_head = {k: v for k, v in model.state_dict().items() if _under(k, classifier)}
+        _check_backbone(remap({**state, **own_head}, model), model, what, origin)
+        kind = (
+            f"a MoCo v3 pre-training checkpoint: its projection head ({classifier}.*) is not a classifier"
+            if encoder is not None
+            else f"an encoder without a classifier (no {classifier}.* keys)"
+        )
+        raise ModelError(
+            f"{source} is {kind}; pass --head PATH (a linear-probe checkpoint or a {{'weight', 'bias'}} file) to explain it"
+        )
+    state = remap(state, model)
+    _check_backbone(state, model, what, origin)
+    load_into(model, state, what)
+    return origin
+
+
+def _check_backbone(state: Mapping[str, torch.Tensor], model: nn.Module, what: str, origin: str | None) -> None:
+    try:
+        check_fits(state, model, what)
+    except ModelError as error:
+        if origin is None:
+            raise
+        raise ModelError(f"{error.message} — a {origin} checkpoint of another architecture?") from None

@@ -20,6 +20,7 @@ from alignbench._cache import cache_dir, sha256_text
 from alignbench.errors import ModelError
 from alignbench.models._download import read_record
 from alignbench.models._hashes import file_sha256
+from alignbench.models._origins import ORIGINS
 from alignbench.registry import INIT_MODES, DclsRecipe, ModelSpec, get_spec
 
 # Bump when a change to loading or conversion changes the weights the same inputs produce.
@@ -68,6 +69,9 @@ class ModelIdentity:
     # (two requests that load the same weights are the same model).
     request: dict | None = field(default=None, compare=False)  # ModelRequest.to_json()
     tag: str | None = field(default=None, compare=False)
+    # Where the checkpoint was trained (``_origins.ORIGINS``): declared by the tag here, detected from
+    # the checkpoint's layout when it is loaded.
+    origin: str | None = field(default=None, compare=False)
 
 
 @dataclass(frozen=True)
@@ -81,6 +85,7 @@ class LoadPlan:
     dcls: WeightSource | None
     identity: ModelIdentity
     request: ModelRequest
+    head: Path | None = None  # the checked --head file
 
 
 @dataclass(frozen=True)
@@ -101,11 +106,15 @@ class ModelRequest:
     dilated_kernel_size: int | None = None
     init: str | None = None  # checkpoint | from-dense | random (needs dcls)
     tag: str | None = None  # a name for the model in the store (not part of its identity: the weights are)
+    # the linear classifier of an encoder-only checkpoint (a MoCo v3 pre-training checkpoint): a
+    # linear-probe checkpoint or a plain {'weight', 'bias'} file
+    head: Path | None = None
 
     def __post_init__(self) -> None:
-        # "" means no checkpoint, as None does (an unset CLI option, an empty environment variable)
-        checkpoint = Path(self.checkpoint) if self.checkpoint not in (None, "") else None
-        object.__setattr__(self, "checkpoint", checkpoint)
+        # "" means no file, as None does (an unset CLI option, an empty environment variable)
+        for name in ("checkpoint", "head"):
+            value = getattr(self, name)
+            object.__setattr__(self, name, Path(value) if value not in (None, "") else None)
 
     @classmethod
     def of(cls, model: "str | ModelRequest", **options) -> "ModelRequest":
@@ -115,11 +124,12 @@ class ModelRequest:
         return cls(str(model), **options)
 
     def to_json(self) -> dict:
-        """The request as JSON (checkpoint as an absolute path): what the store records so that a
+        """The request as JSON (checkpoint and head as absolute paths): what the store records so that a
         model can be loaded again (``ModelRequest(**json)``) by a later command, e.g. a report's gallery."""
         fields = {name: getattr(self, name) for name in self.__dataclass_fields__}
-        if self.checkpoint is not None:
-            fields["checkpoint"] = str(Path(self.checkpoint).expanduser().resolve())
+        for name in ("checkpoint", "head"):
+            if fields[name] is not None:
+                fields[name] = str(Path(fields[name]).expanduser().resolve())
         return fields
 
 
@@ -141,6 +151,7 @@ def plan_load(request: ModelRequest) -> LoadPlan:
         init = _resolve_init(spec, recipe, init, checkpoint_path, pretrained)
     elif any(value is not None for value in (version, kernel_count, dilated_kernel_size, init)):
         raise ModelError("--version, --kernel-count, --dilated-kernel-size and --init need --dcls")
+    head_path = _head(request, checkpoint_path, init)
 
     # A DCLS checkpoint holds the whole model: the dense weights are not needed at all.
     if dcls and init == "checkpoint":
@@ -167,6 +178,15 @@ def plan_load(request: ModelRequest) -> LoadPlan:
     final = dcls_source if dcls_source is not None and dcls_source.kind in ("checkpoint", "published") else dense
     on_disk = dense.available and (dcls_source is None or dcls_source.available)
     description = (dcls_source or dense).description
+    # Appended only when set, so the fingerprints of models without them stay what they were.
+    if head_path is not None:
+        parts.append(f"head:sha256:{file_sha256(head_path)}")
+        description += f" + linear head {head_path}"
+    # A declared origin decides the preprocessing (``_origins``), so it is part of the identity; a
+    # detected one follows from the checkpoint's bytes, which already are.
+    declared_origin = request.tag if request.tag in ORIGINS and checkpoint_path is not None else None
+    if declared_origin is not None:
+        parts.append(f"origin:{declared_origin}")
     if not on_disk:
         description += " [not downloaded yet: fingerprint from its name, not its bytes]"
     identity = ModelIdentity(
@@ -183,8 +203,9 @@ def plan_load(request: ModelRequest) -> LoadPlan:
         weights_on_disk=on_disk,
         request=request.to_json(),
         tag=request.tag,
+        origin=declared_origin,
     )
-    return LoadPlan(spec, recipe, init, dense, dcls_source, identity, request)
+    return LoadPlan(spec, recipe, init, dense, dcls_source, identity, request, head_path)
 
 
 def model_identity(model: "str | ModelRequest", **options) -> ModelIdentity:
@@ -196,6 +217,20 @@ def _existing(checkpoint: str | os.PathLike[str]) -> Path:
     path = Path(checkpoint).expanduser()
     if not path.is_file():
         raise ModelError(f"checkpoint {path} does not exist; pass the path of a saved state_dict")
+    return path.resolve()
+
+
+def _head(request: ModelRequest, checkpoint: Path | None, init: str | None) -> Path | None:
+    """The --head file, checked: it classifies the features of a dense --checkpoint."""
+    if request.head is None:
+        return None
+    if checkpoint is None:
+        raise ModelError("--head is the linear classifier of a --checkpoint encoder (e.g. MoCo v3 pre-training); pass --checkpoint too")
+    if request.dcls and init == "checkpoint":
+        raise ModelError("--head completes a dense encoder checkpoint; a DCLS checkpoint holds its classifier (or use --init from-dense)")
+    path = Path(request.head).expanduser()
+    if not path.is_file():
+        raise ModelError(f"--head {path} does not exist; pass a linear-probe checkpoint or a {{'weight', 'bias'}} file")
     return path.resolve()
 
 

@@ -27,6 +27,7 @@ from alignbench.models._download import discard, fetch, is_verified, zenodo_md5
 from alignbench.models._hashes import file_sha256
 from alignbench.models._identity import (RANDOM_SEED, LoadPlan, ModelIdentity, ModelRequest, model_identity,
                                          plan_load, published_path)
+from alignbench.models._origins import ORIGINS
 from alignbench.preprocessing import Preprocessing
 from alignbench.registry import DclsRecipe, ModelSpec
 
@@ -100,17 +101,20 @@ def load_model(model: str | ModelRequest, dcls: bool = False, checkpoint: str | 
     else:
         request = ModelRequest(model, dcls=dcls, checkpoint=checkpoint, pretrained=pretrained, **options)
     plan = plan_load(request)
-    built, report = _build(plan)
-    return _finish(built, plan, report, device)
+    built, report, origin = _build(plan)
+    return _finish(built, plan, report, device, origin)
 
 
-def _finish(model: nn.Module, plan: LoadPlan, report: ConversionReport | None, device: str) -> nn.Module:
+def _finish(model: nn.Module, plan: LoadPlan, report: ConversionReport | None, device: str,
+            origin: str | None = None) -> nn.Module:
+    """``origin``: detected from the checkpoint when it was read; else the one the request declares."""
     device = resolve_device(device)
     model = model.eval().to(device)
+    identity = replace(plan.identity, origin=origin) if origin else plan.identity
     model.alignbench_info = ModelInfo(
         spec=plan.spec,
-        identity=plan.identity,
-        preprocessing=preprocessing_of(plan.spec, model),
+        identity=identity,
+        preprocessing=preprocessing_of(plan.spec, model, identity.origin),
         num_classes=int(getattr(model, "num_classes", 0) or 0),
         param_count=sum(p.numel() for p in model.parameters()),
         conversion=report,
@@ -119,8 +123,16 @@ def _finish(model: nn.Module, plan: LoadPlan, report: ConversionReport | None, d
     return model
 
 
-def preprocessing_of(spec: ModelSpec, model: nn.Module) -> Preprocessing:
-    """The spec's preprocessing, else timm's pretrained config of the model."""
+def preprocessing_of(spec: ModelSpec, model: nn.Module, origin: str | None = None) -> Preprocessing:
+    """The spec's preprocessing, else timm's pretrained config of the model; weights of another
+    ``origin`` (e.g. MoCo v3) keep the model's input size with their own eval transform."""
+    if origin in ORIGINS:
+        trained = ORIGINS[origin]
+        config = timm.data.resolve_model_data_config(model)
+        return Preprocessing(
+            input_size=tuple(config["input_size"][-2:]), mean=trained.mean, std=trained.std,
+            interpolation=trained.interpolation, crop_pct=trained.crop_pct, paper_kind=spec.paper_kind,
+        )
     if spec.preprocessing is not None:
         return spec.preprocessing
     config = timm.data.resolve_model_data_config(model)
@@ -151,24 +163,26 @@ def _create(spec: ModelSpec) -> nn.Module:
         return timm.create_model(spec.timm_tagged_name, pretrained=False)
 
 
-def _build(plan: LoadPlan) -> tuple[nn.Module, ConversionReport | None]:
+def _build(plan: LoadPlan) -> tuple[nn.Module, ConversionReport | None, str | None]:
+    """The model, its DCLS conversion report (None when dense) and the origin its checkpoint shows."""
     if plan.recipe is not None and plan.init == "checkpoint":
-        return _dcls_from_checkpoint(plan)
-    model = _dense(plan)
+        return *_dcls_from_checkpoint(plan), None
+    model, origin = _dense(plan)
     if plan.recipe is None:
-        return model, None
-    return _convert(model, plan.spec, plan.recipe, plan.init)
+        return model, None, origin
+    return *_convert(model, plan.spec, plan.recipe, plan.init), origin
 
 
-def _dense(plan: LoadPlan) -> nn.Module:
+def _dense(plan: LoadPlan) -> tuple[nn.Module, str | None]:
+    """The dense model with its weights, and the origin detected in its checkpoint (if one was read)."""
     source, spec = plan.dense, plan.spec
     if source.kind == "random":
-        return _create(spec)
+        return _create(spec), None
     if source.kind == "packaged":
         model = _create(spec)
         state = _checkpoint.read_state_dict(source.path)
         _checkpoint.load_by_order(model, state, f"{spec.packaged.distribution} weights")
-        return model
+        return model, None
     if source.kind == "checkpoint":
         model = _create(spec)
         state = _checkpoint.read_state_dict(source.path)
@@ -178,11 +192,10 @@ def _dense(plan: LoadPlan) -> nn.Module:
                 f"checkpoint {source.path} holds DCLS layers ({dcls_convs[0]}, ...); "
                 "load it with --dcls (and --init checkpoint)"
             )
-        state = _checkpoint.remap(state, model)
-        _checkpoint.load_into(model, state, f"{spec.name} (dense)")
-        return model
+        origin = _checkpoint.load_checkpoint(model, state, f"{spec.name} (dense)", source=source.path, head=plan.head)
+        return model, origin
     if source.kind == "hub":
-        return _from_hub(spec, source.path)
+        return _from_hub(spec, source.path), None
     raise AssertionError(source.kind)  # pragma: no cover
 
 
@@ -355,18 +368,19 @@ def convert_model(
     plan = plan_load(request)
     logit_error = None
     if plan.init == "from-dense":
-        dense = _dense(plan)
+        dense, origin = _dense(plan)
         model, report = _convert(copy.deepcopy(dense), plan.spec, plan.recipe, plan.init)
-        logit_error = _logit_error(dense, model, preprocessing_of(plan.spec, dense), resolve_device(device))
+        logit_error = _logit_error(dense, model, preprocessing_of(plan.spec, dense, origin), resolve_device(device))
     else:
-        model, report = _build(plan)
-    model = _finish(model, plan, report, device)
+        model, report, origin = _build(plan)
+    model = _finish(model, plan, report, device, origin)
     identity, digest, path = plan.identity, None, None
     if out is not None:
         path = Path(out).expanduser().resolve()
         save_state_dict(model, path)
         digest = file_sha256(path)
-        identity = model_identity(replace(request, checkpoint=path, init="checkpoint", pretrained=True))
+        # the written file holds every weight, the --head's too
+        identity = model_identity(replace(request, checkpoint=path, init="checkpoint", pretrained=True, head=None))
     param_count = model.alignbench_info.param_count
     recorded_in = _record(identity, param_count, plan.spec.family, db) if record else None
     return ConversionResult(

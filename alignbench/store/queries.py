@@ -71,8 +71,13 @@ def upsert_model(session: Session, identity: Any, *, param_count: int | None = N
             "checkpoint_sha256": getattr(identity, "checkpoint_sha256", None),
             "param_count": param_count,
             "request": canonical_json(identity.request) if getattr(identity, "request", None) else None,
+            "origin": getattr(identity, "origin", None),
         },
     )
+    origin = getattr(identity, "origin", None)
+    if origin and row.origin is None:  # a row recorded before its checkpoint was read (e.g. by convert)
+        row.origin = origin
+        session.add(row)
     tag = getattr(identity, "tag", None)
     if tag and row.tag != tag:  # a name given now names the model from now on
         row.tag = tag
