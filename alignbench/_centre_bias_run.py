@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from alignbench._cache import sha256_text
+from alignbench._distributed import SINGLE, Ranks, my_share
 from alignbench.explainers import CENTRE_BIAS, CENTRE_BIAS_FAMILY, CENTRE_BIAS_SIGMA_FRAC, centre_bias_map
 from alignbench.store import Store
 from alignbench.store import queries as q
@@ -37,12 +38,14 @@ def score_centre_bias(
     limit: int | None = None,
     batch_size: int = 64,
     num_workers: int | None = None,
+    ranks: Ranks = SINGLE,
 ) -> int:
     """Score the centre-bias map against ``dataset``'s reference maps into ``store``; returns the run id.
 
     ``dataset`` is an opened alignbench dataset (``open_dataset``). Its reference maps are read at
     ``input_size`` through ``protocol``, exactly as a model's run reads them. Images already stored
-    are skipped, so a second call computes nothing and an interrupted one resumes.
+    are skipped, so a second call computes nothing and an interrupted one resumes. Under torchrun
+    (``ranks``), each rank scores its share of the missing images.
     """
     import torch
 
@@ -68,16 +71,19 @@ def score_centre_bias(
             metrics=metrics, n_images=n_images,
         )
         run_id = run.id
-        done = q.scored_image_ids(session, run_id)
-        have = q.count_rows(session, run_id, max_index=wanted)
         session.commit()
 
-    if have < wanted:
+    def missing() -> list[int]:
+        with store.session() as session:
+            return dataset.positions(skip_ids=q.scored_image_ids(session, run_id), limit=wanted)
+
+    positions = my_share(ranks, missing)
+    if positions:
         # The reference maps only: model mean/std are irrelevant, the input size fixes the map size.
         preprocessing = Preprocessing(input_size=tuple(input_size), mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5))
         batches = dataset.data_loader(
             preprocessing, protocol, batch_size=batch_size, num_workers=num_workers,
-            skip_ids=frozenset(done), limit=limit, reference_ranks=False,
+            reference_ranks=False, positions=positions,
         )
         centre_maps: dict[tuple[int, int], torch.Tensor] = {}
         for batch in batches:

@@ -15,6 +15,8 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from alignbench._distributed import agree, all_done, join_launch, launched_ranks
+from alignbench._precision import DEFAULT_PRECISION, check_precision
 from alignbench.errors import AlignbenchError, MetricError
 from alignbench.models import ModelRequest
 from alignbench.store import StoreMissing, StoreOutdated, open_store
@@ -43,6 +45,7 @@ class ScoreRequest:
     force: bool = False
     device: str = "auto"
     workers: int | None = None  # DataLoader workers; None: the dataset's default (cores - 1, at most 4)
+    precision: str = DEFAULT_PRECISION  # the forward passes' (alignbench._precision); part of the run key unless fp32
 
     def __post_init__(self) -> None:
         if not isinstance(self.model, ModelRequest):
@@ -102,6 +105,7 @@ def _validate(request: ScoreRequest) -> None:
         raise AlignbenchError(f"--limit must be at least 1, got {request.limit}")
     if request.batch_size < 1:
         raise AlignbenchError(f"--batch-size must be at least 1, got {request.batch_size}")
+    check_precision(request.precision)
     for metric, params in request.metric_params.items():
         if metric not in request.metrics:
             continue
@@ -184,6 +188,16 @@ def _look_up(db: str | None, key: str, request: ScoreRequest, *, n_images: int, 
         return None, frozenset(q.scored_image_ids(session, run.id))
 
 
+def run_key_of(request: ScoreRequest, model_fingerprint: str, method: str, params: dict[str, Any], dataset_fingerprint: str) -> str:
+    """The store key of ``request``'s run, given its model's and dataset's fingerprints and its
+    canonical explainer setting (``explainer_setting``): what ``score`` looks up, and ``study status``."""
+    metrics = tuple(sorted(set(request.metrics)))
+    # only the parameters of requested metrics count; a metric at its defaults keeps its plain name,
+    # so runs stored before metric parameters existed keep their key
+    keyed = [f"{m}{q.canonical_json(dict(request.metric_params[m]))}" if request.metric_params.get(m) else m for m in metrics]
+    return q.run_key(model_fingerprint, method, params, dataset_fingerprint, request.protocol, keyed, precision=request.precision)
+
+
 def score(request: ScoreRequest, *, db: str | None = None, progress: ProgressCallback | None = None) -> ScoreResult:
     """Score ``request`` into the store at ``db`` and return the summary over the requested images."""
     from alignbench.datasets import open_dataset
@@ -198,21 +212,19 @@ def score(request: ScoreRequest, *, db: str | None = None, progress: ProgressCal
     n_total = len(dataset)
     n_images = min(n_total, request.limit) if request.limit else n_total
     metrics = tuple(sorted(set(request.metrics)))
-    # only the parameters of requested metrics count; a metric at its defaults keeps its plain name,
-    # so runs stored before metric parameters existed keep their key
     metric_params = {m: dict(p) for m, p in sorted(request.metric_params.items()) if m in metrics and p}
     request = replace(request, metrics=metrics, metric_params=metric_params)
-    keyed = [f"{m}{q.canonical_json(metric_params[m])}" if m in metric_params else m for m in metrics]
 
     def run_key(model_fingerprint: str) -> str:
-        return q.run_key(model_fingerprint, method, params, dataset.fingerprint, request.protocol, keyed)
+        return run_key_of(request, model_fingerprint, method, params, dataset.fingerprint)
 
     key = run_key(identity.fingerprint)
 
     done: frozenset[str] = frozenset()
     if not request.force:
         cached, done = _look_up(db, key, request, method=method, params=params, n_images=n_images, weights_source=identity.weights_source)
-        if cached is not None:
+        # under torchrun the ranks decide together, on rank 0's view (below)
+        if cached is not None and not launched_ranks().distributed:
             return cached
     # Every file the run will read is checked before the store is written to or the model loaded,
     # so a bad file leaves no run behind (a fixed file changes the dataset's fingerprint: such a run
@@ -220,13 +232,27 @@ def score(request: ScoreRequest, *, db: str | None = None, progress: ProgressCal
     dataset.check_files(dataset.positions(skip_ids=done, limit=n_images))
     store = open_store(db)
     try:
-        from alignbench._compute import compute_run  # imports torch: only when something is computed
+        # Under torchrun every rank runs this; all act on rank 0's view of the store (all compute, or
+        # all answer from it) and meet once their rows are in (alignbench._distributed).
+        ranks = join_launch(request.device)  # alone: SINGLE, and no torch import
+        if ranks.distributed:
+            with store.session() as session:
+                run = q.find_run(session, key)
+                complete = run is not None and not request.force and q.count_rows(session, run.id, max_index=n_images) >= n_images
+                if agree(ranks, complete):
+                    run = run or q.find_run(session, key)
+                    return _result(session, run, request, method=method, params=params, n_images=n_images, cached=True,
+                                   weights_source=identity.weights_source, device=run.device)
+        from alignbench._compute import compute_run, settle_status  # imports torch: only when something is computed
 
         start = time.perf_counter()
         run_id, computed, device = compute_run(
             store, request, method=method, params=params, dataset=dataset, run_key=run_key,
-            planned_fingerprint=identity.fingerprint, n_images=n_images, progress=progress,
+            planned_fingerprint=identity.fingerprint, n_images=n_images, progress=progress, ranks=ranks,
         )
+        computed = all_done(ranks, computed)  # under torchrun: every rank's rows are in, counted over all ranks
+        if ranks.distributed and ranks.is_main:
+            settle_status(store, run_id)  # each rank set it as it finished; all rows are in now
         with store.session() as session:
             from alignbench.store.tables import Run
 

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import itertools
+import os
 from pathlib import Path
 
 import pytest
@@ -24,3 +26,33 @@ def _isolated_cache(tmp_path_factory: pytest.TempPathFactory):
     mp.setenv("ALIGNBENCH_DB", f"sqlite:///{tmp_path_factory.mktemp('store') / 'alignbench.db'}")
     yield
     mp.undo()
+
+
+@pytest.fixture(scope="session")
+def postgres_server():
+    """A real PostgreSQL server for the session (temp data dir, 127.0.0.1 only, a free port), stopped at the end."""
+    from alignbench.store._local_postgres import LocalPostgres, server_bindir
+
+    if server_bindir() is None:
+        pytest.skip("PostgreSQL server binaries missing; scripts/system_packages.sh (make test) installs them")
+    pytest.importorskip("psycopg", reason="psycopg missing; pip install -e '.[dev]'")
+    server = LocalPostgres.start()
+    yield server
+    server.stop()
+
+
+_databases = itertools.count()
+
+
+@pytest.fixture
+def postgres_url(postgres_server) -> str:
+    """A new, empty database on the session's server."""
+    return postgres_server.create_database(f"test_{os.getpid()}_{next(_databases)}")
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """The URL of a new store, once on SQLite and once on PostgreSQL."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'store.db'}"
+    return request.getfixturevalue("postgres_url")

@@ -55,11 +55,14 @@ class _TinyDataset:
     def image_ids(self) -> list[str]:
         return [f"tiny-{i}" for i in range(len(self))]
 
-    def data_loader(self, preprocessing, protocol, *, batch_size, num_workers, skip_ids, limit, reference_ranks):
+    def positions(self, *, skip_ids=frozenset(), limit=None) -> list[int]:
+        return [i for i in range(len(self) if limit is None else limit) if f"tiny-{i}" not in skip_ids]
+
+    def data_loader(self, preprocessing, protocol, *, batch_size, num_workers, reference_ranks, positions):
         import torch
 
         assert preprocessing.input_size == (8, 8) and protocol == "aligned" and not reference_ranks
-        ids = [i for i in range(len(self) if limit is None else limit) if f"tiny-{i}" not in skip_ids]
+        ids = list(positions)
         self.served.append([f"tiny-{i}" for i in ids])
         for start in range(0, len(ids), batch_size):
             chunk = ids[start : start + batch_size]

@@ -190,3 +190,35 @@ def add_thumbnails(store: Store, needed: dict[int, set[str]], *, side: int = 112
         q.insert_thumbnails(session, rows)
         session.commit()
     return sum(len(ids) for ids in needed.values())
+def add_request_run(store: Store, request, dataset, values: Sequence[float] | np.ndarray, *, status: str = "partial") -> int:
+    """Record made-up values as the run ``alignbench score`` would make for ``request`` (a
+    ScoreRequest) on the opened ``dataset``: the same model, explainer, dataset and run key, so
+    ``study status`` and ``score`` find it. Values are the first ``len(values)`` images; returns the run id."""
+    from alignbench.explainers import explainer_setting
+    from alignbench.models import model_identity
+    from alignbench.scoring import run_key_of
+
+    identity = model_identity(request.model)
+    method, params = explainer_setting(request.explainer, **request.explainer_params)
+    ids = dataset.image_ids()
+    with store.session(write=True) as session:
+        run = q.get_or_create_run(
+            session,
+            key=run_key_of(request, identity.fingerprint, method, params, dataset.fingerprint),
+            model=q.upsert_model(session, identity),
+            explainer=q.upsert_explainer(session, method, params),
+            dataset=q.upsert_dataset(session, dataset.name, dataset.fingerprint, len(dataset), ceiling=dataset.ceiling),
+            protocol=request.protocol,
+            metrics=request.metrics,
+            n_images=len(dataset),
+            precision=request.precision,
+        )
+        rows = [
+            {"image_index": i, "image_id": ids[i], "target": 0, "prediction": 0, "confidence": 0.5, "spearman": float(value)}
+            for i, value in enumerate(values)
+        ]
+        for start in range(0, len(rows), 5000):
+            q.insert_scores(session, run.id, rows[start : start + 5000])
+        q.update_run(session, run, status=status)
+        session.commit()
+        return int(run.id)

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
 
+from alignbench._precision import PRECISIONS
 from alignbench.datasets import DATASETS, PROTOCOLS
 from alignbench.explainers import HEAD_FUSIONS, METHODS
 from alignbench.registry import DCLS_VERSIONS, INIT_MODES
@@ -80,6 +81,10 @@ Db = Annotated[
     ),
 ]
 Json = Annotated[bool, typer.Option("--json", help="Print one JSON document on stdout and nothing else.")]
+Precision = Annotated[
+    str,
+    typer.Option("--precision", help=f"Forward passes in {', '.join(PRECISIONS)} (autocast; maps and metrics stay float32). Part of the run key unless fp32."),
+]
 Explainer = Annotated[str, typer.Option("--explainer", help=f"Explanation method: {', '.join(METHODS)} (aliases: threshold, ...).")]
 Layer = Annotated[
     Optional[int],

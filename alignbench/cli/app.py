@@ -5,7 +5,7 @@ from __future__ import annotations
 import typer
 
 from alignbench import __version__
-from alignbench.cli import compare, convert, explain, models, report, runs, score, train, upgrade
+from alignbench.cli import compare, convert, explain, merge, models, report, runs, score, study, train, upgrade
 
 app = typer.Typer(
     name="alignbench",
@@ -40,6 +40,8 @@ app.command("report")(report.report)
 app.command("upgrade")(upgrade.upgrade)
 app.add_typer(runs.app, name="runs")
 app.command("train")(train.train)
+app.add_typer(study.app, name="study")
+app.command("merge")(merge.merge)
 
 
 def main() -> None:

@@ -4,18 +4,20 @@ from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated, Any, Optional
 
 import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
+from alignbench._distributed import is_main_process
 from alignbench.cli import _options as o
 from alignbench.cli._errors import guarded, stdout_console
+from alignbench.errors import AlignbenchError, ModelError
 from alignbench.metrics import METRICS
-from alignbench.errors import ModelError
 from alignbench.scoring import DEFAULT_MODEL, ScoreRequest, ScoreResult, parse_metrics, trained_request
 from alignbench.scoring import score as run_score
 
@@ -58,9 +60,44 @@ def _summary_table(result: ScoreResult) -> Table:
     return table
 
 
+def scoring_progress(label: str = "scoring") -> tuple[Progress, Callable[[int, int], None]]:
+    """A progress bar on stderr (only on a terminal, and only on torchrun's rank 0) and the callback
+    ``score`` reports to. Each call of ``start_task`` in a study begins a new bar."""
+    progress = Progress(
+        TextColumn(f"[bold]{label}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        _Rate(),
+        TimeElapsedColumn(),
+        TextColumn("ETA"),
+        TimeRemainingColumn(),
+        console=Console(stderr=True),
+        transient=False,
+        disable=not sys.stderr.isatty() or not is_main_process(),
+    )
+    tasks: list[Any] = []
+
+    def on_progress(done: int, total: int) -> None:
+        if done == 0 or not tasks:  # a new run
+            if not tasks:
+                progress.start()
+            tasks.append(progress.add_task("score", total=total))
+        progress.update(tasks[-1], completed=done, total=total)
+
+    return progress, on_progress
+
+
 @guarded
 def score(
-    model: o.OptionalModelName = None,
+    models: Annotated[
+        Optional[list[str]],
+        typer.Argument(
+            metavar="MODEL",
+            help="Registry name(s) or timm model names; several: one run each, then the comparison (the one-line form of a study). "
+            "Omitted: the embedded default (efficientnet_lite0).",
+            show_default=False,
+        ),
+    ] = None,
     dcls: o.Dcls = False,
     checkpoint: o.Checkpoint = None,
     head: o.Head = None,
@@ -87,66 +124,81 @@ def score(
     workers: Annotated[Optional[int], typer.Option("--workers", help="DataLoader worker processes, 0 (the main process) to the number of cores (default: cores - 1).", show_default=False)] = None,
     force: Annotated[bool, typer.Option("--force", help="Recompute even if the run is stored (rows are replaced as they are recomputed).")] = False,
     device: o.Device = "auto",
+    precision: o.Precision = "fp32",
     db: o.Db = None,
     as_json: o.Json = False,
 ) -> None:
     """Explain every image of a dataset, score it against the human maps, store and summarise.
 
     With no MODEL, the embedded default: efficientnet_lite0 (real ImageNet weights) on the `sample` dataset, offline.
-    The same command twice computes once; an interrupted run resumes.
+    The same command twice computes once; an interrupted run resumes. Several models: each is scored in turn, then compared and ranked (as `alignbench study run` does for a whole grid). Under torchrun, the processes share every run's images.
 
     Example: [bold]alignbench score resnet50 --dcls --explainer threshold --dataset clickme-val --data-dir shards/[/]
+
+    On 8 GPUs: [bold]torchrun --nproc_per_node 8 -m alignbench score resnet50 convnext_tiny --device cuda[/]
     """
+    names = list(dict.fromkeys(models or []))
     if trained is not None:
-        chosen = trained_request(trained, db)
+        chosen = [trained_request(trained, db)]
         if dcls or ca_stream or checkpoint is not None or backbone_checkpoint is not None or head is not None or (
-            model is not None and model != chosen.name
+            names and names != [chosen[0].name]
         ):
-            raise ModelError(f"--trained {trained} is {chosen.name}{' --dcls' if chosen.dcls else ''} with its own checkpoint; give --trained alone")
+            raise ModelError(
+                f"--trained {trained} is {chosen[0].name}{' --dcls' if chosen[0].dcls else ''} with its own checkpoint; give --trained alone"
+            )
     else:
-        chosen = o.model_request(model or DEFAULT_MODEL, dcls=dcls, checkpoint=checkpoint, head=head, tag=tag, ca_stream=ca_stream,
-                                 backbone_checkpoint=backbone_checkpoint)
-    request = ScoreRequest(
-        model=chosen,
-        explainer=explainer,
-        explainer_params=o.explainer_params(threshold=threshold, layer=layer, head_fusion=head_fusion, discard_ratio=discard_ratio),
-        dataset=dataset,
-        data_dir=data_dir,
-        protocol=protocol,
-        metrics=parse_metrics(metric),
-        metric_params={} if steps is None else {"deletion": {"steps": steps}, "insertion": {"steps": steps}},
-        limit=limit,
-        batch_size=batch_size,
-        force=force,
-        device=device,
-        workers=workers,
-    )
-    progress = Progress(
-        TextColumn("[bold]scoring"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        _Rate(),
-        TimeElapsedColumn(),
-        TextColumn("ETA"),
-        TimeRemainingColumn(),
-        console=Console(stderr=True),
-        transient=False,
-        disable=not sys.stderr.isatty(),
-    )
-    task = None
-
-    def on_progress(done: int, total: int) -> None:
-        nonlocal task
-        if task is None:
-            progress.start()
-            task = progress.add_task("score", total=total)
-        progress.update(task, completed=done, total=total)
-
+        names = names or [DEFAULT_MODEL]
+        one_model = [
+            name for name, value in (("--checkpoint", checkpoint), ("--head", head), ("--tag", tag), ("--backbone-checkpoint", backbone_checkpoint))
+            if value is not None
+        ]
+        if one_model and len(names) > 1:
+            raise AlignbenchError(f"{one_model[0]} belongs to one model; score {len(names)} models with a study file instead")
+        chosen = [
+            o.model_request(name, dcls=dcls, checkpoint=checkpoint, head=head, tag=tag, ca_stream=ca_stream, backbone_checkpoint=backbone_checkpoint)
+            for name in names
+        ]
+    requests = [
+        ScoreRequest(
+            model=model_request,
+            explainer=explainer,
+            explainer_params=o.explainer_params(threshold=threshold, layer=layer, head_fusion=head_fusion, discard_ratio=discard_ratio),
+            dataset=dataset,
+            data_dir=data_dir,
+            protocol=protocol,
+            metrics=parse_metrics(metric),
+            metric_params={} if steps is None else {"deletion": {"steps": steps}, "insertion": {"steps": steps}},
+            limit=limit,
+            batch_size=batch_size,
+            force=force,
+            device=device,
+            workers=workers,
+            precision=precision,
+        )
+        for model_request in chosen
+    ]
+    progress, on_progress = scoring_progress()
     try:
-        result = run_score(request, db=db, progress=on_progress)
+        if len(requests) == 1:
+            results, comparison = [run_score(requests[0], db=db, progress=on_progress)], None
+        else:
+            from alignbench.study import run_study
+
+            done = run_study(requests, db=db, progress=on_progress)
+            results, comparison = done.results, done.comparison
     finally:
         progress.stop()
+    if not is_main_process():
+        return  # under torchrun, rank 0 prints what the store holds once every rank is done
     if as_json:
-        typer.echo(json.dumps(result.to_json(), default=str))
-    else:
-        stdout_console().print(_summary_table(result))
+        document = results[0].to_json() if len(results) == 1 else [result.to_json() for result in results]
+        typer.echo(json.dumps(document, default=str))
+        return
+    console = stdout_console()
+    for result in results:
+        console.print(_summary_table(result))
+    if comparison is not None:
+        from alignbench.cli.compare import print_result
+
+        console.print()
+        print_result(comparison, console)

@@ -182,6 +182,7 @@ class Dataset:
         limit: int | None = None,
         reference_ranks: bool = True,
         num_classes: int | None = None,
+        positions: Sequence[int] | None = None,
     ) -> Any:
         """A map-style ``torch.utils.data.Dataset`` of model inputs and reference maps.
 
@@ -189,6 +190,8 @@ class Dataset:
         Works with DataLoader workers: each item reads only its own record or files, so memory
         stays flat. ``reference_ranks`` adds each reference map's average ranks, read from (or
         computed once into) the reference-rank cache. ``num_classes`` checks every label first.
+        ``positions``: exactly these dataset indices (one rank's share of a run), instead of
+        ``skip_ids`` and ``limit``.
         """
         self._check_protocol(protocol)
         if num_classes is not None:
@@ -199,7 +202,7 @@ class Dataset:
             self,
             preprocessing,
             protocol,
-            self.positions(skip_ids=skip_ids, limit=limit),
+            self.positions(skip_ids=skip_ids, limit=limit) if positions is None else list(positions),
             reference_ranks=reference_ranks,
         )
 
@@ -222,6 +225,7 @@ class Dataset:
         reference_ranks: bool = True,
         num_classes: int | None = None,
         pin_memory: bool = False,
+        positions: Sequence[int] | None = None,
     ) -> Any:
         """Batches of :meth:`torch_dataset`, decoded in worker processes (default: cores − 1, at
         most 4). A DatasetError raised in a worker is re-raised here with its own one-line message."""
@@ -229,7 +233,7 @@ class Dataset:
 
         dataset = self.torch_dataset(
             preprocessing, protocol, skip_ids=skip_ids, limit=limit, reference_ranks=reference_ranks,
-            num_classes=num_classes,
+            num_classes=num_classes, positions=positions,
         )
         if num_workers is None:
             num_workers = max(1, min(4, (os.cpu_count() or 2) - 1))

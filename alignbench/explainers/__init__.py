@@ -62,11 +62,14 @@ def explain(model: nn.Module, images: Tensor, targets: Targets = None, method: s
     return _explain(model, images, targets, method, **params)
 
 
-def explain_batch(model: nn.Module, images: Tensor, targets: Targets = None, method: str = DEFAULT_METHOD, **params: Any) -> Explanation:
-    """Like ``explain``, with the logits and targets of the same forward pass (an ``Explanation``)."""
+def explain_batch(
+    model: nn.Module, images: Tensor, targets: Targets = None, method: str = DEFAULT_METHOD, *, precision: str = "fp32", **params: Any
+) -> Explanation:
+    """Like ``explain``, with the logits and targets of the same forward pass (an ``Explanation``).
+    ``precision`` ``bf16``/``fp16``: the model's forward passes under autocast, the maps float32."""
     from alignbench.explainers._explain import explain_batch as _explain_batch
 
-    return _explain_batch(model, images, targets, method, **params)
+    return _explain_batch(model, images, targets, method, precision=precision, **params)
 
 
 def check_applicable(model: nn.Module, method: str, **params: Any) -> None:

@@ -14,6 +14,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from alignbench._precision import forward_autocast
 from alignbench.errors import ExplainerError
 from alignbench.explainers._split import Targets, frozen_parameters, model_name, resolve_targets
 from alignbench.models._ca_stream import CAStreamModel
@@ -104,12 +105,16 @@ def _grid(model: nn.Module, images: Tensor, tokens: int, prefix: int) -> tuple[i
     return int(h), int(w)
 
 
-def attention_maps(model: nn.Module, images: Tensor, targets: Targets, method: str, params: dict[str, Any]) -> tuple[Tensor, Tensor, Tensor]:
+def attention_maps(
+    model: nn.Module, images: Tensor, targets: Targets, method: str, params: dict[str, Any], *, precision: str = "fp32"
+) -> tuple[Tensor, Tensor, Tensor]:
     """(maps [B, h, w] at patch resolution, logits, targets): rollout, or the raw attention of block
     ``params["layer"]`` (default the last).
 
     Both are class-agnostic (the class token's attention row); the targets are resolved and returned
     so callers store the same triple as for CAM methods. One forward gives the logits and the maps.
+    ``precision`` bf16/fp16: the forward runs under autocast; each block's attention is recomputed
+    from its float32-cast input outside it, so the maps are float32.
     """
     attns = attention_modules(model, method)
     if method != "rollout":  # raw attention needs its own block only
@@ -118,8 +123,10 @@ def attention_maps(model: nn.Module, images: Tensor, targets: Targets, method: s
     handles = [a.register_forward_pre_hook(lambda _m, args: inputs.append(args[0])) for a in attns]
     try:
         with torch.no_grad(), frozen_parameters(model):
-            logits = model(images)
-            attentions = [fuse_heads(attention_probabilities(a, x), params["head_fusion"]) for a, x in zip(attns, inputs)]
+            with forward_autocast(images.device, precision):
+                logits = model(images)
+            logits = logits.float()
+            attentions = [fuse_heads(attention_probabilities(a, x.float()), params["head_fusion"]) for a, x in zip(attns, inputs)]
     finally:
         for handle in handles:
             handle.remove()

@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from alignbench._precision import check_precision
 from alignbench.errors import ExplainerError
 from alignbench.explainers._attention import attention_maps, attention_modules, block_index, ca_attention_maps, ca_stream_model
 from alignbench.explainers._gradient import GRADIENT_METHODS, minmax
@@ -82,16 +83,23 @@ def check_applicable(model: nn.Module, method: str, **params: Any) -> None:
 
 
 def explain_batch(
-    model: nn.Module, images: Tensor, targets: Targets = None, method: str = DEFAULT_METHOD, **params: Any
+    model: nn.Module, images: Tensor, targets: Targets = None, method: str = DEFAULT_METHOD, *, precision: str = "fp32", **params: Any
 ) -> Explanation:
     """Explain a batch: maps [B, H, W] plus the logits and targets of the same forward pass.
 
     ``images``: normalised [B, 3, H, W] (or one [3, H, W]); ``targets``: None (top-1), one class for
     all, or one per image. The model is put in eval mode for the call and left as it was.
+    ``precision``: the forward passes' precision (``alignbench._precision``); maps are float32 always.
     """
     name, full = explainer_setting(method, **params)
     spec = METHODS[name]
     check_applicable(model, name, **full)
+    if check_precision(precision) != "fp32" and spec.kind == "library":
+        # pytorch-grad-cam runs its own forward and backward: autocast could not be kept to the forward
+        raise ExplainerError(
+            f"--precision {precision} applies to the torch-native explainers ({', '.join(n for n, s in METHODS.items() if s.kind != 'library')}); "
+            f"{name} comes from pytorch-grad-cam: use --precision fp32"
+        )
     x = as_batch(images, model)
     size = (x.shape[-2], x.shape[-1])
     # Gradients are needed even when the caller runs under torch.inference_mode(); an image batch
@@ -100,7 +108,7 @@ def explain_batch(
         if x.is_inference():
             x = x.clone()
         if spec.kind == "core":
-            evidence = gradient_evidence(model, x, targets)
+            evidence = gradient_evidence(model, x, targets, precision=precision)
             maps = upsample(GRADIENT_METHODS[name](evidence, **full), size)
             logits, t = evidence.logits, evidence.targets
         elif spec.kind == "library":
@@ -114,7 +122,7 @@ def explain_batch(
             # upsampling need not reach the low-resolution extremes)
             maps = minmax(upsample(low, size))
         else:
-            low, logits, t = attention_maps(model, x, targets, name, full)
+            low, logits, t = attention_maps(model, x, targets, name, full, precision=precision)
             maps = upsample(low, size)
     return Explanation(maps=maps.float(), logits=logits, targets=t, method=name, params=full)
 

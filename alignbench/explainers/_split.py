@@ -36,6 +36,7 @@ from typing import Callable, Iterator, Sequence, Union
 import torch
 from torch import Tensor, nn
 
+from alignbench._precision import forward_autocast
 from alignbench.errors import ExplainerError
 from alignbench.models._ca_stream import CAStreamModel
 
@@ -201,17 +202,22 @@ class Evidence:
     targets: Tensor
 
 
-def gradient_evidence(model: nn.Module, images: Tensor, targets: Targets = None) -> Evidence:
+def gradient_evidence(model: nn.Module, images: Tensor, targets: Targets = None, *, precision: str = "fp32") -> Evidence:
     """A and dy_t/dA for a batch, from one inference forward and a backward through the head only.
 
     ``model`` must already be in eval mode (``eval_mode``); y_t is the target logit, pre-softmax.
+    ``precision`` bf16/fp16: the two forward passes (features, head) run under autocast; A is taken
+    back to float32 before it becomes the leaf, the logits too before y_t is picked, and the
+    gradient is taken outside autocast, so A, dy_t/dA and every map made from them are float32.
     """
     split = split_model(model)
-    with torch.no_grad():
+    with torch.no_grad(), forward_autocast(images.device, precision):
         a, head = split.cut(images)
-    a = a.detach().requires_grad_(True)
+    a = a.detach().float().requires_grad_(True)
     with torch.enable_grad(), frozen_parameters(model):
-        logits = head(a)
+        with forward_autocast(images.device, precision):
+            logits = head(a)
+        logits = logits.float()
         t = resolve_targets(targets, logits.detach())
         # Summing y_t over the batch gives each image's own gradient in one backward: in eval mode
         # image i's logits depend on A_i alone, so d(sum_j y_j)/dA_i = dy_i/dA_i.

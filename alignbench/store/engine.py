@@ -4,11 +4,14 @@ SQLite (the default) is opened with a busy timeout and foreign keys on, and swit
 the commands that write (after the file was checked to be a store), so several processes can score
 into one file at once; transactions are begun explicitly so that DDL and writes
 are atomic (pysqlite's own implicit BEGIN would leave half a migration behind on failure).
-Any other SQLAlchemy URL (PostgreSQL for teams) works as it is.
+PostgreSQL (a team's shared store) goes through psycopg 3 (``pip install 'alignbench[postgres]'``):
+``postgresql://`` means ``postgresql+psycopg://`` when psycopg is installed. Any other SQLAlchemy URL
+works as it is.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +27,8 @@ from alignbench.errors import StoreError
 
 DEFAULT_URL = "sqlite:///alignbench.db"
 SQLITE_BUSY_TIMEOUT_S = 60.0  # a writer waits this long for another process's transaction
+# A server that does not answer is reported after this long, not after the OS's TCP timeout (minutes).
+CONNECT_TIMEOUT_S = 10
 
 def migrations_dir() -> Path:
     """migrations/ of the source tree, installed as the package alignbench.migrations (pyproject)."""
@@ -65,11 +70,33 @@ class Store:
 
 def _parse(url: str) -> URL:
     try:
-        return make_url(url)
+        sa_url = make_url(url)
     except ArgumentError:
         raise StoreError(
             f"--db {url!r} is not a database URL; use e.g. sqlite:///alignbench.db or postgresql://user@host/dbname"
         ) from None
+    if sa_url.drivername == "postgresql" and importlib.util.find_spec("psycopg") is not None:
+        sa_url = sa_url.set(drivername="postgresql+psycopg")  # SQLAlchemy's default would be psycopg2
+    return sa_url
+
+
+def display_url(url: str) -> str:
+    """The URL as messages show it: any password masked."""
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except ArgumentError:
+        return url
+
+
+def _server_message(url: str, sa_url: URL, reason: str) -> str:
+    """One line for a database server that cannot be reached or refuses us, naming host and port."""
+    first = next((line.strip() for line in reason.splitlines() if line.strip()), reason)
+    host = sa_url.host or "localhost (unix socket)"
+    port = sa_url.port or 5432
+    return (
+        f"cannot connect to the {sa_url.get_backend_name()} server at {host}:{port} for store {display_url(url)} "
+        f"({first}); check that the server runs and accepts you, or pass another --db"
+    )
 
 
 def _check_sqlite_path(url: str, path: str | None, create: bool) -> None:
@@ -132,14 +159,17 @@ def create_store_engine(url: str, *, create: bool = True) -> Engine:
         kwargs["connect_args"] = {"timeout": SQLITE_BUSY_TIMEOUT_S, "check_same_thread": False}
         if sa_url.database in (None, "", ":memory:"):
             kwargs["poolclass"] = StaticPool  # one connection, so the in-memory database persists
+    elif sa_url.get_backend_name() == "postgresql" and "connect_timeout" not in sa_url.query:
+        kwargs["connect_args"] = {"connect_timeout": CONNECT_TIMEOUT_S}
     try:
         engine = create_engine(sa_url, **kwargs)
     except NoSuchModuleError:
         raise StoreError(
-            f"--db {url!r}: unknown database scheme {sa_url.drivername!r}; use sqlite:///PATH or postgresql://..."
+            f"--db {display_url(url)!r}: unknown database scheme {sa_url.drivername!r}; use sqlite:///PATH or postgresql://..."
         ) from None
     except ModuleNotFoundError as exc:
-        raise StoreError(f"--db {url!r} needs the Python driver {exc.name!r}; pip install it") from None
+        extra = " (pip install 'alignbench[postgres]')" if sa_url.get_backend_name() == "postgresql" else ""
+        raise StoreError(f"--db {display_url(url)!r} needs the Python driver {exc.name!r}; pip install it{extra}") from None
     if engine.dialect.name == "sqlite":
         _install_sqlite_pragmas(engine)
     return engine
@@ -181,7 +211,10 @@ def open_store(url: str | None = None, *, create: bool = True, migrate: bool = T
     except (OperationalError, DatabaseError) as exc:
         engine.dispose()
         reason = str(getattr(exc, "orig", exc)).strip() or type(exc).__name__
-        raise StoreError(f"cannot open store {url}: {reason}; check the path/URL or pass another --db") from None
+        if engine.dialect.name != "sqlite" and isinstance(exc, OperationalError):
+            raise StoreError(_server_message(url, engine.url, reason)) from None
+        reason = " ".join(reason.split())
+        raise StoreError(f"cannot open store {display_url(url)}: {reason}; check the path/URL or pass another --db") from None
     return Store(url=url, engine=engine)
 
 

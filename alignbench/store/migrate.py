@@ -19,6 +19,8 @@ from alignbench.errors import StoreError
 if TYPE_CHECKING:  # pragma: no cover
     from alembic.config import Config
 
+# Any fixed 64-bit number: the PostgreSQL advisory lock that serialises migrations of one database.
+_MIGRATION_LOCK = 0x616C69676E62  # "alignb"
 _REVISION = re.compile(r"^revision\s*=\s*['\"]([^'\"]+)['\"]", re.MULTILINE)
 _DOWN_REVISION = re.compile(r"^down_revision\s*=\s*(?:['\"]([^'\"]+)['\"]|None)", re.MULTILINE)
 _TABLE_OP = re.compile(r"op\.(create_table|drop_table)\(\s*['\"](\w+)['\"]")
@@ -109,7 +111,10 @@ def upgrade_to_head(engine: Engine, url: str, *, revision: str = "head") -> None
     from alembic import command
 
     config = alembic_config()
-    # BEGIN IMMEDIATE on SQLite: concurrent openers of a new store wait for one migration, then see it.
+    # Concurrent openers of a new store wait for one migration, then see it: BEGIN IMMEDIATE on
+    # SQLite, a transaction-scoped advisory lock on PostgreSQL (whose DDL is transactional too).
     with engine.execution_options(sqlite_begin="IMMEDIATE").begin() as connection:
+        if connection.dialect.name == "postgresql":
+            connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _MIGRATION_LOCK})
         config.attributes["connection"] = connection
         command.upgrade(config, target)

@@ -150,15 +150,61 @@ def run_key(
     dataset_fingerprint: str,
     protocol: str,
     metrics: Sequence[str],
+    *,
+    precision: str = "fp32",
 ) -> str:
-    """The identity of a run: the same inputs always give the same key, so they are computed once."""
-    return sha256_text(
-        "run-v1", model_fingerprint, method, canonical_json(dict(params)), dataset_fingerprint, protocol, ",".join(sorted(metrics))
-    )
+    """The identity of a run: the same inputs always give the same key, so they are computed once.
+
+    The forward pass's precision is part of it only when it is not fp32, so every run stored before
+    precision existed (all fp32) keeps its key."""
+    parts = ["run-v1", model_fingerprint, method, canonical_json(dict(params)), dataset_fingerprint, protocol, ",".join(sorted(metrics))]
+    if precision != "fp32":
+        parts.append(f"precision={precision}")
+    return sha256_text(*parts)
 
 
 def find_run(session: Session, key: str) -> Run | None:
     return session.exec(select(Run).where(Run.key == key)).first()
+
+
+def runs_by_key(session: Session, keys: Iterable[str]) -> dict[str, Run]:
+    """key → run for the keys that have one (one query)."""
+    keys = list(dict.fromkeys(keys))
+    if not keys:
+        return {}
+    return {run.key: run for run in session.exec(select(Run).where(Run.key.in_(keys))).all()}  # type: ignore[attr-defined]
+
+
+def find_run_like(
+    session: Session,
+    *,
+    model: str,
+    dcls: bool,
+    recipe: Mapping[str, Any] | None,
+    init: str | None,
+    method: str,
+    params: Mapping[str, Any],
+    dataset: str,
+    protocol: str,
+    metrics: Sequence[str],
+    precision: str = "fp32",
+) -> Run | None:
+    """The most recently updated run of a model and settings named rather than fingerprinted: for
+    a machine that has not the weights or the data to make the run key (``study status``)."""
+    statement = (
+        select(Run)
+        .join(Model, Model.id == Run.model_id)
+        .join(ExplainerSetting, ExplainerSetting.id == Run.explainer_id)
+        .join(Dataset, Dataset.id == Run.dataset_id)
+        .where(
+            Model.name == model, Model.dcls == dcls, Model.recipe == (canonical_json(recipe) if recipe else None),
+            ExplainerSetting.method == method, ExplainerSetting.params == canonical_json(dict(params)),
+            Dataset.name == dataset, Run.protocol == protocol, Run.metrics == ",".join(sorted(set(metrics))),
+            Run.precision == precision, Model.init == init,  # == None is IS NULL
+        )
+        .order_by(Run.updated_at.desc(), Run.id.desc())  # type: ignore[attr-defined]
+    )
+    return session.exec(statement).first()
 
 
 def get_or_create_run(
@@ -171,6 +217,7 @@ def get_or_create_run(
     protocol: str,
     metrics: Sequence[str],
     n_images: int,
+    precision: str = "fp32",
 ) -> Run:
     return _get_or_create(
         session,
@@ -183,6 +230,7 @@ def get_or_create_run(
             "protocol": protocol,
             "metrics": ",".join(sorted(metrics)),
             "n_images": n_images,
+            "precision": precision,
         },
     )
 
@@ -228,8 +276,9 @@ def insert_scores(session: Session, run_id: int, rows: Iterable[Mapping[str, Any
         )
     else:
         statement = statement.on_conflict_do_nothing(index_elements=["run_id", "image_id"])
-    result = session.execute(statement, values)
-    return result.rowcount if result.rowcount is not None and result.rowcount >= 0 else len(values)
+    # The rows written are counted from RETURNING: a batched INSERT's rowcount is not reliable
+    # (psycopg reported a row for an insert that DO NOTHING skipped).
+    return len(session.execute(statement.returning(table.c.image_id), values).all())
 
 
 def update_run(
