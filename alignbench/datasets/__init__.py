@@ -90,7 +90,7 @@ DATASETS: dict[str, DatasetSpec] = {
         ),
         DatasetSpec(
             name="folder",
-            description="--data-dir with images/, heatmaps/ (same stems) and optional labels.csv (filename,label)",
+            description="--data-dir with images/, optional heatmaps/ (same stems) and labels.csv (filename,label)",
             reference="the given heatmap",
             needs_data_dir=True,
             has_boxes=False,

@@ -11,7 +11,8 @@ Two geometries cover every dataset:
   them from shards; ``sample`` and ``imagenet-val`` make them from an ImageNet JPEG squashed to
   256×256 and its boxes' mask, so all three share one pipeline and one protocol switch.
 - ``folder``: an image and a heatmap of the same size, both resized to the model input with
-  antialiasing, no crop.
+  antialiasing, no crop. A folder without ``heatmaps/`` has no reference maps (``has_reference``
+  False): its items carry a NaN reference, so only metrics that never read it can be scored.
 """
 
 from __future__ import annotations
@@ -35,6 +36,8 @@ CLICKME_HUMAN_CEILING = 0.65753  # inter-rater Spearman ceiling, Harmonization (
 # ClickMe stores 256×256 images and heatmaps (Harmonization clickme_dataset.py reshapes to (256, 256, c)).
 CLICKME_SIDE = 256
 UNLABELLED = -1  # the label of an image that has none (folder only): it is explained for its top-1 prediction
+# Why a metric that reads the reference map is undefined on a dataset without reference maps.
+NO_REFERENCE = "the dataset has no reference maps"
 
 
 @dataclass(frozen=True)
@@ -67,7 +70,7 @@ class ClickMeSample:
 @dataclass
 class FolderSample:
     image: np.ndarray  # uint8 [h, w, 3]
-    heatmap: np.ndarray  # float32 [h, w]
+    heatmap: np.ndarray | None  # float32 [h, w]; None in a folder without heatmaps/
     label: int
 
 
@@ -92,6 +95,7 @@ class Dataset:
         image_ids: Sequence[str],
         location: Path | None,
         has_labels: bool | None = None,
+        has_reference: bool = True,
     ) -> None:
         self.spec = spec
         self.name = spec.name
@@ -99,6 +103,8 @@ class Dataset:
         self.ceiling = spec.ceiling
         self.has_boxes = spec.has_boxes
         self.has_labels = spec.has_labels if has_labels is None else has_labels
+        # False: no reference map (a folder without heatmaps/); only metrics that never read one apply
+        self.has_reference = has_reference
         self.location = location  # the files read (data dir, cache dir or package data)
         self._image_ids = list(image_ids)
 

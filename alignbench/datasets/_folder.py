@@ -1,12 +1,17 @@
-"""Your own images and reference maps: ``DIR/images/``, ``DIR/heatmaps/``, optional ``DIR/labels.csv``.
+"""Your own images, optional reference maps and labels: ``DIR/images/``, optional ``DIR/heatmaps/``
+and ``DIR/labels.csv``.
 
 A heatmap has its image's stem (``images/cat.jpg`` ↔ ``heatmaps/cat.png`` or ``heatmaps/cat.npy``)
 and its image's size; it is a grayscale image file or a 2-D ``.npy`` array (what ``alignbench
-explain`` writes). ``labels.csv`` rows are ``filename,label`` (an optional header row is skipped;
-the filename may be given with or without its extension; an empty label, ``name,``, means no label);
-an image without a label, or every image when there is no ``labels.csv``, is explained for the
-model's top-1 prediction. A label is a class index from 0: a negative one is refused rather than
-read as "no label". Image ids are the image stems.
+explain`` writes). With ``heatmaps/``, every image needs its heatmap. Without it the folder has no
+reference maps (``Dataset.has_reference`` False): only the metrics that never read one (the
+faithfulness metrics: ``MetricSpec.needs_reference`` False) can be scored on it, and its fingerprint
+covers the images and ``labels.csv``. ``labels.csv`` rows are ``filename,label`` (an optional header
+row is skipped, or names a ``label`` / ``class_index`` column; the filename may be given with or
+without its extension; an empty label, ``name,``, means no label); an image without a label, or every
+image when there is no ``labels.csv``, is explained for the model's top-1 prediction. A label is a
+class index from 0: a negative one is refused rather than read as "no label". Image ids are the image
+stems.
 """
 
 from __future__ import annotations
@@ -93,19 +98,22 @@ class FolderReader(Reader):
     geometry = "folder"
     reference_origin = "its heatmap file"
 
-    def __init__(self, images: list[Path], heatmaps: list[Path], labels: list[int]) -> None:
-        self.images, self.heatmaps, self.labels = images, heatmaps, labels
+    def __init__(self, images: list[Path], heatmaps: list[Path] | None, labels: list[int]) -> None:
+        self.images, self.heatmaps, self.labels = images, heatmaps, labels  # heatmaps None: no heatmaps/
 
     def read(self, index: int) -> FolderSample:
         import numpy as np
         from PIL import Image
 
-        image_path, heatmap_path = self.images[index], self.heatmaps[index]
+        image_path = self.images[index]
         try:
             with Image.open(image_path) as opened:
                 image = np.array(opened.convert("RGB"), dtype=np.uint8)
         except OSError as error:
             raise DatasetError(f"cannot read image {image_path}: {error}") from None
+        if self.heatmaps is None:
+            return FolderSample(image=image, heatmap=None, label=self.labels[index])
+        heatmap_path = self.heatmaps[index]
         heatmap = _read_heatmap(heatmap_path)
         if heatmap.shape != image.shape[:2]:
             raise DatasetError(f"heatmap {heatmap_path.name} is {_size_mismatch(heatmap.shape, image_path, image.shape[:2])}")
@@ -165,13 +173,17 @@ def _read_labels(path: Path, images: list[Path]) -> list[int]:
 
 
 class FolderDataset(Dataset):
-    def __init__(self, spec: DatasetSpec, root: Path, images: list[Path], heatmaps: list[Path], labels_file: Path | None) -> None:
-        files = [*images, *heatmaps, *([labels_file] if labels_file else [])]
+    def __init__(
+        self, spec: DatasetSpec, root: Path, images: list[Path], heatmaps: list[Path] | None, labels_file: Path | None
+    ) -> None:
+        # heatmaps None (no heatmaps/): the files are the images and labels.csv; the names differ from
+        # any folder's with heatmaps, so the two never share a fingerprint
+        files = [*images, *(heatmaps or []), *([labels_file] if labels_file else [])]
         names = [f"{file.parent.name}/{file.name}" if file.parent != root else file.name for file in files]
         fingerprint = fingerprint_files("folder-v1", root, names, what="fingerprinting folder")
         super().__init__(
             spec, fingerprint=fingerprint, image_ids=[p.stem for p in images], location=root,
-            has_labels=labels_file is not None,
+            has_labels=labels_file is not None, has_reference=heatmaps is not None,
         )
         self.images, self.heatmaps, self.labels_file = images, heatmaps, labels_file
         self._labels: list[int] | None = None
@@ -187,11 +199,14 @@ class FolderDataset(Dataset):
     def file_problems(self, positions: Iterable[int]) -> list[str]:
         problems = []
         for i in positions:
-            image, heatmap = self.images[i], self.heatmaps[i]
+            image = self.images[i]
             problem, size, _ = image_header(image)
             if problem is not None:
                 problems.append(f"images/{image.name}: {problem}")
                 continue
+            if self.heatmaps is None:
+                continue
+            heatmap = self.heatmaps[i]
             problem = _heatmap_problem(heatmap, size, image)
             if problem is not None:
                 problems.append(f"heatmaps/{heatmap.name}: {problem}")
@@ -199,19 +214,26 @@ class FolderDataset(Dataset):
 
 
 def open_folder(spec: DatasetSpec, data_dir: Path | None, download: bool) -> FolderDataset:
-    root = need_data_dir(spec, data_dir, "images/ and heatmaps/ (same stems) and optionally labels.csv")
+    root = need_data_dir(spec, data_dir, "images/, optionally heatmaps/ (same stems) and labels.csv")
     image_dir, heatmap_dir = root / "images", root / "heatmaps"
-    for directory in (image_dir, heatmap_dir):
-        if not directory.is_dir():
-            raise DatasetError(f"{root} has no {directory.name}/ directory; the folder dataset needs images/ and heatmaps/")
+    if not image_dir.is_dir():
+        raise DatasetError(
+            f"{root} has no images/ directory; the folder dataset needs images/ (and heatmaps/ for metrics that read reference maps)"
+        )
     images = _files(image_dir, IMAGE_SUFFIXES)
     if not images:
         raise DatasetError(f"no image in {image_dir} (looked for {', '.join(sorted(IMAGE_SUFFIXES))})")
     stems: dict[str, Path] = {}
     for image in images:
         if image.stem in stems:
-            raise DatasetError(f"images {stems[image.stem].name} and {image.name} share a stem; heatmaps are matched by stem")
+            raise DatasetError(
+                f"images {stems[image.stem].name} and {image.name} share a stem; an image's id (and its heatmap) is its stem"
+            )
         stems[image.stem] = image
+    labels_file = root / LABELS_FILE
+    labels_file = labels_file if labels_file.is_file() else None
+    if not heatmap_dir.is_dir():  # no reference maps: only metrics that never read one can be scored
+        return FolderDataset(spec, root, images, None, labels_file)
     heatmap_of: dict[str, Path] = {}
     for heatmap in _files(heatmap_dir, HEATMAP_SUFFIXES):
         if heatmap.stem in stems and heatmap.stem in heatmap_of:
@@ -222,7 +244,4 @@ def open_folder(spec: DatasetSpec, data_dir: Path | None, download: bool) -> Fol
     missing = [image.name for image in images if image.stem not in heatmap_of]
     if missing:
         raise DatasetError(f"no heatmap in {heatmap_dir} for {len(missing)} image(s): {listing(missing)}")
-    labels_file = root / LABELS_FILE
-    return FolderDataset(
-        spec, root, images, [heatmap_of[image.stem] for image in images], labels_file if labels_file.is_file() else None
-    )
+    return FolderDataset(spec, root, images, [heatmap_of[image.stem] for image in images], labels_file)

@@ -172,12 +172,18 @@ def clickme_item(sample: ClickMeSample, preprocessing: Preprocessing, protocol: 
 
 
 def folder_item(sample: FolderSample, preprocessing: Preprocessing) -> tuple[Tensor, Tensor, Tensor]:
+    """(image [3, H, W] normalised, reference [H, W], no boxes); the reference is NaN where the
+    folder has no heatmaps, so a batch keeps its shape and a metric reading it could only give NaN."""
     height, width = preprocessing.input_size
     image = torch.from_numpy(np.ascontiguousarray(sample.image)).permute(2, 0, 1).to(torch.float32)[None]
-    heatmap = torch.from_numpy(np.ascontiguousarray(sample.heatmap, dtype=np.float32))[None, None]
+    if sample.heatmap is None:
+        heatmap = torch.full((1, 1, height, width), float("nan"), dtype=torch.float32)
+    else:
+        heatmap = torch.from_numpy(np.ascontiguousarray(sample.heatmap, dtype=np.float32))[None, None]
     if tuple(image.shape[-2:]) != (height, width):
         image = F.interpolate(image, size=(height, width), mode="bilinear", align_corners=False, antialias=True)
-        heatmap = F.interpolate(heatmap, size=(height, width), mode="bilinear", align_corners=False, antialias=True)
+        if sample.heatmap is not None:
+            heatmap = F.interpolate(heatmap, size=(height, width), mode="bilinear", align_corners=False, antialias=True)
     model_input = normalise(image[0].clamp(0, 255), preprocessing)
     return model_input.contiguous(), heatmap[0, 0].contiguous(), torch.zeros((0, 4), dtype=torch.float32)
 

@@ -5,11 +5,13 @@ Item (one image), a dict:
 - ``index``: int, the image's position in ``Dataset.image_ids()``;
 - ``image_id``: str;
 - ``image``: float32 [3, H, W], normalised model input (H, W = preprocessing.input_size);
-- ``reference``: float32 [H, W], the reference map at the model input size;
+- ``reference``: float32 [H, W], the reference map at the model input size (all NaN when the dataset
+  has none: ``Dataset.has_reference``);
 - ``reference_undefined``: None, or why the reference map makes a metric that reads it undefined
-  (constant in its file or record, or up to rounding after preprocessing: alignbench.metrics.constancy);
+  (constant in its file or record, or up to rounding after preprocessing: alignbench.metrics.constancy;
+  or ``NO_REFERENCE``);
 - ``reference_ranks``: float32 [H·W], average ranks of ``reference`` (NaN row if it is non-finite);
-  present when asked for;
+  present when asked for and the dataset has reference maps;
 - ``label``: int, the class index, -1 when unknown (the scorer then uses the top-1 prediction);
 - ``boxes``: float32 [K, 4], (x0, y0, x1, y1) in model-input pixels, continuous edges, x1/y1
   exclusive (alignbench.metrics.localisation's convention); K may be 0.
@@ -31,7 +33,7 @@ from torch.utils.data import DataLoader
 from torch.utils.data import Dataset as TorchDataset
 
 from alignbench._threads import one_torch_thread
-from alignbench.datasets._base import Dataset
+from alignbench.datasets._base import NO_REFERENCE, Dataset
 from alignbench.datasets._pipeline import clickme_item, folder_item, reference_recipe
 from alignbench.datasets._reference_ranks import ReferenceRankCache
 from alignbench.errors import DatasetError
@@ -64,7 +66,7 @@ class ReferenceMapDataset(TorchDataset):
                 len(dataset),
                 tuple(preprocessing.input_size),
             )
-            if reference_ranks
+            if reference_ranks and dataset.has_reference
             else None
         )
 
@@ -98,6 +100,8 @@ class ReferenceMapDataset(TorchDataset):
     def _reference_undefined(self, heatmap: Any, reference: torch.Tensor) -> str | None:
         """Why the reference map makes the metrics that read it undefined, or None: constant in the data
         as given (even if preprocessing made it vary), or constant up to rounding after preprocessing."""
+        if heatmap is None:
+            return NO_REFERENCE
         if float(relative_range(torch.from_numpy(heatmap)[None])) <= CONSTANT_RTOL:  # False for NaN
             return f"the reference map is constant in {self.reader.reference_origin}"
         return constant_map_reason(reference[None], "the reference map")[0]
