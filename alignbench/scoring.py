@@ -127,6 +127,14 @@ def _check_metrics_fit(metrics: Sequence[str], dataset: Any) -> None:
         raise MetricError(
             f"metric {boxed[0]!r} needs bounding boxes and dataset {dataset.name!r} has none; use a dataset with boxes ({with_boxes})"
         )
+    referenced = [m for m in metrics if METRICS[m].needs_reference]
+    if referenced and not dataset.has_reference:
+        usable = ", ".join(name for name, spec in METRICS.items() if not spec.needs_reference and not spec.needs_boxes)
+        where = f" {dataset.location}" if dataset.location else ""
+        raise MetricError(
+            f"metric {referenced[0]!r} needs reference maps and the {dataset.name} dataset{where} has none (no heatmaps/ directory); "
+            f"add heatmaps/ with one map per image (same stem, same size), or choose --metric among {usable}"
+        )
 
 
 def _result(session, run, request, *, method, params, n_images, cached, computed=0, seconds=0.0, weights_source="", device=None) -> ScoreResult:

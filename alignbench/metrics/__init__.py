@@ -34,6 +34,10 @@ class MetricSpec:
     # its min-max normalisation or its pixel order, all of which a constant map decides by rounding
     # noise alone; only spearman reads the reference map too.
     needs_variation: tuple[str, ...] = ("model",)
+    # The metric reads the dataset's reference map (the batch's ``reference`` / ``reference_ranks``):
+    # refused on a dataset without reference maps (a folder without heatmaps/). Only spearman does;
+    # the box metrics read boxes and the faithfulness metrics the model and the image.
+    needs_reference: bool = False
 
 
 METRICS: dict[str, MetricSpec] = {
@@ -48,6 +52,7 @@ METRICS: dict[str, MetricSpec] = {
             "= scipy.stats.spearmanr); NaN for a constant or non-finite map",
             module="alignbench.metrics.spearman",
             needs_variation=("model", "reference"),
+            needs_reference=True,
         ),
         # Localisation against human bounding boxes ("Explainable Models with Consistent
         # Interpretations", AAAI 2021; Score-CAM's energy-based pointing game).
