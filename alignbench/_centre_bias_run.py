@@ -1,7 +1,8 @@
 """Scoring the centre-bias reference (``alignbench.explainers`` ``centre_bias_map``) into the store as a run.
 
-``alignbench score`` calls :func:`score_centre_bias` after each computed run, so compare and report
-always have the model-free reference on the same images and stay store-only. Imports torch inside.
+``alignbench score`` calls :func:`score_centre_bias` after each computed run on a dataset with
+reference maps, so compare and report always have the model-free reference on the same images and
+stay store-only. Imports torch inside.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from typing import Any
 
 from alignbench._cache import sha256_text
 from alignbench._distributed import SINGLE, Ranks, my_share
+from alignbench.errors import DatasetError
 from alignbench.explainers import CENTRE_BIAS, CENTRE_BIAS_FAMILY, CENTRE_BIAS_SIGMA_FRAC, centre_bias_map
 from alignbench.store import Store
 from alignbench.store import queries as q
@@ -53,6 +55,8 @@ def score_centre_bias(
     from alignbench.metrics.spearman import spearman
     from alignbench.preprocessing import Preprocessing
 
+    if not getattr(dataset, "has_reference", True):
+        raise DatasetError(f"dataset {dataset.name!r} has no reference maps: the centre-bias map has nothing to be scored against")
     identity = CentreBiasIdentity(sigma_frac, input_size)
     params = {"sigma_frac": float(sigma_frac)}
     metrics = ("spearman",)

@@ -223,10 +223,12 @@ def compute_run(
                 progress(computed, max(todo, computed))
         # The model-free reference every comparison shows, on the same images: computed once per
         # dataset, protocol and input size (a no-op when stored), so compare/report stay store-only.
-        score_centre_bias(
-            store, dataset, protocol=request.protocol, input_size=info.preprocessing.input_size,
-            limit=n_images, num_workers=request.workers, ranks=ranks,
-        )
+        # It is scored against the reference maps: a dataset without them has none.
+        if dataset.has_reference:
+            score_centre_bias(
+                store, dataset, protocol=request.protocol, input_size=info.preprocessing.input_size,
+                limit=n_images, num_workers=request.workers, ranks=ranks,
+            )
     finally:
         heartbeat.stop()
         settle_status(store, run_id)
