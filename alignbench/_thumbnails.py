@@ -11,6 +11,9 @@ stored value: a map that does not reproduce its score is never shown.
 Stored per (run, image), as 8-bit PNGs of at most :data:`THUMBNAIL_SIDE` pixels a side: the model
 input (``image``, RGB), the reference map and the explanation (``reference``, ``model``: grey levels
 0-255 spanning the map's [vmin, vmax], kept with the row so maps can share a colour scale later).
+A dataset without reference maps (a folder without heatmaps/) gets no ``reference`` thumbnail: the
+report says it has none rather than show a blank map. A run's thumbnails are stored in one
+transaction, so an image with ``image`` and ``model`` but no ``reference`` is such an image.
 A run whose model or data is not on this machine gets a one-line reason instead; the report says it.
 """
 
@@ -178,19 +181,21 @@ def _run_thumbnails(
         explanation = explain_batch(model, images, targets, inputs.method, **inputs.params)
         maps = explanation.maps.float().cpu()
         outcome.seconds["explain"] += time.perf_counter() - start
-        if "spearman" in inputs.metrics:
+        if "spearman" in inputs.metrics:  # never on a dataset without reference maps (score refuses it)
             again = spearman(maps, batch["reference"].float()).double().numpy()
             was = np.array([np.nan if stored[i][1] is None else stored[i][1] for i in batch["image_id"]])
             if not np.array_equal(np.isnan(again), np.isnan(was)):
                 raise AlignbenchError(f"the maps computed here for run {inputs.run_id} do not reproduce its skipped images")
             worst = max(worst, float(np.nanmax(np.abs(again - was), initial=0.0)))
+        references = map_thumbnails(batch["reference"]) if dataset.has_reference else [None] * len(batch["image_id"])
         for image_id, picture, reference, explained in zip(
             batch["image_id"], image_thumbnails(batch["image"], info.preprocessing.mean, info.preprocessing.std),
-            map_thumbnails(batch["reference"]), map_thumbnails(maps),
+            references, map_thumbnails(maps),
         ):
             base = {"run_id": inputs.run_id, "image_id": image_id}
             rows.append({**base, "kind": "image", "png": picture, "vmin": None, "vmax": None})
-            rows.append({**base, "kind": "reference", "png": reference[0], "vmin": reference[1], "vmax": reference[2]})
+            if reference is not None:
+                rows.append({**base, "kind": "reference", "png": reference[0], "vmin": reference[1], "vmax": reference[2]})
             rows.append({**base, "kind": "model", "png": explained[0], "vmin": explained[1], "vmax": explained[2]})
         progress(len(batch["image_id"]))
     if worst > SPEARMAN_TOLERANCE:
@@ -261,7 +266,7 @@ def compute_thumbnails(
             with store.session(write=True) as session:
                 q.insert_thumbnails(session, rows)
                 session.commit()
-            outcome.computed += len(rows) // len(THUMBNAIL_KINDS)
+            outcome.computed += sum(row["kind"] == "image" for row in rows)
         advance(run_end - done)
     outcome.seconds["other"] = time.perf_counter() - started - outcome.seconds["load"] - outcome.seconds["explain"]
     return outcome

@@ -210,12 +210,18 @@ def read_report_data(
     return ReportData(runs, stored, report, compared, plans, details)
 
 
+# A run's thumbnails of an image are stored together (alignbench._thumbnails), the reference map's
+# only where the dataset has reference maps: an image with these kinds has all it will ever have.
+_COMPLETE_KINDS = tuple(kind for kind in THUMBNAIL_KINDS if kind != "reference")
+_NO_REFERENCE = "the dataset has no reference maps"  # a picture stored without its reference map
+
+
 def missing_thumbnails(session: Session, data: ReportData) -> dict[int, set[str]]:
     """run id → image ids the galleries show that lack a stored thumbnail of some kind."""
     needed = thumbnails_needed(data.plans)
     have = q.stored_thumbnails(session, list(needed))
     missing = {
-        run_id: {i for i in image_ids if any((run_id, i, kind) not in have for kind in THUMBNAIL_KINDS)}
+        run_id: {i for i in image_ids if any((run_id, i, kind) not in have for kind in _COMPLETE_KINDS)}
         for run_id, image_ids in needed.items()
     }
     return {run_id: ids for run_id, ids in missing.items() if ids}
@@ -474,6 +480,9 @@ def _gallery(
     }
     imagenet = {run_id: _imagenet_classes(runs[run_id], data.details.get(run_id)) for run_id in plan.run_ids}
     reference_name, reference_what = _reference_names(runs[plan.run_ids[0]].view.dataset)
+    stored_kinds = {kind for stored in thumbnails.values() for _, kind in stored}
+    if "image" in stored_kinds and "reference" not in stored_kinds:
+        reference_what = _NO_REFERENCE
     missing = [f"run {run_id} ({runs[run_id].display_name}): {why}" for run_id, why in unavailable.items() if run_id in plan.run_ids]
     no_thumbnail = "see above" if missing else "not computed"
     centre_maps: dict[tuple[int, int], str] = {}  # one file per picture size
@@ -490,12 +499,13 @@ def _gallery(
             if picture is not None else _missing("image", no_thumbnail)
         )
         maps = []
+        no_reference = picture is not None and reference is None
         if reference is not None:
             # stored over its own range: its grey levels are already the colour indices
             plain = painter.colour(_Painter.decode(reference.png) / 255.0)
             maps.append(MapView(reference_name, "human", Picture(plain, f"{reference_name} of {image_id}", (reference.run_id, image_id, "reference")), ""))
         else:
-            maps.append(MapView(reference_name, "human", _missing(reference_name, no_thumbnail), ""))
+            maps.append(MapView(reference_name, "human", _missing(reference_name, _NO_REFERENCE if no_reference else no_thumbnail), ""))
         model_thumbs = {run_id: thumbnails[run_id].get((image_id, "model")) for run_id in plan.run_ids}
         present = [t for t in model_thumbs.values() if t is not None]
         low = min((t.vmin or 0.0 for t in present), default=0.0)
@@ -512,7 +522,9 @@ def _gallery(
                 continue
             plain = painter.colour(_unit(_values(thumb), low, high))
             maps.append(MapView(label, "model", Picture(plain, f"{label} map of {image_id}", (run_id, image_id, "model")), _score_text(metric, row), note))
-        if size is not None:
+        if no_reference:  # the centre-bias map is a reference for reference maps: nothing to set it beside
+            maps.append(MapView("centre bias", "centre-bias", _missing("centre-bias map", _NO_REFERENCE), ""))
+        elif size is not None:
             if size not in centre_maps:
                 unit = centre_bias_map(size[0], size[1], plan.reference_sigma_frac or CENTRE_BIAS_SIGMA_FRAC).astype(np.float64)
                 centre_maps[size] = painter.colour(_unit(unit, float(unit.min()), float(unit.max())))
