@@ -134,8 +134,10 @@ def _summary(group: GroupComparison, kind: str = "dcls-vs-baseline") -> str | No
     )
 
 
-def _notes(group: GroupComparison) -> list[str]:
+def _notes(group: GroupComparison, metric: str) -> list[str]:
     """What to know about a group's comparisons, and what to run for a missing side or reference."""
+    from alignbench.metrics import metric_spec  # plain data (torch-free)
+
     notes = []
     for row in group.rows:
         notes.extend(row.notes)
@@ -144,7 +146,8 @@ def _notes(group: GroupComparison) -> list[str]:
             location = f" --data-dir {row.dataset_location}" if row.dataset_location and row.dataset == "folder" else ""
             options = f"--explainer {row.explainer} --dataset {row.dataset}{location} --protocol {row.protocol}"
             notes.append(f"{row.model}: {row.verdict}; run `alignbench score {row.model}{flag} {options}` to compare")
-    if group.reference is None:
+    # the centre-bias run scores the metrics that read reference maps; for the others it has no value
+    if group.reference is None and metric_spec(metric).needs_reference:
         notes.append(
             f"no centre-bias reference stored for {group.group.dataset} / {group.group.protocol}; "
             "`alignbench score` records it with its next run on that dataset"
@@ -160,7 +163,7 @@ def print_result(result: CompareResult, console: Console) -> None:
         summary = _summary(group, result.kind)
         if summary:
             console.print(summary)
-        for note in _notes(group):
+        for note in _notes(group, result.metric):
             console.print(f"• {note}", style="dim", markup=False, highlight=False)
         console.print()
     for group in result.groups:
@@ -204,7 +207,7 @@ def compare(
     if as_json:
         typer.echo(json.dumps(result.to_json(), allow_nan=False))
         for group in result.groups:
-            for note in _notes(group):
+            for note in _notes(group, result.metric):
                 err_console.print(note, markup=False, highlight=False)
     else:
         print_result(result, stdout_console())
