@@ -7,8 +7,8 @@
 #   scripts/ca_stream_experiment.sh [WORKDIR] [EPOCHS] [DEL_INS_STEPS]
 #
 # The 200 evaluation images are one per class, classes the training never saw (fine for a pooling
-# trained in front of a frozen classifier). The folder dataset needs reference maps; the metrics used
-# here do not read them, so the split writes flat placeholders.
+# trained in front of a frozen classifier). The split is images/ + labels.csv only: the folder
+# dataset without heatmaps/ has no reference maps, which the faithfulness metrics used here never read.
 set -euo pipefail
 
 WORK=${1:-ca_stream_experiment}
@@ -25,26 +25,18 @@ mkdir -p "$WORK"
 import csv, os, sys
 from pathlib import Path
 
-import numpy as np
-from PIL import Image
-
 samples, work = Path(sys.argv[1]).resolve(), Path(sys.argv[2])
 with open(samples / "labels.csv", newline="") as handle:
     header, *rows = list(csv.reader(handle))
 for name, part in (("train800", rows[:800]), ("eval200", rows[800:])):
     root = work / name
     (root / "images").mkdir(parents=True, exist_ok=True)
-    (root / "heatmaps").mkdir(exist_ok=True)
     with open(root / "labels.csv", "w", newline="") as handle:
         csv.writer(handle).writerows([header, *part])
     for row in part:
         image, link = samples / "images" / row[0], root / "images" / row[0]
         if not link.exists():
             os.symlink(image, link)
-        heatmap = root / "heatmaps" / (Path(row[0]).stem + ".npy")
-        if not heatmap.exists():
-            with Image.open(image) as opened:
-                np.save(heatmap, np.ones((opened.height, opened.width), dtype=np.float32))
 print(f"split {len(rows)} images: {work}/train800, {work}/eval200")
 EOF
 
