@@ -46,7 +46,7 @@ def test_open_and_list_ids_without_torch():
 def test_unknown_dataset_and_missing_data_dir():
     with pytest.raises(DatasetError, match=r"unknown dataset 'nope'; available: sample, clickme-val"):
         open_dataset("nope")
-    with pytest.raises(DatasetError, match=r"'folder' needs --data-dir DIR with images/ and heatmaps/"):
+    with pytest.raises(DatasetError, match=r"'folder' needs --data-dir DIR with images/, optionally heatmaps/"):
         open_dataset("folder")
     with pytest.raises(DatasetError, match=r"'imagenet-val' needs --data-dir"):
         open_dataset("imagenet-val")
