@@ -55,7 +55,7 @@ def score_centre_bias(
     from alignbench.metrics.spearman import spearman
     from alignbench.preprocessing import Preprocessing
 
-    if not getattr(dataset, "has_reference", True):
+    if not getattr(dataset, "has_reference", True):  # a stand-in without the attribute has them
         raise DatasetError(f"dataset {dataset.name!r} has no reference maps: the centre-bias map has nothing to be scored against")
     identity = CentreBiasIdentity(sigma_frac, input_size)
     params = {"sigma_frac": float(sigma_frac)}

@@ -38,6 +38,7 @@ from alignbench.analysis.compare import ALPHA, CONFIDENCE, CompareResult, compar
 from alignbench.analysis.gallery import DEFAULT_GALLERY, DEFAULT_SEED, GalleryImage, GalleryPlan, plan_galleries, thumbnails_needed
 from alignbench.analysis.report import Report, build_report
 from alignbench.analysis.runs import RunFilter, RunScore, StoredRuns, load_runs, score_label
+from alignbench.datasets import NO_REFERENCE  # torch-free: a picture stored without its reference map says this
 from alignbench.explainers import CENTRE_BIAS
 from alignbench.store import queries as q
 from alignbench.store.tables import THUMBNAIL_KINDS, Thumbnail
@@ -213,7 +214,6 @@ def read_report_data(
 # A run's thumbnails of an image are stored together (alignbench._thumbnails), the reference map's
 # only where the dataset has reference maps: an image with these kinds has all it will ever have.
 _COMPLETE_KINDS = tuple(kind for kind in THUMBNAIL_KINDS if kind != "reference")
-_NO_REFERENCE = "the dataset has no reference maps"  # a picture stored without its reference map
 
 
 def missing_thumbnails(session: Session, data: ReportData) -> dict[int, set[str]]:
@@ -482,7 +482,7 @@ def _gallery(
     reference_name, reference_what = _reference_names(runs[plan.run_ids[0]].view.dataset)
     stored_kinds = {kind for stored in thumbnails.values() for _, kind in stored}
     if "image" in stored_kinds and "reference" not in stored_kinds:
-        reference_what = _NO_REFERENCE
+        reference_what = NO_REFERENCE
     missing = [f"run {run_id} ({runs[run_id].display_name}): {why}" for run_id, why in unavailable.items() if run_id in plan.run_ids]
     no_thumbnail = "see above" if missing else "not computed"
     centre_maps: dict[tuple[int, int], str] = {}  # one file per picture size
@@ -505,7 +505,7 @@ def _gallery(
             plain = painter.colour(_Painter.decode(reference.png) / 255.0)
             maps.append(MapView(reference_name, "human", Picture(plain, f"{reference_name} of {image_id}", (reference.run_id, image_id, "reference")), ""))
         else:
-            maps.append(MapView(reference_name, "human", _missing(reference_name, _NO_REFERENCE if no_reference else no_thumbnail), ""))
+            maps.append(MapView(reference_name, "human", _missing(reference_name, NO_REFERENCE if no_reference else no_thumbnail), ""))
         model_thumbs = {run_id: thumbnails[run_id].get((image_id, "model")) for run_id in plan.run_ids}
         present = [t for t in model_thumbs.values() if t is not None]
         low = min((t.vmin or 0.0 for t in present), default=0.0)
@@ -523,7 +523,7 @@ def _gallery(
             plain = painter.colour(_unit(_values(thumb), low, high))
             maps.append(MapView(label, "model", Picture(plain, f"{label} map of {image_id}", (run_id, image_id, "model")), _score_text(metric, row), note))
         if no_reference:  # the centre-bias map is a reference for reference maps: nothing to set it beside
-            maps.append(MapView("centre bias", "centre-bias", _missing("centre-bias map", _NO_REFERENCE), ""))
+            maps.append(MapView("centre bias", "centre-bias", _missing("centre-bias map", NO_REFERENCE), ""))
         elif size is not None:
             if size not in centre_maps:
                 unit = centre_bias_map(size[0], size[1], plan.reference_sigma_frac or CENTRE_BIAS_SIGMA_FRAC).astype(np.float64)

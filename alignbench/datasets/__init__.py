@@ -18,6 +18,7 @@ from pathlib import Path
 
 from alignbench.datasets._base import (
     CLICKME_HUMAN_CEILING,
+    NO_REFERENCE,
     PROTOCOLS,
     ClickMeSample,
     Dataset,
@@ -43,6 +44,7 @@ __all__ = [
     "CLICKME_VAL_URL",
     "DATASETS",
     "IMAGE_SUFFIXES",
+    "NO_REFERENCE",
     "PROTOCOLS",
     "SAMPLE_DIR",
     "SAMPLE_LABELS",
