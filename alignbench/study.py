@@ -13,7 +13,15 @@ A study is a TOML file (or a built-in name: ``paper``, ``demo``, in ``alignbench
     [[model]]
     name = "efficientnet_lite0"
     dcls = true
-    checkpoint = "weights/lite0_dcls.safetensors"   # relative to the study file
+    checkpoint = "weights/lite0_dcls.safetensors"   # relative to the study file (so are head, stream_checkpoint)
+
+    [[model]]
+    name = "resnet50"
+    ca_stream = true                        # a CA-Stream, its weights in stream_checkpoint
+    stream_checkpoint = "runs/r50-ca/last.safetensors"
+
+    [[model]]
+    trained = ["lite0-dcls-pos", "lite0-gc"]   # models `alignbench train` recorded, by tag (alone in its table)
 
     [[explainer]]
     method = "threshold-gradcam"            # any other key is a parameter of the method
@@ -157,8 +165,9 @@ def _study_file(study: str | Path) -> tuple[Path, str]:
     return path, str(path)
 
 
-def load_study(study: str | Path) -> Study:
-    """Parse and check a study file (or a built-in name); StudyError naming file, line and key otherwise."""
+def load_study(study: str | Path, *, db: str | None = None) -> Study:
+    """Parse and check a study file (or a built-in name); StudyError naming file, line and key otherwise.
+    ``db``: the store a ``trained = "TAG"`` model entry is looked up in (``alignbench models --trained``)."""
     path, label = _study_file(study)
     try:
         text = path.read_text(encoding="utf-8")
@@ -169,7 +178,7 @@ def load_study(study: str | Path) -> Study:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as error:
         raise StudyError(f"{label}: not valid TOML: {error}") from None
-    return _parse(data, source, path.parent)
+    return _parse(data, source, path.parent, db)
 
 
 def _as_list(value: Any) -> list[Any]:
@@ -214,7 +223,33 @@ def _check_type(value: Any, annotation: Any) -> bool:
     return isinstance(value, allowed)
 
 
-def _parse_models(data: dict[str, Any], source: _Source, base: Path) -> tuple[ModelRequest, ...]:
+# model keys naming files: relative to the study file
+_PATH_KEYS = ("checkpoint", "head", "stream_checkpoint")
+
+
+def _trained_models(table: dict[str, Any], source: _Source, index: int, db: str | None) -> list[ModelRequest]:
+    """A ``trained = "TAG"`` (or a list of tags) entry: the models ``alignbench train`` recorded under
+    those tags, with the options and checkpoint it recorded (as ``score --trained TAG``)."""
+    from alignbench.scoring import trained_request
+
+    others = [key for key in table if key != "trained"]
+    if others:
+        raise source.error(
+            f"a [[model]] with trained = ... takes no other key (it has {others[0]!r}): the tag names the model, "
+            "its options and its checkpoint", "model", index, others[0],
+        )
+    models = []
+    for tag in _as_list(table["trained"]):
+        if not isinstance(tag, str):
+            raise source.error(f"model key 'trained' = {tag!r} is not a tag (a string)", "model", index, "trained")
+        try:
+            models.append(trained_request(tag, db))
+        except ModelError as error:
+            raise source.error(error.message, "model", index, "trained") from None
+    return models
+
+
+def _parse_models(data: dict[str, Any], source: _Source, base: Path, db: str | None) -> tuple[ModelRequest, ...]:
     from alignbench.models import model_identity
 
     fields = {f.name: f for f in dataclasses.fields(ModelRequest)}
@@ -223,15 +258,18 @@ def _parse_models(data: dict[str, Any], source: _Source, base: Path) -> tuple[Mo
     if not tables:
         raise source.error("a study needs at least one [[model]] (name = \"resnet50\", ...)")
     for index, table in enumerate(tables):
+        if "trained" in table:
+            models += _trained_models(table, source, index, db)
+            continue
         entry = {}
         for key, value in table.items():
             name = key.replace("-", "_")
             if name not in fields:
-                raise source.error(f"unknown model key {key!r}; model keys: {', '.join(fields)}", "model", index, key)
+                raise source.error(f"unknown model key {key!r}; model keys: {', '.join([*fields, 'trained'])}", "model", index, key)
             for item in _as_list(value):
                 if not _check_type(item, fields[name].type):
                     raise source.error(f"model key {key!r} = {item!r} is not a {fields[name].type}", "model", index, key)
-            if name == "checkpoint":
+            if name in _PATH_KEYS:
                 value = [str((base / Path(v).expanduser())) for v in _as_list(value)]
             entry[name] = value
         if "name" not in entry:
@@ -292,7 +330,7 @@ def _parse_datasets(data: dict[str, Any], source: _Source, base: Path) -> tuple[
     return tuple(dict.fromkeys(datasets))
 
 
-def _parse(data: dict[str, Any], source: _Source, base: Path) -> Study:
+def _parse(data: dict[str, Any], source: _Source, base: Path, db: str | None = None) -> Study:
     from alignbench.datasets import PROTOCOLS
     from alignbench.metrics import metric_spec
 
@@ -333,7 +371,7 @@ def _parse(data: dict[str, Any], source: _Source, base: Path) -> Study:
     study = Study(
         name=str(name),
         source=source.label,
-        models=_parse_models(data, source, base),
+        models=_parse_models(data, source, base, db),
         explainers=_parse_explainers(data, source),
         datasets=_parse_datasets(data, source, base),
         protocols=protocols,

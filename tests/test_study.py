@@ -88,6 +88,34 @@ def test_a_checkpoint_is_relative_to_the_study_file(tmp_path: Path) -> None:
     assert study.models[0].checkpoint == (weights / "lite0.pth")
 
 
+def test_trained_models_enter_by_tag_and_stream_files_are_relative(tmp_path: Path) -> None:
+    from alignbench.models import model_identity
+    from alignbench.store import open_store
+    from alignbench.store import queries as q
+
+    weights = tmp_path / "runs"
+    weights.mkdir()
+    (weights / "stream.safetensors").write_bytes(b"a stream file")
+    (weights / "last.safetensors").write_bytes(b"trained weights")
+    db = f"sqlite:///{tmp_path / 's.db'}"
+    trained = ModelRequest("efficientnet_lite0", dcls=True, checkpoint=weights / "last.safetensors", tag="lite0-pos")
+    store = open_store(db)
+    with store, store.session(write=True) as session:
+        parent = q.upsert_model(session, model_identity("efficientnet_lite0", dcls=True))
+        q.record_trained_model(session, model_identity(trained), origin="dcls-finetune", parent=parent, lineage={"steps": 3})
+        session.commit()
+    text = (
+        '[[model]]\ntrained = "lite0-pos"\n\n'
+        '[[model]]\nname = "efficientnet_lite0"\nca-stream = true\nstream_checkpoint = "runs/stream.safetensors"\n'
+    )
+    study = load_study(_write(tmp_path, text), db=db)
+    assert study.models == (trained, ModelRequest("efficientnet_lite0", ca_stream=True, stream_checkpoint=weights / "stream.safetensors"))
+    with pytest.raises(StudyError, match="no model tagged 'nope'"):
+        load_study(_write(tmp_path, '[[model]]\ntrained = "nope"\n'), db=db)
+    with pytest.raises(StudyError, match="takes no other key"):
+        load_study(_write(tmp_path, '[[model]]\ntrained = "lite0-pos"\ndcls = true\n'), db=db)
+
+
 @pytest.mark.parametrize(
     "text, line, words",
     [

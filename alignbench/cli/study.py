@@ -70,7 +70,7 @@ def status(study: StudyArgument, limit: Limit = None, db: o.Db = None, as_json: 
     """
     from alignbench.study import load_study, study_status
 
-    parsed = load_study(study)
+    parsed = load_study(study, db=db)
     cells = study_status(parsed.requests(limit=limit), db=db)
     if as_json:
         typer.echo(json.dumps({"study": parsed.name, "source": parsed.source, "cells": [c.to_json() for c in cells]}, default=str))
@@ -104,7 +104,7 @@ def run(
     from alignbench.cli.score import scoring_progress
     from alignbench.study import describe, load_study, run_study
 
-    parsed = load_study(study)
+    parsed = load_study(study, db=db)
     requests = parsed.requests(limit=limit, batch_size=batch_size, workers=workers, device=device, force=force or None)
     main = is_main_process()
 
