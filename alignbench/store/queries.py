@@ -239,6 +239,19 @@ def scored_image_ids(session: Session, run_id: int) -> set[str]:
     return set(session.exec(select(ImageScore.image_id).where(ImageScore.run_id == run_id)).all())
 
 
+def _conflict_insert(session: Session):
+    """The store dialect's ``insert`` with ON CONFLICT clauses (SQLite, PostgreSQL), or None for
+    another database (the callers then filter out what is stored themselves)."""
+    dialect = session.get_bind().dialect.name
+    if dialect == "sqlite":
+        from sqlalchemy.dialects.sqlite import insert
+    elif dialect == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert
+    else:
+        return None
+    return insert
+
+
 def insert_scores(session: Session, run_id: int, rows: Iterable[Mapping[str, Any]], *, replace: bool = False) -> int:
     """Insert image rows; images the run already has are kept (a concurrent or resumed writer), or
     overwritten with ``replace=True`` (``score --force``: a row is replaced only once its new value exists)."""
@@ -254,12 +267,8 @@ def insert_scores(session: Session, run_id: int, rows: Iterable[Mapping[str, Any
     if not values:
         return 0
     table = ImageScore.__table__
-    dialect = session.get_bind().dialect.name
-    if dialect == "sqlite":
-        from sqlalchemy.dialects.sqlite import insert
-    elif dialect == "postgresql":
-        from sqlalchemy.dialects.postgresql import insert
-    else:  # portable fallback: filter out (or delete) what is there, then insert
+    insert = _conflict_insert(session)
+    if insert is None:  # portable fallback: filter out (or delete) what is there, then insert
         present = scored_image_ids(session, run_id) & {v["image_id"] for v in values}
         if replace and present:
             session.execute(table.delete().where(table.c.run_id == run_id, table.c.image_id.in_(present)))
@@ -499,17 +508,12 @@ def insert_thumbnails(session: Session, rows: Iterable[Mapping[str, Any]]) -> in
     if not values:
         return 0
     table = Thumbnail.__table__
-    dialect = session.get_bind().dialect.name
-    if dialect == "sqlite":
-        from sqlalchemy.dialects.sqlite import insert
-    elif dialect == "postgresql":
-        from sqlalchemy.dialects.postgresql import insert
-    else:  # portable fallback: leave out what is there, then insert
+    insert = _conflict_insert(session)
+    if insert is None:  # portable fallback: leave out what is there, then insert
         present = stored_thumbnails(session, sorted({v["run_id"] for v in values}))
         values = [v for v in values if (v["run_id"], v["image_id"], v["kind"]) not in present]
         if values:
             session.execute(table.insert(), values)
         return len(values)
     statement = insert(table).on_conflict_do_nothing(index_elements=["run_id", "image_id", "kind"])
-    result = session.execute(statement, values)
-    return result.rowcount if result.rowcount is not None and result.rowcount >= 0 else len(values)
+    return len(session.execute(statement.returning(table.c.image_id), values).all())  # as insert_scores counts
