@@ -16,10 +16,16 @@ app = typer.Typer(name="runs", help="List the stored runs, delete the ones you n
 
 def _as_dict(run) -> dict:
     return {
-        "run_id": run.run_id, "model": run.model, "dcls": run.dcls, "explainer": run.method, "dataset": run.dataset,
+        "run_id": run.run_id, "model": run.model, "dcls": run.dcls, "ca_stream": run.ca_stream, "tag": run.tag,
+        "explainer": run.method, "dataset": run.dataset,
         "dataset_location": run.dataset_location, "protocol": run.protocol, "metrics": run.metrics.split(","),
         "status": run.status, "n_rows": run.n_rows, "n_images": run.n_images, "updated_at": str(run.updated_at),
     }
+
+
+def _model(run) -> str:
+    name = f"{run.model} + CA-Stream" if run.ca_stream else run.model
+    return f"{name} · {run.tag}" if run.tag else name
 
 
 def _table(runs, title: str) -> Table:
@@ -30,7 +36,7 @@ def _table(runs, title: str) -> Table:
         table.add_column(name, justify="right" if name in ("run", "rows / images") else "left", overflow="fold")
     for run in runs:
         table.add_row(
-            str(run.run_id), run.model, "yes" if run.dcls else "no", run.method, dataset_label(run.dataset, run.dataset_location),
+            str(run.run_id), _model(run), "yes" if run.dcls else "no", run.method, dataset_label(run.dataset, run.dataset_location),
             run.protocol, run.metrics, run.status, f"{run.n_rows:,} / {run.n_images:,}", str(run.updated_at)[:19],
         )
     return table

@@ -57,6 +57,8 @@ class StoredRun:
     n_rows: int
     n_images: int
     updated_at: object
+    tag: str | None = None  # the model's name in the store (a trained model's --tag)
+    ca_stream: bool = False
 
 
 @dataclass(frozen=True)
@@ -73,7 +75,7 @@ def _stored_runs(session) -> list[StoredRun]:
     rows = q.row_counts(session, [v.run_id for v in views]) if views else {}
     return [
         StoredRun(v.run_id, v.model, v.dcls, v.method, v.dataset, v.dataset_location, v.protocol, v.metrics, v.status,
-                  rows[v.run_id], v.n_images, v.updated_at)
+                  rows[v.run_id], v.n_images, v.updated_at, tag=v.tag, ca_stream=v.ca_stream)
         for v in views
     ]
 
