@@ -12,8 +12,8 @@
 set -euo pipefail
 
 WORK=${1:-ca_stream_experiment}
-EPOCHS=${2:-10}
-STEPS=${3:-56}
+EPOCHS=${2:-6}
+STEPS=${3:-16}
 SAMPLES=${ALIGNBENCH_SAMPLES:-$(dirname "$0")/../../shared/data/imagenet-samples-256}
 ALIGNBENCH=${ALIGNBENCH:-alignbench}
 PYTHON=${PYTHON:-python}
