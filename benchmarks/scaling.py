@@ -18,7 +18,7 @@
 2. **Store inserts, rows/s**: writer processes each insert 16-row batches (the scorer's default batch)
    into one run, one transaction per batch as the scorer commits, all starting at the same instant;
    rows/s = all rows / (last writer's end − first writer's start). 1 and 2 writers, on SQLite (WAL)
-   and on a throwaway PostgreSQL server with its default durability (``store/_local_postgres.py``,
+   and on a throwaway PostgreSQL server with its default durability (``alignbench/testing/postgres.py``,
    fsync on).
 3. **`study status`**: a store with 32 runs × 52,224 rows (the paper's grid: 8 architectures × {baseline,
    DCLS} × {Grad-CAM, Threshold-Grad-CAM}) matched to a 32-cell study by run key, on a ClickMe-format
@@ -76,7 +76,7 @@ def steady_images_per_second(db: Path, processes: int) -> tuple[float, int]:
     ).fetchall()
     con.close()
     times = [(index, datetime.fromisoformat(str(when)).timestamp()) for index, when in rows]
-    # a run started from scratch gives rank r the positions r, r + N, r + 2N, ... (alignbench._distributed)
+    # a run started from scratch gives rank r the positions r, r + N, r + 2N, ... (alignbench.distributed)
     start = max(min(t for i, t in times if i % processes == rank) for rank in range(processes))
     end = max(t for _, t in times)
     after = sum(1 for _, t in times if t > start)
@@ -172,7 +172,7 @@ def insert_rate(url: str, writers: int, rows: int, batch: int) -> float:
 
 
 def inserts(args: argparse.Namespace, tmp: Path) -> None:
-    from alignbench.store._local_postgres import LocalPostgres
+    from alignbench.testing.postgres import LocalPostgres
 
     print(f"store inserts: {args.rows} rows per writer in batches of {args.insert_batch}, one transaction per batch")
     with LocalPostgres.start(durable=True) as server:
@@ -209,10 +209,10 @@ def status(args: argparse.Namespace, tmp: Path) -> None:
     import numpy as np
 
     os.environ["ALIGNBENCH_CACHE"] = str(tmp / "cache")
-    from alignbench.analysis._synthetic import add_request_run
+    from alignbench.testing.synthetic import add_request_run
     from alignbench.datasets import open_dataset
     from alignbench.store import open_store
-    from alignbench.study import load_study
+    from alignbench.scoring.study import load_study
 
     shards = _tiny_clickme(tmp / "clickme", STATUS_IMAGES)
     checkpoints = tmp / "checkpoints"
@@ -278,7 +278,7 @@ def estimate(args: argparse.Namespace, tmp: Path) -> None:
     from alignbench.datasets import open_dataset
     from alignbench.explainers._split import gradient_evidence
     from alignbench.models import load_model
-    from alignbench.preprocessing import Preprocessing
+    from alignbench.models.preprocessing import Preprocessing
 
     sys.path.insert(0, str(Path(__file__).parent))
     from score import write_shards  # benchmarks/score.py

@@ -31,7 +31,7 @@ def _isolated_cache(tmp_path_factory: pytest.TempPathFactory):
 @pytest.fixture(scope="session")
 def postgres_server():
     """A real PostgreSQL server for the session (temp data dir, 127.0.0.1 only, a free port), stopped at the end."""
-    from alignbench.store._local_postgres import LocalPostgres, server_bindir
+    from alignbench.testing.postgres import LocalPostgres, server_bindir
 
     if server_bindir() is None:
         pytest.skip("PostgreSQL server binaries missing; scripts/system_packages.sh (make test) installs them")

@@ -8,10 +8,10 @@ from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
 
-from alignbench._precision import PRECISIONS
+from alignbench._utils.precision import PRECISIONS
 from alignbench.datasets import DATASETS, PROTOCOLS
 from alignbench.explainers import HEAD_FUSIONS, METHODS
-from alignbench.registry import DCLS_VERSIONS, INIT_MODES
+from alignbench.models.specs import DCLS_VERSIONS, INIT_MODES
 
 if TYPE_CHECKING:  # pragma: no cover
     from alignbench.models import ModelRequest

@@ -205,7 +205,7 @@ def report(
                     include_empty=show_all, gallery=gallery, seed=seed, bins=bins, force=force, device=device,
                     others=(csv, png, worst, as_json or markdown))
         return
-    from alignbench._paths import check_output_dir, check_output_file
+    from alignbench._utils.paths import check_output_dir, check_output_file
     from alignbench.analysis import exports
     from alignbench.analysis.report import report as build
 

@@ -13,7 +13,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
-from alignbench._distributed import is_main_process
+from alignbench.distributed import is_main_process
 from alignbench.cli import _options as o
 from alignbench.cli._errors import guarded, stdout_console
 from alignbench.errors import AlignbenchError, ModelError
@@ -182,7 +182,7 @@ def score(
         if len(requests) == 1:
             results, comparison = [run_score(requests[0], db=db, progress=on_progress)], None
         else:
-            from alignbench.study import run_study
+            from alignbench.scoring.study import run_study
 
             done = run_study(requests, db=db, progress=on_progress)
             results, comparison = done.results, done.comparison

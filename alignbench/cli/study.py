@@ -1,4 +1,4 @@
-"""`alignbench study run|status STUDY`: parse options, call alignbench.study, print tables or JSON."""
+"""`alignbench study run|status STUDY`: parse options, call alignbench.scoring.study, print tables or JSON."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 import typer
 from rich.table import Table
 
-from alignbench._distributed import is_main_process
+from alignbench.distributed import is_main_process
 from alignbench.cli import _options as o
 from alignbench.cli._errors import err_console, guarded, stdout_console
 
@@ -68,7 +68,7 @@ def status(study: StudyArgument, limit: Limit = None, db: o.Db = None, as_json: 
 
     Example: [bold]alignbench study status paper --db postgresql://me@dbhost/alignbench[/]
     """
-    from alignbench.study import load_study, study_status
+    from alignbench.scoring.study import load_study, study_status
 
     parsed = load_study(study, db=db)
     cells = study_status(parsed.requests(limit=limit), db=db)
@@ -102,7 +102,7 @@ def run(
     """
     from alignbench.cli.compare import print_result
     from alignbench.cli.score import scoring_progress
-    from alignbench.study import describe, load_study, run_study
+    from alignbench.scoring.study import describe, load_study, run_study
 
     parsed = load_study(study, db=db)
     requests = parsed.requests(limit=limit, batch_size=batch_size, workers=workers, device=device, force=force or None)

@@ -8,7 +8,7 @@ reference maps, labels and boxes; ``Dataset.collate`` batches them. See SPEC "Da
 Files read: ``sample`` ships in ``alignbench/data/sample``; ``clickme-val`` downloads to
 ``<cache>/clickme/val`` (``$ALIGNBENCH_CLICKME_URL`` points at a mirror) unless ``data_dir`` holds
 the shards; ``folder`` and ``imagenet-val`` read ``data_dir``. Derived data (file digests, shard
-indexes, reference ranks) lives under the cache (``alignbench._cache.cache_dir``).
+indexes, reference ranks) lives under the cache (``alignbench._utils.cache.cache_dir``).
 """
 
 from __future__ import annotations

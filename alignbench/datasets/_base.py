@@ -28,7 +28,7 @@ from alignbench.errors import DatasetError
 if TYPE_CHECKING:  # pragma: no cover - numpy is imported only where images are decoded
     import numpy as np
 
-    from alignbench.preprocessing import Preprocessing
+    from alignbench.models.preprocessing import Preprocessing
 
 Geometry = Literal["clickme", "folder"]
 PROTOCOLS = ("aligned", "paper")

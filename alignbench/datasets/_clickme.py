@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO
 
-from alignbench._cache import cache_dir, sha256_text
+from alignbench._utils.cache import cache_dir, sha256_text
 from alignbench.datasets import _tfrecord as tfrecord
 from alignbench.datasets._base import CLICKME_SIDE, ClickMeSample, Dataset, DatasetSpec, Reader, listing
 from alignbench.datasets._file_hashes import cached_sha256, known_sha256

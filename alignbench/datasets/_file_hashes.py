@@ -18,7 +18,7 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from alignbench._cache import cache_dir, sha256_file, sha256_text
+from alignbench._utils.cache import cache_dir, sha256_file, sha256_text
 
 _STORE_NAME = "file-sha256.json"
 

@@ -39,7 +39,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from alignbench.datasets._base import ClickMeSample, FolderSample
-from alignbench.preprocessing import Preprocessing
+from alignbench.models.preprocessing import Preprocessing
 
 # Harmonization blur.py: BLUR_KERNEL_SIZE = 10, BLUR_SIGMA = 10; heatmaps are blurred at 64×64 and
 # images and heatmaps end at 224×224 (clickme_dataset.py).

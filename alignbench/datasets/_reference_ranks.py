@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from alignbench._cache import cache_dir, sha256_text
+from alignbench._utils.cache import cache_dir, sha256_text
 from alignbench.metrics.spearman import rank_average
 
 _CACHE_VERSION = "reference-ranks-v1"

@@ -32,13 +32,13 @@ import torch
 from torch.utils.data import DataLoader
 from torch.utils.data import Dataset as TorchDataset
 
-from alignbench._threads import one_torch_thread
+from alignbench._utils.threads import one_torch_thread
 from alignbench.datasets._base import NO_REFERENCE, Dataset
 from alignbench.datasets._pipeline import clickme_item, folder_item, reference_recipe
 from alignbench.datasets._reference_ranks import ReferenceRankCache
 from alignbench.errors import DatasetError
 from alignbench.metrics.constancy import CONSTANT_RTOL, constant_map_reason, relative_range
-from alignbench.preprocessing import Preprocessing
+from alignbench.models.preprocessing import Preprocessing
 
 
 class ReferenceMapDataset(TorchDataset):

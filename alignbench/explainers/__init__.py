@@ -17,7 +17,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
 
-from alignbench._lazy import lazy_attributes
+from alignbench._utils.lazy import lazy_attributes
 from alignbench.explainers._centre_bias import CENTRE_BIAS, CENTRE_BIAS_FAMILY, CENTRE_BIAS_SIGMA_FRAC, centre_bias_map
 from alignbench.explainers._methods import DEFAULT_METHOD, HEAD_FUSIONS, METHODS, MethodSpec, explainer_setting, resolve_method
 
@@ -28,7 +28,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from alignbench.explainers._files import ExplainedFiles
     from alignbench.explainers._split import Split, Targets, split_model
     from alignbench.models import ModelRequest
-    from alignbench.preprocessing import Preprocessing
+    from alignbench.models.preprocessing import Preprocessing
 
 __all__ = [
     "CENTRE_BIAS",

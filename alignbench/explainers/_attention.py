@@ -14,7 +14,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from alignbench._precision import forward_autocast
+from alignbench._utils.precision import forward_autocast
 from alignbench.errors import ExplainerError
 from alignbench.explainers._split import Targets, frozen_parameters, model_name, resolve_targets
 from alignbench.models._ca_stream import CAStreamModel

@@ -3,7 +3,7 @@
 Human attention on photographs concentrates near the image centre (photographers centre their
 subject; Tatler 2007, Judd et al. 2009), so a map that knows nothing about the image but its centre
 already correlates with human maps. ``alignbench score`` scores this map once per dataset, protocol
-and input size (``alignbench._centre_bias_run``), and every comparison shows it, so a reader sees
+and input size (``alignbench.scoring.centre_bias``), and every comparison shows it, so a reader sees
 whether a model's explanations beat the centre prior.
 
 Spearman's ρ depends only on the ranks of the map, and every isotropic Gaussian ranks pixels by their

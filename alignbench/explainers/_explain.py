@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from alignbench._precision import check_precision
+from alignbench._utils.precision import check_precision
 from alignbench.errors import ExplainerError
 from alignbench.explainers._attention import attention_maps, attention_modules, block_index, ca_attention_maps, ca_stream_model
 from alignbench.explainers._gradient import GRADIENT_METHODS, minmax
@@ -89,7 +89,7 @@ def explain_batch(
 
     ``images``: normalised [B, 3, H, W] (or one [3, H, W]); ``targets``: None (top-1), one class for
     all, or one per image. The model is put in eval mode for the call and left as it was.
-    ``precision``: the forward passes' precision (``alignbench._precision``); maps are float32 always.
+    ``precision``: the forward passes' precision (``alignbench._utils.precision``); maps are float32 always.
     """
     name, full = explainer_setting(method, **params)
     spec = METHODS[name]

@@ -14,14 +14,14 @@ import torch
 from PIL import Image, ImageDraw, ImageFont, UnidentifiedImageError
 from torch import nn
 
-from alignbench._class_names import class_names
-from alignbench._paths import check_output_dir
+from alignbench._utils.class_names import class_names
+from alignbench._utils.paths import check_output_dir
 from alignbench.errors import ExplainerError
 from alignbench.explainers._explain import check_applicable, explain_batch
 from alignbench.explainers._methods import DEFAULT_METHOD, explainer_setting
 from alignbench.explainers._split import model_device, model_name, resolve_targets
 from alignbench.models import ModelRequest
-from alignbench.preprocessing import Preprocessing
+from alignbench.models.preprocessing import Preprocessing
 
 OVERLAY_ALPHA = 0.5  # heatmap weight in the overlay PNG
 CAPTION_HEIGHT = 18  # pixels of the strip under the overlay that names the predicted class

@@ -36,7 +36,7 @@ from typing import Callable, Iterator, Sequence, Union
 import torch
 from torch import Tensor, nn
 
-from alignbench._precision import forward_autocast
+from alignbench._utils.precision import forward_autocast
 from alignbench.errors import ExplainerError
 from alignbench.models._ca_stream import CAStreamModel
 

@@ -13,7 +13,7 @@ Speed: ranking is one sort per map. Maps of 32-bit (or narrower) floats become i
 order-preserving integer image of each float). On the CPU each row is sorted (a stable 1-D sort of
 int32, which torch runs as a 4-pass radix sort), ranked and, for ρ, gathered and summed by one
 thread on its own, rows shared out between as many Python threads as torch has
-(alignbench._threads.for_each_row): no OpenMP barrier per pass, a busy core slows one row rather
+(alignbench._utils.threads.for_each_row): no OpenMP barrier per pass, a busy core slows one row rather
 than all, and a row's working set stays in cache. float64/int64 maps, small maps and other devices
 use one batched ``torch.sort(dim=-1)``. ρ is taken in one map's sorted order (the other map's ranks
 are gathered into it), so only the other map's ranks are ever scattered back to pixel order. A
@@ -32,7 +32,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from alignbench._threads import for_each_row
+from alignbench._utils.threads import for_each_row
 
 __all__ = ["METRIC_FUNCTIONS", "rank_average", "spearman", "spearman_from_ranks"]
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from alignbench._lazy import lazy_attributes
+from alignbench._utils.lazy import lazy_attributes
 from alignbench.models._device import check_device_name, resolve_device
 from alignbench.models._identity import ModelIdentity, ModelRequest, model_identity
 

@@ -159,7 +159,7 @@ def _why_not(model: nn.Module, name: str) -> str | None:
 
 
 def _refuse(reason: str) -> ModelError:
-    from alignbench.registry import MODELS
+    from alignbench.models.specs import MODELS
 
     return ModelError(
         f"--ca-stream needs a CNN whose stages give [B, C, H, W] feature maps; {reason}. "

@@ -16,11 +16,11 @@ import tempfile
 from dataclasses import asdict, dataclass
 from importlib.metadata import version
 
-from alignbench._cache import cache_dir
+from alignbench._utils.cache import cache_dir
 from alignbench.errors import ModelError
 from alignbench.models._download import read_record
 from alignbench.models._identity import hub_cached_file, packaged_path, published_path
-from alignbench.registry import MODELS, ModelSpec
+from alignbench.models.specs import MODELS, ModelSpec
 
 
 @dataclass(frozen=True)
@@ -98,7 +98,7 @@ def dense_offline(spec: ModelSpec) -> bool:
 
 def catalog(names: list[str] | None = None) -> list[CatalogRow]:
     """One row per registry model (or per given name, any timm model included)."""
-    from alignbench.registry import get_spec
+    from alignbench.models.specs import get_spec
 
     rows = []
     for spec in (get_spec(name) for name in names) if names else MODELS.values():

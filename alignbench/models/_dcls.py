@@ -25,7 +25,7 @@ from torch import nn
 from alignbench.errors import AlignbenchWarning, ModelError
 from alignbench.models._dcls_kernel import construct, trim_negligible
 from alignbench.models._depthwise import depthwise_conv
-from alignbench.registry import ConvSelector, DclsRecipe
+from alignbench.models.specs import ConvSelector, DclsRecipe
 
 # Plain convolutions only: subclasses such as timm's StdConv2d transform their weight in forward,
 # which a Dcls2d would silently drop. Conv2dSame (TF "SAME" padding) is handled explicitly.

@@ -31,7 +31,7 @@ import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
-from alignbench._threads import one_torch_thread
+from alignbench._utils.threads import one_torch_thread
 
 # DCLS normalises v1/gauss elements by (sum of the element's taps + 1e-7), and widens every
 # Gaussian by 0.27: ConstructKernel2d.forward_v1 / forward_vgauss.

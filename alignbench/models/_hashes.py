@@ -11,7 +11,7 @@ import os
 import tempfile
 from pathlib import Path
 
-from alignbench._cache import cache_dir, sha256_file
+from alignbench._utils.cache import cache_dir, sha256_file
 
 
 def _index_path() -> Path:

@@ -16,12 +16,12 @@ from importlib import import_module
 from pathlib import Path
 from typing import Literal
 
-from alignbench._cache import cache_dir, sha256_text
+from alignbench._utils.cache import cache_dir, sha256_text
 from alignbench.errors import ModelError
 from alignbench.models._download import read_record
 from alignbench.models._hashes import file_sha256
 from alignbench.models._origins import ORIGINS
-from alignbench.registry import INIT_MODES, DclsRecipe, ModelSpec, get_spec
+from alignbench.models.specs import INIT_MODES, DclsRecipe, ModelSpec, get_spec
 
 # Bump when a change to loading or conversion changes the weights the same inputs produce.
 _FINGERPRINT_FORMAT = "alignbench-model-1"

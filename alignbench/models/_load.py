@@ -20,7 +20,7 @@ import timm
 import torch
 from torch import nn
 
-from alignbench._paths import check_output_file
+from alignbench._utils.paths import check_output_file
 from alignbench.errors import ModelError, WeightsUnavailableError
 from alignbench.models import _ca_stream, _checkpoint, _dcls
 from alignbench.models._device import resolve_device
@@ -30,8 +30,8 @@ from alignbench.models._identity import (RANDOM_SEED, LoadPlan, ModelIdentity, M
                                          plan_load, published_path)
 from alignbench.models._origins import ORIGINS
 from alignbench.models._pooling import POOLING_METADATA_KEY, set_global_pool
-from alignbench.preprocessing import Preprocessing
-from alignbench.registry import DclsRecipe, ModelSpec
+from alignbench.models.preprocessing import Preprocessing
+from alignbench.models.specs import DclsRecipe, ModelSpec
 
 
 @dataclass(frozen=True)

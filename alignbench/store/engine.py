@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import sqlite3
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -143,8 +145,17 @@ def _use_wal(engine: Engine) -> None:
     connection = engine.raw_connection()  # autocommit (see _install_sqlite_pragmas): WAL cannot be set in a transaction
     try:
         cursor = connection.cursor()
-        if cursor.execute("PRAGMA journal_mode").fetchone()[0] not in ("wal", "memory"):
-            cursor.execute("PRAGMA journal_mode = WAL")
+        # SQLite answers the switch with SQLITE_BUSY at once, without calling the busy handler, while
+        # another process holds the file (two writers opening a new store together): retry for as
+        # long as the busy timeout would have waited.
+        deadline = time.monotonic() + SQLITE_BUSY_TIMEOUT_S
+        while cursor.execute("PRAGMA journal_mode").fetchone()[0] not in ("wal", "memory"):
+            try:
+                cursor.execute("PRAGMA journal_mode = WAL")
+            except sqlite3.OperationalError as error:
+                if "locked" not in str(error) and "busy" not in str(error) or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.05)
         cursor.close()
     finally:
         connection.close()

@@ -12,7 +12,7 @@ from sqlalchemy import delete, func, update
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, SQLModel, select
 
-from alignbench._cache import sha256_text
+from alignbench._utils.cache import sha256_text
 from alignbench.store.liveness import shown_status
 from alignbench.store.tables import (
     METRIC_COLUMNS,

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from alignbench._lazy import lazy_attributes
+from alignbench._utils.lazy import lazy_attributes
 from alignbench.training._request import (FREEZE_MODES, METHODS, PAPER_GC_LAMBDA, POSITIONS_LR_FACTOR, POSITIONS_OFFSET, SAMPLE_DATA,
                                           SCHEDULES, FreezeMode, Method, TrainRequest, position_parameters)
 

@@ -1,0 +1,127 @@
+"""Scoring the centre-bias reference (``alignbench.explainers`` ``centre_bias_map``) into the store as a run.
+
+``alignbench score`` calls :func:`score_centre_bias` after each computed run on a dataset with
+reference maps, so compare and report always have the model-free reference on the same images and
+stay store-only. Imports torch inside.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from alignbench._utils.cache import sha256_text
+from alignbench.distributed import SINGLE, Ranks, my_share
+from alignbench.errors import DatasetError
+from alignbench.explainers import CENTRE_BIAS, CENTRE_BIAS_FAMILY, CENTRE_BIAS_SIGMA_FRAC, centre_bias_map
+from alignbench.store import Store
+from alignbench.store import queries as q
+
+
+class CentreBiasIdentity:
+    """What q.upsert_model records for the reference (the attributes of an alignbench.models.ModelIdentity)."""
+
+    def __init__(self, sigma_frac: float, input_size: tuple[int, int]) -> None:
+        self.name = CENTRE_BIAS
+        self.dcls = False
+        self.recipe = None
+        self.init = None
+        self.weights_source = f"model-free: isotropic Gaussian at the image centre, sigma = {sigma_frac} × shorter side"
+        self.checkpoint_sha256 = None
+        self.fingerprint = sha256_text(CENTRE_BIAS, repr(float(sigma_frac)), f"{input_size[0]}x{input_size[1]}")
+
+
+def score_centre_bias(
+    store: Store,
+    dataset: Any,
+    *,
+    protocol: str,
+    input_size: tuple[int, int] = (224, 224),
+    sigma_frac: float = CENTRE_BIAS_SIGMA_FRAC,
+    limit: int | None = None,
+    batch_size: int = 64,
+    num_workers: int | None = None,
+    ranks: Ranks = SINGLE,
+) -> int:
+    """Score the centre-bias map against ``dataset``'s reference maps into ``store``; returns the run id.
+
+    ``dataset`` is an opened alignbench dataset (``open_dataset``). Its reference maps are read at
+    ``input_size`` through ``protocol``, exactly as a model's run reads them. Images already stored
+    are skipped, so a second call computes nothing and an interrupted one resumes. Under torchrun
+    (``ranks``), each rank scores its share of the missing images.
+    """
+    import torch
+
+    from alignbench.metrics.constancy import constant_map_reason, mask_undefined
+    from alignbench.metrics.spearman import spearman
+    from alignbench.models.preprocessing import Preprocessing
+
+    if not getattr(dataset, "has_reference", True):  # a stand-in without the attribute has them
+        raise DatasetError(f"dataset {dataset.name!r} has no reference maps: the centre-bias map has nothing to be scored against")
+    identity = CentreBiasIdentity(sigma_frac, input_size)
+    params = {"sigma_frac": float(sigma_frac)}
+    metrics = ("spearman",)
+    n_images = len(dataset)
+    wanted = n_images if limit is None else min(limit, n_images)
+    with store.session(write=True) as session:
+        model = q.upsert_model(session, identity, param_count=0, family=CENTRE_BIAS_FAMILY)
+        explainer = q.upsert_explainer(session, CENTRE_BIAS, params)
+        dataset_row = q.upsert_dataset(
+            session, dataset.name, dataset.fingerprint, n_images, ceiling=dataset.ceiling,
+            location=str(getattr(dataset, "location", "") or "") or None,
+        )
+        key = q.run_key(identity.fingerprint, CENTRE_BIAS, params, dataset.fingerprint, protocol, metrics)
+        run = q.get_or_create_run(
+            session, key=key, model=model, explainer=explainer, dataset=dataset_row, protocol=protocol,
+            metrics=metrics, n_images=n_images,
+        )
+        run_id = run.id
+        session.commit()
+
+    def missing() -> list[int]:
+        with store.session() as session:
+            return dataset.positions(skip_ids=q.scored_image_ids(session, run_id), limit=wanted)
+
+    positions = my_share(ranks, missing)
+    if positions:
+        # The reference maps only: model mean/std are irrelevant, the input size fixes the map size.
+        preprocessing = Preprocessing(input_size=tuple(input_size), mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5))
+        batches = dataset.data_loader(
+            preprocessing, protocol, batch_size=batch_size, num_workers=num_workers,
+            reference_ranks=False, positions=positions,
+        )
+        centre_maps: dict[tuple[int, int], torch.Tensor] = {}
+        for batch in batches:
+            reference = batch["reference"].float()
+            size = tuple(reference.shape[-2:])
+            if size not in centre_maps:
+                centre_maps[size] = torch.from_numpy(centre_bias_map(size[0], size[1], sigma_frac))
+            centre = centre_maps[size].expand(reference.shape[0], *size)
+            values = spearman(centre, reference)
+            # the dataset's verdict on each reference (constant in its file, or up to rounding after preprocessing)
+            constant = batch.get("reference_undefined") or constant_map_reason(reference, "the reference map")
+            why = mask_undefined({"spearman": values}, {"reference": constant})["spearman"]
+            rows = []
+            for i, image_id in enumerate(batch["image_id"]):
+                value = float(values[i])
+                label = int(batch["label"][i])
+                rows.append({
+                    "image_index": int(batch["index"][i]),
+                    "image_id": image_id,
+                    "target": label if label >= 0 else None,
+                    "prediction": None,
+                    "confidence": None,
+                    "spearman": value,
+                    "skip_reason": None if value == value else f"spearman: {why[i] or 'undefined'}",
+                })
+            with store.session(write=True) as session:
+                q.insert_scores(session, run_id, rows)
+                session.commit()
+
+    with store.session(write=True) as session:
+        from alignbench.store.tables import Run
+
+        row = session.get(Run, run_id)
+        q.update_run(session, row, status="complete" if q.count_rows(session, run_id) >= n_images else "partial")
+        session.commit()
+    return run_id
+

@@ -1,0 +1,309 @@
+"""The main job: explain every image of a dataset, score it against the human maps, store every row.
+
+A run is identified by its inputs (model weights fingerprint, explainer setting, dataset fingerprint,
+protocol, metric set), so the same request twice computes once: the second time the answer comes from
+the store and nothing here imports torch. Rows are committed batch by batch; an interrupted run
+(Ctrl-C, kill -9) resumes with the images it has not stored, and ends with exactly one row per image.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from alignbench.distributed import agree, all_done, join_launch, launched_ranks
+from alignbench._utils.precision import DEFAULT_PRECISION, check_precision
+from alignbench.errors import AlignbenchError, MetricError
+from alignbench.models import ModelRequest
+from alignbench.store import StoreMissing, StoreOutdated, open_store
+from alignbench.store.engine import stored_rows_of_outdated_store
+from alignbench.store.liveness import shown_status
+from alignbench.store import queries as q
+
+DEFAULT_MODEL = "efficientnet_lite0"
+DEFAULT_EXPLAINER = "threshold-gradcam"
+DEFAULT_DATASET = "sample"
+PROTOCOLS = ("aligned", "paper")
+
+
+@dataclass(frozen=True)
+class ScoreRequest:
+    model: ModelRequest = field(default_factory=lambda: ModelRequest(DEFAULT_MODEL))  # a name is taken too
+    explainer: str = DEFAULT_EXPLAINER
+    explainer_params: dict[str, Any] = field(default_factory=dict)
+    dataset: str = DEFAULT_DATASET
+    data_dir: Path | None = None
+    protocol: str = "aligned"
+    metrics: tuple[str, ...] = ("spearman",)
+    metric_params: dict[str, dict[str, Any]] = field(default_factory=dict)  # e.g. {"deletion": {"steps": 50}}
+    limit: int | None = None
+    batch_size: int = 16
+    force: bool = False
+    device: str = "auto"
+    workers: int | None = None  # DataLoader workers; None: the dataset's default (cores - 1, at most 4)
+    precision: str = DEFAULT_PRECISION  # the forward passes' (alignbench._utils.precision); part of the run key unless fp32
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.model, ModelRequest):
+            object.__setattr__(self, "model", ModelRequest(str(self.model)))
+
+
+@dataclass
+class ScoreResult:
+    run_id: int
+    model: str
+    dcls: bool
+    explainer: str
+    explainer_params: dict[str, Any]
+    dataset: str
+    protocol: str
+    n_images: int
+    n_scored: int
+    n_skipped: int
+    mean_spearman: float | None
+    alignment_score: float | None
+    cached: bool
+    metrics: dict[str, float | None]
+    status: str
+    computed_images: int = 0
+    seconds: float = 0.0
+    weights_source: str = ""
+    device: str | None = None
+    ca_stream: bool = False
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+ProgressCallback = Callable[[int, int], None]  # (images done in this process, images to do)
+
+
+def _validate(request: ScoreRequest) -> None:
+    """Every option checked before anything is read or stored, whether or not the answer is cached."""
+    from alignbench.metrics import metric_spec
+    from alignbench.models import check_device_name
+
+    check_device_name(request.device)
+    cores = os.cpu_count() or 1
+    if request.workers is not None and not 0 <= request.workers <= cores:
+        raise AlignbenchError(
+            f"--workers must be between 0 and {cores} (this machine's cores), got {request.workers}; "
+            "0 decodes the images in the main process"
+        )
+
+    if request.protocol not in PROTOCOLS:
+        raise AlignbenchError(f"unknown protocol {request.protocol!r}; use one of: {', '.join(PROTOCOLS)}")
+    for metric in request.metrics:
+        metric_spec(metric)  # the first unknown one is refused, naming those available
+    if not request.metrics:
+        raise MetricError("no metric given; pass --metric spearman (or a comma-separated list)")
+    if request.limit is not None and request.limit < 1:
+        raise AlignbenchError(f"--limit must be at least 1, got {request.limit}")
+    if request.batch_size < 1:
+        raise AlignbenchError(f"--batch-size must be at least 1, got {request.batch_size}")
+    check_precision(request.precision)
+    for metric, params in request.metric_params.items():
+        if metric not in request.metrics:
+            continue
+        unknown = sorted(set(params) - set(metric_spec(metric).params))
+        if unknown:
+            raise MetricError(f"metric {metric!r} takes no parameter {unknown[0]!r}")
+        steps = params.get("steps")
+        if steps is not None and (not isinstance(steps, int) or steps < 1):
+            raise MetricError(f"--steps must be a whole number of at least 1, got {steps!r}")
+
+
+def _check_metrics_fit(metrics: Sequence[str], dataset: Any) -> None:
+    from alignbench.datasets import DATASETS
+    from alignbench.metrics import METRICS
+
+    boxed = [m for m in metrics if METRICS[m].needs_boxes]
+    if boxed and not dataset.has_boxes:
+        with_boxes = ", ".join(name for name, spec in DATASETS.items() if spec.has_boxes)
+        raise MetricError(
+            f"metric {boxed[0]!r} needs bounding boxes and dataset {dataset.name!r} has none; use a dataset with boxes ({with_boxes})"
+        )
+    referenced = [m for m in metrics if METRICS[m].needs_reference]
+    if referenced and not dataset.has_reference:
+        usable = ", ".join(name for name, spec in METRICS.items() if not spec.needs_reference and not spec.needs_boxes)
+        where = f" {dataset.location}" if dataset.location else ""
+        raise MetricError(
+            f"metric {referenced[0]!r} needs reference maps and the {dataset.name} dataset{where} has none (no heatmaps/ directory); "
+            f"add heatmaps/ with one map per image (same stem, same size), or choose --metric among {usable}"
+        )
+
+
+def _result(session, run, request, *, method, params, n_images, cached, computed=0, seconds=0.0, weights_source="", device=None) -> ScoreResult:
+    from alignbench.store.tables import Dataset
+
+    dataset = session.get(Dataset, run.dataset_id)
+    n_rows, summaries = q.summarise(session, run.id, request.metrics, max_index=n_images)
+    spearman = summaries.get("spearman")
+    mean_spearman = spearman.mean if spearman else None
+    alignment = mean_spearman / dataset.ceiling if (mean_spearman is not None and dataset.ceiling) else None
+    # images with a NULL spearman, or missing altogether, are skipped; never silently lost
+    n_scored = spearman.n_scored if spearman else min(s.n_scored for s in summaries.values())
+    return ScoreResult(
+        run_id=run.id,
+        model=request.model.name,
+        dcls=request.model.dcls,
+        explainer=method,
+        explainer_params=params,
+        dataset=request.dataset,
+        protocol=request.protocol,
+        n_images=n_images,
+        n_scored=n_scored,
+        n_skipped=n_images - n_scored,
+        mean_spearman=mean_spearman,
+        alignment_score=alignment,
+        cached=cached,
+        metrics={name: s.mean for name, s in summaries.items()},
+        status=shown_status(run.status, pid=run.pid, host=run.host, heartbeat_at=run.heartbeat_at, updated_at=run.updated_at),
+        computed_images=computed,
+        seconds=seconds,
+        weights_source=weights_source,
+        device=device,
+        ca_stream=request.model.ca_stream,
+    )
+
+
+def _look_up(db: str | None, key: str, request: ScoreRequest, *, n_images: int, **described) -> tuple[ScoreResult | None, frozenset[str]]:
+    """(the stored answer, or None when it must be computed; the image ids the run has stored), read
+    without creating or upgrading anything.
+
+    A store at an older schema revision is not upgraded to read it: when it holds the answer, the
+    StoreOutdated error (naming ``alignbench upgrade``) is raised; when it does not, the computing
+    command upgrades it like any store it writes to.
+    """
+    try:
+        store = open_store(db, create=False, migrate=False)
+    except StoreMissing:
+        return None, frozenset()
+    except StoreOutdated:
+        if stored_rows_of_outdated_store(db, key, max_index=n_images) >= n_images:
+            raise
+        return None, frozenset()
+    with store, store.session() as session:
+        run = q.find_run(session, key)
+        if run is None:
+            return None, frozenset()
+        if q.count_rows(session, run.id, max_index=n_images) >= n_images:
+            return _result(session, run, request, n_images=n_images, cached=True, device=run.device, **described), frozenset()
+        return None, frozenset(q.scored_image_ids(session, run.id))
+
+
+def run_key_of(request: ScoreRequest, model_fingerprint: str, method: str, params: dict[str, Any], dataset_fingerprint: str) -> str:
+    """The store key of ``request``'s run, given its model's and dataset's fingerprints and its
+    canonical explainer setting (``explainer_setting``): what ``score`` looks up, and ``study status``."""
+    metrics = tuple(sorted(set(request.metrics)))
+    # only the parameters of requested metrics count; a metric at its defaults keeps its plain name,
+    # so runs stored before metric parameters existed keep their key
+    keyed = [f"{m}{q.canonical_json(dict(request.metric_params[m]))}" if request.metric_params.get(m) else m for m in metrics]
+    return q.run_key(model_fingerprint, method, params, dataset_fingerprint, request.protocol, keyed, precision=request.precision)
+
+
+def score(request: ScoreRequest, *, db: str | None = None, progress: ProgressCallback | None = None) -> ScoreResult:
+    """Score ``request`` into the store at ``db`` and return the summary over the requested images."""
+    from alignbench.datasets import open_dataset
+    from alignbench.explainers import explainer_setting
+    from alignbench.models import model_identity  # torch-free
+
+    _validate(request)
+    identity = model_identity(request.model)
+    method, params = explainer_setting(request.explainer, **request.explainer_params)
+    dataset = open_dataset(request.dataset, request.data_dir)
+    _check_metrics_fit(request.metrics, dataset)
+    n_total = len(dataset)
+    n_images = min(n_total, request.limit) if request.limit else n_total
+    metrics = tuple(sorted(set(request.metrics)))
+    metric_params = {m: dict(p) for m, p in sorted(request.metric_params.items()) if m in metrics and p}
+    request = replace(request, metrics=metrics, metric_params=metric_params)
+
+    def run_key(model_fingerprint: str) -> str:
+        return run_key_of(request, model_fingerprint, method, params, dataset.fingerprint)
+
+    key = run_key(identity.fingerprint)
+
+    done: frozenset[str] = frozenset()
+    if not request.force:
+        cached, done = _look_up(db, key, request, method=method, params=params, n_images=n_images, weights_source=identity.weights_source)
+        # under torchrun the ranks decide together, on rank 0's view (below)
+        if cached is not None and not launched_ranks().distributed:
+            return cached
+    # Every file the run will read is checked before the store is written to or the model loaded,
+    # so a bad file leaves no run behind (a fixed file changes the dataset's fingerprint: such a run
+    # could never be resumed).
+    dataset.check_files(dataset.positions(skip_ids=done, limit=n_images))
+    store = open_store(db)
+    try:
+        # Under torchrun every rank runs this; all act on rank 0's view of the store (all compute, or
+        # all answer from it) and meet once their rows are in (alignbench.distributed).
+        ranks = join_launch(request.device)  # alone: SINGLE, and no torch import
+        if ranks.distributed:
+            with store.session() as session:
+                run = q.find_run(session, key)
+                complete = run is not None and not request.force and q.count_rows(session, run.id, max_index=n_images) >= n_images
+                if agree(ranks, complete):
+                    run = run or q.find_run(session, key)
+                    return _result(session, run, request, method=method, params=params, n_images=n_images, cached=True,
+                                   weights_source=identity.weights_source, device=run.device)
+        from alignbench.scoring.compute import compute_run, settle_status  # imports torch: only when something is computed
+
+        start = time.perf_counter()
+        run_id, computed, device = compute_run(
+            store, request, method=method, params=params, dataset=dataset, run_key=run_key,
+            planned_fingerprint=identity.fingerprint, n_images=n_images, progress=progress, ranks=ranks,
+        )
+        computed = all_done(ranks, computed)  # under torchrun: every rank's rows are in, counted over all ranks
+        if ranks.distributed and ranks.is_main:
+            settle_status(store, run_id)  # each rank set it as it finished; all rows are in now
+        with store.session() as session:
+            from alignbench.store.tables import Run
+
+            run = session.get(Run, run_id)
+            return _result(session, run, request, method=method, params=params, n_images=n_images, cached=False,
+                           computed=computed, seconds=time.perf_counter() - start,
+                           weights_source=identity.weights_source, device=device)
+    finally:
+        store.close()
+
+
+def trained_request(tag: str, db: str | None = None) -> ModelRequest:
+    """The request of the newest model tagged ``tag`` in the store (``score --trained TAG``): what
+    ``alignbench train`` recorded, i.e. its model, DCLS recipe and trained checkpoint."""
+    import json
+    from dataclasses import fields
+
+    from alignbench.errors import ModelError
+    from alignbench.store import StoreMissing
+
+    try:
+        store = open_store(db, create=False)
+    except StoreMissing:
+        raise ModelError(f"no store to find --trained {tag!r} in; train a model with `alignbench train ... --tag {tag}` first") from None
+    try:
+        with store.session() as session:
+            rows = q.models_tagged(session, tag)
+    finally:
+        store.close()
+    if not rows:
+        raise ModelError(f"no model tagged {tag!r} in {store.url}; `alignbench models --trained` lists the trained ones")
+    if not rows[0].request:
+        raise ModelError(f"model {tag!r} was recorded without the options that load it; score it with MODEL --checkpoint PATH")
+    known = {f.name for f in fields(ModelRequest)}
+    return ModelRequest(**{key: value for key, value in json.loads(rows[0].request).items() if key in known})
+
+
+def parse_metrics(text: str | Sequence[str]) -> tuple[str, ...]:
+    """``spearman,pointing-game`` → ('spearman', 'pointing-game'); order kept, duplicates dropped."""
+    parts = text.split(",") if isinstance(text, str) else list(text)
+    seen: dict[str, None] = {}
+    for part in parts:
+        name = part.strip().lower()
+        if name:
+            seen.setdefault(name, None)
+    return tuple(seen)

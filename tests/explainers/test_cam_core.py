@@ -1,0 +1,396 @@
+"""The gradient-weighted core: known answers, equality with pytorch-grad-cam, the split's guarantees."""
+
+from __future__ import annotations
+
+import gc
+from functools import partial
+
+import numpy as np
+import pytest
+import timm
+import torch
+from pytorch_grad_cam import EigenGradCAM, GradCAM, GradCAMPlusPlus, HiResCAM, LayerCAM, XGradCAM
+from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+from pytorch_grad_cam.utils.svd_on_activations import get_2d_projection
+from torch import nn
+
+from alignbench.errors import ExplainerError
+from alignbench.explainers import explain, explain_batch
+from alignbench.explainers._explain import upsample
+from alignbench.explainers._gradient import gradcam
+from alignbench.explainers._split import gradient_evidence, split_model
+
+SIZE = 96  # timm test models: 3x3 feature maps, enough to tell positions apart
+
+
+def minmax(maps) -> np.ndarray:
+    maps = np.asarray(maps, dtype=np.float64)
+    flat = maps.reshape(len(maps), -1)
+    low, high = flat.min(1)[:, None, None], flat.max(1)[:, None, None]
+    return np.where(high > low, (maps - low) / np.where(high > low, high - low, 1), 0.0)
+
+
+def library(cam_class, model, layer, images, targets, reshape=None) -> np.ndarray:
+    """pytorch-grad-cam on the unmodified model, hooked at the paper's target layer."""
+    cam = cam_class(model, [layer], reshape_transform=reshape)
+    try:
+        return cam(images, [ClassifierOutputTarget(int(t)) for t in targets])
+    finally:
+        cam.activations_and_grads.release()
+        model.zero_grad(set_to_none=True)
+
+
+def tiny(name: str) -> nn.Module:
+    torch.manual_seed(0)
+    return timm.create_model(name, pretrained=False, num_classes=10).eval()
+
+
+@pytest.fixture(scope="module")
+def images() -> torch.Tensor:
+    return torch.randn(3, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(1))
+
+
+# ------------------------------------------------------------------ known answers on a hand-built model
+
+
+class HandModel(nn.Module):
+    """A = the input itself (2 channels, 2x2); head = global average pool + linear, so
+    dy_t/dA_k,ij = W[t, k] / 4 everywhere and every map is computable by hand."""
+
+    num_classes = 3
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(2, 3)
+        with torch.no_grad():
+            self.fc.weight.copy_(torch.tensor([[1.0, -2.0], [0.5, 0.5], [-1.0, 0.0]]))
+            self.fc.bias.zero_()
+
+    def forward_features(self, x):
+        return x
+
+    def forward_head(self, a):
+        return self.fc(a.mean((2, 3)))
+
+    def forward(self, x):
+        return self.forward_head(self.forward_features(x))
+
+
+HAND_INPUT = torch.tensor([[[[1.0, 2.0], [3.0, 4.0]], [[4.0, 0.0], [0.0, -4.0]]]])
+
+
+def test_gradcam_known_answer():
+    # w = W[0] / 4 = (0.25, -0.5); mean_k(w_k A_k) = ([[.25,.5],[.75,1]] + [[-2,0],[0,2]]) / 2
+    expected = torch.tensor([[[0.0, 0.25], [0.375, 1.5]]])  # ReLU of [[-0.875, .25], [.375, 1.5]]
+    assert torch.allclose(explain(HandModel(), HAND_INPUT, targets=0, method="gradcam"), expected)
+
+
+def test_threshold_gradcam_known_answer():
+    # ReLU per channel first: mean([[.25,.5],[.75,1]], [[0,0],[0,2]]) = [[.125,.25],[.375,1.5]];
+    # min-max -> [[0, 1/11], [2/11, 1]]; floor 0.3
+    model = HandModel()
+    assert torch.allclose(explain(model, HAND_INPUT, 0, "threshold"), torch.tensor([[[0.3, 0.3], [0.3, 1.0]]]))
+    floor_0 = torch.tensor([[[0.0, 1 / 11], [2 / 11, 1.0]]])
+    assert torch.allclose(explain(model, HAND_INPUT, 0, "threshold", threshold=0.0), floor_0)
+
+
+def test_hirescam_and_layercam_known_answers():
+    model = HandModel()
+    # class 0: G = (0.25, -0.5); HiResCAM = ReLU(sum_k G_k A_k) = ReLU([[-1.75,.5],[.75,3]])
+    assert torch.allclose(explain(model, HAND_INPUT, 0, "hirescam"), torch.tensor([[[0.0, 0.5], [0.75, 3.0]]]))
+    # LayerCAM keeps only positive gradients: ReLU(0.25 A_0)
+    assert torch.allclose(explain(model, HAND_INPUT, 0, "layercam"), torch.tensor([[[0.25, 0.5], [0.75, 1.0]]]))
+
+
+def test_target_logit_is_pre_softmax_and_the_default_target_is_top1():
+    model = HandModel()
+    result = explain_batch(model, HAND_INPUT, method="gradcam")
+    # logits = W·mean(A) = (2.5 - 0, 1.25 + 0, -2.5): top-1 is class 0
+    assert torch.allclose(result.logits, torch.tensor([[2.5, 1.25, -2.5]]))
+    assert result.targets.tolist() == [0]
+    # class 1: w = (0.125, 0.125) -> mean_k = [[.3125, .125], [.1875, 0]]; softmax would couple the classes
+    expected = torch.tensor([[[0.3125, 0.125], [0.1875, 0.0]]])
+    assert torch.allclose(explain(model, HAND_INPUT, targets=[1], method="gradcam"), expected)
+
+
+def test_upsampling_is_bilinear_with_half_pixel_centres():
+    # A 2x2 map f(y, x) = 2y + x upsampled to 4x4 samples at (i + 0.5)/2 - 0.5 = -.25, .25, .75, 1.25,
+    # clamped to [0, 1]: 0, .25, .75, 1 on each axis.
+    grid = torch.tensor([0.0, 0.25, 0.75, 1.0])
+    expected = 2 * grid[:, None] + grid[None, :]
+    assert torch.allclose(upsample(torch.tensor([[[0.0, 1.0], [2.0, 3.0]]]), (4, 4))[0], expected)
+
+
+# ------------------------------------------------------------------ equal to pytorch-grad-cam
+
+
+TARGET_LAYERS = {  # the layer whose output is A, for the library run on the unmodified model
+    "test_convnext": lambda m: m.stages[-1],
+    "test_resnet": lambda m: m.layer4,
+    "test_efficientnet": lambda m: m.bn2,
+}
+
+
+@pytest.mark.parametrize("name", sorted(TARGET_LAYERS))
+def test_gradcam_equals_pytorch_grad_cam_after_minmax(name, images):
+    model = tiny(name)
+    targets = [1, 4, 7]
+    ours = explain(model, images, targets, "gradcam")
+    theirs = library(GradCAM, model, TARGET_LAYERS[name](model), images, targets)
+    assert ours.shape == (3, SIZE, SIZE)
+    np.testing.assert_allclose(minmax(ours), theirs, atol=2e-5)
+
+
+@pytest.mark.parametrize(
+    "method, cam_class",
+    [("gradcam++", GradCAMPlusPlus), ("xgradcam", XGradCAM), ("layercam", LayerCAM), ("hirescam", HiResCAM)],
+)
+def test_core_methods_equal_pytorch_grad_cam_after_minmax(method, cam_class, images):
+    model = tiny("test_resnet")
+    targets = [2, 2, 5]
+    theirs = library(cam_class, model, model.layer4, images, targets)
+    np.testing.assert_allclose(minmax(explain(model, images, targets, method)), theirs, atol=2e-5)
+
+
+def test_eigengradcam_equals_the_library_up_to_the_singular_vectors_sign(images):
+    """The library's sign is whatever LAPACK returns; ours is fixed (see _gradient.first_component).
+    Each image must equal the library's projection with one of the two signs — and the library's
+    EigenGradCAM exactly wherever its sign agrees."""
+    model = tiny("test_convnext")
+    targets = [0, 3, 9]
+    ours = minmax(explain(model, images, targets, "eigengradcam"))
+    evidence = gradient_evidence(model, images, torch.tensor(targets))
+    projection = torch.from_numpy(get_2d_projection((evidence.gradients * evidence.activations).numpy()))
+    candidates = [minmax(upsample(torch.relu(s * projection), (SIZE, SIZE))) for s in (1, -1)]
+    theirs = library(EigenGradCAM, model, model.stages[-1], images, targets)
+    for i in range(len(targets)):
+        match = [np.abs(ours[i] - c[i]).max() < 2e-5 for c in candidates]
+        assert any(match)
+        if match[0]:
+            np.testing.assert_allclose(ours[i], theirs[i], atol=2e-5)
+
+
+# ------------------------------------------------------------------ Threshold-Grad-CAM
+
+
+def test_threshold_floor_and_range(images):
+    model = tiny("test_convnext")
+    for floor in (0.3, 0.55):
+        maps = explain(model, images, [1, 2, 3], "threshold-gradcam", threshold=floor)
+        flat = maps.flatten(1)
+        # the floor is applied before upsampling, and bilinear weights are convex: it stays exact
+        assert torch.allclose(flat.min(1).values, torch.full((3,), floor))
+        assert bool((flat.max(1).values <= 1).all()) and bool((flat.max(1).values > floor).all())
+    low = explain(model, images[:, :, :32, :32], [1, 2, 3], "threshold-gradcam")  # 1x1 features: constant map
+    assert torch.allclose(low, torch.full_like(low, 0.3))
+
+
+def paper_threshold_gradcam(model, images, targets, threshold=0.3):
+    """The paper's way (threshold_GradCAM.py): forward with autograd on every weight, back-propagate
+    the logit through all of them, read dy/dA from a hook; then the same formula."""
+    a = model.forward_features(images)
+    a.retain_grad()
+    logits = model.forward_head(a)
+    (logits * nn.functional.one_hot(targets, logits.shape[1])).sum().backward()
+    cam = torch.relu(a.grad.mean((2, 3), keepdim=True) * a.detach()).mean(1)
+    low = cam.flatten(1).min(1).values[:, None, None]
+    high = cam.flatten(1).max(1).values[:, None, None]
+    cam = torch.clamp_min((cam - low) / (high - low), threshold)
+    model.zero_grad(set_to_none=True)
+    return nn.functional.interpolate(cam[:, None], size=images.shape[-2:], mode="bilinear", align_corners=False)[:, 0]
+
+
+def test_threshold_gradcam_equals_the_papers_full_backward(images):
+    model = tiny("test_resnet")
+    targets = torch.tensor([3, 1, 8])
+    np.testing.assert_allclose(explain(model, images, targets, "threshold"), paper_threshold_gradcam(model, images, targets), atol=1e-6)
+
+
+# ------------------------------------------------------------------ the target layer of every family
+
+
+def _metaformer():
+    from timm.models.metaformer import Attention, LayerNorm2dNoBias, LayerNormNoBias, MetaFormer, SepConv
+
+    torch.manual_seed(0)
+    return MetaFormer(
+        depths=(1, 1, 1, 1), dims=(8, 16, 32, 32), token_mixers=[SepConv, SepConv, Attention, Attention],
+        norm_layers=[LayerNorm2dNoBias] * 2 + [LayerNormNoBias] * 2, num_classes=10,
+    ).eval()
+
+
+def _fastvit():
+    from timm.models.fastvit import FastVit, RepConditionalPosEnc
+
+    torch.manual_seed(0)
+    return FastVit(
+        layers=(1, 1, 1, 1), embed_dims=(8, 16, 32, 32),
+        pos_embs=(None, None, None, partial(RepConditionalPosEnc, spatial_shape=(7, 7))),
+        token_mixers=("repmixer", "repmixer", "repmixer", "attention"), num_classes=10,
+    ).eval()
+
+
+# family -> (tiny model of that family's timm class, the layer the paper explains, registry model whose DCLS recipe applies)
+FAMILIES = {
+    "convnext": (lambda: tiny("test_convnext"), lambda m: m.stages[-1], "convnext_tiny"),  # ConvNextGradCAM: features_conv output
+    "metaformer": (_metaformer, lambda m: m.stages[-1], "caformer_s18"),  # MetaformerGradCAM: last stage, before norm
+    "fastvit": (_fastvit, lambda m: m.final_conv, "fastvit_sa24"),  # FastvitGradCAM: conv_exp
+    "resnet": (lambda: tiny("test_resnet"), lambda m: m.layer4, "resnet50"),  # resnetGradCAM: forward_features
+    "efficientnet": (lambda: tiny("test_efficientnet"), lambda m: m.bn2, "efficientnet_lite0"),  # conv_head + bn2
+}
+
+
+def _to_dcls(model: nn.Module, registry_name: str) -> nn.Module:
+    from alignbench.models._dcls import convert, plan
+    from alignbench.models.specs import MODELS
+
+    spec = MODELS[registry_name]
+    convert(model, spec.dcls, plan(model, spec.dcls, spec.stage_pattern))
+    return model.eval()
+
+
+@pytest.mark.parametrize("dcls", [False, True], ids=["dense", "dcls"])
+@pytest.mark.parametrize("family", sorted(FAMILIES))
+def test_target_layer_of_every_family(family, dcls):
+    """A is the output of the layer the paper's code explains, in NCHW, and Grad-CAM on it equals
+    pytorch-grad-cam hooked at that layer of the unmodified model — dense and after DCLS conversion."""
+    build, layer_of, registry_name = FAMILIES[family]
+    model = build()
+    if dcls:
+        model = _to_dcls(model, registry_name)
+        assert any(type(m).__name__.startswith("Dcls") for m in model.modules())
+    images = torch.randn(1, 3, 64, 64, generator=torch.Generator().manual_seed(2))
+    targets = [6]
+    captured = []
+    handle = layer_of(model).register_forward_hook(lambda _m, _i, out: captured.append(out))
+    try:
+        evidence = gradient_evidence(model, images, torch.tensor(targets))
+    finally:
+        handle.remove()
+    assert evidence.activations.ndim == 4 and evidence.activations.shape[1] == model.num_features
+    assert torch.equal(evidence.activations, captured[0])
+    ours = upsample(gradcam(evidence), (64, 64))  # what explain(..., "gradcam") returns
+    theirs = library(GradCAM, model, layer_of(model), images, targets)
+    np.testing.assert_allclose(minmax(ours), theirs, atol=2e-5)
+
+
+def test_metaformers_need_no_nhwc_handling():
+    """The paper's metaformer code is NHWC (pools dims [1, 2]); timm's MetaFormer stages emit NCHW,
+    so A is used as it is: channels = the last stage width, no permute, and the map's rows and
+    columns are the image's."""
+    model = _metaformer()
+    assert not split_model(model).channels_last
+    images = torch.randn(1, 3, 64, 64, generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        a = split_model(model).features(images)
+    assert a.ndim == 4 and a.shape[:2] == (1, 32)  # [B, C, H, W], C = the last stage width
+    theirs = library(GradCAM, model, model.stages[-1], images, [4])
+    np.testing.assert_allclose(minmax(explain(model, images, [4], "gradcam")), theirs, atol=2e-5)
+
+
+def test_nhwc_models_are_permuted_for_the_maps_only(images):
+    """timm models that emit NHWC (output_fmt) — e.g. MambaOut — give the same Grad-CAM as the
+    library with the usual reshape transform; the head still sees its own layout."""
+    model = tiny("test_mambaout")
+    assert model.output_fmt == "NHWC"
+    targets = [0, 5, 9]
+    theirs = library(GradCAM, model, model.stages[-1], images, targets, reshape=lambda t: t.permute(0, 3, 1, 2))
+    np.testing.assert_allclose(minmax(explain(model, images, targets, "gradcam")), theirs, atol=2e-5)
+
+
+# ------------------------------------------------------------------ what the split guarantees
+
+
+def test_parameters_get_no_gradients_and_keep_their_flags(images):
+    model = tiny("test_convnext")
+    for i, p in enumerate(model.parameters()):
+        p.requires_grad_(i % 3 != 0)  # a mix, as in a partly frozen model
+    flags = [p.requires_grad for p in model.parameters()]
+    model.train()
+    modes = [m.training for m in model.modules()]
+    for method in ("gradcam", "threshold-gradcam", "gradcam++", "eigengradcam"):
+        explain(model, images, None, method)
+    assert all(p.grad is None for p in model.parameters())
+    assert [p.requires_grad for p in model.parameters()] == flags
+    assert [m.training for m in model.modules()] == modes
+
+
+def test_a_model_in_train_mode_is_explained_in_eval_mode(images):
+    model = tiny("test_resnet")
+    expected = explain(model, images, [1, 2, 3], "gradcam")
+    model.train()
+    assert torch.equal(explain(model, images, [1, 2, 3], "gradcam"), expected)
+    assert model.training
+
+
+@pytest.mark.parametrize("method", ["gradcam", "threshold-gradcam", "gradcam++", "xgradcam", "layercam", "hirescam", "eigengradcam"])
+def test_batch_independence_and_determinism(method, images):
+    model = tiny("test_convnext")
+    batch = explain_batch(model, images, [3, 3, 3], method)
+    alone = explain_batch(model, images[1:2], [3], method)
+    np.testing.assert_allclose(alone.maps[0], batch.maps[1], rtol=1e-4, atol=1e-5 * float(batch.maps[1].abs().max()))
+    np.testing.assert_allclose(alone.logits[0], batch.logits[1], rtol=1e-4, atol=1e-5)
+    assert torch.equal(explain(model, images, [3, 3, 3], method), batch.maps)
+
+
+def _hooks(model: nn.Module) -> int:
+    return sum(
+        len(m._forward_hooks) + len(m._forward_pre_hooks) + len(m._backward_hooks) for m in model.modules()
+    )
+
+
+def _live_tensors() -> int:
+    gc.collect()
+    return sum(1 for o in gc.get_objects() if type(o) in (torch.Tensor, nn.Parameter))
+
+
+def test_no_hooks_graphs_or_tensors_left_behind(images):
+    """Memory stays flat over many batches: after a warm-up, further calls leave no extra live
+    tensors (no retained graph, no cached activations) and no hooks on the model."""
+    model = tiny("test_resnet")
+    explain(model, images, None, "threshold-gradcam")
+    before = _live_tensors()
+    for _ in range(5):
+        maps = explain(model, images, None, "threshold-gradcam")
+        assert maps.grad_fn is None and not maps.requires_grad
+    del maps
+    assert _live_tensors() <= before
+    assert _hooks(model) == 0
+
+
+# ------------------------------------------------------------------ bad input
+
+
+def test_targets_are_checked(images):
+    model = tiny("test_resnet")
+    with pytest.raises(ExplainerError, match=r"target class 10 is out of range for a model with 10 classes \(valid: 0..9\)"):
+        explain(model, images, 10)
+    with pytest.raises(ExplainerError, match="got 2 targets for 3 images"):
+        explain(model, images, [1, 2])
+    with pytest.raises(ExplainerError, match="integer class indices"):
+        explain(model, images, torch.tensor([1.0, 2.0, 3.0]))
+
+
+def test_images_are_checked():
+    model = tiny("test_resnet")
+    with pytest.raises(ExplainerError, match=r"\[B, 3, H, W\]"):
+        explain(model, torch.zeros(3, 3))
+    with pytest.raises(ExplainerError, match="normalised floats"):
+        explain(model, torch.zeros(1, 3, 64, 64, dtype=torch.uint8))
+    one = torch.randn(3, 64, 64)
+    assert explain(model, one).shape == (1, 64, 64)
+
+
+def test_models_without_a_spatial_feature_map_are_refused(images):
+    with pytest.raises(ExplainerError, match="use rollout or raw-attention"):
+        explain(tiny("test_vit"), images[:, :, :64, :64], None, "gradcam")
+    with pytest.raises(ExplainerError, match="forward_features/forward_head"):
+        explain(nn.Sequential(nn.Conv2d(3, 2, 3), nn.Flatten()), images, None, "gradcam")
+
+
+def test_explaining_under_inference_mode_gives_the_same_maps(images):
+    model = tiny("test_resnet")
+    expected = explain(model, images, [1, 2, 3], "threshold-gradcam")
+    with torch.inference_mode():
+        inside = explain(model, images.clone(), [1, 2, 3], "threshold-gradcam")
+    assert torch.equal(inside, expected)
