@@ -94,8 +94,15 @@ def test_block_equals_the_formula_and_the_official_cls_attention() -> None:
     logits, new_token = block(features, token)
     assert logits.shape == (2, 1, 3, 4) and new_token.shape == (2, 7)
     expected_logits, expected_token = formula(features, token, block.proj.weight.detach(), block.proj.bias.detach())
-    torch.testing.assert_close(logits.double(), expected_logits, rtol=1e-5, atol=1e-6)
-    torch.testing.assert_close(new_token.double(), expected_token, rtol=1e-5, atol=1e-6)
+    # float32 block vs float64 formula: a logit is a 5-term dot product; out a 12-term convex
+    # combination of F (softmax weights off by ≤ 2Δ relative, plus exp, sum and division);
+    # the token a 5-term product with proj's weight, plus the bias.
+    f, w = features.double(), block.proj.weight.detach().double()
+    delta = float32_bound(5, float((token.double()[:, :, None] * f.flatten(2)).abs().sum(1).max()) / math.sqrt(5))
+    out_error = float32_bound(12, float(f.abs().max())) + float(f.abs().max()) * (2 * delta + float32_relative(15))
+    token_error = float(w.abs().sum(1).max()) * out_error + float32_bound(6, float(w.abs().sum(1).max() * f.abs().max() + block.proj.bias.detach().abs().max()))
+    torch.testing.assert_close(logits.double(), expected_logits, rtol=0, atol=delta)
+    torch.testing.assert_close(new_token.double(), expected_token, rtol=0, atol=token_error)
 
     official = OfficialCLSAttention(dim=7, dim_head=5)
     official.to_out[1].load_state_dict(block.proj.state_dict())
@@ -109,7 +116,8 @@ def test_stream_initialisation_as_the_official_code() -> None:
     stream = CAStream((4096, 64, 32), out_features=16)
     token = stream.cls_token.detach()
     assert token.shape == (1, 1, 4096)
-    assert abs(token.mean().item() - 1) < 0.06 and abs(token.std().item() - 1) < 0.06  # N(1, 1)
+    # N(1, 1): 4096 draws, standard errors 1/64 (mean) and 1/√8192 (std): 0.06 is ≥ 3.8 of them (seeded)
+    assert abs(token.mean().item() - 1) < 0.06 and abs(token.std().item() - 1) < 0.06
     assert [tuple(b.proj.weight.shape) for b in stream.blocks] == [(64, 4096), (32, 64), (16, 32)]
     for block in stream.blocks:  # xavier-uniform: U(-a, a), a = sqrt(6 / (fan_in + fan_out))
         bound = math.sqrt(6 / sum(block.proj.weight.shape))
