@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import timm
 import torch
-from _tolerance import float32_bound, float32_relative
+from alignbench.testing.tolerance import float32_bound, float32_relative
 from pytorch_grad_cam import EigenGradCAM, GradCAM, GradCAMPlusPlus, HiResCAM, LayerCAM, XGradCAM
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 from pytorch_grad_cam.utils.svd_on_activations import get_2d_projection

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import timm
 import torch
-from _tolerance import EPS, float32_bound, float32_relative
+from alignbench.testing.tolerance import EPS, float32_bound, float32_relative
 from pytorch_grad_cam import GradCAM
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 from torch import nn
