@@ -107,7 +107,7 @@ def join_launch(device: str = "auto", *, kept: str = ROWS_KEPT) -> Ranks:
     import torch
     import torch.distributed as dist
 
-    from alignbench.models import resolve_device
+    from alignbench.models import resolve_device  # here, not at the top: the CLI imports this module for is_main_process
 
     on_cuda = resolve_device(device).startswith("cuda")
     if on_cuda:

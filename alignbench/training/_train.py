@@ -33,12 +33,12 @@ from alignbench.distributed import Ranks, gather_objects, join_launch, on_main, 
 from alignbench.errors import AlignbenchError, DatasetError, TrainingError
 from alignbench.models import (CAStreamModel, ModelRequest, clamp_positions, load_model, model_identity, resolve_device, save_state_dict,
                                save_stream, set_global_pool)
+from alignbench.store import open_store
 from alignbench.training import _checkpoint as ckpt
 from alignbench.training._data import EpochSampler, EvalImages, LabelledImages, TrainingImages, open_training_data
 from alignbench.training._lineage import TrainedFile, record_trained
 from alignbench.training._objective import CrossEntropy, Distillation, GradCamConsistency, TrainingStep
 from alignbench.training._params import Trainable, freeze, param_groups, train_mode, unpin_positions
-from alignbench.store import open_store
 from alignbench.training._request import TrainRequest, position_parameters
 
 # final_loss: the mean training loss over this many last steps (one step's loss is noisy).
@@ -612,7 +612,9 @@ def train(request: TrainRequest, *, db: str | None = None, progress: Progress | 
     Run under ``torchrun --nproc_per_node N -m alignbench train ...`` it trains with N processes
     (DistributedDataParallel). ``progress`` receives every StepRecord and EvalRecord (rank 0).
     Raises AlignbenchError subclasses for bad input before anything is written, and
-    TrainingInterrupted (the state after the last whole step saved) on Ctrl-C.
+    TrainingInterrupted (the state after the last whole step saved) on Ctrl-C. Under torchrun the
+    launch is joined as scoring joins it (``alignbench.distributed``: the collective timeout, and
+    torchrun's SIGTERM when another rank fails as a one-line AlignbenchError naming the checkpoints kept).
     """
     request.validate()
     ranks = join_launch(request.device, kept=_kept(request.out.resolve()))  # alone: SINGLE
