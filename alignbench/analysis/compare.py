@@ -16,8 +16,9 @@ from __future__ import annotations
 
 import math
 from collections import defaultdict
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlmodel import Session
 
@@ -26,6 +27,10 @@ from alignbench.analysis.runs import (GroupKey, Pairing, RunFilter, RunScore, St
 from alignbench.analysis.stats import DEFAULT_RESAMPLES, DEFAULT_SEED, paired_bootstrap_ci, wilcoxon_signed_rank
 from alignbench.errors import AlignbenchError
 from alignbench.store import StoreMissing, open_store
+from alignbench.store.queries import canonical_json
+
+if TYPE_CHECKING:  # pragma: no cover
+    from alignbench.scoring import ScoreResult
 
 # Below this many image pairs neither the bootstrap interval nor the signed-rank test says much (with
 # 5 pairs the smallest two-sided Wilcoxon p is 0.0625): the verdict is "too few pairs".
@@ -315,3 +320,28 @@ def compare(
             exit_code=1,
         )
     return result
+
+
+def compare_results(results: Iterable[ScoreResult], *, db: str | None = None) -> CompareResult | None:
+    """``alignbench compare`` restricted to the groups (dataset, explainer setting, protocol) of
+    ``results`` (a study's runs: ``alignbench.scoring.study.run_study`` is given it by the CLI); None
+    when none of them has anything to compare."""
+    results = list(results)
+    if not results:
+        return None
+    metrics = results[0].metrics
+    metric = "spearman" if "spearman" in metrics else next(iter(metrics))
+    wanted = {(r.dataset, r.explainer, canonical_json(r.explainer_params), r.protocol) for r in results}
+    groups, seen = [], set()
+    for dataset, method, _params, protocol in sorted(wanted):
+        if (dataset, method, protocol) in seen:
+            continue
+        seen.add((dataset, method, protocol))
+        try:
+            result = compare(db, explainer=method, dataset=dataset, protocol=protocol, metric=metric)
+        except AlignbenchError:
+            continue  # nothing stored to compare in this group
+        groups += [g for g in result.groups if (g.group.dataset, g.group.method, g.group.params, g.group.protocol) in wanted]
+    if not groups:
+        return None
+    return CompareResult(metric, result.n_resamples, groups)

@@ -182,9 +182,10 @@ def score(
         if len(requests) == 1:
             results, comparison = [run_score(requests[0], db=db, progress=on_progress)], None
         else:
+            from alignbench.analysis.compare import compare_results
             from alignbench.scoring.study import run_study
 
-            done = run_study(requests, db=db, progress=on_progress)
+            done = run_study(requests, db=db, progress=on_progress, compare=lambda results: compare_results(results, db=db))
             results, comparison = done.results, done.comparison
     finally:
         progress.stop()

@@ -100,6 +100,7 @@ def run(
 
     On 8 GPUs: [bold]torchrun --nproc_per_node 8 -m alignbench study run paper --device cuda[/]
     """
+    from alignbench.analysis.compare import compare_results
     from alignbench.cli.compare import print_result
     from alignbench.cli.score import scoring_progress
     from alignbench.scoring.study import describe, load_study, run_study
@@ -121,7 +122,8 @@ def run(
 
     progress, on_progress = scoring_progress()
     try:
-        done = run_study(requests, db=db, on_cell=on_cell, on_result=on_result, progress=on_progress)
+        done = run_study(requests, db=db, on_cell=on_cell, on_result=on_result, progress=on_progress,
+                         compare=lambda results: compare_results(results, db=db))
     finally:
         progress.stop()
     if not main:

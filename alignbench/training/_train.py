@@ -15,7 +15,7 @@ import random
 import time
 from collections.abc import Callable
 from contextlib import nullcontext
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -29,10 +29,12 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 
 from alignbench import __version__
+from alignbench.distributed import Ranks, gather_objects, join_launch, on_main, sum_over_ranks
 from alignbench.errors import AlignbenchError, DatasetError, TrainingError
-from alignbench.models import CAStreamModel, ModelRequest, clamp_positions, load_model, save_state_dict, save_stream, set_global_pool
+from alignbench.models import (CAStreamModel, ModelRequest, clamp_positions, load_model, model_identity, resolve_device, save_state_dict,
+                               save_stream, set_global_pool)
+from alignbench.store import open_store
 from alignbench.training import _checkpoint as ckpt
-from alignbench.training import _distributed as distributed
 from alignbench.training._data import EpochSampler, EvalImages, LabelledImages, TrainingImages, open_training_data
 from alignbench.training._lineage import TrainedFile, record_trained
 from alignbench.training._objective import CrossEntropy, Distillation, GradCamConsistency, TrainingStep
@@ -135,7 +137,8 @@ class _Run:
     """Everything the loop works on, built once by ``_setup``."""
 
     request: TrainRequest
-    processes: distributed.Processes
+    ranks: Ranks
+    device: torch.device  # this rank's
     out: Path
     data: LabelledImages
     val: LabelledImages | None
@@ -163,8 +166,16 @@ class _Run:
     interruptible: bool = True  # False while the optimiser updates the parameters
 
 
-def _check_device(request: TrainRequest, processes: distributed.Processes) -> None:
-    if request.amp and processes.device.type != "cuda":
+def _device(request: TrainRequest, ranks: Ranks) -> torch.device:
+    """This rank's device: under torchrun, ``cuda:LOCAL_RANK`` on GPUs (one per process), else the CPU."""
+    resolved = resolve_device(request.device)
+    if not ranks.distributed:
+        return torch.device(resolved)
+    return torch.device("cuda", ranks.local_rank) if resolved.startswith("cuda") else torch.device("cpu")
+
+
+def _check_device(request: TrainRequest, device: torch.device) -> None:
+    if request.amp and device.type != "cuda":
         raise TrainingError("--amp (mixed precision) needs CUDA; train on the CPU in float32 without it")
 
 
@@ -213,11 +224,11 @@ def _objective(request: TrainRequest, model: nn.Module, device: torch.device) ->
     return terms
 
 
-def _default_workers(processes: distributed.Processes) -> int:
+def _default_workers(ranks: Ranks) -> int:
     # a DataLoader worker per process, when the cores allow it (decoding and augmenting JPEGs
     # beside the step); none when every core already runs a training process
     cores = os.cpu_count() or 1
-    return max(0, min(4, cores // processes.world_size - 1))
+    return max(0, min(4, cores // ranks.world_size - 1))
 
 
 def _seed_everything(seed: int) -> None:
@@ -226,26 +237,29 @@ def _seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def _setup(request: TrainRequest, processes: distributed.Processes, progress: Progress | None, db: str | None) -> _Run:
-    data = open_training_data(request.data)
-    val = open_training_data(request.val, "--val") if request.val is not None else None
-    out = request.out.resolve()
-    ckpt.prepare_out(out, request.resume)
-    recipe = {**request.recipe(), "data": data.fingerprint()}
-    saved = ckpt.load_state(request.resume, recipe) if request.resume is not None else None
-    if request.batch_size % processes.world_size:
+def _check_batch(request: TrainRequest, ranks: Ranks) -> int:
+    """The batch of one process (``--batch-size`` is the batch of all of them together)."""
+    if request.batch_size % ranks.world_size:
         raise TrainingError(
-            f"--batch-size {request.batch_size} is the batch of all {processes.world_size} processes together: "
-            f"give a multiple of {processes.world_size}"
+            f"--batch-size {request.batch_size} is the batch of all {ranks.world_size} processes together: "
+            f"give a multiple of {ranks.world_size}"
         )
+    return request.batch_size // ranks.world_size
 
-    _seed_everything(request.seed + processes.rank)
-    model = load_model(request.model, device="cpu")
-    info = model.alignbench_info
-    data.check_labels(info.num_classes, info.name, "--data")
-    if val is not None:
-        val.check_labels(info.num_classes, info.name, "--val")
-    distributed.on_main(processes, lambda: _check_store(db))
+
+@dataclass
+class _Model:
+    """The model as training starts it: pooling, frozen parts, unpinned positions, on its device."""
+
+    model: nn.Module
+    step_module: nn.Module  # TrainingStep, DDP-wrapped with several processes
+    trainable: Trainable
+    weights_metadata: dict[str, str]
+    initial_positions: list[torch.Tensor]
+    unpinned: int
+
+
+def _prepare_model(request: TrainRequest, model: nn.Module, ranks: Ranks, device: torch.device) -> _Model:
     weights_metadata = {}
     if request.maxpool:
         set_global_pool(model, "max")
@@ -253,65 +267,96 @@ def _setup(request: TrainRequest, processes: distributed.Processes, progress: Pr
     trainable = freeze(model, request.freeze_mode)
     initial_positions = [p.detach().clone() for p in position_parameters(model)]
     unpinned = unpin_positions(model, request.positions_offset) if request.positions_offset else 0
-    model.to(processes.device)
-    step_module = TrainingStep(model, _objective(request, model, processes.device))
-    if processes.distributed:
-        step_module = DistributedDataParallel(step_module, device_ids=[processes.device.index] if processes.device.type == "cuda" else None)
+    model.to(device)
+    step_module = TrainingStep(model, _objective(request, model, device))
+    if ranks.distributed:
+        step_module = DistributedDataParallel(step_module, device_ids=[device.index] if device.type == "cuda" else None)
+    return _Model(model, step_module, trainable, weights_metadata, initial_positions, unpinned)
 
+
+def _optimizer(request: TrainRequest, model: nn.Module) -> torch.optim.Optimizer:
     groups = param_groups(model, weight_decay=request.weight_decay, positions_lr=request.effective_positions_lr)
     try:
-        optimizer = create_optimizer_v2(groups, opt=request.opt, lr=request.lr, weight_decay=request.weight_decay, momentum=request.momentum)
+        return create_optimizer_v2(groups, opt=request.opt, lr=request.lr, weight_decay=request.weight_decay, momentum=request.momentum)
     except (AssertionError, ValueError, KeyError) as error:
         raise TrainingError(f"--opt {request.opt!r}: {error or 'unknown optimiser'}; use a timm optimiser name such as adamw or sgd") from None
 
+
+def _scheduler(request: TrainRequest, optimizer: torch.optim.Optimizer, steps_per_epoch: int, total_steps: int) -> Any:
+    """The schedule counts optimiser updates: one "epoch" of timm's scheduler per step."""
+    if request.sched == "none":
+        return None
+    # --decay-epochs is in passes over --data; the scheduler's "epochs" are steps
+    decay = {"decay_epochs": request.decay_epochs * steps_per_epoch} if request.decay_epochs else {}
+    scheduler, _ = create_scheduler_v2(
+        optimizer, sched=request.sched, num_epochs=total_steps, warmup_epochs=request.warmup_steps,
+        min_lr=request.min_lr, step_on_epochs=False, updates_per_epoch=1, decay_rate=request.decay_rate, **decay,
+    )
+    return scheduler
+
+
+def _resume(saved: dict[str, Any] | None, ranks: Ranks, model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any,
+            scaler: torch.amp.GradScaler) -> tuple[ckpt.TrainState, int | None]:
+    """The state a --resume checkpoint left (and the step it starts from); a fresh state without one."""
+    if saved is None:
+        return ckpt.TrainState(), None
+    model.load_state_dict(saved["model"])
+    optimizer.load_state_dict(saved["optimizer"])
+    if scheduler is not None:
+        scheduler.load_state_dict(saved["scheduler"])
+    scaler.load_state_dict(saved["scaler"])
+    state = ckpt.TrainState(**saved["state"])
+    rng = saved["rng"]
+    if ranks.rank < len(rng):
+        ckpt.set_rng_state(rng[ranks.rank])
+    return state, state.step
+
+
+def _setup(request: TrainRequest, ranks: Ranks, device: torch.device, progress: Progress | None, db: str | None) -> _Run:
+    data = open_training_data(request.data)
+    val = open_training_data(request.val, "--val") if request.val is not None else None
+    out = request.out.resolve()
+    ckpt.prepare_out(out, request.resume)
+    recipe = {**request.recipe(), "data": data.fingerprint()}
+    saved = ckpt.load_state(request.resume, recipe) if request.resume is not None else None
+    per_process = _check_batch(request, ranks)
+
+    _seed_everything(request.seed + ranks.rank)
+    model = load_model(request.model, device="cpu")
+    info = model.alignbench_info
+    data.check_labels(info.num_classes, info.name, "--data")
+    if val is not None:
+        val.check_labels(info.num_classes, info.name, "--val")
+    on_main(ranks, lambda: _check_store(db), TrainingError)
+    prepared = _prepare_model(request, model, ranks, device)
+    optimizer = _optimizer(request, model)
+
     train_transform, eval_transform = _transforms(request, model)
     dataset = TrainingImages(data, train_transform, seed=request.seed, composites=request.gc_consistency > 0)
-    sampler = EpochSampler(dataset, num_replicas=processes.world_size, rank=processes.rank, seed=request.seed)
-    per_process = request.batch_size // processes.world_size
+    sampler = EpochSampler(dataset, num_replicas=ranks.world_size, rank=ranks.rank, seed=request.seed)
     steps_per_epoch = math.ceil(sampler.num_samples / per_process)
     total_steps = request.steps or (request.epochs or 1) * steps_per_epoch
-    # The schedule counts optimiser updates: one "epoch" of timm's scheduler per step.
-    scheduler = None
-    if request.sched != "none":
-        # --decay-epochs is in passes over --data; the scheduler's "epochs" are steps
-        decay = {"decay_epochs": request.decay_epochs * steps_per_epoch} if request.decay_epochs else {}
-        scheduler, _ = create_scheduler_v2(
-            optimizer, sched=request.sched, num_epochs=total_steps, warmup_epochs=request.warmup_steps,
-            min_lr=request.min_lr, step_on_epochs=False, updates_per_epoch=1, decay_rate=request.decay_rate, **decay,
-        )
-    scaler = torch.amp.GradScaler(processes.device.type, enabled=request.amp)
-    workers = request.workers if request.workers is not None else _default_workers(processes)
+    scheduler = _scheduler(request, optimizer, steps_per_epoch, total_steps)
+    scaler = torch.amp.GradScaler(device.type, enabled=request.amp)
+    workers = request.workers if request.workers is not None else _default_workers(ranks)
     eval_loader = None
-    if val is not None and processes.is_main:
+    if val is not None and ranks.is_main:
         eval_loader = DataLoader(EvalImages(val, eval_transform), batch_size=per_process, num_workers=workers,
                                  generator=torch.Generator())
 
-    state, resumed_from = ckpt.TrainState(), None
-    if saved is not None:
-        model.load_state_dict(saved["model"])
-        optimizer.load_state_dict(saved["optimizer"])
-        if scheduler is not None:
-            scheduler.load_state_dict(saved["scheduler"])
-        scaler.load_state_dict(saved["scaler"])
-        state = ckpt.TrainState(**saved["state"])
-        rng = saved["rng"]
-        if processes.rank < len(rng):
-            ckpt.set_rng_state(rng[processes.rank])
-        resumed_from = state.step
+    state, resumed_from = _resume(saved, ranks, model, optimizer, scheduler, scaler)
     positions_group = next((i for i, group in enumerate(optimizer.param_groups) if group.get("group_name") == "positions"), None)
     return _Run(
-        request=request, processes=processes, out=out, data=data, val=val, recipe=recipe, model=model,
-        step_module=step_module, trainable=trainable, optimizer=optimizer, scheduler=scheduler, scaler=scaler,
+        request=request, ranks=ranks, device=device, out=out, data=data, val=val, recipe=recipe, model=model,
+        step_module=prepared.step_module, trainable=prepared.trainable, optimizer=optimizer, scheduler=scheduler, scaler=scaler,
         sampler=sampler, dataset=dataset, eval_loader=eval_loader, per_process_batch=per_process,
         steps_per_epoch=steps_per_epoch, total_steps=total_steps, state=state, resumed_from=resumed_from,
-        workers=workers, weights_metadata=weights_metadata, progress=progress, positions_group=positions_group,
-        unpinned=unpinned, initial_positions=initial_positions,
+        workers=workers, weights_metadata=prepared.weights_metadata, progress=progress, positions_group=positions_group,
+        unpinned=prepared.unpinned, initial_positions=prepared.initial_positions,
     )
 
 
 def _check_store(db: str | None) -> None:
-    from alignbench.store import open_store
-
     open_store(db).close()  # a bad --db fails now, not after the training
 
 
@@ -348,7 +393,7 @@ def _step_record(run: _Run, output: dict[str, Any], labels: torch.Tensor, second
     correct = (output["logits"].detach().argmax(dim=1) == labels).sum().float()
     local = torch.stack([output["loss"].detach().float() * count, *(v.float() * count for v in terms.values()), correct,
                          torch.tensor(count, device=labels.device)]).cpu()
-    total = distributed.sum_over_ranks(local, run.processes)
+    total = sum_over_ranks(local, run.ranks)
     images = float(total[-1])
     loss, *term_values, accuracy = (total[:-1] / images).tolist()
     return StepRecord(
@@ -370,7 +415,7 @@ def train_one_epoch(run: _Run, loader: DataLoader) -> bool:
     step; returns whether the epoch was completed."""
     state, model, optimizer = run.state, run.model, run.optimizer
     train_mode(model, run.trainable)
-    device = run.processes.device
+    device = run.device
     autocast = torch.autocast(device.type, enabled=True) if run.request.amp else nullcontext()
     for batch in _batches(loader):
         start = time.perf_counter()
@@ -400,7 +445,7 @@ def train_one_epoch(run: _Run, loader: DataLoader) -> bool:
         state.seconds += seconds
         record = _step_record(run, output, batch["label"], seconds, clamped, rates)
         state.recent_losses = (state.recent_losses + [record.loss])[-FINAL_LOSS_STEPS:]
-        if run.processes.is_main:
+        if run.ranks.is_main:
             ckpt.append_log(run.out / ckpt.LOG_FILE, record.to_json())
             if run.progress is not None:
                 run.progress(record)
@@ -429,7 +474,7 @@ def _evaluate(run: _Run) -> EvalRecord | None:
     if run.eval_loader is None:
         return None
     state = run.state
-    top1 = validate(run.model, run.eval_loader, run.processes.device)
+    top1 = validate(run.model, run.eval_loader, run.device)
     best = state.step > 0 and (state.best_top1 is None or top1 > state.best_top1)
     if state.step == 0:
         state.top1_before = top1
@@ -458,8 +503,8 @@ def _save_weights(run: _Run, path: Path) -> None:
 
 def _save_last(run: _Run) -> None:
     """last.pt (everything --resume needs, every process's generators) and last.safetensors."""
-    rng = distributed.gather_objects(ckpt.rng_state(), run.processes)
-    if not run.processes.is_main:
+    rng = gather_objects(ckpt.rng_state(), run.ranks)
+    if not run.ranks.is_main:
         return
     ckpt.save_state(run.out / ckpt.STATE_FILE, recipe=run.recipe, model=run.model, optimizer=run.optimizer,
                     scheduler=run.scheduler, scaler=run.scaler, state=run.state, rng=rng)
@@ -468,7 +513,7 @@ def _save_last(run: _Run) -> None:
 
 def _loop(run: _Run) -> None:
     state = run.state
-    if state.step == 0 and run.processes.is_main:
+    if state.step == 0 and run.ranks.is_main:
         _evaluate(run)  # the model before training
     while state.step < run.total_steps:
         run.sampler.set_position(state.epoch, state.batch_in_epoch * run.per_process_batch)
@@ -476,13 +521,13 @@ def _loop(run: _Run) -> None:
         # generator (dropout) — a resumed run starts one where an uninterrupted run does not.
         loader = DataLoader(
             run.dataset, batch_size=run.per_process_batch, sampler=run.sampler, num_workers=run.workers,
-            pin_memory=run.processes.device.type == "cuda", generator=torch.Generator(),
+            pin_memory=run.device.type == "cuda", generator=torch.Generator(),
         )
         completed = train_one_epoch(run, loader)
         if completed:
             state.epoch += 1
             state.batch_in_epoch = 0
-        if run.processes.is_main and (completed or state.step >= run.total_steps):
+        if run.ranks.is_main and (completed or state.step >= run.total_steps):
             _evaluate(run)
         _save_last(run)
 
@@ -497,7 +542,7 @@ def _lineage(run: _Run, result_fields: dict[str, Any]) -> dict[str, Any]:
         "val_dir": str(run.val.root) if run.val is not None else None,
         "steps": run.state.step,
         "images_seen": run.state.images_seen,
-        "processes": run.processes.world_size,
+        "processes": run.ranks.world_size,
         "hyper_parameters": hyper,
         **result_fields,
         "top1_before": run.state.top1_before,
@@ -518,10 +563,6 @@ def _parent(run: _Run) -> tuple[Any, int]:
     own: a stream trained from scratch descends from the backbone with its global average pooling
     (so ``compare --against parent`` is GAP vs stream); one trained further from a stream
     checkpoint, from that stream."""
-    from dataclasses import replace
-
-    from alignbench.models import model_identity
-
     info, model = run.model.alignbench_info, run.model
     if isinstance(model, CAStreamModel) and run.request.model.stream_checkpoint is None:
         pooled = replace(run.request.model, ca_stream=False, tag=None)
@@ -538,7 +579,7 @@ def _finish(run: _Run, db: str | None) -> TrainResult:
     tag = request.effective_tag
     recorded_in, identities = None, {}
     parent, parent_params = _parent(run)
-    if run.processes.is_main:
+    if run.ranks.is_main:
         files = [TrainedFile("last", last, {"step": state.step, "top1": state.last_top1 if state.last_top1_step == state.step else None})]
         if state.best_step is not None and best.is_file():
             files.append(TrainedFile("best", best, {"step": state.best_step, "top1": state.best_top1}))
@@ -550,7 +591,7 @@ def _finish(run: _Run, db: str | None) -> TrainResult:
         model=info.spec.name, dcls=request.model.dcls, method=request.method.name, tag=tag, out=run.out, last=last,
         best=best if state.best_step is not None else None, steps=state.step, total_steps=run.total_steps,
         epochs=state.images_seen / len(run.data), images_seen=state.images_seen, batch_size=request.batch_size,
-        processes=run.processes.world_size, trainable_parameters=run.trainable.parameters,
+        processes=run.ranks.world_size, trainable_parameters=run.trainable.parameters,
         trainable_positions=run.trainable.positions, total_parameters=run.trainable.total, final_loss=final_loss,
         top1_before=state.top1_before, top1_after=state.last_top1, best_top1=state.best_top1, best_step=state.best_step,
         seconds=state.seconds, images_per_s=state.images_seen / state.seconds if state.seconds else 0.0,
@@ -560,7 +601,7 @@ def _finish(run: _Run, db: str | None) -> TrainResult:
         best_fingerprint=identities["best"].fingerprint if "best" in identities else None,
         data_fingerprint=run.recipe["data"], recorded_in=recorded_in, lineage=lineage, ca_stream=request.model.ca_stream,
     )
-    if run.processes.is_main:
+    if run.ranks.is_main:
         ckpt.write_json(run.out / ckpt.SUMMARY_FILE, {**result.to_json(), "request": request.to_json()})
     return result
 
@@ -571,23 +612,28 @@ def train(request: TrainRequest, *, db: str | None = None, progress: Progress | 
     Run under ``torchrun --nproc_per_node N -m alignbench train ...`` it trains with N processes
     (DistributedDataParallel). ``progress`` receives every StepRecord and EvalRecord (rank 0).
     Raises AlignbenchError subclasses for bad input before anything is written, and
-    TrainingInterrupted (the state after the last whole step saved) on Ctrl-C.
+    TrainingInterrupted (the state after the last whole step saved) on Ctrl-C. Under torchrun the
+    launch is joined as scoring joins it (``alignbench.distributed``: the collective timeout, and
+    torchrun's SIGTERM when another rank fails as a one-line AlignbenchError naming the checkpoints kept).
     """
     request.validate()
-    processes = distributed.start(request.device)
+    ranks = join_launch(request.device, kept=_kept(request.out.resolve()))  # alone: SINGLE
+    device = _device(request, ranks)
+    _check_device(request, device)
+    run = _setup(request, ranks, device, progress, db)
     try:
-        _check_device(request, processes)
-        run = _setup(request, processes, progress, db)
-        try:
-            _loop(run)
-        except KeyboardInterrupt:
-            if run.interruptible and run.state.step > 0:
-                _save_last(run)
-                raise TrainingInterrupted(
-                    f"interrupted after step {run.state.step} of {run.total_steps}; continue with "
-                    f"--resume {run.out / ckpt.STATE_FILE} (same options)"
-                ) from None
-            raise TrainingInterrupted(f"interrupted during step {run.state.step + 1}; the last checkpoint in {run.out} is intact") from None
-        return _finish(run, db)
-    finally:
-        distributed.stop(processes)
+        _loop(run)
+    except KeyboardInterrupt:
+        if run.interruptible and run.state.step > 0:
+            _save_last(run)
+            raise TrainingInterrupted(
+                f"interrupted after step {run.state.step} of {run.total_steps}; continue with "
+                f"--resume {run.out / ckpt.STATE_FILE} (same options)"
+            ) from None
+        raise TrainingInterrupted(f"interrupted during step {run.state.step + 1}; the last checkpoint in {run.out} is intact") from None
+    return _finish(run, db)
+
+
+def _kept(out: Path) -> str:
+    """What a rank stopped by torchrun (another one failed) leaves: the checkpoints written so far."""
+    return f"the checkpoints written to {out} are kept; continue with --resume {out / ckpt.STATE_FILE} (same options)"
