@@ -15,7 +15,9 @@ from typer.testing import CliRunner
 from alignbench._utils.class_names import imagenet_class_names
 from alignbench.testing.synthetic import add_run, add_thumbnails, image_id
 from alignbench.html_report.gallery import pick_images
-from alignbench.html_report.page import COLOUR_MAP, build_page, missing_thumbnails, read_report_data, render_page
+from alignbench.html_report.build import build_page, missing_thumbnails, read_report_data
+from alignbench.html_report.painter import COLOUR_MAP
+from alignbench.html_report.render import render_page
 from alignbench.cli.app import app
 from alignbench.html_report import MANIFEST, write_html_report
 from alignbench.store import open_store
@@ -232,7 +234,7 @@ def test_empty_or_missing_store_gives_a_page_that_says_so(tmp_path: Path) -> Non
         result = runner.invoke(app, ["report", "--db", url, "--html", str(out)])
         assert result.exit_code == 0, result.output
         page = (out / "index.html").read_text()
-        assert "No runs stored yet" in page and "alignbench score" in page
+        assert "no runs stored yet" in page and "alignbench score" in page
     assert not (tmp_path / "none.db").exists()  # a report never creates a store
 
 
