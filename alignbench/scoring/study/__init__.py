@@ -61,6 +61,7 @@ from typing import Any
 
 from alignbench.errors import AlignbenchError, DatasetError, ExplainerError, MetricError, ModelError
 from alignbench.models import ModelRequest
+from alignbench.models.specs import variant_name
 from alignbench.scoring import ScoreRequest, ScoreResult
 
 if sys.version_info >= (3, 11):
@@ -394,13 +395,12 @@ def _parse(data: dict[str, Any], source: _Source, base: Path, db: str | None = N
 
 
 def describe(request: ScoreRequest) -> str:
-    """One line naming a cell: model (+ DCLS), explainer, dataset, protocol."""
+    """One line naming a cell: the model variant, explainer, dataset, protocol."""
     from alignbench.explainers import explainer_setting
 
     method, params = explainer_setting(request.explainer, **request.explainer_params)
     shown = ", ".join(f"{k}={v}" for k, v in sorted(params.items()))
-    model = request.model.tag or request.model.name
-    model += " + DCLS" if request.model.dcls else ""
+    model = variant_name(request.model.tag or request.model.name, dcls=request.model.dcls, ca_stream=request.model.ca_stream)
     precision = f" · {request.precision}" if request.precision != "fp32" else ""
     return f"{model} · {method}{f' ({shown})' if shown else ''} · {request.dataset} · {request.protocol}{precision}"
 
