@@ -39,7 +39,7 @@ from alignbench.metrics.spearman import spearman
 from alignbench.models import ModelRequest, load_model, model_identity, resolve_device
 from alignbench.store import Store
 from alignbench.store import queries as q
-from alignbench.store.tables import THUMBNAIL_KINDS, Dataset, ExplainerSetting, ImageScore, Model, Run
+from alignbench.store.tables import Dataset, ExplainerSetting, ImageScore, Model, Run
 
 THUMBNAIL_SIDE = 112  # half the usual 224 input: maps keep their shape, a gallery row stays light
 # A recomputed map must reproduce its stored Spearman to this: scoring batches of other sizes and

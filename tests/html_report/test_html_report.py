@@ -280,3 +280,16 @@ def test_a_thumbnail_is_stored_once(tmp_path: Path) -> None:
         with store.session() as session:
             assert q.stored_thumbnails(session, [run_id]) == {(run_id, image_id(0), "model")}
             assert q.read_thumbnails(session, run_id, [image_id(0)])[(image_id(0), "model")].png == b"first"
+
+
+def test_a_second_metric_gets_a_column_of_means(tmp_path: Path) -> None:
+    """Runs that stored more than the report's metric show each other metric's mean (one grouped query)."""
+    url = f"sqlite:///{tmp_path / 's.db'}"
+    with open_store(url) as store:
+        add_run(store, model="resnet50", dcls=False, values=[0.1, 0.3], metrics=("spearman", "average-drop"))
+    data = _data(url)
+    with open_store(url, create=False) as store, store.session() as session:
+        page = build_page(session, data)
+    assert "mean spearman" in page.runs.columns and "mean average-drop" in page.runs.columns
+    assert page.runs.rows[0][page.runs.columns.index("mean spearman")].text == "0.2000"
+    assert page.runs.rows[0][page.runs.columns.index("mean average-drop")].text == "—"  # no row stored a value
