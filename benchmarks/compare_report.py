@@ -40,7 +40,7 @@ TARGET_S = {"compare": 2.0, "report": 2.0, "html": 5.0}
 
 def fill(path: Path, n_images: int) -> float:
     from alignbench.testing.synthetic import add_thumbnails, fill_paper_like_store
-    from alignbench.html_report.page import missing_thumbnails, read_report_data
+    from alignbench.html_report.build import missing_thumbnails, read_report_data
     from alignbench.store import open_store
 
     start = time.perf_counter()

@@ -12,11 +12,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlmodel import Session
 
 from alignbench.store.queries import metric_column
-from alignbench.store.tables import ImageScore
+from alignbench.store.tables import Dataset, ImageScore, Model, Run
 
 
 @dataclass(frozen=True)
@@ -169,8 +169,6 @@ class RunDetails:
 
 
 def run_details(session: Session, run_ids: Sequence[int]) -> dict[int, RunDetails]:
-    from alignbench.store.tables import Dataset, Model, Run
-
     if not run_ids:
         return {}
     statement = (

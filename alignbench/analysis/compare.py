@@ -22,10 +22,12 @@ from typing import TYPE_CHECKING, Any
 
 from sqlmodel import Session
 
+from alignbench.analysis import NOTHING_STORED
 from alignbench.analysis.runs import (GroupKey, Pairing, RunFilter, RunScore, StoredRuns, hidden_note, load_runs, pair_runs,
                                      pair_two_runs, pair_with_parents, score_label, score_name)
 from alignbench.analysis.stats import DEFAULT_RESAMPLES, DEFAULT_SEED, paired_bootstrap_ci, wilcoxon_signed_rank
 from alignbench.errors import AlignbenchError
+from alignbench.metrics import metric_spec  # torch-free: the registry is plain data
 from alignbench.store import StoreMissing, open_store
 from alignbench.store.queries import canonical_json
 
@@ -42,8 +44,6 @@ CONFIDENCE = 0.95
 IDENTICAL_TOLERANCE = 1e-6
 # compare's modes: which runs each row pairs
 AGAINST = ("baseline", "parent")
-
-NOTHING_STORED = "no model runs stored yet; run `alignbench score` first (e.g. `alignbench score resnet50` and `alignbench score resnet50 --dcls`)"
 
 
 @dataclass(frozen=True)
@@ -208,8 +208,6 @@ def _ranked(runs: list[RunScore]) -> tuple[RunScore, ...]:
 
 
 def _higher_is_better(metric: str) -> bool:
-    from alignbench.metrics import metric_spec  # the registry is plain data (torch-free)
-
     return metric_spec(metric).higher_is_better
 
 

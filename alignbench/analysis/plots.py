@@ -13,12 +13,15 @@ from pathlib import Path
 
 from alignbench.analysis.report import Histogram, ParameterFit, Report
 from alignbench.analysis.runs import Pairing, score_label, score_name
+from alignbench.models.specs import variant_name
 
 # coloured series on the terminal's own background (plotext's default theme paints it white); set
 # before titles and labels, which take the theme's colours when they are set
 _THEME = "simple"
 # one fill character per bar series, so the bars read apart without colours (and in a pipe)
 _BAR_MARKERS = ("█", "▓", "▒", "░", "#", "=", "+", ":")
+# a DCLS series of figure 3 is named like a DCLS model variant: "<explainer> + DCLS" (hatched in the PNG)
+DCLS_SUFFIX = variant_name("", dcls=True)
 
 
 @dataclass(frozen=True)
@@ -65,7 +68,7 @@ def figure_data(report: Report) -> FigureData:
         if p.baseline_score is not None:
             bars[label][p.model] = p.baseline_score
         if p.dcls_score is not None:
-            bars[f"{label} + DCLS"][p.model] = p.dcls_score
+            bars[variant_name(label, dcls=True)][p.model] = p.dcls_score
     scatter = [ScatterSeries(label, *map(tuple, zip(*rows))) for label, rows in points.items()]
     chart = BarChart(tuple(models), {label: tuple(scores.get(m) for m in models) for label, scores in sorted(bars.items())})
     models_runs = [r for r in report.runs if not r.is_reference]
@@ -222,94 +225,110 @@ def terminal_figures(report: Report, *, width: int = 100, colour: bool = False) 
 # --- PNG (matplotlib) -------------------------------------------------------------------------
 
 
-def write_pngs(report: Report, directory: str | Path) -> list[Path]:
-    """The same figures as PNG files in ``directory`` (created); returns the paths written."""
+def _figure(**options):
+    """A matplotlib figure on its own Agg canvas."""
     # Figures made directly on an Agg canvas, without pyplot (matplotlib's advice for files written
     # by a program): no global figure manager, and pyplot's import was a third of the time. The
     # canvas also gives tight_layout its renderer without a throw-away draw of the whole figure.
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure as _Figure
+    from matplotlib.backends.backend_agg import FigureCanvasAgg  # matplotlib only when PNGs are asked for
+    from matplotlib.figure import Figure
 
-    def Figure(**options) -> _Figure:
-        figure = _Figure(**options)
-        FigureCanvasAgg(figure)
-        return figure
+    figure = Figure(**options)
+    FigureCanvasAgg(figure)
+    return figure
 
+
+def _save(fig, path: Path) -> Path:
+    fig.tight_layout()
+    fig.set_layout_engine(None)  # the margins are set: savefig need not lay the figure out again
+    fig.savefig(path, dpi=120)
+    return path
+
+
+def _scatter_png(data: FigureData, path: Path) -> Path:
+    """Figure 2: DCLS against baseline per architecture, every explainer setting on one axes."""
+    fig = _figure(figsize=(6, 6))
+    ax = fig.subplots()
+    everything = [v for s in data.scatter for v in (*s.baseline, *s.dcls)]
+    low, high = _span(everything)
+    for series in data.scatter:
+        ax.scatter(series.baseline, series.dcls, label=series.label)
+        for model, x, y in zip(series.models, series.baseline, series.dcls):
+            ax.annotate(model, (x, y), fontsize=7, xytext=(3, 3), textcoords="offset points")
+    ax.plot([low, high], [low, high], "k--", linewidth=1, label="y = x (no change)")
+    ax.set(xlabel=f"baseline {data.scale}", ylabel=f"DCLS {data.scale}", title="DCLS vs baseline")
+    ax.legend(fontsize=8)
+    return _save(fig, path)
+
+
+def _bars_png(data: FigureData, path: Path) -> Path:
+    """Figure 3: per architecture, a bar per explainer with and without DCLS (hatched)."""
+    chart = data.bars
+    fig = _figure(figsize=(max(6, 1.2 * len(chart.models)), 4.5))
+    ax = fig.subplots()
+    bar_width = 0.8 / len(chart.series)
+    for i, (label, scores) in enumerate(chart.series.items()):
+        xs = [k - 0.4 + bar_width * (i + 0.5) for k, s in enumerate(scores) if s is not None]
+        ys = [s for s in scores if s is not None]
+        ax.bar(xs, ys, width=bar_width, label=label, hatch="//" if label.endswith(DCLS_SUFFIX) else None)
+    ax.set_xticks(range(len(chart.models)), chart.models, rotation=30, ha="right")
+    ax.set(ylabel=data.scale, title="Per model and explainer, with and without DCLS")
+    ax.legend(fontsize=8)
+    return _save(fig, path)
+
+
+def _parameters_png(data: FigureData, path: Path) -> Path:
+    """Figure 4: the baselines' parameter count (millions) against their score."""
+    fig = _figure(figsize=(6, 4.5))
+    ax = fig.subplots()
+    for fit in data.fits:
+        ax.scatter([p / 1e6 for p in fit.param_counts], fit.scores,
+                   label=f"{fit.group.explainer_label}: r = {fit.pearson_r:.2f}, ρ = {fit.spearman_rho:.2f}")
+        for model, x, y in zip(fit.models, fit.param_counts, fit.scores):
+            ax.annotate(model, (x / 1e6, y), fontsize=7, xytext=(3, 3), textcoords="offset points")
+    ax.set(xlabel="parameters (millions)", ylabel=data.scale, title="Baselines: parameter count vs score")
+    ax.legend(fontsize=8)
+    return _save(fig, path)
+
+
+def _histograms_png(data: FigureData, metric: str, path: Path) -> Path:
+    """Per run, the histogram of its per-image values, as one row of a ridgeline."""
+    # One row per run on one axes (a ridgeline): runs compare along one x axis, each histogram
+    # scaled to its own peak so runs of any size read alike, a tick at its mean. One axes costs
+    # a tenth of a grid of panels (with 17 runs the grid's ticks and titles were most of the
+    # HTML report's time).
+    n = len(data.histograms)
+    labels = [f"run {h.run.run_id}: {h.run.display_name} · {h.run.view.method} ({int(h.counts.sum()):,})" for h in data.histograms]
+    label_width = 0.3 + 0.062 * max(len(label) for label in labels)  # inches at font size 8
+    width, height = 5.5 + label_width, 1.0 + max(0.4 * n, 2.0)  # a lone run gets a readable height
+    fig = _figure(figsize=(width, height))
+    ax = fig.subplots()
+    fig.subplots_adjust(left=label_width / width, right=1 - 0.25 / width, bottom=0.55 / height, top=1 - 0.45 / height)
+    for row, hist in enumerate(data.histograms):
+        base = n - 1 - row  # the first run on top
+        peak = max(int(hist.counts.max()), 1) if hist.counts.size else 1
+        ax.stairs(base + 0.85 * hist.counts / peak, hist.edges, baseline=base, fill=True, color=f"C{row % 10}", alpha=0.8)
+        if hist.run.mean is not None:
+            ax.plot([hist.run.mean, hist.run.mean], [base, base + 0.9], color="black", linewidth=1)
+    ax.set_yticks([n - 1 - row for row in range(n)], labels, fontsize=8)
+    ax.set_ylim(-0.1, n)
+    ax.set(xlabel=f"per-image {metric} (black: the run's mean; in brackets: images scored)", title=f"Per-image {metric} per run")
+    fig.savefig(path, dpi=120)  # laid out by subplots_adjust above: no tight_layout
+    return path
+
+
+def write_pngs(report: Report, directory: str | Path) -> list[Path]:
+    """The same figures as PNG files in ``directory`` (created); returns the paths written."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     data = figure_data(report)
     written = []
-
-    def save(fig, name: str) -> None:
-        path = directory / name
-        fig.tight_layout()
-        fig.set_layout_engine(None)  # the margins are set: savefig need not lay the figure out again
-        fig.savefig(path, dpi=120)
-        written.append(path)
-
     if data.scatter:
-        fig = Figure(figsize=(6, 6))
-        ax = fig.subplots()
-        everything = [v for s in data.scatter for v in (*s.baseline, *s.dcls)]
-        low, high = _span(everything)
-        for series in data.scatter:
-            ax.scatter(series.baseline, series.dcls, label=series.label)
-            for model, x, y in zip(series.models, series.baseline, series.dcls):
-                ax.annotate(model, (x, y), fontsize=7, xytext=(3, 3), textcoords="offset points")
-        ax.plot([low, high], [low, high], "k--", linewidth=1, label="y = x (no change)")
-        ax.set(xlabel=f"baseline {data.scale}", ylabel=f"DCLS {data.scale}", title="DCLS vs baseline")
-        ax.legend(fontsize=8)
-        save(fig, "fig2_dcls_vs_baseline.png")
-
-    chart = data.bars
-    if chart.models and chart.series:
-        fig = Figure(figsize=(max(6, 1.2 * len(chart.models)), 4.5))
-        ax = fig.subplots()
-        n = len(chart.series)
-        bar_width = 0.8 / n
-        for i, (label, scores) in enumerate(chart.series.items()):
-            xs = [k - 0.4 + bar_width * (i + 0.5) for k, s in enumerate(scores) if s is not None]
-            ys = [s for s in scores if s is not None]
-            ax.bar(xs, ys, width=bar_width, label=label, hatch="//" if label.endswith("+ DCLS") else None)
-        ax.set_xticks(range(len(chart.models)), chart.models, rotation=30, ha="right")
-        ax.set(ylabel=data.scale, title="Per model and explainer, with and without DCLS")
-        ax.legend(fontsize=8)
-        save(fig, "fig3_explainers.png")
-
+        written.append(_scatter_png(data, directory / "fig2_dcls_vs_baseline.png"))
+    if data.bars.models and data.bars.series:
+        written.append(_bars_png(data, directory / "fig3_explainers.png"))
     if data.fits:
-        fig = Figure(figsize=(6, 4.5))
-        ax = fig.subplots()
-        for fit in data.fits:
-            ax.scatter([p / 1e6 for p in fit.param_counts], fit.scores,
-                       label=f"{fit.group.explainer_label}: r = {fit.pearson_r:.2f}, ρ = {fit.spearman_rho:.2f}")
-            for model, x, y in zip(fit.models, fit.param_counts, fit.scores):
-                ax.annotate(model, (x / 1e6, y), fontsize=7, xytext=(3, 3), textcoords="offset points")
-        ax.set(xlabel="parameters (millions)", ylabel=data.scale, title="Baselines: parameter count vs score")
-        ax.legend(fontsize=8)
-        save(fig, "fig4_parameters.png")
-
+        written.append(_parameters_png(data, directory / "fig4_parameters.png"))
     if data.histograms:
-        # One row per run on one axes (a ridgeline): runs compare along one x axis, each histogram
-        # scaled to its own peak so runs of any size read alike, a tick at its mean. One axes costs
-        # a tenth of a grid of panels (with 17 runs the grid's ticks and titles were most of the
-        # HTML report's time).
-        n = len(data.histograms)
-        labels = [f"run {h.run.run_id}: {h.run.display_name} · {h.run.view.method} ({int(h.counts.sum()):,})" for h in data.histograms]
-        label_width = 0.3 + 0.062 * max(len(label) for label in labels)  # inches at font size 8
-        width, height = 5.5 + label_width, 1.0 + max(0.4 * n, 2.0)  # a lone run gets a readable height
-        fig = Figure(figsize=(width, height))
-        ax = fig.subplots()
-        fig.subplots_adjust(left=label_width / width, right=1 - 0.25 / width, bottom=0.55 / height, top=1 - 0.45 / height)
-        for row, hist in enumerate(data.histograms):
-            base = n - 1 - row  # the first run on top
-            peak = max(int(hist.counts.max()), 1) if hist.counts.size else 1
-            ax.stairs(base + 0.85 * hist.counts / peak, hist.edges, baseline=base, fill=True, color=f"C{row % 10}", alpha=0.8)
-            if hist.run.mean is not None:
-                ax.plot([hist.run.mean, hist.run.mean], [base, base + 0.9], color="black", linewidth=1)
-        ax.set_yticks([n - 1 - row for row in range(n)], labels, fontsize=8)
-        ax.set_ylim(-0.1, n)
-        ax.set(xlabel=f"per-image {report.metric} (black: the run's mean; in brackets: images scored)", title=f"Per-image {report.metric} per run")
-        path = directory / "histograms.png"
-        fig.savefig(path, dpi=120)
-        written.append(path)
+        written.append(_histograms_png(data, report.metric, directory / "histograms.png"))
     return written

@@ -25,15 +25,15 @@ from typing import Any
 import numpy as np
 from sqlmodel import Session
 
-from alignbench.analysis import DEFAULT_BINS  # defined numpy-free there, for the CLI's --bins default
+from alignbench.analysis import DEFAULT_BINS, NOTHING_STORED  # defined numpy-free there, for the CLI's --bins default
 from alignbench.analysis._queries import WorstImage, worst_images
 from alignbench.analysis.runs import GroupKey, Pairing, RunFilter, RunScore, StoredRuns, hidden_note, load_runs, pair_runs, score_label
 from alignbench.analysis.stats import pearson_r, spearman_rho
 from alignbench.errors import AlignbenchError
+from alignbench.metrics import metric_spec  # torch-free: the registry is plain data
 from alignbench.store import StoreMissing, open_store
 
 DEFAULT_WORST = 10
-NOTHING_STORED = "no runs stored yet; run `alignbench score` first (it scores the embedded default model in seconds)"
 
 
 @dataclass(frozen=True)
@@ -196,8 +196,6 @@ def build_report(
 ) -> Report:
     """The report of the runs matching the filters; with ``run_id``, of that run and its ``worst`` images.
     ``stored``: those runs already read (``load_runs``), e.g. by a caller that compares them too."""
-    from alignbench.metrics import metric_spec  # the registry is plain data (torch-free)
-
     runs = RunFilter.of(runs, **filters)
     metric, run_id = runs.metric, runs.run_id
     spec = metric_spec(metric)

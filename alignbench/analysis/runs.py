@@ -21,8 +21,9 @@ from sqlmodel import Session
 
 from alignbench.analysis._queries import EMPTY_VALUES, ImageValues, per_image_values
 from alignbench.datasets import dataset_label
-from alignbench.explainers import CENTRE_BIAS
+from alignbench.explainers import CENTRE_BIAS, resolve_method  # torch-free: the registry is plain data
 from alignbench.errors import AlignbenchError, ExplainerError, MetricError
+from alignbench.models.specs import variant_name
 from alignbench.store import queries as q
 
 
@@ -87,9 +88,7 @@ class RunScore:
 
     @property
     def display_name(self) -> str:
-        name = f"{self.view.model} + DCLS" if self.view.dcls else self.view.model
-        name = f"{name} + CA-Stream" if self.view.ca_stream else name
-        return f"{name} · {self.variant}" if self.variant else name
+        return variant_name(self.view.model, dcls=self.view.dcls, ca_stream=self.view.ca_stream, tag=self.variant)
 
     @property
     def model_label(self) -> str:
@@ -129,8 +128,6 @@ def canonical_explainer(name: str | None) -> str | None:
     """The stored method name for a name or alias (``threshold`` → ``threshold-gradcam``)."""
     if name is None:
         return None
-    from alignbench.explainers import resolve_method  # the registry is plain data (torch-free)
-
     try:
         return resolve_method(name).name
     except ExplainerError:

@@ -11,6 +11,7 @@ from rich.table import Table
 
 from alignbench.cli import _options as o
 from alignbench.cli._errors import guarded, stdout_console
+from alignbench.models.specs import variant_name
 
 
 def _yes_no(value: bool | None) -> str:
@@ -53,7 +54,7 @@ def _trained(db: str | None, as_json: bool) -> None:
         moved = "—" if lineage.get("positions_shift_max") is None else f"max {lineage['positions_shift_max']:.3f} px"
         checkpoint = Path(lineage["checkpoint"]) if lineage.get("checkpoint") else None  # its --out and file name
         table.add_row(
-            row.label, f"{row.name}{' + DCLS' if row.dcls else ''}{' + CA-Stream' if row.ca_stream else ''}", row.origin, row.parent_label,
+            row.label, variant_name(row.name, dcls=row.dcls, ca_stream=row.ca_stream), row.origin, row.parent_label,
             str(lineage.get("steps", "—")), _number(lineage.get("final_loss")), top1, moved,
             f"{checkpoint.parent.name}/{checkpoint.name}" if checkpoint else "—",
         )

@@ -10,6 +10,7 @@ from rich.table import Table
 
 from alignbench.cli import _options as o
 from alignbench.cli._errors import guarded, stdout_console
+from alignbench.models.specs import variant_name
 
 app = typer.Typer(name="runs", help="List the stored runs, delete the ones you no longer want.", no_args_is_help=True, rich_markup_mode="rich")
 
@@ -24,8 +25,7 @@ def _as_dict(run) -> dict:
 
 
 def _model(run) -> str:
-    name = f"{run.model} + CA-Stream" if run.ca_stream else run.model
-    return f"{name} · {run.tag}" if run.tag else name
+    return variant_name(run.model, ca_stream=run.ca_stream, tag=run.tag)  # DCLS has a column of its own
 
 
 def _table(runs, title: str) -> Table:

@@ -18,6 +18,7 @@ from alignbench.cli import _options as o
 from alignbench.cli._errors import guarded, stdout_console
 from alignbench.errors import AlignbenchError, ModelError
 from alignbench.metrics import METRICS
+from alignbench.models.specs import variant_name
 from alignbench.scoring import DEFAULT_MODEL, ScoreRequest, ScoreResult, parse_metrics, trained_request
 from alignbench.scoring import score as run_score
 
@@ -41,7 +42,7 @@ def _summary_table(result: ScoreResult) -> Table:
     table.add_column()
     params = ", ".join(f"{k}={v}" for k, v in sorted(result.explainer_params.items()))
     rows = [
-        ("model", f"{result.model}{' + DCLS' if result.dcls else ''}{' + CA-Stream' if result.ca_stream else ''}"),
+        ("model", variant_name(result.model, dcls=result.dcls, ca_stream=result.ca_stream)),
         ("weights", result.weights_source),
         ("explainer", f"{result.explainer}" + (f" ({params})" if params else "")),
         ("dataset / protocol", f"{result.dataset} / {result.protocol}"),

@@ -15,6 +15,7 @@ from rich.table import Table
 
 from alignbench.cli import _options as o
 from alignbench.cli._errors import guarded, stdout_console
+from alignbench.models.specs import variant_name
 from alignbench.training import FREEZE_MODES, METHODS, PAPER_GC_LAMBDA, POSITIONS_LR_FACTOR, POSITIONS_OFFSET, SCHEDULES
 
 _FREEZE_HELP = "; ".join(f"{mode.name}: {mode.description}" for mode in FREEZE_MODES.values())
@@ -56,9 +57,8 @@ def _summary(result) -> Table:
     trained = f"{result.trainable_parameters:,} of {result.total_parameters:,} parameters"
     if result.trainable_positions:
         trained += f" ({result.trainable_positions:,} DCLS position coordinates)"
-    variant = f"{' + DCLS' if result.dcls else ''}{' + CA-Stream' if result.ca_stream else ''}"
     rows = [
-        ("model", f"{result.model}{variant} · {result.method}"),
+        ("model", f"{variant_name(result.model, dcls=result.dcls, ca_stream=result.ca_stream)} · {result.method}"),
         ("trained", trained),
         ("steps", f"{result.steps} of {result.total_steps} ({result.epochs:.2f} epochs, {result.images_seen:,} images, "
                   f"batch {result.batch_size}, {result.processes} process{'es' if result.processes > 1 else ''})"

@@ -3,10 +3,16 @@
 The one library function the command calls, :func:`write_html_report`:
 
 1. checks the output directory before anything else (see :class:`OutputDirectory`);
-2. reads what the report shows from the store (``alignbench.html_report.page.read_report_data``);
-3. computes the thumbnails its galleries lack (``alignbench.html_report.thumbnails``, the only step that imports
-   torch, skipped when every thumbnail is stored) and stores them, so the next report reuses them;
-4. builds the page model from the store and writes ``DIR/index.html`` and its pictures and figures.
+2. reads what the report shows from the store (``build.read_report_data``);
+3. computes the thumbnails its galleries lack (``thumbnails``, the only step that imports torch,
+   skipped when every thumbnail is stored) and stores them, so the next report reuses them;
+4. builds the page model from the store (``build.build_page``) and writes ``DIR/index.html``
+   (``render.render_page``) and its pictures and figures.
+
+The package, in the order the data flows: ``page`` (the page model: plain dataclasses), ``painter``
+(the pictures and figures, matplotlib), ``gallery`` (which images each gallery shows, and its rows
+of pictures), ``build`` (the page built from the store), ``render`` (the Jinja2 templates in
+``templates/``), and ``thumbnails`` (the gallery maps computed and stored; torch).
 
 An empty or missing store gives a page that says so. A run whose model or data is not on this
 machine gets a gallery that says which and why; the rest of the report is written.
@@ -21,11 +27,14 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from alignbench.analysis import DEFAULT_BINS
-from alignbench.html_report.gallery import DEFAULT_GALLERY, DEFAULT_SEED
-from alignbench.html_report.page import PICTURES
+from alignbench.analysis import DEFAULT_BINS, NOTHING_STORED
 from alignbench.analysis.runs import RunFilter
 from alignbench.errors import AlignbenchError
+from alignbench.html_report.build import build_page, missing_thumbnails, read_report_data
+from alignbench.html_report.gallery import DEFAULT_GALLERY, DEFAULT_SEED
+from alignbench.html_report.page import message_page
+from alignbench.html_report.painter import PICTURES
+from alignbench.html_report.render import render_page
 from alignbench.store import StoreMissing, open_store, resolve_url
 
 MANIFEST = ".alignbench-report.json"  # the files a report wrote into its directory, and nothing else
@@ -155,8 +164,6 @@ def write_html_report(
     section's draw; ``bins``: the histograms'. Raises AlignbenchError for an output directory that cannot be used (before
     anything is read or computed), a bad filter or an unknown run; an empty store is not an error.
     """
-    from alignbench.html_report.page import NOTHING_STORED, build_page, message_page, missing_thumbnails, read_report_data, render_page
-
     runs = RunFilter.of(runs, **filters)
     if gallery < 0:
         raise AlignbenchError(f"--gallery must be 0 (no galleries) or more, got {gallery}")

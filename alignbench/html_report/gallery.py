@@ -1,4 +1,5 @@
-"""Which images the HTML report's galleries show (the paper's Fig. 1), chosen from the stored scores.
+"""The HTML report's galleries (the paper's Fig. 1): which images they show, chosen from the stored
+scores, and their rows of pictures, painted from the stored thumbnails.
 
 A gallery belongs to a comparison (two runs of one group: baseline and DCLS today, trained model and
 parent later) or to one run. It shows K images in each of three sections: for a run, its best and
@@ -9,7 +10,8 @@ seeded, so the same store gives the same galleries and their stored thumbnails a
 
 Each image of a gallery needs three thumbnails per run: the model input (``image``), the reference
 map (``reference``) and the run's explanation (``model``) (``THUMBNAIL_KINDS`` of the store). They are
-computed outside ``analysis`` (``alignbench.html_report.thumbnails``), which only reads the store.
+computed beside the scorer (``alignbench.html_report.thumbnails``, which imports torch) before the
+page is built; nothing here computes a map (the centre-bias map is model-free, numpy only).
 """
 
 from __future__ import annotations
@@ -20,12 +22,23 @@ from dataclasses import dataclass
 import numpy as np
 from sqlmodel import Session
 
-from alignbench.analysis._queries import ImageRow, ImageValues, image_rows
+from alignbench._utils.class_names import class_name
+from alignbench.analysis._queries import ImageRow, ImageValues, RunDetails, image_rows
 from alignbench.analysis.compare import Comparison
 from alignbench.analysis.runs import RunScore, StoredRuns
+from alignbench.datasets import DATASETS, NO_REFERENCE  # torch-free: the registry is plain data
+from alignbench.explainers import CENTRE_BIAS_SIGMA_FRAC, centre_bias_map  # torch-free: numpy only
+from alignbench.html_report.page import Gallery, GalleryRow, MapView, Picture
+from alignbench.html_report.page import GallerySection as SectionView
+from alignbench.html_report.painter import Painter, thumbnail_values, unit_range
+from alignbench.models.specs import MODELS
+from alignbench.store import queries as q
+from alignbench.store.tables import Thumbnail
 
 DEFAULT_GALLERY = 8  # images per section (--gallery)
 DEFAULT_SEED = 0
+# Datasets whose labels are ImageNet-1k class indices (SPEC "Datasets"), so targets have ImageNet names.
+IMAGENET_LABELLED = frozenset({"sample", "clickme-val", "imagenet-val"})
 
 
 @dataclass(frozen=True)
@@ -222,3 +235,133 @@ def thumbnails_needed(plans: list[GalleryPlan]) -> dict[int, set[str]]:
                 if row is not None:
                     needed.setdefault(run_id, set()).add(row.image_id)
     return needed
+
+
+# --- the rows of pictures ----------------------------------------------------------------------
+
+
+def imagenet_classes(run: RunScore, details: RunDetails | None) -> bool:
+    """Whether a run's class indices are ImageNet-1k's: its dataset's labels are, or its model is a
+    registry model (every one an ImageNet-1k classifier) not trained further by alignbench."""
+    return run.view.dataset in IMAGENET_LABELLED or (run.view.model in MODELS and (details is None or not details.origin))
+
+
+def _reference_names(dataset: str) -> tuple[str, str]:
+    """(column name, what it is) of a dataset's reference maps: only ClickMe's are human attention."""
+    spec = DATASETS.get(dataset)
+    what = spec.reference if spec is not None else "the dataset's reference map"
+    return ("human map" if dataset == "clickme-val" else "reference map"), what
+
+
+def _score_text(metric: str, row: ImageRow | None) -> str:
+    symbol = "ρ" if metric == "spearman" else metric
+    if row is None:
+        return "not scored"
+    return f"{symbol} = {row.value:+.3f}" if row.value is not None else f"skipped: {row.skip_reason or 'undefined'}"
+
+
+def _missing(kind: str, why: str) -> Picture:
+    return Picture(None, f"{kind} not available: {why}")
+
+
+def _delta(plan: GalleryPlan, image: GalleryImage) -> str:
+    """Δ = second − first run on this image, for a comparison's gallery."""
+    if len(plan.run_ids) != 2:
+        return ""
+    a, b = image.rows.get(plan.run_ids[0]), image.rows.get(plan.run_ids[1])
+    if a is None or b is None or a.value is None or b.value is None:
+        return ""
+    return f"Δ = {b.value - a.value:+.3f} ({plan.labels[1]} − {plan.labels[0]})"
+
+
+class _GalleryRows:
+    """Paints the rows of one gallery from its runs' stored thumbnails."""
+
+    def __init__(
+        self, session: Session, plan: GalleryPlan, stored: StoredRuns, details: dict[int, RunDetails], painter: Painter, unavailable: dict[int, str],
+    ) -> None:
+        self.plan, self.painter, self.unavailable, self.metric = plan, painter, unavailable, stored.metric
+        runs = {run.run_id: run for run in stored.runs}
+        self.thumbnails: dict[int, dict[tuple[str, str], Thumbnail]] = {
+            run_id: q.read_thumbnails(session, run_id, [image.rows[run_id].image_id for image in plan.images if run_id in image.rows])
+            for run_id in plan.run_ids
+        }
+        self.imagenet = {run_id: imagenet_classes(runs[run_id], details.get(run_id)) for run_id in plan.run_ids}
+        self.reference_name, self.reference_what = _reference_names(runs[plan.run_ids[0]].view.dataset)
+        stored_kinds = {kind for thumbnails in self.thumbnails.values() for _, kind in thumbnails}
+        if "image" in stored_kinds and "reference" not in stored_kinds:
+            self.reference_what = NO_REFERENCE
+        self.missing = [f"run {run_id} ({runs[run_id].display_name}): {why}" for run_id, why in unavailable.items() if run_id in plan.run_ids]
+        self.no_thumbnail = "see above" if self.missing else "not computed"
+        self.centre_maps: dict[tuple[int, int], str] = {}  # one file per picture size
+
+    def row(self, image: GalleryImage) -> GalleryRow:
+        image_id = image.image_id()
+        # the picture and the reference map are the same for every run of the gallery: the first that has them
+        picture, reference = (
+            next((t[(image_id, kind)] for t in self.thumbnails.values() if (image_id, kind) in t), None) for kind in ("image", "reference")
+        )
+        picture_view = (
+            Picture(self.painter.add(picture.png), f"image {image_id}", (picture.run_id, image_id, "image"))
+            if picture is not None else _missing("image", self.no_thumbnail)
+        )
+        no_reference = picture is not None and reference is None
+        reference_map = self._reference_map(image_id, reference, no_reference)
+        model_maps, scale = self._model_maps(image, image_id)
+        centre_bias = self._centre_bias_map(image, picture, no_reference)
+        first = self.plan.run_ids[0]
+        target_row = image.rows.get(first) or next(iter(image.rows.values()))
+        target = class_name(target_row.target, self.imagenet[first]) if target_row.target is not None else "—"
+        return GalleryRow(image_id, image.index, target, picture_view, (reference_map, *model_maps, centre_bias), _delta(self.plan, image), scale)
+
+    def _reference_map(self, image_id: str, reference: Thumbnail | None, no_reference: bool) -> MapView:
+        name = self.reference_name
+        if reference is None:
+            return MapView(name, "human", _missing(name, NO_REFERENCE if no_reference else self.no_thumbnail), "")
+        # stored over its own range: its grey levels are already the colour indices
+        plain = self.painter.colour(Painter.decode(reference.png) / 255.0)
+        return MapView(name, "human", Picture(plain, f"{name} of {image_id}", (reference.run_id, image_id, "reference")), "")
+
+    def _model_maps(self, image: GalleryImage, image_id: str) -> tuple[list[MapView], str]:
+        """Every run's map on the runs' shared colour scale, and that scale."""
+        thumbs = {run_id: self.thumbnails[run_id].get((image_id, "model")) for run_id in self.plan.run_ids}
+        present = [t for t in thumbs.values() if t is not None]
+        low = min((t.vmin or 0.0 for t in present), default=0.0)
+        high = max((t.vmax or 0.0 for t in present), default=0.0)
+        maps = []
+        for run_id, label in zip(self.plan.run_ids, self.plan.labels):
+            row, thumb = image.rows.get(run_id), thumbs[run_id]
+            note = ""
+            if row is not None and row.prediction is not None:
+                confidence = f" ({row.confidence:.0%})" if row.confidence is not None else ""
+                note = f"predicts {class_name(row.prediction, self.imagenet[run_id])}{confidence}"
+            if thumb is None:
+                plain = _missing(f"{label} map", self.unavailable.get(run_id, self.no_thumbnail))
+            else:
+                plain = Picture(self.painter.colour(unit_range(thumbnail_values(thumb), low, high)), f"{label} map of {image_id}", (run_id, image_id, "model"))
+            maps.append(MapView(label, "model", plain, _score_text(self.metric, row), note))
+        return maps, (f"model maps: {low:.3g} to {high:.3g}" if present else "")
+
+    def _centre_bias_map(self, image: GalleryImage, picture: Thumbnail | None, no_reference: bool) -> MapView:
+        if no_reference:  # the centre-bias map is a reference for reference maps: nothing to set it beside
+            return MapView("centre bias", "centre-bias", _missing("centre-bias map", NO_REFERENCE), "")
+        if picture is None:
+            return MapView("centre bias", "centre-bias", _missing("centre-bias map", "its size is the picture's"), "")
+        size = Painter.size(picture.png)
+        if size not in self.centre_maps:
+            unit = centre_bias_map(size[0], size[1], self.plan.reference_sigma_frac or CENTRE_BIAS_SIGMA_FRAC).astype(np.float64)
+            self.centre_maps[size] = self.painter.colour(unit_range(unit, float(unit.min()), float(unit.max())))
+        reference_row = image.rows.get(self.plan.reference_run_id) if self.plan.reference_run_id is not None else None
+        score = _score_text(self.metric, reference_row) if reference_row else ""
+        return MapView("centre bias", "centre-bias", Picture(self.centre_maps[size], "centre-bias map"), score)
+
+
+def gallery_view(
+    session: Session, plan: GalleryPlan, stored: StoredRuns, details: dict[int, RunDetails], painter: Painter, unavailable: dict[int, str],
+) -> Gallery:
+    """The page's gallery of ``plan``, its pictures painted from the stored thumbnails.
+    ``unavailable``: run id → why its maps could not be computed here (shown in the gallery)."""
+    rows = _GalleryRows(session, plan, stored, details, painter, unavailable)
+    sections = tuple(SectionView(section.title, tuple(rows.row(image) for image in section.images)) for section in plan.sections)
+    columns = ("image", rows.reference_name, *plan.labels, "centre bias")
+    return Gallery(plan.anchor, plan.title, columns, sections, tuple(rows.missing), f"{rows.reference_name}: {rows.reference_what}")

@@ -30,11 +30,16 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
+from sqlmodel import select
 
+from alignbench.datasets import reopen_dataset
 from alignbench.errors import AlignbenchError
+from alignbench.explainers import explain_batch
+from alignbench.metrics.spearman import spearman
+from alignbench.models import ModelRequest, load_model, model_identity, resolve_device
 from alignbench.store import Store
 from alignbench.store import queries as q
-from alignbench.store.tables import THUMBNAIL_KINDS
+from alignbench.store.tables import Dataset, ExplainerSetting, ImageScore, Model, Run
 
 THUMBNAIL_SIDE = 112  # half the usual 224 input: maps keep their shape, a gallery row stays light
 # A recomputed map must reproduce its stored Spearman to this: scoring batches of other sizes and
@@ -67,10 +72,6 @@ class _RunInputs:
 
 def _inputs(store: Store, run_id: int) -> _RunInputs:
     """Everything needed to make a run's maps again, checked without torch; AlignbenchError saying why not."""
-    from alignbench.datasets import reopen_dataset
-    from alignbench.models import ModelRequest, model_identity
-    from alignbench.store.tables import Dataset, ExplainerSetting, Model, Run
-
     with store.session() as session:
         run = session.get(Run, run_id)
         model = session.get(Model, run.model_id)
@@ -138,10 +139,6 @@ def image_thumbnails(images: torch.Tensor, mean: tuple[float, ...], std: tuple[f
 
 def _stored_rows(store: Store, run_id: int, image_ids: Collection[str]) -> dict[str, tuple[int | None, float | None]]:
     """image id → (the class the run explained, its stored Spearman)."""
-    from sqlmodel import select
-
-    from alignbench.store.tables import ImageScore
-
     with store.session() as session:
         statement = select(ImageScore.image_id, ImageScore.target, ImageScore.spearman).where(
             ImageScore.run_id == run_id, ImageScore.image_id.in_(sorted(image_ids))  # type: ignore[attr-defined]
@@ -153,9 +150,6 @@ def _run_thumbnails(
     store: Store, inputs: _RunInputs, image_ids: Collection[str], model: torch.nn.Module, device: str, batch_size: int,
     outcome: ThumbnailOutcome, progress: Callable[[int], None],
 ) -> list[dict[str, Any]]:
-    from alignbench.explainers import explain_batch
-    from alignbench.metrics.spearman import spearman
-
     dataset = inputs.dataset
     info = model.alignbench_info
     stored = _stored_rows(store, inputs.run_id, image_ids)
@@ -209,8 +203,6 @@ def _run_thumbnails(
 def _load(inputs: _RunInputs, device: str, outcome: ThumbnailOutcome) -> torch.nn.Module:
     """The run's model as the scorer runs it (NHWC, eval mode, no parameter gradients); AlignbenchError
     with the loader's own words where it cannot be loaded here (a checkpoint that no longer fits, ...)."""
-    from alignbench.models import load_model
-
     start = time.perf_counter()
     try:
         model = load_model(inputs.request, device=device)
@@ -236,8 +228,6 @@ def compute_thumbnails(
     A run whose model, weights or dataset are not here, or whose maps do not reproduce its stored
     scores, is left out with its reason in ``unavailable``; nothing of it is stored.
     """
-    from alignbench.models import resolve_device
-
     outcome = ThumbnailOutcome()
     started = time.perf_counter()
     total = sum(len(ids) for ids in needed.values())

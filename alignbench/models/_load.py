@@ -31,7 +31,7 @@ from alignbench.models._identity import (RANDOM_SEED, LoadPlan, ModelIdentity, M
 from alignbench.models._origins import ORIGINS
 from alignbench.models._pooling import POOLING_METADATA_KEY, set_global_pool
 from alignbench.models.preprocessing import Preprocessing
-from alignbench.models.specs import DclsRecipe, ModelSpec
+from alignbench.models.specs import DclsRecipe, ModelSpec, variant_name
 
 
 @dataclass(frozen=True)
@@ -84,8 +84,7 @@ class ModelInfo:
 
     @property
     def name(self) -> str:
-        name = f"{self.spec.name} (DCLS)" if self.identity.dcls else self.spec.name
-        return f"{name} + CA-Stream" if self.identity.ca_stream else name
+        return variant_name(self.spec.name, dcls=self.identity.dcls, ca_stream=self.identity.ca_stream)
 
 
 def load_model(model: str | ModelRequest, dcls: bool = False, checkpoint: str | os.PathLike[str] | None = None,

@@ -313,3 +313,10 @@ def get_spec(name: str) -> ModelSpec:
 # The published code's transforms by family (used by the `paper` protocol for models outside the
 # registry too): ConvNeXt resize 256 + crop 224, metaformers resize 224 + crop 224.
 _GENERIC_PAPER_KIND: dict[str, PaperKind] = {"convnext": "convnext", "metaformer": "metaformer"}
+
+
+def variant_name(model: str, dcls: bool = False, ca_stream: bool = False, tag: str | None = None) -> str:
+    """The one display name of a model variant, e.g. ``resnet50 + DCLS + CA-Stream · tag`` (the tag
+    names a trained model; every table, summary and progress line names a variant this way)."""
+    name = model + (" + DCLS" if dcls else "") + (" + CA-Stream" if ca_stream else "")
+    return f"{name} · {tag}" if tag else name

@@ -152,7 +152,7 @@ def test_empty_or_missing_store_or_no_match_exit_1_saying_what_to_run(tmp_path: 
     url = _url(tmp_path)
     open_store(url).close()  # an empty store
     empty = runner.invoke(app, ["compare", "--db", url])
-    assert empty.exit_code == 1 and "no model runs stored yet" in empty.stderr
+    assert empty.exit_code == 1 and "no runs stored yet" in empty.stderr
     with open_store(url) as store:
         add_run(store, model="resnet50", dcls=False, values=[0.1, 0.2])
     unmatched = runner.invoke(app, ["compare", "--db", url, "--dataset", "sample"])

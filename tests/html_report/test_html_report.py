@@ -15,7 +15,9 @@ from typer.testing import CliRunner
 from alignbench._utils.class_names import imagenet_class_names
 from alignbench.testing.synthetic import add_run, add_thumbnails, image_id
 from alignbench.html_report.gallery import pick_images
-from alignbench.html_report.page import COLOUR_MAP, build_page, missing_thumbnails, read_report_data, render_page
+from alignbench.html_report.build import build_page, missing_thumbnails, read_report_data
+from alignbench.html_report.painter import COLOUR_MAP
+from alignbench.html_report.render import render_page
 from alignbench.cli.app import app
 from alignbench.html_report import MANIFEST, write_html_report
 from alignbench.store import open_store
@@ -232,7 +234,7 @@ def test_empty_or_missing_store_gives_a_page_that_says_so(tmp_path: Path) -> Non
         result = runner.invoke(app, ["report", "--db", url, "--html", str(out)])
         assert result.exit_code == 0, result.output
         page = (out / "index.html").read_text()
-        assert "No runs stored yet" in page and "alignbench score" in page
+        assert "no runs stored yet" in page and "alignbench score" in page
     assert not (tmp_path / "none.db").exists()  # a report never creates a store
 
 
@@ -278,3 +280,16 @@ def test_a_thumbnail_is_stored_once(tmp_path: Path) -> None:
         with store.session() as session:
             assert q.stored_thumbnails(session, [run_id]) == {(run_id, image_id(0), "model")}
             assert q.read_thumbnails(session, run_id, [image_id(0)])[(image_id(0), "model")].png == b"first"
+
+
+def test_a_second_metric_gets_a_column_of_means(tmp_path: Path) -> None:
+    """Runs that stored more than the report's metric show each other metric's mean (one grouped query)."""
+    url = f"sqlite:///{tmp_path / 's.db'}"
+    with open_store(url) as store:
+        add_run(store, model="resnet50", dcls=False, values=[0.1, 0.3], metrics=("spearman", "average-drop"))
+    data = _data(url)
+    with open_store(url, create=False) as store, store.session() as session:
+        page = build_page(session, data)
+    assert "mean spearman" in page.runs.columns and "mean average-drop" in page.runs.columns
+    assert page.runs.rows[0][page.runs.columns.index("mean spearman")].text == "0.2000"
+    assert page.runs.rows[0][page.runs.columns.index("mean average-drop")].text == "—"  # no row stored a value

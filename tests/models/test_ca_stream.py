@@ -254,7 +254,7 @@ def test_a_stream_given_as_the_backbone_checkpoint_says_where_it_goes(tmp_path) 
 
 def test_a_dcls_backbone_takes_a_stream(images) -> None:
     model = stream_model("test_convnext", dcls=True, init="from-dense")
-    assert model.alignbench_info.identity.dcls and model.alignbench_info.name == "test_convnext (DCLS) + CA-Stream"
+    assert model.alignbench_info.identity.dcls and model.alignbench_info.name == "test_convnext + DCLS + CA-Stream"
     assert explain(model, images[:1], method="gradcam").shape == (1, SIZE, SIZE)
 
 

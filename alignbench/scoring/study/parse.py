@@ -16,6 +16,7 @@ from alignbench.errors import AlignbenchError, ExplainerError, MetricError, Mode
 from alignbench.explainers import explainer_setting, resolve_method
 from alignbench.metrics import metric_spec
 from alignbench.models import ModelRequest, model_identity
+from alignbench.models.specs import variant_name
 from alignbench.scoring import ScoreRequest, trained_request
 from alignbench.scoring.scorer import _validate
 
@@ -351,10 +352,9 @@ def _parse_run_options(data: dict[str, Any], source: _Source) -> dict[str, Any]:
 
 
 def describe(request: ScoreRequest) -> str:
-    """One line naming a cell: model (+ DCLS), explainer, dataset, protocol."""
+    """One line naming a cell: the model variant, explainer, dataset, protocol."""
     method, params = explainer_setting(request.explainer, **request.explainer_params)
     shown = ", ".join(f"{k}={v}" for k, v in sorted(params.items()))
-    model = request.model.tag or request.model.name
-    model += " + DCLS" if request.model.dcls else ""
+    model = variant_name(request.model.tag or request.model.name, dcls=request.model.dcls, ca_stream=request.model.ca_stream)
     precision = f" · {request.precision}" if request.precision != "fp32" else ""
     return f"{model} · {method}{f' ({shown})' if shown else ''} · {request.dataset} · {request.protocol}{precision}"
