@@ -6,9 +6,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from alignbench.errors import StoreError
-from alignbench.store._check import StoreOutdated, read_state, shown_url
-from alignbench.store.engine import StoreMissing, open_store, resolve_url
+from alignbench.store import queries as q
+from alignbench.store._check import StoreOutdated, read_state
+from alignbench.store.engine import StoreMissing, open_store
+from alignbench.store.liveness import RUNNING
 from alignbench.store.migrate import head_revision
+from alignbench.store.urls import resolve_url, shown_url
 
 
 @dataclass(frozen=True)
@@ -69,8 +72,6 @@ class DeletedRuns:
 
 
 def _stored_runs(session) -> list[StoredRun]:
-    from alignbench.store import queries as q
-
     views = q.list_runs(session)
     rows = q.row_counts(session, [v.run_id for v in views]) if views else {}
     return [
@@ -89,9 +90,6 @@ def list_stored_runs(db: str | None = None, *, empty: bool = False) -> list[Stor
 
 def _delete(db: str | None, choose) -> DeletedRuns:
     """Delete the runs ``choose(stored runs)`` returns, rows first, in one transaction."""
-    from alignbench.store import queries as q
-    from alignbench.store.liveness import RUNNING
-
     url = resolve_url(db)
     try:
         store = open_store(url, create=False)
@@ -129,8 +127,6 @@ def delete_runs(db: str | None, run_ids: list[int]) -> DeletedRuns:
 
 def prune_runs(db: str | None = None, *, empty: bool = False) -> DeletedRuns:
     """Delete every run that has no stored row (``empty``) and no live process, in one transaction."""
-    from alignbench.store.liveness import RUNNING
-
     if not empty:
         raise StoreError("say what to prune: `alignbench runs prune --empty` deletes the runs with no stored row")
     return _delete(db, lambda runs: [run for run in runs if run.n_rows == 0 and run.status != RUNNING])

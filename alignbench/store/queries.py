@@ -13,6 +13,8 @@ from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, SQLModel, select
 
 from alignbench._utils.cache import sha256_text
+from alignbench.store.engine import create_store_engine
+from alignbench.store.urls import resolve_url
 from alignbench.store.liveness import shown_status
 from alignbench.store.tables import (
     METRIC_COLUMNS,
@@ -350,8 +352,6 @@ def delete_runs(session: Session, run_ids: Sequence[int]) -> int:
     """Delete runs with their rows and thumbnails (rows first, in the caller's transaction); returns
     the image rows deleted. Thumbnails would cascade; they are deleted explicitly so that no backend
     depends on its foreign-key settings."""
-    from alignbench.store.tables import Thumbnail
-
     ids = list(run_ids)
     rows = session.execute(delete(ImageScore).where(ImageScore.run_id.in_(ids))).rowcount  # type: ignore[attr-defined]
     session.execute(delete(Thumbnail).where(Thumbnail.run_id.in_(ids)))  # type: ignore[attr-defined]
@@ -372,6 +372,17 @@ def count_rows_of_key(session: Session, key: str, *, max_index: int | None = Non
     run_id/image_index, which every schema revision has."""
     run_id = session.exec(select(Run.id).where(Run.key == key)).first()
     return 0 if run_id is None else count_rows(session, run_id, max_index=max_index)
+
+
+def stored_rows_of_outdated_store(url: str | None, key: str, *, max_index: int) -> int:
+    """Rows a store at an older schema revision holds for the run ``key`` (its first ``max_index``
+    images), read through columns every revision has; nothing is upgraded or written."""
+    engine = create_store_engine(resolve_url(url), create=False)
+    try:
+        with Session(engine) as session:
+            return count_rows_of_key(session, key, max_index=max_index)
+    finally:
+        engine.dispose()
 
 
 def summarise(
