@@ -1,9 +1,10 @@
 """Looking after a store: upgrading its schema, listing and deleting runs (``alignbench upgrade``,
-``alignbench runs``). Each function opens the store itself, so the CLI only parses and prints."""
+``alignbench runs``), recording a converted model (``alignbench convert``). Each function opens the store itself, so the CLI only parses and prints."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from alignbench.errors import StoreError
 from alignbench.store import queries as q
@@ -130,3 +131,12 @@ def prune_runs(db: str | None = None, *, empty: bool = False) -> DeletedRuns:
     if not empty:
         raise StoreError("say what to prune: `alignbench runs prune --empty` deletes the runs with no stored row")
     return _delete(db, lambda runs: [run for run in runs if run.n_rows == 0 and run.status != RUNNING])
+
+
+def record_model(db: str | None, identity: Any, *, param_count: int | None = None, family: str | None = None) -> str:
+    """Record a model (its ModelIdentity, e.g. ``convert_model(...).identity``) in the store at
+    ``db``, created when new; returns the store's URL."""
+    with open_store(db) as store, store.session(write=True) as session:
+        q.upsert_model(session, identity, param_count=param_count, family=family)
+        session.commit()
+        return store.url
