@@ -178,6 +178,28 @@ def _rows(model: Any, batch: dict[str, Any], device: str, request: ScoreRequest,
     return rows
 
 
+def _write_rows(
+    store: Store, run_id: int, loader: Any, todo: int, model: Any, device: str, request: ScoreRequest, identity: RunIdentity,
+    progress: Any,
+) -> int:
+    """Every batch of ``loader`` scored and committed with the run's compute time and heartbeat; returns the rows written."""
+    computed = 0
+    if progress is not None:
+        progress(0, max(0, todo))
+    for batch in loader:
+        start = time.perf_counter()
+        rows = _rows(model, batch, device, request, identity)
+        elapsed = time.perf_counter() - start
+        with store.session(write=True) as session:
+            q.insert_scores(session, run_id, rows, replace=request.force)
+            q.update_run(session, session.get(Run, run_id), add_seconds=elapsed, heartbeat=True)
+            session.commit()
+        computed += len(rows)
+        if progress is not None:
+            progress(computed, max(todo, computed))
+    return computed
+
+
 def compute_run(
     store: Store,
     request: ScoreRequest,
@@ -217,22 +239,9 @@ def compute_run(
     else:  # the weights' fingerprint or the stored rows changed while loading: start over
         early = None
         todo, loader = batches(info.preprocessing, done)
-    computed = 0
-    if progress is not None:
-        progress(0, max(0, todo))
     heartbeat = Heartbeat(store, run_id).start()
     try:
-        for batch in loader:
-            start = time.perf_counter()
-            rows = _rows(model, batch, device, request, identity)
-            elapsed = time.perf_counter() - start
-            with store.session(write=True) as session:
-                q.insert_scores(session, run_id, rows, replace=request.force)
-                q.update_run(session, session.get(Run, run_id), add_seconds=elapsed, heartbeat=True)
-                session.commit()
-            computed += len(rows)
-            if progress is not None:
-                progress(computed, max(todo, computed))
+        computed = _write_rows(store, run_id, loader, todo, model, device, request, identity, progress)
         # The model-free reference every comparison shows, on the same images: computed once per
         # dataset, protocol and input size (a no-op when stored), so compare/report stay store-only.
         # It is scored against the reference maps: a dataset without them has none.
