@@ -93,7 +93,7 @@ def convert(
     Example: [bold]alignbench convert convnext_tiny --dcls --init from-dense --out convnext_tiny_dcls.safetensors[/]
     """
     from alignbench.models import convert_model
-    from alignbench.store.maintenance import record_model
+    from alignbench.store.queries import record_model
 
     if not dcls:
         raise ModelError("convert turns a model into its DCLS version: add --dcls")

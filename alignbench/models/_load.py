@@ -409,7 +409,7 @@ class ConversionResult:
     identity: ModelIdentity  # of the written checkpoint (as `--dcls --checkpoint OUT` loads it)
     param_count: int
     source: str = ""  # where the converted weights came from (human readable)
-    recorded_in: str | None = None  # store URL the model was recorded in (``alignbench.store.maintenance.record_model``)
+    recorded_in: str | None = None  # store URL the model was recorded in (``alignbench.store.queries.record_model``)
     family: str | None = None  # the model's family, as the store records it
 
 
@@ -426,7 +426,7 @@ def convert_model(
     ``out`` ending in ``.safetensors`` is written with safetensors, anything else with torch.save;
     either holds a plain timm state_dict (shared positions repeated per conv, as the published
     checkpoints do), loadable with ``load_model(name, dcls=True, checkpoint=out)``. Nothing is
-    stored: ``alignbench.store.maintenance.record_model`` records the result (``alignbench convert`` does).
+    stored: ``alignbench.store.queries.record_model`` records the result (``alignbench convert`` does).
     """
     request = ModelRequest.of(model, dcls=True, **options)
     if request.ca_stream:

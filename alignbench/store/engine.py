@@ -17,18 +17,21 @@ import sqlite3
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from sqlalchemy import create_engine, event
 from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.engine.url import URL
 from sqlalchemy.exc import ArgumentError, DatabaseError, NoSuchModuleError, OperationalError
 from sqlalchemy.pool import StaticPool
-from sqlmodel import Session
 
 from alignbench.errors import StoreError
 from alignbench.store._check import check_state, outdated, read_state
 from alignbench.store.migrate import upgrade_to_head
 from alignbench.store.urls import DEFAULT_URL, display_url, migrations_dir, resolve_url, shown_url
+
+if TYPE_CHECKING:  # pragma: no cover
+    from sqlmodel import Session
 
 __all__ = [
     "CONNECT_TIMEOUT_S", "DEFAULT_URL", "SQLITE_BUSY_TIMEOUT_S", "Store", "StoreMissing", "create_store_engine",
@@ -51,6 +54,10 @@ class Store:
 
     def session(self, *, write: bool = False) -> Session:
         """A session; ``write=True`` takes SQLite's write lock at BEGIN (no read-then-upgrade deadlock)."""
+        # SQLModel (the ORM, ~0.5 s to import) only here: reading commands that list runs use Core
+        # connections (alignbench.store.listing) and never import it.
+        from sqlmodel import Session
+
         bind = self.engine.execution_options(sqlite_begin="IMMEDIATE") if write else self.engine
         return Session(bind, expire_on_commit=False)
 

@@ -96,3 +96,35 @@ def test_store_modules_import_alignbench_at_the_top() -> None:
                 elif isinstance(node, ast.Import) and any(a.name.startswith("alignbench") for a in node.names):
                     inside.append(f"{path.name}:{node.lineno}")
     assert not inside, inside
+
+
+def test_the_core_listing_reads_columns_the_tables_define() -> None:
+    """alignbench.store.listing names the columns it reads without the ORM; each is a column of
+    alignbench.store.tables (the schema's definition) with the same kind of type."""
+    from alignbench.store import listing
+    from alignbench.store.tables import SQLModel
+
+    for light in (listing.run, listing.model, listing.explainer_setting, listing.dataset, listing.image_score, listing.thumbnail):
+        defined = SQLModel.metadata.tables[light.name]
+        for column in light.c:
+            assert column.name in defined.c, f"{light.name}.{column.name}"
+            ours, theirs = column.type, defined.c[column.name].type
+            assert ours._type_affinity is theirs._type_affinity, f"{light.name}.{column.name}"
+            # times are read aware, in UTC, as SQLModel's UTCDateTime reads them
+            assert (type(ours).__name__ == "UTCDateTime") == (type(theirs).__name__ == "UTCDateTime"), f"{light.name}.{column.name}"
+
+
+def test_listing_runs_never_imports_the_orm(tmp_path) -> None:
+    import subprocess
+    import sys
+
+    from alignbench.store import open_store
+
+    url = f"sqlite:///{tmp_path / 's.db'}"
+    open_store(url).close()
+    code = (
+        "import sys; from alignbench.store.maintenance import list_stored_runs; "
+        f"assert list_stored_runs({url!r}) == []; print(sorted(m for m in ('sqlmodel', 'sqlalchemy.orm') if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
