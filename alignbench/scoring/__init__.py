@@ -11,6 +11,9 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+from alignbench._utils.lazy import lazy_attributes
 from alignbench.scoring.request import (
     DEFAULT_DATASET,
     DEFAULT_EXPLAINER,
@@ -20,7 +23,13 @@ from alignbench.scoring.request import (
     ScoreResult,
     parse_metrics,
 )
-from alignbench.scoring.scorer import score, trained_request
+
+# The entry points open the store (SQLModel's ORM): loaded on first use, so that a command that
+# only builds a request (or lists runs) does not import them.
+_LAZY = {"score": "alignbench.scoring.scorer", "trained_request": "alignbench.scoring.scorer"}
+
+if TYPE_CHECKING:  # pragma: no cover
+    from alignbench.scoring.scorer import score, trained_request
 
 __all__ = [
     "DEFAULT_DATASET",
@@ -33,3 +42,6 @@ __all__ = [
     "score",
     "trained_request",
 ]
+
+
+__getattr__, __dir__ = lazy_attributes(__name__, _LAZY)
