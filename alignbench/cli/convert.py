@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -92,6 +93,7 @@ def convert(
     Example: [bold]alignbench convert convnext_tiny --dcls --init from-dense --out convnext_tiny_dcls.safetensors[/]
     """
     from alignbench.models import convert_model
+    from alignbench.store.queries import record_model
 
     if not dcls:
         raise ModelError("convert turns a model into its DCLS version: add --dcls")
@@ -105,9 +107,8 @@ def convert(
         head=head,
         out=out,
         device=device,
-        record=True,
-        db=db,
     )
+    result = replace(result, recorded_in=record_model(db, result.identity, param_count=result.param_count, family=result.family))
     if as_json:
         print(json.dumps(_as_dict(result), indent=1))
         return

@@ -408,7 +408,8 @@ class ConversionResult:
     identity: ModelIdentity  # of the written checkpoint (as `--dcls --checkpoint OUT` loads it)
     param_count: int
     source: str = ""  # where the converted weights came from (human readable)
-    recorded_in: str | None = None  # store URL the model was recorded in
+    recorded_in: str | None = None  # store URL the model was recorded in (``alignbench.store.queries.record_model``)
+    family: str | None = None  # the model's family, as the store records it
 
 
 def convert_model(
@@ -416,8 +417,6 @@ def convert_model(
     *,
     out: str | os.PathLike[str] | None = None,
     device: str = "cpu",
-    record: bool = False,
-    db: str | None = None,
     **options,
 ) -> ConversionResult:
     """Convert ``model`` (a name with ``ModelRequest`` options, or a request) to DCLS, report what
@@ -425,7 +424,8 @@ def convert_model(
 
     ``out`` ending in ``.safetensors`` is written with safetensors, anything else with torch.save;
     either holds a plain timm state_dict (shared positions repeated per conv, as the published
-    checkpoints do), loadable with ``load_model(name, dcls=True, checkpoint=out)``.
+    checkpoints do), loadable with ``load_model(name, dcls=True, checkpoint=out)``. Nothing is
+    stored: ``alignbench.store.queries.record_model`` records the result (``alignbench convert`` does).
     """
     request = ModelRequest.of(model, dcls=True, **options)
     if request.ca_stream:
@@ -449,22 +449,10 @@ def convert_model(
         # the written file holds every weight, the --head's too
         identity = model_identity(replace(request, checkpoint=path, init="checkpoint", pretrained=True, head=None))
     param_count = model.alignbench_info.param_count
-    recorded_in = _record(identity, param_count, plan.spec.family, db) if record else None
     return ConversionResult(
         name=plan.spec.name, report=report, logit_error=logit_error, out=path, sha256=digest,
-        identity=identity, param_count=param_count, recorded_in=recorded_in,
-        source=plan.identity.weights_source,
+        identity=identity, param_count=param_count, source=plan.identity.weights_source, family=plan.spec.family,
     )
-
-
-def _record(identity: ModelIdentity, param_count: int, family: str, db: str | None) -> str:
-    from alignbench.store import open_store
-    from alignbench.store.queries import upsert_model
-
-    with open_store(db) as store, store.session(write=True) as session:
-        upsert_model(session, identity, param_count=param_count, family=family)
-        session.commit()
-        return store.url
 
 
 @torch.no_grad()

@@ -2,17 +2,24 @@
 
 ``alignbench score`` calls :func:`score_centre_bias` after each computed run on a dataset with
 reference maps, so compare and report always have the model-free reference on the same images and
-stay store-only. Imports torch inside.
+stay store-only. Imports torch.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+import torch
+
 from alignbench._utils.cache import sha256_text
 from alignbench.distributed import SINGLE, Ranks, my_share
 from alignbench.errors import DatasetError
 from alignbench.explainers import CENTRE_BIAS, CENTRE_BIAS_FAMILY, CENTRE_BIAS_SIGMA_FRAC, centre_bias_map
+from alignbench.metrics.constancy import constant_map_reason, mask_undefined
+from alignbench.metrics.spearman import spearman
+from alignbench.models.preprocessing import Preprocessing
+from alignbench.scoring.identity import RunIdentity
+from alignbench.scoring.lifecycle import open_run, settle_status
 from alignbench.store import Store
 from alignbench.store import queries as q
 
@@ -28,6 +35,46 @@ class CentreBiasIdentity:
         self.weights_source = f"model-free: isotropic Gaussian at the image centre, sigma = {sigma_frac} × shorter side"
         self.checkpoint_sha256 = None
         self.fingerprint = sha256_text(CENTRE_BIAS, repr(float(sigma_frac)), f"{input_size[0]}x{input_size[1]}")
+
+
+def _reference_run(store: Store, dataset: Any, protocol: str, input_size: tuple[int, int], sigma_frac: float) -> int:
+    """The id of the reference's run on ``dataset`` (created when new)."""
+    model = CentreBiasIdentity(sigma_frac, input_size)
+    identity = RunIdentity(
+        model=model.name, method=CENTRE_BIAS, params={"sigma_frac": float(sigma_frac)}, dataset=dataset.name, protocol=protocol,
+        metrics=("spearman",), model_fingerprint=model.fingerprint, dataset_fingerprint=dataset.fingerprint,
+    )
+    with store.session(write=True) as session:
+        run = open_run(session, identity, model=model, dataset=dataset, param_count=0, family=CENTRE_BIAS_FAMILY)
+        session.commit()
+        return run.id
+
+
+def _rows(batch: dict[str, Any], centre_maps: dict[tuple[int, int], torch.Tensor], sigma_frac: float) -> list[dict[str, Any]]:
+    """One batch's rows: the centre-bias map's Spearman ρ against each reference map."""
+    reference = batch["reference"].float()
+    size = tuple(reference.shape[-2:])
+    if size not in centre_maps:
+        centre_maps[size] = torch.from_numpy(centre_bias_map(size[0], size[1], sigma_frac))
+    centre = centre_maps[size].expand(reference.shape[0], *size)
+    values = spearman(centre, reference)
+    # the dataset's verdict on each reference (constant in its file, or up to rounding after preprocessing)
+    constant = batch.get("reference_undefined") or constant_map_reason(reference, "the reference map")
+    why = mask_undefined({"spearman": values}, {"reference": constant})["spearman"]
+    rows = []
+    for i, image_id in enumerate(batch["image_id"]):
+        value = float(values[i])
+        label = int(batch["label"][i])
+        rows.append({
+            "image_index": int(batch["index"][i]),
+            "image_id": image_id,
+            "target": label if label >= 0 else None,
+            "prediction": None,
+            "confidence": None,
+            "spearman": value,
+            "skip_reason": None if value == value else f"spearman: {why[i] or 'undefined'}",
+        })
+    return rows
 
 
 def score_centre_bias(
@@ -49,33 +96,10 @@ def score_centre_bias(
     are skipped, so a second call computes nothing and an interrupted one resumes. Under torchrun
     (``ranks``), each rank scores its share of the missing images.
     """
-    import torch
-
-    from alignbench.metrics.constancy import constant_map_reason, mask_undefined
-    from alignbench.metrics.spearman import spearman
-    from alignbench.models.preprocessing import Preprocessing
-
     if not getattr(dataset, "has_reference", True):  # a stand-in without the attribute has them
         raise DatasetError(f"dataset {dataset.name!r} has no reference maps: the centre-bias map has nothing to be scored against")
-    identity = CentreBiasIdentity(sigma_frac, input_size)
-    params = {"sigma_frac": float(sigma_frac)}
-    metrics = ("spearman",)
-    n_images = len(dataset)
-    wanted = n_images if limit is None else min(limit, n_images)
-    with store.session(write=True) as session:
-        model = q.upsert_model(session, identity, param_count=0, family=CENTRE_BIAS_FAMILY)
-        explainer = q.upsert_explainer(session, CENTRE_BIAS, params)
-        dataset_row = q.upsert_dataset(
-            session, dataset.name, dataset.fingerprint, n_images, ceiling=dataset.ceiling,
-            location=str(getattr(dataset, "location", "") or "") or None,
-        )
-        key = q.run_key(identity.fingerprint, CENTRE_BIAS, params, dataset.fingerprint, protocol, metrics)
-        run = q.get_or_create_run(
-            session, key=key, model=model, explainer=explainer, dataset=dataset_row, protocol=protocol,
-            metrics=metrics, n_images=n_images,
-        )
-        run_id = run.id
-        session.commit()
+    wanted = len(dataset) if limit is None else min(limit, len(dataset))
+    run_id = _reference_run(store, dataset, protocol, input_size, sigma_frac)
 
     def missing() -> list[int]:
         with store.session() as session:
@@ -91,37 +115,8 @@ def score_centre_bias(
         )
         centre_maps: dict[tuple[int, int], torch.Tensor] = {}
         for batch in batches:
-            reference = batch["reference"].float()
-            size = tuple(reference.shape[-2:])
-            if size not in centre_maps:
-                centre_maps[size] = torch.from_numpy(centre_bias_map(size[0], size[1], sigma_frac))
-            centre = centre_maps[size].expand(reference.shape[0], *size)
-            values = spearman(centre, reference)
-            # the dataset's verdict on each reference (constant in its file, or up to rounding after preprocessing)
-            constant = batch.get("reference_undefined") or constant_map_reason(reference, "the reference map")
-            why = mask_undefined({"spearman": values}, {"reference": constant})["spearman"]
-            rows = []
-            for i, image_id in enumerate(batch["image_id"]):
-                value = float(values[i])
-                label = int(batch["label"][i])
-                rows.append({
-                    "image_index": int(batch["index"][i]),
-                    "image_id": image_id,
-                    "target": label if label >= 0 else None,
-                    "prediction": None,
-                    "confidence": None,
-                    "spearman": value,
-                    "skip_reason": None if value == value else f"spearman: {why[i] or 'undefined'}",
-                })
             with store.session(write=True) as session:
-                q.insert_scores(session, run_id, rows)
+                q.insert_scores(session, run_id, _rows(batch, centre_maps, sigma_frac))
                 session.commit()
-
-    with store.session(write=True) as session:
-        from alignbench.store.tables import Run
-
-        row = session.get(Run, run_id)
-        q.update_run(session, row, status="complete" if q.count_rows(session, run_id) >= n_images else "partial")
-        session.commit()
+    settle_status(store, run_id)
     return run_id
-

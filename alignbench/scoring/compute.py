@@ -6,19 +6,27 @@ import contextlib
 import time
 from typing import Any
 
+import timm
 import torch
 
 from alignbench import __version__
-from alignbench.distributed import SINGLE, Ranks, my_share, rank_device
 from alignbench._utils.precision import forward_autocast
+from alignbench.distributed import SINGLE, Ranks, my_share, rank_device
+from alignbench.explainers import check_applicable, explain_batch
+from alignbench.metrics import METRICS, metric_function
+from alignbench.metrics.constancy import constant_map_reason, mask_undefined
+from alignbench.models import load_model, resolve_device
+from alignbench.models.specs import get_spec
+from alignbench.scoring.centre_bias import score_centre_bias
+from alignbench.scoring.identity import RunIdentity
+from alignbench.scoring.lifecycle import Heartbeat, mark_running, open_run, settle_status
+from alignbench.scoring.request import ScoreRequest
 from alignbench.store import Store
 from alignbench.store import queries as q
-from alignbench.store.liveness import Heartbeat, this_process
+from alignbench.store.tables import Run
 
 
 def _versions(device: str) -> dict[str, str]:
-    import timm
-
     return {"alignbench": __version__, "torch": torch.__version__, "timm": timm.__version__, "device": device}
 
 
@@ -40,8 +48,6 @@ def _targets(model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor,
 
 
 def _why_undefined(metric: str, batch: dict[str, Any], i: int) -> str:
-    from alignbench.metrics import METRICS
-
     if METRICS[metric].needs_boxes and int(batch["box_counts"][i]) == 0:
         return "the image has no box"
     return "undefined (no box inside the image, or the target's probability underflowed)"
@@ -56,9 +62,6 @@ def _metric_values(
     Metrics that run the model again (faithfulness) run its forward passes in the run's precision, as
     the explanation did, so their probabilities compare like with like; everything else is computed
     in float32/64."""
-    from alignbench.metrics import METRICS, metric_function
-    from alignbench.metrics.constancy import constant_map_reason, mask_undefined
-
     values = {}
     for metric in metrics:
         forward = forward_autocast(maps.device, precision) if METRICS[metric].needs_model else contextlib.nullcontext()
@@ -84,84 +87,144 @@ def _stored_ids(store: Store, key: str) -> set[str]:
         return set() if run is None else q.scored_image_ids(session, run.id)
 
 
-def compute_run(
-    store: Store,
-    request: Any,
-    *,
-    method: str,
-    params: dict[str, Any],
-    dataset: Any,
-    run_key: Any,
-    planned_fingerprint: str | None = None,
-    n_images: int,
-    progress: Any = None,
-    ranks: Ranks = SINGLE,
-) -> tuple[int, int, str]:
-    """Compute the missing rows of the run ``run_key(weights fingerprint)``; returns (run id, images
-    computed, device). The key is made from the loaded model's fingerprint, which can be more exact
-    than the one known before loading (``planned_fingerprint``; e.g. hub weights not cached yet).
-    Under torchrun (``ranks``), this process computes its share of the missing images only
-    (``alignbench.distributed``)."""
-    from alignbench.scoring.centre_bias import score_centre_bias
-    from alignbench.explainers import check_applicable, explain_batch
-    from alignbench.models import load_model, resolve_device
-    from alignbench.models.specs import get_spec
+class _Batches:
+    """The DataLoaders of one run: its images (less those done, or this rank's positions) through
+    the model's preprocessing. Iterating starts the workers decoding."""
 
-    device = rank_device(resolve_device(request.device), ranks)
+    def __init__(self, request: ScoreRequest, dataset: Any, n_images: int, device: str) -> None:
+        self.request, self.dataset, self.n_images, self.device = request, dataset, n_images, device
 
-    def batches(preprocessing: Any, done: set[str] | None, positions: list[int] | None = None) -> tuple[int, Any]:
-        loader = dataset.data_loader(
+    def __call__(self, preprocessing: Any, done: set[str] | None, positions: list[int] | None = None) -> tuple[int, Any]:
+        loader = self.dataset.data_loader(
             preprocessing,
-            request.protocol,
-            batch_size=request.batch_size,
-            num_workers=request.workers,  # None: the dataset's default (cores - 1, at most 4)
+            self.request.protocol,
+            batch_size=self.request.batch_size,
+            num_workers=self.request.workers,  # None: the dataset's default (cores - 1, at most 4)
             skip_ids=frozenset(done or ()),
-            limit=n_images,
-            pin_memory=device.startswith("cuda"),
+            limit=self.n_images,
+            pin_memory=self.device.startswith("cuda"),
             positions=positions,
         )
         return len(loader.dataset), iter(loader)  # the workers start decoding now
 
-    # When the input preprocessing and the run are known before the model is loaded, the workers
-    # start first and decode the first batches while it loads (worker start-up and the first
-    # decode were 2-4% of a 144-image run, with nothing to overlap them). Not under torchrun: the
-    # ranks share out the missing images once the run exists (below).
+
+def _start_early(store: Store, request: ScoreRequest, identity: RunIdentity, batches: _Batches, ranks: Ranks) -> tuple | None:
+    """When the input preprocessing and the run are known before the model is loaded, the workers
+    start first and decode the first batches while it loads (worker start-up and the first decode
+    were 2-4% of a 144-image run, with nothing to overlap them). Not under torchrun: the ranks share
+    out the missing images once the run exists. Returns (preprocessing, done, todo, loader) or None."""
     planned = get_spec(request.model.name).preprocessing
-    early = None
-    if planned is not None and planned_fingerprint is not None and not ranks.distributed:
-        planned_done = set() if request.force else _stored_ids(store, run_key(planned_fingerprint))
-        early = (planned, planned_done, *batches(planned, planned_done))
-    try:
-        model = load_model(request.model, device=device)
-        info = model.alignbench_info
-        dataset.check_labels(info.num_classes)
-        check_applicable(model, method, **params)  # e.g. a raw-attention layer it lacks: before any run row
-    except BaseException:
-        early = None  # stops the workers
-        raise
+    if planned is None or identity.model_fingerprint is None or ranks.distributed:
+        return None
+    planned_done = set() if request.force else _stored_ids(store, identity.key)
+    return (planned, planned_done, *batches(planned, planned_done))
+
+
+def _load(request: ScoreRequest, identity: RunIdentity, dataset: Any, device: str) -> Any:
+    """The model, checked against the dataset and the explainer before any run row exists, made ready to explain."""
+    model = load_model(request.model, device=device)
+    dataset.check_labels(model.alignbench_info.num_classes)
+    check_applicable(model, identity.method, **identity.params)  # e.g. a raw-attention layer it lacks: before any run row
     # NHWC kernels: measured 1.46x faster explanations on efficientnet_lite0 and 1.23x on resnet50 on
     # this CPU (convnext unchanged), same maps to 6e-7; the metrics and the stored values do not change.
     model = model.to(memory_format=torch.channels_last)
     # The explainers need no parameter gradient and eval mode; set once here, the per-batch
     # eval_mode/frozen_parameters guards find nothing to change.
-    model.eval().requires_grad_(False)
+    return model.eval().requires_grad_(False)
+
+
+def _open(store: Store, request: ScoreRequest, identity: RunIdentity, info: Any, dataset: Any, device: str, ranks: Ranks) -> tuple[int, set[str]]:
+    """(run id, image ids already stored): the run opened and marked running by this process."""
     with store.session(write=True) as session:
-        model_row = q.upsert_model(session, info.identity, param_count=info.param_count, family=info.spec.family)
-        explainer_row = q.upsert_explainer(session, method, params)
-        dataset_row = q.upsert_dataset(
-            session, dataset.name, dataset.fingerprint, len(dataset), ceiling=dataset.ceiling,
-            location=str(getattr(dataset, "location", "") or "") or None,
-        )
-        run = q.get_or_create_run(
-            session, key=run_key(info.identity.fingerprint), model=model_row, explainer=explainer_row, dataset=dataset_row,
-            protocol=request.protocol, metrics=request.metrics, n_images=len(dataset), precision=request.precision,
-        )
-        run_id = run.id
-        done = set() if request.force or ranks.distributed else q.scored_image_ids(session, run_id)
-        q.update_run(session, run, status="running", device=device, versions=_versions(device))
-        pid, host = this_process()  # readers show the run as interrupted once this process is gone
-        q.record_process(session, run, pid=pid, host=host)
+        run = open_run(session, identity, model=info.identity, dataset=dataset, param_count=info.param_count, family=info.spec.family)
+        done = set() if request.force or ranks.distributed else q.scored_image_ids(session, run.id)
+        mark_running(session, run, device=device, versions=_versions(device))
         session.commit()
+        return run.id, done
+
+
+def _rows(model: Any, batch: dict[str, Any], device: str, request: ScoreRequest, identity: RunIdentity) -> list[dict[str, Any]]:
+    """One batch explained and scored: its image rows, with why a metric is undefined where it is."""
+    on_device = _on_device(batch, device)
+    images = on_device["image"].to(memory_format=torch.channels_last)
+    targets = _targets(model, images, on_device["label"], request.precision)
+    explanation = explain_batch(model, images, targets, method=identity.method, precision=request.precision, **identity.params)
+    scores, constant = _metric_values(
+        request.metrics, explanation.maps, on_device, model=model, explanation=explanation, params=request.metric_params,
+        precision=request.precision,
+    )
+    probabilities = explanation.logits.float().softmax(dim=1)
+    confidence, prediction = probabilities.max(dim=1)
+    # one device-to-host copy per tensor and batch, not one synchronising read per value
+    targets_, predictions_, confidences_ = explanation.targets.tolist(), prediction.tolist(), confidence.tolist()
+    scores = {metric: values.tolist() for metric, values in scores.items()}
+    rows = []
+    for i, image_id in enumerate(batch["image_id"]):
+        row: dict[str, Any] = {
+            "image_index": int(batch["index"][i]),
+            "image_id": image_id,
+            "target": int(targets_[i]),
+            "prediction": int(predictions_[i]),
+            "confidence": float(confidences_[i]),
+        }
+        reasons = []
+        for metric, values in scores.items():
+            value = float(values[i])
+            row[q.metric_column(metric)] = value
+            if value != value:  # NaN: the metric is undefined for this image (counted as skipped)
+                reasons.append(f"{metric}: {constant[metric][i] or _why_undefined(metric, batch, i)}")
+        row["skip_reason"] = "; ".join(reasons) or None
+        rows.append(row)
+    return rows
+
+
+def _write_rows(
+    store: Store, run_id: int, loader: Any, todo: int, model: Any, device: str, request: ScoreRequest, identity: RunIdentity,
+    progress: Any,
+) -> int:
+    """Every batch of ``loader`` scored and committed with the run's compute time and heartbeat; returns the rows written."""
+    computed = 0
+    if progress is not None:
+        progress(0, max(0, todo))
+    for batch in loader:
+        start = time.perf_counter()
+        rows = _rows(model, batch, device, request, identity)
+        elapsed = time.perf_counter() - start
+        with store.session(write=True) as session:
+            q.insert_scores(session, run_id, rows, replace=request.force)
+            q.update_run(session, session.get(Run, run_id), add_seconds=elapsed, heartbeat=True)
+            session.commit()
+        computed += len(rows)
+        if progress is not None:
+            progress(computed, max(todo, computed))
+    return computed
+
+
+def compute_run(
+    store: Store,
+    request: ScoreRequest,
+    *,
+    identity: RunIdentity,
+    dataset: Any,
+    n_images: int,
+    progress: Any = None,
+    ranks: Ranks = SINGLE,
+) -> tuple[int, int, str]:
+    """Compute the missing rows of the run ``identity``; returns (run id, images computed, device).
+    The key is made from the loaded model's fingerprint, which can be more exact than the one known
+    before loading (``identity.model_fingerprint``; e.g. hub weights not cached yet). Under torchrun
+    (``ranks``), this process computes its share of the missing images only (``alignbench.distributed``)."""
+    device = rank_device(resolve_device(request.device), ranks)
+    batches = _Batches(request, dataset, n_images, device)
+    early = _start_early(store, request, identity, batches, ranks)
+    try:
+        model = _load(request, identity, dataset, device)
+    except BaseException:
+        early = None  # stops the workers
+        raise
+    info = model.alignbench_info
+    identity = identity.with_model(info.identity.fingerprint)
+    run_id, done = _open(store, request, identity, info, dataset, device, ranks)
 
     if ranks.distributed:
         def missing() -> list[int]:
@@ -176,51 +239,9 @@ def compute_run(
     else:  # the weights' fingerprint or the stored rows changed while loading: start over
         early = None
         todo, loader = batches(info.preprocessing, done)
-    computed = 0
-    if progress is not None:
-        progress(0, max(0, todo))
     heartbeat = Heartbeat(store, run_id).start()
     try:
-        for batch in loader:
-            start = time.perf_counter()
-            on_device = _on_device(batch, device)
-            images = on_device["image"].to(memory_format=torch.channels_last)
-            targets = _targets(model, images, on_device["label"], request.precision)
-            explanation = explain_batch(model, images, targets, method=method, precision=request.precision, **params)
-            scores, constant = _metric_values(
-                request.metrics, explanation.maps, on_device, model=model, explanation=explanation, params=request.metric_params,
-                precision=request.precision,
-            )
-            probabilities = explanation.logits.float().softmax(dim=1)
-            confidence, prediction = probabilities.max(dim=1)
-            # one device-to-host copy per tensor and batch, not one synchronising read per value
-            targets_, predictions_, confidences_ = explanation.targets.tolist(), prediction.tolist(), confidence.tolist()
-            scores = {metric: values.tolist() for metric, values in scores.items()}
-            rows = []
-            for i, image_id in enumerate(batch["image_id"]):
-                row: dict[str, Any] = {
-                    "image_index": int(batch["index"][i]),
-                    "image_id": image_id,
-                    "target": int(targets_[i]),
-                    "prediction": int(predictions_[i]),
-                    "confidence": float(confidences_[i]),
-                }
-                reasons = []
-                for metric, values in scores.items():
-                    value = float(values[i])
-                    row[q.metric_column(metric)] = value
-                    if value != value:  # NaN: the metric is undefined for this image (counted as skipped)
-                        reasons.append(f"{metric}: {constant[metric][i] or _why_undefined(metric, batch, i)}")
-                row["skip_reason"] = "; ".join(reasons) or None
-                rows.append(row)
-            elapsed = time.perf_counter() - start
-            with store.session(write=True) as session:
-                q.insert_scores(session, run_id, rows, replace=request.force)
-                q.update_run(session, session.get(type(run), run_id), add_seconds=elapsed, heartbeat=True)
-                session.commit()
-            computed += len(rows)
-            if progress is not None:
-                progress(computed, max(todo, computed))
+        computed = _write_rows(store, run_id, loader, todo, model, device, request, identity, progress)
         # The model-free reference every comparison shows, on the same images: computed once per
         # dataset, protocol and input size (a no-op when stored), so compare/report stay store-only.
         # It is scored against the reference maps: a dataset without them has none.
@@ -233,13 +254,3 @@ def compute_run(
         heartbeat.stop()
         settle_status(store, run_id)
     return run_id, computed, device
-
-
-def settle_status(store: Store, run_id: int) -> None:
-    """complete when the run has a row for every image of its dataset, else partial."""
-    from alignbench.store.tables import Run
-
-    with store.session(write=True) as session:
-        row = session.get(Run, run_id)
-        q.update_run(session, row, status="complete" if q.count_rows(session, run_id) >= row.n_images else "partial")
-        session.commit()

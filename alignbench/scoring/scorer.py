@@ -8,85 +8,45 @@ the store and nothing here imports torch. Rows are committed batch by batch; an 
 
 from __future__ import annotations
 
+import json
 import os
 import time
-from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field, replace
-from pathlib import Path
+from collections.abc import Sequence
+from dataclasses import fields, replace
 from typing import Any
 
+from alignbench._utils.precision import check_precision
+from alignbench.datasets import DATASETS, open_dataset
 from alignbench.distributed import agree, all_done, join_launch, launched_ranks
-from alignbench._utils.precision import DEFAULT_PRECISION, check_precision
-from alignbench.errors import AlignbenchError, MetricError
-from alignbench.models import ModelRequest
+from alignbench.errors import AlignbenchError, MetricError, ModelError
+from alignbench.explainers import explainer_setting
+from alignbench.metrics import METRICS, metric_spec
+from alignbench.models import ModelRequest, check_device_name, model_identity
+from alignbench.scoring.identity import RunIdentity
+from alignbench.scoring.lifecycle import settle_status
+from alignbench.scoring.request import (
+    DEFAULT_DATASET,
+    DEFAULT_EXPLAINER,
+    DEFAULT_MODEL,
+    PROTOCOLS,
+    ProgressCallback,
+    ScoreRequest,
+    ScoreResult,
+    parse_metrics,
+)
 from alignbench.store import StoreMissing, StoreOutdated, open_store
-from alignbench.store.engine import stored_rows_of_outdated_store
-from alignbench.store.liveness import shown_status
 from alignbench.store import queries as q
+from alignbench.store.liveness import shown_status
+from alignbench.store.tables import Dataset, Run
 
-DEFAULT_MODEL = "efficientnet_lite0"
-DEFAULT_EXPLAINER = "threshold-gradcam"
-DEFAULT_DATASET = "sample"
-PROTOCOLS = ("aligned", "paper")
-
-
-@dataclass(frozen=True)
-class ScoreRequest:
-    model: ModelRequest = field(default_factory=lambda: ModelRequest(DEFAULT_MODEL))  # a name is taken too
-    explainer: str = DEFAULT_EXPLAINER
-    explainer_params: dict[str, Any] = field(default_factory=dict)
-    dataset: str = DEFAULT_DATASET
-    data_dir: Path | None = None
-    protocol: str = "aligned"
-    metrics: tuple[str, ...] = ("spearman",)
-    metric_params: dict[str, dict[str, Any]] = field(default_factory=dict)  # e.g. {"deletion": {"steps": 50}}
-    limit: int | None = None
-    batch_size: int = 16
-    force: bool = False
-    device: str = "auto"
-    workers: int | None = None  # DataLoader workers; None: the dataset's default (cores - 1, at most 4)
-    precision: str = DEFAULT_PRECISION  # the forward passes' (alignbench._utils.precision); part of the run key unless fp32
-
-    def __post_init__(self) -> None:
-        if not isinstance(self.model, ModelRequest):
-            object.__setattr__(self, "model", ModelRequest(str(self.model)))
-
-
-@dataclass
-class ScoreResult:
-    run_id: int
-    model: str
-    dcls: bool
-    explainer: str
-    explainer_params: dict[str, Any]
-    dataset: str
-    protocol: str
-    n_images: int
-    n_scored: int
-    n_skipped: int
-    mean_spearman: float | None
-    alignment_score: float | None
-    cached: bool
-    metrics: dict[str, float | None]
-    status: str
-    computed_images: int = 0
-    seconds: float = 0.0
-    weights_source: str = ""
-    device: str | None = None
-    ca_stream: bool = False
-
-    def to_json(self) -> dict[str, Any]:
-        return asdict(self)
-
-
-ProgressCallback = Callable[[int, int], None]  # (images done in this process, images to do)
+__all__ = [
+    "DEFAULT_DATASET", "DEFAULT_EXPLAINER", "DEFAULT_MODEL", "PROTOCOLS", "ProgressCallback", "ScoreRequest", "ScoreResult",
+    "parse_metrics", "run_key_of", "score", "trained_request",
+]
 
 
 def _validate(request: ScoreRequest) -> None:
     """Every option checked before anything is read or stored, whether or not the answer is cached."""
-    from alignbench.metrics import metric_spec
-    from alignbench.models import check_device_name
-
     check_device_name(request.device)
     cores = os.cpu_count() or 1
     if request.workers is not None and not 0 <= request.workers <= cores:
@@ -118,9 +78,6 @@ def _validate(request: ScoreRequest) -> None:
 
 
 def _check_metrics_fit(metrics: Sequence[str], dataset: Any) -> None:
-    from alignbench.datasets import DATASETS
-    from alignbench.metrics import METRICS
-
     boxed = [m for m in metrics if METRICS[m].needs_boxes]
     if boxed and not dataset.has_boxes:
         with_boxes = ", ".join(name for name, spec in DATASETS.items() if spec.has_boxes)
@@ -138,8 +95,6 @@ def _check_metrics_fit(metrics: Sequence[str], dataset: Any) -> None:
 
 
 def _result(session, run, request, *, method, params, n_images, cached, computed=0, seconds=0.0, weights_source="", device=None) -> ScoreResult:
-    from alignbench.store.tables import Dataset
-
     dataset = session.get(Dataset, run.dataset_id)
     n_rows, summaries = q.summarise(session, run.id, request.metrics, max_index=n_images)
     spearman = summaries.get("spearman")
@@ -184,7 +139,7 @@ def _look_up(db: str | None, key: str, request: ScoreRequest, *, n_images: int, 
     except StoreMissing:
         return None, frozenset()
     except StoreOutdated:
-        if stored_rows_of_outdated_store(db, key, max_index=n_images) >= n_images:
+        if q.stored_rows_of_outdated_store(db, key, max_index=n_images) >= n_images:
             raise
         return None, frozenset()
     with store, store.session() as session:
@@ -198,39 +153,38 @@ def _look_up(db: str | None, key: str, request: ScoreRequest, *, n_images: int, 
 
 def run_key_of(request: ScoreRequest, model_fingerprint: str, method: str, params: dict[str, Any], dataset_fingerprint: str) -> str:
     """The store key of ``request``'s run, given its model's and dataset's fingerprints and its
-    canonical explainer setting (``explainer_setting``): what ``score`` looks up, and ``study status``."""
+    canonical explainer setting (``explainer_setting``): what ``score`` looks up, and ``study status``.
+    Kept for callers that hold fingerprints only; :class:`RunIdentity` builds it."""
+    return RunIdentity(
+        model="", method=method, params=params, dataset=request.dataset, protocol=request.protocol, metrics=request.metrics,
+        metric_params=request.metric_params, precision=request.precision, model_fingerprint=model_fingerprint,
+        dataset_fingerprint=dataset_fingerprint,
+    ).key
+
+
+def _normalised(request: ScoreRequest) -> ScoreRequest:
+    """Metrics sorted without duplicates; the parameters of requested metrics only."""
     metrics = tuple(sorted(set(request.metrics)))
-    # only the parameters of requested metrics count; a metric at its defaults keeps its plain name,
-    # so runs stored before metric parameters existed keep their key
-    keyed = [f"{m}{q.canonical_json(dict(request.metric_params[m]))}" if request.metric_params.get(m) else m for m in metrics]
-    return q.run_key(model_fingerprint, method, params, dataset_fingerprint, request.protocol, keyed, precision=request.precision)
+    metric_params = {m: dict(p) for m, p in sorted(request.metric_params.items()) if m in metrics and p}
+    return replace(request, metrics=metrics, metric_params=metric_params)
 
 
 def score(request: ScoreRequest, *, db: str | None = None, progress: ProgressCallback | None = None) -> ScoreResult:
     """Score ``request`` into the store at ``db`` and return the summary over the requested images."""
-    from alignbench.datasets import open_dataset
-    from alignbench.explainers import explainer_setting
-    from alignbench.models import model_identity  # torch-free
-
     _validate(request)
-    identity = model_identity(request.model)
+    identity = model_identity(request.model)  # torch-free
     method, params = explainer_setting(request.explainer, **request.explainer_params)
     dataset = open_dataset(request.dataset, request.data_dir)
     _check_metrics_fit(request.metrics, dataset)
     n_total = len(dataset)
     n_images = min(n_total, request.limit) if request.limit else n_total
-    metrics = tuple(sorted(set(request.metrics)))
-    metric_params = {m: dict(p) for m, p in sorted(request.metric_params.items()) if m in metrics and p}
-    request = replace(request, metrics=metrics, metric_params=metric_params)
-
-    def run_key(model_fingerprint: str) -> str:
-        return run_key_of(request, model_fingerprint, method, params, dataset.fingerprint)
-
-    key = run_key(identity.fingerprint)
+    request = _normalised(request)
+    run = RunIdentity.of(request, identity, method, params, dataset_fingerprint=dataset.fingerprint)
+    described = dict(method=method, params=params, n_images=n_images, weights_source=identity.weights_source)
 
     done: frozenset[str] = frozenset()
     if not request.force:
-        cached, done = _look_up(db, key, request, method=method, params=params, n_images=n_images, weights_source=identity.weights_source)
+        cached, done = _look_up(db, run.key, request, **described)
         # under torchrun the ranks decide together, on rank 0's view (below)
         if cached is not None and not launched_ranks().distributed:
             return cached
@@ -238,49 +192,34 @@ def score(request: ScoreRequest, *, db: str | None = None, progress: ProgressCal
     # so a bad file leaves no run behind (a fixed file changes the dataset's fingerprint: such a run
     # could never be resumed).
     dataset.check_files(dataset.positions(skip_ids=done, limit=n_images))
-    store = open_store(db)
-    try:
+    with open_store(db) as store:
         # Under torchrun every rank runs this; all act on rank 0's view of the store (all compute, or
         # all answer from it) and meet once their rows are in (alignbench.distributed).
         ranks = join_launch(request.device)  # alone: SINGLE, and no torch import
         if ranks.distributed:
             with store.session() as session:
-                run = q.find_run(session, key)
-                complete = run is not None and not request.force and q.count_rows(session, run.id, max_index=n_images) >= n_images
+                stored = run.find(session)
+                complete = stored is not None and not request.force and q.count_rows(session, stored.id, max_index=n_images) >= n_images
                 if agree(ranks, complete):
-                    run = run or q.find_run(session, key)
-                    return _result(session, run, request, method=method, params=params, n_images=n_images, cached=True,
-                                   weights_source=identity.weights_source, device=run.device)
-        from alignbench.scoring.compute import compute_run, settle_status  # imports torch: only when something is computed
+                    stored = stored or run.find(session)
+                    return _result(session, stored, request, cached=True, device=stored.device, **described)
+        from alignbench.scoring.compute import compute_run  # imports torch: only when something is computed
 
         start = time.perf_counter()
         run_id, computed, device = compute_run(
-            store, request, method=method, params=params, dataset=dataset, run_key=run_key,
-            planned_fingerprint=identity.fingerprint, n_images=n_images, progress=progress, ranks=ranks,
+            store, request, identity=run, dataset=dataset, n_images=n_images, progress=progress, ranks=ranks,
         )
         computed = all_done(ranks, computed)  # under torchrun: every rank's rows are in, counted over all ranks
         if ranks.distributed and ranks.is_main:
             settle_status(store, run_id)  # each rank set it as it finished; all rows are in now
         with store.session() as session:
-            from alignbench.store.tables import Run
-
-            run = session.get(Run, run_id)
-            return _result(session, run, request, method=method, params=params, n_images=n_images, cached=False,
-                           computed=computed, seconds=time.perf_counter() - start,
-                           weights_source=identity.weights_source, device=device)
-    finally:
-        store.close()
+            return _result(session, session.get(Run, run_id), request, cached=False, computed=computed,
+                           seconds=time.perf_counter() - start, device=device, **described)
 
 
 def trained_request(tag: str, db: str | None = None) -> ModelRequest:
     """The request of the newest model tagged ``tag`` in the store (``score --trained TAG``): what
     ``alignbench train`` recorded, i.e. its model, DCLS recipe and trained checkpoint."""
-    import json
-    from dataclasses import fields
-
-    from alignbench.errors import ModelError
-    from alignbench.store import StoreMissing
-
     try:
         store = open_store(db, create=False)
     except StoreMissing:
@@ -297,13 +236,3 @@ def trained_request(tag: str, db: str | None = None) -> ModelRequest:
     known = {f.name for f in fields(ModelRequest)}
     return ModelRequest(**{key: value for key, value in json.loads(rows[0].request).items() if key in known})
 
-
-def parse_metrics(text: str | Sequence[str]) -> tuple[str, ...]:
-    """``spearman,pointing-game`` → ('spearman', 'pointing-game'); order kept, duplicates dropped."""
-    parts = text.split(",") if isinstance(text, str) else list(text)
-    seen: dict[str, None] = {}
-    for part in parts:
-        name = part.strip().lower()
-        if name:
-            seen.setdefault(name, None)
-    return tuple(seen)

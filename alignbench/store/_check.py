@@ -19,10 +19,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from sqlalchemy import inspect, text
-from sqlalchemy.engine import Engine, make_url
+from sqlalchemy.engine import Engine
 
 from alignbench.errors import StoreError
 from alignbench.store.migrate import head_revision, revisions, tables_at
+from alignbench.store.urls import resolve_url, shown_url
 
 _SIGNATURE_TABLE = "image_score"  # no other program is expected to name a table this
 
@@ -47,14 +48,6 @@ class StoreState:
     @property
     def at_head(self) -> bool:
         return self.revision == head_revision()
-
-
-def shown_url(url: str) -> str:
-    """The URL as messages print it: a password is never shown."""
-    try:
-        return make_url(url).render_as_string(hide_password=True)
-    except Exception:  # a URL that does not parse is reported by the engine, not here
-        return url
 
 
 def read_state(engine: Engine) -> StoreState:
@@ -111,15 +104,9 @@ def check_state(state: StoreState, url: str) -> None:
 
 def outdated(state: StoreState, url: str) -> StoreOutdated:
     where = shown_url(url)
-    option = "" if url == _default_url() else f" --db {where}"
+    option = "" if url == resolve_url(None) else f" --db {where}"
     return StoreOutdated(
         f"store {where} has schema revision {state.revision}, older than this alignbench's {head_revision()}; "
         f"run `alignbench upgrade{option}` to upgrade it (reading commands never change a store)",
         revision=state.revision,
     )
-
-
-def _default_url() -> str:
-    from alignbench.store.engine import resolve_url
-
-    return resolve_url(None)

@@ -17,37 +17,34 @@ import sqlite3
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from sqlalchemy import create_engine, event
 from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.engine.url import URL
 from sqlalchemy.exc import ArgumentError, DatabaseError, NoSuchModuleError, OperationalError
 from sqlalchemy.pool import StaticPool
-from sqlmodel import Session
 
 from alignbench.errors import StoreError
+from alignbench.store._check import check_state, outdated, read_state
+from alignbench.store.migrate import upgrade_to_head
+from alignbench.store.urls import DEFAULT_URL, display_url, migrations_dir, resolve_url, shown_url
 
-DEFAULT_URL = "sqlite:///alignbench.db"
+if TYPE_CHECKING:  # pragma: no cover
+    from sqlmodel import Session
+
+__all__ = [
+    "CONNECT_TIMEOUT_S", "DEFAULT_URL", "SQLITE_BUSY_TIMEOUT_S", "Store", "StoreMissing", "create_store_engine",
+    "display_url", "migrations_dir", "open_store", "resolve_url",
+]
 SQLITE_BUSY_TIMEOUT_S = 60.0  # a writer waits this long for another process's transaction
 # A server that does not answer is reported after this long, not after the OS's TCP timeout (minutes).
 CONNECT_TIMEOUT_S = 10
-
-def migrations_dir() -> Path:
-    """migrations/ of the source tree, installed as the package alignbench.migrations (pyproject)."""
-    import alignbench.migrations
-
-    return Path(alignbench.migrations.__file__).resolve().parent
-
 
 class StoreMissing(StoreError):
     """A read-only command was pointed at a SQLite file that does not exist."""
 
     exit_code = 0
-
-
-def resolve_url(url: str | None = None) -> str:
-    """``--db`` if given, else ``$ALIGNBENCH_DB``, else ``sqlite:///alignbench.db`` (working directory)."""
-    return url or os.environ.get("ALIGNBENCH_DB") or DEFAULT_URL
 
 
 @dataclass
@@ -57,6 +54,10 @@ class Store:
 
     def session(self, *, write: bool = False) -> Session:
         """A session; ``write=True`` takes SQLite's write lock at BEGIN (no read-then-upgrade deadlock)."""
+        # SQLModel (the ORM, ~0.5 s to import) only here: reading commands that list runs use Core
+        # connections (alignbench.store.listing) and never import it.
+        from sqlmodel import Session
+
         bind = self.engine.execution_options(sqlite_begin="IMMEDIATE") if write else self.engine
         return Session(bind, expire_on_commit=False)
 
@@ -80,14 +81,6 @@ def _parse(url: str) -> URL:
     if sa_url.drivername == "postgresql" and importlib.util.find_spec("psycopg") is not None:
         sa_url = sa_url.set(drivername="postgresql+psycopg")  # SQLAlchemy's default would be psycopg2
     return sa_url
-
-
-def display_url(url: str) -> str:
-    """The URL as messages show it: any password masked."""
-    try:
-        return make_url(url).render_as_string(hide_password=True)
-    except ArgumentError:
-        return url
 
 
 def _server_message(url: str, sa_url: URL, reason: str) -> str:
@@ -199,8 +192,6 @@ def open_store(url: str | None = None, *, create: bool = True, migrate: bool = T
     store written by a newer alignbench. Opening a store at the head revision reads its table names
     and revision and never imports alembic.
     """
-    from alignbench.store._check import check_state, outdated, read_state, shown_url
-
     url = resolve_url(url)
     engine = create_store_engine(url, create=create)
     try:
@@ -213,8 +204,6 @@ def open_store(url: str | None = None, *, create: bool = True, migrate: bool = T
         if not state.at_head:
             if not (migrate or state.empty):
                 raise outdated(state, url)
-            from alignbench.store.migrate import upgrade_to_head
-
             upgrade_to_head(engine, url)
     except StoreError:
         engine.dispose()
@@ -228,15 +217,3 @@ def open_store(url: str | None = None, *, create: bool = True, migrate: bool = T
         raise StoreError(f"cannot open store {display_url(url)}: {reason}; check the path/URL or pass another --db") from None
     return Store(url=url, engine=engine)
 
-
-def stored_rows_of_outdated_store(url: str | None, key: str, *, max_index: int) -> int:
-    """Rows a store at an older schema revision holds for the run ``key`` (its first ``max_index``
-    images), read through columns every revision has; nothing is upgraded or written."""
-    from alignbench.store import queries as q
-
-    engine = create_store_engine(resolve_url(url), create=False)
-    try:
-        with Session(engine) as session:
-            return q.count_rows_of_key(session, key, max_index=max_index)
-    finally:
-        engine.dispose()

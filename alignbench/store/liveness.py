@@ -10,19 +10,15 @@ metric, e.g. deletion with 224 steps, takes minutes). A reader shows a ``running
 - on another host (a shared PostgreSQL store): its heartbeat is older than ``HEARTBEAT_TIMEOUT_S``.
   Hosts' clocks must agree to well within that (NTP does).
 
-Runs written before the scorer recorded a heartbeat are judged by their last update.
+Runs written before the scorer recorded a heartbeat are judged by their last update. This module
+is the reading side; the writing side (the heartbeat thread) is ``alignbench.scoring.lifecycle``.
 """
 
 from __future__ import annotations
 
 import os
 import socket
-import threading
 from datetime import datetime, timedelta, timezone
-from typing import TYPE_CHECKING
-
-if TYPE_CHECKING:  # pragma: no cover
-    from alignbench.store.engine import Store
 
 HEARTBEAT_INTERVAL_S = 30.0
 # Ten missed beats: a busy store (SQLite's 60 s busy timeout) or a loaded machine delays a beat, it
@@ -78,43 +74,3 @@ def shown_status(
         return RUNNING if process_alive(pid) and not stale else INTERRUPTED
     return INTERRUPTED if stale else RUNNING
 
-
-class Heartbeat:
-    """While the context is open, refresh run ``run_id``'s heartbeat every ``interval`` seconds from a
-    daemon thread. A failed beat (a store busy past its timeout) is skipped, never fatal to the run.
-    The thread only waits and writes one row: DataLoader workers forked meanwhile never touch it."""
-
-    def __init__(self, store: "Store", run_id: int, interval: float = HEARTBEAT_INTERVAL_S) -> None:
-        self.store, self.run_id, self.interval = store, run_id, interval
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._beat_until_stopped, name=f"alignbench-heartbeat-{run_id}", daemon=True)
-
-    def _beat_until_stopped(self) -> None:
-        from alignbench.store import queries as q
-
-        while not self._stop.wait(self.interval):
-            try:
-                with self.store.session(write=True) as session:
-                    q.beat(session, self.run_id)
-                    session.commit()
-            except Exception:  # noqa: BLE001 - the next beat, or the next batch, tries again
-                continue
-
-    def start(self) -> "Heartbeat":
-        url = self.store.engine.url
-        # An in-memory SQLite store is one connection that only this process sees: a second thread
-        # would share its transactions, and no other process could read the beat anyway.
-        if not (url.get_backend_name() == "sqlite" and url.database in (None, "", ":memory:")):
-            self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        self._stop.set()
-        if self._thread.is_alive():
-            self._thread.join()
-
-    def __enter__(self) -> "Heartbeat":
-        return self.start()
-
-    def __exit__(self, *exc) -> None:
-        self.stop()

@@ -1,14 +1,19 @@
 """Looking after a store: upgrading its schema, listing and deleting runs (``alignbench upgrade``,
-``alignbench runs``). Each function opens the store itself, so the CLI only parses and prints."""
+``alignbench runs``). SQLAlchemy Core only: listing the runs never imports SQLModel's ORM. Each function opens the store itself, so the CLI only parses and prints."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+from sqlalchemy.engine import Connection
+
 from alignbench.errors import StoreError
-from alignbench.store._check import StoreOutdated, read_state, shown_url
-from alignbench.store.engine import StoreMissing, open_store, resolve_url
+from alignbench.store import listing
+from alignbench.store._check import StoreOutdated, read_state
+from alignbench.store.engine import StoreMissing, open_store
+from alignbench.store.liveness import RUNNING
 from alignbench.store.migrate import head_revision
+from alignbench.store.urls import resolve_url, shown_url
 
 
 @dataclass(frozen=True)
@@ -68,11 +73,9 @@ class DeletedRuns:
     rows: int  # image rows deleted with them
 
 
-def _stored_runs(session) -> list[StoredRun]:
-    from alignbench.store import queries as q
-
-    views = q.list_runs(session)
-    rows = q.row_counts(session, [v.run_id for v in views]) if views else {}
+def _stored_runs(connection: Connection) -> list[StoredRun]:
+    views = listing.list_runs(connection)
+    rows = listing.row_counts(connection, [v.run_id for v in views]) if views else {}
     return [
         StoredRun(v.run_id, v.model, v.dcls, v.method, v.dataset, v.dataset_location, v.protocol, v.metrics, v.status,
                   rows[v.run_id], v.n_images, v.updated_at, tag=v.tag, ca_stream=v.ca_stream)
@@ -82,29 +85,26 @@ def _stored_runs(session) -> list[StoredRun]:
 
 def list_stored_runs(db: str | None = None, *, empty: bool = False) -> list[StoredRun]:
     """Every run in the store (``empty``: only those without a stored row); reads only."""
-    with open_store(db, create=False, migrate=False) as store, store.session() as session:
-        runs = _stored_runs(session)
+    with open_store(db, create=False, migrate=False) as store, store.engine.connect() as connection:
+        runs = _stored_runs(connection)
     return [run for run in runs if run.n_rows == 0] if empty else runs
 
 
 def _delete(db: str | None, choose) -> DeletedRuns:
     """Delete the runs ``choose(stored runs)`` returns, rows first, in one transaction."""
-    from alignbench.store import queries as q
-    from alignbench.store.liveness import RUNNING
-
     url = resolve_url(db)
     try:
         store = open_store(url, create=False)
     except StoreMissing as missing:
         raise StoreError(f"nothing to delete: {missing.message.split(';')[0]}") from None
-    with store, store.session(write=True) as session:  # the write lock first: no run starts or grows meanwhile
-        chosen = choose(_stored_runs(session))
+    # the write lock first (BEGIN IMMEDIATE): no run starts or grows meanwhile; committed on success
+    with store, store.engine.execution_options(sqlite_begin="IMMEDIATE").begin() as connection:
+        chosen = choose(_stored_runs(connection))
         live = [run for run in chosen if run.status == RUNNING]
         if live:
             ids = ", ".join(str(run.run_id) for run in live)
             raise StoreError(f"run {ids} is still being computed by a live process; stop it (or let it finish) first, nothing was deleted")
-        rows = q.delete_runs(session, [run.run_id for run in chosen]) if chosen else 0
-        session.commit()
+        rows = listing.delete_runs(connection, [run.run_id for run in chosen]) if chosen else 0
     return DeletedRuns(shown_url(url), chosen, rows)
 
 
@@ -129,8 +129,7 @@ def delete_runs(db: str | None, run_ids: list[int]) -> DeletedRuns:
 
 def prune_runs(db: str | None = None, *, empty: bool = False) -> DeletedRuns:
     """Delete every run that has no stored row (``empty``) and no live process, in one transaction."""
-    from alignbench.store.liveness import RUNNING
-
     if not empty:
         raise StoreError("say what to prune: `alignbench runs prune --empty` deletes the runs with no stored row")
     return _delete(db, lambda runs: [run for run in runs if run.n_rows == 0 and run.status != RUNNING])
+

@@ -27,11 +27,13 @@ from typing import Any
 
 from sqlalchemy import MetaData, Table, create_engine, func, inspect, select
 from sqlalchemy.engine import Connection, Engine, make_url
+from sqlalchemy.exc import DatabaseError, OperationalError
 
 from alignbench.errors import StoreError
-from alignbench.store.engine import _server_message, create_store_engine, display_url, open_store, resolve_url
+from alignbench.store.engine import _server_message, create_store_engine, open_store
 from alignbench.store.migrate import current_revision, head_revision, revisions
 from alignbench.store.tables import METRIC_COLUMNS, Dataset, ExplainerSetting, ImageScore, Model, Run, Thumbnail
+from alignbench.store.urls import display_url, resolve_url
 
 TOLERANCE = 1e-6  # two stored floats closer than this are the same value (CPU vs GPU rounding)
 PREFER = ("into", "newer")
@@ -125,8 +127,6 @@ def _read_only_engine(url: str) -> Engine:
 
 
 def _source_revision(engine: Engine, url: str) -> str:
-    from sqlalchemy.exc import DatabaseError, OperationalError
-
     try:
         revision = current_revision(engine)
         has_tables = bool(inspect(engine).get_table_names())

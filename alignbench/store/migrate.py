@@ -15,6 +15,7 @@ from sqlalchemy import inspect, text
 from sqlalchemy.engine import Engine
 
 from alignbench.errors import StoreError
+from alignbench.store.urls import migrations_dir
 
 if TYPE_CHECKING:  # pragma: no cover
     from alembic.config import Config
@@ -27,9 +28,7 @@ _TABLE_OP = re.compile(r"op\.(create_table|drop_table)\(\s*['\"](\w+)['\"]")
 
 
 def alembic_config() -> "Config":
-    from alembic.config import Config
-
-    from alignbench.store.engine import migrations_dir
+    from alembic.config import Config  # alembic only to upgrade (see the module docstring)
 
     config = Config()
     config.set_main_option("script_location", str(migrations_dir()))
@@ -39,8 +38,6 @@ def alembic_config() -> "Config":
 @lru_cache(maxsize=1)
 def revisions() -> dict[str, str | None]:
     """revision → down_revision, read from migrations/versions without importing alembic."""
-    from alignbench.store.engine import migrations_dir
-
     graph: dict[str, str | None] = {}
     for path in sorted(Path(migrations_dir(), "versions").glob("*.py")):
         source = path.read_text()
@@ -53,8 +50,6 @@ def revisions() -> dict[str, str | None]:
 @lru_cache(maxsize=1)
 def _table_changes() -> dict[str, tuple[tuple[str, str], ...]]:
     """revision → the (create_table | drop_table, table) operations of its upgrade(), in order."""
-    from alignbench.store.engine import migrations_dir
-
     changes: dict[str, tuple[tuple[str, str], ...]] = {}
     for path in sorted(Path(migrations_dir(), "versions").glob("*.py")):
         source = path.read_text()

@@ -8,12 +8,14 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from sqlalchemy import delete, func, update
+from sqlalchemy import func, update
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, SQLModel, select
 
 from alignbench._utils.cache import sha256_text
-from alignbench.store.liveness import shown_status
+from alignbench.store import listing
+from alignbench.store.engine import create_store_engine, open_store
+from alignbench.store.listing import RunView
 from alignbench.store.tables import (
     METRIC_COLUMNS,
     Dataset,
@@ -24,6 +26,7 @@ from alignbench.store.tables import (
     Thumbnail,
     utcnow,
 )
+from alignbench.store.urls import resolve_url
 
 T = TypeVar("T", bound=SQLModel)
 
@@ -92,6 +95,15 @@ def upsert_model(session: Session, identity: Any, *, param_count: int | None = N
         row.family = family
         session.add(row)
     return row
+
+
+def record_model(db: str | None, identity: Any, *, param_count: int | None = None, family: str | None = None) -> str:
+    """Record a model (its ModelIdentity, e.g. ``convert_model(...).identity``) in the store at
+    ``db``, created when new; returns the store's URL (``alignbench convert``)."""
+    with open_store(db) as store, store.session(write=True) as session:
+        upsert_model(session, identity, param_count=param_count, family=family)
+        session.commit()
+        return store.url
 
 
 def find_model(session: Session, fingerprint: str) -> Model | None:
@@ -336,27 +348,12 @@ class MetricSummary:
 
 def row_counts(session: Session, run_ids: Sequence[int]) -> dict[int, int]:
     """Rows (images with a row, scored or skipped) per run; counted on the (run, image) index alone."""
-    statement = (
-        select(ImageScore.run_id, func.count())
-        .where(ImageScore.run_id.in_(list(run_ids)))  # type: ignore[attr-defined]
-        .group_by(ImageScore.run_id)
-    )
-    counts = {int(run_id): 0 for run_id in run_ids}
-    counts.update({int(run_id): int(n) for run_id, n in session.exec(statement).all()})
-    return counts
+    return listing.row_counts(session.connection(), run_ids)
 
 
 def delete_runs(session: Session, run_ids: Sequence[int]) -> int:
-    """Delete runs with their rows and thumbnails (rows first, in the caller's transaction); returns
-    the image rows deleted. Thumbnails would cascade; they are deleted explicitly so that no backend
-    depends on its foreign-key settings."""
-    from alignbench.store.tables import Thumbnail
-
-    ids = list(run_ids)
-    rows = session.execute(delete(ImageScore).where(ImageScore.run_id.in_(ids))).rowcount  # type: ignore[attr-defined]
-    session.execute(delete(Thumbnail).where(Thumbnail.run_id.in_(ids)))  # type: ignore[attr-defined]
-    session.execute(delete(Run).where(Run.id.in_(ids)))  # type: ignore[union-attr]
-    return int(rows or 0)
+    """Delete runs with their rows and thumbnails, in the caller's transaction; returns the image rows deleted."""
+    return listing.delete_runs(session.connection(), run_ids)
 
 
 def count_rows(session: Session, run_id: int, *, max_index: int | None = None) -> int:
@@ -372,6 +369,17 @@ def count_rows_of_key(session: Session, key: str, *, max_index: int | None = Non
     run_id/image_index, which every schema revision has."""
     run_id = session.exec(select(Run.id).where(Run.key == key)).first()
     return 0 if run_id is None else count_rows(session, run_id, max_index=max_index)
+
+
+def stored_rows_of_outdated_store(url: str | None, key: str, *, max_index: int) -> int:
+    """Rows a store at an older schema revision holds for the run ``key`` (its first ``max_index``
+    images), read through columns every revision has; nothing is upgraded or written."""
+    engine = create_store_engine(resolve_url(url), create=False)
+    try:
+        with Session(engine) as session:
+            return count_rows_of_key(session, key, max_index=max_index)
+    finally:
+        engine.dispose()
 
 
 def summarise(
@@ -390,80 +398,11 @@ def summarise(
     return int(n_rows), summaries
 
 
-@dataclass(frozen=True)
-class RunView:
-    """A run with the names compare/report show, from one joined query."""
-
-    run_id: int
-    model: str
-    family: str | None
-    dcls: bool
-    recipe: str | None
-    param_count: int | None
-    weights_fingerprint: str
-    method: str
-    params: str
-    dataset: str
-    dataset_fingerprint: str
-    ceiling: float | None
-    protocol: str
-    metrics: str
-    status: str  # as stored, except a running run whose process is gone: interrupted (alignbench.store.liveness)
-    n_images: int
-    updated_at: Any
-    dataset_location: str | None = None  # where the dataset's files were read (a folder, a shard directory)
-    # lineage (migration 0003): which model row, its name in the store, how it was made, from which model
-    model_id: int | None = None
-    tag: str | None = None
-    origin: str | None = None
-    parent_id: int | None = None
-    ca_stream: bool = False  # the model pools with a CA-Stream (not the architecture's baseline)
-
-
 def list_runs(
     session: Session, *, dataset: str | None = None, method: str | None = None, protocol: str | None = None
 ) -> list[RunView]:
-    statement = (
-        select(Run, Model, ExplainerSetting, Dataset)
-        .join(Model, Model.id == Run.model_id)
-        .join(ExplainerSetting, ExplainerSetting.id == Run.explainer_id)
-        .join(Dataset, Dataset.id == Run.dataset_id)
-        .order_by(Run.id)
-    )
-    if dataset is not None:
-        statement = statement.where(Dataset.name == dataset)
-    if method is not None:
-        statement = statement.where(ExplainerSetting.method == method)
-    if protocol is not None:
-        statement = statement.where(Run.protocol == protocol)
-    return [
-        RunView(
-            run_id=run.id,
-            model=model.name,
-            family=model.family,
-            dcls=model.dcls,
-            recipe=model.recipe,
-            param_count=model.param_count,
-            weights_fingerprint=model.weights_fingerprint,
-            method=explainer.method,
-            params=explainer.params,
-            dataset=ds.name,
-            dataset_fingerprint=ds.fingerprint,
-            ceiling=ds.ceiling,
-            protocol=run.protocol,
-            metrics=run.metrics,
-            status=shown_status(run.status, pid=run.pid, host=run.host, heartbeat_at=run.heartbeat_at, updated_at=run.updated_at),
-            n_images=run.n_images,
-            updated_at=run.updated_at,
-            dataset_location=ds.location,
-            model_id=model.id,
-            tag=model.tag,
-            origin=model.origin,
-            parent_id=model.parent_id,
-            ca_stream=model.ca_stream,
-        )
-        for run, model, explainer, ds in session.exec(statement).all()
-    ]
+    """Every run (of one dataset, explainer method or protocol when given), by id (``alignbench.store.listing``)."""
+    return listing.list_runs(session.connection(), dataset_name=dataset, method=method, protocol=protocol)
 
 
 def per_image_scores(session: Session, run_ids: Sequence[int], metric: str = "spearman") -> dict[int, dict[str, float]]:

@@ -19,7 +19,8 @@ from alignbench.testing.cli import add_run, dump, invoke, one_line_error, plain_
 
 from alignbench.store import open_store
 from alignbench.store import queries as q
-from alignbench.store.liveness import HEARTBEAT_TIMEOUT_S, Heartbeat, process_alive, shown_status
+from alignbench.scoring.lifecycle import Heartbeat
+from alignbench.store.liveness import HEARTBEAT_TIMEOUT_S, process_alive, shown_status
 from alignbench.store.tables import Run, Thumbnail
 
 
