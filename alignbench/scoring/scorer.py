@@ -41,7 +41,7 @@ from alignbench.store.tables import Dataset, Run
 
 __all__ = [
     "DEFAULT_DATASET", "DEFAULT_EXPLAINER", "DEFAULT_MODEL", "PROTOCOLS", "ProgressCallback", "ScoreRequest", "ScoreResult",
-    "parse_metrics", "run_key_of", "score", "trained_request",
+    "parse_metrics", "score", "trained_request",
 ]
 
 
@@ -149,17 +149,6 @@ def _look_up(db: str | None, key: str, request: ScoreRequest, *, n_images: int, 
         if q.count_rows(session, run.id, max_index=n_images) >= n_images:
             return _result(session, run, request, n_images=n_images, cached=True, device=run.device, **described), frozenset()
         return None, frozenset(q.scored_image_ids(session, run.id))
-
-
-def run_key_of(request: ScoreRequest, model_fingerprint: str, method: str, params: dict[str, Any], dataset_fingerprint: str) -> str:
-    """The store key of ``request``'s run, given its model's and dataset's fingerprints and its
-    canonical explainer setting (``explainer_setting``): what ``score`` looks up, and ``study status``.
-    Kept for callers that hold fingerprints only; :class:`RunIdentity` builds it."""
-    return RunIdentity(
-        model="", method=method, params=params, dataset=request.dataset, protocol=request.protocol, metrics=request.metrics,
-        metric_params=request.metric_params, precision=request.precision, model_fingerprint=model_fingerprint,
-        dataset_fingerprint=dataset_fingerprint,
-    ).key
 
 
 def _normalised(request: ScoreRequest) -> ScoreRequest:

@@ -142,11 +142,13 @@ def _use_wal(engine: Engine) -> None:
         # another process holds the file (two writers opening a new store together): retry for as
         # long as the busy timeout would have waited.
         deadline = time.monotonic() + SQLITE_BUSY_TIMEOUT_S
-        while cursor.execute("PRAGMA journal_mode").fetchone()[0] not in ("wal", "memory"):
+        while True:
             try:
-                cursor.execute("PRAGMA journal_mode = WAL")
+                if cursor.execute("PRAGMA journal_mode").fetchone()[0] not in ("wal", "memory"):
+                    cursor.execute("PRAGMA journal_mode = WAL")
+                break
             except sqlite3.OperationalError as error:
-                if "locked" not in str(error) and "busy" not in str(error) or time.monotonic() > deadline:
+                if ("locked" not in str(error) and "busy" not in str(error)) or time.monotonic() > deadline:
                     raise
                 time.sleep(0.05)
         cursor.close()

@@ -196,7 +196,7 @@ def add_request_run(store: Store, request, dataset, values: Sequence[float] | np
     ``study status`` and ``score`` find it. Values are the first ``len(values)`` images; returns the run id."""
     from alignbench.explainers import explainer_setting
     from alignbench.models import model_identity
-    from alignbench.scoring.scorer import run_key_of
+    from alignbench.scoring.identity import RunIdentity
 
     identity = model_identity(request.model)
     method, params = explainer_setting(request.explainer, **request.explainer_params)
@@ -204,7 +204,7 @@ def add_request_run(store: Store, request, dataset, values: Sequence[float] | np
     with store.session(write=True) as session:
         run = q.get_or_create_run(
             session,
-            key=run_key_of(request, identity.fingerprint, method, params, dataset.fingerprint),
+            key=RunIdentity.of(request, identity, method, params, dataset_fingerprint=dataset.fingerprint).key,
             model=q.upsert_model(session, identity),
             explainer=q.upsert_explainer(session, method, params),
             dataset=q.upsert_dataset(session, dataset.name, dataset.fingerprint, len(dataset), ceiling=dataset.ceiling),

@@ -9,7 +9,6 @@ import pytest
 from alignbench.scoring.identity import RunIdentity
 from alignbench.scoring.lifecycle import mark_running, open_run, settle_status
 from alignbench.scoring.request import ScoreRequest
-from alignbench.scoring.scorer import run_key_of
 from alignbench.store import open_store
 from alignbench.store import queries as q
 
@@ -34,9 +33,10 @@ def test_the_key_is_the_stored_formula() -> None:
     assert identity.metrics == ("deletion", "spearman")  # sorted: the order asked does not change the run
 
 
-def test_run_key_of_is_the_identity_key() -> None:
+def test_a_request_s_identity_is_its_key() -> None:
     request = ScoreRequest(model="resnet50", metrics=("spearman",), metric_params={"spearman": {}})
-    key = run_key_of(request, "m" * 64, "gradcam", {"layer": "x"}, "d" * 64)
+    model = SimpleNamespace(name="resnet50", dcls=False, fingerprint="m" * 64)
+    key = RunIdentity.of(request, model, "gradcam", {"layer": "x"}, dataset_fingerprint="d" * 64).key
     assert key == _identity(metrics=("spearman",)).key
 
 

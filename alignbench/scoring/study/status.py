@@ -4,16 +4,16 @@ image counts; nothing is created or computed, and no torch for registry models."
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 from alignbench.datasets import open_dataset
 from alignbench.errors import DatasetError
 from alignbench.explainers import explainer_setting
-from alignbench.models import ModelIdentity, model_identity
+from alignbench.models import model_identity
 from alignbench.scoring import ScoreRequest
-from alignbench.scoring.scorer import run_key_of
+from alignbench.scoring.identity import RunIdentity
 from alignbench.scoring.study.parse import describe
 from alignbench.store import StoreMissing, open_store
 from alignbench.store import queries as q
@@ -44,14 +44,15 @@ class CellStatus:
 
 @dataclass(frozen=True)
 class _Plan:
-    """What a cell looks for in the store: its run key when this machine can make it exactly."""
+    """What a cell looks for in the store: its run, by key when this machine can make it exactly."""
 
     request: ScoreRequest
-    identity: ModelIdentity
-    method: str
-    params: dict[str, Any]
-    key: str | None  # None: the weights or the dataset are not here (matched by name)
+    run: RunIdentity  # not exact where the weights or the dataset are not here (matched by name)
     wanted: int | None  # images the cell asks for (None: its dataset is not on this machine)
+
+    @property
+    def key(self) -> str | None:
+        return self.run.key if self.run.exact else None
 
 
 def study_status(requests: Sequence[ScoreRequest], *, db: str | None = None) -> list[CellStatus]:
@@ -91,22 +92,19 @@ def _plans(requests: Sequence[ScoreRequest]) -> list[_Plan]:
         dataset = datasets[where]
         identity = model_identity(request.model)
         method, params = explainer_setting(request.explainer, **request.explainer_params)
-        exact = dataset is not None and identity.weights_on_disk
-        key = run_key_of(request, identity.fingerprint, method, params, dataset.fingerprint) if exact else None
+        run = RunIdentity.of(request, identity, method, params, dataset_fingerprint=dataset.fingerprint if dataset else None)
+        if not identity.weights_on_disk:
+            run = replace(run, model_fingerprint=None)
         wanted = None if dataset is None else (min(len(dataset), request.limit) if request.limit else len(dataset))
-        plans.append(_Plan(request, identity, method, params, key, wanted))
+        plans.append(_Plan(request, run, wanted))
     return plans
 
 
 def _cell_status(plan: _Plan, runs: dict[str, Any], session: Any) -> CellStatus:
-    request, identity, key, wanted = plan.request, plan.identity, plan.key, plan.wanted
+    request, key, wanted = plan.request, plan.key, plan.wanted
     run = runs.get(key) if key else None
     if run is None and key is None and session is not None:
-        run = q.find_run_like(
-            session, model=identity.name, dcls=identity.dcls, recipe=identity.recipe, init=identity.init, method=plan.method,
-            params=plan.params, dataset=request.dataset, protocol=request.protocol, metrics=request.metrics,
-            precision=request.precision,
-        )
+        run = plan.run.find_like(session)
     need = wanted if wanted is not None else (min(run.n_images, request.limit or run.n_images) if run else None)
     stored = 0
     if run is not None and run.status == "complete" and need is not None:
