@@ -124,7 +124,7 @@ def compute_run(
 
     # When the input preprocessing and the run are known before the model is loaded, the workers
     # start first and decode the first batches while it loads (worker start-up and the first
-    # decode were 2-4% of a 144-image run, with nothing to overlap them). Not under torchrun: the
+    # decode otherwise cost the run time with nothing to overlap them). Not under torchrun: the
     # ranks share out the missing images once the run exists (below).
     planned = get_spec(request.model.name).preprocessing
     early = None
@@ -139,8 +139,8 @@ def compute_run(
     except BaseException:
         early = None  # stops the workers
         raise
-    # NHWC kernels: measured 1.46x faster explanations on efficientnet_lite0 and 1.23x on resnet50 on
-    # this CPU (convnext unchanged), same maps to 6e-7; the metrics and the stored values do not change.
+    # NHWC kernels: faster explanations on the CPU (README, Performance: convnext unchanged), same
+    # maps to 6e-7; the metrics and the stored values do not change.
     model = model.to(memory_format=torch.channels_last)
     # The explainers need no parameter gradient and eval mode; set once here, the per-batch
     # eval_mode/frozen_parameters guards find nothing to change.
