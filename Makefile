@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.alignbench-installed
 
-.PHONY: install demo test bench example-db clean
+.PHONY: install demo lint test test-fast bench example-db clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -39,11 +39,23 @@ demo: install
 	$(BIN)/alignbench report
 	$(BIN)/alignbench report --html alignbench-report
 
-# The store tests run against PostgreSQL too and the HTML report opens in headless Chromium: both are
-# Debian packages, installed here where missing (scripts/system_packages.sh).
-test: install
+# ruff (configured in pyproject.toml): the lint rules, and the formatter's check (no file is changed).
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+# The whole suite, after the lint. The store tests run against PostgreSQL too and the HTML report
+# opens in headless Chromium: both are Debian packages, installed here where missing
+# (scripts/system_packages.sh).
+test: lint
 	scripts/system_packages.sh
 	$(BIN)/python -m pytest -q
+
+# The suite without the tests that need a PostgreSQL server, Chromium, several torchrun processes,
+# or minutes (markers in pyproject.toml, set in tests/conftest.py): no Debian packages installed.
+FAST := not postgres and not browser and not ddp and not slow
+test-fast: install
+	$(BIN)/python -m pytest -q -m "$(FAST)"
 
 bench: install
 	for script in benchmarks/*.py; do echo "== $$script"; $(BIN)/python $$script || exit 1; done

@@ -295,7 +295,7 @@ def _histograms_png(data: FigureData, metric: str, path: Path) -> Path:
     """Per run, the histogram of its per-image values, as one row of a ridgeline."""
     # One row per run on one axes (a ridgeline): runs compare along one x axis, each histogram
     # scaled to its own peak so runs of any size read alike, a tick at its mean. One axes costs
-    # a tenth of a grid of panels (with 17 runs the grid's ticks and titles were most of the
+    # far less than a grid of panels (with 17 runs the grid's ticks and titles were most of the
     # HTML report's time).
     n = len(data.histograms)
     labels = [f"run {h.run.run_id}: {h.run.display_name} · {h.run.view.method} ({int(h.counts.sum()):,})" for h in data.histograms]

@@ -16,7 +16,7 @@ DEFAULT_RESAMPLES = 2000
 DEFAULT_SEED = 0
 
 # Bootstrap resamples are drawn image by image while n × resamples stays within this many draws
-# (≈ 0.04 s; n ≤ 2000 at 2000 resamples); above it, the stratified draw of _bootstrap_means.
+# (cheap; n ≤ 2000 at 2000 resamples); above it, the stratified draw of _bootstrap_means.
 _EXACT_DRAWS = 4_000_000
 _STRATA = 64
 _CHUNK_DRAWS = 2_000_000  # index draws held in memory at once (16 MB of int64)
@@ -116,7 +116,7 @@ def _bootstrap_means(d: np.ndarray, n_resamples: int, rng: np.random.Generator) 
             stop = min(n_resamples, start + chunk)
             means[start:stop] = d[rng.integers(0, n, size=(stop - start, n))].mean(axis=1)
         return means
-    # Large n: drawing n indices per resample costs ~1 s per comparison at 52,000 images. Sort d
+    # Large n: drawing n indices per resample would dominate a comparison at 52,000 images. Sort d
     # into equal-size strata; how many of the n draws fall in each stratum is exactly multinomial
     # (drawn per resample in O(strata)); the sum of the c draws that land in a stratum is replaced by
     # its normal law (mean c·μ, variance c·σ², exact in both), and those sums add up to one normal.

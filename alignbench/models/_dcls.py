@@ -64,9 +64,8 @@ def dcls_implementation(name: str) -> Iterator[None]:
 
 
 # On the CPU a depthwise conv runs in channels_last: oneDNN's NCHW depthwise kernels are slow
-# forward above 9×9 and backward at every size (this machine, 96×56×56, batch 8, forward+backward:
-# 3×3 450 ms NCHW / 219 ms channels_last, 7×7 8.3 s / 0.52 s). From 13×13 up its channels_last
-# backward falls back too (15×15: 21 s), where alignbench's own takes over (_depthwise).
+# forward above 9×9 and backward at every size (figures in the README, Performance). From 13×13 up
+# its channels_last backward falls back too, where alignbench's own takes over (_depthwise).
 _ONEDNN_DEPTHWISE_MAX = 11
 
 

@@ -345,7 +345,7 @@ def _hub_cache_candidates() -> list[Path]:
 def hub_cached_file(hub_id: str) -> Path | None:
     """The timm weight file of ``hub_id`` in the Hugging Face cache, if it was downloaded before."""
     # No folder for the repository in any candidate cache: not downloaded, and no need to import
-    # huggingface_hub (0.5-0.8 s here, most of a `study status` over the paper's hub models).
+    # huggingface_hub (its import is most of a `study status` over the paper's hub models).
     folder = "models--" + hub_id.replace("/", "--")
     if not any((cache / folder).is_dir() for cache in _hub_cache_candidates()):
         return None

@@ -111,7 +111,7 @@ class _Batches:
 def _start_early(store: Store, request: ScoreRequest, identity: RunIdentity, batches: _Batches, ranks: Ranks) -> tuple | None:
     """When the input preprocessing and the run are known before the model is loaded, the workers
     start first and decode the first batches while it loads (worker start-up and the first decode
-    were 2-4% of a 144-image run, with nothing to overlap them). Not under torchrun: the ranks share
+    otherwise cost the run time with nothing to overlap them). Not under torchrun: the ranks share
     out the missing images once the run exists. Returns (preprocessing, done, todo, loader) or None."""
     planned = get_spec(request.model.name).preprocessing
     if planned is None or identity.model_fingerprint is None or ranks.distributed:
@@ -125,8 +125,8 @@ def _load(request: ScoreRequest, identity: RunIdentity, dataset: Any, device: st
     model = load_model(request.model, device=device)
     dataset.check_labels(model.alignbench_info.num_classes)
     check_applicable(model, identity.method, **identity.params)  # e.g. a raw-attention layer it lacks: before any run row
-    # NHWC kernels: measured 1.46x faster explanations on efficientnet_lite0 and 1.23x on resnet50 on
-    # this CPU (convnext unchanged), same maps to 6e-7; the metrics and the stored values do not change.
+    # NHWC kernels: faster explanations on the CPU (README, Performance: convnext unchanged), same
+    # maps to 6e-7; the metrics and the stored values do not change.
     model = model.to(memory_format=torch.channels_last)
     # The explainers need no parameter gradient and eval mode; set once here, the per-batch
     # eval_mode/frozen_parameters guards find nothing to change.
