@@ -153,6 +153,7 @@ def _run_thumbnails(
     store: Store, inputs: _RunInputs, image_ids: Collection[str], model: torch.nn.Module, device: str, batch_size: int,
     outcome: ThumbnailOutcome, progress: Callable[[int], None],
 ) -> list[dict[str, Any]]:
+    from alignbench.datasets import data_loader
     from alignbench.explainers import explain_batch
     from alignbench.metrics.spearman import spearman
 
@@ -167,8 +168,8 @@ def _run_thumbnails(
     if any(stored[image_id][0] is None for image_id in wanted):
         raise AlignbenchError(f"run {inputs.run_id} stored no target class for some images")
     keep = set(wanted)
-    loader = dataset.data_loader(
-        info.preprocessing, inputs.protocol, batch_size=batch_size, num_workers=0,
+    loader = data_loader(
+        dataset, info.preprocessing, inputs.protocol, batch_size=batch_size, num_workers=0,
         skip_ids=frozenset(i for i in positions if i not in keep), limit=max(positions[i] for i in wanted) + 1,
         reference_ranks=False,
     )

@@ -51,6 +51,7 @@ def score_centre_bias(
     """
     import torch
 
+    from alignbench.datasets import data_loader
     from alignbench.metrics.constancy import constant_map_reason, mask_undefined
     from alignbench.metrics.spearman import spearman
     from alignbench.models.preprocessing import Preprocessing
@@ -85,8 +86,8 @@ def score_centre_bias(
     if positions:
         # The reference maps only: model mean/std are irrelevant, the input size fixes the map size.
         preprocessing = Preprocessing(input_size=tuple(input_size), mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5))
-        batches = dataset.data_loader(
-            preprocessing, protocol, batch_size=batch_size, num_workers=num_workers,
+        batches = data_loader(
+            dataset, preprocessing, protocol, batch_size=batch_size, num_workers=num_workers,
             reference_ranks=False, positions=positions,
         )
         centre_maps: dict[tuple[int, int], torch.Tensor] = {}

@@ -103,6 +103,7 @@ def compute_run(
     Under torchrun (``ranks``), this process computes its share of the missing images only
     (``alignbench.distributed``)."""
     from alignbench.scoring.centre_bias import score_centre_bias
+    from alignbench.datasets import data_loader
     from alignbench.explainers import check_applicable, explain_batch
     from alignbench.models import load_model, resolve_device
     from alignbench.models.specs import get_spec
@@ -110,7 +111,8 @@ def compute_run(
     device = rank_device(resolve_device(request.device), ranks)
 
     def batches(preprocessing: Any, done: set[str] | None, positions: list[int] | None = None) -> tuple[int, Any]:
-        loader = dataset.data_loader(
+        loader = data_loader(
+            dataset,
             preprocessing,
             request.protocol,
             batch_size=request.batch_size,
