@@ -23,6 +23,7 @@ from torch import nn
 from alignbench._utils.paths import check_output_file
 from alignbench.errors import ModelError, WeightsUnavailableError
 from alignbench.models import _ca_stream, _checkpoint, _dcls
+from alignbench.models._catalog import parameter_counts
 from alignbench.models._device import resolve_device
 from alignbench.models._download import discard, fetch, is_verified, zenodo_md5
 from alignbench.models._hashes import file_sha256
@@ -261,8 +262,6 @@ def _hub_unreachable() -> str | None:
 def _check_stream_fits(spec: ModelSpec) -> None:
     """ModelError (naming why, and the models that take one) if a CA-Stream cannot attach to the
     architecture: the catalog's cached probe answers, and on a miss the probe runs on the meta device."""
-    from alignbench.models._catalog import parameter_counts
-
     if parameter_counts(spec)[2] is None:
         with torch.device("meta"):
             architecture = timm.create_model(spec.timm_name, pretrained=False)
