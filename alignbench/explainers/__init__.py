@@ -19,7 +19,8 @@ from typing import TYPE_CHECKING, Any, Sequence
 
 from alignbench._utils.lazy import lazy_attributes
 from alignbench.explainers._centre_bias import CENTRE_BIAS, CENTRE_BIAS_FAMILY, CENTRE_BIAS_SIGMA_FRAC, centre_bias_map
-from alignbench.explainers._methods import DEFAULT_METHOD, HEAD_FUSIONS, METHODS, MethodSpec, explainer_setting, resolve_method
+from alignbench.explainers._methods import (DEFAULT_METHOD, HEAD_FUSIONS, METHODS, MethodSpec, ParamSpec, check_params, explainer_setting,
+                                            resolve_method)
 
 if TYPE_CHECKING:  # pragma: no cover
     from torch import Tensor, nn
@@ -39,9 +40,11 @@ __all__ = [
     "METHODS",
     "Explanation",
     "MethodSpec",
+    "ParamSpec",
     "Split",
     "centre_bias_map",
     "check_applicable",
+    "check_params",
     "explain",
     "explain_batch",
     "explain_files",
