@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from alignbench._utils.lazy import lazy_attributes
+from alignbench._utils.file_hashes import fingerprint_files
 
 from alignbench.datasets._base import (
     CLICKME_HUMAN_CEILING,
@@ -37,7 +38,6 @@ from alignbench.datasets._clickme import (
     open_clickme,
     write_clickme_shard,
 )
-from alignbench.datasets._file_hashes import fingerprint_files
 from alignbench.datasets._folder import IMAGE_SUFFIXES, open_folder, read_labels
 from alignbench.datasets._imagenet import SAMPLE_DIR, SAMPLE_LABELS, open_imagenet_val, open_sample
 from alignbench.errors import DatasetError

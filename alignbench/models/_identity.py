@@ -17,9 +17,9 @@ from pathlib import Path
 from typing import Literal
 
 from alignbench._utils.cache import cache_dir, sha256_text
+from alignbench._utils.file_hashes import file_sha256
 from alignbench.errors import ModelError
 from alignbench.models._download import read_record
-from alignbench.models._hashes import file_sha256
 from alignbench.models._origins import ORIGINS
 from alignbench.models.specs import INIT_MODES, DclsRecipe, ModelSpec, get_spec
 

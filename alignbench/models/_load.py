@@ -21,12 +21,12 @@ import torch
 from torch import nn
 
 from alignbench._utils.paths import check_output_file
+from alignbench._utils.file_hashes import file_sha256
 from alignbench.errors import ModelError, WeightsUnavailableError
 from alignbench.models import _ca_stream, _checkpoint, _dcls
 from alignbench.models._catalog import parameter_counts
 from alignbench.models._device import resolve_device
 from alignbench.models._download import discard, fetch, is_verified, zenodo_md5
-from alignbench.models._hashes import file_sha256
 from alignbench.models._identity import (RANDOM_SEED, LoadPlan, ModelIdentity, ModelRequest, model_identity,
                                          plan_load, published_path)
 from alignbench.models._origins import ORIGINS
