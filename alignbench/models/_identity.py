@@ -112,11 +112,11 @@ class ModelRequest:
     # linear-probe checkpoint or a plain {'weight', 'bias'} file
     head: Path | None = None
     # CA-Stream (Torres et al. 2024): a class token cross-attending to every stage replaces global
-    # average pooling. ``checkpoint`` stays the backbone's state_dict (dense, or DCLS after conversion)
-    # and the stream's own weights are a separate file, so any backbone a request can name (the usual
-    # weights, a fine-tuned or a DCLS checkpoint) takes a stream without a second meaning for
-    # ``checkpoint``. The CLI's ``--ca-stream --checkpoint S`` is ``stream_checkpoint=S``
-    # (``--backbone-checkpoint`` then names the backbone's file).
+    # average pooling. As stored, each field names one file by what it holds: the field ``checkpoint``
+    # stays the backbone's state_dict (dense, or DCLS after conversion) and the stream's own weights
+    # are ``stream_checkpoint``, so any backbone a request can name takes a stream. The options a
+    # caller gives (``of``, ``load_model``, ``model_identity``, the CLI) mean what the CLI's do:
+    # with ``ca_stream``, ``checkpoint=S`` is the stream's file and ``backbone_checkpoint=B`` the backbone's.
     ca_stream: bool = False
     stream_checkpoint: Path | None = None  # only the stream's parameters; None: a fresh stream (seeded)
 
@@ -127,8 +127,20 @@ class ModelRequest:
             object.__setattr__(self, name, Path(value) if value not in (None, "") else None)
 
     @classmethod
-    def of(cls, model: "str | ModelRequest", **options) -> "ModelRequest":
-        """``model`` as a request: a name with ``options``, or a request with ``options`` replacing its fields."""
+    def of(cls, model: "str | ModelRequest", *, backbone_checkpoint: str | os.PathLike[str] | None = None,
+           **options) -> "ModelRequest":
+        """``model`` as a request: a name with ``options``, or a request with ``options`` replacing its fields.
+
+        ``checkpoint`` is the weights of the model asked for, as ``--checkpoint`` is on the command
+        line: with ``ca_stream``, the stream's (the field ``stream_checkpoint``); ``backbone_checkpoint``
+        is then the backbone's (the field ``checkpoint``).
+        """
+        ca_stream = options.get("ca_stream", model.ca_stream if isinstance(model, ModelRequest) else False)
+        if ca_stream:
+            options = _stream_options(options, backbone_checkpoint)
+        elif backbone_checkpoint not in (None, ""):
+            raise ModelError("backbone_checkpoint (--backbone-checkpoint) is the weights under a CA-Stream and needs "
+                             "ca_stream=True (--ca-stream); without a stream pass the model's weights as checkpoint")
         if isinstance(model, ModelRequest):
             return replace(model, **options) if options else model
         return cls(str(model), **options)
@@ -141,6 +153,20 @@ class ModelRequest:
             if fields[name] is not None:
                 fields[name] = str(Path(fields[name]).expanduser().resolve())
         return fields
+
+
+def _stream_options(options: dict, backbone_checkpoint: str | os.PathLike[str] | None) -> dict:
+    """The fields of a CA-Stream request from a caller's options: ``checkpoint`` is the stream's file."""
+    options = dict(options)
+    stream = options.pop("checkpoint", None)
+    if stream not in (None, ""):
+        if options.get("stream_checkpoint") not in (None, ""):
+            raise ModelError("with ca_stream, checkpoint is the stream's weights: give them once, "
+                             "as checkpoint or as stream_checkpoint (backbone_checkpoint is the backbone's)")
+        options["stream_checkpoint"] = stream
+    if backbone_checkpoint not in (None, ""):
+        options["checkpoint"] = backbone_checkpoint
+    return options
 
 
 def plan_load(request: ModelRequest) -> LoadPlan:
