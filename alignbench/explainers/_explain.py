@@ -126,5 +126,9 @@ def explain_batch(
 
 
 def explain(model: nn.Module, images: Tensor, targets: Targets = None, method: str = DEFAULT_METHOD, **params: Any) -> Tensor:
-    """Heatmaps [B, H, W] (float32, the images' size, the model's device) for a batch of images."""
+    """Heatmaps [B, H, W] (float32, the images' size, on the model's device) for normalised images [B, 3, H, W].
+
+    ``targets``: None (explain the top-1 class), one class index, or one per image; ``method``: a
+    name or alias from ``METHODS``; ``params``: the method's parameters (e.g. ``threshold=0.3``).
+    """
     return explain_batch(model, images, targets, method, **params).maps
