@@ -238,3 +238,12 @@ def test_positions_limit_counts_from_the_start():
     assert dataset.positions(limit=4) == [0, 1, 2, 3]
     assert dataset.positions(skip_ids={ids[1], ids[7]}, limit=4) == [0, 2, 3]
     assert dataset.positions(skip_ids=set(ids)) == []
+
+
+def test_the_loader_is_a_function_of_the_torch_free_dataset():
+    from alignbench.datasets import Dataset, collate, data_loader, torch_dataset
+
+    assert not any(hasattr(Dataset, name) for name in ("torch_dataset", "data_loader", "collate"))
+    assert {f.__module__ for f in (collate, data_loader, torch_dataset)} == {"alignbench.datasets._torch_data"}
+    batch = next(iter(data_loader(open_dataset("sample"), PREP, batch_size=2, num_workers=0, limit=2, reference_ranks=False)))
+    assert batch["image"].shape == (2, 3, 224, 224) and batch["image_id"] == open_dataset("sample").image_ids()[:2]
