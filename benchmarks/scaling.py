@@ -275,7 +275,7 @@ def estimate(args: argparse.Namespace, tmp: Path) -> None:
     import torch
     from torch.utils.flop_counter import FlopCounterMode
 
-    from alignbench.datasets import open_dataset
+    from alignbench.datasets import open_dataset, torch_dataset
     from alignbench.explainers._split import gradient_evidence
     from alignbench.models import load_model
     from alignbench.models.preprocessing import Preprocessing
@@ -308,7 +308,7 @@ def estimate(args: argparse.Namespace, tmp: Path) -> None:
     efficiency = achieved / peak
     # the data side: decode + ClickMe preprocessing + reference ranks, one item at a time on one thread
     dataset = open_dataset("clickme-val", write_shards(tmp / "estimate-shards", 32))
-    items = dataset.torch_dataset(Preprocessing(input_size=(224, 224), mean=(0.5,) * 3, std=(0.5,) * 3))
+    items = torch_dataset(dataset, Preprocessing(input_size=(224, 224), mean=(0.5,) * 3, std=(0.5,) * 3))
     per_item = {}
     for label in ("ranks computed", "ranks cached"):  # the first run on a dataset computes the reference ranks
         began = time.perf_counter()

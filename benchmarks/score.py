@@ -259,7 +259,7 @@ def paper_pipeline(name: str, checkpoint: Path | None, shards: Path):
     import torch.nn.functional as F
     from scipy.stats import spearmanr
 
-    from alignbench.datasets import open_dataset
+    from alignbench.datasets import open_dataset, torch_dataset
     from alignbench.models import load_model
 
     model = load_model(name, checkpoint=checkpoint).eval()
@@ -269,7 +269,7 @@ def paper_pipeline(name: str, checkpoint: Path | None, shards: Path):
     image_ids = dataset.image_ids()
     # The same items alignbench's DataLoader workers make (PIL decode, aligned ClickMe preprocessing),
     # made here in the main thread, one at a time, with the reference map itself (no cached ranks).
-    items = dataset.torch_dataset(model.alignbench_info.preprocessing, "aligned", reference_ranks=False)
+    items = torch_dataset(dataset, model.alignbench_info.preprocessing, "aligned", reference_ranks=False)
 
     def one(k: int) -> tuple[float, float]:
         item = items[k]

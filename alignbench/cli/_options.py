@@ -10,7 +10,7 @@ import typer
 
 from alignbench._utils.precision import PRECISIONS
 from alignbench.datasets import DATASETS, PROTOCOLS
-from alignbench.explainers import HEAD_FUSIONS, METHODS
+from alignbench.explainers import HEAD_FUSIONS, METHODS, check_params
 from alignbench.models.specs import DCLS_VERSIONS, INIT_MODES
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -155,7 +155,10 @@ def model_request(
     return ModelRequest(name, dcls=dcls, checkpoint=checkpoint, **options)
 
 
-def explainer_params(**options) -> dict:
-    """The explainer parameters a command was given (``threshold=..., layer=...``): options not passed
-    (None) are left out, so the method's defaults apply and the library refuses those it does not take."""
-    return {name: value for name, value in options.items() if value is not None}
+def explainer_params(method: str, **options) -> dict:
+    """The explainer parameters a command was given (``threshold=..., layer=...``), checked against the
+    method's declared parameters (``MethodSpec.params``, as the library checks them): options not passed
+    (None) are left out, so the method's defaults apply. ExplainerError (one line) for a parameter the
+    method does not take or a value out of its range or choices."""
+    given = {name: value for name, value in options.items() if value is not None}
+    return check_params(method, given, fill_defaults=False)[1]

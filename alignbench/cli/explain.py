@@ -56,7 +56,7 @@ def explain(
 
     Example: [bold]alignbench explain efficientnet_lite0 cat.jpg dog.jpg --out maps/[/]
     """
-    params = explainer_params(threshold=threshold, layer=layer, head_fusion=head_fusion, discard_ratio=discard_ratio)
+    params = explainer_params(explainer, threshold=threshold, layer=layer, head_fusion=head_fusion, discard_ratio=discard_ratio)
     result = explain_files(
         model_request(model, dcls=dcls, checkpoint=checkpoint, head=head, tag=tag, ca_stream=ca_stream,
                       backbone_checkpoint=backbone_checkpoint),

@@ -163,7 +163,7 @@ def score(
         ScoreRequest(
             model=model_request,
             explainer=explainer,
-            explainer_params=o.explainer_params(threshold=threshold, layer=layer, head_fusion=head_fusion, discard_ratio=discard_ratio),
+            explainer_params=o.explainer_params(explainer, threshold=threshold, layer=layer, head_fusion=head_fusion, discard_ratio=discard_ratio),
             dataset=dataset,
             data_dir=data_dir,
             protocol=protocol,

@@ -2,8 +2,9 @@
 
 ``open_dataset(name, data_dir)`` lists a dataset's image ids and fingerprints its content without
 importing torch or decoding an image, so a cached ``score`` answers from the store in well under a
-second. ``Dataset.torch_dataset(preprocessing, protocol)`` (imports torch) yields model inputs,
-reference maps, labels and boxes; ``Dataset.collate`` batches them. See SPEC "Datasets".
+second. ``torch_dataset(dataset, preprocessing, protocol)`` (imports torch, loaded on first use) yields
+model inputs, reference maps, labels and boxes; ``collate`` batches them and ``data_loader(dataset, ...)``
+serves the batches from worker processes. See SPEC "Datasets".
 
 Files read: ``sample`` ships in ``alignbench/data/sample``; ``clickme-val`` downloads to
 ``<cache>/clickme/val`` (``$ALIGNBENCH_CLICKME_URL`` points at a mirror) unless ``data_dir`` holds
@@ -15,6 +16,10 @@ from __future__ import annotations
 
 from os import PathLike
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+from alignbench._utils.lazy import lazy_attributes
+from alignbench._utils.file_hashes import fingerprint_files
 
 from alignbench.datasets._base import (
     CLICKME_HUMAN_CEILING,
@@ -33,10 +38,12 @@ from alignbench.datasets._clickme import (
     open_clickme,
     write_clickme_shard,
 )
-from alignbench.datasets._file_hashes import fingerprint_files
 from alignbench.datasets._folder import IMAGE_SUFFIXES, open_folder, read_labels
 from alignbench.datasets._imagenet import SAMPLE_DIR, SAMPLE_LABELS, open_imagenet_val, open_sample
 from alignbench.errors import DatasetError
+
+if TYPE_CHECKING:  # pragma: no cover
+    from alignbench.datasets._torch_data import collate, data_loader, torch_dataset
 
 __all__ = [
     "CLICKME_HUMAN_CEILING",
@@ -54,14 +61,23 @@ __all__ = [
     "DatasetSpec",
     "FolderSample",
     "collate",
+    "data_loader",
     "dataset_label",
     "fingerprint_files",
     "iter_clickme_shard",
     "open_dataset",
     "read_labels",
     "reopen_dataset",
+    "torch_dataset",
     "write_clickme_shard",
 ]
+
+# public name -> module that defines it (imports torch; loaded on first use)
+_LAZY = {
+    "torch_dataset": "alignbench.datasets._torch_data",
+    "data_loader": "alignbench.datasets._torch_data",
+    "collate": "alignbench.datasets._torch_data",
+}
 
 _BOX_MAP = "box mask blurred with the ClickMe blur (derived from ImageNet boxes, not human click data)"
 
@@ -154,8 +170,4 @@ def reopen_dataset(name: str, location: str | None, fingerprint: str) -> Dataset
     raise DatasetError(f"dataset {name!r} as stored is not on this machine: {reasons[0] if reasons else 'no location recorded'}")
 
 
-def collate(items: list[dict]) -> dict:
-    """Batch items of ``Dataset.torch_dataset`` (a DataLoader ``collate_fn``; imports torch)."""
-    from alignbench.datasets._torch_data import collate as collate_items
-
-    return collate_items(items)
+__getattr__, __dir__ = lazy_attributes(__name__, _LAZY)

@@ -1,8 +1,8 @@
 """What every dataset is (torch-free): its registry entry, the opened dataset, and what a reader yields.
 
 Opening a dataset lists its image ids and fingerprints its files without decoding an image or
-importing torch, so a cached ``score`` answers from the store alone. ``torch_dataset`` (which imports
-torch) turns it into model inputs and reference maps.
+importing torch, so a cached ``score`` answers from the store alone. ``torch_dataset(dataset, ...)``
+(``_torch_data``, which imports torch) turns it into model inputs and reference maps.
 
 Two geometries cover every dataset:
 
@@ -17,18 +17,15 @@ Two geometries cover every dataset:
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Literal
 
 from alignbench.errors import DatasetError
 
 if TYPE_CHECKING:  # pragma: no cover - numpy is imported only where images are decoded
     import numpy as np
-
-    from alignbench.models.preprocessing import Preprocessing
 
 Geometry = Literal["clickme", "folder"]
 PROTOCOLS = ("aligned", "paper")
@@ -85,7 +82,8 @@ class Reader:
 
 
 class Dataset:
-    """An opened dataset: ids, labels and fingerprint (torch-free), and its torch view."""
+    """An opened dataset: ids, labels and fingerprint (torch-free). Its torch view is made by
+    ``alignbench.datasets.torch_dataset`` / ``data_loader`` (which import torch)."""
 
     def __init__(
         self,
@@ -170,7 +168,8 @@ class Dataset:
         end = len(self) if limit is None else max(0, min(limit, len(self)))
         return [i for i in range(end) if self._image_ids[i] not in skip]
 
-    def _check_protocol(self, protocol: str) -> None:
+    def check_protocol(self, protocol: str) -> None:
+        """DatasetError unless ``protocol`` is one of PROTOCOLS and applies to this dataset."""
         if protocol not in PROTOCOLS:
             raise DatasetError(f"unknown protocol {protocol!r}; use one of: {', '.join(PROTOCOLS)}")
         if protocol not in self.spec.protocols:
@@ -178,72 +177,6 @@ class Dataset:
                 f"protocol {protocol!r} does not apply to dataset {self.name!r} "
                 f"(it reproduces the ClickMe pipeline); use --protocol {' or '.join(self.spec.protocols)}"
             )
-
-    def torch_dataset(
-        self,
-        preprocessing: Preprocessing,
-        protocol: str = "aligned",
-        *,
-        skip_ids: Iterable[str] = frozenset(),
-        limit: int | None = None,
-        reference_ranks: bool = True,
-        num_classes: int | None = None,
-        positions: Sequence[int] | None = None,
-    ) -> Any:
-        """A map-style ``torch.utils.data.Dataset`` of model inputs and reference maps.
-
-        Items are dicts (see ``alignbench.datasets._torch_data``); batch them with :meth:`collate`.
-        Works with DataLoader workers: each item reads only its own record or files, so memory
-        stays flat. ``reference_ranks`` adds each reference map's average ranks, read from (or
-        computed once into) the reference-rank cache. ``num_classes`` checks every label first.
-        ``positions``: exactly these dataset indices (one rank's share of a run), instead of
-        ``skip_ids`` and ``limit``.
-        """
-        self._check_protocol(protocol)
-        if num_classes is not None:
-            self.check_labels(num_classes)
-        from alignbench.datasets._torch_data import ReferenceMapDataset
-
-        return ReferenceMapDataset(
-            self,
-            preprocessing,
-            protocol,
-            self.positions(skip_ids=skip_ids, limit=limit) if positions is None else list(positions),
-            reference_ranks=reference_ranks,
-        )
-
-    @staticmethod
-    def collate(items: list[dict[str, Any]]) -> dict[str, Any]:
-        """Batch items of :meth:`torch_dataset` (``collate_fn`` for a DataLoader)."""
-        from alignbench.datasets._torch_data import collate
-
-        return collate(items)
-
-    def data_loader(
-        self,
-        preprocessing: Preprocessing,
-        protocol: str = "aligned",
-        *,
-        batch_size: int = 16,
-        num_workers: int | None = None,
-        skip_ids: Iterable[str] = frozenset(),
-        limit: int | None = None,
-        reference_ranks: bool = True,
-        num_classes: int | None = None,
-        pin_memory: bool = False,
-        positions: Sequence[int] | None = None,
-    ) -> Any:
-        """Batches of :meth:`torch_dataset`, decoded in worker processes (default: cores − 1, at
-        most 4). A DatasetError raised in a worker is re-raised here with its own one-line message."""
-        from alignbench.datasets._torch_data import make_loader
-
-        dataset = self.torch_dataset(
-            preprocessing, protocol, skip_ids=skip_ids, limit=limit, reference_ranks=reference_ranks,
-            num_classes=num_classes, positions=positions,
-        )
-        if num_workers is None:
-            num_workers = max(1, min(4, (os.cpu_count() or 2) - 1))
-        return make_loader(dataset, batch_size=batch_size, num_workers=num_workers, pin_memory=pin_memory)
 
 
 def listing(names: Sequence[str], limit: int = 10) -> str:

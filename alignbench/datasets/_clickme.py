@@ -18,15 +18,16 @@ import json
 import os
 import re
 import tempfile
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO
 
 from alignbench._utils.cache import cache_dir, sha256_text
+from alignbench._utils.download import BrokenOff, Incomplete, Unreachable, download, download_progress, part_path
+from alignbench._utils.file_hashes import cached_sha256, known_sha256
 from alignbench.datasets import _tfrecord as tfrecord
 from alignbench.datasets._base import CLICKME_SIDE, ClickMeSample, Dataset, DatasetSpec, Reader, listing
-from alignbench.datasets._file_hashes import cached_sha256, known_sha256
 from alignbench.errors import DatasetError
 
 if TYPE_CHECKING:  # pragma: no cover - numpy is imported only where images are decoded
@@ -230,8 +231,6 @@ def _shard_paths(spec: DatasetSpec, data_dir: Path | None, download: bool) -> li
             f"ClickMe val shards missing from {destination}: {listing(missing)}; allow the download or "
             "pass --data-dir DIR holding the shards"
         )
-    from alignbench.datasets._download import download_files
-
     base_url = os.environ.get(CLICKME_URL_ENV) or CLICKME_VAL_URL
     return download_files(
         base_url, CLICKME_VAL_SHARDS, destination,
@@ -340,3 +339,31 @@ def open_clickme(spec: DatasetSpec, data_dir: Path | None, download: bool) -> Cl
     indexes = shard_indexes(shards)
     location = Path(data_dir).expanduser() if data_dir is not None else shards[0].parent
     return ClickMeDataset(spec, shards, indexes, location)
+
+
+_TIMEOUT_SECONDS = 60
+
+
+def download_files(base_url: str, names: Sequence[str], destination: Path, *, hint: str) -> list[Path]:
+    """Fetch ``base_url/<name>`` for each name not yet in ``destination`` (resumable, see
+    ``alignbench._utils.download``); returns every path. ``hint`` ends each error message: what to do
+    without the network (e.g. pass --data-dir). Every failure is a DatasetError naming the URL."""
+    destination.mkdir(parents=True, exist_ok=True)
+    targets = [destination / name for name in names]
+    missing = [target for target in targets if not target.exists()]
+    if missing:
+        with download_progress() as progress:
+            for target in missing:
+                url = f"{base_url.rstrip('/')}/{target.name}"
+                try:
+                    download(url, target, progress=progress, description=f"[bold]download[/] {target.name}", timeout=_TIMEOUT_SECONDS)
+                except Unreachable as error:
+                    reason = f"HTTP {error.status} {error.http_reason}" if error.status else error.reason
+                    raise DatasetError(f"could not download {url}: {reason}; {hint}") from None
+                except Incomplete as error:
+                    raise DatasetError(f"download of {url} {error}; run again to resume, or {hint}") from None
+                except BrokenOff as error:
+                    raise DatasetError(
+                        f"download of {url} was interrupted ({error.error}); run again to resume from {part_path(target)}, or {hint}"
+                    ) from None
+    return targets

@@ -21,9 +21,9 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from alignbench._utils.file_hashes import fingerprint_files
 from alignbench.datasets._base import CLICKME_SIDE, ClickMeSample, Dataset, DatasetSpec, Reader, listing, need_data_dir
 from alignbench.datasets._file_checks import image_header
-from alignbench.datasets._file_hashes import fingerprint_files
 from alignbench.errors import DatasetError
 
 if TYPE_CHECKING:  # pragma: no cover - numpy is imported only where images are decoded

@@ -1,4 +1,6 @@
-"""The torch view of a dataset: a map-style Dataset of model inputs and reference maps, and its collate.
+"""The torch view of a dataset: ``torch_dataset(dataset, ...)``, a map-style Dataset of model inputs and
+reference maps; ``collate``, which batches its items; ``data_loader(dataset, ...)``, the batches decoded in
+worker processes. The opened ``Dataset`` (``_base``) stays torch-free; these functions take it.
 
 Item (one image), a dict:
 
@@ -25,7 +27,8 @@ models in, so the copy into it happens in the worker rather than in the main loo
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import os
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
 import torch
@@ -195,6 +198,62 @@ class _BatchIterator:
     def close(self) -> None:
         """Stop the workers now (dropping the last reference to the DataLoader iterator does)."""
         self.iterator = None
+
+
+def torch_dataset(
+    dataset: Dataset,
+    preprocessing: Preprocessing,
+    protocol: str = "aligned",
+    *,
+    skip_ids: Iterable[str] = frozenset(),
+    limit: int | None = None,
+    reference_ranks: bool = True,
+    num_classes: int | None = None,
+    positions: Sequence[int] | None = None,
+) -> ReferenceMapDataset:
+    """A map-style ``torch.utils.data.Dataset`` of ``dataset``'s model inputs and reference maps.
+
+    Items are dicts (see the module docstring); batch them with :func:`collate`. Works with DataLoader
+    workers: each item reads only its own record or files, so memory stays flat. ``reference_ranks``
+    adds each reference map's average ranks, read from (or computed once into) the reference-rank
+    cache. ``num_classes`` checks every label first. ``positions``: exactly these dataset indices (one
+    rank's share of a run), instead of ``skip_ids`` and ``limit``.
+    """
+    dataset.check_protocol(protocol)
+    if num_classes is not None:
+        dataset.check_labels(num_classes)
+    return ReferenceMapDataset(
+        dataset,
+        preprocessing,
+        protocol,
+        dataset.positions(skip_ids=skip_ids, limit=limit) if positions is None else list(positions),
+        reference_ranks=reference_ranks,
+    )
+
+
+def data_loader(
+    dataset: Dataset,
+    preprocessing: Preprocessing,
+    protocol: str = "aligned",
+    *,
+    batch_size: int = 16,
+    num_workers: int | None = None,
+    skip_ids: Iterable[str] = frozenset(),
+    limit: int | None = None,
+    reference_ranks: bool = True,
+    num_classes: int | None = None,
+    pin_memory: bool = False,
+    positions: Sequence[int] | None = None,
+) -> _Batches:
+    """Batches of :func:`torch_dataset`, decoded in worker processes (default: cores − 1, at most 4).
+    A DatasetError raised in a worker is re-raised here with its own one-line message."""
+    items = torch_dataset(
+        dataset, preprocessing, protocol, skip_ids=skip_ids, limit=limit, reference_ranks=reference_ranks,
+        num_classes=num_classes, positions=positions,
+    )
+    if num_workers is None:
+        num_workers = max(1, min(4, (os.cpu_count() or 2) - 1))
+    return make_loader(items, batch_size=batch_size, num_workers=num_workers, pin_memory=pin_memory)
 
 
 def make_loader(dataset: ReferenceMapDataset, *, batch_size: int, num_workers: int, pin_memory: bool = False) -> _Batches:

@@ -13,6 +13,7 @@ from alignbench._utils.precision import check_precision
 from alignbench.errors import ExplainerError
 from alignbench.explainers._attention import attention_maps, attention_modules, block_index, ca_attention_maps, ca_stream_model
 from alignbench.explainers._gradient import GRADIENT_METHODS, minmax
+from alignbench.explainers._library import library_maps  # imports pytorch-grad-cam (cv2, sklearn, ttach) on use
 from alignbench.explainers._methods import DEFAULT_METHOD, METHODS, explainer_setting, resolve_method
 from alignbench.explainers._split import (StreamSplit, Targets, as_batch, eval_mode, gradient_evidence, model_name,
                                           split_model)
@@ -112,9 +113,6 @@ def explain_batch(
             maps = upsample(GRADIENT_METHODS[name](evidence, **full), size)
             logits, t = evidence.logits, evidence.targets
         elif spec.kind == "library":
-            # imported on use: pytorch-grad-cam pulls in cv2, sklearn and ttach
-            from alignbench.explainers._library import library_maps
-
             maps, logits, t = library_maps(model, x, targets, spec, full)
         elif spec.needs == "ca-stream":
             low, logits, t = ca_attention_maps(model, x, targets)
@@ -128,5 +126,9 @@ def explain_batch(
 
 
 def explain(model: nn.Module, images: Tensor, targets: Targets = None, method: str = DEFAULT_METHOD, **params: Any) -> Tensor:
-    """Heatmaps [B, H, W] (float32, the images' size, the model's device) for a batch of images."""
+    """Heatmaps [B, H, W] (float32, the images' size, on the model's device) for normalised images [B, 3, H, W].
+
+    ``targets``: None (explain the top-1 class), one class index, or one per image; ``method``: a
+    name or alias from ``METHODS``; ``params``: the method's parameters (e.g. ``threshold=0.3``).
+    """
     return explain_batch(model, images, targets, method, **params).maps

@@ -20,7 +20,7 @@ from alignbench.errors import ExplainerError
 from alignbench.explainers._explain import check_applicable, explain_batch
 from alignbench.explainers._methods import DEFAULT_METHOD, explainer_setting
 from alignbench.explainers._split import model_device, model_name, resolve_targets
-from alignbench.models import ModelRequest
+from alignbench.models import ModelRequest, load_model, resolve_device
 from alignbench.models.preprocessing import Preprocessing
 
 OVERLAY_ALPHA = 0.5  # heatmap weight in the overlay PNG
@@ -136,8 +136,6 @@ def _unique_stem(path: Path, used: set[str]) -> str:
 def _load(model: str | ModelRequest | nn.Module, device: str) -> tuple[nn.Module, str]:
     if isinstance(model, nn.Module):
         return model, model_name(model)
-    from alignbench.models import load_model, resolve_device
-
     loaded = load_model(model, device=resolve_device(device))
     return loaded, model_name(loaded)
 

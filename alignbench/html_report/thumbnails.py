@@ -32,7 +32,7 @@ import torch.nn.functional as F
 from PIL import Image
 from sqlmodel import select
 
-from alignbench.datasets import reopen_dataset
+from alignbench.datasets import data_loader, reopen_dataset
 from alignbench.errors import AlignbenchError
 from alignbench.explainers import explain_batch
 from alignbench.metrics.spearman import spearman
@@ -161,8 +161,8 @@ def _run_thumbnails(
     if any(stored[image_id][0] is None for image_id in wanted):
         raise AlignbenchError(f"run {inputs.run_id} stored no target class for some images")
     keep = set(wanted)
-    loader = dataset.data_loader(
-        info.preprocessing, inputs.protocol, batch_size=batch_size, num_workers=0,
+    loader = data_loader(
+        dataset, info.preprocessing, inputs.protocol, batch_size=batch_size, num_workers=0,
         skip_ids=frozenset(i for i in positions if i not in keep), limit=max(positions[i] for i in wanted) + 1,
         reference_ranks=False,
     )

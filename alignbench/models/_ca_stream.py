@@ -41,6 +41,7 @@ import torch
 from torch import Tensor, nn
 
 from alignbench.errors import ModelError
+from alignbench.models.specs import MODELS
 
 # Stage modules, by the registry's own naming of a stage (``registry.DEFAULT_STAGE_PATTERN``, which
 # decides which DCLS convs share positions): timm's ``stages.N`` / ``blocks.N`` / ``layers.N`` /
@@ -159,8 +160,6 @@ def _why_not(model: nn.Module, name: str) -> str | None:
 
 
 def _refuse(reason: str) -> ModelError:
-    from alignbench.models.specs import MODELS
-
     return ModelError(
         f"--ca-stream needs a CNN whose stages give [B, C, H, W] feature maps; {reason}. "
         f"Models that take it: {', '.join(MODELS)} (and other timm CNNs)"

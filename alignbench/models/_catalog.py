@@ -20,7 +20,7 @@ from alignbench._utils.cache import cache_dir
 from alignbench.errors import ModelError
 from alignbench.models._download import read_record
 from alignbench.models._identity import hub_cached_file, packaged_path, published_path
-from alignbench.models.specs import MODELS, ModelSpec
+from alignbench.models.specs import MODELS, ModelSpec, get_spec
 
 
 @dataclass(frozen=True)
@@ -98,8 +98,6 @@ def dense_offline(spec: ModelSpec) -> bool:
 
 def catalog(names: list[str] | None = None) -> list[CatalogRow]:
     """One row per registry model (or per given name, any timm model included)."""
-    from alignbench.models.specs import get_spec
-
     rows = []
     for spec in (get_spec(name) for name in names) if names else MODELS.values():
         params, params_dcls, params_stream = parameter_counts(spec)

@@ -17,9 +17,9 @@ from pathlib import Path
 from typing import Literal
 
 from alignbench._utils.cache import cache_dir, sha256_text
+from alignbench._utils.file_hashes import file_sha256
 from alignbench.errors import ModelError
 from alignbench.models._download import read_record
-from alignbench.models._hashes import file_sha256
 from alignbench.models._origins import ORIGINS
 from alignbench.models.specs import INIT_MODES, DclsRecipe, ModelSpec, get_spec
 
@@ -112,11 +112,11 @@ class ModelRequest:
     # linear-probe checkpoint or a plain {'weight', 'bias'} file
     head: Path | None = None
     # CA-Stream (Torres et al. 2024): a class token cross-attending to every stage replaces global
-    # average pooling. ``checkpoint`` stays the backbone's state_dict (dense, or DCLS after conversion)
-    # and the stream's own weights are a separate file, so any backbone a request can name (the usual
-    # weights, a fine-tuned or a DCLS checkpoint) takes a stream without a second meaning for
-    # ``checkpoint``. The CLI's ``--ca-stream --checkpoint S`` is ``stream_checkpoint=S``
-    # (``--backbone-checkpoint`` then names the backbone's file).
+    # average pooling. As stored, each field names one file by what it holds: the field ``checkpoint``
+    # stays the backbone's state_dict (dense, or DCLS after conversion) and the stream's own weights
+    # are ``stream_checkpoint``, so any backbone a request can name takes a stream. The options a
+    # caller gives (``of``, ``load_model``, ``model_identity``, the CLI) mean what the CLI's do:
+    # with ``ca_stream``, ``checkpoint=S`` is the stream's file and ``backbone_checkpoint=B`` the backbone's.
     ca_stream: bool = False
     stream_checkpoint: Path | None = None  # only the stream's parameters; None: a fresh stream (seeded)
 
@@ -127,8 +127,20 @@ class ModelRequest:
             object.__setattr__(self, name, Path(value) if value not in (None, "") else None)
 
     @classmethod
-    def of(cls, model: "str | ModelRequest", **options) -> "ModelRequest":
-        """``model`` as a request: a name with ``options``, or a request with ``options`` replacing its fields."""
+    def of(cls, model: "str | ModelRequest", *, backbone_checkpoint: str | os.PathLike[str] | None = None,
+           **options) -> "ModelRequest":
+        """``model`` as a request: a name with ``options``, or a request with ``options`` replacing its fields.
+
+        ``checkpoint`` is the weights of the model asked for, as ``--checkpoint`` is on the command
+        line: with ``ca_stream``, the stream's (the field ``stream_checkpoint``); ``backbone_checkpoint``
+        is then the backbone's (the field ``checkpoint``).
+        """
+        ca_stream = options.get("ca_stream", model.ca_stream if isinstance(model, ModelRequest) else False)
+        if ca_stream:
+            options = _stream_options(options, backbone_checkpoint)
+        elif backbone_checkpoint not in (None, ""):
+            raise ModelError("backbone_checkpoint (--backbone-checkpoint) is the weights under a CA-Stream and needs "
+                             "ca_stream=True (--ca-stream); without a stream pass the model's weights as checkpoint")
         if isinstance(model, ModelRequest):
             return replace(model, **options) if options else model
         return cls(str(model), **options)
@@ -143,44 +155,66 @@ class ModelRequest:
         return fields
 
 
+def _stream_options(options: dict, backbone_checkpoint: str | os.PathLike[str] | None) -> dict:
+    """The fields of a CA-Stream request from a caller's options: ``checkpoint`` is the stream's file."""
+    options = dict(options)
+    stream = options.pop("checkpoint", None)
+    if stream not in (None, ""):
+        if options.get("stream_checkpoint") not in (None, ""):
+            raise ModelError("with ca_stream, checkpoint is the stream's weights: give them once, "
+                             "as checkpoint or as stream_checkpoint (backbone_checkpoint is the backbone's)")
+        options["stream_checkpoint"] = stream
+    if backbone_checkpoint not in (None, ""):
+        options["checkpoint"] = backbone_checkpoint
+    return options
+
+
 def plan_load(request: ModelRequest) -> LoadPlan:
     """The resolved plan for ``request``: what to build and where each part's weights come from."""
-    name, dcls, checkpoint, pretrained = request.name, request.dcls, request.checkpoint, request.pretrained
-    version, kernel_count, dilated_kernel_size, init = (
-        request.version, request.kernel_count, request.dilated_kernel_size, request.init,
-    )
-    spec = get_spec(name)
-    checkpoint_path = _existing(checkpoint) if checkpoint else None
-    recipe = None
-    if dcls:
-        if spec.dcls is None:
-            raise ModelError(f"{name} has no DCLS recipe; run it without --dcls")
-        recipe = spec.dcls.with_overrides(
-            version=version, kernel_count=kernel_count, dilated_kernel_size=dilated_kernel_size
-        )
-        init = _resolve_init(spec, recipe, init, checkpoint_path, pretrained)
-    elif any(value is not None for value in (version, kernel_count, dilated_kernel_size, init)):
-        raise ModelError("--version, --kernel-count, --dilated-kernel-size and --init need --dcls")
+    spec = get_spec(request.name)
+    checkpoint_path = _existing(request.checkpoint) if request.checkpoint else None
+    recipe, init = _recipe_and_init(request, spec, checkpoint_path)
     head_path = _head(request, checkpoint_path, init)
+    dense, dcls_source = _weight_sources(spec, request.dcls, init, checkpoint_path, request.pretrained)
+    stream = _stream_source(request)
+    identity = _identity(request, spec, recipe, init, dense, dcls_source, stream, head_path, checkpoint_path)
+    return LoadPlan(spec, recipe, init, dense, dcls_source, identity, request, head=head_path, stream=stream)
 
+
+def _recipe_and_init(request: ModelRequest, spec: ModelSpec, checkpoint_path: Path | None) -> tuple[DclsRecipe | None, str | None]:
+    """The DCLS recipe (the registry's, with the request's overrides) and where its weights start;
+    (None, None) for a dense model, which takes none of the DCLS options."""
+    overrides = {"version": request.version, "kernel_count": request.kernel_count, "dilated_kernel_size": request.dilated_kernel_size}
+    if not request.dcls:
+        if any(value is not None for value in (*overrides.values(), request.init)):
+            raise ModelError("--version, --kernel-count, --dilated-kernel-size and --init need --dcls")
+        return None, request.init
+    if spec.dcls is None:
+        raise ModelError(f"{request.name} has no DCLS recipe; run it without --dcls")
+    recipe = spec.dcls.with_overrides(**overrides)
+    return recipe, _resolve_init(spec, recipe, request.init, checkpoint_path, request.pretrained)
+
+
+def _weight_sources(spec: ModelSpec, dcls: bool, init: str | None, checkpoint_path: Path | None,
+                    pretrained: bool) -> tuple[WeightSource, WeightSource | None]:
+    """(dense weights, DCLS weights or None): where each part of the model's weights comes from."""
     # A DCLS checkpoint holds the whole model: the dense weights are not needed at all.
     if dcls and init == "checkpoint":
         dense = WeightSource("none", "not needed (the DCLS checkpoint holds every weight)")
-        dcls_source = (
-            _checkpoint_source(checkpoint_path) if checkpoint_path else _published_source(spec)
-        )
-    else:
-        dense = _checkpoint_source(checkpoint_path) if checkpoint_path else _dense_source(spec, pretrained)
-        dcls_source = None
-        if init == "from-dense":
-            dcls_source = WeightSource("from-dense", f"DCLS from-dense of {dense.description}")
-        elif init == "random":
-            dcls_source = WeightSource(
-                "random", f"DCLS layers random (seed {RANDOM_SEED}), the rest {dense.description}"
-            )
+        return dense, _checkpoint_source(checkpoint_path) if checkpoint_path else _published_source(spec)
+    dense = _checkpoint_source(checkpoint_path) if checkpoint_path else _dense_source(spec, pretrained)
+    if init == "from-dense":
+        return dense, WeightSource("from-dense", f"DCLS from-dense of {dense.description}")
+    if init == "random":
+        return dense, WeightSource("random", f"DCLS layers random (seed {RANDOM_SEED}), the rest {dense.description}")
+    return dense, None
 
-    stream = _stream_source(request)
-    parts = [_FINGERPRINT_FORMAT, spec.name, spec.timm_name, "dcls" if dcls else "dense",
+
+def _identity(request: ModelRequest, spec: ModelSpec, recipe: DclsRecipe | None, init: str | None, dense: WeightSource,
+              dcls_source: WeightSource | None, stream: WeightSource | None, head_path: Path | None,
+              checkpoint_path: Path | None) -> ModelIdentity:
+    """What the plan will load, and its fingerprint: a hash of every choice and every weight file."""
+    parts = [_FINGERPRINT_FORMAT, spec.name, spec.timm_name, "dcls" if request.dcls else "dense",
              json.dumps(recipe.as_dict() if recipe else None, sort_keys=True), str(init),
              dense.identity()]
     if dcls_source is not None:
@@ -204,14 +238,14 @@ def plan_load(request: ModelRequest) -> LoadPlan:
         description += f" + {stream.description}"
     if not on_disk:
         description += " [not downloaded yet: fingerprint from its name, not its bytes]"
-    identity = ModelIdentity(
+    return ModelIdentity(
         name=spec.name,
         timm_name=spec.timm_name,
         family=spec.family,
-        dcls=dcls,
+        dcls=request.dcls,
         recipe=recipe.as_dict() if recipe else None,
         init=init,
-        pretrained=pretrained,
+        pretrained=request.pretrained,
         weights_source=description,
         checkpoint_sha256=file_sha256(final.path) if final.path is not None else None,
         fingerprint=sha256_text(*parts),
@@ -221,7 +255,6 @@ def plan_load(request: ModelRequest) -> LoadPlan:
         origin=declared_origin,
         ca_stream=request.ca_stream,
     )
-    return LoadPlan(spec, recipe, init, dense, dcls_source, identity, request, head=head_path, stream=stream)
 
 
 def model_identity(model: "str | ModelRequest", **options) -> ModelIdentity:

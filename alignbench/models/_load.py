@@ -21,11 +21,12 @@ import torch
 from torch import nn
 
 from alignbench._utils.paths import check_output_file
+from alignbench._utils.file_hashes import file_sha256
 from alignbench.errors import ModelError, WeightsUnavailableError
 from alignbench.models import _ca_stream, _checkpoint, _dcls
+from alignbench.models._catalog import parameter_counts
 from alignbench.models._device import resolve_device
 from alignbench.models._download import discard, fetch, is_verified, zenodo_md5
-from alignbench.models._hashes import file_sha256
 from alignbench.models._identity import (RANDOM_SEED, LoadPlan, ModelIdentity, ModelRequest, model_identity,
                                          plan_load, published_path)
 from alignbench.models._origins import ORIGINS
@@ -96,14 +97,15 @@ def load_model(model: str | ModelRequest, dcls: bool = False, checkpoint: str | 
     else the published one), ``from-dense`` or ``random``; default: the first that applies.
     ``checkpoint`` without ``dcls`` (or with init from-dense/random): the dense model's state_dict.
     ``ca_stream``: a ``CAStreamModel`` (``model.ca_stream`` holds ``cls_token`` and ``blocks``) over that
-    backbone, its stream from ``stream_checkpoint`` (else fresh, seeded). Every option is a field of
-    ``ModelRequest``. Raises ModelError / WeightsUnavailableError; never
+    backbone; ``checkpoint`` is then the stream's weights (else a fresh stream, seeded), as the CLI's
+    ``--ca-stream --checkpoint``, and ``backbone_checkpoint`` the backbone's. The options are those of
+    ``ModelRequest.of``. Raises ModelError / WeightsUnavailableError; never
     returns silently random weights.
     """
     if isinstance(model, ModelRequest):
         request = ModelRequest.of(model, **options)
     else:
-        request = ModelRequest(model, dcls=dcls, checkpoint=checkpoint, pretrained=pretrained, **options)
+        request = ModelRequest.of(model, dcls=dcls, checkpoint=checkpoint, pretrained=pretrained, **options)
     plan = plan_load(request)
     if plan.stream is not None:
         _check_stream_fits(plan.spec)  # before any weights are read or downloaded
@@ -208,7 +210,7 @@ def _dense(plan: LoadPlan) -> tuple[nn.Module, str | None]:
         if _ca_stream.is_stream_state(state):
             raise ModelError(
                 f"checkpoint {source.path} holds a CA-Stream (cls_token, blocks.*), not {spec.name}'s weights; "
-                "load it with --ca-stream --checkpoint (stream_checkpoint= in Python)"
+                "load it with --ca-stream --checkpoint (ca_stream=True, checkpoint= in Python)"
             )
         dcls_convs = sorted(_checkpoint.dcls_conv_names(state))
         if dcls_convs:
@@ -260,8 +262,6 @@ def _hub_unreachable() -> str | None:
 def _check_stream_fits(spec: ModelSpec) -> None:
     """ModelError (naming why, and the models that take one) if a CA-Stream cannot attach to the
     architecture: the catalog's cached probe answers, and on a miss the probe runs on the meta device."""
-    from alignbench.models._catalog import parameter_counts
-
     if parameter_counts(spec)[2] is None:
         with torch.device("meta"):
             architecture = timm.create_model(spec.timm_name, pretrained=False)

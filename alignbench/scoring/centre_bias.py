@@ -12,6 +12,7 @@ from typing import Any
 import torch
 
 from alignbench._utils.cache import sha256_text
+from alignbench.datasets import data_loader
 from alignbench.distributed import SINGLE, Ranks, my_share
 from alignbench.errors import DatasetError
 from alignbench.explainers import CENTRE_BIAS, CENTRE_BIAS_FAMILY, CENTRE_BIAS_SIGMA_FRAC, centre_bias_map
@@ -109,8 +110,8 @@ def score_centre_bias(
     if positions:
         # The reference maps only: model mean/std are irrelevant, the input size fixes the map size.
         preprocessing = Preprocessing(input_size=tuple(input_size), mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5))
-        batches = dataset.data_loader(
-            preprocessing, protocol, batch_size=batch_size, num_workers=num_workers,
+        batches = data_loader(
+            dataset, preprocessing, protocol, batch_size=batch_size, num_workers=num_workers,
             reference_ranks=False, positions=positions,
         )
         centre_maps: dict[tuple[int, int], torch.Tensor] = {}

@@ -11,6 +11,7 @@ import torch
 
 from alignbench import __version__
 from alignbench._utils.precision import forward_autocast
+from alignbench.datasets import data_loader
 from alignbench.distributed import SINGLE, Ranks, my_share, rank_device
 from alignbench.explainers import check_applicable, explain_batch
 from alignbench.metrics import METRICS, metric_function
@@ -95,7 +96,8 @@ class _Batches:
         self.request, self.dataset, self.n_images, self.device = request, dataset, n_images, device
 
     def __call__(self, preprocessing: Any, done: set[str] | None, positions: list[int] | None = None) -> tuple[int, Any]:
-        loader = self.dataset.data_loader(
+        loader = data_loader(
+            self.dataset,
             preprocessing,
             self.request.protocol,
             batch_size=self.request.batch_size,

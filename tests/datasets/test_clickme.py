@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import torch
 
-from alignbench.datasets import CLICKME_VAL_SHARDS, ClickMeRecord, iter_clickme_shard, open_dataset, write_clickme_shard
+from alignbench.datasets import CLICKME_VAL_SHARDS, ClickMeRecord, collate, data_loader, iter_clickme_shard, open_dataset, torch_dataset, write_clickme_shard
 from alignbench.datasets import _tfrecord as tfrecord
 from alignbench.datasets._pipeline import clickme_blur, clickme_blur_kernel, clickme_item, clickme_reference, resize_bilinear
 from alignbench.errors import DatasetError
@@ -119,9 +119,9 @@ def test_items_batches_and_scores_through_dataloader_workers(tmp_path, isolated_
     data = tmp_path / "shards"
     _shards(data, [3, 2])
     dataset = open_dataset("clickme-val", data)
-    torch_dataset = dataset.torch_dataset(PREP)
-    assert torch_dataset[4]["image_id"] == "val-1:1"  # the parent opened a shard before forking workers
-    loader = torch.utils.data.DataLoader(torch_dataset, batch_size=2, num_workers=2, collate_fn=dataset.collate)
+    items = torch_dataset(dataset, PREP)
+    assert items[4]["image_id"] == "val-1:1"  # the parent opened a shard before forking workers
+    loader = torch.utils.data.DataLoader(items, batch_size=2, num_workers=2, collate_fn=collate)
     batches = list(loader)
     seen = sorted(int(i) for batch in batches for i in batch["index"])
     assert seen == list(range(5))
@@ -134,7 +134,7 @@ def test_items_batches_and_scores_through_dataloader_workers(tmp_path, isolated_
     assert spearman(batch["reference"], batch["reference"]).tolist() == [1.0, 1.0]
     assert spearman_from_ranks(batch["reference"], batch["reference_ranks"]).tolist() == [1.0, 1.0]
     # Resume: skip what is done, limit counts from the start of the dataset.
-    part = dataset.torch_dataset(PREP, skip_ids={"val-0:1"}, limit=4)
+    part = torch_dataset(dataset, PREP, skip_ids={"val-0:1"}, limit=4)
     assert [part[k]["image_id"] for k in range(len(part))] == ["val-0:0", "val-0:2", "val-1:0"]
 
 
@@ -142,12 +142,12 @@ def test_reference_ranks_are_cached_across_runs(tmp_path, isolated_cache):
     data = tmp_path / "shards"
     _shards(data, [2])
     dataset = open_dataset("clickme-val", data)
-    first = dataset.torch_dataset(PREP)[1]
+    first = torch_dataset(dataset, PREP)[1]
     filled = list((isolated_cache / "reference-ranks").glob("*.filled"))
     assert len(filled) == 1 and filled[0].read_bytes() == b"\x00\x01"
-    again = open_dataset("clickme-val", data).torch_dataset(PREP)[1]  # a later run reads the row
+    again = torch_dataset(open_dataset("clickme-val", data), PREP)[1]  # a later run reads the row
     assert torch.equal(first["reference_ranks"], again["reference_ranks"])
-    paper_224 = dataset.torch_dataset(PREP, "paper")[1]  # paper at 224: the same reference, same rows
+    paper_224 = torch_dataset(dataset, PREP, "paper")[1]  # paper at 224: the same reference, same rows
     assert torch.equal(paper_224["reference_ranks"], first["reference_ranks"])
     assert len(list((isolated_cache / "reference-ranks").glob("*.filled"))) == 1
 
@@ -194,7 +194,7 @@ def test_not_a_clickme_record_and_wrong_sizes(tmp_path, isolated_cache):
     write_clickme_shard(data / "val-0.tfrecords", [small])
     dataset = open_dataset("clickme-val", data)  # the index needs no decoding
     with pytest.raises(DatasetError, match=r"at byte 0: image 128×128.*256×256"):
-        dataset.torch_dataset(PREP)[0]
+        torch_dataset(dataset, PREP)[0]
 
 
 def test_worker_errors_keep_one_line(tmp_path, isolated_cache):
@@ -202,7 +202,7 @@ def test_worker_errors_keep_one_line(tmp_path, isolated_cache):
     data.mkdir()
     small = ClickMeRecord(np.zeros((128, 128, 3), np.uint8), np.zeros((128, 128), np.uint8), 3)
     write_clickme_shard(data / "val-0.tfrecords", [small])
-    loader = open_dataset("clickme-val", data).data_loader(PREP, batch_size=1, num_workers=1)
+    loader = data_loader(open_dataset("clickme-val", data), PREP, batch_size=1, num_workers=1)
     with pytest.raises(DatasetError) as caught:
         list(loader)
     assert "\n" not in caught.value.message and caught.value.message.startswith("ClickMe shard ")
@@ -215,7 +215,7 @@ def test_label_outside_the_model_classes(tmp_path, isolated_cache):
     write_clickme_shard(data / "val-0.tfrecords", [ClickMeRecord(record.image, record.heatmap, 1000)])
     dataset = open_dataset("clickme-val", data)
     with pytest.raises(DatasetError, match=r"image val-0:0 has label 1000, outside the model's 1000 classes"):
-        dataset.torch_dataset(PREP, num_classes=1000)
+        torch_dataset(dataset, PREP, num_classes=1000)
 
 
 def test_empty_data_dir(tmp_path):

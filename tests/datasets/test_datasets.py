@@ -12,7 +12,7 @@ import pytest
 import torch
 from PIL import Image
 
-from alignbench.datasets import DATASETS, PROTOCOLS, open_dataset
+from alignbench.datasets import DATASETS, PROTOCOLS, data_loader, open_dataset, torch_dataset
 from alignbench.datasets._imagenet import box_mask
 from alignbench.errors import DatasetError
 from alignbench.metrics.spearman import spearman
@@ -69,10 +69,10 @@ def test_sample_is_the_shared_imagenet_val_10(shared_data):
 def test_sample_items_boxes_and_reference(shared_data):
     table = _sample_table(shared_data)
     dataset = open_dataset("sample")
-    torch_dataset = dataset.torch_dataset(PREP)
+    items = torch_dataset(dataset, PREP)
     ids = dataset.image_ids()
     k = ids.index("ILSVRC2012_val_00044671")  # three boxes, 225×500
-    item = torch_dataset[k]
+    item = items[k]
     assert item["image"].shape == (3, 224, 224) and item["image"].dtype == torch.float32
     assert -1.0 <= item["image"].min() and item["image"].max() <= 1.0  # mean = std = 0.5
     assert item["label"] == int(table["ILSVRC2012_val_00044671.JPEG"]["class_index"]) == 111
@@ -91,13 +91,13 @@ def test_sample_items_boxes_and_reference(shared_data):
 
 def test_sample_batches_through_workers_and_paper_protocol():
     dataset = open_dataset("sample")
-    batches = list(dataset.data_loader(PREP, batch_size=4, num_workers=2, limit=6))
+    batches = list(data_loader(dataset, PREP, batch_size=4, num_workers=2, limit=6))
     assert sorted(int(i) for b in batches for i in b["index"]) == list(range(6))
     counts = torch.cat([b["box_counts"] for b in batches])
     assert counts.tolist() == [1, 1, 1, 1, 1, 1]  # the first six sample images have one box each
     convnext = Preprocessing((224, 224), PREP.mean, PREP.std, paper_kind="convnext")
-    paper = dataset.torch_dataset(convnext, "paper")[0]
-    aligned = dataset.torch_dataset(convnext, "aligned")[0]
+    paper = torch_dataset(dataset, convnext, "paper")[0]
+    aligned = torch_dataset(dataset, convnext, "aligned")[0]
     assert torch.equal(paper["reference"], aligned["reference"])  # the heatmap is not cropped
     # ILSVRC2012_val_00007272 (334×500), box 1 121 326 490: under paper the box follows the crop.
     x0, y0, x1, y1 = aligned["boxes"][0].tolist()
@@ -132,7 +132,7 @@ def test_imagenet_val_reads_wsolevaluation_boxes_equal_to_the_sample(imagenet_va
     sample = open_dataset("sample")
     assert dataset.image_ids() == sample.image_ids()
     assert dataset.labels() == sample.labels()  # wsolevaluation's class_labels.txt agrees with the csv
-    ours, theirs = dataset.torch_dataset(PREP, reference_ranks=False), sample.torch_dataset(PREP, reference_ranks=False)
+    ours, theirs = torch_dataset(dataset, PREP, reference_ranks=False), torch_dataset(sample, PREP, reference_ranks=False)
     for k in range(len(dataset)):
         a, b = ours[k], theirs[k]
         assert torch.equal(a["boxes"], b["boxes"]) and torch.equal(a["reference"], b["reference"])
@@ -182,7 +182,7 @@ def test_folder_without_labels_uses_top1_targets(tmp_path, shared_data):
     dataset = open_dataset("folder", tmp_path / "f")
     assert dataset.image_ids() == ["img0", "img1", "img2"]
     assert dataset.labels() == [-1, -1, -1] and not dataset.has_labels and not dataset.has_boxes
-    item = dataset.torch_dataset(PREP)[1]
+    item = torch_dataset(dataset, PREP)[1]
     assert item["label"] == -1 and item["boxes"].shape == (0, 4)
     assert item["image"].shape == (3, 224, 224) and item["reference"].shape == (224, 224)
     # The .npy heatmap's rectangle, resized with the image: inside it the reference is 2.0.
@@ -193,7 +193,7 @@ def test_folder_with_labels_csv(tmp_path, shared_data):
     _folder(tmp_path / "f", shared_data, labels=True)
     dataset = open_dataset("folder", tmp_path / "f")
     assert dataset.labels() == [0, 1, 2] and dataset.has_labels
-    assert dataset.torch_dataset(PREP)[2]["label"] == 2
+    assert torch_dataset(dataset, PREP)[2]["label"] == 2
     with pytest.raises(DatasetError, match=r"image img2 has label 2, outside the model's 2 classes"):
         dataset.check_labels(2)
 
@@ -211,7 +211,7 @@ def test_folder_heatmap_of_the_wrong_size(tmp_path, shared_data):
     Image.fromarray(np.zeros((10, 20), dtype=np.uint8)).save(tmp_path / "f" / "heatmaps" / "img0.png")
     dataset = open_dataset("folder", tmp_path / "f")
     with pytest.raises(DatasetError, match=r"heatmap img0\.png is 20×10, but its image img0\.png is \d+×\d+"):
-        dataset.torch_dataset(PREP)[0]
+        torch_dataset(dataset, PREP)[0]
 
 
 def test_folder_colour_heatmap_and_paper_protocol_are_refused(tmp_path, shared_data):
@@ -220,9 +220,9 @@ def test_folder_colour_heatmap_and_paper_protocol_are_refused(tmp_path, shared_d
     image.save(tmp_path / "f" / "heatmaps" / "img0.png")  # an RGB "heatmap"
     dataset = open_dataset("folder", tmp_path / "f")
     with pytest.raises(DatasetError, match=r"is a RGB image; heatmaps must be grayscale"):
-        dataset.torch_dataset(PREP)[0]
+        torch_dataset(dataset, PREP)[0]
     with pytest.raises(DatasetError, match=r"protocol 'paper' does not apply to dataset 'folder'"):
-        dataset.torch_dataset(PREP, "paper")
+        torch_dataset(dataset, PREP, "paper")
 
 
 def test_folder_missing_labels_in_csv(tmp_path, shared_data):
@@ -238,3 +238,12 @@ def test_positions_limit_counts_from_the_start():
     assert dataset.positions(limit=4) == [0, 1, 2, 3]
     assert dataset.positions(skip_ids={ids[1], ids[7]}, limit=4) == [0, 2, 3]
     assert dataset.positions(skip_ids=set(ids)) == []
+
+
+def test_the_loader_is_a_function_of_the_torch_free_dataset():
+    from alignbench.datasets import Dataset, collate, data_loader, torch_dataset
+
+    assert not any(hasattr(Dataset, name) for name in ("torch_dataset", "data_loader", "collate"))
+    assert {f.__module__ for f in (collate, data_loader, torch_dataset)} == {"alignbench.datasets._torch_data"}
+    batch = next(iter(data_loader(open_dataset("sample"), PREP, batch_size=2, num_workers=0, limit=2, reference_ranks=False)))
+    assert batch["image"].shape == (2, 3, 224, 224) and batch["image_id"] == open_dataset("sample").image_ids()[:2]

@@ -17,7 +17,7 @@ import pytest
 from alignbench.testing.cli import invoke, one_line_error
 from PIL import Image
 
-from alignbench.datasets import open_dataset
+from alignbench.datasets import data_loader, open_dataset
 from alignbench.metrics import METRICS
 from alignbench.models import ModelRequest
 from alignbench.scoring import ScoreRequest, score
@@ -70,7 +70,7 @@ def test_a_folder_without_heatmaps_opens_without_reference_maps(tmp_path: Path) 
     assert open_dataset("sample").has_reference is True
 
     pre = Preprocessing(input_size=(32, 40), mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5))
-    batch = next(iter(dataset.data_loader(pre, batch_size=3, num_workers=0)))
+    batch = next(iter(data_loader(dataset, pre, batch_size=3, num_workers=0)))
     assert batch["image"].shape == (3, 3, 32, 40)
     assert batch["reference"].shape == (3, 32, 40) and bool(batch["reference"].isnan().all())
     assert batch["reference_undefined"] == [NO_REFERENCE] * 3

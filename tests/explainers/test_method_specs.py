@@ -87,3 +87,23 @@ def test_bad_settings_are_one_clear_line(call, fragment):
     with pytest.raises(ExplainerError) as info:
         call()
     assert fragment in info.value.message and "\n" not in info.value.message
+
+
+def test_parameters_are_declared_once_in_the_spec():
+    from alignbench.explainers import ParamSpec, check_params
+
+    for spec in METHODS.values():
+        assert all(isinstance(param, ParamSpec) and param.help for param in spec.params)
+        assert explainer_setting(spec.name)[1] == dict(spec.defaults)  # the defaults are the declared ones
+        for param in spec.params:
+            assert isinstance(param.default, param.type)
+            if param.range is not None:
+                assert param.range[0] <= param.default < param.range[1]
+            if param.choices:
+                assert param.default in param.choices
+    assert METHODS["raw-attention"].optional == {"layer": -1}
+    # what a command was given, checked and coerced, without the defaults it was not given
+    assert check_params("threshold", {"threshold": "0.5"}, fill_defaults=False) == ("threshold-gradcam", {"threshold": 0.5})
+    assert check_params("raw-attention", {"layer": -1}, fill_defaults=False) == ("raw-attention", {"layer": -1})
+    with pytest.raises(ExplainerError, match=r"discard_ratio must be in \[0, 1\)"):
+        check_params("rollout", {"discard_ratio": 1.5}, fill_defaults=False)

@@ -56,7 +56,7 @@ def test_gallery_maps_are_the_runs_maps(tiny_store: dict) -> None:
     images and targets, they reproduce the stored Spearman and the stored thumbnails."""
     from alignbench import explain, load_model, spearman
     from alignbench.html_report.thumbnails import image_thumbnails, map_thumbnails
-    from alignbench.datasets import open_dataset
+    from alignbench.datasets import data_loader, open_dataset
 
     result = tiny_store["result"]
     assert result.thumbnails_computed == 20  # 10 images × the two runs of the comparison
@@ -64,7 +64,7 @@ def test_gallery_maps_are_the_runs_maps(tiny_store: dict) -> None:
     for request, run_id in ((TINY, tiny_store["baseline"]), (TINY_DCLS, tiny_store["dcls"])):
         model = load_model(request)
         pre = model.alignbench_info.preprocessing
-        batch = next(iter(open_dataset("sample").data_loader(pre, "aligned", batch_size=10, num_workers=0, reference_ranks=False)))
+        batch = next(iter(data_loader(open_dataset("sample"), pre, "aligned", batch_size=10, num_workers=0, reference_ranks=False)))
         maps = explain(model, batch["image"], batch["label"], method="threshold-gradcam")
         with sqlite3.connect(tiny_store["db"]) as con:
             stored = dict(con.execute("SELECT image_id, spearman FROM image_score WHERE run_id = ?", (run_id,)).fetchall())

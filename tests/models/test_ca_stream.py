@@ -252,6 +252,31 @@ def test_a_stream_given_as_the_backbone_checkpoint_says_where_it_goes(tmp_path) 
         load_model("test_resnet", checkpoint=path)
 
 
+def test_checkpoint_with_ca_stream_is_the_streams_in_python_as_in_the_cli(tmp_path, images) -> None:
+    from alignbench.models import ModelRequest
+    from alignbench.models._load import save_state_dict
+
+    trained = stream_model()
+    with torch.no_grad():
+        for p in trained.ca_stream.parameters():
+            p.add_(0.5)
+    stream, backbone = tmp_path / "stream.safetensors", tmp_path / "backbone.safetensors"
+    save_stream(trained, stream)
+    save_state_dict(load_model("test_resnet", pretrained=False), backbone)
+    # --ca-stream --checkpoint S [--backbone-checkpoint B]: the request stores each file by what it holds
+    request = ModelRequest.of("test_resnet", pretrained=False, ca_stream=True, checkpoint=stream, backbone_checkpoint=backbone)
+    assert request == ModelRequest("test_resnet", pretrained=False, ca_stream=True, checkpoint=backbone, stream_checkpoint=stream)
+    torch.testing.assert_close(stream_model(checkpoint=stream)(images), trained(images))
+    torch.testing.assert_close(stream_model(checkpoint=stream, backbone_checkpoint=backbone)(images), trained(images))
+    assert model_identity("test_resnet", pretrained=False, ca_stream=True, checkpoint=stream) == model_identity(
+        "test_resnet", pretrained=False, ca_stream=True, stream_checkpoint=stream
+    )
+    with pytest.raises(ModelError, match="give them once"):
+        ModelRequest.of("test_resnet", ca_stream=True, checkpoint=stream, stream_checkpoint=stream)
+    with pytest.raises(ModelError, match="needs ca_stream=True"):
+        ModelRequest.of("test_resnet", backbone_checkpoint=backbone)
+
+
 def test_a_dcls_backbone_takes_a_stream(images) -> None:
     model = stream_model("test_convnext", dcls=True, init="from-dense")
     assert model.alignbench_info.identity.dcls and model.alignbench_info.name == "test_convnext + DCLS + CA-Stream"

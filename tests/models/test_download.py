@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
+from alignbench._utils.file_hashes import file_sha256
 from alignbench.errors import ModelError, WeightsUnavailableError
 from alignbench.models._download import fetch, is_verified, record_path
-from alignbench.models._hashes import file_sha256
 
 PAYLOAD = bytes(range(256)) * 40_000  # 10 MB: several 1 MiB chunks
 

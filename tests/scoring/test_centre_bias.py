@@ -38,6 +38,14 @@ def test_spearman_of_the_map_only_depends_on_the_distance_to_the_centre() -> Non
         assert rho == pytest.approx(1.0, abs=1e-12)
 
 
+@pytest.fixture(autouse=True)
+def _tiny_batches(monkeypatch: pytest.MonkeyPatch) -> None:
+    """score_centre_bias reads batches through ``alignbench.datasets.data_loader``: serve _TinyDataset's."""
+    import alignbench.scoring.centre_bias
+
+    monkeypatch.setattr(alignbench.scoring.centre_bias, "data_loader", lambda dataset, *args, **kwargs: dataset.data_loader(*args, **kwargs))
+
+
 class _TinyDataset:
     """The part of an alignbench dataset that score_centre_bias reads, with reference maps given."""
 

@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from alignbench.testing.cli import invoke
 from PIL import Image
 
-from alignbench.datasets import ClickMeRecord, open_dataset, write_clickme_shard
+from alignbench.datasets import ClickMeRecord, open_dataset, torch_dataset, write_clickme_shard
 from alignbench.metrics import METRICS
 from alignbench.metrics.constancy import CONSTANT_RTOL, constant_map_reason, mask_undefined, relative_range
 from alignbench.models.preprocessing import Preprocessing
@@ -91,8 +91,8 @@ def test_the_scorer_masks_a_model_map_constant_up_to_rounding() -> None:
 
 
 def _items(dataset, n: int | None = None) -> list[dict]:
-    torch_dataset = dataset.torch_dataset(PREP, reference_ranks=False)
-    return [torch_dataset[k] for k in range(n or len(torch_dataset))]
+    items = torch_dataset(dataset, PREP, reference_ranks=False)
+    return [items[k] for k in range(n or len(items))]
 
 
 def _folder(root: Path, maps: dict[str, tuple[np.ndarray, str]]) -> Path:

@@ -1,7 +1,8 @@
-"""sha256 of data files, remembered by (path, size, mtime_ns) so re-opening a dataset reads no file.
+"""sha256 of files, remembered by (path, size, mtime_ns) so re-opening a dataset or re-fingerprinting
+weights reads no file (torch-free): the one memoised sha256 cache.
 
-A dataset's fingerprint is a hash of its files' contents; hashing a few GB on every ``score`` would
-cost seconds, so each file's digest is kept in one JSON document under the cache and reused while
+A dataset's fingerprint is a hash of its files' contents, a model's the hash of its weight file;
+hashing a few GB (or a 350 MB checkpoint) on every ``score`` would cost seconds, so each file's digest is kept in one JSON document under the cache and reused while
 the file's size and modification time are unchanged (make's test for "unchanged", plus the size).
 For a whole dataset, ``fingerprint_files`` goes one step further: the fingerprint itself is
 remembered under a hash of the listing (names, sizes, mtimes), so re-opening 50,000 ImageNet files
@@ -113,6 +114,17 @@ def _progress(what: str, total_bytes: int):
     )
     progress.start()
     return progress, progress.add_task(what, total=total_bytes)
+
+
+def file_sha256(path: str | os.PathLike[str]) -> str:
+    """Hex sha256 of one file, from the cache while its size and mtime are unchanged."""
+    return cached_sha256([Path(path)])[0]
+
+
+def remember_sha256(path: str | os.PathLike[str], digest: str) -> None:
+    """Record a digest computed elsewhere (e.g. while downloading) for the file as it is now."""
+    key, size, mtime_ns = _signature(Path(path))
+    _save({**_load(), key: [size, mtime_ns, digest]})
 
 
 def known_sha256(paths: Sequence[Path]) -> list[str | None]:
