@@ -35,3 +35,11 @@ def float32_relative(n_ops: int, margin: float = 2.0, eps: float = EPS) -> float
     """Relative bound after ``n_ops`` chained rounded operations (products, quotients, sums of
     same-sign terms, exp): each adds at most u = EPS/2 of relative error, so n_ops·EPS/2, times ``margin``."""
     return float(margin * n_ops * eps / 2)
+
+
+def softmax_relative(logit_error: float, n: int, margin: float = 2.0) -> float:
+    """Relative bound on |p - p'| / p for two float32 softmaxes over ``n`` entries whose logits differ
+    by at most ``logit_error`` (absolute): a shift δ in the logits moves each p by a factor within
+    exp(±2δ) ≈ 1 ± 2δ (numerator and denominator), plus each side's own roundings (the max
+    subtraction, exp, the n-term positive sum, the division: n + 4 operations)."""
+    return float(2 * logit_error + float32_relative(n + 4, margin))
