@@ -11,7 +11,6 @@ import timm
 import torch
 from alignbench.testing.cams import LibraryCam, assert_matches_library, library_cam
 from pytorch_grad_cam import EigenGradCAM, GradCAM, GradCAMPlusPlus, HiResCAM, LayerCAM, XGradCAM
-from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 from pytorch_grad_cam.utils.svd_on_activations import get_2d_projection
 from torch import nn
 

@@ -13,7 +13,6 @@ import torch
 from torch import nn
 
 from alignbench.errors import MetricError
-from alignbench.testing.tolerance import float32_bound, float32_relative
 from alignbench.metrics.faithfulness import (
     METRIC_FUNCTIONS,
     average_drop,
@@ -25,6 +24,7 @@ from alignbench.metrics.faithfulness import (
     deletion_auc,
     insertion_auc,
 )
+from alignbench.testing.tolerance import float32_bound, float32_relative
 
 NAN = float("nan")
 

@@ -13,7 +13,6 @@ import torch
 from alignbench.testing.tolerance import EPS, float32_bound, float32_relative
 from alignbench.testing.cams import assert_matches_library, library_cam
 from pytorch_grad_cam import GradCAM
-from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 from torch import nn
 from typer.testing import CliRunner
 
