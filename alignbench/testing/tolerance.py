@@ -35,3 +35,21 @@ def float32_relative(n_ops: int, margin: float = 2.0, eps: float = EPS) -> float
     """Relative bound after ``n_ops`` chained rounded operations (products, quotients, sums of
     same-sign terms, exp): each adds at most u = EPS/2 of relative error, so n_ops·EPS/2, times ``margin``."""
     return float(margin * n_ops * eps / 2)
+
+
+def softmax_relative(logit_error: float, n: int, margin: float = 2.0) -> float:
+    """Relative bound on |p - p'| / p for two float32 softmaxes over ``n`` entries whose logits differ
+    by at most ``logit_error`` (absolute): a shift δ in the logits moves each p by a factor within
+    exp(±2δ) ≈ 1 ± 2δ (numerator and denominator), plus each side's own roundings (the max
+    subtraction, exp, the n-term positive sum, the division: n + 4 operations)."""
+    return float(2 * logit_error + float32_relative(n + 4, margin))
+
+
+def network_relative(model: torch.nn.Module, passes: int = 1) -> float:
+    """Relative bound (to the output's largest entry) on two float32 evaluations of ``model`` that
+    sum the same products in other orders (another kernel, batch or conversion): every layer sums
+    its fan-in, so float32_relative of all the fan-ins (an upper bound on any path's), assuming each
+    stage well conditioned (the norms keep the activations' scale); ``passes`` 2 for a gradient."""
+    fan_in = sum(m.weight[0].numel() for m in model.modules() if getattr(m, "weight", None) is not None and m.weight.ndim >= 2)
+    eps = torch.finfo(next(model.parameters()).dtype).eps
+    return float32_relative(passes * fan_in, eps=eps)

@@ -66,7 +66,19 @@ def test_convert_writes_records_and_summarises(tmp_path: Path) -> None:
     as_json = runner.invoke(app, [*args, "--json"])
     assert as_json.exit_code == 0, as_json.output
     summary = json.loads(as_json.stdout)
-    assert summary["kernel_error"] == 0.0 and summary["logit_error"] <= 1e-3
+    import torch
+
+    from alignbench.models import load_model
+    from alignbench.models._identity import RANDOM_SEED
+    from alignbench.testing.tolerance import network_relative
+
+    # the same taps summed in other orders through the network: network_relative of the largest logit on
+    # the seeded probe (was 1e-3, tuned)
+    converted = load_model("test_convnext", dcls=True, checkpoint=out, version="v0", dilated_kernel_size=9, kernel_count=49)
+    probe = torch.randn(2, 3, *converted.alignbench_info.preprocessing.input_size, generator=torch.Generator().manual_seed(RANDOM_SEED))
+    with torch.no_grad():
+        bound = network_relative(converted) * float(converted(probe).abs().max())
+    assert summary["kernel_error"] == 0.0 and summary["logit_error"] <= bound
     assert len(summary["layers_replaced"]) == 9 and summary["max_span_growth"][:2] == [7, 9]
 
 

@@ -9,6 +9,7 @@ import torch
 from alignbench.errors import ExplainerError
 from alignbench.explainers import explain, explain_batch
 from alignbench.explainers._attention import attention_maps, attention_probabilities, rollout
+from alignbench.testing.tolerance import float32_bound, float32_relative, softmax_relative
 
 
 @pytest.fixture(scope="module")
@@ -38,6 +39,42 @@ def timm_attention(model, images):
     return seen
 
 
+def attention_rtol(attn, x, path_terms: int = 0) -> float:
+    """Relative bound on a block's attention probabilities computed twice in float32 from tokens x:
+    a logit q·k·scale sums d products of q and k, each a (C + 1)-term qkv row, so two evaluations
+    differ by ≤ float32_bound(C + d + 9, Σ_i |q_i||k_i|·scale) with |q| ≤ |x|·|W_q| + |b_q| (float64);
+    ``path_terms``: the terms summed upstream when x itself comes from another forward (each stage
+    well conditioned: LayerNorm keeps the tokens' scale); then softmax_relative over the N tokens."""
+    w, bias = attn.qkv.weight.detach().double(), attn.qkv.bias.detach().double()
+    c, heads, d = w.shape[1], attn.num_heads, attn.head_dim
+    bound = (x.double().abs() @ w.abs().T + bias.abs()).reshape(*x.shape[:2], 3, heads, d).permute(2, 0, 3, 1, 4)
+    magnitude = float((bound[0] @ bound[1].transpose(-2, -1)).amax()) * attn.scale
+    return softmax_relative(float32_bound(c + d + 9 + path_terms, magnitude), x.shape[1])
+
+
+def recorded_rtols(model, images, path: bool = False) -> list[float]:
+    """attention_rtol of every block, on the tokens entering it; ``path``: x from a second forward."""
+    captured = []
+    handles = [b.attn.register_forward_pre_hook(lambda _m, args: captured.append(args[0])) for b in model.blocks]
+    try:
+        with torch.no_grad():
+            model(images)
+    finally:
+        for handle in handles:
+            handle.remove()
+    c = model.embed_dim
+    per_block = c + model.blocks[0].attn.head_dim + 3 * c + model.blocks[0].mlp.fc1.out_features  # qkv, q·k, proj, fc1, fc2
+    patch = model.patch_embed.proj.weight[0].numel()
+    return [attention_rtol(b.attn, x, (patch + i * (per_block + x.shape[1])) if path else 0) for i, (b, x) in enumerate(zip(model.blocks, captured))]
+
+
+def rollout_rtol(attention_rtols: list[float], n: int) -> float:
+    """All of rollout's terms are ≥ 0, so relative errors add: per layer the fused attention's
+    (its heads' bound, plus the head mean), (A + I)/2, the n-term row sum, the division and the
+    n-term product with the running result."""
+    return sum(r + float32_relative(2 * n + 8) for r in attention_rtols)
+
+
 def test_recomputed_attention_equals_timms(vit, images):
     captured = []
     handles = [b.attn.register_forward_pre_hook(lambda _m, args: captured.append(args[0])) for b in vit.blocks]
@@ -46,8 +83,8 @@ def test_recomputed_attention_equals_timms(vit, images):
         ours = [attention_probabilities(b.attn, x) for b, x in zip(vit.blocks, captured)]
     for handle in handles:
         handle.remove()
-    for a, b in zip(ours, timm_attention(vit, images)):
-        torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-5)
+    for a, b, x, block in zip(ours, timm_attention(vit, images), captured, vit.blocks):
+        torch.testing.assert_close(a, b, atol=0, rtol=attention_rtol(block.attn, x))  # derived, was atol=1e-6, rtol=1e-5
 
 
 def test_rollout_known_answer():
@@ -68,9 +105,13 @@ def test_rollout_and_raw_attention_on_a_vit(vit, images):
     # raw attention = the class-token row of the last block, heads averaged, upsampled
     last = timm_attention(vit, images)[-1].mean(1)[:, 0, vit.num_prefix_tokens :].reshape(2, *grid)
     expected = torch.nn.functional.interpolate(last[:, None], size=(64, 64), mode="bilinear", align_corners=False)[:, 0]
-    torch.testing.assert_close(explain(vit, images, None, "raw-attention"), expected, atol=1e-6, rtol=1e-5)
-    # one image alone = the same image in the batch; no hooks left
-    torch.testing.assert_close(explain(vit, images[1:], None, "rollout")[0], result.maps[1], atol=1e-6, rtol=1e-5)
+    # terms ≥ 0 throughout: the last block's softmax bound, the head mean and the 4-term bilinear resize
+    rtols = recorded_rtols(vit, images)
+    raw_rtol = rtols[-1] + float32_relative(vit.blocks[-1].attn.num_heads + 8)
+    torch.testing.assert_close(explain(vit, images, None, "raw-attention"), expected, atol=0, rtol=raw_rtol)
+    # one image alone = the same image in the batch (its tokens come from another forward); no hooks left
+    alone_rtol = rollout_rtol(recorded_rtols(vit, images, path=True), grid[0] * grid[1] + 1) + float32_relative(8)
+    torch.testing.assert_close(explain(vit, images[1:], None, "rollout")[0], result.maps[1], atol=0, rtol=alone_rtol)
     assert sum(len(b.attn._forward_pre_hooks) for b in vit.blocks) == 0
 
 
@@ -125,11 +166,13 @@ def test_raw_attention_of_layer_k_is_that_blocks_class_token_row(vit, images, la
     grid = vit.patch_embed.dynamic_feat_size((64, 64))
     low, _, _ = attention_maps(vit, images, None, "raw-attention", {"layer": layer, "head_fusion": head_fusion})
     expected = _direct_class_token_attention(vit, images, layer, head_fusion).reshape(2, *grid)
-    torch.testing.assert_close(low, expected, atol=1e-6, rtol=1e-5)
+    # terms ≥ 0: that block's softmax bound (its qkv by F.linear here, h @ W.T + b there), the head fusion
+    rtol = recorded_rtols(vit, images)[layer] + float32_relative(vit.blocks[layer].attn.num_heads + 4)
+    torch.testing.assert_close(low, expected, atol=0, rtol=rtol)
     # the public entry point: the same map upsampled, and -1 is the default (today's raw attention)
     maps = explain(vit, images, None, "raw-attention", layer=layer, head_fusion=head_fusion)
     torch.testing.assert_close(maps, torch.nn.functional.interpolate(expected[:, None], size=(64, 64), mode="bilinear")[:, 0],
-                               atol=1e-6, rtol=1e-5)
+                               atol=0, rtol=rtol + float32_relative(8))  # + the 4-term bilinear resize
     assert torch.equal(explain(vit, images, None, "raw-attention", layer=5), explain(vit, images, None, "raw-attention"))
 
 
@@ -188,14 +231,18 @@ def test_rollout_equals_vit_explains_rule(unfused, images, head_fusion, discard_
     for block in unfused.blocks:
         block.attn.fused_attn = False  # timm_attention switched it back on
     low, _, _ = attention_maps(unfused, images, None, "rollout", {"head_fusion": head_fusion, "discard_ratio": discard_ratio})
+    n = recorded[0].shape[-1]
+    # ours recomputes each block's attention (its softmax bound), rollout's terms are all ≥ 0, and
+    # the division by the max moves it by the max's own relative error again
+    rtol = 2 * rollout_rtol(recorded_rtols(unfused, images), n) + float32_relative(2)
     for i in range(images.shape[0]):
         ours = low[i] / low[i].max()
         expected = vit_explain_rollout([a[i : i + 1] for a in recorded], discard_ratio, head_fusion)
-        torch.testing.assert_close(ours, expected, atol=1e-6, rtol=1e-5)
+        torch.testing.assert_close(ours, expected, atol=0, rtol=rtol)
         literal = vit_explain_rollout([a[i : i + 1] for a in recorded], discard_ratio, head_fusion, rows_sum_to_one=False)
         if discard_ratio == 0 and head_fusion == "mean":
             # the rows of (A + I)/2 already sum to one: vit-explain's literal line is the same rollout
-            torch.testing.assert_close(ours, literal, atol=1e-6, rtol=1e-5)
+            torch.testing.assert_close(ours, literal, atol=0, rtol=rtol)
         else:
             assert not torch.allclose(ours, literal, atol=1e-4)  # where its broadcast matters, rows are renormalised here
 
@@ -211,8 +258,10 @@ def test_rollout_with_discard_ratio_zero_is_todays_rollout(vit, images):
     grid = vit.patch_embed.dynamic_feat_size((64, 64))
     for params in ({}, {"discard_ratio": 0.0}, {"discard_ratio": 0.0, "head_fusion": "mean"}):
         low, _, _ = attention_maps(vit, images, None, "rollout", {"head_fusion": "mean", "discard_ratio": 0.0, **params})
-        torch.testing.assert_close(low, expected[:, 0, 1:].reshape(2, *grid), atol=1e-6, rtol=1e-5)
-    torch.testing.assert_close(rollout(recorded, 0.0), expected, atol=1e-6, rtol=1e-5)
+        # ours recomputes each block's attention: its softmax bound, through rollout's ≥ 0 terms
+        rtol = rollout_rtol(recorded_rtols(vit, images), n)
+        torch.testing.assert_close(low, expected[:, 0, 1:].reshape(2, *grid), atol=0, rtol=rtol)
+    torch.testing.assert_close(rollout(recorded, 0.0), expected, atol=0, rtol=rollout_rtol([0.0] * len(recorded), n))
 
 
 # ------------------------------------------------------------------------------- through the CLI

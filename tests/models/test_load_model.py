@@ -113,7 +113,17 @@ def test_convert_writes_a_checkpoint_that_loads_back(tmp_path: Path) -> None:
 
 def test_from_dense_logit_error_is_reported_and_tiny_with_enough_elements() -> None:
     result = convert_model("test_efficientnet", init="from-dense", pretrained=False, dilated_kernel_size=5, kernel_count=25)
-    assert result.logit_error <= 1e-3 and result.report.kernel_error == 0.0 and result.out is None
+    assert result.report.kernel_error == 0.0 and result.out is None
+    from alignbench.models._identity import RANDOM_SEED
+    from alignbench.testing.tolerance import network_relative
+
+    # the same taps summed in other orders through the network: network_relative of its largest logit
+    # on the same seeded probe (was 1e-3, tuned)
+    converted = load_model("test_efficientnet", dcls=True, pretrained=False, init="from-dense", dilated_kernel_size=5, kernel_count=25)
+    probe = torch.randn(2, 3, *converted.alignbench_info.preprocessing.input_size, generator=torch.Generator().manual_seed(RANDOM_SEED))
+    with torch.no_grad():
+        bound = network_relative(converted) * float(converted(probe).abs().max())
+    assert result.logit_error <= bound
 
 
 def test_published_checkpoint_offline_says_what_and_how() -> None:
