@@ -9,22 +9,11 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from alignbench.cli import _options as o
+from alignbench.cli import _basic_options as o
 from alignbench.cli._errors import err_console, guarded, stdout_console
 
 if TYPE_CHECKING:  # the analysis modules import numpy: loaded only when the command runs
     from alignbench.analysis.compare import CompareResult, GroupComparison
-
-# Filters shared with `report` (which imports them from here).
-ExplainerFilter = Annotated[
-    Optional[str], typer.Option("--explainer", help="Only this explainer (name or alias, e.g. threshold).", show_default=False)
-]
-DatasetFilter = Annotated[Optional[str], typer.Option("--dataset", help="Only this dataset (e.g. clickme-val).", show_default=False)]
-ProtocolFilter = Annotated[Optional[str], typer.Option("--protocol", help="Only this protocol: aligned or paper.", show_default=False)]
-Metric = Annotated[str, typer.Option("--metric", help="The per-image metric (spearman, or another stored metric).")]
-ShowAll = Annotated[
-    bool, typer.Option("--all", help="Also show runs with no stored row (stopped before their first batch; hidden by default).")
-]
 
 _VERDICT_STYLE = {"better": "bold green", "worse": "bold red", "no significant difference": "", "identical": "", "too few pairs": "yellow"}
 # per kind of comparison: (title, column of side A, column of side B, Δ as words, what a row is)
@@ -175,11 +164,11 @@ def print_result(result: CompareResult, console: Console) -> None:
 
 @guarded
 def compare(
-    explainer: ExplainerFilter = None,
-    dataset: DatasetFilter = None,
-    protocol: ProtocolFilter = None,
-    metric: Metric = "spearman",
-    show_all: ShowAll = False,
+    explainer: o.ExplainerFilter = None,
+    dataset: o.DatasetFilter = None,
+    protocol: o.ProtocolFilter = None,
+    metric: o.Metric = "spearman",
+    show_all: o.ShowAll = False,
     against: Annotated[
         str, typer.Option("--against", help="baseline: each architecture's DCLS weights and trained DCLS variants vs its baseline; parent: each trained model vs the model it was trained from.")
     ] = "baseline",
@@ -200,10 +189,7 @@ def compare(
 
     if runs is not None and (against != "baseline" or explainer or dataset or protocol):
         raise AlignbenchError("--runs A B names the two runs itself; give it without --against, --explainer, --dataset or --protocol")
-    result = run_compare(
-        db, explainer=explainer, dataset=dataset, protocol=protocol, metric=metric, against=against, run_pair=runs,
-        include_empty=show_all,
-    )
+    result = run_compare(db, o.run_filter(explainer, dataset, protocol, metric, show_all=show_all), against=against, run_pair=runs)
     if as_json:
         typer.echo(json.dumps(result.to_json(), allow_nan=False))
         for group in result.groups:

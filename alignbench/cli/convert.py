@@ -73,15 +73,10 @@ def _as_dict(result) -> dict:
 
 
 @guarded
+@o.with_model_options()
 def convert(
     model: o.ModelName,
-    dcls: o.Dcls = False,
-    kernel_count: o.KernelCount = None,
-    dilated_kernel_size: o.DilatedKernelSize = None,
-    version: o.Version = None,
-    init: o.Init = None,
-    checkpoint: o.Checkpoint = None,
-    head: o.Head = None,
+    model_options: dict = None,  # every model option (o.MODEL_OPTIONS)
     out: Annotated[Optional[Path], typer.Option("--out", help="Write the converted weights here (.safetensors, else torch.save).", show_default=False)] = None,
     device: o.Device = "cpu",
     db: o.Db = None,
@@ -93,21 +88,9 @@ def convert(
     """
     from alignbench.models import convert_model
 
-    if not dcls:
+    if not model_options["dcls"]:
         raise ModelError("convert turns a model into its DCLS version: add --dcls")
-    result = convert_model(
-        model,
-        version=version.value if version else None,
-        kernel_count=kernel_count,
-        dilated_kernel_size=dilated_kernel_size,
-        init=init.value if init else None,
-        checkpoint=checkpoint,
-        head=head,
-        out=out,
-        device=device,
-        record=True,
-        db=db,
-    )
+    result = convert_model(o.model_request(model, **model_options), out=out, device=device, record=True, db=db)
     if as_json:
         print(json.dumps(_as_dict(result), indent=1))
         return

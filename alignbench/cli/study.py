@@ -9,7 +9,7 @@ import typer
 from rich.table import Table
 
 from alignbench.distributed import is_main_process
-from alignbench.cli import _options as o
+from alignbench.cli import _basic_options as o
 from alignbench.cli._errors import err_console, guarded, stdout_console
 
 app = typer.Typer(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any, Optional
 
@@ -86,19 +87,12 @@ def _summary(result) -> Table:
 
 
 @guarded
+@o.with_model_options(exclude=("tag",))  # train's --tag names the trained model
 def train(
     model: o.ModelName,
     data: Annotated[str, typer.Option("--data", help="Training images: an ImageFolder tree (ImageNet wnid folders → ImageNet-1k indices), a folder with images/ and labels.csv, or `sample` (the embedded images).", show_default=False)],
     out: Annotated[Path, typer.Option("--out", help="Directory for last.pt (to --resume), last.safetensors / best.safetensors (to score), log.jsonl, train.json.", file_okay=False, show_default=False)],
-    dcls: o.Dcls = False,
-    checkpoint: o.Checkpoint = None,
-    ca_stream: o.CaStream = False,
-    backbone_checkpoint: o.BackboneCheckpoint = None,
-    version: o.Version = None,
-    kernel_count: o.KernelCount = None,
-    dilated_kernel_size: o.DilatedKernelSize = None,
-    init: o.Init = None,
-    pretrained: Annotated[bool, typer.Option("--pretrained/--no-pretrained", help="Start from the model's pretrained weights, or from a seeded random initialisation.")] = True,
+    model_options: dict = None,  # every model option (o.MODEL_OPTIONS) but --tag
     val: Annotated[Optional[str], typer.Option("--val", help="Images (same layouts) for top-1 before training and after each epoch; picks best.safetensors.", show_default=False)] = None,
     steps: Annotated[Optional[int], typer.Option("--steps", help="Optimiser steps (or --epochs; default 1 epoch).", show_default=False)] = None,
     epochs: Annotated[Optional[int], typer.Option("--epochs", help="Passes over --data.", show_default=False)] = None,
@@ -144,27 +138,30 @@ def train(
     from alignbench.training import TrainRequest
     from alignbench.training import train as run_train
 
-    request = TrainRequest(
-        model=o.model_request(
-            model, dcls=dcls, checkpoint=checkpoint, version=version.value if version else None,
-            kernel_count=kernel_count, dilated_kernel_size=dilated_kernel_size, init=init.value if init else None,
-            pretrained=pretrained, ca_stream=ca_stream, backbone_checkpoint=backbone_checkpoint,
-        ),
-        data=data, out=out, val=val, steps=steps, epochs=epochs, batch_size=batch_size, opt=opt, lr=lr,
-        weight_decay=weight_decay, momentum=momentum, sched=sched, warmup_steps=warmup_steps, min_lr=min_lr,
-        positions_lr=positions_lr, positions_offset=positions_offset, freeze=freeze, gc_consistency=gc_consistency,
-        maxpool=maxpool, distill_from=distill_from, distill_weight=distill_weight, seed=seed, img_size=img_size,
-        aug=aug, workers=workers, amp=amp, device=device, tag=tag, resume=resume, checkpoint_every=checkpoint_every,
-        decay_epochs=decay_epochs, decay_rate=decay_rate,
-    )
+    # every parameter but the model's options is a TrainRequest field of the same name
+    request = TrainRequest.from_options(o.model_request(model, **model_options), locals())
     main_process = os.environ.get("RANK", "0") == "0"
     bar = _progress_bar(enabled=main_process and sys.stderr.isatty() and not as_json)
+    try:
+        result = run_train(request, db=db, progress=_on_progress(bar, show_val=main_process and not as_json))
+    finally:
+        bar.stop()
+    if not main_process:
+        return
+    if as_json:
+        typer.echo(json.dumps(result.to_json(), default=str))
+    else:
+        stdout_console().print(_summary(result))
+
+
+def _on_progress(bar: Progress, show_val: bool) -> Callable[[Any], None]:
+    """The callback ``train`` reports to: each step moves ``bar``; each --val evaluation is a line (when ``show_val``)."""
     task: Any = None
 
     def on_progress(record) -> None:
         nonlocal task
         if record.event != "step":
-            if main_process and not as_json:
+            if show_val:
                 bar.console.print(f"step {record.step}: --val top-1 {record.top1:.4f} on {record.n_images} images"
                                   + (" (best so far)" if record.best else ""))
             return
@@ -174,13 +171,4 @@ def train(
             task = bar.add_task("train", total=record.total_steps, completed=record.step - 1, **fields)
         bar.update(task, completed=record.step, **fields)
 
-    try:
-        result = run_train(request, db=db, progress=on_progress)
-    finally:
-        bar.stop()
-    if not main_process:
-        return
-    if as_json:
-        typer.echo(json.dumps(result.to_json(), default=str))
-    else:
-        stdout_console().print(_summary(result))
+    return on_progress
