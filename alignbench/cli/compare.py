@@ -11,6 +11,7 @@ from rich.table import Table
 
 from alignbench.cli import _basic_options as o
 from alignbench.cli._errors import err_console, guarded, stdout_console
+from alignbench.cli._format import number
 
 if TYPE_CHECKING:  # the analysis modules import numpy: loaded only when the command runs
     from alignbench.analysis.compare import CompareResult, GroupComparison
@@ -22,12 +23,6 @@ _KINDS = {
     "against-parent": ("trained vs parent", "parent", "trained", "trained − parent", "trained models"),
     "runs": ("run B vs run A", "run A", "run B", "run B − run A", "pairs"),
 }
-
-
-def _number(value: float | None, signed: bool = False) -> str:
-    if value is None:
-        return "—"
-    return f"{value:+.4f}" if signed else f"{value:.4f}"
 
 
 def _p_value(p: float | None) -> str:
@@ -66,20 +61,20 @@ def _comparison_table(group: GroupComparison, n_resamples: int, kind: str = "dcl
         style = _VERDICT_STYLE.get(row.verdict, "yellow")
         table.add_row(
             _row_name(row),
-            _number(row.baseline),
-            _number(row.dcls),
-            _number(row.delta, signed=True),
+            number(row.baseline),
+            number(row.dcls),
+            number(row.delta, signed=True),
             ci,
             _p_value(row.p_value),
             f"{row.n_pairs:,}" if row.baseline is not None and row.dcls is not None else "—",
-            _number(row.centre_bias),
+            number(row.centre_bias),
             f"[{style}]{row.verdict}[/]" if style else row.verdict,
         )
     if group.reference is not None:
         table.add_section()
         table.add_row(
             "[italic]centre bias (model-free reference)[/]", "", "", "", "", "", f"{group.reference.n_scored:,}",
-            _number(group.reference.score), "",
+            number(group.reference.score), "",
         )
     return table
 
@@ -98,8 +93,8 @@ def _ranking_table(group: GroupComparison) -> Table:
             str(run.run_id),
             "[italic]centre bias (reference)[/]" if run.is_reference else run.model_label,
             "" if run.is_reference else ("yes" if run.view.dcls else "no"),
-            _number(run.score),
-            _number(run.mean),
+            number(run.score),
+            number(run.mean),
             f"{run.n_scored:,} / {run.view.n_images:,}",
             run.view.status,
         )

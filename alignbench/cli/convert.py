@@ -12,15 +12,13 @@ from rich.table import Table
 
 from alignbench.cli import _options as o
 from alignbench.cli._errors import guarded
+from alignbench.cli._format import summary_table
 from alignbench.errors import ModelError
 
 
 def _summary(result) -> Table:
     report = result.report
     recipe = report.recipe
-    table = Table(title=f"{result.name} → DCLS", show_header=False)
-    table.add_column(style="bold")
-    table.add_column()
     dense, dilated, growth = report.max_span_growth
     size = recipe["dilated_kernel_size"]
     change = report.params_after - report.params_before
@@ -46,9 +44,7 @@ def _summary(result) -> Table:
         rows.append(("wrote", "nothing (pass --out PATH to save the weights)"))
     if result.recorded_in:
         rows.append(("recorded", f"{result.recorded_in} (fingerprint {result.identity.fingerprint[:12]})"))
-    for key, value in rows:
-        table.add_row(key, value)
-    return table
+    return summary_table(f"{result.name} → DCLS", rows)
 
 
 def _as_dict(result) -> dict:

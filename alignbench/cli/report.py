@@ -15,17 +15,12 @@ from rich.text import Text
 from alignbench.analysis import DEFAULT_BINS
 from alignbench.cli import _basic_options as o
 from alignbench.cli._errors import err_console, guarded, stdout_console
+from alignbench.cli._format import number
 from alignbench.errors import AlignbenchError
 
 if TYPE_CHECKING:  # the analysis modules import numpy: loaded only when the command runs
     from alignbench.analysis.report import Report
     from alignbench.analysis.runs import RunFilter
-
-
-def _number(value: float | None, signed: bool = False) -> str:
-    if value is None:
-        return "—"
-    return f"{value:+.4f}" if signed else f"{value:.4f}"
 
 
 def _runs_table(report: Report) -> Table:
@@ -53,8 +48,8 @@ def _runs_table(report: Report) -> Table:
             v.status,
             f"{run.n_scored:,} / {v.n_images:,}",
             f"{run.n_rows - run.n_scored:,}",
-            _number(run.mean),
-            _number(run.score),
+            number(run.mean),
+            number(run.score),
         )
     return table
 
@@ -72,8 +67,8 @@ def _pairs_table(report: Report) -> Table | None:
     for p in sorted(report.pairings, key=lambda p: (p.group.dataset, p.group.protocol, p.model, p.group.method)):
         delta = p.dcls_score - p.baseline_score if p.complete and p.n_pairs else None
         table.add_row(
-            p.model, p.group.explainer_label, p.group.dataset_label, p.group.protocol, _number(p.baseline_score), _number(p.dcls_score),
-            _number(delta, signed=True), f"{p.n_pairs:,}" if p.complete else "—", _number(p.reference_score),
+            p.model, p.group.explainer_label, p.group.dataset_label, p.group.protocol, number(p.baseline_score), number(p.dcls_score),
+            number(delta, signed=True), f"{p.n_pairs:,}" if p.complete else "—", number(p.reference_score),
         )
     return table
 
@@ -87,7 +82,7 @@ def _fits_table(report: Report) -> Table | None:
     for fit in report.parameter_fits:
         table.add_row(
             fit.group.explainer_label, fit.group.dataset_label, fit.group.protocol, str(len(fit.models)),
-            _number(fit.pearson_r, signed=True), _number(fit.spearman_rho, signed=True),
+            number(fit.pearson_r, signed=True), number(fit.spearman_rho, signed=True),
         )
     return table
 

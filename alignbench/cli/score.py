@@ -16,6 +16,7 @@ from rich.table import Table
 from alignbench.distributed import is_main_process
 from alignbench.cli import _options as o
 from alignbench.cli._errors import guarded, stdout_console
+from alignbench.cli._format import number, summary_table
 from alignbench.errors import AlignbenchError, ModelError
 from alignbench.metrics import METRICS
 
@@ -38,9 +39,6 @@ class _Rate(TextColumn):
 
 
 def _summary_table(result: ScoreResult) -> Table:
-    table = Table(title=f"run {result.run_id}" + (" (cached: read from the store)" if result.cached else ""), show_header=False)
-    table.add_column(style="bold")
-    table.add_column()
     params = ", ".join(f"{k}={v}" for k, v in sorted(result.explainer_params.items()))
     rows = [
         ("model", f"{result.model}{' + DCLS' if result.dcls else ''}{' + CA-Stream' if result.ca_stream else ''}"),
@@ -50,16 +48,14 @@ def _summary_table(result: ScoreResult) -> Table:
         ("images", f"{result.n_images} ({result.n_scored} scored, {result.n_skipped} skipped)"),
     ]
     for metric, value in result.metrics.items():
-        rows.append((f"mean {metric}", "n/a" if value is None else f"{value:.4f}"))
+        rows.append((f"mean {metric}", number(value, missing="n/a")))
     if result.alignment_score is not None:
         rows.append(("alignment score", f"{result.alignment_score:.4f}  (mean spearman / human ceiling)"))
     if not result.cached:
         rate = result.computed_images / result.seconds if result.seconds else 0.0
         rows.append(("computed", f"{result.computed_images} images in {result.seconds:.1f} s ({rate:.1f} img/s, {result.device})"))
     rows.append(("status", result.status))
-    for key, value in rows:
-        table.add_row(key, value)
-    return table
+    return summary_table(f"run {result.run_id}" + (" (cached: read from the store)" if result.cached else ""), rows)
 
 
 def scoring_progress(label: str = "scoring") -> tuple[Progress, Callable[[int, int], None]]:

@@ -16,6 +16,7 @@ from rich.table import Table
 
 from alignbench.cli import _options as o
 from alignbench.cli._errors import guarded, stdout_console
+from alignbench.cli._format import number, summary_table
 from alignbench.training import FREEZE_MODES, METHODS, PAPER_GC_LAMBDA, POSITIONS_LR_FACTOR, POSITIONS_OFFSET, SCHEDULES
 
 _FREEZE_HELP = "; ".join(f"{mode.name}: {mode.description}" for mode in FREEZE_MODES.values())
@@ -46,14 +47,7 @@ def _progress_bar(enabled: bool) -> Progress:
     )
 
 
-def _number(value: float | None, digits: int = 4) -> str:
-    return "—" if value is None else f"{value:.{digits}f}"
-
-
 def _summary(result) -> Table:
-    table = Table(title=f"trained {result.tag}", show_header=False)
-    table.add_column(style="bold")
-    table.add_column()
     trained = f"{result.trainable_parameters:,} of {result.total_parameters:,} parameters"
     if result.trainable_positions:
         trained += f" ({result.trainable_positions:,} DCLS position coordinates)"
@@ -64,11 +58,11 @@ def _summary(result) -> Table:
         ("steps", f"{result.steps} of {result.total_steps} ({result.epochs:.2f} epochs, {result.images_seen:,} images, "
                   f"batch {result.batch_size}, {result.processes} process{'es' if result.processes > 1 else ''})"
                   + (f", resumed at step {result.resumed_from}" if result.resumed_from is not None else "")),
-        ("final loss", f"{_number(result.final_loss)} (mean of the last steps)"),
+        ("final loss", f"{number(result.final_loss)} (mean of the last steps)"),
     ]
     if result.top1_before is not None:
-        rows.append(("--val top-1", f"{_number(result.top1_before)} → {_number(result.top1_after)} "
-                                    f"(best {_number(result.best_top1)} at step {result.best_step})"))
+        rows.append(("--val top-1", f"{number(result.top1_before)} → {number(result.top1_after)} "
+                                    f"(best {number(result.best_top1)} at step {result.best_step})"))
     if result.positions_shift_max is not None:
         moved = f"max {result.positions_shift_max:.4f} px, mean {result.positions_shift_mean:.4f} px"
         if result.positions_unpinned:
@@ -81,9 +75,7 @@ def _summary(result) -> Table:
                                  f"parent {result.parent_fingerprint[:12]}"))
         flags = f"{' --dcls' if result.dcls else ''}{' --ca-stream' if result.ca_stream else ''}"
         rows.append(("score it", f"alignbench score --trained {result.tag}  (or: alignbench score {result.model}{flags} --checkpoint {result.last})"))
-    for key, value in rows:
-        table.add_row(key, value)
-    return table
+    return summary_table(f"trained {result.tag}", rows)
 
 
 @guarded
