@@ -179,8 +179,8 @@ def model_request(
     checkpoint: Optional[Path] = None,
     ca_stream: bool = False,
     backbone_checkpoint: Optional[Path] = None,
-    version: Optional[Enum] = None,
-    init: Optional[Enum] = None,
+    version: Optional[Enum | str] = None,
+    init: Optional[Enum | str] = None,
     **options,
 ) -> "ModelRequest":
     """The ``ModelRequest`` of a command's model options (the one place they become a request).
@@ -191,7 +191,7 @@ def model_request(
     from alignbench.errors import ModelError
     from alignbench.models import ModelRequest
 
-    options.update(version=version.value if version else None, init=init.value if init else None)
+    options.update(version=getattr(version, "value", version), init=getattr(init, "value", init))  # the choices' Enums
     if ca_stream:
         return ModelRequest(name, dcls=dcls, checkpoint=backbone_checkpoint, ca_stream=True,
                             stream_checkpoint=checkpoint, **options)
