@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import functools
+import inspect
 from enum import Enum
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Optional
+from typing import TYPE_CHECKING, Annotated, Any, Callable, Optional
 
 import typer
 
 from alignbench._utils.precision import PRECISIONS
+from alignbench.cli._basic_options import Db, Device, Json  # noqa: F401 - re-exported: every command's `o.Db`
 from alignbench.datasets import DATASETS, PROTOCOLS
 from alignbench.explainers import HEAD_FUSIONS, METHODS, check_params
 from alignbench.models.specs import DCLS_VERSIONS, INIT_MODES
@@ -71,16 +74,6 @@ BackboneCheckpoint = Annotated[
         show_default=False,
     ),
 ]
-Device = Annotated[str, typer.Option("--device", help="cpu, cuda or auto (cuda when available).")]
-Db = Annotated[
-    Optional[str],
-    typer.Option(
-        "--db",
-        help="Results store URL (any SQLAlchemy URL). Default: $ALIGNBENCH_DB, else sqlite:///alignbench.db.",
-        show_default=False,
-    ),
-]
-Json = Annotated[bool, typer.Option("--json", help="Print one JSON document on stdout and nothing else.")]
 Precision = Annotated[
     str,
     typer.Option("--precision", help=f"Forward passes in {', '.join(PRECISIONS)} (autocast; maps and metrics stay float32). Part of the run key unless fp32."),
@@ -115,7 +108,7 @@ Protocol = Annotated[
     str, typer.Option("--protocol", help=f"{' or '.join(PROTOCOLS)}: aligned = heatmap and input share one geometry; paper = the published pipeline.")
 ]
 
-# The DCLS recipe overrides (convert, train). Choices built from the registry, never a second list.
+# The DCLS recipe overrides. Choices built from the registry, never a second list.
 DclsVersion = Enum("DclsVersion", {version: version for version in DCLS_VERSIONS}, type=str)
 InitMode = Enum("InitMode", {mode.replace("-", "_"): mode for mode in INIT_MODES}, type=str)
 KernelCount = Annotated[Optional[int], typer.Option("--kernel-count", help="Elements per kernel (default: the registry recipe).", show_default=False)]
@@ -129,6 +122,56 @@ Init = Annotated[
 ]
 
 
+Pretrained = Annotated[
+    bool, typer.Option("--pretrained/--no-pretrained", help="Start from the model's pretrained weights, or from a seeded random initialisation.")
+]
+
+# Every option of the model a command takes (ModelRequest's fields, as the CLI spells them):
+# parameter -> (alias, default). `with_model_options` gives them to a command, `model_request`
+# makes the request: a new model option is added here, to `ModelRequest`, and nowhere else.
+MODEL_OPTIONS: dict[str, tuple[Any, Any]] = {
+    "dcls": (Dcls, False),
+    "checkpoint": (Checkpoint, None),
+    "head": (Head, None),
+    "tag": (Tag, None),
+    "ca_stream": (CaStream, False),
+    "backbone_checkpoint": (BackboneCheckpoint, None),
+    "version": (Version, None),
+    "kernel_count": (KernelCount, None),
+    "dilated_kernel_size": (DilatedKernelSize, None),
+    "init": (Init, None),
+    "pretrained": (Pretrained, True),
+}
+
+
+def with_model_options(*, exclude: tuple[str, ...] = ()) -> Callable[[Callable], Callable]:
+    """Give a command every model option: its parameter ``model_options`` (a dict) stands, in its
+    signature, for the options of ``MODEL_OPTIONS`` (but ``exclude``, e.g. an option the command
+    spells otherwise) at that place, and receives their values by name."""
+
+    def decorate(func: Callable) -> Callable:
+        signature = inspect.signature(func, eval_str=True)
+        parameters = []
+        for parameter in signature.parameters.values():
+            if parameter.name != "model_options":
+                parameters.append(parameter)
+                continue
+            parameters += [
+                inspect.Parameter(name, parameter.kind, annotation=alias, default=default)
+                for name, (alias, default) in MODEL_OPTIONS.items() if name not in exclude
+            ]
+
+        @functools.wraps(func)
+        def command(*args, **kwargs):
+            options = {name: kwargs.pop(name) for name in MODEL_OPTIONS if name in kwargs}
+            return func(*args, model_options=options, **kwargs)
+
+        command.__signature__ = signature.replace(parameters=parameters)  # type: ignore[attr-defined]
+        return command
+
+    return decorate
+
+
 def model_request(
     name: str,
     *,
@@ -136,6 +179,8 @@ def model_request(
     checkpoint: Optional[Path] = None,
     ca_stream: bool = False,
     backbone_checkpoint: Optional[Path] = None,
+    version: Optional[Enum | str] = None,
+    init: Optional[Enum | str] = None,
     **options,
 ) -> "ModelRequest":
     """The ``ModelRequest`` of a command's model options (the one place they become a request).
@@ -146,6 +191,7 @@ def model_request(
     from alignbench.errors import ModelError
     from alignbench.models import ModelRequest
 
+    options.update(version=getattr(version, "value", version), init=getattr(init, "value", init))  # the choices' Enums
     if ca_stream:
         return ModelRequest(name, dcls=dcls, checkpoint=backbone_checkpoint, ca_stream=True,
                             stream_checkpoint=checkpoint, **options)

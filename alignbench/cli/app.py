@@ -1,15 +1,78 @@
-"""The ``alignbench`` command: one Typer app, one module per command (typer's one_file_per_command)."""
+"""The ``alignbench`` command: one Typer app, one module per command (typer's one_file_per_command).
+
+The commands are imported when they run, not when the app is built: ``alignbench --help`` lists them
+from ``COMMANDS`` alone (no torch, numpy or SQLAlchemy), and ``alignbench runs list`` imports only
+what listing runs needs.
+"""
 
 from __future__ import annotations
 
+import importlib
+
+import click
 import typer
+from typer.core import TyperGroup
 
 from alignbench import __version__
-from alignbench.cli import compare, convert, explain, merge, models, report, runs, score, study, train, upgrade
+
+# name -> (module, attribute: a command function or a Typer sub-app, the one-line help of
+# `alignbench --help`). The help is the first line of the function's docstring, or the sub-app's
+# help (tests/cli/test_meta.py holds them equal); the order is the order of `alignbench --help`.
+COMMANDS: dict[str, tuple[str, str, str]] = {
+    "models": ("alignbench.cli.models", "models",
+               "List the model registry: families, DCLS recipes, weight sources, offline availability, CA-Stream."),
+    "convert": ("alignbench.cli.convert", "convert", "Replace a model's convolutions by DCLS per its recipe and write a checkpoint."),
+    "explain": ("alignbench.cli.explain", "explain", "Compute heatmaps for images and write DIR/<stem>.npy and DIR/<stem>.png overlays."),
+    "score": ("alignbench.cli.score", "score", "Explain every image of a dataset, score it against the human maps, store and summarise."),
+    "compare": ("alignbench.cli.compare", "compare", "DCLS vs baseline per architecture, with confidence intervals and rankings, from the store."),
+    "report": ("alignbench.cli.report", "report", "Tables and terminal plots of everything stored; CSV/JSON/Markdown/PNG exports."),
+    "upgrade": ("alignbench.cli.upgrade", "upgrade", "Upgrade a store written by an older alignbench to this one's schema, keeping every row."),
+    "train": ("alignbench.cli.train", "train",
+              "Train a model for alignment: DCLS positions, Grad-CAM consistency, CA-Stream; checkpoints with lineage in the store."),
+    "merge": ("alignbench.cli.merge", "merge", "Union stores made on machines without a shared server into one."),
+    "runs": ("alignbench.cli.runs", "app", "List the stored runs, delete the ones you no longer want."),
+    "study": ("alignbench.cli.study", "app",
+              "A whole grid of runs (models x variants x explainers x datasets x protocols) as one resumable command."),
+}
+
+_HELP = "How well vision models' explanations align with human attention, with and without DCLS."
+
+
+class _Listed(click.Command):
+    """A command as `alignbench --help` lists it (name and one-line help), until it is run."""
+
+
+def load_command(name: str) -> click.Command:
+    """The click command ``name`` of ``COMMANDS``, importing its module: built by a Typer app with the
+    settings of ``app``, as ``app.command(name)`` / ``app.add_typer(..., name=name)`` would build it."""
+    module, attribute, _ = COMMANDS[name]
+    target = getattr(importlib.import_module(module), attribute)
+    host = typer.Typer(add_completion=False, pretty_exceptions_enable=False, rich_markup_mode="rich")
+    if isinstance(target, typer.Typer):
+        host.add_typer(target, name=name)
+    else:
+        host.command(name)(target)
+    return typer.main.get_group(host).commands[name]
+
+
+class LazyGroup(TyperGroup):
+    """A Typer group whose commands are imported on first use (click's lazy-loading pattern)."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        for name, (_, _, help_line) in COMMANDS.items():
+            self.commands.setdefault(name, _Listed(name, help=help_line))
+
+    def resolve_command(self, ctx: click.Context, args: list[str]):
+        if args and isinstance(self.commands.get(args[0]), _Listed):
+            self.commands[args[0]] = load_command(args[0])
+        return super().resolve_command(ctx, args)
+
 
 app = typer.Typer(
     name="alignbench",
-    help="How well vision models' explanations align with human attention, with and without DCLS.",
+    cls=LazyGroup,
+    help=_HELP,
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
@@ -28,20 +91,6 @@ def _root(
     version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version and exit."),
 ) -> None:
     """How well vision models' explanations align with human attention, with and without DCLS."""
-
-
-# The first line of each command's docstring is its one-line help in `alignbench --help`.
-app.command("models")(models.models)
-app.command("convert")(convert.convert)
-app.command("explain")(explain.explain)
-app.command("score")(score.score)
-app.command("compare")(compare.compare)
-app.command("report")(report.report)
-app.command("upgrade")(upgrade.upgrade)
-app.add_typer(runs.app, name="runs")
-app.command("train")(train.train)
-app.add_typer(study.app, name="study")
-app.command("merge")(merge.merge)
 
 
 def main() -> None:

@@ -9,22 +9,12 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from alignbench.cli import _options as o
+from alignbench.cli import _basic_options as o
 from alignbench.cli._errors import err_console, guarded, stdout_console
+from alignbench.cli._format import number
 
 if TYPE_CHECKING:  # the analysis modules import numpy: loaded only when the command runs
     from alignbench.analysis.compare import CompareResult, GroupComparison
-
-# Filters shared with `report` (which imports them from here).
-ExplainerFilter = Annotated[
-    Optional[str], typer.Option("--explainer", help="Only this explainer (name or alias, e.g. threshold).", show_default=False)
-]
-DatasetFilter = Annotated[Optional[str], typer.Option("--dataset", help="Only this dataset (e.g. clickme-val).", show_default=False)]
-ProtocolFilter = Annotated[Optional[str], typer.Option("--protocol", help="Only this protocol: aligned or paper.", show_default=False)]
-Metric = Annotated[str, typer.Option("--metric", help="The per-image metric (spearman, or another stored metric).")]
-ShowAll = Annotated[
-    bool, typer.Option("--all", help="Also show runs with no stored row (stopped before their first batch; hidden by default).")
-]
 
 _VERDICT_STYLE = {"better": "bold green", "worse": "bold red", "no significant difference": "", "identical": "", "too few pairs": "yellow"}
 # per kind of comparison: (title, column of side A, column of side B, Δ as words, what a row is)
@@ -33,12 +23,6 @@ _KINDS = {
     "against-parent": ("trained vs parent", "parent", "trained", "trained − parent", "trained models"),
     "runs": ("run B vs run A", "run A", "run B", "run B − run A", "pairs"),
 }
-
-
-def _number(value: float | None, signed: bool = False) -> str:
-    if value is None:
-        return "—"
-    return f"{value:+.4f}" if signed else f"{value:.4f}"
 
 
 def _p_value(p: float | None) -> str:
@@ -77,20 +61,20 @@ def _comparison_table(group: GroupComparison, n_resamples: int, kind: str = "dcl
         style = _VERDICT_STYLE.get(row.verdict, "yellow")
         table.add_row(
             _row_name(row),
-            _number(row.baseline),
-            _number(row.dcls),
-            _number(row.delta, signed=True),
+            number(row.baseline),
+            number(row.dcls),
+            number(row.delta, signed=True),
             ci,
             _p_value(row.p_value),
             f"{row.n_pairs:,}" if row.baseline is not None and row.dcls is not None else "—",
-            _number(row.centre_bias),
+            number(row.centre_bias),
             f"[{style}]{row.verdict}[/]" if style else row.verdict,
         )
     if group.reference is not None:
         table.add_section()
         table.add_row(
             "[italic]centre bias (model-free reference)[/]", "", "", "", "", "", f"{group.reference.n_scored:,}",
-            _number(group.reference.score), "",
+            number(group.reference.score), "",
         )
     return table
 
@@ -109,8 +93,8 @@ def _ranking_table(group: GroupComparison) -> Table:
             str(run.run_id),
             "[italic]centre bias (reference)[/]" if run.is_reference else run.model_label,
             "" if run.is_reference else ("yes" if run.view.dcls else "no"),
-            _number(run.score),
-            _number(run.mean),
+            number(run.score),
+            number(run.mean),
             f"{run.n_scored:,} / {run.view.n_images:,}",
             run.view.status,
         )
@@ -175,11 +159,11 @@ def print_result(result: CompareResult, console: Console) -> None:
 
 @guarded
 def compare(
-    explainer: ExplainerFilter = None,
-    dataset: DatasetFilter = None,
-    protocol: ProtocolFilter = None,
-    metric: Metric = "spearman",
-    show_all: ShowAll = False,
+    explainer: o.ExplainerFilter = None,
+    dataset: o.DatasetFilter = None,
+    protocol: o.ProtocolFilter = None,
+    metric: o.Metric = "spearman",
+    show_all: o.ShowAll = False,
     against: Annotated[
         str, typer.Option("--against", help="baseline: each architecture's DCLS weights and trained DCLS variants vs its baseline; parent: each trained model vs the model it was trained from.")
     ] = "baseline",
@@ -200,10 +184,7 @@ def compare(
 
     if runs is not None and (against != "baseline" or explainer or dataset or protocol):
         raise AlignbenchError("--runs A B names the two runs itself; give it without --against, --explainer, --dataset or --protocol")
-    result = run_compare(
-        db, explainer=explainer, dataset=dataset, protocol=protocol, metric=metric, against=against, run_pair=runs,
-        include_empty=show_all,
-    )
+    result = run_compare(db, o.run_filter(explainer, dataset, protocol, metric, show_all=show_all), against=against, run_pair=runs)
     if as_json:
         typer.echo(json.dumps(result.to_json(), allow_nan=False))
         for group in result.groups:

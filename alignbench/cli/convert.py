@@ -13,15 +13,13 @@ from rich.table import Table
 
 from alignbench.cli import _options as o
 from alignbench.cli._errors import guarded
+from alignbench.cli._format import summary_table
 from alignbench.errors import ModelError
 
 
 def _summary(result) -> Table:
     report = result.report
     recipe = report.recipe
-    table = Table(title=f"{result.name} → DCLS", show_header=False)
-    table.add_column(style="bold")
-    table.add_column()
     dense, dilated, growth = report.max_span_growth
     size = recipe["dilated_kernel_size"]
     change = report.params_after - report.params_before
@@ -47,9 +45,7 @@ def _summary(result) -> Table:
         rows.append(("wrote", "nothing (pass --out PATH to save the weights)"))
     if result.recorded_in:
         rows.append(("recorded", f"{result.recorded_in} (fingerprint {result.identity.fingerprint[:12]})"))
-    for key, value in rows:
-        table.add_row(key, value)
-    return table
+    return summary_table(f"{result.name} → DCLS", rows)
 
 
 def _as_dict(result) -> dict:
@@ -74,15 +70,10 @@ def _as_dict(result) -> dict:
 
 
 @guarded
+@o.with_model_options()
 def convert(
     model: o.ModelName,
-    dcls: o.Dcls = False,
-    kernel_count: o.KernelCount = None,
-    dilated_kernel_size: o.DilatedKernelSize = None,
-    version: o.Version = None,
-    init: o.Init = None,
-    checkpoint: o.Checkpoint = None,
-    head: o.Head = None,
+    model_options: dict = None,  # every model option (o.MODEL_OPTIONS)
     out: Annotated[Optional[Path], typer.Option("--out", help="Write the converted weights here (.safetensors, else torch.save).", show_default=False)] = None,
     device: o.Device = "cpu",
     db: o.Db = None,
@@ -95,19 +86,9 @@ def convert(
     from alignbench.models import convert_model
     from alignbench.store.queries import record_model
 
-    if not dcls:
+    if not model_options["dcls"]:
         raise ModelError("convert turns a model into its DCLS version: add --dcls")
-    result = convert_model(
-        model,
-        version=version.value if version else None,
-        kernel_count=kernel_count,
-        dilated_kernel_size=dilated_kernel_size,
-        init=init.value if init else None,
-        checkpoint=checkpoint,
-        head=head,
-        out=out,
-        device=device,
-    )
+    result = convert_model(o.model_request(model, **model_options), out=out, device=device)
     result = replace(result, recorded_in=record_model(db, result.identity, param_count=result.param_count, family=result.family))
     if as_json:
         print(json.dumps(_as_dict(result), indent=1))

@@ -10,8 +10,8 @@ from rich.console import Console
 from rich.table import Table
 
 from alignbench.cli._errors import err_console, guarded
-from alignbench.cli._options import (BackboneCheckpoint, CaStream, Checkpoint, Dcls, Device, DiscardRatio, Explainer, Head,
-                                     HeadFusion, Layer, ModelName, Tag, explainer_params, model_request)
+from alignbench.cli._options import (Device, DiscardRatio, Explainer, HeadFusion, Layer, ModelName, explainer_params, model_request,
+                                     with_model_options)
 from alignbench.explainers import DEFAULT_METHOD, explain_files
 
 Images = Annotated[
@@ -31,6 +31,7 @@ BatchSize = Annotated[int, typer.Option("--batch-size", min=1, help="Images per 
 
 
 @guarded
+@with_model_options()
 def explain(
     model: ModelName,
     images: Images,
@@ -41,12 +42,7 @@ def explain(
     layer: Layer = None,
     head_fusion: HeadFusion = None,
     discard_ratio: DiscardRatio = None,
-    dcls: Dcls = False,
-    checkpoint: Checkpoint = None,
-    head: Head = None,
-    tag: Tag = None,
-    ca_stream: CaStream = False,
-    backbone_checkpoint: BackboneCheckpoint = None,
+    model_options: dict = None,  # every model option (MODEL_OPTIONS)
     device: Device = "auto",
     batch_size: BatchSize = 8,
 ) -> None:
@@ -58,9 +54,7 @@ def explain(
     """
     params = explainer_params(explainer, threshold=threshold, layer=layer, head_fusion=head_fusion, discard_ratio=discard_ratio)
     result = explain_files(
-        model_request(model, dcls=dcls, checkpoint=checkpoint, head=head, tag=tag, ca_stream=ca_stream,
-                      backbone_checkpoint=backbone_checkpoint),
-        images, out, method=explainer, params=params,
+        model_request(model, **model_options), images, out, method=explainer, params=params,
         target=target, device=device, batch_size=batch_size,
     )
     for path, why in result.skipped:

@@ -9,9 +9,10 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from alignbench.cli import _options as o
+from alignbench.cli import _basic_options as o
 from alignbench.cli._errors import guarded, stdout_console
 from alignbench.models.specs import variant_name
+from alignbench.cli._format import number
 
 
 def _yes_no(value: bool | None) -> str:
@@ -33,10 +34,6 @@ def _ca_stream_note(rows) -> str:
             "parameters (--json: params_ca_stream).")
 
 
-def _number(value: float | None) -> str:
-    return "—" if value is None else f"{value:.4f}"
-
-
 def _trained(db: str | None, as_json: bool) -> None:
     from alignbench.analysis.lineage import trained_models
 
@@ -50,12 +47,12 @@ def _trained(db: str | None, as_json: bool) -> None:
         table.add_column(column, justify="right" if column in ("steps", "final loss") else "left", no_wrap=True)
     for row in rows:
         lineage = row.lineage
-        top1 = "—" if lineage.get("top1_before") is None else f"{_number(lineage.get('top1_before'))} → {_number(lineage.get('top1_after'))}"
+        top1 = "—" if lineage.get("top1_before") is None else f"{number(lineage.get('top1_before'))} → {number(lineage.get('top1_after'))}"
         moved = "—" if lineage.get("positions_shift_max") is None else f"max {lineage['positions_shift_max']:.3f} px"
         checkpoint = Path(lineage["checkpoint"]) if lineage.get("checkpoint") else None  # its --out and file name
         table.add_row(
             row.label, variant_name(row.name, dcls=row.dcls, ca_stream=row.ca_stream), row.origin, row.parent_label,
-            str(lineage.get("steps", "—")), _number(lineage.get("final_loss")), top1, moved,
+            str(lineage.get("steps", "—")), number(lineage.get("final_loss")), top1, moved,
             f"{checkpoint.parent.name}/{checkpoint.name}" if checkpoint else "—",
         )
     stdout_console().print(table)

@@ -13,19 +13,14 @@ from rich.table import Table
 from rich.text import Text
 
 from alignbench.analysis import DEFAULT_BINS
-from alignbench.cli import _options as o
+from alignbench.cli import _basic_options as o
 from alignbench.cli._errors import err_console, guarded, stdout_console
-from alignbench.cli.compare import DatasetFilter, ExplainerFilter, Metric, ProtocolFilter, ShowAll
+from alignbench.cli._format import number
 from alignbench.errors import AlignbenchError
 
 if TYPE_CHECKING:  # the analysis modules import numpy: loaded only when the command runs
     from alignbench.analysis.report import Report
-
-
-def _number(value: float | None, signed: bool = False) -> str:
-    if value is None:
-        return "—"
-    return f"{value:+.4f}" if signed else f"{value:.4f}"
+    from alignbench.analysis.runs import RunFilter
 
 
 def _runs_table(report: Report) -> Table:
@@ -53,8 +48,8 @@ def _runs_table(report: Report) -> Table:
             v.status,
             f"{run.n_scored:,} / {v.n_images:,}",
             f"{run.n_rows - run.n_scored:,}",
-            _number(run.mean),
-            _number(run.score),
+            number(run.mean),
+            number(run.score),
         )
     return table
 
@@ -72,8 +67,8 @@ def _pairs_table(report: Report) -> Table | None:
     for p in sorted(report.pairings, key=lambda p: (p.group.dataset, p.group.protocol, p.model, p.group.method)):
         delta = p.dcls_score - p.baseline_score if p.complete and p.n_pairs else None
         table.add_row(
-            p.model, p.group.explainer_label, p.group.dataset_label, p.group.protocol, _number(p.baseline_score), _number(p.dcls_score),
-            _number(delta, signed=True), f"{p.n_pairs:,}" if p.complete else "—", _number(p.reference_score),
+            p.model, p.group.explainer_label, p.group.dataset_label, p.group.protocol, number(p.baseline_score), number(p.dcls_score),
+            number(delta, signed=True), f"{p.n_pairs:,}" if p.complete else "—", number(p.reference_score),
         )
     return table
 
@@ -87,7 +82,7 @@ def _fits_table(report: Report) -> Table | None:
     for fit in report.parameter_fits:
         table.add_row(
             fit.group.explainer_label, fit.group.dataset_label, fit.group.protocol, str(len(fit.models)),
-            _number(fit.pearson_r, signed=True), _number(fit.spearman_rho, signed=True),
+            number(fit.pearson_r, signed=True), number(fit.spearman_rho, signed=True),
         )
     return table
 
@@ -124,7 +119,7 @@ def _print_report(report: Report, console: Console) -> None:
         console.print(worst)
 
 
-def _write_html(directory: Path, db: str | None, *, gallery: int, seed: int, bins: int, force: bool, device: str, others: tuple, **filters) -> None:
+def _write_html(directory: Path, db: str | None, runs: RunFilter, *, gallery: int, seed: int, bins: int, force: bool, device: str, others: tuple) -> None:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from alignbench.html_report import write_html_report
@@ -146,7 +141,7 @@ def _write_html(directory: Path, db: str | None, *, gallery: int, seed: int, bin
 
     try:
         result = write_html_report(
-            directory, db, gallery=gallery, seed=seed, bins=bins, force=force, device=device, progress=on_progress, **filters,
+            directory, db, runs, gallery=gallery, seed=seed, bins=bins, force=force, device=device, progress=on_progress,
         )
     finally:
         progress.stop()
@@ -161,11 +156,11 @@ def _write_html(directory: Path, db: str | None, *, gallery: int, seed: int, bin
 
 @guarded
 def report(
-    explainer: ExplainerFilter = None,
-    dataset: DatasetFilter = None,
-    protocol: ProtocolFilter = None,
-    metric: Metric = "spearman",
-    run: Annotated[Optional[int], typer.Option("--run", help="Report on this run only (ids: the `run` column).", show_default=False)] = None,
+    explainer: o.ExplainerFilter = None,
+    dataset: o.DatasetFilter = None,
+    protocol: o.ProtocolFilter = None,
+    metric: o.Metric = "spearman",
+    run: o.RunId = None,
     worst: Annotated[
         Optional[int], typer.Option("--worst", help="With --run: list the N images the model agrees with humans least on (default 10).", show_default=False)
     ] = None,
@@ -178,7 +173,7 @@ def report(
         Optional[Path], typer.Option("--png", help="Write the figures as PNG files into this directory.", show_default=False)
     ] = None,
     bins: Annotated[int, typer.Option("--bins", help="Histogram bins.")] = DEFAULT_BINS,
-    show_all: ShowAll = False,
+    show_all: o.ShowAll = False,
     html: Annotated[
         Optional[Path],
         typer.Option("--html", help="Write a static HTML report with map galleries into this directory (with --run: that run's page).", show_default=False),
@@ -200,9 +195,9 @@ def report(
     """
     if as_json and markdown:
         raise AlignbenchError("--json and --markdown both print the report; choose one")
+    runs = o.run_filter(explainer, dataset, protocol, metric, run, show_all)
     if html is not None:
-        _write_html(html, db, explainer=explainer, dataset=dataset, protocol=protocol, metric=metric, run_id=run,
-                    include_empty=show_all, gallery=gallery, seed=seed, bins=bins, force=force, device=device,
+        _write_html(html, db, runs, gallery=gallery, seed=seed, bins=bins, force=force, device=device,
                     others=(csv, png, worst, as_json or markdown))
         return
     from alignbench._utils.paths import check_output_dir, check_output_file
@@ -213,20 +208,36 @@ def report(
         check_output_file(csv, "--csv")
     if png is not None:
         check_output_dir(png, "--png")
-    result = build(
-        db, explainer=explainer, dataset=dataset, protocol=protocol, metric=metric, run_id=run, worst=worst, bins=bins,
-        include_empty=show_all,
-    )
+    result = build(db, runs, worst=worst, bins=bins)
     if result.empty:
-        # nothing stored yet is not an error: say what to run, exit 0
-        if as_json:
-            typer.echo(json.dumps(exports.json_document(result), allow_nan=False))
-            err_console.print(result.message, markup=False, highlight=False)
-        elif markdown:
-            typer.echo(f"_{result.message}_")
-        else:
-            typer.echo(result.message)
+        _print_empty(result, as_json=as_json, markdown=markdown)  # nothing stored yet is not an error: exit 0
         return
+    _export(result, csv=csv, png=png)
+    if as_json:
+        typer.echo(json.dumps(exports.json_document(result), allow_nan=False))
+    elif markdown:
+        sys.stdout.write(exports.to_markdown(result))
+    else:
+        _print_report(result, stdout_console())
+
+
+def _print_empty(result: Report, *, as_json: bool, markdown: bool) -> None:
+    """An empty report: its message (what to run), in the form asked for."""
+    from alignbench.analysis import exports
+
+    if as_json:
+        typer.echo(json.dumps(exports.json_document(result), allow_nan=False))
+        err_console.print(result.message, markup=False, highlight=False)
+    elif markdown:
+        typer.echo(f"_{result.message}_")
+    else:
+        typer.echo(result.message)
+
+
+def _export(result: Report, *, csv: Path | None, png: Path | None) -> None:
+    """Write the --csv table and the --png figures, each file named on stderr."""
+    from alignbench.analysis import exports
+
     if csv is not None:
         path = exports.write_csv(result, csv)
         err_console.print(f"wrote {exports.main_table(result)} table to {path}", markup=False, highlight=False)
@@ -235,9 +246,3 @@ def report(
 
         for path in write_pngs(result, png):
             err_console.print(f"wrote {path}", markup=False, highlight=False)
-    if as_json:
-        typer.echo(json.dumps(exports.json_document(result), allow_nan=False))
-    elif markdown:
-        sys.stdout.write(exports.to_markdown(result))
-    else:
-        _print_report(result, stdout_console())

@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from alignbench.cli import _options as o
+from alignbench.cli import _basic_options as o
 from alignbench.cli._errors import guarded, stdout_console
 from alignbench.models.specs import variant_name
 

@@ -6,7 +6,7 @@ import json
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import TYPE_CHECKING, Annotated, Any, Optional
 
 import typer
 from rich.console import Console
@@ -16,11 +16,14 @@ from rich.table import Table
 from alignbench.distributed import is_main_process
 from alignbench.cli import _options as o
 from alignbench.cli._errors import guarded, stdout_console
+from alignbench.cli._format import number, summary_table
 from alignbench.errors import AlignbenchError, ModelError
 from alignbench.metrics import METRICS
 from alignbench.models.specs import variant_name
-from alignbench.scoring import DEFAULT_MODEL, ScoreRequest, ScoreResult, parse_metrics, trained_request
-from alignbench.scoring import score as run_score
+
+if TYPE_CHECKING:  # pragma: no cover - the scoring modules import SQLAlchemy: loaded only when the command runs
+    from alignbench.models import ModelRequest
+    from alignbench.scoring import ScoreRequest, ScoreResult
 
 
 class _Rate(TextColumn):
@@ -37,9 +40,6 @@ class _Rate(TextColumn):
 
 
 def _summary_table(result: ScoreResult) -> Table:
-    table = Table(title=f"run {result.run_id}" + (" (cached: read from the store)" if result.cached else ""), show_header=False)
-    table.add_column(style="bold")
-    table.add_column()
     params = ", ".join(f"{k}={v}" for k, v in sorted(result.explainer_params.items()))
     rows = [
         ("model", variant_name(result.model, dcls=result.dcls, ca_stream=result.ca_stream)),
@@ -49,16 +49,14 @@ def _summary_table(result: ScoreResult) -> Table:
         ("images", f"{result.n_images} ({result.n_scored} scored, {result.n_skipped} skipped)"),
     ]
     for metric, value in result.metrics.items():
-        rows.append((f"mean {metric}", "n/a" if value is None else f"{value:.4f}"))
+        rows.append((f"mean {metric}", number(value, missing="n/a")))
     if result.alignment_score is not None:
         rows.append(("alignment score", f"{result.alignment_score:.4f}  (mean spearman / human ceiling)"))
     if not result.cached:
         rate = result.computed_images / result.seconds if result.seconds else 0.0
         rows.append(("computed", f"{result.computed_images} images in {result.seconds:.1f} s ({rate:.1f} img/s, {result.device})"))
     rows.append(("status", result.status))
-    for key, value in rows:
-        table.add_row(key, value)
-    return table
+    return summary_table(f"run {result.run_id}" + (" (cached: read from the store)" if result.cached else ""), rows)
 
 
 def scoring_progress(label: str = "scoring") -> tuple[Progress, Callable[[int, int], None]]:
@@ -89,6 +87,7 @@ def scoring_progress(label: str = "scoring") -> tuple[Progress, Callable[[int, i
 
 
 @guarded
+@o.with_model_options()
 def score(
     models: Annotated[
         Optional[list[str]],
@@ -99,12 +98,7 @@ def score(
             show_default=False,
         ),
     ] = None,
-    dcls: o.Dcls = False,
-    checkpoint: o.Checkpoint = None,
-    head: o.Head = None,
-    tag: o.Tag = None,
-    ca_stream: o.CaStream = False,
-    backbone_checkpoint: o.BackboneCheckpoint = None,
+    model_options: dict = None,  # every model option (o.MODEL_OPTIONS)
     trained: Annotated[
         Optional[str], typer.Option("--trained", help="A model `alignbench train` made, by its tag (see `alignbench models --trained`).", show_default=False)
     ] = None,
@@ -138,27 +132,8 @@ def score(
 
     On 8 GPUs: [bold]torchrun --nproc_per_node 8 -m alignbench score resnet50 convnext_tiny --device cuda[/]
     """
-    names = list(dict.fromkeys(models or []))
-    if trained is not None:
-        chosen = [trained_request(trained, db)]
-        if dcls or ca_stream or checkpoint is not None or backbone_checkpoint is not None or head is not None or (
-            names and names != [chosen[0].name]
-        ):
-            raise ModelError(
-                f"--trained {trained} is {chosen[0].name}{' --dcls' if chosen[0].dcls else ''} with its own checkpoint; give --trained alone"
-            )
-    else:
-        names = names or [DEFAULT_MODEL]
-        one_model = [
-            name for name, value in (("--checkpoint", checkpoint), ("--head", head), ("--tag", tag), ("--backbone-checkpoint", backbone_checkpoint))
-            if value is not None
-        ]
-        if one_model and len(names) > 1:
-            raise AlignbenchError(f"{one_model[0]} belongs to one model; score {len(names)} models with a study file instead")
-        chosen = [
-            o.model_request(name, dcls=dcls, checkpoint=checkpoint, head=head, tag=tag, ca_stream=ca_stream, backbone_checkpoint=backbone_checkpoint)
-            for name in names
-        ]
+    from alignbench.scoring import ScoreRequest, parse_metrics
+
     requests = [
         ScoreRequest(
             model=model_request,
@@ -176,22 +151,51 @@ def score(
             workers=workers,
             precision=precision,
         )
-        for model_request in chosen
+        for model_request in _model_requests(list(dict.fromkeys(models or [])), trained, model_options, db)
     ]
+    results, comparison = _run(requests, db)
+    if is_main_process():  # under torchrun, rank 0 prints what the store holds once every rank is done
+        _print_results(results, comparison, as_json)
+
+
+def _model_requests(names: list[str], trained: str | None, model_options: dict, db: str | None) -> list[ModelRequest]:
+    """The models to score: ``--trained TAG`` alone, or each name with the model options."""
+    from alignbench.scoring import DEFAULT_MODEL, trained_request
+
+    if trained is not None:
+        request = trained_request(trained, db)
+        # --tag names the model in the store and is ignored here; every other model option is --trained's own
+        given = [name for name, (_, default) in o.MODEL_OPTIONS.items() if name != "tag" and model_options[name] != default]
+        if given or (names and names != [request.name]):
+            raise ModelError(
+                f"--trained {trained} is {request.name}{' --dcls' if request.dcls else ''} with its own checkpoint; give --trained alone"
+            )
+        return [request]
+    names = names or [DEFAULT_MODEL]
+    one_model = [f"--{name.replace('_', '-')}" for name in ("checkpoint", "head", "tag", "backbone_checkpoint") if model_options[name] is not None]
+    if one_model and len(names) > 1:
+        raise AlignbenchError(f"{one_model[0]} belongs to one model; score {len(names)} models with a study file instead")
+    return [o.model_request(name, **model_options) for name in names]
+
+
+def _run(requests: list[ScoreRequest], db: str | None) -> tuple[list[ScoreResult], Any]:
+    """Score one request, or several as a study (each in turn, then compared): the results and the comparison."""
+    from alignbench.scoring import score as run_score
+
     progress, on_progress = scoring_progress()
     try:
         if len(requests) == 1:
-            results, comparison = [run_score(requests[0], db=db, progress=on_progress)], None
-        else:
-            from alignbench.analysis.compare import compare_results
-            from alignbench.scoring.study import run_study
+            return [run_score(requests[0], db=db, progress=on_progress)], None
+        from alignbench.analysis.compare import compare_results
+        from alignbench.scoring.study import run_study
 
-            done = run_study(requests, db=db, progress=on_progress, compare=lambda results: compare_results(results, db=db))
-            results, comparison = done.results, done.comparison
+        done = run_study(requests, db=db, progress=on_progress, compare=lambda results: compare_results(results, db=db))
+        return done.results, done.comparison
     finally:
         progress.stop()
-    if not is_main_process():
-        return  # under torchrun, rank 0 prints what the store holds once every rank is done
+
+
+def _print_results(results: list[ScoreResult], comparison, as_json: bool) -> None:
     if as_json:
         document = results[0].to_json() if len(results) == 1 else [result.to_json() for result in results]
         typer.echo(json.dumps(document, default=str))

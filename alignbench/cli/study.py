@@ -9,8 +9,9 @@ import typer
 from rich.table import Table
 
 from alignbench.distributed import is_main_process
-from alignbench.cli import _options as o
+from alignbench.cli import _basic_options as o
 from alignbench.cli._errors import err_console, guarded, stdout_console
+from alignbench.cli._format import number
 
 app = typer.Typer(
     name="study",
@@ -116,7 +117,7 @@ def run(
     def on_result(index: int, result) -> None:
         if main:
             how = "in the store" if result.cached else f"computed {result.computed_images:,} images in {result.seconds:.1f} s"
-            mean = "n/a" if result.mean_spearman is None else f"{result.mean_spearman:.4f}"
+            mean = number(result.mean_spearman, missing="n/a")
             err_console.print(f"    run {result.run_id}: {result.status}, {result.n_scored:,}/{result.n_images:,} scored, mean spearman {mean} ({how})",
                               markup=False, highlight=False)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any, Optional
 
@@ -16,6 +17,7 @@ from rich.table import Table
 from alignbench.cli import _options as o
 from alignbench.cli._errors import guarded, stdout_console
 from alignbench.models.specs import variant_name
+from alignbench.cli._format import number, summary_table
 from alignbench.training import FREEZE_MODES, METHODS, PAPER_GC_LAMBDA, POSITIONS_LR_FACTOR, POSITIONS_OFFSET, SCHEDULES
 
 _FREEZE_HELP = "; ".join(f"{mode.name}: {mode.description}" for mode in FREEZE_MODES.values())
@@ -46,14 +48,7 @@ def _progress_bar(enabled: bool) -> Progress:
     )
 
 
-def _number(value: float | None, digits: int = 4) -> str:
-    return "—" if value is None else f"{value:.{digits}f}"
-
-
 def _summary(result) -> Table:
-    table = Table(title=f"trained {result.tag}", show_header=False)
-    table.add_column(style="bold")
-    table.add_column()
     trained = f"{result.trainable_parameters:,} of {result.total_parameters:,} parameters"
     if result.trainable_positions:
         trained += f" ({result.trainable_positions:,} DCLS position coordinates)"
@@ -63,11 +58,11 @@ def _summary(result) -> Table:
         ("steps", f"{result.steps} of {result.total_steps} ({result.epochs:.2f} epochs, {result.images_seen:,} images, "
                   f"batch {result.batch_size}, {result.processes} process{'es' if result.processes > 1 else ''})"
                   + (f", resumed at step {result.resumed_from}" if result.resumed_from is not None else "")),
-        ("final loss", f"{_number(result.final_loss)} (mean of the last steps)"),
+        ("final loss", f"{number(result.final_loss)} (mean of the last steps)"),
     ]
     if result.top1_before is not None:
-        rows.append(("--val top-1", f"{_number(result.top1_before)} → {_number(result.top1_after)} "
-                                    f"(best {_number(result.best_top1)} at step {result.best_step})"))
+        rows.append(("--val top-1", f"{number(result.top1_before)} → {number(result.top1_after)} "
+                                    f"(best {number(result.best_top1)} at step {result.best_step})"))
     if result.positions_shift_max is not None:
         moved = f"max {result.positions_shift_max:.4f} px, mean {result.positions_shift_mean:.4f} px"
         if result.positions_unpinned:
@@ -80,25 +75,16 @@ def _summary(result) -> Table:
                                  f"parent {result.parent_fingerprint[:12]}"))
         flags = f"{' --dcls' if result.dcls else ''}{' --ca-stream' if result.ca_stream else ''}"
         rows.append(("score it", f"alignbench score --trained {result.tag}  (or: alignbench score {result.model}{flags} --checkpoint {result.last})"))
-    for key, value in rows:
-        table.add_row(key, value)
-    return table
+    return summary_table(f"trained {result.tag}", rows)
 
 
 @guarded
+@o.with_model_options(exclude=("tag",))  # train's --tag names the trained model
 def train(
     model: o.ModelName,
     data: Annotated[str, typer.Option("--data", help="Training images: an ImageFolder tree (ImageNet wnid folders → ImageNet-1k indices), a folder with images/ and labels.csv, or `sample` (the embedded images).", show_default=False)],
     out: Annotated[Path, typer.Option("--out", help="Directory for last.pt (to --resume), last.safetensors / best.safetensors (to score), log.jsonl, train.json.", file_okay=False, show_default=False)],
-    dcls: o.Dcls = False,
-    checkpoint: o.Checkpoint = None,
-    ca_stream: o.CaStream = False,
-    backbone_checkpoint: o.BackboneCheckpoint = None,
-    version: o.Version = None,
-    kernel_count: o.KernelCount = None,
-    dilated_kernel_size: o.DilatedKernelSize = None,
-    init: o.Init = None,
-    pretrained: Annotated[bool, typer.Option("--pretrained/--no-pretrained", help="Start from the model's pretrained weights, or from a seeded random initialisation.")] = True,
+    model_options: dict = None,  # every model option (o.MODEL_OPTIONS) but --tag
     val: Annotated[Optional[str], typer.Option("--val", help="Images (same layouts) for top-1 before training and after each epoch; picks best.safetensors.", show_default=False)] = None,
     steps: Annotated[Optional[int], typer.Option("--steps", help="Optimiser steps (or --epochs; default 1 epoch).", show_default=False)] = None,
     epochs: Annotated[Optional[int], typer.Option("--epochs", help="Passes over --data.", show_default=False)] = None,
@@ -144,27 +130,30 @@ def train(
     from alignbench.training import TrainRequest
     from alignbench.training import train as run_train
 
-    request = TrainRequest(
-        model=o.model_request(
-            model, dcls=dcls, checkpoint=checkpoint, version=version.value if version else None,
-            kernel_count=kernel_count, dilated_kernel_size=dilated_kernel_size, init=init.value if init else None,
-            pretrained=pretrained, ca_stream=ca_stream, backbone_checkpoint=backbone_checkpoint,
-        ),
-        data=data, out=out, val=val, steps=steps, epochs=epochs, batch_size=batch_size, opt=opt, lr=lr,
-        weight_decay=weight_decay, momentum=momentum, sched=sched, warmup_steps=warmup_steps, min_lr=min_lr,
-        positions_lr=positions_lr, positions_offset=positions_offset, freeze=freeze, gc_consistency=gc_consistency,
-        maxpool=maxpool, distill_from=distill_from, distill_weight=distill_weight, seed=seed, img_size=img_size,
-        aug=aug, workers=workers, amp=amp, device=device, tag=tag, resume=resume, checkpoint_every=checkpoint_every,
-        decay_epochs=decay_epochs, decay_rate=decay_rate,
-    )
+    # every parameter but the model's options is a TrainRequest field of the same name
+    request = TrainRequest.from_options(o.model_request(model, **model_options), locals())
     main_process = os.environ.get("RANK", "0") == "0"
     bar = _progress_bar(enabled=main_process and sys.stderr.isatty() and not as_json)
+    try:
+        result = run_train(request, db=db, progress=_on_progress(bar, show_val=main_process and not as_json))
+    finally:
+        bar.stop()
+    if not main_process:
+        return
+    if as_json:
+        typer.echo(json.dumps(result.to_json(), default=str))
+    else:
+        stdout_console().print(_summary(result))
+
+
+def _on_progress(bar: Progress, show_val: bool) -> Callable[[Any], None]:
+    """The callback ``train`` reports to: each step moves ``bar``; each --val evaluation is a line (when ``show_val``)."""
     task: Any = None
 
     def on_progress(record) -> None:
         nonlocal task
         if record.event != "step":
-            if main_process and not as_json:
+            if show_val:
                 bar.console.print(f"step {record.step}: --val top-1 {record.top1:.4f} on {record.n_images} images"
                                   + (" (best so far)" if record.best else ""))
             return
@@ -174,13 +163,4 @@ def train(
             task = bar.add_task("train", total=record.total_steps, completed=record.step - 1, **fields)
         bar.update(task, completed=record.step, **fields)
 
-    try:
-        result = run_train(request, db=db, progress=on_progress)
-    finally:
-        bar.stop()
-    if not main_process:
-        return
-    if as_json:
-        typer.echo(json.dumps(result.to_json(), default=str))
-    else:
-        stdout_console().print(_summary(result))
+    return on_progress

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from alignbench.cli import _options as o
+from alignbench.cli import _basic_options as o
 from alignbench.cli._errors import guarded
 
 
