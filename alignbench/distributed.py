@@ -131,7 +131,8 @@ def _stopped_by_torchrun(signum: int, frame: object) -> None:
 
     ranks = _joined[0] if _joined else launched_ranks()
     raise AlignbenchError(
-        f"rank {ranks.rank} stopped: torchrun ends every process when one fails (see its report); {ranks.kept}", exit_code=128 + signum,
+        f"rank {ranks.rank} stopped: torchrun ends every process when one fails (see its report); {ranks.kept}",
+        exit_code=128 + signum,
     )
 
 
@@ -219,5 +220,6 @@ def _collective(ranks: Ranks, call: Callable[[], object]) -> None:
     except RuntimeError as error:  # torch.distributed.DistBackendError and gloo's errors are RuntimeErrors
         reason = next((line.strip() for line in str(error).splitlines() if line.strip()), type(error).__name__)
         raise AlignbenchError(
-            f"rank {ranks.rank}: another process of this launch is gone ({reason[:200]}); {ranks.kept}", exit_code=1,
+            f"rank {ranks.rank}: another process of this launch is gone ({reason[:200]}); {ranks.kept}",
+            exit_code=1,
         ) from None

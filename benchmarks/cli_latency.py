@@ -69,13 +69,17 @@ def main() -> None:
     rows = []
     for name, (_, target) in COMMANDS.items():
         seconds = statistics.median(times[name])
-        rows.append({"command": name, "seconds": seconds, "ratio": seconds / reference, "target": target, "met": seconds / reference <= target})
+        rows.append(
+            {"command": name, "seconds": seconds, "ratio": seconds / reference, "target": target, "met": seconds / reference <= target}
+        )
     load = os.getloadavg()
     if args.json:
         print(json.dumps({"reference_seconds": reference, "repeats": args.repeats, "load_average": load, "commands": rows}))
         return
-    print(f"python -c 'import typer, rich': {reference:.3f} s (median of {args.repeats}); "
-          f"load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f} on {os.cpu_count()} cores")
+    print(
+        f"python -c 'import typer, rich': {reference:.3f} s (median of {args.repeats}); "
+        f"load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f} on {os.cpu_count()} cores"
+    )
     for row in rows:
         verdict = "met" if row["met"] else "NOT met"
         print(f"  alignbench {row['command']:10s} {row['seconds']:.3f} s  {row['ratio']:5.2f}x  (target <= {row['target']:g}x: {verdict})")

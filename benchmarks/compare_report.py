@@ -39,9 +39,9 @@ TARGET_S = {"compare": 2.0, "report": 2.0, "html": 5.0}
 
 
 def fill(path: Path, n_images: int) -> float:
-    from alignbench.testing.synthetic import add_thumbnails, fill_paper_like_store
     from alignbench.html_report.build import missing_thumbnails, read_report_data
     from alignbench.store import open_store
+    from alignbench.testing.synthetic import add_thumbnails, fill_paper_like_store
 
     start = time.perf_counter()
     with open_store(f"sqlite:///{path}") as store:
@@ -57,11 +57,10 @@ def _html_dir() -> str:
 
 
 def in_process(command: str, url: str) -> tuple[float, float]:
-    from alignbench.cli.compare import print_result
     from alignbench.analysis.compare import compare
     from alignbench.analysis.report import report
+    from alignbench.cli.compare import print_result
     from alignbench.cli.report import _print_report
-
     from alignbench.html_report import write_html_report
 
     console = Console(file=io.StringIO(), width=160)
@@ -116,12 +115,19 @@ def main() -> None:
             inside, inside_cpu = _median([in_process(command, url) for _ in range(args.repeats)])
             whole, whole_cpu = _median([end_to_end(command, url) for _ in range(args.repeats)])
             results[command] = {
-                "in_process_s": inside, "in_process_cpu_s": inside_cpu,
-                "end_to_end_s": whole, "end_to_end_cpu_s": whole_cpu, "ratio_to_target": whole / TARGET_S[command],
+                "in_process_s": inside,
+                "in_process_cpu_s": inside_cpu,
+                "end_to_end_s": whole,
+                "end_to_end_cpu_s": whole_cpu,
+                "ratio_to_target": whole / TARGET_S[command],
             }
     load = os.getloadavg()[0]
     if args.json:
-        print(json.dumps({"images": args.images, "runs": 17, "fill_s": fill_seconds, "load_average_1min": load, "targets_s": TARGET_S, **results}))
+        print(
+            json.dumps(
+                {"images": args.images, "runs": 17, "fill_s": fill_seconds, "load_average_1min": load, "targets_s": TARGET_S, **results}
+            )
+        )
         return
     print(f"store: 16 runs + centre bias × {args.images:,} images" + (f" (filled in {fill_seconds:.1f} s)" if fill_seconds else ""))
     print(f"load average (1 min): {load:.2f} on {os.cpu_count()} cores")

@@ -109,12 +109,14 @@ def _timings(key: str, variant: str, args: argparse.Namespace, results) -> None:
             start = time.perf_counter()
             step()
             train.append(time.perf_counter() - start)
-    results.put({
-        "explain_first": 1000 * first / args.batch,
-        "explain": 1000 * statistics.median(explain) / args.batch,
-        "train": 1000 * statistics.median(train) / args.batch,
-        "gflops": flops.get_total_flops() / 1e9,
-    })
+    results.put(
+        {
+            "explain_first": 1000 * first / args.batch,
+            "explain": 1000 * statistics.median(explain) / args.batch,
+            "train": 1000 * statistics.median(train) / args.batch,
+            "gflops": flops.get_total_flops() / 1e9,
+        }
+    )
 
 
 def _training_step(model, x, y, *, dcls: bool, clamp):
@@ -195,10 +197,14 @@ def main() -> None:
     if "dense" not in variants:
         variants.insert(0, "dense")  # every ratio is to dense measured in the same run
 
-    print(f"batch {args.batch}, {args.threads} torch threads, median of {args.repeats} after one warm-up; "
-          "ms per image; × = ratio to dense in this run")
-    header = (f"{'model':<27} {'variant':<9} {'GFLOP/img':>9} {'×':>5} {'explain':>8} {'×':>6} {'(1st)':>7} "
-              f"{'train':>8} {'×':>6} {'peak MiB':>9} {'×':>5}")
+    print(
+        f"batch {args.batch}, {args.threads} torch threads, median of {args.repeats} after one warm-up; "
+        "ms per image; × = ratio to dense in this run"
+    )
+    header = (
+        f"{'model':<27} {'variant':<9} {'GFLOP/img':>9} {'×':>5} {'explain':>8} {'×':>6} {'(1st)':>7} "
+        f"{'train':>8} {'×':>6} {'peak MiB':>9} {'×':>5}"
+    )
     print(header)
     summary = []
     for key in keys:
@@ -208,12 +214,14 @@ def main() -> None:
             row["peak"] = None if args.no_memory else _run(_peak_memory, key, variant, args, {"MALLOC_MMAP_THRESHOLD_": "65536"})
             rows[variant] = row
             dense = rows["dense"]
-            ratio = lambda field: row[field] / dense[field]  # noqa: E731
+            ratio = lambda field: row[field] / dense[field]  # noqa: E731, B023 (called in this iteration)
             peak = "" if row["peak"] is None else f"{row['peak']:>9.0f} {row['peak'] / dense['peak']:>5.2f}"
             name = f"{MODELS[key][0]} ({MODELS[key][1]})" if variant == "dense" else ""
-            print(f"{name:<27} {variant:<9} {row['gflops']:>9.2f} {ratio('gflops'):>5.2f} {row['explain']:>8.1f} "
-                  f"{ratio('explain'):>6.2f} {row['explain_first']:>7.1f} {row['train']:>8.1f} {ratio('train'):>6.2f} {peak}",
-                  flush=True)
+            print(
+                f"{name:<27} {variant:<9} {row['gflops']:>9.2f} {ratio('gflops'):>5.2f} {row['explain']:>8.1f} "
+                f"{ratio('explain'):>6.2f} {row['explain_first']:>7.1f} {row['train']:>8.1f} {ratio('train'):>6.2f} {peak}",
+                flush=True,
+            )
         if "fast" in rows:
             summary.append((key, rows))
     if summary:
@@ -223,11 +231,14 @@ def main() -> None:
             explain_target, train_target = (f" (≤ {t}×)" for t in TARGETS[key]) if key in TARGETS else ("", "")
             floor = f", D×D floor {rows['reference']['gflops'] / dense['gflops']:.2f}×" if "reference" in rows else ""
             runs = f"fast runs {fast['gflops'] / dense['gflops']:.2f}× the FLOPs{floor}"
-            line = (f"  {key:<26} explain {fast['explain'] / dense['explain']:.2f}×{explain_target}, "
-                    f"train {fast['train'] / dense['train']:.2f}×{train_target}")
+            line = (
+                f"  {key:<26} explain {fast['explain'] / dense['explain']:.2f}×{explain_target}, "
+                f"train {fast['train'] / dense['train']:.2f}×{train_target}"
+            )
             if fast["peak"] is not None:
                 line += f", peak {fast['peak'] / dense['peak']:.2f}× (≤ {MEMORY_TARGET}×)"
             print(f"{line}; {runs}")
+
 
 if __name__ == "__main__":
     main()

@@ -78,8 +78,10 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--device", default="cpu")
     args = parser.parse_args()
-    print(f"Threshold-Grad-CAM, batch {args.batch_size}, 224x224, {args.device}, torch {torch.__version__}, "
-          f"{torch.get_num_threads()} threads, median of {args.repeats}")
+    print(
+        f"Threshold-Grad-CAM, batch {args.batch_size}, 224x224, {args.device}, torch {torch.__version__}, "
+        f"{torch.get_num_threads()} threads, median of {args.repeats}"
+    )
     print(f"{'model':<16}{'alignbench img/s':>18}{'paper img/s':>14}{'ratio':>8}{'max |diff|':>12}")
     for name in args.models:
         r = bench(name, args.batch_size, args.repeats, args.device)

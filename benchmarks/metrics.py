@@ -74,7 +74,7 @@ def naive_deletion(model: nn.Module, image: torch.Tensor, saliency: torch.Tensor
     with torch.inference_mode():
         for i in range(steps + 1):
             scores.append(float(model(x).double().softmax(1)[0, target]))
-            x.view(1, 3, pixels)[:, :, order[i * pixels // steps:(i + 1) * pixels // steps]] = 0.0
+            x.view(1, 3, pixels)[:, :, order[i * pixels // steps : (i + 1) * pixels // steps]] = 0.0
     return float(torch.trapezoid(torch.tensor(scores, dtype=torch.float64), dx=1.0 / steps))
 
 
@@ -119,7 +119,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     sweep = {}
     for size in [int(x) for x in args.batch_sizes.split(",") if x.strip()]:
-        rate, _ = timed(lambda: F.deletion_auc(model, images, maps, targets, steps=args.steps, batch_size=size), n)
+        rate, _ = timed(lambda: F.deletion_auc(model, images, maps, targets, steps=args.steps, batch_size=size), n)  # noqa: B023 (called here)
         sweep[size] = rate
         if not args.json:
             print(f"{f'deletion, batch {size}':26s} {rate:12.2f} images/s", file=sys.stderr)
@@ -147,10 +147,16 @@ def main(argv: list[str] | None = None) -> dict:
     if args.json:
         print(json.dumps(report, indent=2))
     else:
-        print(f"{'deletion, RISE loop':26s} {naive_rate:12.2f} images/s  (batched / loop = "
-              f"{report['deletion_batched_over_naive']:.2f}x, max |AUC diff| = {max_diff:.1e})", file=sys.stderr)
-        print(f"model: {model_note}; {report['threads']} threads; {n} images of {SIZE}x{SIZE}; "
-              f"{args.steps} steps; default forward batch {report['batch_size']}", file=sys.stderr)
+        print(
+            f"{'deletion, RISE loop':26s} {naive_rate:12.2f} images/s  (batched / loop = "
+            f"{report['deletion_batched_over_naive']:.2f}x, max |AUC diff| = {max_diff:.1e})",
+            file=sys.stderr,
+        )
+        print(
+            f"model: {model_note}; {report['threads']} threads; {n} images of {SIZE}x{SIZE}; "
+            f"{args.steps} steps; default forward batch {report['batch_size']}",
+            file=sys.stderr,
+        )
     return report
 
 

@@ -60,8 +60,13 @@ def load() -> str:
 
 
 def _env(threads: int, cache: Path) -> dict[str, str]:
-    return {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads), "ALIGNBENCH_CACHE": str(cache),
-            "PYTHONWARNINGS": "ignore"}
+    return {
+        **os.environ,
+        "OMP_NUM_THREADS": str(threads),
+        "MKL_NUM_THREADS": str(threads),
+        "ALIGNBENCH_CACHE": str(cache),
+        "PYTHONWARNINGS": "ignore",
+    }
 
 
 # --- 1. scoring throughput ------------------------------------------------------------------------
@@ -89,22 +94,47 @@ def scoring(args: argparse.Namespace, tmp: Path) -> None:
 
     shards = write_shards(tmp / "shards", args.images)
     checkpoint, weights = offline_checkpoint("resnet50", tmp)
-    print(f"scoring: resnet50 ({weights}), threshold-gradcam + spearman, {args.images} ClickMe-format images, batch {args.batch_size}, --workers 0")
-    common = ["score", "resnet50", "--dataset", "clickme-val", "--data-dir", str(shards), "--workers", "0",
-              "--batch-size", str(args.batch_size), "--json"]
+    print(
+        f"scoring: resnet50 ({weights}), threshold-gradcam + spearman, {args.images} ClickMe-format images, batch {args.batch_size}, --workers 0"
+    )
+    common = [
+        "score",
+        "resnet50",
+        "--dataset",
+        "clickme-val",
+        "--data-dir",
+        str(shards),
+        "--workers",
+        "0",
+        "--batch-size",
+        str(args.batch_size),
+        "--json",
+    ]
     if checkpoint is not None:
         common += ["--checkpoint", str(checkpoint)]
     configs = [("1 process x 1 thread", 1, 1), ("2 torchrun processes x 1 thread", 2, 1), ("1 process x 2 threads", 1, 2)]
     # warm: the shard index and reference ranks go into the cache once, outside the timed runs
-    subprocess.run([sys.executable, "-m", "alignbench", *common, "--limit", "1", "--db", f"sqlite:///{tmp / 'warm.db'}"],
-                   env=_env(1, tmp / "cache"), check=True, capture_output=True)
+    subprocess.run(
+        [sys.executable, "-m", "alignbench", *common, "--limit", "1", "--db", f"sqlite:///{tmp / 'warm.db'}"],
+        env=_env(1, tmp / "cache"),
+        check=True,
+        capture_output=True,
+    )
     results: dict[str, list[float]] = {name: [] for name, _, _ in configs}
     for repeat in range(args.repeats):
         for name, processes, threads in configs:
             db = tmp / f"scoring-{processes}x{threads}-{repeat}.db"
-            launcher = [sys.executable] if processes == 1 else [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={processes}"]
-            done = subprocess.run([*launcher, "-m", "alignbench", *common, "--db", f"sqlite:///{db}"], env=_env(threads, tmp / "cache"),
-                                  capture_output=True, text=True)
+            launcher = (
+                [sys.executable]
+                if processes == 1
+                else [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={processes}"]
+            )
+            done = subprocess.run(
+                [*launcher, "-m", "alignbench", *common, "--db", f"sqlite:///{db}"],
+                env=_env(threads, tmp / "cache"),
+                capture_output=True,
+                text=True,
+            )
             if done.returncode != 0:
                 raise SystemExit(f"{name} failed:\n{done.stderr[-3000:]}")
             rate, counted = steady_images_per_second(db, processes)
@@ -158,8 +188,12 @@ def insert_rate(url: str, writers: int, rows: int, batch: int) -> float:
     open_store(url).close()  # the schema exists before the clock starts
     start_at = time.time() + 3.0
     procs = [
-        subprocess.Popen([sys.executable, "-c", _WRITER, url, f"w{k}", str(rows), str(batch), str(start_at)], stdout=subprocess.PIPE,
-                         stderr=subprocess.PIPE, text=True)
+        subprocess.Popen(
+            [sys.executable, "-c", _WRITER, url, f"w{k}", str(rows), str(batch), str(start_at)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         for k in range(writers)
     ]
     spans = []
@@ -186,7 +220,16 @@ def inserts(args: argparse.Namespace, tmp: Path) -> None:
 
 # --- 3. study status ------------------------------------------------------------------------------
 
-_ARCHITECTURES = ("resnet50", "convnext_tiny", "convnext_small", "convnext_base", "caformer_s18", "convformer_s18", "fastvit_sa24", "fastvit_sa36")
+_ARCHITECTURES = (
+    "resnet50",
+    "convnext_tiny",
+    "convnext_small",
+    "convnext_base",
+    "caformer_s18",
+    "convformer_s18",
+    "fastvit_sa24",
+    "fastvit_sa36",
+)
 
 
 def _tiny_clickme(out_dir: Path, n: int) -> Path:
@@ -201,7 +244,9 @@ def _tiny_clickme(out_dir: Path, n: int) -> Path:
     heatmap = _jpeg(np.zeros((8, 8), np.uint8), 50)
     per_shard = -(-n // 17)
     for shard, start in enumerate(range(0, n, per_shard)):
-        write_clickme_shard(out_dir / f"val-{shard}.tfrecords", (ClickMeRecord(image, heatmap, i % 1000) for i in range(start, min(n, start + per_shard))))
+        write_clickme_shard(
+            out_dir / f"val-{shard}.tfrecords", (ClickMeRecord(image, heatmap, i % 1000) for i in range(start, min(n, start + per_shard)))
+        )
     return out_dir
 
 
@@ -209,16 +254,28 @@ def status(args: argparse.Namespace, tmp: Path) -> None:
     import numpy as np
 
     os.environ["ALIGNBENCH_CACHE"] = str(tmp / "cache")
-    from alignbench.testing.synthetic import add_request_run
     from alignbench.datasets import open_dataset
-    from alignbench.store import open_store
     from alignbench.scoring.study import load_study
+    from alignbench.store import open_store
+    from alignbench.testing.synthetic import add_request_run
 
     shards = _tiny_clickme(tmp / "clickme", STATUS_IMAGES)
     checkpoints = tmp / "checkpoints"
     checkpoints.mkdir()
-    lines = ['name = "status-benchmark"', "", '[[explainer]]', 'method = "gradcam"', "", "[[explainer]]", 'method = "threshold-gradcam"', "",
-             "[[dataset]]", 'name = "clickme-val"', f'data_dir = "{shards}"', ""]
+    lines = [
+        'name = "status-benchmark"',
+        "",
+        "[[explainer]]",
+        'method = "gradcam"',
+        "",
+        "[[explainer]]",
+        'method = "threshold-gradcam"',
+        "",
+        "[[dataset]]",
+        'name = "clickme-val"',
+        f'data_dir = "{shards}"',
+        "",
+    ]
     for name in _ARCHITECTURES:
         for dcls in (False, True):
             path = checkpoints / f"{name}-{'dcls' if dcls else 'dense'}.pth"
@@ -251,8 +308,10 @@ def status(args: argparse.Namespace, tmp: Path) -> None:
     summary = subprocess.run(command, env=env, capture_output=True, text=True).stdout.strip().splitlines()[-1]
     took, start_up = best(command), best(reference)
     print(f"  {summary}")
-    print(f"  alignbench study status: {took:.2f} s end to end (target < {TARGET_STATUS_S:.0f} s); "
-          f"interpreter + CLI imports alone {start_up:.2f} s ({took / start_up:.2f}x)")
+    print(
+        f"  alignbench study status: {took:.2f} s end to end (target < {TARGET_STATUS_S:.0f} s); "
+        f"interpreter + CLI imports alone {start_up:.2f} s ({took / start_up:.2f}x)"
+    )
 
 
 # --- 4. an estimate of one run on one H100 ------------------------------------------------------
@@ -268,7 +327,10 @@ def _cpu_peak_per_core() -> tuple[float, str]:
     mhz = float(next((line.split(":", 1)[1] for line in info.splitlines() if line.startswith("cpu MHz")), "2000"))
     lanes = 16 if "avx512f" in flags else 8 if "avx2" in flags else 4
     per_cycle = lanes * 2 * 2  # lanes x (multiply + add) x two FMA units
-    return per_cycle * mhz * 1e6, f"{'AVX-512' if lanes == 16 else 'AVX2' if lanes == 8 else 'SSE'} FMA, {mhz:.0f} MHz: {per_cycle} FLOP/cycle"
+    return (
+        per_cycle * mhz * 1e6,
+        f"{'AVX-512' if lanes == 16 else 'AVX2' if lanes == 8 else 'SSE'} FMA, {mhz:.0f} MHz: {per_cycle} FLOP/cycle",
+    )
 
 
 def estimate(args: argparse.Namespace, tmp: Path) -> None:
@@ -316,10 +378,14 @@ def estimate(args: argparse.Namespace, tmp: Path) -> None:
             items[k]
         per_item[label] = (time.perf_counter() - began) / len(items)
     gpu_rate = efficiency * H100_TF32_DENSE
-    print(f"estimate: this CPU core {achieved / 1e9:.1f} GFLOP/s on resnet50's explanation ({cpu_rate:.2f} img/s x {flops[('resnet50', False)] / 1e9:.2f} GFLOP) "
-          f"= {100 * efficiency:.0f}% of its peak ({described}); the same share of an H100's TF32 peak: {gpu_rate / 1e12:.0f} TFLOP/s")
-    print(f"  data per image on one core: {1e3 * per_item['ranks computed']:.1f} ms (first run on a dataset) / "
-          f"{1e3 * per_item['ranks cached']:.1f} ms (reference ranks cached); {WORKERS_PER_GPU} workers per GPU")
+    print(
+        f"estimate: this CPU core {achieved / 1e9:.1f} GFLOP/s on resnet50's explanation ({cpu_rate:.2f} img/s x {flops[('resnet50', False)] / 1e9:.2f} GFLOP) "
+        f"= {100 * efficiency:.0f}% of its peak ({described}); the same share of an H100's TF32 peak: {gpu_rate / 1e12:.0f} TFLOP/s"
+    )
+    print(
+        f"  data per image on one core: {1e3 * per_item['ranks computed']:.1f} ms (first run on a dataset) / "
+        f"{1e3 * per_item['ranks cached']:.1f} ms (reference ranks cached); {WORKERS_PER_GPU} workers per GPU"
+    )
     print(f"  {'model':22s} {'GFLOP/img':>9s} {'GPU s/run':>9s} {'data s/run':>10s} {'est. min/run':>12s}")
     for (name, dcls), count in flops.items():
         gpu = STATUS_IMAGES * count / gpu_rate

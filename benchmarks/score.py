@@ -181,8 +181,14 @@ def run_alignbench(name: str, checkpoint: Path | None, shards: Path, db: str, ar
     from alignbench.scoring import ScoreRequest, score
 
     request = ScoreRequest(
-        model=ModelRequest(name, checkpoint=checkpoint), dataset="clickme-val", data_dir=shards, explainer="threshold-gradcam",
-        batch_size=args.batch_size, workers=args.workers, force=True, device="cpu",
+        model=ModelRequest(name, checkpoint=checkpoint),
+        dataset="clickme-val",
+        data_dir=shards,
+        explainer="threshold-gradcam",
+        batch_size=args.batch_size,
+        workers=args.workers,
+        force=True,
+        device="cpu",
     )
     marks: list[float] = []
     memory: list[tuple[float, float]] = []  # (main process, DataLoader workers) MiB, per batch
@@ -200,8 +206,12 @@ def run_alignbench(name: str, checkpoint: Path | None, shards: Path, db: str, ar
         raise SystemExit("gradient_evidence was never called: the model timer no longer wraps the explainer")
     loop = marks[-1] - marks[0]
     return {
-        "result": result, "loop_s": loop, "whole_s": whole, "model_s": spent["seconds"],
-        "images_per_s": result.computed_images / loop, "outside": (loop - spent["seconds"]) / loop,
+        "result": result,
+        "loop_s": loop,
+        "whole_s": whole,
+        "model_s": spent["seconds"],
+        "images_per_s": result.computed_images / loop,
+        "outside": (loop - spent["seconds"]) / loop,
         # pipeline fill: what is left in the loop of worker start-up and the first batch's decoding
         "fill": (spent["first_start"] - marks[0]) / loop,
         "memory": memory,
@@ -286,8 +296,7 @@ def paper_pipeline(name: str, checkpoint: Path | None, shards: Path):
         weights = gradients.mean(axis=(1, 2))
         cam = np.maximum(weights[:, None, None] * activations, 0).mean(axis=0)
         cam = np.maximum((cam - cam.min()) / (cam.max() - cam.min()), 0.3)
-        cam = F.interpolate(torch.from_numpy(cam)[None, None], size=tuple(x.shape[-2:]), mode="bilinear",
-                            align_corners=False)[0, 0].numpy()
+        cam = F.interpolate(torch.from_numpy(cam)[None, None], size=tuple(x.shape[-2:]), mode="bilinear", align_corners=False)[0, 0].numpy()
         reference = item["reference"].numpy()
         if np.std(cam) == 0 or np.std(reference) == 0:  # utils.spearman_correlation skips these
             return float("nan"), model_s
@@ -331,9 +340,16 @@ def bench(name: str, tmp: Path, shards: Path, db: str, args: argparse.Namespace)
     undefined_mismatch = sum((rho != rho) != (i not in stored) for i, rho in paper["rhos"].items())
     deltas = [abs(stored[i] - paper["rhos"][i]) for i in both]
     return {
-        "model": name, "weights": weights, "cold": cold, "ours": ours, "paper": paper,
-        "ratio": ours["images_per_s"] / paper["images_per_s"], "delta": max(deltas, default=float("nan")),
-        "over_1e5": sum(d > 1e-5 for d in deltas), "compared": len(both), "undefined_mismatch": undefined_mismatch,
+        "model": name,
+        "weights": weights,
+        "cold": cold,
+        "ours": ours,
+        "paper": paper,
+        "ratio": ours["images_per_s"] / paper["images_per_s"],
+        "delta": max(deltas, default=float("nan")),
+        "over_1e5": sum(d > 1e-5 for d in deltas),
+        "compared": len(both),
+        "undefined_mismatch": undefined_mismatch,
         "mean_rho": ours["result"].mean_spearman,
         "ratios": [o["images_per_s"] / p["images_per_s"] for o, p in zip(ours_runs, paper_runs)],
         "outsides": [o["outside"] for o in ours_runs],
@@ -372,8 +388,14 @@ def bench_folder_check(tmp: Path, args: argparse.Namespace) -> None:
     folder = write_folder(tmp / "folder", args.images)
     db = f"sqlite:///{tmp}/bench.db"
     request = ScoreRequest(
-        model=ModelRequest("efficientnet_lite0"), dataset="folder", data_dir=folder, explainer="threshold-gradcam",
-        batch_size=args.batch_size, workers=args.workers, force=True, device="cpu",
+        model=ModelRequest("efficientnet_lite0"),
+        dataset="folder",
+        data_dir=folder,
+        explainer="threshold-gradcam",
+        batch_size=args.batch_size,
+        workers=args.workers,
+        force=True,
+        device="cpu",
     )
     with dataset_check(True):
         score(request, db=db)  # cold: imports, fingerprint, reference ranks, the centre-bias reference
@@ -398,11 +420,13 @@ def bench_folder_check(tmp: Path, args: argparse.Namespace) -> None:
     )
     print(f"load average (1, 5, 15 min) before {load_before} · after {load_after}")
     print(f"{'run':<5}{'whole s':>9}{'check s':>9}{'images':>8}{'check / rest':>14}{'whole, no check s':>19}{'A/B':>7}")
-    for k, ((whole_on, check_s, files, whole_off, computed), share, ratio) in enumerate(zip(rows, shares, ratios), 1):
+    for k, ((whole_on, check_s, files, whole_off, _computed), share, ratio) in enumerate(zip(rows, shares, ratios), 1):
         print(f"{k:<5}{whole_on:>9.2f}{check_s:>9.3f}{files:>8}{share:>14.2%}{whole_off:>19.2f}{ratio:>7.3f}")
     per_image_ms = 1000 * sum(r[1] for r in rows) / sum(r[2] for r in rows)
-    print(f"dataset check: {per_image_ms:.2f} ms per image (image + heatmap), {min(shares):.2%}–{max(shares):.2%} of the rest "
-          f"of a computed run (target ≤ 5%); whole runs with/without it: {', '.join(f'{r:.3f}' for r in ratios)}")
+    print(
+        f"dataset check: {per_image_ms:.2f} ms per image (image + heatmap), {min(shares):.2%}–{max(shares):.2%} of the rest "
+        f"of a computed run (target ≤ 5%); whole runs with/without it: {', '.join(f'{r:.3f}' for r in ratios)}"
+    )
 
 
 def main() -> None:
@@ -412,8 +436,12 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=16, help="default: score's")
     parser.add_argument("--workers", type=int, default=None, help="DataLoader workers (default: the dataset's)")
     parser.add_argument("--repeats", type=int, default=2, help="timed runs of each pipeline, interleaved; best kept")
-    parser.add_argument("--dataset", choices=("clickme", "folder"), default="clickme",
-                        help="folder: the dataset check's cost on a computed efficientnet_lite0 run (--images up to 1000)")
+    parser.add_argument(
+        "--dataset",
+        choices=("clickme", "folder"),
+        default="clickme",
+        help="folder: the dataset check's cost on a computed efficientnet_lite0 run (--images up to 1000)",
+    )
     args = parser.parse_args()
     names = [name.strip() for name in args.models.split(",") if name.strip()]
     if args.dataset == "folder":
@@ -441,8 +469,9 @@ def main() -> None:
     )
     print(f"load average (1, 5, 15 min) before {load_before} · after {load_after}")
     print(f"best of {args.repeats} interleaved runs; * = seeded random weights through score(checkpoint=...)")
-    print(f"{'model':<20}{'alignbench':>11}{'paper':>8}{'ratio':>8}{'outside fwd/bwd':>17}{'(fill)':>8}"
-          f"{'paper outside':>15}{'max |Δρ|':>10}")
+    print(
+        f"{'model':<20}{'alignbench':>11}{'paper':>8}{'ratio':>8}{'outside fwd/bwd':>17}{'(fill)':>8}{'paper outside':>15}{'max |Δρ|':>10}"
+    )
     print(f"{'':<20}{'img/s':>11}{'img/s':>8}")
     for r in results:
         ours, paper = r["ours"], r["paper"]
@@ -457,14 +486,18 @@ def main() -> None:
         call_outside = (ours["whole_s"] - ours["model_s"]) / ours["whole_s"]
         ratios = ", ".join(f"{ratio:.2f}x" for ratio in r["ratios"])
         outsides = ", ".join(f"{outside:.1%}" for outside in r["outsides"])
-        line = (f"{r['model']}: ratio per repeat {ratios}, outside fwd/bwd per repeat {outsides}; cold first run {r['cold']['images_per_s']:.2f} img/s; "
-                f"whole score() call {call_rate:.2f} img/s, {call_outside:.1%} outside fwd/bwd; mean ρ {r['mean_rho']:.3f}; "
-                f"|Δρ| > 1e-5 on {r['over_1e5']} of {r['compared']} images")
+        line = (
+            f"{r['model']}: ratio per repeat {ratios}, outside fwd/bwd per repeat {outsides}; cold first run {r['cold']['images_per_s']:.2f} img/s; "
+            f"whole score() call {call_rate:.2f} img/s, {call_outside:.1%} outside fwd/bwd; mean ρ {r['mean_rho']:.3f}; "
+            f"|Δρ| > 1e-5 on {r['over_1e5']} of {r['compared']} images"
+        )
         if ours["memory"]:
             (main_first, workers_first), (main_last, workers_last) = ours["memory"][0], ours["memory"][-1]
             peak = max(main for main, _ in ours["memory"])
-            line += (f"; anonymous resident memory after the first → last batch: main {main_first:.0f} → {main_last:.0f} MiB "
-                     f"(peak {peak:.0f}), workers {workers_first:.0f} → {workers_last:.0f} MiB")
+            line += (
+                f"; anonymous resident memory after the first → last batch: main {main_first:.0f} → {main_last:.0f} MiB "
+                f"(peak {peak:.0f}), workers {workers_first:.0f} → {workers_last:.0f} MiB"
+            )
         if r["undefined_mismatch"]:
             line += f"; {r['undefined_mismatch']} image(s) undefined in one pipeline only"
         print(line)
@@ -474,6 +507,7 @@ def main() -> None:
         "fill: the part of the loop before the first batch reaches the model (what is left of worker start-up "
         "and the first decode, which overlap the model load)"
     )
+
 
 if __name__ == "__main__":
     main()

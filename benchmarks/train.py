@@ -43,8 +43,7 @@ def _step_fn(model_name: str, variant: str, batch: int):
     from alignbench.training import CrossEntropy, GradCamConsistency, TrainingStep, build_composite, param_groups
 
     dcls = variant.startswith("dcls")
-    request = ModelRequest(model_name, dcls=dcls, pretrained=False, init="from-dense" if dcls else None,
-                           ca_stream=variant == "ca-stream")
+    request = ModelRequest(model_name, dcls=dcls, pretrained=False, init="from-dense" if dcls else None, ca_stream=variant == "ca-stream")
     model = load_model(request).train()
     terms = [CrossEntropy()] + ([GradCamConsistency(weight=GC_LAMBDA)] if variant.endswith("+gc") else [])
     step_module = TrainingStep(model, terms)
@@ -76,8 +75,10 @@ def steps_per_variant(args: argparse.Namespace) -> None:
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    print(f"== one training step, batch {args.batch} at 224×224, CPU ({os.cpu_count()} cores, {torch.get_num_threads()} torch threads), "
-          f"median of {args.steps} steps × {args.repeats} interleaved repeats")
+    print(
+        f"== one training step, batch {args.batch} at 224×224, CPU ({os.cpu_count()} cores, {torch.get_num_threads()} torch threads), "
+        f"median of {args.steps} steps × {args.repeats} interleaved repeats"
+    )
     variants = ("dense", *(v for v in args.variants.split(",") if v != "dense"))
     unknown = sorted(set(variants) - set(VARIANTS))
     if unknown:
@@ -94,8 +95,10 @@ def steps_per_variant(args: argparse.Namespace) -> None:
         for variant in variants:
             median = statistics.median(times[variant])
             spread = f"{min(times[variant]):.2f}–{max(times[variant]):.2f} s"
-            print(f"{model_name:20s} {variant:9s} {args.batch / median:7.2f} img/s  step {median:6.2f} s ({spread})  "
-                  f"{median / dense:5.2f}× the dense step")
+            print(
+                f"{model_name:20s} {variant:9s} {args.batch / median:7.2f} img/s  step {median:6.2f} s ({spread})  "
+                f"{median / dense:5.2f}× the dense step"
+            )
         del steps
 
 
@@ -112,17 +115,43 @@ def _synthetic_image_folder(root: Path, classes: int = 8, per_class: int = 4) ->
 
 
 def processes(args: argparse.Namespace) -> None:
-    print(f"\n== alignbench train efficientnet_lite0, {args.torchrun_steps} steps, global batch {args.torchrun_batch}, "
-          "1 process vs torchrun --nproc_per_node 2 (gloo)")
+    print(
+        f"\n== alignbench train efficientnet_lite0, {args.torchrun_steps} steps, global batch {args.torchrun_batch}, "
+        "1 process vs torchrun --nproc_per_node 2 (gloo)"
+    )
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         _synthetic_image_folder(root / "data")
-        common = ["train", "efficientnet_lite0", "--data", str(root / "data"), "--steps", str(args.torchrun_steps),
-                  "--batch-size", str(args.torchrun_batch), "--workers", "0", "--json", "--db", f"sqlite:///{root / 's.db'}"]
+        common = [
+            "train",
+            "efficientnet_lite0",
+            "--data",
+            str(root / "data"),
+            "--steps",
+            str(args.torchrun_steps),
+            "--batch-size",
+            str(args.torchrun_batch),
+            "--workers",
+            "0",
+            "--json",
+            "--db",
+            f"sqlite:///{root / 's.db'}",
+        ]
         runs = {
             "1 process": [sys.executable, "-m", "alignbench", *common, "--out", str(root / "one")],
-            "2 processes": [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-                            "-m", "alignbench", *common, "--out", str(root / "two")],
+            "2 processes": [
+                sys.executable,
+                "-m",
+                "torch.distributed.run",
+                "--standalone",
+                "--nproc_per_node",
+                "2",
+                "-m",
+                "alignbench",
+                *common,
+                "--out",
+                str(root / "two"),
+            ],
         }
         results = {}
         for label, command in runs.items():
@@ -136,8 +165,10 @@ def processes(args: argparse.Namespace) -> None:
                 raise SystemExit(f"{label} failed:\n{finished.stderr[-2000:]}")
             summary = json.loads(finished.stdout.strip().splitlines()[-1])
             results[label] = summary["images_per_s"]
-            print(f"{label:12s} {summary['images_per_s']:7.2f} img/s over the steps, final loss {summary['final_loss']:.4f}, "
-                  f"{wall:6.1f} s wall (start-up, model load and data included)")
+            print(
+                f"{label:12s} {summary['images_per_s']:7.2f} img/s over the steps, final loss {summary['final_loss']:.4f}, "
+                f"{wall:6.1f} s wall (start-up, model load and data included)"
+            )
         print(f"2 processes / 1 process: {results['2 processes'] / results['1 process']:.2f}×")
 
 
@@ -147,7 +178,9 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--steps", type=int, default=3)
     parser.add_argument("--repeats", type=int, default=2)
-    parser.add_argument("--threads", type=int, default=None, help="torch threads of part 1 (default: torch's; 1 is steadier on a busy machine)")
+    parser.add_argument(
+        "--threads", type=int, default=None, help="torch threads of part 1 (default: torch's; 1 is steadier on a busy machine)"
+    )
     parser.add_argument("--variants", default=",".join(VARIANTS), help="which steps to time (dense, the reference, always)")
     parser.add_argument("--torchrun-steps", type=int, default=6)
     parser.add_argument("--torchrun-batch", type=int, default=16)

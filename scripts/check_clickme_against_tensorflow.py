@@ -106,8 +106,10 @@ def compare(saved: Path) -> None:
     tf_refs = data["tf_heatmap224"]
     print(f"from TF's decoded pixels, alignbench vs TF's parse_clickme_prototype ({len(images)} images):")
     print(f"  image 224×224   max |diff| {np.abs(ours_image - data['tf_image224']).max():.2e} (0..255)")
-    print(f"  reference map   max |diff| {np.abs(refs.numpy() - tf_refs).max():.2e}, "
-          f"relative {(np.abs(refs.numpy() - tf_refs).max(axis=(1, 2)) / np.abs(tf_refs).max(axis=(1, 2))).max():.2e}")
+    print(
+        f"  reference map   max |diff| {np.abs(refs.numpy() - tf_refs).max():.2e}, "
+        f"relative {(np.abs(refs.numpy() - tf_refs).max(axis=(1, 2)) / np.abs(tf_refs).max(axis=(1, 2))).max():.2e}"
+    )
     generator = torch.Generator().manual_seed(0)
     cams = torch.nn.functional.interpolate(torch.rand(len(refs), 1, 7, 7, generator=generator), size=(224, 224), mode="bilinear")[:, 0]
     delta = (spearman(cams, refs) - spearman(cams, refs_pil)).abs()

@@ -69,7 +69,11 @@ def download_progress() -> Iterator[Any]:
     from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn, TransferSpeedColumn
 
     progress = Progress(
-        TextColumn("{task.description}"), BarColumn(), DownloadColumn(), TransferSpeedColumn(), TimeRemainingColumn(),
+        TextColumn("{task.description}"),
+        BarColumn(),
+        DownloadColumn(),
+        TransferSpeedColumn(),
+        TimeRemainingColumn(),
         console=Console(stderr=True),
     )
     with progress:
@@ -84,7 +88,13 @@ def _hash_part(part: Path, digests: Sequence[Any]) -> None:
 
 
 def download(
-    url: str, target: Path, *, progress: Any, description: str, timeout: float, hashes: Sequence[str] = (),
+    url: str,
+    target: Path,
+    *,
+    progress: Any,
+    description: str,
+    timeout: float,
+    hashes: Sequence[str] = (),
 ) -> dict[str, str]:
     """Fetch ``url`` into ``target`` (resuming ``target.part``) and return the hex digests named in
     ``hashes`` (e.g. ``("sha256", "md5")``) of the whole file. DownloadError if it does not complete."""

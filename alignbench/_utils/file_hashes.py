@@ -58,9 +58,7 @@ _PROGRESS_BYTES = 256 << 20  # show a progress bar when this much is still to ha
 _SAVE_EVERY_SECONDS = 30  # an interrupted first hashing of a large dataset keeps what it did
 
 
-def cached_sha256(
-    paths: Sequence[Path], compute: Callable[[Path], str] = sha256_file, *, what: str = "hashing files"
-) -> list[str]:
+def cached_sha256(paths: Sequence[Path], compute: Callable[[Path], str] = sha256_file, *, what: str = "hashing files") -> list[str]:
     """Hex sha256 of each file, computing (with ``compute``) only those not seen unchanged before.
 
     ``compute`` lets a caller hash a file while it reads it for another purpose (the ClickMe shard
@@ -109,8 +107,12 @@ def _progress(what: str, total_bytes: int):
     from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn
 
     progress = Progress(
-        TextColumn(f"[bold]{what}"), BarColumn(), DownloadColumn(), TimeRemainingColumn(),
-        console=Console(stderr=True), transient=True,
+        TextColumn(f"[bold]{what}"),
+        BarColumn(),
+        DownloadColumn(),
+        TimeRemainingColumn(),
+        console=Console(stderr=True),
+        transient=True,
     )
     progress.start()
     return progress, progress.add_task(what, total=total_bytes)

@@ -11,7 +11,8 @@ Importing this module does not import torch.
 from __future__ import annotations
 
 import contextlib
-from typing import Any, ContextManager
+from contextlib import AbstractContextManager
+from typing import Any
 
 from alignbench.errors import AlignbenchError
 
@@ -25,7 +26,7 @@ def check_precision(precision: str) -> str:
     return precision
 
 
-def forward_autocast(device: Any, precision: str = DEFAULT_PRECISION) -> ContextManager[Any]:
+def forward_autocast(device: Any, precision: str = DEFAULT_PRECISION) -> AbstractContextManager[Any]:
     """``torch.autocast`` on ``device``'s type at ``precision``; fp32: no autocast at all (a null context),
     so the fp32 path is exactly what it was before precision existed."""
     if check_precision(precision) == "fp32":

@@ -50,7 +50,8 @@ def per_image_values(session: Session, run_ids: Sequence[int], metric: str) -> d
         # Python's sqlite3, the slow part (figures in the README, Performance).
         for run_id in run_ids:
             statement = select(ImageScore.image_index, column).where(
-                ImageScore.run_id == run_id, column.is_not(None)  # type: ignore[attr-defined]
+                ImageScore.run_id == run_id,
+                column.is_not(None),  # type: ignore[attr-defined]
             )
             # The only literal is the integer run id, so inlining it is safe; it lets the raw DBAPI
             # cursor run the statement without knowing this dialect's parameter style.
@@ -107,8 +108,13 @@ class ImageRow:
 def _image_rows_statement(run_id: int, metric: str):
     column = getattr(ImageScore, metric_column(metric))
     return select(
-        ImageScore.image_index, ImageScore.image_id, ImageScore.target, ImageScore.prediction,
-        ImageScore.confidence, column, ImageScore.skip_reason,
+        ImageScore.image_index,
+        ImageScore.image_id,
+        ImageScore.target,
+        ImageScore.prediction,
+        ImageScore.confidence,
+        column,
+        ImageScore.skip_reason,
     ).where(ImageScore.run_id == run_id)
 
 
@@ -179,8 +185,19 @@ def run_details(session: Session, run_ids: Sequence[int]) -> dict[int, RunDetail
     )
     return {
         int(run.id): RunDetails(
-            int(run.id), model.request, model.weights_source, model.init, model.tag, model.origin, dataset.location,
-            int(dataset.size), run.precision, run.device, float(run.compute_seconds or 0.0), run.created_at, run.updated_at,
+            int(run.id),
+            model.request,
+            model.weights_source,
+            model.init,
+            model.tag,
+            model.origin,
+            dataset.location,
+            int(dataset.size),
+            run.precision,
+            run.device,
+            float(run.compute_seconds or 0.0),
+            run.created_at,
+            run.updated_at,
         )
         for run, model, dataset in session.exec(statement).all()
     }

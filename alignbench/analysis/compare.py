@@ -23,8 +23,20 @@ from typing import TYPE_CHECKING, Any
 from sqlmodel import Session
 
 from alignbench.analysis import NOTHING_STORED
-from alignbench.analysis.runs import (GroupKey, Pairing, RunFilter, RunScore, StoredRuns, hidden_note, load_runs, pair_runs,
-                                     pair_two_runs, pair_with_parents, score_label, score_name)
+from alignbench.analysis.runs import (
+    GroupKey,
+    Pairing,
+    RunFilter,
+    RunScore,
+    StoredRuns,
+    hidden_note,
+    load_runs,
+    pair_runs,
+    pair_two_runs,
+    pair_with_parents,
+    score_label,
+    score_name,
+)
 from alignbench.analysis.stats import DEFAULT_RESAMPLES, DEFAULT_SEED, paired_bootstrap_ci, wilcoxon_signed_rank
 from alignbench.errors import AlignbenchError
 from alignbench.metrics import metric_spec  # torch-free: the registry is plain data
@@ -261,8 +273,12 @@ def compare_runs(
         some = members[0]
         groups.append(
             GroupComparison(
-                group, score_label(metric, some.view.ceiling), score_name(metric, some.view.ceiling), rows,
-                _ranked(members + ([reference] if reference else [])), reference,
+                group,
+                score_label(metric, some.view.ceiling),
+                score_name(metric, some.view.ceiling),
+                rows,
+                _ranked(members + ([reference] if reference else [])),
+                reference,
             )
         )
     kind = "runs" if run_pair is not None else ("against-parent" if against == "parent" else "dcls-vs-baseline")

@@ -16,13 +16,27 @@ if TYPE_CHECKING:  # pragma: no cover
 
 
 # Counts and ids: nullable integers, so a missing value does not turn 25557032 into 25557032.0
-_INTEGER_COLUMNS = frozenset({
-    "run_id", "baseline_run_id", "dcls_run_id", "param_count", "n_images", "n_rows", "n_scored", "n_skipped",
-    "n_pairs", "n_models", "count", "image_index", "target", "prediction",
-})
+_INTEGER_COLUMNS = frozenset(
+    {
+        "run_id",
+        "baseline_run_id",
+        "dcls_run_id",
+        "param_count",
+        "n_images",
+        "n_rows",
+        "n_scored",
+        "n_skipped",
+        "n_pairs",
+        "n_models",
+        "count",
+        "image_index",
+        "target",
+        "prediction",
+    }
+)
 
 
-def frames(report: Report) -> dict[str, "pd.DataFrame"]:
+def frames(report: Report) -> dict[str, pd.DataFrame]:
     """Every table of the report as a DataFrame (columns as in ``Report.tables``)."""
     import pandas as pd
 

@@ -61,10 +61,20 @@ def trained_models(db: str | None = None) -> list[TrainedModel]:
         store.close()
     return [
         TrainedModel(
-            model_id=row.id, tag=row.tag, name=row.name, dcls=row.dcls, origin=row.origin, fingerprint=row.weights_fingerprint,
-            parent_id=row.parent_id, parent_name=parent.name if parent else None, parent_tag=parent.tag if parent else None,
-            parent_dcls=parent.dcls if parent else None, parent_fingerprint=parent.weights_fingerprint if parent else None,
-            lineage=json.loads(row.lineage) if row.lineage else {}, created_at=row.created_at, ca_stream=row.ca_stream,
+            model_id=row.id,
+            tag=row.tag,
+            name=row.name,
+            dcls=row.dcls,
+            origin=row.origin,
+            fingerprint=row.weights_fingerprint,
+            parent_id=row.parent_id,
+            parent_name=parent.name if parent else None,
+            parent_tag=parent.tag if parent else None,
+            parent_dcls=parent.dcls if parent else None,
+            parent_fingerprint=parent.weights_fingerprint if parent else None,
+            lineage=json.loads(row.lineage) if row.lineage else {},
+            created_at=row.created_at,
+            ca_stream=row.ca_stream,
         )
         for row, parent in rows
     ]

@@ -282,8 +282,11 @@ def _parameters_png(data: FigureData, path: Path) -> Path:
     fig = _figure(figsize=(6, 4.5))
     ax = fig.subplots()
     for fit in data.fits:
-        ax.scatter([p / 1e6 for p in fit.param_counts], fit.scores,
-                   label=f"{fit.group.explainer_label}: r = {fit.pearson_r:.2f}, ρ = {fit.spearman_rho:.2f}")
+        ax.scatter(
+            [p / 1e6 for p in fit.param_counts],
+            fit.scores,
+            label=f"{fit.group.explainer_label}: r = {fit.pearson_r:.2f}, ρ = {fit.spearman_rho:.2f}",
+        )
         for model, x, y in zip(fit.models, fit.param_counts, fit.scores):
             ax.annotate(model, (x / 1e6, y), fontsize=7, xytext=(3, 3), textcoords="offset points")
     ax.set(xlabel="parameters (millions)", ylabel=data.scale, title="Baselines: parameter count vs score")

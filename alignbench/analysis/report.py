@@ -84,10 +84,19 @@ class Report:
                 for lo, hi, n in zip(h.edges[:-1], h.edges[1:], h.counts)
             ],
             "worst": [
-                {"run_id": self.worst_run.run_id, "image_index": w.image_index, "image_id": w.image_id, "target": w.target,
-                 "prediction": w.prediction, "confidence": w.confidence, self.metric: w.value}
+                {
+                    "run_id": self.worst_run.run_id,
+                    "image_index": w.image_index,
+                    "image_id": w.image_id,
+                    "target": w.target,
+                    "prediction": w.prediction,
+                    "confidence": w.confidence,
+                    self.metric: w.value,
+                }
                 for w in self.worst
-            ] if self.worst_run is not None else [],
+            ]
+            if self.worst_run is not None
+            else [],
         }
 
 
@@ -178,8 +187,13 @@ def parameter_fits(pairings: list[Pairing]) -> list[ParameterFit]:
         some = next(p.baseline for p in pairings if p.group == group and p.baseline is not None)
         fits.append(
             ParameterFit(
-                group, score_label(some.metric, some.view.ceiling), models, params, scores,
-                pearson_r(np.array(params, dtype=float), np.array(scores)), spearman_rho(np.array(params, dtype=float), np.array(scores)),
+                group,
+                score_label(some.metric, some.view.ceiling),
+                models,
+                params,
+                scores,
+                pearson_r(np.array(params, dtype=float), np.array(scores)),
+                spearman_rho(np.array(params, dtype=float), np.array(scores)),
             )
         )
     return fits
@@ -216,7 +230,9 @@ def build_report(
         if worst_run is not None
         else []
     )
-    return Report(metric, stored.runs, pairings, histograms, parameter_fits(pairings), worst_run, worst_rows, hidden_empty=stored.hidden_empty)
+    return Report(
+        metric, stored.runs, pairings, histograms, parameter_fits(pairings), worst_run, worst_rows, hidden_empty=stored.hidden_empty
+    )
 
 
 def report(

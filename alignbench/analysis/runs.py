@@ -21,8 +21,8 @@ from sqlmodel import Session
 
 from alignbench.analysis._queries import EMPTY_VALUES, ImageValues, per_image_values
 from alignbench.datasets import dataset_label
-from alignbench.explainers import CENTRE_BIAS, resolve_method  # torch-free: the registry is plain data
 from alignbench.errors import AlignbenchError, ExplainerError, MetricError
+from alignbench.explainers import CENTRE_BIAS, resolve_method  # torch-free: the registry is plain data
 from alignbench.models.specs import variant_name
 from alignbench.store import queries as q
 
@@ -147,7 +147,7 @@ class RunFilter:
     run_ids: tuple[int, ...] = ()  # only these model runs (and their references), e.g. compare --runs A B
 
     @classmethod
-    def of(cls, runs: "RunFilter | None" = None, **filters) -> "RunFilter":
+    def of(cls, runs: RunFilter | None = None, **filters) -> RunFilter:
         """``runs`` with ``filters`` replacing its fields (a new filter when ``runs`` is None)."""
         from dataclasses import replace
 
@@ -155,7 +155,11 @@ class RunFilter:
 
     def options(self) -> str:
         """The filters as the command-line options that select them (``score`` takes the same ones)."""
-        parts = [f"--{name} {value}" for name, value in (("explainer", self.explainer), ("dataset", self.dataset), ("protocol", self.protocol)) if value]
+        parts = [
+            f"--{name} {value}"
+            for name, value in (("explainer", self.explainer), ("dataset", self.dataset), ("protocol", self.protocol))
+            if value
+        ]
         if self.metric != "spearman":
             parts.append(f"--metric {self.metric}")
         return " ".join(parts)
@@ -181,7 +185,9 @@ def load_runs(session: Session, runs: RunFilter | None = None, **filters) -> Sto
     try:
         q.metric_column(metric)  # an unknown metric fails before any query
     except KeyError:
-        raise MetricError(f"metric {metric!r} has no column in the store; use spearman or a metric `alignbench score --metric` stores") from None
+        raise MetricError(
+            f"metric {metric!r} has no column in the store; use spearman or a metric `alignbench score --metric` stores"
+        ) from None
     method = canonical_explainer(runs.explainer)
     views = [
         v
@@ -295,8 +301,16 @@ def _references(runs: Iterable[RunScore]) -> dict[tuple[str, str, str], RunScore
 
 
 def _pairing(
-    group: GroupKey, model: str, baseline: RunScore | None, dcls: RunScore | None, reference: RunScore | None,
-    values: dict[int, ImageValues], notes: list[str], *, kind: str = "dcls-vs-baseline", variant: str | None = None,
+    group: GroupKey,
+    model: str,
+    baseline: RunScore | None,
+    dcls: RunScore | None,
+    reference: RunScore | None,
+    values: dict[int, ImageValues],
+    notes: list[str],
+    *,
+    kind: str = "dcls-vs-baseline",
+    variant: str | None = None,
     sides: tuple[str, str] = ("baseline", "DCLS"),
 ) -> Pairing:
     """The two runs' values on the images both scored (one side alone: its own images), and the reference's on those."""
@@ -307,10 +321,7 @@ def _pairing(
         in_both, y = _shared(b.index, d)
         common, x = b.index[in_both], b.value[in_both]
         if common.size < max(len(b), len(d)):
-            notes.append(
-                f"{model}: compared on the {common.size:,} images both runs scored "
-                f"({sides[0]} {len(b):,}, {sides[1]} {len(d):,})"
-            )
+            notes.append(f"{model}: compared on the {common.size:,} images both runs scored ({sides[0]} {len(b):,}, {sides[1]} {len(d):,})")
     else:
         only = values.get(present[0].run_id, EMPTY_VALUES)
         common = only.index
@@ -373,11 +384,25 @@ def pair_with_parents(runs: Iterable[RunScore], values: dict[int, ImageValues]) 
         trained, notes = _choose(trained_runs, "trained", name)
         parent, parent_notes = _choose(by_model.get((group, child.view.parent_id), []), "parent", name)
         if parent is None:
-            notes.append(f"{name}: its parent has no run with {group.explainer_label} on {group.dataset} / {group.protocol}; "
-                         "score the parent with the same options to compare")
+            notes.append(
+                f"{name}: its parent has no run with {group.explainer_label} on {group.dataset} / {group.protocol}; "
+                "score the parent with the same options to compare"
+            )
         reference = references.get((group.dataset, group.dataset_fingerprint, group.protocol))
-        pairings.append(_pairing(group, child.view.model, parent, trained, reference, values, notes + parent_notes,
-                                 kind="against-parent", variant=child.variant, sides=("parent", "trained")))
+        pairings.append(
+            _pairing(
+                group,
+                child.view.model,
+                parent,
+                trained,
+                reference,
+                values,
+                notes + parent_notes,
+                kind="against-parent",
+                variant=child.variant,
+                sides=("parent", "trained"),
+            )
+        )
     return pairings
 
 
@@ -391,7 +416,18 @@ def pair_two_runs(first: RunScore, second: RunScore, runs: Iterable[RunScore], v
         )
     notes = []
     if first.group != second.group:
-        notes.append(f"run {a.run_id} is {first.group.explainer_label} / {a.protocol}, run {b.run_id} {second.group.explainer_label} / {b.protocol}")
+        notes.append(
+            f"run {a.run_id} is {first.group.explainer_label} / {a.protocol}, run {b.run_id} {second.group.explainer_label} / {b.protocol}"
+        )
     reference = _references(runs).get(_reference_key(a))
-    return _pairing(first.group, f"run {b.run_id} vs run {a.run_id}", first, second, reference, values, notes,
-                    kind="runs", sides=(f"run {a.run_id}", f"run {b.run_id}"))
+    return _pairing(
+        first.group,
+        f"run {b.run_id} vs run {a.run_id}",
+        first,
+        second,
+        reference,
+        values,
+        notes,
+        kind="runs",
+        sides=(f"run {a.run_id}", f"run {b.run_id}"),
+    )

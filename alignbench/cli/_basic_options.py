@@ -45,7 +45,7 @@ def run_filter(
     metric: str = "spearman",
     run: Optional[int] = None,
     show_all: bool = False,
-) -> "RunFilter":
+) -> RunFilter:
     """The ``RunFilter`` of a command's run filter options (the one place they become a filter)."""
     from alignbench.analysis.runs import RunFilter
 

@@ -6,7 +6,8 @@ from __future__ import annotations
 import functools
 import sys
 import warnings
-from typing import Callable, TypeVar
+from collections.abc import Callable
+from typing import TypeVar
 
 import typer
 from rich.console import Console
@@ -25,11 +26,9 @@ def stdout_console() -> Console:
     return console if console.is_terminal else Console(width=160)
 
 
-def fail(message: str, exit_code: int = 2) -> "typer.Exit":
+def fail(message: str, exit_code: int = 2) -> typer.Exit:
     """Print ``error: message`` on stderr and return the Exit to raise."""
-    err_console.print(f"[bold red]error:[/] {message}", markup=True) if sys.stderr.isatty() else print(
-        f"error: {message}", file=sys.stderr
-    )
+    err_console.print(f"[bold red]error:[/] {message}", markup=True) if sys.stderr.isatty() else print(f"error: {message}", file=sys.stderr)
     return typer.Exit(exit_code)
 
 

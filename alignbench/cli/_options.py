@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import functools
 import inspect
+from collections.abc import Callable
 from enum import Enum
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, Callable, Optional
+from typing import TYPE_CHECKING, Annotated, Any, Optional
 
 import typer
 
@@ -69,14 +70,16 @@ BackboneCheckpoint = Annotated[
     Optional[Path],
     typer.Option(
         "--backbone-checkpoint",
-        help="With --ca-stream: the backbone's own state_dict (dense, or DCLS after conversion) when it is not "
-        "the model's usual weights.",
+        help="With --ca-stream: the backbone's own state_dict (dense, or DCLS after conversion) when it is not the model's usual weights.",
         show_default=False,
     ),
 ]
 Precision = Annotated[
     str,
-    typer.Option("--precision", help=f"Forward passes in {', '.join(PRECISIONS)} (autocast; maps and metrics stay float32). Part of the run key unless fp32."),
+    typer.Option(
+        "--precision",
+        help=f"Forward passes in {', '.join(PRECISIONS)} (autocast; maps and metrics stay float32). Part of the run key unless fp32.",
+    ),
 ]
 Explainer = Annotated[str, typer.Option("--explainer", help=f"Explanation method: {', '.join(METHODS)} (aliases: threshold, ...).")]
 Layer = Annotated[
@@ -105,25 +108,38 @@ DiscardRatio = Annotated[
 ]
 Dataset = Annotated[str, typer.Option("--dataset", help=f"Dataset: {', '.join(DATASETS)}.")]
 Protocol = Annotated[
-    str, typer.Option("--protocol", help=f"{' or '.join(PROTOCOLS)}: aligned = heatmap and input share one geometry; paper = the published pipeline.")
+    str,
+    typer.Option(
+        "--protocol", help=f"{' or '.join(PROTOCOLS)}: aligned = heatmap and input share one geometry; paper = the published pipeline."
+    ),
 ]
 
 # The DCLS recipe overrides. Choices built from the registry, never a second list.
 DclsVersion = Enum("DclsVersion", {version: version for version in DCLS_VERSIONS}, type=str)
 InitMode = Enum("InitMode", {mode.replace("-", "_"): mode for mode in INIT_MODES}, type=str)
-KernelCount = Annotated[Optional[int], typer.Option("--kernel-count", help="Elements per kernel (default: the registry recipe).", show_default=False)]
-DilatedKernelSize = Annotated[
-    Optional[int], typer.Option("--dilated-kernel-size", help="Odd span the elements may cover (default: the registry recipe).", show_default=False)
+KernelCount = Annotated[
+    Optional[int], typer.Option("--kernel-count", help="Elements per kernel (default: the registry recipe).", show_default=False)
 ]
-Version = Annotated[Optional[DclsVersion], typer.Option("--version", help="Dcls2d kernel construction (default: the registry recipe).", show_default=False)]
+DilatedKernelSize = Annotated[
+    Optional[int],
+    typer.Option("--dilated-kernel-size", help="Odd span the elements may cover (default: the registry recipe).", show_default=False),
+]
+Version = Annotated[
+    Optional[DclsVersion], typer.Option("--version", help="Dcls2d kernel construction (default: the registry recipe).", show_default=False)
+]
 Init = Annotated[
     Optional[InitMode],
-    typer.Option("--init", help="checkpoint (published, or --checkpoint), from-dense, or random (default: checkpoint when there is one, else from-dense).", show_default=False),
+    typer.Option(
+        "--init",
+        help="checkpoint (published, or --checkpoint), from-dense, or random (default: checkpoint when there is one, else from-dense).",
+        show_default=False,
+    ),
 ]
 
 
 Pretrained = Annotated[
-    bool, typer.Option("--pretrained/--no-pretrained", help="Start from the model's pretrained weights, or from a seeded random initialisation.")
+    bool,
+    typer.Option("--pretrained/--no-pretrained", help="Start from the model's pretrained weights, or from a seeded random initialisation."),
 ]
 
 # Every option of the model a command takes (ModelRequest's fields, as the CLI spells them):
@@ -158,7 +174,8 @@ def with_model_options(*, exclude: tuple[str, ...] = ()) -> Callable[[Callable],
                 continue
             parameters += [
                 inspect.Parameter(name, parameter.kind, annotation=alias, default=default)
-                for name, (alias, default) in MODEL_OPTIONS.items() if name not in exclude
+                for name, (alias, default) in MODEL_OPTIONS.items()
+                if name not in exclude
             ]
 
         @functools.wraps(func)
@@ -182,7 +199,7 @@ def model_request(
     version: Optional[Enum | str] = None,
     init: Optional[Enum | str] = None,
     **options,
-) -> "ModelRequest":
+) -> ModelRequest:
     """The ``ModelRequest`` of a command's model options (the one place they become a request).
 
     ``--checkpoint`` is the weights of the model asked for: with ``--ca-stream``, the stream's
@@ -193,11 +210,12 @@ def model_request(
 
     options.update(version=getattr(version, "value", version), init=getattr(init, "value", init))  # the choices' Enums
     if ca_stream:
-        return ModelRequest(name, dcls=dcls, checkpoint=backbone_checkpoint, ca_stream=True,
-                            stream_checkpoint=checkpoint, **options)
+        return ModelRequest(name, dcls=dcls, checkpoint=backbone_checkpoint, ca_stream=True, stream_checkpoint=checkpoint, **options)
     if backbone_checkpoint is not None:
-        raise ModelError("--backbone-checkpoint is the weights under a CA-Stream and needs --ca-stream; "
-                         "without a stream pass the model's weights as --checkpoint")
+        raise ModelError(
+            "--backbone-checkpoint is the weights under a CA-Stream and needs --ca-stream; "
+            "without a stream pass the model's weights as --checkpoint"
+        )
     return ModelRequest(name, dcls=dcls, checkpoint=checkpoint, **options)
 
 

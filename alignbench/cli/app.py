@@ -19,20 +19,37 @@ from alignbench import __version__
 # `alignbench --help`). The help is the first line of the function's docstring, or the sub-app's
 # help (tests/cli/test_meta.py holds them equal); the order is the order of `alignbench --help`.
 COMMANDS: dict[str, tuple[str, str, str]] = {
-    "models": ("alignbench.cli.models", "models",
-               "List the model registry: families, DCLS recipes, weight sources, offline availability, CA-Stream."),
+    "models": (
+        "alignbench.cli.models",
+        "models",
+        "List the model registry: families, DCLS recipes, weight sources, offline availability, CA-Stream.",
+    ),
     "convert": ("alignbench.cli.convert", "convert", "Replace a model's convolutions by DCLS per its recipe and write a checkpoint."),
     "explain": ("alignbench.cli.explain", "explain", "Compute heatmaps for images and write DIR/<stem>.npy and DIR/<stem>.png overlays."),
     "score": ("alignbench.cli.score", "score", "Explain every image of a dataset, score it against the human maps, store and summarise."),
-    "compare": ("alignbench.cli.compare", "compare", "DCLS vs baseline per architecture, with confidence intervals and rankings, from the store."),
+    "compare": (
+        "alignbench.cli.compare",
+        "compare",
+        "DCLS vs baseline per architecture, with confidence intervals and rankings, from the store.",
+    ),
     "report": ("alignbench.cli.report", "report", "Tables and terminal plots of everything stored; CSV/JSON/Markdown/PNG exports."),
-    "upgrade": ("alignbench.cli.upgrade", "upgrade", "Upgrade a store written by an older alignbench to this one's schema, keeping every row."),
-    "train": ("alignbench.cli.train", "train",
-              "Train a model for alignment: DCLS positions, Grad-CAM consistency, CA-Stream; checkpoints with lineage in the store."),
+    "upgrade": (
+        "alignbench.cli.upgrade",
+        "upgrade",
+        "Upgrade a store written by an older alignbench to this one's schema, keeping every row.",
+    ),
+    "train": (
+        "alignbench.cli.train",
+        "train",
+        "Train a model for alignment: DCLS positions, Grad-CAM consistency, CA-Stream; checkpoints with lineage in the store.",
+    ),
     "merge": ("alignbench.cli.merge", "merge", "Union stores made on machines without a shared server into one."),
     "runs": ("alignbench.cli.runs", "app", "List the stored runs, delete the ones you no longer want."),
-    "study": ("alignbench.cli.study", "app",
-              "A whole grid of runs (models x variants x explainers x datasets x protocols) as one resumable command."),
+    "study": (
+        "alignbench.cli.study",
+        "app",
+        "A whole grid of runs (models x variants x explainers x datasets x protocols) as one resumable command.",
+    ),
 }
 
 _HELP = "How well vision models' explanations align with human attention, with and without DCLS."

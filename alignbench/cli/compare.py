@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from typing import TYPE_CHECKING, Annotated, Optional, Tuple
+from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
 from rich.console import Console
@@ -73,8 +73,15 @@ def _comparison_table(group: GroupComparison, n_resamples: int, kind: str = "dcl
     if group.reference is not None:
         table.add_section()
         table.add_row(
-            "[italic]centre bias (model-free reference)[/]", "", "", "", "", "", f"{group.reference.n_scored:,}",
-            number(group.reference.score), "",
+            "[italic]centre bias (model-free reference)[/]",
+            "",
+            "",
+            "",
+            "",
+            "",
+            f"{group.reference.n_scored:,}",
+            number(group.reference.score),
+            "",
         )
     return table
 
@@ -165,10 +172,17 @@ def compare(
     metric: o.Metric = "spearman",
     show_all: o.ShowAll = False,
     against: Annotated[
-        str, typer.Option("--against", help="baseline: each architecture's DCLS weights and trained DCLS variants vs its baseline; parent: each trained model vs the model it was trained from.")
+        str,
+        typer.Option(
+            "--against",
+            help="baseline: each architecture's DCLS weights and trained DCLS variants vs its baseline; parent: each trained model vs the model it was trained from.",
+        ),
     ] = "baseline",
     runs: Annotated[
-        Optional[Tuple[int, int]], typer.Option("--runs", help="Compare run B with run A (ids from `alignbench report`), on the images both scored.", show_default=False)
+        Optional[tuple[int, int]],
+        typer.Option(
+            "--runs", help="Compare run B with run A (ids from `alignbench report`), on the images both scored.", show_default=False
+        ),
     ] = None,
     db: o.Db = None,
     as_json: o.Json = False,

@@ -28,15 +28,21 @@ def _summary(result) -> Table:
         ("init", report.init),
         ("weights from", result.source),
         ("layers replaced", f"{len(report.layers)} ({report.position_groups} shared position groups)"),
-        ("parameters", f"{report.params_before:,} → {report.params_after:,} ({change:+,}, "
-                       f"{100 * change / report.params_before:+.1f}%)"),
-        ("max receptive-field growth", f"{dense}×{dense} → {dilated}×{dilated} per layer ({growth:.1f}× span); "
-                                       f"elements now cover up to {report.max_effective_span} px"),
+        ("parameters", f"{report.params_before:,} → {report.params_after:,} ({change:+,}, {100 * change / report.params_before:+.1f}%)"),
+        (
+            "max receptive-field growth",
+            f"{dense}×{dense} → {dilated}×{dilated} per layer ({growth:.1f}× span); "
+            f"elements now cover up to {report.max_effective_span} px",
+        ),
     ]
     if report.kernel_error is not None:
         exact = report.kernel_error == 0.0
-        rows.append(("approximation", "exact: every dense tap kept" if exact else
-                     f"largest taps kept; max relative kernel error {report.kernel_error:.4f}"))
+        rows.append(
+            (
+                "approximation",
+                "exact: every dense tap kept" if exact else f"largest taps kept; max relative kernel error {report.kernel_error:.4f}",
+            )
+        )
     if result.logit_error is not None:
         rows.append(("max |Δlogit| vs dense", f"{result.logit_error:.2e} (2 seeded N(0,1) inputs)"))
     if result.out is not None:
@@ -74,7 +80,9 @@ def _as_dict(result) -> dict:
 def convert(
     model: o.ModelName,
     model_options: dict = None,  # every model option (o.MODEL_OPTIONS)
-    out: Annotated[Optional[Path], typer.Option("--out", help="Write the converted weights here (.safetensors, else torch.save).", show_default=False)] = None,
+    out: Annotated[
+        Optional[Path], typer.Option("--out", help="Write the converted weights here (.safetensors, else torch.save).", show_default=False)
+    ] = None,
     device: o.Device = "cpu",
     db: o.Db = None,
     as_json: o.Json = False,

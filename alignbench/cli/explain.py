@@ -10,8 +10,17 @@ from rich.console import Console
 from rich.table import Table
 
 from alignbench.cli._errors import err_console, guarded
-from alignbench.cli._options import (Device, DiscardRatio, Explainer, HeadFusion, Layer, ModelName, explainer_params, model_request,
-                                     with_model_options)
+from alignbench.cli._options import (
+    Device,
+    DiscardRatio,
+    Explainer,
+    HeadFusion,
+    Layer,
+    ModelName,
+    explainer_params,
+    model_request,
+    with_model_options,
+)
 from alignbench.explainers import DEFAULT_METHOD, explain_files
 
 Images = Annotated[
@@ -54,8 +63,14 @@ def explain(
     """
     params = explainer_params(explainer, threshold=threshold, layer=layer, head_fusion=head_fusion, discard_ratio=discard_ratio)
     result = explain_files(
-        model_request(model, **model_options), images, out, method=explainer, params=params,
-        target=target, device=device, batch_size=batch_size,
+        model_request(model, **model_options),
+        images,
+        out,
+        method=explainer,
+        params=params,
+        target=target,
+        device=device,
+        batch_size=batch_size,
     )
     for path, why in result.skipped:
         err_console.print(f"skipped {path}: {why}", markup=False)

@@ -16,12 +16,41 @@ SHOWN_CONFLICTS = 20
 
 def _summary(result) -> Table:
     table = Table(title=f"merged into {result.into}")
-    for name in ("source", "revision", "models", "explainers", "datasets", "runs new", "runs matched", "rows added", "rows equal",
-                 "thumbnails", "conflicts", "replaced"):
+    for name in (
+        "source",
+        "revision",
+        "models",
+        "explainers",
+        "datasets",
+        "runs new",
+        "runs matched",
+        "rows added",
+        "rows equal",
+        "thumbnails",
+        "conflicts",
+        "replaced",
+    ):
         table.add_column(name, justify="left" if name == "source" else "right")
     for s in result.sources:
-        table.add_row(s.source, s.revision, *(f"{n:,}" for n in (s.models, s.explainers, s.datasets, s.runs, s.runs_matched, s.rows,
-                                                                    s.rows_same, s.thumbnails, len(s.conflicts), s.replaced)))
+        table.add_row(
+            s.source,
+            s.revision,
+            *(
+                f"{n:,}"
+                for n in (
+                    s.models,
+                    s.explainers,
+                    s.datasets,
+                    s.runs,
+                    s.runs_matched,
+                    s.rows,
+                    s.rows_same,
+                    s.thumbnails,
+                    len(s.conflicts),
+                    s.replaced,
+                )
+            ),
+        )
     return table
 
 
@@ -39,7 +68,10 @@ def _conflicts(result) -> Table:
 
 @guarded
 def merge(
-    sources: Annotated[list[str], typer.Argument(help="Stores to merge from (database URLs, e.g. sqlite:///gpu1.db); only read.", metavar="SRC", show_default=False)],
+    sources: Annotated[
+        list[str],
+        typer.Argument(help="Stores to merge from (database URLs, e.g. sqlite:///gpu1.db); only read.", metavar="SRC", show_default=False),
+    ],
     into: Annotated[str, typer.Option("--into", help="The store to merge into (created if missing).", show_default=False)],
     prefer: Annotated[str, typer.Option("--prefer", help="Conflicting rows: keep DST's (into) or the newer row (newer).")] = "into",
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON document on stdout and nothing else.")] = False,
@@ -59,8 +91,10 @@ def merge(
         document = {
             "into": result.into,
             "prefer": result.prefer,
-            "sources": [{k: v for k, v in s.__dict__.items() if k != "conflicts"} | {"conflicts": len(s.conflicts), "replaced": s.replaced}
-                        for s in result.sources],
+            "sources": [
+                {k: v for k, v in s.__dict__.items() if k != "conflicts"} | {"conflicts": len(s.conflicts), "replaced": s.replaced}
+                for s in result.sources
+            ],
             "conflicts": [c.to_json() for c in result.conflicts],
         }
         typer.echo(json.dumps(document, default=str))
@@ -72,6 +106,7 @@ def merge(
     if result.unresolved:
         err_console.print(
             f"{result.unresolved:,} conflicting row(s) kept as they are in {result.into}; --prefer newer takes the newer rows",
-            markup=False, highlight=False,
+            markup=False,
+            highlight=False,
         )
         raise typer.Exit(1)

@@ -11,8 +11,8 @@ from rich.table import Table
 
 from alignbench.cli import _basic_options as o
 from alignbench.cli._errors import guarded, stdout_console
-from alignbench.models.specs import variant_name
 from alignbench.cli._format import number
+from alignbench.models.specs import variant_name
 
 
 def _yes_no(value: bool | None) -> str:
@@ -30,8 +30,10 @@ def _ca_stream_note(rows) -> str:
         return "--ca-stream fits none of these models."
     counts = sorted(row.params_ca_stream for row in fits)
     which = "every model above" if len(fits) == len(rows) else "all but " + ", ".join(r.name for r in rows if not r.ca_stream)
-    return (f"--ca-stream (CA-Stream) fits {which}, adding {_millions(counts[0])}–{_millions(counts[-1])} "
-            "parameters (--json: params_ca_stream).")
+    return (
+        f"--ca-stream (CA-Stream) fits {which}, adding {_millions(counts[0])}–{_millions(counts[-1])} "
+        "parameters (--json: params_ca_stream)."
+    )
 
 
 def _trained(db: str | None, as_json: bool) -> None:
@@ -41,8 +43,10 @@ def _trained(db: str | None, as_json: bool) -> None:
     if as_json:
         print(json.dumps([row.to_json() for row in rows], indent=1, default=str))
         return
-    table = Table(title="trained models", caption="score one with `alignbench score --trained TAG`; "
-                  "compare each with its parent with `alignbench compare --against parent`")
+    table = Table(
+        title="trained models",
+        caption="score one with `alignbench score --trained TAG`; compare each with its parent with `alignbench compare --against parent`",
+    )
     for column in ("tag", "model", "method", "parent", "steps", "final loss", "--val top-1", "positions moved", "checkpoint"):
         table.add_column(column, justify="right" if column in ("steps", "final loss") else "left", no_wrap=True)
     for row in rows:
@@ -51,8 +55,14 @@ def _trained(db: str | None, as_json: bool) -> None:
         moved = "—" if lineage.get("positions_shift_max") is None else f"max {lineage['positions_shift_max']:.3f} px"
         checkpoint = Path(lineage["checkpoint"]) if lineage.get("checkpoint") else None  # its --out and file name
         table.add_row(
-            row.label, variant_name(row.name, dcls=row.dcls, ca_stream=row.ca_stream), row.origin, row.parent_label,
-            str(lineage.get("steps", "—")), number(lineage.get("final_loss")), top1, moved,
+            row.label,
+            variant_name(row.name, dcls=row.dcls, ca_stream=row.ca_stream),
+            row.origin,
+            row.parent_label,
+            str(lineage.get("steps", "—")),
+            number(lineage.get("final_loss")),
+            top1,
+            moved,
             f"{checkpoint.parent.name}/{checkpoint.name}" if checkpoint else "—",
         )
     stdout_console().print(table)
@@ -60,7 +70,9 @@ def _trained(db: str | None, as_json: bool) -> None:
 
 @guarded
 def models(
-    trained: Annotated[bool, typer.Option("--trained", help="List the models `alignbench train` made (from the store), with their lineage.")] = False,
+    trained: Annotated[
+        bool, typer.Option("--trained", help="List the models `alignbench train` made (from the store), with their lineage.")
+    ] = False,
     db: o.Db = None,
     as_json: o.Json = False,
 ) -> None:
@@ -79,8 +91,11 @@ def models(
     if as_json:
         print(json.dumps([row.as_dict() for row in rows], indent=1))
         return
-    table = Table(title="alignbench models", caption="* in the paper. Any other timm model name works too "
-                  f"(generic recipe: depthwise convs, v1 17×17, 34 elements).\n{_ca_stream_note(rows)}")
+    table = Table(
+        title="alignbench models",
+        caption="* in the paper. Any other timm model name works too "
+        f"(generic recipe: depthwise convs, v1 17×17, 34 elements).\n{_ca_stream_note(rows)}",
+    )
     for column in ("name", "family", "params", "+DCLS", "DCLS recipe", "dense weights", "DCLS weights", "offline"):
         table.add_column(column, justify="right" if column in ("params", "+DCLS") else "left")
     for row in rows:

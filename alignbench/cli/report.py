@@ -32,8 +32,23 @@ def _runs_table(report: Report) -> Table:
     if report.hidden_empty:
         caption += f" · {hidden_note(report.hidden_empty)}"
     table = Table(title="Stored runs", caption=caption, caption_justify="left")
-    for name in ("run", "model", "DCLS", "params", "explainer", "dataset", "protocol", "status", "scored / images", "skipped", f"mean {metric}", "score"):
-        table.add_column(name, justify="right" if name in ("run", "params", "scored / images", "skipped", f"mean {metric}", "score") else "left")
+    for name in (
+        "run",
+        "model",
+        "DCLS",
+        "params",
+        "explainer",
+        "dataset",
+        "protocol",
+        "status",
+        "scored / images",
+        "skipped",
+        f"mean {metric}",
+        "score",
+    ):
+        table.add_column(
+            name, justify="right" if name in ("run", "params", "scored / images", "skipped", f"mean {metric}", "score") else "left"
+        )
     for run in report.runs:
         v = run.view
         params = "" if not v.param_count else f"{v.param_count / 1e6:.1f} M"
@@ -67,8 +82,15 @@ def _pairs_table(report: Report) -> Table | None:
     for p in sorted(report.pairings, key=lambda p: (p.group.dataset, p.group.protocol, p.model, p.group.method)):
         delta = p.dcls_score - p.baseline_score if p.complete and p.n_pairs else None
         table.add_row(
-            p.model, p.group.explainer_label, p.group.dataset_label, p.group.protocol, number(p.baseline_score), number(p.dcls_score),
-            number(delta, signed=True), f"{p.n_pairs:,}" if p.complete else "—", number(p.reference_score),
+            p.model,
+            p.group.explainer_label,
+            p.group.dataset_label,
+            p.group.protocol,
+            number(p.baseline_score),
+            number(p.dcls_score),
+            number(delta, signed=True),
+            f"{p.n_pairs:,}" if p.complete else "—",
+            number(p.reference_score),
         )
     return table
 
@@ -81,8 +103,12 @@ def _fits_table(report: Report) -> Table | None:
         table.add_column(name, justify="right" if name in ("models", "Pearson r", "Spearman ρ") else "left")
     for fit in report.parameter_fits:
         table.add_row(
-            fit.group.explainer_label, fit.group.dataset_label, fit.group.protocol, str(len(fit.models)),
-            number(fit.pearson_r, signed=True), number(fit.spearman_rho, signed=True),
+            fit.group.explainer_label,
+            fit.group.dataset_label,
+            fit.group.protocol,
+            str(len(fit.models)),
+            number(fit.pearson_r, signed=True),
+            number(fit.spearman_rho, signed=True),
         )
     return table
 
@@ -96,8 +122,12 @@ def _worst_table(report: Report) -> Table | None:
         table.add_column(name, justify="left" if name == "image id" else "right")
     for w in report.worst:
         table.add_row(
-            str(w.image_index), w.image_id, "" if w.target is None else str(w.target),
-            "" if w.prediction is None else str(w.prediction), "" if w.confidence is None else f"{w.confidence:.3f}", f"{w.value:+.4f}",
+            str(w.image_index),
+            w.image_id,
+            "" if w.target is None else str(w.target),
+            "" if w.prediction is None else str(w.prediction),
+            "" if w.confidence is None else f"{w.confidence:.3f}",
+            f"{w.value:+.4f}",
         )
     return table
 
@@ -119,7 +149,9 @@ def _print_report(report: Report, console: Console) -> None:
         console.print(worst)
 
 
-def _write_html(directory: Path, db: str | None, runs: RunFilter, *, gallery: int, seed: int, bins: int, force: bool, device: str, others: tuple) -> None:
+def _write_html(
+    directory: Path, db: str | None, runs: RunFilter, *, gallery: int, seed: int, bins: int, force: bool, device: str, others: tuple
+) -> None:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from alignbench.html_report import write_html_report
@@ -127,8 +159,13 @@ def _write_html(directory: Path, db: str | None, runs: RunFilter, *, gallery: in
     if any(others):
         raise AlignbenchError("--html writes its own report; run --csv, --png, --worst, --json or --markdown separately")
     progress = Progress(
-        TextColumn("[bold]gallery maps"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-        console=err_console, transient=True, disable=not sys.stderr.isatty(),
+        TextColumn("[bold]gallery maps"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=err_console,
+        transient=True,
+        disable=not sys.stderr.isatty(),
     )
     task = None
 
@@ -141,7 +178,15 @@ def _write_html(directory: Path, db: str | None, runs: RunFilter, *, gallery: in
 
     try:
         result = write_html_report(
-            directory, db, runs, gallery=gallery, seed=seed, bins=bins, force=force, device=device, progress=on_progress,
+            directory,
+            db,
+            runs,
+            gallery=gallery,
+            seed=seed,
+            bins=bins,
+            force=force,
+            device=device,
+            progress=on_progress,
         )
     finally:
         progress.stop()
@@ -162,7 +207,10 @@ def report(
     metric: o.Metric = "spearman",
     run: o.RunId = None,
     worst: Annotated[
-        Optional[int], typer.Option("--worst", help="With --run: list the N images the model agrees with humans least on (default 10).", show_default=False)
+        Optional[int],
+        typer.Option(
+            "--worst", help="With --run: list the N images the model agrees with humans least on (default 10).", show_default=False
+        ),
     ] = None,
     csv: Annotated[
         Optional[Path],
@@ -176,11 +224,19 @@ def report(
     show_all: o.ShowAll = False,
     html: Annotated[
         Optional[Path],
-        typer.Option("--html", help="Write a static HTML report with map galleries into this directory (with --run: that run's page).", show_default=False),
+        typer.Option(
+            "--html",
+            help="Write a static HTML report with map galleries into this directory (with --run: that run's page).",
+            show_default=False,
+        ),
     ] = None,
-    gallery: Annotated[int, typer.Option("--gallery", help="With --html: images per gallery section (best, worst, random); 0: no galleries.")] = 8,
+    gallery: Annotated[
+        int, typer.Option("--gallery", help="With --html: images per gallery section (best, worst, random); 0: no galleries.")
+    ] = 8,
     seed: Annotated[int, typer.Option("--seed", help="With --html: the seed of the galleries' random images.")] = 0,
-    force: Annotated[bool, typer.Option("--force", help="With --html: write into a directory that holds other files (they are kept).")] = False,
+    force: Annotated[
+        bool, typer.Option("--force", help="With --html: write into a directory that holds other files (they are kept).")
+    ] = False,
     device: o.Device = "auto",
     db: o.Db = None,
     as_json: o.Json = False,
@@ -197,8 +253,9 @@ def report(
         raise AlignbenchError("--json and --markdown both print the report; choose one")
     runs = o.run_filter(explainer, dataset, protocol, metric, run, show_all)
     if html is not None:
-        _write_html(html, db, runs, gallery=gallery, seed=seed, bins=bins, force=force, device=device,
-                    others=(csv, png, worst, as_json or markdown))
+        _write_html(
+            html, db, runs, gallery=gallery, seed=seed, bins=bins, force=force, device=device, others=(csv, png, worst, as_json or markdown)
+        )
         return
     from alignbench._utils.paths import check_output_dir, check_output_file
     from alignbench.analysis import exports

@@ -12,15 +12,27 @@ from alignbench.cli import _basic_options as o
 from alignbench.cli._errors import guarded, stdout_console
 from alignbench.models.specs import variant_name
 
-app = typer.Typer(name="runs", help="List the stored runs, delete the ones you no longer want.", no_args_is_help=True, rich_markup_mode="rich")
+app = typer.Typer(
+    name="runs", help="List the stored runs, delete the ones you no longer want.", no_args_is_help=True, rich_markup_mode="rich"
+)
 
 
 def _as_dict(run) -> dict:
     return {
-        "run_id": run.run_id, "model": run.model, "dcls": run.dcls, "ca_stream": run.ca_stream, "tag": run.tag,
-        "explainer": run.method, "dataset": run.dataset,
-        "dataset_location": run.dataset_location, "protocol": run.protocol, "metrics": run.metrics.split(","),
-        "status": run.status, "n_rows": run.n_rows, "n_images": run.n_images, "updated_at": str(run.updated_at),
+        "run_id": run.run_id,
+        "model": run.model,
+        "dcls": run.dcls,
+        "ca_stream": run.ca_stream,
+        "tag": run.tag,
+        "explainer": run.method,
+        "dataset": run.dataset,
+        "dataset_location": run.dataset_location,
+        "protocol": run.protocol,
+        "metrics": run.metrics.split(","),
+        "status": run.status,
+        "n_rows": run.n_rows,
+        "n_images": run.n_images,
+        "updated_at": str(run.updated_at),
     }
 
 
@@ -36,8 +48,16 @@ def _table(runs, title: str) -> Table:
         table.add_column(name, justify="right" if name in ("run", "rows / images") else "left", overflow="fold")
     for run in runs:
         table.add_row(
-            str(run.run_id), _model(run), "yes" if run.dcls else "no", run.method, dataset_label(run.dataset, run.dataset_location),
-            run.protocol, run.metrics, run.status, f"{run.n_rows:,} / {run.n_images:,}", str(run.updated_at)[:19],
+            str(run.run_id),
+            _model(run),
+            "yes" if run.dcls else "no",
+            run.method,
+            dataset_label(run.dataset, run.dataset_location),
+            run.protocol,
+            run.metrics,
+            run.status,
+            f"{run.n_rows:,} / {run.n_images:,}",
+            str(run.updated_at)[:19],
         )
     return table
 
@@ -77,7 +97,9 @@ def _report(result) -> None:
 @app.command("delete")
 @guarded
 def delete(
-    run_ids: Annotated[list[int], typer.Argument(help="Ids of the runs to delete (`alignbench runs list` shows them).", show_default=False)],
+    run_ids: Annotated[
+        list[int], typer.Argument(help="Ids of the runs to delete (`alignbench runs list` shows them).", show_default=False)
+    ],
     db: o.Db = None,
 ) -> None:
     """Delete runs with all their rows, in one transaction (an unknown id or a live run deletes nothing).
@@ -92,7 +114,9 @@ def delete(
 @app.command("prune")
 @guarded
 def prune(
-    empty: Annotated[bool, typer.Option("--empty", help="Delete every run with no stored row (one stopped before its first batch).")] = False,
+    empty: Annotated[
+        bool, typer.Option("--empty", help="Delete every run with no stored row (one stopped before its first batch).")
+    ] = False,
     db: o.Db = None,
 ) -> None:
     """Delete the runs no one wants, in one transaction: with --empty, those with no stored row.

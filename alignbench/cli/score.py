@@ -13,10 +13,10 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
-from alignbench.distributed import is_main_process
 from alignbench.cli import _options as o
 from alignbench.cli._errors import guarded, stdout_console
 from alignbench.cli._format import number, summary_table
+from alignbench.distributed import is_main_process
 from alignbench.errors import AlignbenchError, ModelError
 from alignbench.metrics import METRICS
 from alignbench.models.specs import variant_name
@@ -100,15 +100,22 @@ def score(
     ] = None,
     model_options: dict = None,  # every model option (o.MODEL_OPTIONS)
     trained: Annotated[
-        Optional[str], typer.Option("--trained", help="A model `alignbench train` made, by its tag (see `alignbench models --trained`).", show_default=False)
+        Optional[str],
+        typer.Option(
+            "--trained", help="A model `alignbench train` made, by its tag (see `alignbench models --trained`).", show_default=False
+        ),
     ] = None,
     explainer: o.Explainer = "threshold-gradcam",
-    threshold: Annotated[Optional[float], typer.Option("--threshold", help="Threshold-Grad-CAM floor (default 0.3).", show_default=False)] = None,
+    threshold: Annotated[
+        Optional[float], typer.Option("--threshold", help="Threshold-Grad-CAM floor (default 0.3).", show_default=False)
+    ] = None,
     layer: o.Layer = None,
     head_fusion: o.HeadFusion = None,
     discard_ratio: o.DiscardRatio = None,
     dataset: o.Dataset = "sample",
-    data_dir: Annotated[Optional[Path], typer.Option("--data-dir", help="Dataset files (ClickMe shards, folder, ImageNet val JPEGs).", show_default=False)] = None,
+    data_dir: Annotated[
+        Optional[Path], typer.Option("--data-dir", help="Dataset files (ClickMe shards, folder, ImageNet val JPEGs).", show_default=False)
+    ] = None,
     protocol: o.Protocol = "aligned",
     metric: Annotated[str, typer.Option("--metric", help=f"Metric or comma-separated metrics: {', '.join(METRICS)}.")] = "spearman",
     steps: Annotated[
@@ -116,8 +123,17 @@ def score(
     ] = None,
     limit: Annotated[Optional[int], typer.Option("--limit", help="Score only the first N images.", show_default=False)] = None,
     batch_size: Annotated[int, typer.Option("--batch-size", help="Images per forward/backward pass.")] = 16,
-    workers: Annotated[Optional[int], typer.Option("--workers", help="DataLoader worker processes, 0 (the main process) to the number of cores (default: cores - 1).", show_default=False)] = None,
-    force: Annotated[bool, typer.Option("--force", help="Recompute even if the run is stored (rows are replaced as they are recomputed).")] = False,
+    workers: Annotated[
+        Optional[int],
+        typer.Option(
+            "--workers",
+            help="DataLoader worker processes, 0 (the main process) to the number of cores (default: cores - 1).",
+            show_default=False,
+        ),
+    ] = None,
+    force: Annotated[
+        bool, typer.Option("--force", help="Recompute even if the run is stored (rows are replaced as they are recomputed).")
+    ] = False,
     device: o.Device = "auto",
     precision: o.Precision = "fp32",
     db: o.Db = None,
@@ -138,7 +154,9 @@ def score(
         ScoreRequest(
             model=model_request,
             explainer=explainer,
-            explainer_params=o.explainer_params(explainer, threshold=threshold, layer=layer, head_fusion=head_fusion, discard_ratio=discard_ratio),
+            explainer_params=o.explainer_params(
+                explainer, threshold=threshold, layer=layer, head_fusion=head_fusion, discard_ratio=discard_ratio
+            ),
             dataset=dataset,
             data_dir=data_dir,
             protocol=protocol,
@@ -172,7 +190,9 @@ def _model_requests(names: list[str], trained: str | None, model_options: dict, 
             )
         return [request]
     names = names or [DEFAULT_MODEL]
-    one_model = [f"--{name.replace('_', '-')}" for name in ("checkpoint", "head", "tag", "backbone_checkpoint") if model_options[name] is not None]
+    one_model = [
+        f"--{name.replace('_', '-')}" for name in ("checkpoint", "head", "tag", "backbone_checkpoint") if model_options[name] is not None
+    ]
     if one_model and len(names) > 1:
         raise AlignbenchError(f"{one_model[0]} belongs to one model; score {len(names)} models with a study file instead")
     return [o.model_request(name, **model_options) for name in names]

@@ -8,10 +8,10 @@ from typing import Annotated, Optional
 import typer
 from rich.table import Table
 
-from alignbench.distributed import is_main_process
 from alignbench.cli import _basic_options as o
 from alignbench.cli._errors import err_console, guarded, stdout_console
 from alignbench.cli._format import number
+from alignbench.distributed import is_main_process
 
 app = typer.Typer(
     name="study",
@@ -20,9 +20,14 @@ app = typer.Typer(
 )
 
 StudyArgument = Annotated[
-    str, typer.Argument(help="A study TOML file, or a built-in study: paper (the paper's 32 runs), demo (4 small offline runs).", show_default=False)
+    str,
+    typer.Argument(
+        help="A study TOML file, or a built-in study: paper (the paper's 32 runs), demo (4 small offline runs).", show_default=False
+    ),
 ]
-Limit = Annotated[Optional[int], typer.Option("--limit", help="Score only the first N images of each run (overrides the study's).", show_default=False)]
+Limit = Annotated[
+    Optional[int], typer.Option("--limit", help="Score only the first N images of each run (overrides the study's).", show_default=False)
+]
 
 _STATE_STYLE = {"done": "green", "partial": "yellow", "missing": "red"}
 
@@ -37,7 +42,9 @@ def _status_table(study, cells) -> Table:
         request = cell.request
         params = ", ".join(f"{k}={v}" for k, v in sorted(request.explainer_params.items()))
         wanted = "?" if cell.wanted is None else f"{cell.wanted:,}"
-        state = cell.state + ("" if cell.run_status in (None, "complete", "partial") or cell.state == "missing" else f" ({cell.run_status})")
+        state = cell.state + (
+            "" if cell.run_status in (None, "complete", "partial") or cell.state == "missing" else f" ({cell.run_status})"
+        )
         table.add_row(
             str(index),
             request.model.tag or request.model.name,
@@ -86,9 +93,15 @@ def status(study: StudyArgument, limit: Limit = None, db: o.Db = None, as_json: 
 def run(
     study: StudyArgument,
     limit: Limit = None,
-    batch_size: Annotated[Optional[int], typer.Option("--batch-size", help="Images per forward/backward pass (overrides the study's).", show_default=False)] = None,
-    workers: Annotated[Optional[int], typer.Option("--workers", help="DataLoader worker processes per run (default: cores - 1).", show_default=False)] = None,
-    force: Annotated[bool, typer.Option("--force", help="Recompute every run even if stored (rows are replaced as they are recomputed).")] = False,
+    batch_size: Annotated[
+        Optional[int], typer.Option("--batch-size", help="Images per forward/backward pass (overrides the study's).", show_default=False)
+    ] = None,
+    workers: Annotated[
+        Optional[int], typer.Option("--workers", help="DataLoader worker processes per run (default: cores - 1).", show_default=False)
+    ] = None,
+    force: Annotated[
+        bool, typer.Option("--force", help="Recompute every run even if stored (rows are replaced as they are recomputed).")
+    ] = False,
     device: o.Device = "auto",
     db: o.Db = None,
     as_json: o.Json = False,
@@ -118,13 +131,22 @@ def run(
         if main:
             how = "in the store" if result.cached else f"computed {result.computed_images:,} images in {result.seconds:.1f} s"
             mean = number(result.mean_spearman, missing="n/a")
-            err_console.print(f"    run {result.run_id}: {result.status}, {result.n_scored:,}/{result.n_images:,} scored, mean spearman {mean} ({how})",
-                              markup=False, highlight=False)
+            err_console.print(
+                f"    run {result.run_id}: {result.status}, {result.n_scored:,}/{result.n_images:,} scored, mean spearman {mean} ({how})",
+                markup=False,
+                highlight=False,
+            )
 
     progress, on_progress = scoring_progress()
     try:
-        done = run_study(requests, db=db, on_cell=on_cell, on_result=on_result, progress=on_progress,
-                         compare=lambda results: compare_results(results, db=db))
+        done = run_study(
+            requests,
+            db=db,
+            on_cell=on_cell,
+            on_result=on_result,
+            progress=on_progress,
+            compare=lambda results: compare_results(results, db=db),
+        )
     finally:
         progress.stop()
     if not main:
@@ -140,4 +162,6 @@ def run(
     console = stdout_console()
     if done.comparison is not None:
         print_result(done.comparison, console)
-    console.print(f"study {parsed.name}: {len(done.results)} runs, {done.computed} computed now, {len(done.results) - done.computed} already in the store")
+    console.print(
+        f"study {parsed.name}: {len(done.results)} runs, {done.computed} computed now, {len(done.results) - done.computed} already in the store"
+    )

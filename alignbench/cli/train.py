@@ -16,8 +16,8 @@ from rich.table import Table
 
 from alignbench.cli import _options as o
 from alignbench.cli._errors import guarded, stdout_console
-from alignbench.models.specs import variant_name
 from alignbench.cli._format import number, summary_table
+from alignbench.models.specs import variant_name
 from alignbench.training import FREEZE_MODES, METHODS, PAPER_GC_LAMBDA, POSITIONS_LR_FACTOR, POSITIONS_OFFSET, SCHEDULES
 
 _FREEZE_HELP = "; ".join(f"{mode.name}: {mode.description}" for mode in FREEZE_MODES.values())
@@ -28,7 +28,9 @@ def _recipe_default(option: str) -> str:
     """``--opt``'s (etc.) default per method, from the methods' recipes (never a second list)."""
     values: dict[str, list[str]] = {}
     for method in METHODS:
-        values.setdefault(f"{method.recipe[option]:g}" if isinstance(method.recipe[option], float) else str(method.recipe[option]), []).append(method.name)
+        values.setdefault(
+            f"{method.recipe[option]:g}" if isinstance(method.recipe[option], float) else str(method.recipe[option]), []
+        ).append(method.name)
     if len(values) == 1:
         return f"default {next(iter(values))}"
     return "default " + "; ".join(f"{value} ({', '.join(names)})" for value, names in values.items())
@@ -55,14 +57,21 @@ def _summary(result) -> Table:
     rows = [
         ("model", f"{variant_name(result.model, dcls=result.dcls, ca_stream=result.ca_stream)} · {result.method}"),
         ("trained", trained),
-        ("steps", f"{result.steps} of {result.total_steps} ({result.epochs:.2f} epochs, {result.images_seen:,} images, "
-                  f"batch {result.batch_size}, {result.processes} process{'es' if result.processes > 1 else ''})"
-                  + (f", resumed at step {result.resumed_from}" if result.resumed_from is not None else "")),
+        (
+            "steps",
+            f"{result.steps} of {result.total_steps} ({result.epochs:.2f} epochs, {result.images_seen:,} images, "
+            f"batch {result.batch_size}, {result.processes} process{'es' if result.processes > 1 else ''})"
+            + (f", resumed at step {result.resumed_from}" if result.resumed_from is not None else ""),
+        ),
         ("final loss", f"{number(result.final_loss)} (mean of the last steps)"),
     ]
     if result.top1_before is not None:
-        rows.append(("--val top-1", f"{number(result.top1_before)} → {number(result.top1_after)} "
-                                    f"(best {number(result.best_top1)} at step {result.best_step})"))
+        rows.append(
+            (
+                "--val top-1",
+                f"{number(result.top1_before)} → {number(result.top1_after)} (best {number(result.best_top1)} at step {result.best_step})",
+            )
+        )
     if result.positions_shift_max is not None:
         moved = f"max {result.positions_shift_max:.4f} px, mean {result.positions_shift_mean:.4f} px"
         if result.positions_unpinned:
@@ -71,10 +80,19 @@ def _summary(result) -> Table:
     rows.append(("speed", f"{result.images_per_s:.1f} img/s over {result.seconds:.1f} s of steps"))
     rows.append(("wrote", f"{result.last}" + (f", {result.best}" if result.best else "") + f" (log: {result.out / 'log.jsonl'})"))
     if result.recorded_in:
-        rows.append(("recorded", f"{result.recorded_in}: tag {result.tag} (fingerprint {result.fingerprint[:12]}), "
-                                 f"parent {result.parent_fingerprint[:12]}"))
+        rows.append(
+            (
+                "recorded",
+                f"{result.recorded_in}: tag {result.tag} (fingerprint {result.fingerprint[:12]}), parent {result.parent_fingerprint[:12]}",
+            )
+        )
         flags = f"{' --dcls' if result.dcls else ''}{' --ca-stream' if result.ca_stream else ''}"
-        rows.append(("score it", f"alignbench score --trained {result.tag}  (or: alignbench score {result.model}{flags} --checkpoint {result.last})"))
+        rows.append(
+            (
+                "score it",
+                f"alignbench score --trained {result.tag}  (or: alignbench score {result.model}{flags} --checkpoint {result.last})",
+            )
+        )
     return summary_table(f"trained {result.tag}", rows)
 
 
@@ -82,38 +100,137 @@ def _summary(result) -> Table:
 @o.with_model_options(exclude=("tag",))  # train's --tag names the trained model
 def train(
     model: o.ModelName,
-    data: Annotated[str, typer.Option("--data", help="Training images: an ImageFolder tree (ImageNet wnid folders → ImageNet-1k indices), a folder with images/ and labels.csv, or `sample` (the embedded images).", show_default=False)],
-    out: Annotated[Path, typer.Option("--out", help="Directory for last.pt (to --resume), last.safetensors / best.safetensors (to score), log.jsonl, train.json.", file_okay=False, show_default=False)],
+    data: Annotated[
+        str,
+        typer.Option(
+            "--data",
+            help="Training images: an ImageFolder tree (ImageNet wnid folders → ImageNet-1k indices), a folder with images/ and labels.csv, or `sample` (the embedded images).",
+            show_default=False,
+        ),
+    ],
+    out: Annotated[
+        Path,
+        typer.Option(
+            "--out",
+            help="Directory for last.pt (to --resume), last.safetensors / best.safetensors (to score), log.jsonl, train.json.",
+            file_okay=False,
+            show_default=False,
+        ),
+    ],
     model_options: dict = None,  # every model option (o.MODEL_OPTIONS) but --tag
-    val: Annotated[Optional[str], typer.Option("--val", help="Images (same layouts) for top-1 before training and after each epoch; picks best.safetensors.", show_default=False)] = None,
-    steps: Annotated[Optional[int], typer.Option("--steps", help="Optimiser steps (or --epochs; default 1 epoch).", show_default=False)] = None,
+    val: Annotated[
+        Optional[str],
+        typer.Option(
+            "--val",
+            help="Images (same layouts) for top-1 before training and after each epoch; picks best.safetensors.",
+            show_default=False,
+        ),
+    ] = None,
+    steps: Annotated[
+        Optional[int], typer.Option("--steps", help="Optimiser steps (or --epochs; default 1 epoch).", show_default=False)
+    ] = None,
     epochs: Annotated[Optional[int], typer.Option("--epochs", help="Passes over --data.", show_default=False)] = None,
     batch_size: Annotated[int, typer.Option("--batch-size", help="Images per step, over all processes.")] = 32,
-    opt: Annotated[Optional[str], typer.Option("--opt", help=f"timm optimiser (create_optimizer_v2): adamw, sgd, momentum, lamb, ...; {_recipe_default('opt')}.", show_default=False)] = None,
+    opt: Annotated[
+        Optional[str],
+        typer.Option(
+            "--opt",
+            help=f"timm optimiser (create_optimizer_v2): adamw, sgd, momentum, lamb, ...; {_recipe_default('opt')}.",
+            show_default=False,
+        ),
+    ] = None,
     lr: Annotated[Optional[float], typer.Option("--lr", help=f"Base learning rate; {_recipe_default('lr')}.", show_default=False)] = None,
-    weight_decay: Annotated[Optional[float], typer.Option("--weight-decay", help=f"Weight decay (not of biases, norms or positions); {_recipe_default('weight_decay')}.", show_default=False)] = None,
+    weight_decay: Annotated[
+        Optional[float],
+        typer.Option(
+            "--weight-decay",
+            help=f"Weight decay (not of biases, norms or positions); {_recipe_default('weight_decay')}.",
+            show_default=False,
+        ),
+    ] = None,
     momentum: Annotated[float, typer.Option("--momentum", help="Momentum of SGD-like optimisers.")] = 0.9,
-    sched: Annotated[Optional[str], typer.Option("--sched", help=f"timm schedule per step (create_scheduler_v2): {', '.join(SCHEDULES)}; {_recipe_default('sched')}.", show_default=False)] = None,
-    decay_epochs: Annotated[Optional[float], typer.Option("--decay-epochs", help="step/multistep schedules: decay every this many epochs (ca-stream: 30, the official recipe).", show_default=False)] = None,
+    sched: Annotated[
+        Optional[str],
+        typer.Option(
+            "--sched",
+            help=f"timm schedule per step (create_scheduler_v2): {', '.join(SCHEDULES)}; {_recipe_default('sched')}.",
+            show_default=False,
+        ),
+    ] = None,
+    decay_epochs: Annotated[
+        Optional[float],
+        typer.Option(
+            "--decay-epochs",
+            help="step/multistep schedules: decay every this many epochs (ca-stream: 30, the official recipe).",
+            show_default=False,
+        ),
+    ] = None,
     decay_rate: Annotated[float, typer.Option("--decay-rate", help="step/multistep schedules: the factor of each decay.")] = 0.1,
     warmup_steps: Annotated[int, typer.Option("--warmup-steps", help="Linear warm-up steps.")] = 0,
     min_lr: Annotated[float, typer.Option("--min-lr", help="Lowest rate of decaying schedules.")] = 0.0,
-    positions_lr: Annotated[Optional[float], typer.Option("--positions-lr", help=f"Learning rate of the DCLS positions (default {POSITIONS_LR_FACTOR:g}× --lr, as ConvNeXt-dcls).", show_default=False)] = None,
-    positions_offset: Annotated[float, typer.Option("--positions-offset", help="v1 positions on the integer grid (from-dense) first move this many pixels, where the v1 kernel has a gradient (0: off).")] = POSITIONS_OFFSET,
-    freeze: Annotated[Optional[str], typer.Option("--freeze", help=f"What stays fixed. {_FREEZE_HELP}. Default by method: {_METHOD_DEFAULTS}.", show_default=False)] = None,
-    gc_consistency: Annotated[float, typer.Option("--gc-consistency", help=f"λ of Pillai & Pirsiavash's Grad-CAM consistency loss (loss = CE + λ·GC; the paper uses {PAPER_GC_LAMBDA:g}); 0: off.")] = 0.0,
-    maxpool: Annotated[bool, typer.Option("--maxpool", help="Global max pooling instead of average (their GMP variant); the checkpoint records it.")] = False,
-    distill_from: Annotated[Optional[str], typer.Option("--distill-from", help="Add KL to a teacher's logits: `dense` (a DCLS model's dense original) or a model name.", show_default=False)] = None,
+    positions_lr: Annotated[
+        Optional[float],
+        typer.Option(
+            "--positions-lr",
+            help=f"Learning rate of the DCLS positions (default {POSITIONS_LR_FACTOR:g}× --lr, as ConvNeXt-dcls).",
+            show_default=False,
+        ),
+    ] = None,
+    positions_offset: Annotated[
+        float,
+        typer.Option(
+            "--positions-offset",
+            help="v1 positions on the integer grid (from-dense) first move this many pixels, where the v1 kernel has a gradient (0: off).",
+        ),
+    ] = POSITIONS_OFFSET,
+    freeze: Annotated[
+        Optional[str],
+        typer.Option("--freeze", help=f"What stays fixed. {_FREEZE_HELP}. Default by method: {_METHOD_DEFAULTS}.", show_default=False),
+    ] = None,
+    gc_consistency: Annotated[
+        float,
+        typer.Option(
+            "--gc-consistency",
+            help=f"λ of Pillai & Pirsiavash's Grad-CAM consistency loss (loss = CE + λ·GC; the paper uses {PAPER_GC_LAMBDA:g}); 0: off.",
+        ),
+    ] = 0.0,
+    maxpool: Annotated[
+        bool, typer.Option("--maxpool", help="Global max pooling instead of average (their GMP variant); the checkpoint records it.")
+    ] = False,
+    distill_from: Annotated[
+        Optional[str],
+        typer.Option(
+            "--distill-from",
+            help="Add KL to a teacher's logits: `dense` (a DCLS model's dense original) or a model name.",
+            show_default=False,
+        ),
+    ] = None,
     distill_weight: Annotated[float, typer.Option("--distill-weight", help="Weight of the distillation term.")] = 1.0,
-    seed: Annotated[int, typer.Option("--seed", help="Seed of the data order, augmentation and initialisation (deterministic on the CPU).")] = 0,
-    img_size: Annotated[Optional[int], typer.Option("--img-size", help="Training input size (default: the model's).", show_default=False)] = None,
-    aug: Annotated[bool, typer.Option("--aug/--no-aug", help="timm's training augmentation (random resized crop, flip, colour jitter).")] = True,
-    workers: Annotated[Optional[int], typer.Option("--workers", help="DataLoader worker processes (default: cores per process - 1).", show_default=False)] = None,
+    seed: Annotated[
+        int, typer.Option("--seed", help="Seed of the data order, augmentation and initialisation (deterministic on the CPU).")
+    ] = 0,
+    img_size: Annotated[
+        Optional[int], typer.Option("--img-size", help="Training input size (default: the model's).", show_default=False)
+    ] = None,
+    aug: Annotated[
+        bool, typer.Option("--aug/--no-aug", help="timm's training augmentation (random resized crop, flip, colour jitter).")
+    ] = True,
+    workers: Annotated[
+        Optional[int], typer.Option("--workers", help="DataLoader worker processes (default: cores per process - 1).", show_default=False)
+    ] = None,
     amp: Annotated[bool, typer.Option("--amp", help="Mixed precision (CUDA only).")] = False,
     device: o.Device = "auto",
-    tag: Annotated[Optional[str], typer.Option("--tag", help="The trained model's name in the store (default: the name of --out).", show_default=False)] = None,
-    resume: Annotated[Optional[Path], typer.Option("--resume", help="Continue from OUT/last.pt exactly where it stopped (same options).", show_default=False)] = None,
-    checkpoint_every: Annotated[Optional[int], typer.Option("--checkpoint-every", help="Also write last.pt every N steps (always at each epoch's end).", show_default=False)] = None,
+    tag: Annotated[
+        Optional[str], typer.Option("--tag", help="The trained model's name in the store (default: the name of --out).", show_default=False)
+    ] = None,
+    resume: Annotated[
+        Optional[Path],
+        typer.Option("--resume", help="Continue from OUT/last.pt exactly where it stopped (same options).", show_default=False),
+    ] = None,
+    checkpoint_every: Annotated[
+        Optional[int],
+        typer.Option("--checkpoint-every", help="Also write last.pt every N steps (always at each epoch's end).", show_default=False),
+    ] = None,
     db: o.Db = None,
     as_json: o.Json = False,
 ) -> None:
@@ -154,8 +271,10 @@ def _on_progress(bar: Progress, show_val: bool) -> Callable[[Any], None]:
         nonlocal task
         if record.event != "step":
             if show_val:
-                bar.console.print(f"step {record.step}: --val top-1 {record.top1:.4f} on {record.n_images} images"
-                                  + (" (best so far)" if record.best else ""))
+                bar.console.print(
+                    f"step {record.step}: --val top-1 {record.top1:.4f} on {record.n_images} images"
+                    + (" (best so far)" if record.best else "")
+                )
             return
         fields = {"loss": f"{record.loss:.4f}", "accuracy": f"{record.accuracy:.3f}", "rate": f"{record.images_per_s:.1f} img/s"}
         if task is None:

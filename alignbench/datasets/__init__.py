@@ -18,9 +18,8 @@ from os import PathLike
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from alignbench._utils.lazy import lazy_attributes
 from alignbench._utils.file_hashes import fingerprint_files
-
+from alignbench._utils.lazy import lazy_attributes
 from alignbench.datasets._base import (
     CLICKME_HUMAN_CEILING,
     NO_REFERENCE,
@@ -166,7 +165,9 @@ def reopen_dataset(name: str, location: str | None, fingerprint: str) -> Dataset
             continue
         if dataset.fingerprint == fingerprint:
             return dataset
-        reasons.append(f"the files at {dataset.location} are not the ones stored (fingerprint {dataset.fingerprint[:12]}, stored {fingerprint[:12]})")
+        reasons.append(
+            f"the files at {dataset.location} are not the ones stored (fingerprint {dataset.fingerprint[:12]}, stored {fingerprint[:12]})"
+        )
     raise DatasetError(f"dataset {name!r} as stored is not on this machine: {reasons[0] if reasons else 'no location recorded'}")
 
 

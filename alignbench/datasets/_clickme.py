@@ -233,7 +233,9 @@ def _shard_paths(spec: DatasetSpec, data_dir: Path | None, download: bool) -> li
         )
     base_url = os.environ.get(CLICKME_URL_ENV) or CLICKME_VAL_URL
     return download_files(
-        base_url, CLICKME_VAL_SHARDS, destination,
+        base_url,
+        CLICKME_VAL_SHARDS,
+        destination,
         hint="pass --data-dir DIR holding the ClickMe val shards (val-0.tfrecords … val-16.tfrecords)",
     )
 
@@ -279,7 +281,8 @@ class ClickMeReader(Reader):
         image, heatmap = decode_jpeg(record.image, path, offset), decode_jpeg(record.heatmap, path, offset)
         if image.shape[:2] != (CLICKME_SIDE, CLICKME_SIDE) or heatmap.shape[:2] != (CLICKME_SIDE, CLICKME_SIDE):
             raise _corrupt(
-                path, offset,
+                path,
+                offset,
                 f"image {image.shape[1]}×{image.shape[0]}, heatmap {heatmap.shape[1]}×{heatmap.shape[0]}; "
                 "ClickMe records hold 256×256 images and heatmaps",
             )

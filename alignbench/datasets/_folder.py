@@ -173,17 +173,19 @@ def _read_labels(path: Path, images: list[Path]) -> list[int]:
 
 
 class FolderDataset(Dataset):
-    def __init__(
-        self, spec: DatasetSpec, root: Path, images: list[Path], heatmaps: list[Path] | None, labels_file: Path | None
-    ) -> None:
+    def __init__(self, spec: DatasetSpec, root: Path, images: list[Path], heatmaps: list[Path] | None, labels_file: Path | None) -> None:
         # heatmaps None (no heatmaps/): the files are the images and labels.csv; the names differ from
         # any folder's with heatmaps, so the two never share a fingerprint
         files = [*images, *(heatmaps or []), *([labels_file] if labels_file else [])]
         names = [f"{file.parent.name}/{file.name}" if file.parent != root else file.name for file in files]
         fingerprint = fingerprint_files("folder-v1", root, names, what="fingerprinting folder")
         super().__init__(
-            spec, fingerprint=fingerprint, image_ids=[p.stem for p in images], location=root,
-            has_labels=labels_file is not None, has_reference=heatmaps is not None,
+            spec,
+            fingerprint=fingerprint,
+            image_ids=[p.stem for p in images],
+            location=root,
+            has_labels=labels_file is not None,
+            has_reference=heatmaps is not None,
         )
         self.images, self.heatmaps, self.labels_file = images, heatmaps, labels_file
         self._labels: list[int] | None = None

@@ -71,9 +71,7 @@ class BoxedImageReader(Reader):
         # PIL's bilinear resize filters (antialiases) when shrinking, as a downscaled photo should be.
         square = np.array(image.resize((CLICKME_SIDE, CLICKME_SIDE), Image.BILINEAR), dtype=np.uint8)
         scale = np.array([CLICKME_SIDE / width, CLICKME_SIDE / height] * 2, dtype=np.float64)
-        edges = np.array(
-            [(x0, y0, x1 + 1, y1 + 1) for x0, y0, x1, y1 in self.boxes[index]], dtype=np.float64
-        ).reshape(-1, 4)
+        edges = np.array([(x0, y0, x1 + 1, y1 + 1) for x0, y0, x1, y1 in self.boxes[index]], dtype=np.float64).reshape(-1, 4)
         boxes = (edges * scale).astype(np.float32)
         return ClickMeSample(image=square, heatmap=box_mask(boxes, CLICKME_SIDE), label=self.labels[index], boxes=boxes)
 
@@ -102,13 +100,9 @@ class BoxedImageDataset(Dataset):
         load_annotations: Callable[[list[str]], Annotations],
     ) -> None:
         # Names, not Path objects: imagenet-val lists 50,000 files, and a cached score must be quick.
-        fingerprint = fingerprint_files(
-            f"{spec.name}-v1", root, [*image_names, *metadata_names], what=f"fingerprinting {spec.name}"
-        )
+        fingerprint = fingerprint_files(f"{spec.name}-v1", root, [*image_names, *metadata_names], what=f"fingerprinting {spec.name}")
         self.file_names = [name.rsplit("/", 1)[-1] for name in image_names]
-        super().__init__(
-            spec, fingerprint=fingerprint, image_ids=[name.rsplit(".", 1)[0] for name in self.file_names], location=root
-        )
+        super().__init__(spec, fingerprint=fingerprint, image_ids=[name.rsplit(".", 1)[0] for name in self.file_names], location=root)
         self.root = root
         self.image_names = image_names
         self._load_annotations = load_annotations
@@ -172,9 +166,7 @@ def open_sample(spec: DatasetSpec, data_dir: Path | None, download: bool) -> Box
         rows = [table[name] for name in file_names]
         return [row[0] for row in rows], [row[2] for row in rows], [row[1] for row in rows]
 
-    return BoxedImageDataset(
-        spec, root=SAMPLE_DIR, image_names=names, metadata_names=[SAMPLE_LABELS], load_annotations=annotations
-    )
+    return BoxedImageDataset(spec, root=SAMPLE_DIR, image_names=names, metadata_names=[SAMPLE_LABELS], load_annotations=annotations)
 
 
 # --- imagenet-val ---------------------------------------------------------------------------------
@@ -241,6 +233,9 @@ def open_imagenet_val(spec: DatasetSpec, data_dir: Path | None, download: bool) 
         if (metadata / name).is_file()
     ]
     return BoxedImageDataset(
-        spec, root=data_dir, image_names=[prefix + name for name in found], metadata_names=metadata_names,
+        spec,
+        root=data_dir,
+        image_names=[prefix + name for name in found],
+        metadata_names=metadata_names,
         load_annotations=_wsol_annotations(metadata),
     )

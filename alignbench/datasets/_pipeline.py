@@ -102,8 +102,12 @@ def _pil_filter(name: str) -> int:
     from PIL import Image
 
     filters = {
-        "nearest": Image.NEAREST, "bilinear": Image.BILINEAR, "bicubic": Image.BICUBIC,
-        "lanczos": Image.LANCZOS, "box": Image.BOX, "hamming": Image.HAMMING,
+        "nearest": Image.NEAREST,
+        "bilinear": Image.BILINEAR,
+        "bicubic": Image.BICUBIC,
+        "lanczos": Image.LANCZOS,
+        "box": Image.BOX,
+        "hamming": Image.HAMMING,
     }
     return filters.get(name, Image.BICUBIC)  # timm's "random" etc.: its eval default, bicubic
 

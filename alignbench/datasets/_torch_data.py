@@ -99,7 +99,6 @@ class ReferenceMapDataset(TorchDataset):
             item["reference_ranks"] = self.rank_cache.ranks(index, reference)
         return item
 
-
     def _reference_undefined(self, heatmap: Any, reference: torch.Tensor) -> str | None:
         """Why the reference map makes the metrics that read it undefined, or None: constant in the data
         as given (even if preprocessing made it vary), or constant up to rounding after preprocessing."""
@@ -248,8 +247,14 @@ def data_loader(
     """Batches of :func:`torch_dataset`, decoded in worker processes (default: cores − 1, at most 4).
     A DatasetError raised in a worker is re-raised here with its own one-line message."""
     items = torch_dataset(
-        dataset, preprocessing, protocol, skip_ids=skip_ids, limit=limit, reference_ranks=reference_ranks,
-        num_classes=num_classes, positions=positions,
+        dataset,
+        preprocessing,
+        protocol,
+        skip_ids=skip_ids,
+        limit=limit,
+        reference_ranks=reference_ranks,
+        num_classes=num_classes,
+        positions=positions,
     )
     if num_workers is None:
         num_workers = max(1, min(4, (os.cpu_count() or 2) - 1))

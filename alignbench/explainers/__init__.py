@@ -18,12 +18,20 @@ from typing import TYPE_CHECKING
 
 from alignbench._utils.lazy import lazy_attributes
 from alignbench.explainers._centre_bias import CENTRE_BIAS, CENTRE_BIAS_FAMILY, CENTRE_BIAS_SIGMA_FRAC, centre_bias_map
-from alignbench.explainers._methods import (DEFAULT_METHOD, HEAD_FUSIONS, METHODS, MethodSpec, ParamSpec, check_params, explainer_setting,
-                                            resolve_method)
+from alignbench.explainers._methods import (
+    DEFAULT_METHOD,
+    HEAD_FUSIONS,
+    METHODS,
+    MethodSpec,
+    ParamSpec,
+    check_params,
+    explainer_setting,
+    resolve_method,
+)
 
 if TYPE_CHECKING:  # pragma: no cover
     from alignbench.explainers._explain import Explanation, check_applicable, explain, explain_batch
-    from alignbench.explainers._files import ExplainedFiles, explain_files
+    from alignbench.explainers._files import ExplainedFiles, explain_files  # noqa: F401 (lazy: _LAZY)
     from alignbench.explainers._split import Split, split_model
 
 __all__ = [

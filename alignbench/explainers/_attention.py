@@ -19,6 +19,7 @@ from alignbench.errors import ExplainerError
 from alignbench.explainers._split import Targets, frozen_parameters, model_name, resolve_targets
 from alignbench.models._ca_stream import CAStreamModel
 
+
 def attention_modules(model: nn.Module, method: str = "rollout") -> list[nn.Module]:
     """The self-attention module of every block of a ViT/DeiT-style model, checked usable.
 

@@ -15,8 +15,7 @@ from alignbench.explainers._attention import attention_maps, attention_modules, 
 from alignbench.explainers._gradient import GRADIENT_METHODS, minmax
 from alignbench.explainers._library import library_maps  # imports pytorch-grad-cam (cv2, sklearn, ttach) on use
 from alignbench.explainers._methods import DEFAULT_METHOD, METHODS, explainer_setting, resolve_method
-from alignbench.explainers._split import (StreamSplit, Targets, as_batch, eval_mode, gradient_evidence, model_name,
-                                          split_model)
+from alignbench.explainers._split import StreamSplit, Targets, as_batch, eval_mode, gradient_evidence, model_name, split_model
 
 
 @dataclass(frozen=True)
@@ -73,9 +72,7 @@ def check_applicable(model: nn.Module, method: str, **params: Any) -> None:
     if spec.name == "ablationcam" and isinstance(split, StreamSplit):
         # AblationCAM re-runs the head on cached activations, one image's copies per batch; a stream
         # model's head also needs that image's token, which the library has no way to hand over.
-        raise ExplainerError(
-            f"ablationcam cannot explain {model_name(model)} (a CA-Stream model); use scorecam, gradcam or ca-attention"
-        )
+        raise ExplainerError(f"ablationcam cannot explain {model_name(model)} (a CA-Stream model); use scorecam, gradcam or ca-attention")
     if _is_token_transformer(model):
         raise ExplainerError(
             f"{spec.name} needs a spatial feature map; {model_name(model)} is a token transformer whose "

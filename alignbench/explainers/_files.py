@@ -5,9 +5,10 @@ This is everything ``alignbench explain`` does; the command only parses options 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -104,8 +105,11 @@ def model_preprocessing(model: nn.Module) -> Preprocessing:
 
     cfg = resolve_data_config({}, model=model)
     return Preprocessing(
-        input_size=tuple(cfg["input_size"][-2:]), mean=tuple(cfg["mean"]), std=tuple(cfg["std"]),
-        interpolation=cfg.get("interpolation", "bicubic"), crop_pct=float(cfg.get("crop_pct", 0.875)),
+        input_size=tuple(cfg["input_size"][-2:]),
+        mean=tuple(cfg["mean"]),
+        std=tuple(cfg["std"]),
+        interpolation=cfg.get("interpolation", "bicubic"),
+        crop_pct=float(cfg.get("crop_pct", 0.875)),
     )
 
 

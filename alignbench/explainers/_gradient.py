@@ -9,7 +9,7 @@ and the library: a positive factor that min-max normalisation removes.
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F

@@ -12,7 +12,8 @@ from __future__ import annotations
 import contextlib
 import importlib
 import io
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 import numpy as np
 import torch
@@ -91,7 +92,9 @@ def _parameters_untouched(model: nn.Module, freeze: bool) -> Iterator[None]:
             p.grad = grad
 
 
-def library_maps(model: nn.Module, images: Tensor, targets: Targets, spec: MethodSpec, params: dict[str, Any]) -> tuple[Tensor, Tensor, Tensor]:
+def library_maps(
+    model: nn.Module, images: Tensor, targets: Targets, spec: MethodSpec, params: dict[str, Any]
+) -> tuple[Tensor, Tensor, Tensor]:
     """(maps [B, H, W] on the images' device, logits, targets) from pytorch-grad-cam's ``spec.library_class``.
 
     The library normalises each map to [0, 1] and resizes it to the input with cv2 (bilinear).
@@ -117,9 +120,11 @@ def library_maps(model: nn.Module, images: Tensor, targets: Targets, spec: Metho
     cam = cam_class(wrapper, layers, **kwargs)
     try:
         # tqdm progress bars of ScoreCAM/AblationCAM go to stderr; a library call should be silent
-        with _parameters_untouched(model, freeze=spec.name not in _NEEDS_PARAMETER_GRAPH), _seeded_numpy(
-            int(params.get("seed", 0))
-        ), contextlib.redirect_stderr(io.StringIO()):
+        with (
+            _parameters_untouched(model, freeze=spec.name not in _NEEDS_PARAMETER_GRAPH),
+            _seeded_numpy(int(params.get("seed", 0))),
+            contextlib.redirect_stderr(io.StringIO()),
+        ):
             grayscale = cam(images, None if given is None else [ClassifierOutputTarget(int(t)) for t in given])
         logits = cam.outputs.detach()
     finally:

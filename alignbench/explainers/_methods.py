@@ -6,9 +6,10 @@ the full parameter dict) and the dispatcher in ``_explain``. Importing this modu
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
-from typing import Any, Literal, Mapping
+from typing import Any, Literal
 
 from alignbench.errors import ExplainerError
 
@@ -60,14 +61,25 @@ class ParamSpec:
 
 # The parameters the methods share. The map is min-max normalised to [0, 1] before the floor, so a
 # threshold >= 1 leaves nothing.
-THRESHOLD = ParamSpec("threshold", float, 0.3, "threshold-gradcam: the floor of the min-max normalised map.",
-                      range=(0.0, 1.0), range_reason="the map is min-max normalised first")
+THRESHOLD = ParamSpec(
+    "threshold",
+    float,
+    0.3,
+    "threshold-gradcam: the floor of the min-max normalised map.",
+    range=(0.0, 1.0),
+    range_reason="the map is min-max normalised first",
+)
 HEAD_FUSION = ParamSpec("head_fusion", str, "mean", "how the heads' attention is fused", choices=HEAD_FUSIONS)
-DISCARD_RATIO = ParamSpec("discard_ratio", float, 0.0, "the fraction of each fused attention matrix's lowest entries set to zero (vit-explain)",
-                          range=(0.0, 1.0), range_reason="the fraction of each fused attention matrix set to zero")
+DISCARD_RATIO = ParamSpec(
+    "discard_ratio",
+    float,
+    0.0,
+    "the fraction of each fused attention matrix's lowest entries set to zero (vit-explain)",
+    range=(0.0, 1.0),
+    range_reason="the fraction of each fused attention matrix set to zero",
+)
 # a block index as in Python (0 the first, -1 the last); -1 is what was stored before it existed
-LAYER = ParamSpec("layer", int, -1, "the block whose attention is shown, 0 the first, negative from the end",
-                  optional=True)
+LAYER = ParamSpec("layer", int, -1, "the block whose attention is shown, 0 the first, negative from the end", optional=True)
 SEED = ParamSpec("seed", int, 0, "the seed of the random channel weights")
 
 
@@ -124,58 +136,127 @@ def _spec(name: str, kind: Kind, summary: str, **kwargs: Any) -> MethodSpec:
 
 _SPECS = (
     # The paper's two methods (Chamas et al. 2024, threshold_GradCAM.py / GradCAM.py).
-    _spec("gradcam", "core", "Grad-CAM: ReLU(mean_c(w_c·A_c)), w_c = spatial mean of dy_t/dA_c",
-          aliases=("grad-cam",), library_class="GradCAM"),
-    _spec("threshold-gradcam", "core",
-          "Threshold-Grad-CAM: mean_c(ReLU(w_c·A_c)), min-max per image, floored at `threshold`",
-          aliases=("threshold", "threshold-grad-cam"), params=(THRESHOLD,), normalised=True),
+    _spec(
+        "gradcam",
+        "core",
+        "Grad-CAM: ReLU(mean_c(w_c·A_c)), w_c = spatial mean of dy_t/dA_c",
+        aliases=("grad-cam",),
+        library_class="GradCAM",
+    ),
+    _spec(
+        "threshold-gradcam",
+        "core",
+        "Threshold-Grad-CAM: mean_c(ReLU(w_c·A_c)), min-max per image, floored at `threshold`",
+        aliases=("threshold", "threshold-grad-cam"),
+        params=(THRESHOLD,),
+        normalised=True,
+    ),
     # Other gradient-weighted methods on the same core, each equal to the library's after min-max.
-    _spec("gradcam++", "core", "Grad-CAM++ (Chattopadhyay et al. 2018, eq. 19 weights)",
-          aliases=("gradcampp", "gradcam-plusplus", "gradcamplusplus"), library_class="GradCAMPlusPlus"),
-    _spec("xgradcam", "core", "XGrad-CAM (Fu et al. 2020): activation-weighted gradients",
-          aliases=("xgrad-cam",), library_class="XGradCAM"),
-    _spec("layercam", "core", "LayerCAM (Jiang et al. 2021): ReLU(dy/dA)·A per position",
-          aliases=("layer-cam",), library_class="LayerCAM"),
-    _spec("hirescam", "core", "HiResCAM (Draelos & Carin 2020): sum_c dy/dA_c·A_c",
-          aliases=("hires-cam",), library_class="HiResCAM"),
-    _spec("eigengradcam", "core", "Eigen-Grad-CAM: first principal component of dy/dA·A",
-          aliases=("eigen-grad-cam",), library_class="EigenGradCAM"),
+    _spec(
+        "gradcam++",
+        "core",
+        "Grad-CAM++ (Chattopadhyay et al. 2018, eq. 19 weights)",
+        aliases=("gradcampp", "gradcam-plusplus", "gradcamplusplus"),
+        library_class="GradCAMPlusPlus",
+    ),
+    _spec(
+        "xgradcam", "core", "XGrad-CAM (Fu et al. 2020): activation-weighted gradients", aliases=("xgrad-cam",), library_class="XGradCAM"
+    ),
+    _spec("layercam", "core", "LayerCAM (Jiang et al. 2021): ReLU(dy/dA)·A per position", aliases=("layer-cam",), library_class="LayerCAM"),
+    _spec("hirescam", "core", "HiResCAM (Draelos & Carin 2020): sum_c dy/dA_c·A_c", aliases=("hires-cam",), library_class="HiResCAM"),
+    _spec(
+        "eigengradcam",
+        "core",
+        "Eigen-Grad-CAM: first principal component of dy/dA·A",
+        aliases=("eigen-grad-cam",),
+        library_class="EigenGradCAM",
+    ),
     # Everything else pytorch-grad-cam offers for a classifier, through the library itself.
-    _spec("gradcam-elementwise", "library", "Grad-CAM element-wise: sum_c ReLU(dy/dA_c·A_c)",
-          aliases=("gradcamelementwise",), library_class="GradCAMElementWise"),
-    _spec("eigencam", "library", "Eigen-CAM (Muhammad & Yeasin 2020): first principal component of A",
-          aliases=("eigen-cam",), library_class="EigenCAM"),
-    _spec("scorecam", "library", "Score-CAM (Wang et al. 2020): channel masks scored by the model",
-          aliases=("score-cam",), library_class="ScoreCAM"),
-    _spec("ablationcam", "library", "Ablation-CAM (Desai & Ramaswamy 2020): score drop per ablated channel",
-          aliases=("ablation-cam",), library_class="AblationCAM"),
-    _spec("fullgrad", "library", "FullGrad (Srinivas & Fleuret 2019): input and bias gradients of every layer",
-          aliases=("full-grad",), library_class="FullGrad", full_graph=True),
-    _spec("shapleycam", "library", "ShapleyCAM (Cai 2025): gradient and Hessian-vector product",
-          aliases=("shapley-cam",), library_class="ShapleyCAM", full_graph=True),
-    _spec("kpcacam", "library", "KPCA-CAM: first kernel-PCA component of A",
-          aliases=("kpca-cam",), library_class="KPCA_CAM"),
+    _spec(
+        "gradcam-elementwise",
+        "library",
+        "Grad-CAM element-wise: sum_c ReLU(dy/dA_c·A_c)",
+        aliases=("gradcamelementwise",),
+        library_class="GradCAMElementWise",
+    ),
+    _spec(
+        "eigencam",
+        "library",
+        "Eigen-CAM (Muhammad & Yeasin 2020): first principal component of A",
+        aliases=("eigen-cam",),
+        library_class="EigenCAM",
+    ),
+    _spec(
+        "scorecam",
+        "library",
+        "Score-CAM (Wang et al. 2020): channel masks scored by the model",
+        aliases=("score-cam",),
+        library_class="ScoreCAM",
+    ),
+    _spec(
+        "ablationcam",
+        "library",
+        "Ablation-CAM (Desai & Ramaswamy 2020): score drop per ablated channel",
+        aliases=("ablation-cam",),
+        library_class="AblationCAM",
+    ),
+    _spec(
+        "fullgrad",
+        "library",
+        "FullGrad (Srinivas & Fleuret 2019): input and bias gradients of every layer",
+        aliases=("full-grad",),
+        library_class="FullGrad",
+        full_graph=True,
+    ),
+    _spec(
+        "shapleycam",
+        "library",
+        "ShapleyCAM (Cai 2025): gradient and Hessian-vector product",
+        aliases=("shapley-cam",),
+        library_class="ShapleyCAM",
+        full_graph=True,
+    ),
+    _spec("kpcacam", "library", "KPCA-CAM: first kernel-PCA component of A", aliases=("kpca-cam",), library_class="KPCA_CAM"),
     _spec("fem", "library", "FEM (Fuad et al. 2020): k-sigma feature explanation", library_class="FEM"),
-    _spec("randomcam", "library", "Random channel weights: a sanity-check floor (seeded, so reproducible)",
-          aliases=("random-cam", "random"), library_class="RandomCAM", params=(SEED,)),
+    _spec(
+        "randomcam",
+        "library",
+        "Random channel weights: a sanity-check floor (seeded, so reproducible)",
+        aliases=("random-cam", "random"),
+        library_class="RandomCAM",
+        params=(SEED,),
+    ),
     # Attention maps for ViT / DeiT.
-    _spec("rollout", "attention",
-          "Attention rollout (Abnar & Zuidema 2020): product of (A+I)/2 over blocks, class-token row; "
-          "discard_ratio zeroes the weakest fraction of each fused matrix first (vit-explain)",
-          needs="attention", aliases=("attention-rollout",),
-          params=(HEAD_FUSION, DISCARD_RATIO)),
-    _spec("raw-attention", "attention", "Raw attention of one block (default the last): class-token row, heads fused",
-          needs="attention", aliases=("attention", "raw-attn"), params=(HEAD_FUSION, LAYER)),
+    _spec(
+        "rollout",
+        "attention",
+        "Attention rollout (Abnar & Zuidema 2020): product of (A+I)/2 over blocks, class-token row; "
+        "discard_ratio zeroes the weakest fraction of each fused matrix first (vit-explain)",
+        needs="attention",
+        aliases=("attention-rollout",),
+        params=(HEAD_FUSION, DISCARD_RATIO),
+    ),
+    _spec(
+        "raw-attention",
+        "attention",
+        "Raw attention of one block (default the last): class-token row, heads fused",
+        needs="attention",
+        aliases=("attention", "raw-attn"),
+        params=(HEAD_FUSION, LAYER),
+    ),
     # The CA-Stream's own map (Torres et al. 2024): class-agnostic, like raw attention.
-    _spec("ca-attention", "attention",
-          "CA-Stream: the last cross-attention block's softmax over positions, upsampled, min-max",
-          needs="ca-stream", aliases=("ca-attn", "stream-attention"), normalised=True),
+    _spec(
+        "ca-attention",
+        "attention",
+        "CA-Stream: the last cross-attention block's softmax over positions, upsampled, min-max",
+        needs="ca-stream",
+        aliases=("ca-attn", "stream-attention"),
+        normalised=True,
+    ),
 )
 
 METHODS: Mapping[str, MethodSpec] = MappingProxyType({spec.name: spec for spec in _SPECS})
-_ALIASES: Mapping[str, str] = MappingProxyType(
-    {alias: spec.name for spec in _SPECS for alias in (spec.name, *spec.aliases)}
-)
+_ALIASES: Mapping[str, str] = MappingProxyType({alias: spec.name for spec in _SPECS for alias in (spec.name, *spec.aliases)})
 DEFAULT_METHOD = "threshold-gradcam"
 
 

@@ -28,10 +28,11 @@ from the token through the last block's attention and values into A.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import partial
-from typing import Callable, Iterator, Sequence, Union
+from typing import Union
 
 import torch
 from torch import Tensor, nn
@@ -159,9 +160,7 @@ def resolve_targets(targets: Targets, logits: Tensor) -> Tensor:
     bad = (t < 0) | (t >= num_classes)
     if bool(bad.any()):
         value = int(t[bad][0])
-        raise ExplainerError(
-            f"target class {value} is out of range for a model with {num_classes} classes (valid: 0..{num_classes - 1})"
-        )
+        raise ExplainerError(f"target class {value} is out of range for a model with {num_classes} classes (valid: 0..{num_classes - 1})")
     return t
 
 

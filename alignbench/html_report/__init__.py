@@ -76,7 +76,9 @@ class OutputDirectory:
                     "or pass --force to write beside them (they are kept)"
                 )
             if INDEX in foreign:
-                raise AlignbenchError(f"--html {self.path} holds an index.html this report did not write; move it or choose another directory")
+                raise AlignbenchError(
+                    f"--html {self.path} holds an index.html this report did not write; move it or choose another directory"
+                )
         self._check_writable()
 
     def _manifest(self) -> set[str]:
@@ -107,7 +109,9 @@ class OutputDirectory:
         does not, and record the manifest; returns the path of the index."""
         foreign = {name for name in files if (self.path / name).exists()} - self.previous - {MANIFEST}
         if foreign:
-            raise AlignbenchError(f"--html {self.path}: {sorted(foreign)[0]} exists and was not written by this report; move it or choose another directory")
+            raise AlignbenchError(
+                f"--html {self.path}: {sorted(foreign)[0]} exists and was not written by this report; move it or choose another directory"
+            )
         try:
             for directory in sorted({(self.path / name).parent for name in files}):
                 directory.mkdir(parents=True, exist_ok=True)
@@ -200,6 +204,11 @@ def write_html_report(
     if outcome is not None:
         seconds |= {f"thumbnails_{name}": value for name, value in outcome.seconds.items()}
     return HtmlReportResult(
-        index, len(data.stored.runs), len(page.galleries), outcome.computed if outcome else 0,
-        dict(outcome.unavailable) if outcome else {}, seconds, page.message,
+        index,
+        len(data.stored.runs),
+        len(page.galleries),
+        outcome.computed if outcome else 0,
+        dict(outcome.unavailable) if outcome else {},
+        seconds,
+        page.message,
     )

@@ -24,14 +24,19 @@ from alignbench.analysis.report import Report, build_report
 from alignbench.analysis.runs import RunFilter, RunScore, StoredRuns, load_runs, score_label
 from alignbench.explainers import CENTRE_BIAS  # torch-free: the registry is plain data
 from alignbench.html_report.gallery import (
-    DEFAULT_GALLERY, DEFAULT_SEED, GalleryPlan, gallery_view, imagenet_classes, plan_galleries, thumbnails_needed,
+    DEFAULT_GALLERY,
+    DEFAULT_SEED,
+    GalleryPlan,
+    gallery_view,
+    imagenet_classes,
+    plan_galleries,
+    thumbnails_needed,
 )
 from alignbench.html_report.page import Cell, HtmlPage, ImageTable, Table, message_page
 from alignbench.html_report.painter import Painter, paint_figures
 from alignbench.metrics import metric_spec  # torch-free: the registry is plain data
 from alignbench.store import queries as q
 from alignbench.store.tables import THUMBNAIL_KINDS
-
 
 # --- what the report reads ---------------------------------------------------------------------
 
@@ -53,7 +58,12 @@ class ReportData:
 
 
 def read_report_data(
-    session: Session, runs: RunFilter | None = None, *, gallery: int = DEFAULT_GALLERY, seed: int = DEFAULT_SEED, bins: int = DEFAULT_BINS,
+    session: Session,
+    runs: RunFilter | None = None,
+    *,
+    gallery: int = DEFAULT_GALLERY,
+    seed: int = DEFAULT_SEED,
+    bins: int = DEFAULT_BINS,
 ) -> ReportData:
     """The runs, comparisons, figure data and gallery choices of the report of ``runs``."""
     runs = RunFilter.of(runs)
@@ -135,8 +145,21 @@ def _variant(run: RunScore, details: RunDetails | None) -> str:
 def _runs_table(data: ReportData, means: dict[str, dict[int, tuple[float | None, int]]]) -> Table:
     metrics = list(means)
     anchors = {run_id: plan.anchor for plan in data.plans for run_id in plan.run_ids}
-    columns = ("run", "model", "variant", "params", "explainer", "dataset", "protocol", "status", "images", "scored", "skipped",
-               *(f"mean {m}" for m in metrics), "score")
+    columns = (
+        "run",
+        "model",
+        "variant",
+        "params",
+        "explainer",
+        "dataset",
+        "protocol",
+        "status",
+        "images",
+        "scored",
+        "skipped",
+        *(f"mean {m}" for m in metrics),
+        "score",
+    )
     rows, classes = [], []
     for run in data.stored.runs:
         v, details = run.view, data.details.get(run.run_id)
@@ -145,21 +168,23 @@ def _runs_table(data: ReportData, means: dict[str, dict[int, tuple[float | None,
             mean = means[metric].get(run.run_id)
             mean_cells.append(_number(mean[0]) if mean is not None and metric in v.metrics.split(",") else Cell("", None))
         anchor = anchors.get(run.run_id)
-        rows.append((
-            Cell(str(run.run_id), float(run.run_id), link=f"#{anchor}" if anchor else None),
-            Cell("centre bias (reference)" if run.is_reference else v.model),
-            Cell(_variant(run, details), title=details.weights_source if details else None),
-            Cell("" if not v.param_count else f"{v.param_count / 1e6:.1f} M", float(v.param_count or 0)),
-            Cell(run.group.explainer_label),
-            Cell(v.dataset, title=details.dataset_location if details and details.dataset_location else None),
-            Cell(v.protocol),
-            Cell(v.status),
-            _count(v.n_images),
-            _count(run.n_scored),
-            _count(run.n_rows - run.n_scored),
-            *mean_cells,
-            _number(run.score),
-        ))
+        rows.append(
+            (
+                Cell(str(run.run_id), float(run.run_id), link=f"#{anchor}" if anchor else None),
+                Cell("centre bias (reference)" if run.is_reference else v.model),
+                Cell(_variant(run, details), title=details.weights_source if details else None),
+                Cell("" if not v.param_count else f"{v.param_count / 1e6:.1f} M", float(v.param_count or 0)),
+                Cell(run.group.explainer_label),
+                Cell(v.dataset, title=details.dataset_location if details and details.dataset_location else None),
+                Cell(v.protocol),
+                Cell(v.status),
+                _count(v.n_images),
+                _count(run.n_scored),
+                _count(run.n_rows - run.n_scored),
+                *mean_cells,
+                _number(run.score),
+            )
+        )
         classes.append("reference" if run.is_reference else "")
     caption = (
         "score: the mean divided by the human ceiling where the dataset has one (the alignment score), else the mean · "
@@ -177,29 +202,53 @@ def _comparison_tables(compared: CompareResult, plans: list[GalleryPlan]) -> lis
             both = row.baseline_run_id is not None and row.dcls_run_id is not None
             ci = "—" if row.ci_low is None else f"[{row.ci_low:+.4f}, {row.ci_high:+.4f}]"
             anchor = galleries.get((row.baseline_run_id, row.dcls_run_id))
-            rows.append((
-                Cell(row.model, link=f"#{anchor}" if anchor else None), _number(row.baseline), _number(row.dcls), _number(row.delta, signed=True),
-                Cell(ci, row.ci_low), _p_value(row.p_value), _count(row.n_pairs if both else None), _number(row.centre_bias),
-                Cell(row.verdict), Cell(" · ".join(f"run {r}" for r in (row.baseline_run_id, row.dcls_run_id) if r is not None)),
-            ))
+            rows.append(
+                (
+                    Cell(row.model, link=f"#{anchor}" if anchor else None),
+                    _number(row.baseline),
+                    _number(row.dcls),
+                    _number(row.delta, signed=True),
+                    Cell(ci, row.ci_low),
+                    _p_value(row.p_value),
+                    _count(row.n_pairs if both else None),
+                    _number(row.centre_bias),
+                    Cell(row.verdict),
+                    Cell(" · ".join(f"run {r}" for r in (row.baseline_run_id, row.dcls_run_id) if r is not None)),
+                )
+            )
             classes.append(row.verdict.replace(" ", "-"))
         if group.reference is not None:
             reference = group.reference
-            rows.append((
-                Cell("centre bias (model-free reference)"), Cell(""), Cell(""), Cell(""), Cell(""), Cell(""),
-                _count(reference.n_scored), _number(reference.score), Cell(""), Cell(f"run {reference.run_id}"),
-            ))
+            rows.append(
+                (
+                    Cell("centre bias (model-free reference)"),
+                    Cell(""),
+                    Cell(""),
+                    Cell(""),
+                    Cell(""),
+                    Cell(""),
+                    _count(reference.n_scored),
+                    _number(reference.score),
+                    Cell(""),
+                    Cell(f"run {reference.run_id}"),
+                )
+            )
             classes.append("reference")
         caption = (
             f"scores: {group.scale}, on the images both runs scored · Δ = DCLS − baseline · {CONFIDENCE:.0%} CI: paired "
             f"bootstrap, {compared.n_resamples} resamples · p: Wilcoxon signed-rank · verdict: CI excludes 0 and p < {ALPHA} · "
             "centre bias: the reference on the same images"
         )
-        tables.append(Table(
-            f"comparison-table-{n + 1}", f"DCLS vs baseline ({group.scale_name}) · {group.group.label}",
-            ("model", "baseline", "DCLS", "Δ", f"{CONFIDENCE:.0%} CI", "p", "pairs", "centre bias", "verdict", "runs"),
-            tuple(rows), tuple(classes), caption,
-        ))
+        tables.append(
+            Table(
+                f"comparison-table-{n + 1}",
+                f"DCLS vs baseline ({group.scale_name}) · {group.group.label}",
+                ("model", "baseline", "DCLS", "Δ", f"{CONFIDENCE:.0%} CI", "p", "pairs", "centre bias", "verdict", "runs"),
+                tuple(rows),
+                tuple(classes),
+                caption,
+            )
+        )
     return tables
 
 
@@ -223,19 +272,29 @@ def _details_table(run: RunScore, details: RunDetails | None) -> Table:
         ("score", "—" if run.score is None else f"{run.score:.4f} ({score_label(run.metric, v.ceiling)})"),
     ]
     if details is not None:
-        pairs += [("precision", details.precision), ("device", details.device or "—"), ("compute time", f"{details.compute_seconds:.1f} s"),
-                  ("last written", str(details.updated_at))]
+        pairs += [
+            ("precision", details.precision),
+            ("device", details.device or "—"),
+            ("compute time", f"{details.compute_seconds:.1f} s"),
+            ("last written", str(details.updated_at)),
+        ]
     return Table("details", f"Run {run.run_id}", ("", ""), tuple((Cell(k), Cell(str(value))) for k, value in pairs), sortable=False)
 
 
 def _image_table(session: Session, run: RunScore, imagenet: bool) -> ImageTable:
     rows = []
     for row in image_rows(session, run.run_id, run.metric):
-        rows.append([
-            row.image_index, row.image_id, class_name(row.target, imagenet), class_name(row.prediction, imagenet),
-            None if row.confidence is None else round(row.confidence, 4),
-            None if row.value is None or not math.isfinite(row.value) else round(row.value, 6), row.skip_reason or "",
-        ])
+        rows.append(
+            [
+                row.image_index,
+                row.image_id,
+                class_name(row.target, imagenet),
+                class_name(row.prediction, imagenet),
+                None if row.confidence is None else round(row.confidence, 4),
+                None if row.value is None or not math.isfinite(row.value) else round(row.value, 6),
+                row.skip_reason or "",
+            ]
+        )
     return ImageTable(
         ("index", "image", "target", "prediction", "confidence", run.metric, "skipped because"),
         (True, False, False, False, True, True, False),
@@ -282,5 +341,7 @@ def build_page(
         page.details = _details_table(run, details)
         page.images = _image_table(session, run, imagenet_classes(run, details))
         if run.is_reference:
-            page.notes.append("the centre-bias reference has one map for every image; it is shown beside the model maps in every other run's gallery")
+            page.notes.append(
+                "the centre-bias reference has one map for every image; it is shown beside the model maps in every other run's gallery"
+            )
     return page

@@ -140,24 +140,46 @@ def _sigma(run: RunScore | None) -> float | None:
     return json.loads(run.view.params or "{}").get("sigma_frac")
 
 
-def run_gallery(session: Session, stored: StoredRuns, run: RunScore, reference: RunScore | None, k: int, *, seed: int, higher_is_better: bool) -> GalleryPlan:
+def run_gallery(
+    session: Session, stored: StoredRuns, run: RunScore, reference: RunScore | None, k: int, *, seed: int, higher_is_better: bool
+) -> GalleryPlan:
     """A run's K best, K worst and K random scored images."""
     values = stored.values[run.run_id]
     picks = pick_images(values.index, values.value, k, seed=seed, higher_is_better=higher_is_better)
     metric = stored.metric
     run_ids = [run.run_id] + ([reference.run_id] if reference is not None else [])
-    sections = _sections(session, metric, run_ids, picks, (
-        f"best {metric}", f"worst {metric}", f"random (seed {seed})",
-    ))
+    sections = _sections(
+        session,
+        metric,
+        run_ids,
+        picks,
+        (
+            f"best {metric}",
+            f"worst {metric}",
+            f"random (seed {seed})",
+        ),
+    )
     return GalleryPlan(
-        f"run-{run.run_id}", f"run {run.run_id}: {run.display_name} · {run.group.label}", (run.run_id,), (_label(run),),
-        reference.run_id if reference is not None else None, _sigma(reference), sections,
+        f"run-{run.run_id}",
+        f"run {run.run_id}: {run.display_name} · {run.group.label}",
+        (run.run_id,),
+        (_label(run),),
+        reference.run_id if reference is not None else None,
+        _sigma(reference),
+        sections,
     )
 
 
 def comparison_gallery(
-    session: Session, stored: StoredRuns, comparison: Comparison, runs: dict[int, RunScore], reference: RunScore | None,
-    k: int, *, seed: int, higher_is_better: bool,
+    session: Session,
+    stored: StoredRuns,
+    comparison: Comparison,
+    runs: dict[int, RunScore],
+    reference: RunScore | None,
+    k: int,
+    *,
+    seed: int,
+    higher_is_better: bool,
 ) -> GalleryPlan:
     """A comparison's images by Δ = second − first run (where the second beats the first by most, and
     the reverse), and K random others, among the images both runs scored."""
@@ -166,13 +188,27 @@ def comparison_gallery(
     picks = pick_images(common, delta, k, seed=seed, higher_is_better=higher_is_better)
     left, right = _label(first), _label(second)
     run_ids = [first.run_id, second.run_id] + ([reference.run_id] if reference is not None else [])
-    sections = _sections(session, stored.metric, run_ids, picks, (
-        f"{right} beats {left} by most", f"{left} beats {right} by most", f"random (seed {seed})",
-    ))
+    sections = _sections(
+        session,
+        stored.metric,
+        run_ids,
+        picks,
+        (
+            f"{right} beats {left} by most",
+            f"{left} beats {right} by most",
+            f"random (seed {seed})",
+        ),
+    )
     title = f"{comparison.model}: {left} vs {right} · {first.group.label}"
     return GalleryPlan(
-        f"comparison-{first.run_id}-{second.run_id}", title, (first.run_id, second.run_id), (left, right),
-        reference.run_id if reference is not None else None, _sigma(reference), sections, comparison,
+        f"comparison-{first.run_id}-{second.run_id}",
+        title,
+        (first.run_id, second.run_id),
+        (left, right),
+        reference.run_id if reference is not None else None,
+        _sigma(reference),
+        sections,
+        comparison,
     )
 
 
@@ -278,7 +314,13 @@ class _GalleryRows:
     """Paints the rows of one gallery from its runs' stored thumbnails."""
 
     def __init__(
-        self, session: Session, plan: GalleryPlan, stored: StoredRuns, details: dict[int, RunDetails], painter: Painter, unavailable: dict[int, str],
+        self,
+        session: Session,
+        plan: GalleryPlan,
+        stored: StoredRuns,
+        details: dict[int, RunDetails],
+        painter: Painter,
+        unavailable: dict[int, str],
     ) -> None:
         self.plan, self.painter, self.unavailable, self.metric = plan, painter, unavailable, stored.metric
         runs = {run.run_id: run for run in stored.runs}
@@ -291,7 +333,9 @@ class _GalleryRows:
         stored_kinds = {kind for thumbnails in self.thumbnails.values() for _, kind in thumbnails}
         if "image" in stored_kinds and "reference" not in stored_kinds:
             self.reference_what = NO_REFERENCE
-        self.missing = [f"run {run_id} ({runs[run_id].display_name}): {why}" for run_id, why in unavailable.items() if run_id in plan.run_ids]
+        self.missing = [
+            f"run {run_id} ({runs[run_id].display_name}): {why}" for run_id, why in unavailable.items() if run_id in plan.run_ids
+        ]
         self.no_thumbnail = "see above" if self.missing else "not computed"
         self.centre_maps: dict[tuple[int, int], str] = {}  # one file per picture size
 
@@ -303,7 +347,8 @@ class _GalleryRows:
         )
         picture_view = (
             Picture(self.painter.add(picture.png), f"image {image_id}", (picture.run_id, image_id, "image"))
-            if picture is not None else _missing("image", self.no_thumbnail)
+            if picture is not None
+            else _missing("image", self.no_thumbnail)
         )
         no_reference = picture is not None and reference is None
         reference_map = self._reference_map(image_id, reference, no_reference)
@@ -312,7 +357,9 @@ class _GalleryRows:
         first = self.plan.run_ids[0]
         target_row = image.rows.get(first) or next(iter(image.rows.values()))
         target = class_name(target_row.target, self.imagenet[first]) if target_row.target is not None else "—"
-        return GalleryRow(image_id, image.index, target, picture_view, (reference_map, *model_maps, centre_bias), _delta(self.plan, image), scale)
+        return GalleryRow(
+            image_id, image.index, target, picture_view, (reference_map, *model_maps, centre_bias), _delta(self.plan, image), scale
+        )
 
     def _reference_map(self, image_id: str, reference: Thumbnail | None, no_reference: bool) -> MapView:
         name = self.reference_name
@@ -338,7 +385,11 @@ class _GalleryRows:
             if thumb is None:
                 plain = _missing(f"{label} map", self.unavailable.get(run_id, self.no_thumbnail))
             else:
-                plain = Picture(self.painter.colour(unit_range(thumbnail_values(thumb), low, high)), f"{label} map of {image_id}", (run_id, image_id, "model"))
+                plain = Picture(
+                    self.painter.colour(unit_range(thumbnail_values(thumb), low, high)),
+                    f"{label} map of {image_id}",
+                    (run_id, image_id, "model"),
+                )
             maps.append(MapView(label, "model", plain, _score_text(self.metric, row), note))
         return maps, (f"model maps: {low:.3g} to {high:.3g}" if present else "")
 
@@ -357,7 +408,12 @@ class _GalleryRows:
 
 
 def gallery_view(
-    session: Session, plan: GalleryPlan, stored: StoredRuns, details: dict[int, RunDetails], painter: Painter, unavailable: dict[int, str],
+    session: Session,
+    plan: GalleryPlan,
+    stored: StoredRuns,
+    details: dict[int, RunDetails],
+    painter: Painter,
+    unavailable: dict[int, str],
 ) -> Gallery:
     """The page's gallery of ``plan``, its pictures painted from the stored thumbnails.
     ``unavailable``: run id → why its maps could not be computed here (shown in the gallery)."""

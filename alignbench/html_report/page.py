@@ -125,4 +125,6 @@ class HtmlPage:
 
 def message_page(message: str | None, *, store: str = "", filters: str = "none") -> HtmlPage:
     """A page with nothing but ``message`` (an empty or missing store)."""
-    return HtmlPage("alignbench report", datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), __version__, store, filters, message=message)
+    return HtmlPage(
+        "alignbench report", datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), __version__, store, filters, message=message
+    )

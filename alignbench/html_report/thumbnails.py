@@ -96,8 +96,14 @@ def _inputs(store: Store, run_id: int) -> _RunInputs:
         raise AlignbenchError(f"the weights of {model.name} are not on this machine ({identity.weights_source})")
     opened = reopen_dataset(dataset.name, dataset.location, dataset.fingerprint)
     return _RunInputs(
-        run_id, request, model.weights_fingerprint, explainer.method, json.loads(explainer.params or "{}"), run.protocol,
-        opened, tuple(run.metrics.split(",")),
+        run_id,
+        request,
+        model.weights_fingerprint,
+        explainer.method,
+        json.loads(explainer.params or "{}"),
+        run.protocol,
+        opened,
+        tuple(run.metrics.split(",")),
     )
 
 
@@ -141,14 +147,21 @@ def _stored_rows(store: Store, run_id: int, image_ids: Collection[str]) -> dict[
     """image id → (the class the run explained, its stored Spearman)."""
     with store.session() as session:
         statement = select(ImageScore.image_id, ImageScore.target, ImageScore.spearman).where(
-            ImageScore.run_id == run_id, ImageScore.image_id.in_(sorted(image_ids))  # type: ignore[attr-defined]
+            ImageScore.run_id == run_id,
+            ImageScore.image_id.in_(sorted(image_ids)),  # type: ignore[attr-defined]
         )
         return {image_id: (target, spearman) for image_id, target, spearman in session.exec(statement).all()}
 
 
 def _run_thumbnails(
-    store: Store, inputs: _RunInputs, image_ids: Collection[str], model: torch.nn.Module, device: str, batch_size: int,
-    outcome: ThumbnailOutcome, progress: Callable[[int], None],
+    store: Store,
+    inputs: _RunInputs,
+    image_ids: Collection[str],
+    model: torch.nn.Module,
+    device: str,
+    batch_size: int,
+    outcome: ThumbnailOutcome,
+    progress: Callable[[int], None],
 ) -> list[dict[str, Any]]:
     dataset = inputs.dataset
     info = model.alignbench_info
@@ -162,8 +175,13 @@ def _run_thumbnails(
         raise AlignbenchError(f"run {inputs.run_id} stored no target class for some images")
     keep = set(wanted)
     loader = data_loader(
-        dataset, info.preprocessing, inputs.protocol, batch_size=batch_size, num_workers=0,
-        skip_ids=frozenset(i for i in positions if i not in keep), limit=max(positions[i] for i in wanted) + 1,
+        dataset,
+        info.preprocessing,
+        inputs.protocol,
+        batch_size=batch_size,
+        num_workers=0,
+        skip_ids=frozenset(i for i in positions if i not in keep),
+        limit=max(positions[i] for i in wanted) + 1,
         reference_ranks=False,
     )
     rows: list[dict[str, Any]] = []
@@ -183,8 +201,10 @@ def _run_thumbnails(
             worst = max(worst, float(np.nanmax(np.abs(again - was), initial=0.0)))
         references = map_thumbnails(batch["reference"]) if dataset.has_reference else [None] * len(batch["image_id"])
         for image_id, picture, reference, explained in zip(
-            batch["image_id"], image_thumbnails(batch["image"], info.preprocessing.mean, info.preprocessing.std),
-            references, map_thumbnails(maps),
+            batch["image_id"],
+            image_thumbnails(batch["image"], info.preprocessing.mean, info.preprocessing.std),
+            references,
+            map_thumbnails(maps),
         ):
             base = {"run_id": inputs.run_id, "image_id": image_id}
             rows.append({**base, "kind": "image", "png": picture, "vmin": None, "vmax": None})

@@ -59,17 +59,13 @@ def constant_map_reason(maps: Tensor, what: str) -> list[str | None]:
         elif ratio == 0.0:
             reasons.append(f"{what} is constant")
         elif ratio <= CONSTANT_RTOL:
-            reasons.append(
-                f"{what} is constant up to rounding (its range is {ratio:.1e} of its magnitude, at most {CONSTANT_RTOL:g})"
-            )
+            reasons.append(f"{what} is constant up to rounding (its range is {ratio:.1e} of its magnitude, at most {CONSTANT_RTOL:g})")
         else:
             reasons.append(None)
     return reasons
 
 
-def mask_undefined(
-    values: Mapping[str, Tensor], reasons: Mapping[str, Sequence[str | None]]
-) -> dict[str, list[str | None]]:
+def mask_undefined(values: Mapping[str, Tensor], reasons: Mapping[str, Sequence[str | None]]) -> dict[str, list[str | None]]:
     """Set NaN, in place, each metric's value for every image where a map it needs to vary does not
     (``reasons``: map name → per-image reason or None, the names of ``MetricSpec.needs_variation``);
     returns metric → per-image reason (None where the metric keeps its value)."""

@@ -86,8 +86,7 @@ def _check_inputs(model: nn.Module, images: Tensor, maps: Tensor, targets: Tenso
     check_maps(maps)
     if maps.shape[0] != images.shape[0] or maps.shape[1:] != images.shape[2:]:
         raise MetricError(
-            f"maps {list(maps.shape)} must match images {list(images.shape)} in batch and size; "
-            "upsample the maps to the input size first"
+            f"maps {list(maps.shape)} must match images {list(images.shape)} in batch and size; upsample the maps to the input size first"
         )
     if not isinstance(targets, Tensor) or targets.shape != (images.shape[0],) or targets.is_floating_point():
         shape = list(targets.shape) if isinstance(targets, Tensor) else type(targets).__name__
@@ -135,9 +134,7 @@ def _baseline(images: Tensor, baseline: Baseline) -> Tensor:
         try:
             return torch.broadcast_to(baseline.to(images.device, images.dtype), images.shape)
         except RuntimeError:
-            raise MetricError(
-                f"baseline of shape {list(baseline.shape)} does not broadcast to images {list(images.shape)}"
-            ) from None
+            raise MetricError(f"baseline of shape {list(baseline.shape)} does not broadcast to images {list(images.shape)}") from None
     raise MetricError(f"baseline must be 'zeros', 'blur', a number or a tensor, got {type(baseline).__name__}")
 
 
@@ -146,8 +143,8 @@ def _target_probabilities(model: nn.Module, images: Tensor, targets: Tensor, bat
     out = []
     with torch.inference_mode():
         for start in range(0, images.shape[0], batch_size):
-            logits = model(images[start:start + batch_size])
-            out.append(_probability_of(logits, targets[start:start + batch_size]))
+            logits = model(images[start : start + batch_size])
+            out.append(_probability_of(logits, targets[start : start + batch_size]))
     return torch.cat(out) if out else torch.empty(0, dtype=torch.float64, device=images.device)
 
 
@@ -226,7 +223,7 @@ def causal_curve(
             b, i = pair // (steps + 1), pair % (steps + 1)
             replaced = (rank[b] < changed[i][:, None]).view(-1, 1, height, width)
             perturbed = torch.where(replaced, finish[b], start[b])
-            values[first:first + len(pair)] = _probability_of(model(perturbed), target[b])
+            values[first : first + len(pair)] = _probability_of(model(perturbed), target[b])
         probabilities[todo] = values.view(len(todo), steps + 1)
     return fractions, probabilities
 
@@ -247,8 +244,7 @@ def deletion_auc(
     batch_size: int | None = None,
 ) -> Tensor:
     """RISE deletion AUC per image, in [0, 1], lower is better; [B] float32 (NaN: undefined map)."""
-    return _auc(*causal_curve(model, images, maps, targets, mode="deletion", steps=steps, baseline=baseline,
-                              batch_size=batch_size))
+    return _auc(*causal_curve(model, images, maps, targets, mode="deletion", steps=steps, baseline=baseline, batch_size=batch_size))
 
 
 def insertion_auc(
@@ -262,8 +258,7 @@ def insertion_auc(
     batch_size: int | None = None,
 ) -> Tensor:
     """RISE insertion AUC per image, in [0, 1], higher is better; [B] float32 (NaN: undefined map)."""
-    return _auc(*causal_curve(model, images, maps, targets, mode="insertion", steps=steps, baseline=baseline,
-                              batch_size=batch_size))
+    return _auc(*causal_curve(model, images, maps, targets, mode="insertion", steps=steps, baseline=baseline, batch_size=batch_size))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -355,9 +350,7 @@ def _shared_change(maps: Tensor, batch: Mapping[str, Any], model: nn.Module, exp
         k_maps, k_images, k_model, k_explanation, result = _last_change[0]
         if k_maps is maps and k_images is images and k_model is model and k_explanation is explanation:
             return result
-    result = confidence_change(
-        model, images.to(maps.device), maps, explanation.targets, logits=getattr(explanation, "logits", None)
-    )
+    result = confidence_change(model, images.to(maps.device), maps, explanation.targets, logits=getattr(explanation, "logits", None))
     _last_change[:] = [(maps, images, model, explanation, result)]
     return result
 
@@ -373,16 +366,12 @@ def _steps(maps: Tensor, steps: int | None) -> int:
     return min(DEFAULT_STEPS if steps is None else steps, maps.shape[-2] * maps.shape[-1])
 
 
-def _deletion(
-    maps: Tensor, batch: Mapping[str, Any], *, model: Any = None, explanation: Any = None, steps: int | None = None
-) -> Tensor:
+def _deletion(maps: Tensor, batch: Mapping[str, Any], *, model: Any = None, explanation: Any = None, steps: int | None = None) -> Tensor:
     model = _require_model(model, "deletion")
     return deletion_auc(model, batch["image"].to(maps.device), maps, explanation.targets, steps=_steps(maps, steps))
 
 
-def _insertion(
-    maps: Tensor, batch: Mapping[str, Any], *, model: Any = None, explanation: Any = None, steps: int | None = None
-) -> Tensor:
+def _insertion(maps: Tensor, batch: Mapping[str, Any], *, model: Any = None, explanation: Any = None, steps: int | None = None) -> Tensor:
     model = _require_model(model, "insertion")
     return insertion_auc(model, batch["image"].to(maps.device), maps, explanation.targets, steps=_steps(maps, steps))
 

@@ -119,8 +119,7 @@ def _check_boxes(boxes: Tensor, box_counts: Tensor, batch: int | None = None) ->
         raise MetricError(f"box_counts must be an integer tensor, got dtype {box_counts.dtype}")
     if batch and (int(box_counts.min()) < 0 or int(box_counts.max()) > boxes.shape[1]):
         raise MetricError(
-            f"box_counts must lie in [0, K={boxes.shape[1]}], got values in "
-            f"[{int(box_counts.min())}, {int(box_counts.max())}]"
+            f"box_counts must lie in [0, K={boxes.shape[1]}], got values in [{int(box_counts.min())}, {int(box_counts.max())}]"
         )
 
 
@@ -233,9 +232,11 @@ def stochastic_pointing_game(
         seeds = [int(s) for s in (seeds.tolist() if isinstance(seeds, Tensor) else seeds)]
         if len(seeds) != batch:
             raise MetricError(f"stochastic-pointing-game needs one seed per image ({batch}), got {len(seeds)}")
-        uniform = torch.stack([
-            torch.rand(n_points, generator=torch.Generator().manual_seed(s), dtype=torch.float64) for s in seeds
-        ]) if batch else torch.empty(0, n_points, dtype=torch.float64)
+        uniform = (
+            torch.stack([torch.rand(n_points, generator=torch.Generator().manual_seed(s), dtype=torch.float64) for s in seeds])
+            if batch
+            else torch.empty(0, n_points, dtype=torch.float64)
+        )
     else:
         device = generator.device if generator is not None else torch.device("cpu")
         uniform = torch.rand(batch, n_points, generator=generator, dtype=torch.float64, device=device)
@@ -274,8 +275,7 @@ def _boxes_of(batch: Mapping[str, Any], metric: str) -> tuple[Tensor, Tensor]:
     boxes, counts = batch.get("boxes"), batch.get("box_counts")
     if boxes is None or counts is None:
         raise MetricError(
-            f"metric {metric!r} needs bounding boxes, and this dataset has none; "
-            "use a dataset with boxes (sample, imagenet-val)"
+            f"metric {metric!r} needs bounding boxes, and this dataset has none; use a dataset with boxes (sample, imagenet-val)"
         )
     return boxes, counts
 
@@ -284,9 +284,7 @@ def _pointing_game(maps: Tensor, batch: Mapping[str, Any], *, model: Any = None,
     return pointing_game(maps, *_boxes_of(batch, "pointing-game"))
 
 
-def _stochastic_pointing_game(
-    maps: Tensor, batch: Mapping[str, Any], *, model: Any = None, explanation: Any = None
-) -> Tensor:
+def _stochastic_pointing_game(maps: Tensor, batch: Mapping[str, Any], *, model: Any = None, explanation: Any = None) -> Tensor:
     boxes, counts = _boxes_of(batch, "stochastic-pointing-game")
     index = batch.get("index")
     # seeded by the image's dataset index: the same image draws the same points in every run

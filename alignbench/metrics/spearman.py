@@ -260,8 +260,7 @@ def spearman_from_ranks(pred: Tensor, ref_ranks: Tensor) -> Tensor:
         ranks_ref = ranks_ref.to(torch.float64)
     if rows_pred.shape != ranks_ref.shape:
         raise ValueError(
-            f"pred and ref_ranks must hold as many maps of as many pixels; got {tuple(rows_pred.shape)}"
-            f" and {tuple(ranks_ref.shape)}"
+            f"pred and ref_ranks must hold as many maps of as many pixels; got {tuple(rows_pred.shape)} and {tuple(ranks_ref.shape)}"
         )
     if rows_pred.shape[0] == 0:
         return torch.zeros(0, dtype=torch.float64, device=rows_pred.device)

@@ -57,8 +57,15 @@ if TYPE_CHECKING:  # pragma: no cover
     from alignbench.models._ca_stream import CAStreamModel
     from alignbench.models._catalog import CatalogRow, catalog
     from alignbench.models._dcls import clamp_positions, dcls_implementation, swap_modules
-    from alignbench.models._load import (ConversionReport, ConversionResult, ModelInfo, convert_model, load_model, save_state_dict,
-                                         save_stream)
+    from alignbench.models._load import (
+        ConversionReport,
+        ConversionResult,
+        ModelInfo,
+        convert_model,
+        load_model,
+        save_state_dict,
+        save_stream,
+    )
     from alignbench.models._pooling import set_global_pool
 
 

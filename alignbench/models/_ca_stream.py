@@ -67,9 +67,7 @@ class CrossAttentionBlock(nn.Module):
         """(attention logits [B, 1, H, W], new token [B, C_next]) from features [B, C, H, W] and a token [B, C]."""
         b, c, h, w = features.shape
         if c != self.channels or token.shape[-1] != c:
-            raise ModelError(
-                f"CA-Stream block for {self.channels} channels got features of {c} and a token of {token.shape[-1]}"
-            )
+            raise ModelError(f"CA-Stream block for {self.channels} channels got features of {c} and a token of {token.shape[-1]}")
         # F is flattened for each of its two uses, so that dF arrives as the sum of two gradients, a
         # tensor of its own rather than a view (pytorch-grad-cam detaches stored gradients in place,
         # which a view refuses).
@@ -180,7 +178,7 @@ class _Capture:
         tracked = isinstance(value, Tensor) and not value.is_inference()
         self.versions.append(value._version if tracked else None)
 
-    def __enter__(self) -> "_Capture":
+    def __enter__(self) -> _Capture:
         first = self.modules[0]
         self.handles = [first.register_forward_pre_hook(lambda _m, args: self._keep(args[0]))]
         self.handles += [m.register_forward_hook(lambda _m, _a, out: self._keep(out)) for m in self.modules]
@@ -211,8 +209,13 @@ def attachment_plan(model: nn.Module, name: str | None = None, input_size: Seque
         raise _refuse(reason)
     size = tuple(input_size or (getattr(model, "pretrained_cfg", None) or {}).get("input_size", (3, 224, 224)))[-2:]
     reference = next(iter(model.parameters()), None)
-    probe = torch.zeros(1, 3, *size, device=reference.device if reference is not None else "cpu",
-                        dtype=reference.dtype if reference is not None else torch.float32)
+    probe = torch.zeros(
+        1,
+        3,
+        *size,
+        device=reference.device if reference is not None else "cpu",
+        dtype=reference.dtype if reference is not None else torch.float32,
+    )
     was_training = model.training
     try:
         model.eval()
@@ -266,7 +269,7 @@ class CAStreamModel(nn.Module):
     def default_cfg(self) -> dict:
         return self.pretrained_cfg
 
-    def train(self, mode: bool = True) -> "CAStreamModel":
+    def train(self, mode: bool = True) -> CAStreamModel:
         super().train(mode)
         self.backbone.eval()  # frozen: batch-norm statistics and dropout as at inference, always
         return self
@@ -324,4 +327,3 @@ def is_stream_state(state: dict[str, Tensor]) -> bool:
     """Whether a state_dict looks like a CA-Stream checkpoint (a class token and projection blocks)."""
     state = as_stream_state(state)
     return "cls_token" in state and any(re.fullmatch(r"blocks\.\d+\.proj\.weight", key) for key in state)
-

@@ -17,8 +17,8 @@ projection MLP, which is no classifier: a linear classifier must come from elsew
 from __future__ import annotations
 
 import argparse
-import re
 import json
+import re
 from collections.abc import Mapping
 from importlib import import_module
 from pathlib import Path
@@ -77,6 +77,8 @@ def _unreadable(path: Path, error: Exception) -> str:
             f"saved with torch.save(model)), which alignbench does not unpickle; {_EXPECTED}"
         )
     return f"{path} is not a checkpoint alignbench can read (neither a PyTorch file of tensors nor safetensors); {_EXPECTED}"
+
+
 # alignbench's entry in a safetensors header. One entry holding canonical JSON: safetensors keeps the
 # metadata in a hash map whose order changes from process to process, so two entries would give the
 # same weights different bytes — and a different sha256 fingerprint — each time they are saved.
@@ -111,8 +113,7 @@ def _unwrap(obj: object, key: str | None, path: Path) -> dict[str, torch.Tensor]
                 break
     if not isinstance(obj, Mapping) or not _is_state_dict(obj):
         raise ModelError(
-            f"{path} holds no state_dict (expected tensors, or one under "
-            f"{'/'.join(_CONTAINER_KEYS)}); pass a checkpoint of model weights"
+            f"{path} holds no state_dict (expected tensors, or one under {'/'.join(_CONTAINER_KEYS)}); pass a checkpoint of model weights"
         )
     state = {str(k): v for k, v in obj.items() if isinstance(v, torch.Tensor)}
     # DataParallel / DistributedDataParallel prefix every key with "module.".
@@ -155,11 +156,7 @@ def check_fits(state: Mapping[str, torch.Tensor], model: nn.Module, what: str) -
     expected = model.state_dict()
     missing = [k for k in expected if k not in state and not k.endswith("num_batches_tracked")]
     unexpected = [k for k in state if k not in expected]
-    shapes = [
-        f"{k} {tuple(state[k].shape)} vs {tuple(v.shape)}"
-        for k, v in expected.items()
-        if k in state and state[k].shape != v.shape
-    ]
+    shapes = [f"{k} {tuple(state[k].shape)} vs {tuple(v.shape)}" for k, v in expected.items() if k in state and state[k].shape != v.shape]
     problems = []
     for label, items in (("missing", missing), ("unexpected", unexpected), ("shape", shapes)):
         if items:
@@ -191,10 +188,7 @@ def load_by_order(model: nn.Module, state: Mapping[str, torch.Tensor], what: str
     mapped = {}
     for (name, value), (key, target) in zip(given, expected):
         if value.shape != target.shape or name.rsplit(".", 1)[-1] != key.rsplit(".", 1)[-1]:
-            raise ModelError(
-                f"{what}: {name} {tuple(value.shape)} does not match {key} {tuple(target.shape)}; "
-                "wrong file for this model?"
-            )
+            raise ModelError(f"{what}: {name} {tuple(value.shape)} does not match {key} {tuple(target.shape)}; wrong file for this model?")
         mapped[key] = value
     model.load_state_dict(mapped, strict=True)
 
@@ -282,8 +276,9 @@ def read_head(path: Path, classifier: str) -> dict[str, torch.Tensor]:
     )
 
 
-def load_checkpoint(model: nn.Module, state: Mapping[str, torch.Tensor], what: str, *,
-                    source: Path, head: Path | None = None) -> str | None:
+def load_checkpoint(
+    model: nn.Module, state: Mapping[str, torch.Tensor], what: str, *, source: Path, head: Path | None = None
+) -> str | None:
     """Load a dense checkpoint of any layout above into ``model``; returns its detected origin.
 
     ``head`` replaces the classifier (and is required when the checkpoint has none). A checkpoint
@@ -307,9 +302,7 @@ def load_checkpoint(model: nn.Module, state: Mapping[str, torch.Tensor], what: s
             if encoder is not None
             else f"an encoder without a classifier (no {classifier}.* keys)"
         )
-        raise ModelError(
-            f"{source} is {kind}; pass --head PATH (a linear-probe checkpoint or a {{'weight', 'bias'}} file) to explain it"
-        )
+        raise ModelError(f"{source} is {kind}; pass --head PATH (a linear-probe checkpoint or a {{'weight', 'bias'}} file) to explain it")
     state = remap(state, model)
     _check_backbone(state, model, what, origin)
     load_into(model, state, what)

@@ -40,7 +40,7 @@ _chosen: list[str] = []  # innermost dcls_implementation() block last
 
 
 def current_implementation() -> str:
-    """"fast" (alignbench's kernel cache and lean construction, the default) or "reference" (the
+    """ "fast" (alignbench's kernel cache and lean construction, the default) or "reference" (the
     dcls package's own forward): the innermost ``dcls_implementation`` block, else $ALIGNBENCH_DCLS_IMPL."""
     if _chosen:
         return _chosen[-1]
@@ -109,18 +109,14 @@ class DclsConv(Dcls2d):
     def _parameters_state(self) -> tuple:
         """What the kernel depends on: the tensors themselves (held, so that no new tensor can take
         a freed one's id or address), their version counters, storage, dtype and device."""
-        return tuple(
-            (t, t._version, t.data_ptr(), t.dtype, t.device) for t in (self.weight, self.P, self.SIG) if t is not None
-        )
+        return tuple((t, t._version, t.data_ptr(), t.dtype, t.device) for t in (self.weight, self.P, self.SIG) if t is not None)
 
     def _cached_kernel(self) -> torch.Tensor | None:
         if self._frozen is None:
             return None
         state, kernel = self._frozen
         current = self._parameters_state()
-        same = len(state) == len(current) and all(
-            old[0] is new[0] and old[1:] == new[1:] for old, new in zip(state, current)
-        )
+        same = len(state) == len(current) and all(old[0] is new[0] and old[1:] == new[1:] for old, new in zip(state, current))
         return kernel if same else None
 
     def kernel(self) -> torch.Tensor:
@@ -257,13 +253,7 @@ def is_convertible(module: nn.Module) -> bool:
     if type(module) not in _CONVERTIBLE:
         return False
     kh, kw = module.kernel_size
-    return (
-        module.dilation == (1, 1)
-        and module.padding_mode == "zeros"
-        and kh % 2 == 1
-        and kw % 2 == 1
-        and (kh, kw) != (1, 1)
-    )
+    return module.dilation == (1, 1) and module.padding_mode == "zeros" and kh % 2 == 1 and kw % 2 == 1 and (kh, kw) != (1, 1)
 
 
 def selects(selector: ConvSelector, module: nn.Module) -> bool:
@@ -333,8 +323,7 @@ def plan(
     unknown = sorted(set(names or ()) - {target.name for target in targets})
     if unknown:
         raise ModelError(
-            f"the checkpoint has DCLS layers this architecture lacks ({', '.join(unknown[:3])}); "
-            "is it a checkpoint of this model?"
+            f"the checkpoint has DCLS layers this architecture lacks ({', '.join(unknown[:3])}); is it a checkpoint of this model?"
         )
     if not targets:
         raise ModelError(
@@ -375,8 +364,11 @@ def build_dcls(target: ConvTarget, recipe: DclsRecipe) -> DclsConv:
     with _quiet_dcls():
         if target.same:
             return DclsConvSame(
-                target.in_channels, target.out_channels, padding=extra,
-                dense_kernel_size=target.kernel_size, **kwargs,
+                target.in_channels,
+                target.out_channels,
+                padding=extra,
+                dense_kernel_size=target.kernel_size,
+                **kwargs,
             )
         padding = tuple(p + e for p, e in zip(target.padding, extra))
         return DclsConv(target.in_channels, target.out_channels, padding=padding, **kwargs)

@@ -136,9 +136,7 @@ class _Bilinear(torch.autograd.Function):
             bounds += [floor.min(), floor.max() + 1, upper.max()]
         low_r, high_r, used_r, low_c, high_c, used_c = (int(v) for v in torch.stack(bounds).tolist())
         scratch = max(centre - low_r, high_r - centre, 0), max(centre - low_c, high_c - centre, 0)
-        kernel = tuple(
-            max(centre - max(low, 0), min(used, size - 1) - centre, 0) for low, used in ((low_r, used_r), (low_c, used_c))
-        )
+        kernel = tuple(max(centre - max(low, 0), min(used, size - 1) - centre, 0) for low, used in ((low_r, used_r), (low_c, used_c)))
         return scratch, kernel
 
     @staticmethod
@@ -162,8 +160,10 @@ class _Bilinear(torch.autograd.Function):
         lower_row = scale - upper_row  # scale · (1 − row_frac)
         kernel = weight.new_zeros(scale.shape[0], (2 * halves[0] + 1) * width)
         for offset, row_part, col_weight in (
-            (0, lower_row, 1 - col_frac), (1, lower_row, col_frac),
-            (width, upper_row, 1 - col_frac), (width + 1, upper_row, col_frac),
+            (0, lower_row, 1 - col_frac),
+            (1, lower_row, col_frac),
+            (width, upper_row, 1 - col_frac),
+            (width + 1, upper_row, col_frac),
         ):
             kernel.scatter_add_(1, corner + offset, row_part * col_weight)
         ctx.save_for_backward(weight, P)
@@ -200,7 +200,7 @@ class _Bilinear(torch.autograd.Function):
         grad_cols = scale * (by_col_high - by_col_low)
         if version == "v1":
             grad_sum = -(flat * through) * norm**2
-            for axis, (floor, frac, other_floor, other_frac) in enumerate(
+            for axis, (floor, _frac, other_floor, other_frac) in enumerate(
                 ((row_floor, row_frac, col_floor, col_frac), (col_floor, col_frac, row_floor, row_frac))
             ):
                 lower, upper = _in_span(floor, size)

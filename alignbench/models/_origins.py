@@ -33,6 +33,12 @@ MOCO_V3 = "moco-v3"
 ORIGINS = {
     # facebookresearch/moco-v3 main_lincls.py evaluates with Resize(256) (torchvision: bilinear),
     # CenterCrop(224) and Normalize(ImageNet mean/std): crop_pct = 224/256.
-    MOCO_V3: CheckpointOrigin(MOCO_V3, "facebookresearch/moco-v3 (Chen, Xie & He 2021)",
-                              mean=IMAGENET_MEAN, std=IMAGENET_STD, interpolation="bilinear", crop_pct=0.875),
+    MOCO_V3: CheckpointOrigin(
+        MOCO_V3,
+        "facebookresearch/moco-v3 (Chen, Xie & He 2021)",
+        mean=IMAGENET_MEAN,
+        std=IMAGENET_STD,
+        interpolation="bilinear",
+        crop_pct=0.875,
+    ),
 }

@@ -69,16 +69,11 @@ class DclsRecipe:
 
     def __post_init__(self) -> None:
         if self.version not in DCLS_VERSIONS:
-            raise ModelError(
-                f"unknown DCLS version {self.version!r}; use one of {', '.join(DCLS_VERSIONS)}"
-            )
+            raise ModelError(f"unknown DCLS version {self.version!r}; use one of {', '.join(DCLS_VERSIONS)}")
         size, count = self.dilated_kernel_size, self.kernel_count
         # Odd sizes only: Dcls2d pads by size // 2, which keeps feature-map sizes only when odd.
         if size < 1 or size % 2 == 0:
-            raise ModelError(
-                f"dilated kernel size {size} must be a positive odd number (e.g. 17), "
-                "so that feature maps keep their size"
-            )
+            raise ModelError(f"dilated kernel size {size} must be a positive odd number (e.g. 17), so that feature maps keep their size")
         if not 1 <= count <= size * size:
             raise ModelError(
                 f"kernel count {count} does not fit a {size}×{size} dilated kernel "
@@ -113,10 +108,7 @@ class DclsRecipe:
     def describe(self) -> str:
         size = self.dilated_kernel_size
         shared = ", P shared per stage" if self.share == "stage" else ""
-        return (
-            f"{self.selector.describe()} → Dcls2d {self.version}, {size}×{size}, "
-            f"{self.kernel_count} elements{shared}"
-        )
+        return f"{self.selector.describe()} → Dcls2d {self.version}, {size}×{size}, {self.kernel_count} elements{shared}"
 
 
 @dataclass(frozen=True)
@@ -204,11 +196,25 @@ class ModelSpec:
         return "from-dense"
 
 
-def _paper(name: str, family: str, tag: str, recipe: DclsRecipe, published: PublishedCheckpoint,
-           preprocessing: Preprocessing, paper_kind: PaperKind) -> ModelSpec:
+def _paper(
+    name: str,
+    family: str,
+    tag: str,
+    recipe: DclsRecipe,
+    published: PublishedCheckpoint,
+    preprocessing: Preprocessing,
+    paper_kind: PaperKind,
+) -> ModelSpec:
     return ModelSpec(
-        name=name, timm_name=name, family=family, pretrained_tag=tag, dcls=recipe,
-        published=published, preprocessing=preprocessing, paper_kind=paper_kind, in_paper=True,
+        name=name,
+        timm_name=name,
+        family=family,
+        pretrained_tag=tag,
+        dcls=recipe,
+        published=published,
+        preprocessing=preprocessing,
+        paper_kind=paper_kind,
+        in_paper=True,
     )
 
 
@@ -221,30 +227,78 @@ _ZENODO_RESNET = 8373830
 _ZENODO_PAPER = 8370737  # metaformers and FastViT trained for the Grad-CAM study
 
 _SPECS: tuple[ModelSpec, ...] = (
-    _paper("resnet50", "resnet", "a1_in1k", _RESNET_RECIPE,
-           PublishedCheckpoint(_ZENODO_RESNET, "resnet_dcls_kernel_5_model_best.pth.tar", "state_dict_ema"),
-           _imagenet(224, 0.95, "timm"), "timm"),
-    _paper("convnext_tiny", "convnext", "fb_in1k", _CONVNEXT_TINY_RECIPE,
-           PublishedCheckpoint(_ZENODO_CONVNEXT, "convnext_dcls_tiny_1k_224_ema.pth", "model"),
-           _imagenet(224, 0.875, "convnext"), "convnext"),
-    _paper("convnext_small", "convnext", "fb_in1k", _CONVNEXT_RECIPE,
-           PublishedCheckpoint(_ZENODO_CONVNEXT, "convnext_dcls_small_1k_224_ema.pth", "model"),
-           _imagenet(224, 0.875, "convnext"), "convnext"),
-    _paper("convnext_base", "convnext", "fb_in1k", _CONVNEXT_RECIPE,
-           PublishedCheckpoint(_ZENODO_CONVNEXT, "convnext_dcls_base_1k_224_ema.pth", "model"),
-           _imagenet(224, 0.875, "convnext"), "convnext"),
-    _paper("caformer_s18", "metaformer", "sail_in1k", _CAFORMER_RECIPE,
-           PublishedCheckpoint(_ZENODO_PAPER, "caformer_s18_v1_17lim_34el_seed0.pth.tar", "state_dict_ema"),
-           _imagenet(224, 1.0, "metaformer"), "metaformer"),
-    _paper("convformer_s18", "metaformer", "sail_in1k", _CONVFORMER_RECIPE,
-           PublishedCheckpoint(_ZENODO_PAPER, "convformer_s18_v1_17lim_40el_seed0.pth.tar", "state_dict_ema"),
-           _imagenet(224, 1.0, "metaformer"), "metaformer"),
-    _paper("fastvit_sa24", "fastvit", "apple_in1k", _FASTVIT_RECIPE,
-           PublishedCheckpoint(_ZENODO_PAPER, "fastvit_sa24_v1_17lim_34el_seed0.pth.tar", "state_dict_ema"),
-           _imagenet(256, 0.9, "timm"), "timm"),
-    _paper("fastvit_sa36", "fastvit", "apple_in1k", _FASTVIT_RECIPE,
-           PublishedCheckpoint(_ZENODO_PAPER, "fastvit_sa36_v1_17lim_34el_seed0.pth.tar", "state_dict_ema"),
-           _imagenet(256, 0.9, "timm"), "timm"),
+    _paper(
+        "resnet50",
+        "resnet",
+        "a1_in1k",
+        _RESNET_RECIPE,
+        PublishedCheckpoint(_ZENODO_RESNET, "resnet_dcls_kernel_5_model_best.pth.tar", "state_dict_ema"),
+        _imagenet(224, 0.95, "timm"),
+        "timm",
+    ),
+    _paper(
+        "convnext_tiny",
+        "convnext",
+        "fb_in1k",
+        _CONVNEXT_TINY_RECIPE,
+        PublishedCheckpoint(_ZENODO_CONVNEXT, "convnext_dcls_tiny_1k_224_ema.pth", "model"),
+        _imagenet(224, 0.875, "convnext"),
+        "convnext",
+    ),
+    _paper(
+        "convnext_small",
+        "convnext",
+        "fb_in1k",
+        _CONVNEXT_RECIPE,
+        PublishedCheckpoint(_ZENODO_CONVNEXT, "convnext_dcls_small_1k_224_ema.pth", "model"),
+        _imagenet(224, 0.875, "convnext"),
+        "convnext",
+    ),
+    _paper(
+        "convnext_base",
+        "convnext",
+        "fb_in1k",
+        _CONVNEXT_RECIPE,
+        PublishedCheckpoint(_ZENODO_CONVNEXT, "convnext_dcls_base_1k_224_ema.pth", "model"),
+        _imagenet(224, 0.875, "convnext"),
+        "convnext",
+    ),
+    _paper(
+        "caformer_s18",
+        "metaformer",
+        "sail_in1k",
+        _CAFORMER_RECIPE,
+        PublishedCheckpoint(_ZENODO_PAPER, "caformer_s18_v1_17lim_34el_seed0.pth.tar", "state_dict_ema"),
+        _imagenet(224, 1.0, "metaformer"),
+        "metaformer",
+    ),
+    _paper(
+        "convformer_s18",
+        "metaformer",
+        "sail_in1k",
+        _CONVFORMER_RECIPE,
+        PublishedCheckpoint(_ZENODO_PAPER, "convformer_s18_v1_17lim_40el_seed0.pth.tar", "state_dict_ema"),
+        _imagenet(224, 1.0, "metaformer"),
+        "metaformer",
+    ),
+    _paper(
+        "fastvit_sa24",
+        "fastvit",
+        "apple_in1k",
+        _FASTVIT_RECIPE,
+        PublishedCheckpoint(_ZENODO_PAPER, "fastvit_sa24_v1_17lim_34el_seed0.pth.tar", "state_dict_ema"),
+        _imagenet(256, 0.9, "timm"),
+        "timm",
+    ),
+    _paper(
+        "fastvit_sa36",
+        "fastvit",
+        "apple_in1k",
+        _FASTVIT_RECIPE,
+        PublishedCheckpoint(_ZENODO_PAPER, "fastvit_sa36_v1_17lim_34el_seed0.pth.tar", "state_dict_ema"),
+        _imagenet(256, 0.9, "timm"),
+        "timm",
+    ),
     *(
         ModelSpec(
             name=f"efficientnet_lite{i}",
@@ -296,8 +350,7 @@ def get_spec(name: str) -> ModelSpec:
         # Another pretrained tag of a registry architecture: its recipe and published DCLS
         # checkpoint still apply; the input preprocessing comes from timm's config of that tag.
         same = tag == registered.pretrained_tag
-        return replace(registered, name=name, pretrained_tag=tag,
-                       preprocessing=registered.preprocessing if same else None)
+        return replace(registered, name=name, pretrained_tag=tag, preprocessing=registered.preprocessing if same else None)
     if not tag:
         default = get_pretrained_cfg(arch)
         has_weights = default is not None and bool(default.hf_hub_id or default.url)
@@ -305,8 +358,12 @@ def get_spec(name: str) -> ModelSpec:
     # timm's module defines the family (timm.models.convnext -> "convnext").
     family = model_entrypoint(arch).__module__.rsplit(".", 1)[-1]
     return ModelSpec(
-        name=name, timm_name=arch, family=family, pretrained_tag=tag or None,
-        paper_kind=_GENERIC_PAPER_KIND.get(family, "timm"), generic=True,
+        name=name,
+        timm_name=arch,
+        family=family,
+        pretrained_tag=tag or None,
+        paper_kind=_GENERIC_PAPER_KIND.get(family, "timm"),
+        generic=True,
     )
 
 

@@ -42,8 +42,14 @@ def _reference_run(store: Store, dataset: Any, protocol: str, input_size: tuple[
     """The id of the reference's run on ``dataset`` (created when new)."""
     model = CentreBiasIdentity(sigma_frac, input_size)
     identity = RunIdentity(
-        model=model.name, method=CENTRE_BIAS, params={"sigma_frac": float(sigma_frac)}, dataset=dataset.name, protocol=protocol,
-        metrics=("spearman",), model_fingerprint=model.fingerprint, dataset_fingerprint=dataset.fingerprint,
+        model=model.name,
+        method=CENTRE_BIAS,
+        params={"sigma_frac": float(sigma_frac)},
+        dataset=dataset.name,
+        protocol=protocol,
+        metrics=("spearman",),
+        model_fingerprint=model.fingerprint,
+        dataset_fingerprint=dataset.fingerprint,
     )
     with store.session(write=True) as session:
         run = open_run(session, identity, model=model, dataset=dataset, param_count=0, family=CENTRE_BIAS_FAMILY)
@@ -66,15 +72,17 @@ def _rows(batch: dict[str, Any], centre_maps: dict[tuple[int, int], torch.Tensor
     for i, image_id in enumerate(batch["image_id"]):
         value = float(values[i])
         label = int(batch["label"][i])
-        rows.append({
-            "image_index": int(batch["index"][i]),
-            "image_id": image_id,
-            "target": label if label >= 0 else None,
-            "prediction": None,
-            "confidence": None,
-            "spearman": value,
-            "skip_reason": None if value == value else f"spearman: {why[i] or 'undefined'}",
-        })
+        rows.append(
+            {
+                "image_index": int(batch["index"][i]),
+                "image_id": image_id,
+                "target": label if label >= 0 else None,
+                "prediction": None,
+                "confidence": None,
+                "spearman": value,
+                "skip_reason": None if value == value else f"spearman: {why[i] or 'undefined'}",
+            }
+        )
     return rows
 
 
@@ -111,8 +119,13 @@ def score_centre_bias(
         # The reference maps only: model mean/std are irrelevant, the input size fixes the map size.
         preprocessing = Preprocessing(input_size=tuple(input_size), mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5))
         batches = data_loader(
-            dataset, preprocessing, protocol, batch_size=batch_size, num_workers=num_workers,
-            reference_ranks=False, positions=positions,
+            dataset,
+            preprocessing,
+            protocol,
+            batch_size=batch_size,
+            num_workers=num_workers,
+            reference_ranks=False,
+            positions=positions,
         )
         centre_maps: dict[tuple[int, int], torch.Tensor] = {}
         for batch in batches:

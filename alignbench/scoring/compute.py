@@ -55,7 +55,13 @@ def _why_undefined(metric: str, batch: dict[str, Any], i: int) -> str:
 
 
 def _metric_values(
-    metrics: tuple[str, ...], maps: torch.Tensor, batch: dict[str, Any], *, model, explanation, params: dict[str, dict[str, Any]],
+    metrics: tuple[str, ...],
+    maps: torch.Tensor,
+    batch: dict[str, Any],
+    *,
+    model,
+    explanation,
+    params: dict[str, dict[str, Any]],
     precision: str = "fp32",
 ) -> tuple[dict[str, torch.Tensor], dict[str, list[str | None]]]:
     """Each requested metric's per-image values for one batch (NaN where undefined), and why a
@@ -135,7 +141,9 @@ def _load(request: ScoreRequest, identity: RunIdentity, dataset: Any, device: st
     return model.eval().requires_grad_(False)
 
 
-def _open(store: Store, request: ScoreRequest, identity: RunIdentity, info: Any, dataset: Any, device: str, ranks: Ranks) -> tuple[int, set[str]]:
+def _open(
+    store: Store, request: ScoreRequest, identity: RunIdentity, info: Any, dataset: Any, device: str, ranks: Ranks
+) -> tuple[int, set[str]]:
     """(run id, image ids already stored): the run opened and marked running by this process."""
     with store.session(write=True) as session:
         run = open_run(session, identity, model=info.identity, dataset=dataset, param_count=info.param_count, family=info.spec.family)
@@ -152,7 +160,12 @@ def _rows(model: Any, batch: dict[str, Any], device: str, request: ScoreRequest,
     targets = _targets(model, images, on_device["label"], request.precision)
     explanation = explain_batch(model, images, targets, method=identity.method, precision=request.precision, **identity.params)
     scores, constant = _metric_values(
-        request.metrics, explanation.maps, on_device, model=model, explanation=explanation, params=request.metric_params,
+        request.metrics,
+        explanation.maps,
+        on_device,
+        model=model,
+        explanation=explanation,
+        params=request.metric_params,
         precision=request.precision,
     )
     probabilities = explanation.logits.float().softmax(dim=1)
@@ -181,7 +194,14 @@ def _rows(model: Any, batch: dict[str, Any], device: str, request: ScoreRequest,
 
 
 def _write_rows(
-    store: Store, run_id: int, loader: Any, todo: int, model: Any, device: str, request: ScoreRequest, identity: RunIdentity,
+    store: Store,
+    run_id: int,
+    loader: Any,
+    todo: int,
+    model: Any,
+    device: str,
+    request: ScoreRequest,
+    identity: RunIdentity,
     progress: Any,
 ) -> int:
     """Every batch of ``loader`` scored and committed with the run's compute time and heartbeat; returns the rows written."""
@@ -229,6 +249,7 @@ def compute_run(
     run_id, done = _open(store, request, identity, info, dataset, device, ranks)
 
     if ranks.distributed:
+
         def missing() -> list[int]:
             if request.force:
                 return dataset.positions(limit=n_images)
@@ -249,8 +270,13 @@ def compute_run(
         # It is scored against the reference maps: a dataset without them has none.
         if dataset.has_reference:
             score_centre_bias(
-                store, dataset, protocol=request.protocol, input_size=info.preprocessing.input_size,
-                limit=n_images, num_workers=request.workers, ranks=ranks,
+                store,
+                dataset,
+                protocol=request.protocol,
+                input_size=info.preprocessing.input_size,
+                limit=n_images,
+                num_workers=request.workers,
+                ranks=ranks,
             )
     finally:
         heartbeat.stop()

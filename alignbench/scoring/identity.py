@@ -39,17 +39,32 @@ class RunIdentity:
 
     @classmethod
     def of(
-        cls, request: Any, model: Any, method: str, params: Mapping[str, Any], *, dataset_fingerprint: str | None = None,
+        cls,
+        request: Any,
+        model: Any,
+        method: str,
+        params: Mapping[str, Any],
+        *,
+        dataset_fingerprint: str | None = None,
         model_fingerprint: str | None = None,
-    ) -> "RunIdentity":
+    ) -> RunIdentity:
         """The identity of ``request``'s run (a ScoreRequest) for the model ``model`` (its
         ModelIdentity) and the canonical explainer setting; ``model_fingerprint`` defaults to the
         identity's."""
         return cls(
-            model=model.name, method=method, params=dict(params), dataset=request.dataset, protocol=request.protocol,
-            metrics=tuple(request.metrics), metric_params=dict(request.metric_params), precision=request.precision,
-            dcls=bool(model.dcls), recipe=getattr(model, "recipe", None), init=getattr(model, "init", None),
-            model_fingerprint=model_fingerprint or model.fingerprint, dataset_fingerprint=dataset_fingerprint,
+            model=model.name,
+            method=method,
+            params=dict(params),
+            dataset=request.dataset,
+            protocol=request.protocol,
+            metrics=tuple(request.metrics),
+            metric_params=dict(request.metric_params),
+            precision=request.precision,
+            dcls=bool(model.dcls),
+            recipe=getattr(model, "recipe", None),
+            init=getattr(model, "init", None),
+            model_fingerprint=model_fingerprint or model.fingerprint,
+            dataset_fingerprint=dataset_fingerprint,
         )
 
     @property
@@ -57,7 +72,7 @@ class RunIdentity:
         """Whether the key can be made: both fingerprints are known."""
         return self.model_fingerprint is not None and self.dataset_fingerprint is not None
 
-    def with_model(self, fingerprint: str) -> "RunIdentity":
+    def with_model(self, fingerprint: str) -> RunIdentity:
         """The same run for weights with ``fingerprint`` (known more exactly once the model is loaded)."""
         return replace(self, model_fingerprint=fingerprint)
 
@@ -69,8 +84,9 @@ class RunIdentity:
         # only the parameters of requested metrics count; a metric at its defaults keeps its plain
         # name, so runs stored before metric parameters existed keep their key
         keyed = [f"{m}{q.canonical_json(dict(self.metric_params[m]))}" if self.metric_params.get(m) else m for m in self.metrics]
-        return q.run_key(self.model_fingerprint, self.method, self.params, self.dataset_fingerprint, self.protocol, keyed,
-                         precision=self.precision)
+        return q.run_key(
+            self.model_fingerprint, self.method, self.params, self.dataset_fingerprint, self.protocol, keyed, precision=self.precision
+        )
 
     def find(self, session: Session) -> Run | None:
         """The stored run with this identity's key."""
@@ -80,6 +96,15 @@ class RunIdentity:
         """The most recently updated run named like this one (model, recipe, init, setting, dataset
         name, protocol, metrics, precision), for a machine that cannot make the key."""
         return q.find_run_like(
-            session, model=self.model, dcls=self.dcls, recipe=self.recipe, init=self.init, method=self.method,
-            params=self.params, dataset=self.dataset, protocol=self.protocol, metrics=self.metrics, precision=self.precision,
+            session,
+            model=self.model,
+            dcls=self.dcls,
+            recipe=self.recipe,
+            init=self.init,
+            method=self.method,
+            params=self.params,
+            dataset=self.dataset,
+            protocol=self.protocol,
+            metrics=self.metrics,
+            precision=self.precision,
         )

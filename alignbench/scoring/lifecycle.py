@@ -22,7 +22,13 @@ COMPLETE, PARTIAL = "complete", "partial"
 
 
 def open_run(
-    session: Session, identity: RunIdentity, *, model: Any, dataset: Any, param_count: int | None = None, family: str | None = None,
+    session: Session,
+    identity: RunIdentity,
+    *,
+    model: Any,
+    dataset: Any,
+    param_count: int | None = None,
+    family: str | None = None,
 ) -> Run:
     """The run of ``identity``, created (with the rows it names) when the store has none yet.
     ``model`` is the weights' ModelIdentity (or a stand-in with its attributes), ``dataset`` the
@@ -30,12 +36,23 @@ def open_run(
     model_row = q.upsert_model(session, model, param_count=param_count, family=family)
     explainer_row = q.upsert_explainer(session, identity.method, identity.params)
     dataset_row = q.upsert_dataset(
-        session, dataset.name, dataset.fingerprint, len(dataset), ceiling=dataset.ceiling,
+        session,
+        dataset.name,
+        dataset.fingerprint,
+        len(dataset),
+        ceiling=dataset.ceiling,
         location=str(getattr(dataset, "location", "") or "") or None,
     )
     return q.get_or_create_run(
-        session, key=identity.key, model=model_row, explainer=explainer_row, dataset=dataset_row,
-        protocol=identity.protocol, metrics=identity.metrics, n_images=len(dataset), precision=identity.precision,
+        session,
+        key=identity.key,
+        model=model_row,
+        explainer=explainer_row,
+        dataset=dataset_row,
+        protocol=identity.protocol,
+        metrics=identity.metrics,
+        n_images=len(dataset),
+        precision=identity.precision,
     )
 
 
@@ -75,7 +92,7 @@ class Heartbeat:
             except Exception:  # noqa: BLE001 - the next beat, or the next batch, tries again
                 continue
 
-    def start(self) -> "Heartbeat":
+    def start(self) -> Heartbeat:
         url = self.store.engine.url
         # An in-memory SQLite store is one connection that only this process sees: a second thread
         # would share its transactions, and no other process could read the beat anyway.
@@ -88,7 +105,7 @@ class Heartbeat:
         if self._thread.is_alive():
             self._thread.join()
 
-    def __enter__(self) -> "Heartbeat":
+    def __enter__(self) -> Heartbeat:
         return self.start()
 
     def __exit__(self, *exc) -> None:

@@ -16,7 +16,13 @@ DEFAULT_EXPLAINER = "threshold-gradcam"
 DEFAULT_DATASET = "sample"
 
 __all__ = [
-    "DEFAULT_DATASET", "DEFAULT_EXPLAINER", "DEFAULT_MODEL", "PROTOCOLS", "ProgressCallback", "ScoreRequest", "ScoreResult",
+    "DEFAULT_DATASET",
+    "DEFAULT_EXPLAINER",
+    "DEFAULT_MODEL",
+    "PROTOCOLS",
+    "ProgressCallback",
+    "ScoreRequest",
+    "ScoreResult",
     "parse_metrics",
 ]
 

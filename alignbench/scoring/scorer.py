@@ -40,8 +40,16 @@ from alignbench.store.liveness import shown_status
 from alignbench.store.tables import Dataset, Run
 
 __all__ = [
-    "DEFAULT_DATASET", "DEFAULT_EXPLAINER", "DEFAULT_MODEL", "PROTOCOLS", "ProgressCallback", "ScoreRequest", "ScoreResult",
-    "parse_metrics", "score", "trained_request",
+    "DEFAULT_DATASET",
+    "DEFAULT_EXPLAINER",
+    "DEFAULT_MODEL",
+    "PROTOCOLS",
+    "ProgressCallback",
+    "ScoreRequest",
+    "ScoreResult",
+    "parse_metrics",
+    "score",
+    "trained_request",
 ]
 
 
@@ -94,7 +102,9 @@ def _check_metrics_fit(metrics: Sequence[str], dataset: Any) -> None:
         )
 
 
-def _result(session, run, request, *, method, params, n_images, cached, computed=0, seconds=0.0, weights_source="", device=None) -> ScoreResult:
+def _result(
+    session, run, request, *, method, params, n_images, cached, computed=0, seconds=0.0, weights_source="", device=None
+) -> ScoreResult:
     dataset = session.get(Dataset, run.dataset_id)
     n_rows, summaries = q.summarise(session, run.id, request.metrics, max_index=n_images)
     spearman = summaries.get("spearman")
@@ -196,14 +206,28 @@ def score(request: ScoreRequest, *, db: str | None = None, progress: ProgressCal
 
         start = time.perf_counter()
         run_id, computed, device = compute_run(
-            store, request, identity=run, dataset=dataset, n_images=n_images, progress=progress, ranks=ranks,
+            store,
+            request,
+            identity=run,
+            dataset=dataset,
+            n_images=n_images,
+            progress=progress,
+            ranks=ranks,
         )
         computed = all_done(ranks, computed)  # under torchrun: every rank's rows are in, counted over all ranks
         if ranks.distributed and ranks.is_main:
             settle_status(store, run_id)  # each rank set it as it finished; all rows are in now
         with store.session() as session:
-            return _result(session, session.get(Run, run_id), request, cached=False, computed=computed,
-                           seconds=time.perf_counter() - start, device=device, **described)
+            return _result(
+                session,
+                session.get(Run, run_id),
+                request,
+                cached=False,
+                computed=computed,
+                seconds=time.perf_counter() - start,
+                device=device,
+                **described,
+            )
 
 
 def trained_request(tag: str, db: str | None = None) -> ModelRequest:
@@ -224,4 +248,3 @@ def trained_request(tag: str, db: str | None = None) -> ModelRequest:
         raise ModelError(f"model {tag!r} was recorded without the options that load it; score it with MODEL --checkpoint PATH")
     known = {f.name for f in fields(ModelRequest)}
     return ModelRequest(**{key: value for key, value in json.loads(rows[0].request).items() if key in known})
-

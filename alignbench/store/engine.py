@@ -34,12 +34,21 @@ if TYPE_CHECKING:  # pragma: no cover
     from sqlmodel import Session
 
 __all__ = [
-    "CONNECT_TIMEOUT_S", "DEFAULT_URL", "SQLITE_BUSY_TIMEOUT_S", "Store", "StoreMissing", "create_store_engine",
-    "display_url", "migrations_dir", "open_store", "resolve_url",
+    "CONNECT_TIMEOUT_S",
+    "DEFAULT_URL",
+    "SQLITE_BUSY_TIMEOUT_S",
+    "Store",
+    "StoreMissing",
+    "create_store_engine",
+    "display_url",
+    "migrations_dir",
+    "open_store",
+    "resolve_url",
 ]
 SQLITE_BUSY_TIMEOUT_S = 60.0  # a writer waits this long for another process's transaction
 # A server that does not answer is reported after this long, not after the OS's TCP timeout (minutes).
 CONNECT_TIMEOUT_S = 10
+
 
 class StoreMissing(StoreError):
     """A read-only command was pointed at a SQLite file that does not exist."""
@@ -64,7 +73,7 @@ class Store:
     def close(self) -> None:
         self.engine.dispose()
 
-    def __enter__(self) -> "Store":
+    def __enter__(self) -> Store:
         return self
 
     def __exit__(self, *exc) -> None:
@@ -75,9 +84,7 @@ def _parse(url: str) -> URL:
     try:
         sa_url = make_url(url)
     except ArgumentError:
-        raise StoreError(
-            f"--db {url!r} is not a database URL; use e.g. sqlite:///alignbench.db or postgresql://user@host/dbname"
-        ) from None
+        raise StoreError(f"--db {url!r} is not a database URL; use e.g. sqlite:///alignbench.db or postgresql://user@host/dbname") from None
     if sa_url.drivername == "postgresql" and importlib.util.find_spec("psycopg") is not None:
         sa_url = sa_url.set(drivername="postgresql+psycopg")  # SQLAlchemy's default would be psycopg2
     return sa_url
@@ -218,4 +225,3 @@ def open_store(url: str | None = None, *, create: bool = True, migrate: bool = T
         reason = " ".join(reason.split())
         raise StoreError(f"cannot open store {display_url(url)}: {reason}; check the path/URL or pass another --db") from None
     return Store(url=url, engine=engine)
-

@@ -20,6 +20,7 @@ from sqlalchemy.types import TypeDecorator
 
 from alignbench.store.liveness import shown_status
 
+
 class UTCDateTime(TypeDecorator):
     """A stored time read as SQLModel reads it (``sqlmodel.sql.sqltypes.UTCDateTime``): aware, in UTC
     (SQLite stores UTC without an offset)."""
@@ -38,20 +39,41 @@ class UTCDateTime(TypeDecorator):
 
 run = table(
     "run",
-    column("id", Integer), column("model_id", Integer), column("explainer_id", Integer), column("dataset_id", Integer),
-    column("protocol", String), column("metrics", String), column("status", String), column("n_images", Integer),
-    column("updated_at", UTCDateTime), column("pid", Integer), column("host", String), column("heartbeat_at", UTCDateTime),
+    column("id", Integer),
+    column("model_id", Integer),
+    column("explainer_id", Integer),
+    column("dataset_id", Integer),
+    column("protocol", String),
+    column("metrics", String),
+    column("status", String),
+    column("n_images", Integer),
+    column("updated_at", UTCDateTime),
+    column("pid", Integer),
+    column("host", String),
+    column("heartbeat_at", UTCDateTime),
 )
 model = table(
     "model",
-    column("id", Integer), column("name", String), column("family", String), column("dcls", Boolean), column("recipe", String),
-    column("param_count", Integer), column("weights_fingerprint", String), column("tag", String), column("origin", String),
-    column("parent_id", Integer), column("ca_stream", Boolean),
+    column("id", Integer),
+    column("name", String),
+    column("family", String),
+    column("dcls", Boolean),
+    column("recipe", String),
+    column("param_count", Integer),
+    column("weights_fingerprint", String),
+    column("tag", String),
+    column("origin", String),
+    column("parent_id", Integer),
+    column("ca_stream", Boolean),
 )
 explainer_setting = table("explainer_setting", column("id", Integer), column("method", String), column("params", String))
 dataset = table(
     "dataset",
-    column("id", Integer), column("name", String), column("fingerprint", String), column("ceiling", Float), column("location", String),
+    column("id", Integer),
+    column("name", String),
+    column("fingerprint", String),
+    column("ceiling", Float),
+    column("location", String),
 )
 image_score = table("image_score", column("run_id", Integer))
 thumbnail = table("thumbnail", column("run_id", Integer))
@@ -93,11 +115,32 @@ def list_runs(
     """Every run (of one dataset, explainer method or protocol when given), by id."""
     statement = (
         select(
-            run.c.id, run.c.protocol, run.c.metrics, run.c.status, run.c.pid, run.c.host, run.c.heartbeat_at, run.c.updated_at,
-            run.c.n_images, model.c.id.label("model_id"), model.c.name.label("model"), model.c.family, model.c.dcls,
-            model.c.recipe, model.c.param_count, model.c.weights_fingerprint, model.c.tag, model.c.origin, model.c.parent_id,
-            model.c.ca_stream, explainer_setting.c.method, explainer_setting.c.params, dataset.c.name.label("dataset"),
-            dataset.c.fingerprint.label("dataset_fingerprint"), dataset.c.ceiling, dataset.c.location,
+            run.c.id,
+            run.c.protocol,
+            run.c.metrics,
+            run.c.status,
+            run.c.pid,
+            run.c.host,
+            run.c.heartbeat_at,
+            run.c.updated_at,
+            run.c.n_images,
+            model.c.id.label("model_id"),
+            model.c.name.label("model"),
+            model.c.family,
+            model.c.dcls,
+            model.c.recipe,
+            model.c.param_count,
+            model.c.weights_fingerprint,
+            model.c.tag,
+            model.c.origin,
+            model.c.parent_id,
+            model.c.ca_stream,
+            explainer_setting.c.method,
+            explainer_setting.c.params,
+            dataset.c.name.label("dataset"),
+            dataset.c.fingerprint.label("dataset_fingerprint"),
+            dataset.c.ceiling,
+            dataset.c.location,
         )
         .select_from(
             run.join(model, model.c.id == run.c.model_id)
@@ -114,12 +157,29 @@ def list_runs(
         statement = statement.where(run.c.protocol == protocol)
     return [
         RunView(
-            run_id=row.id, model=row.model, family=row.family, dcls=row.dcls, recipe=row.recipe, param_count=row.param_count,
-            weights_fingerprint=row.weights_fingerprint, method=row.method, params=row.params, dataset=row.dataset,
-            dataset_fingerprint=row.dataset_fingerprint, ceiling=row.ceiling, protocol=row.protocol, metrics=row.metrics,
+            run_id=row.id,
+            model=row.model,
+            family=row.family,
+            dcls=row.dcls,
+            recipe=row.recipe,
+            param_count=row.param_count,
+            weights_fingerprint=row.weights_fingerprint,
+            method=row.method,
+            params=row.params,
+            dataset=row.dataset,
+            dataset_fingerprint=row.dataset_fingerprint,
+            ceiling=row.ceiling,
+            protocol=row.protocol,
+            metrics=row.metrics,
             status=shown_status(row.status, pid=row.pid, host=row.host, heartbeat_at=row.heartbeat_at, updated_at=row.updated_at),
-            n_images=row.n_images, updated_at=row.updated_at, dataset_location=row.location, model_id=row.model_id, tag=row.tag,
-            origin=row.origin, parent_id=row.parent_id, ca_stream=row.ca_stream,
+            n_images=row.n_images,
+            updated_at=row.updated_at,
+            dataset_location=row.location,
+            model_id=row.model_id,
+            tag=row.tag,
+            origin=row.origin,
+            parent_id=row.parent_id,
+            ca_stream=row.ca_stream,
         )
         for row in connection.execute(statement)
     ]
@@ -127,11 +187,7 @@ def list_runs(
 
 def row_counts(connection: Connection, run_ids: Sequence[int]) -> dict[int, int]:
     """Rows (images with a row, scored or skipped) per run; counted on the (run, image) index alone."""
-    statement = (
-        select(image_score.c.run_id, func.count())
-        .where(image_score.c.run_id.in_(list(run_ids)))
-        .group_by(image_score.c.run_id)
-    )
+    statement = select(image_score.c.run_id, func.count()).where(image_score.c.run_id.in_(list(run_ids))).group_by(image_score.c.run_id)
     counts = {int(run_id): 0 for run_id in run_ids}
     counts.update({int(run_id): int(n) for run_id, n in connection.execute(statement)})
     return counts

@@ -73,4 +73,3 @@ def shown_status(
     if pid is not None and host == socket.gethostname():
         return RUNNING if process_alive(pid) and not stale else INTERRUPTED
     return INTERRUPTED if stale else RUNNING
-

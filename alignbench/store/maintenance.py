@@ -77,8 +77,22 @@ def _stored_runs(connection: Connection) -> list[StoredRun]:
     views = listing.list_runs(connection)
     rows = listing.row_counts(connection, [v.run_id for v in views]) if views else {}
     return [
-        StoredRun(v.run_id, v.model, v.dcls, v.method, v.dataset, v.dataset_location, v.protocol, v.metrics, v.status,
-                  rows[v.run_id], v.n_images, v.updated_at, tag=v.tag, ca_stream=v.ca_stream)
+        StoredRun(
+            v.run_id,
+            v.model,
+            v.dcls,
+            v.method,
+            v.dataset,
+            v.dataset_location,
+            v.protocol,
+            v.metrics,
+            v.status,
+            rows[v.run_id],
+            v.n_images,
+            v.updated_at,
+            tag=v.tag,
+            ca_stream=v.ca_stream,
+        )
         for v in views
     ]
 
@@ -119,9 +133,7 @@ def delete_runs(db: str | None, run_ids: list[int]) -> DeletedRuns:
         by_id = {run.run_id: run for run in runs}
         unknown = [str(run_id) for run_id in wanted if run_id not in by_id]
         if unknown:
-            raise StoreError(
-                f"no run {', '.join(unknown)} in the store; `alignbench runs list` shows the stored runs, nothing was deleted"
-            )
+            raise StoreError(f"no run {', '.join(unknown)} in the store; `alignbench runs list` shows the stored runs, nothing was deleted")
         return [by_id[run_id] for run_id in wanted]
 
     return _delete(db, choose)
@@ -132,4 +144,3 @@ def prune_runs(db: str | None = None, *, empty: bool = False) -> DeletedRuns:
     if not empty:
         raise StoreError("say what to prune: `alignbench runs prune --empty` deletes the runs with no stored row")
     return _delete(db, lambda runs: [run for run in runs if run.n_rows == 0 and run.status != RUNNING])
-

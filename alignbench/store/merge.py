@@ -153,7 +153,9 @@ class _Source:
         self.connection = connection
         self.metadata = MetaData()
         names = set(inspect(connection).get_table_names())
-        self.metadata.reflect(bind=connection, only=[n for n in ("model", "explainer_setting", "dataset", "run", "image_score", "thumbnail") if n in names])
+        self.metadata.reflect(
+            bind=connection, only=[n for n in ("model", "explainer_setting", "dataset", "run", "image_score", "thumbnail") if n in names]
+        )
 
     def table(self, name: str) -> Table | None:
         return self.metadata.tables.get(name)
@@ -190,10 +192,14 @@ def _insert_many(connection: Connection, table: Table, rows: Sequence[dict[str, 
         connection.execute(table.insert(), list(rows[start : start + _BATCH]))
 
 
-def _match(connection: Connection, table: Table, source_rows: Iterable[dict[str, Any]], identity: tuple[str, ...]) -> tuple[dict[int, int], int]:
+def _match(
+    connection: Connection, table: Table, source_rows: Iterable[dict[str, Any]], identity: tuple[str, ...]
+) -> tuple[dict[int, int], int]:
     """source id → DST id for rows matched by the ``identity`` columns; rows DST lacks are inserted
     (returns the map and how many were inserted)."""
-    existing = {tuple(row._mapping[c] for c in identity): row.id for row in connection.execute(select(table.c.id, *(table.c[c] for c in identity)))}
+    existing = {
+        tuple(row._mapping[c] for c in identity): row.id for row in connection.execute(select(table.c.id, *(table.c[c] for c in identity)))
+    }
     ids, added = {}, 0
     for row in source_rows:
         key = tuple(row[c] for c in identity)
@@ -213,19 +219,29 @@ def _merge_source(connection: Connection, url: str, source: _Source, revision: s
         parent = model.get("parent_id")
         if parent is not None:
             connection.execute(
-                model_table.update().where(model_table.c.id == model_ids[model["id"]], model_table.c.parent_id.is_(None)).values(parent_id=model_ids[parent])
+                model_table.update()
+                .where(model_table.c.id == model_ids[model["id"]], model_table.c.parent_id.is_(None))
+                .values(parent_id=model_ids[parent])
             )
-    explainer_ids, result.explainers = _match(connection, ExplainerSetting.__table__, source.rows("explainer_setting"), ("method", "params"))
+    explainer_ids, result.explainers = _match(
+        connection, ExplainerSetting.__table__, source.rows("explainer_setting"), ("method", "params")
+    )
     dataset_ids, result.datasets = _match(connection, Dataset.__table__, source.rows("dataset"), ("name", "fingerprint"))
     names = {m["id"]: m["name"] for m in models}
 
     run_table = Run.__table__
-    dst_runs = {row.key: row for row in connection.execute(select(run_table.c.id, run_table.c.key, run_table.c.n_images, run_table.c.status))}
+    dst_runs = {
+        row.key: row for row in connection.execute(select(run_table.c.id, run_table.c.key, run_table.c.n_images, run_table.c.status))
+    }
     for run in source.rows("run"):
         dst = dst_runs.get(run["key"])
         if dst is None:
-            values = {**run, "model_id": model_ids[run["model_id"]], "explainer_id": explainer_ids[run["explainer_id"]],
-                      "dataset_id": dataset_ids[run["dataset_id"]]}
+            values = {
+                **run,
+                "model_id": model_ids[run["model_id"]],
+                "explainer_id": explainer_ids[run["explainer_id"]],
+                "dataset_id": dataset_ids[run["dataset_id"]],
+            }
             run_id, n_images, status = _insert(connection, run_table, values), run["n_images"], run["status"]
             result.runs += 1
         else:
@@ -242,7 +258,9 @@ def _merge_source(connection: Connection, url: str, source: _Source, revision: s
     return result
 
 
-def _merge_rows(connection: Connection, source: _Source, source_run: int, context: tuple[str, int, str], result: SourceMerge, prefer: str) -> int:
+def _merge_rows(
+    connection: Connection, source: _Source, source_run: int, context: tuple[str, int, str], result: SourceMerge, prefer: str
+) -> int:
     table = ImageScore.__table__
     run_key, run_id, model = context
     columns = [c for c in _IMAGE_VALUES if c in source.table("image_score").c]
@@ -259,15 +277,31 @@ def _merge_rows(connection: Connection, source: _Source, source_run: int, contex
             continue
         replace = prefer == "newer" and _newer(row, mine)
         if replace:
-            connection.execute(table.update().where(table.c.id == mine["id"]).values(**{c: row[c] for c in columns}, created_at=row["created_at"]))
-        result.conflicts.append(Conflict(result.source, run_key, run_id, model, row["image_id"], "score", differ,
-                                         {c: mine[c] for c in differ}, {c: row[c] for c in differ}, replace))
+            connection.execute(
+                table.update().where(table.c.id == mine["id"]).values(**{c: row[c] for c in columns}, created_at=row["created_at"])
+            )
+        result.conflicts.append(
+            Conflict(
+                result.source,
+                run_key,
+                run_id,
+                model,
+                row["image_id"],
+                "score",
+                differ,
+                {c: mine[c] for c in differ},
+                {c: row[c] for c in differ},
+                replace,
+            )
+        )
     _insert_many(connection, table, new)
     result.rows += len(new)
     return len(new)
 
 
-def _merge_thumbnails(connection: Connection, source: _Source, source_run: int, context: tuple[str, int, str], result: SourceMerge, prefer: str) -> None:
+def _merge_thumbnails(
+    connection: Connection, source: _Source, source_run: int, context: tuple[str, int, str], result: SourceMerge, prefer: str
+) -> None:
     if source.table("thumbnail") is None:
         return
     table = Thumbnail.__table__
@@ -284,9 +318,25 @@ def _merge_thumbnails(connection: Connection, source: _Source, source_run: int, 
             continue
         replace = prefer == "newer" and _newer(row, mine)
         if replace:
-            connection.execute(table.update().where(table.c.id == mine["id"]).values(**{c: row[c] for c in _THUMBNAIL_VALUES}, created_at=row["created_at"]))
-        result.conflicts.append(Conflict(result.source, run_key, run_id, model, row["image_id"], f"thumbnail:{row['kind']}", differ,
-                                         {c: mine[c] for c in differ}, {c: row[c] for c in differ}, replace))
+            connection.execute(
+                table.update()
+                .where(table.c.id == mine["id"])
+                .values(**{c: row[c] for c in _THUMBNAIL_VALUES}, created_at=row["created_at"])
+            )
+        result.conflicts.append(
+            Conflict(
+                result.source,
+                run_key,
+                run_id,
+                model,
+                row["image_id"],
+                f"thumbnail:{row['kind']}",
+                differ,
+                {c: mine[c] for c in differ},
+                {c: row[c] for c in differ},
+                replace,
+            )
+        )
     _insert_many(connection, table, new)
     result.thumbnails += len(new)
 

@@ -27,7 +27,7 @@ _DOWN_REVISION = re.compile(r"^down_revision\s*=\s*(?:['\"]([^'\"]+)['\"]|None)"
 _TABLE_OP = re.compile(r"op\.(create_table|drop_table)\(\s*['\"](\w+)['\"]")
 
 
-def alembic_config() -> "Config":
+def alembic_config() -> Config:
     from alembic.config import Config  # alembic only to upgrade (see the module docstring)
 
     config = Config()

@@ -209,10 +209,16 @@ def find_run_like(
         .join(ExplainerSetting, ExplainerSetting.id == Run.explainer_id)
         .join(Dataset, Dataset.id == Run.dataset_id)
         .where(
-            Model.name == model, Model.dcls == dcls, Model.recipe == (canonical_json(recipe) if recipe else None),
-            ExplainerSetting.method == method, ExplainerSetting.params == canonical_json(dict(params)),
-            Dataset.name == dataset, Run.protocol == protocol, Run.metrics == ",".join(sorted(set(metrics))),
-            Run.precision == precision, Model.init == init,  # == None is IS NULL
+            Model.name == model,
+            Model.dcls == dcls,
+            Model.recipe == (canonical_json(recipe) if recipe else None),
+            ExplainerSetting.method == method,
+            ExplainerSetting.params == canonical_json(dict(params)),
+            Dataset.name == dataset,
+            Run.protocol == protocol,
+            Run.metrics == ",".join(sorted(set(metrics))),
+            Run.precision == precision,
+            Model.init == init,  # == None is IS NULL
         )
         .order_by(Run.updated_at.desc(), Run.id.desc())  # type: ignore[attr-defined]
     )
@@ -292,9 +298,7 @@ def insert_scores(session: Session, run_id: int, rows: Iterable[Mapping[str, Any
     statement = insert(table)
     if replace:
         columns = [c for c in values[0] if c not in ("run_id", "image_id")]
-        statement = statement.on_conflict_do_update(
-            index_elements=["run_id", "image_id"], set_={c: statement.excluded[c] for c in columns}
-        )
+        statement = statement.on_conflict_do_update(index_elements=["run_id", "image_id"], set_={c: statement.excluded[c] for c in columns})
     else:
         statement = statement.on_conflict_do_nothing(index_elements=["run_id", "image_id"])
     # The rows written are counted from RETURNING: a batched INSERT's rowcount is not reliable
@@ -398,9 +402,7 @@ def summarise(
     return int(n_rows), summaries
 
 
-def list_runs(
-    session: Session, *, dataset: str | None = None, method: str | None = None, protocol: str | None = None
-) -> list[RunView]:
+def list_runs(session: Session, *, dataset: str | None = None, method: str | None = None, protocol: str | None = None) -> list[RunView]:
     """Every run (of one dataset, explainer method or protocol when given), by id (``alignbench.store.listing``)."""
     return listing.list_runs(session.connection(), dataset_name=dataset, method=method, protocol=protocol)
 
@@ -410,7 +412,8 @@ def per_image_scores(session: Session, run_ids: Sequence[int], metric: str = "sp
     column = getattr(ImageScore, metric_column(metric))
     out: dict[int, dict[str, float]] = {run_id: {} for run_id in run_ids}
     statement = select(ImageScore.run_id, ImageScore.image_id, column).where(
-        ImageScore.run_id.in_(list(run_ids)), column.is_not(None)  # type: ignore[attr-defined]
+        ImageScore.run_id.in_(list(run_ids)),
+        column.is_not(None),  # type: ignore[attr-defined]
     )
     for run_id, image_id, value in session.exec(statement).all():
         out[run_id][image_id] = float(value)

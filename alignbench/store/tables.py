@@ -37,7 +37,9 @@ class Model(SQLModel, table=True):
     # lineage (migration 0003): what a trained or imported model is and where it came from
     tag: Optional[str] = Field(default=None, index=True)  # the user's name for it (--tag)
     origin: Optional[str] = None  # moco-v3, dcls-finetune, gc-consistency, ca-stream, ...
-    parent_id: Optional[int] = Field(default=None, sa_column=Column(Integer, ForeignKey("model.id", name="fk_model_parent_id_model"), nullable=True))
+    parent_id: Optional[int] = Field(
+        default=None, sa_column=Column(Integer, ForeignKey("model.id", name="fk_model_parent_id_model"), nullable=True)
+    )
     lineage: Optional[str] = None  # canonical JSON: method, data fingerprint, steps, hyper-parameters, final loss/top-1
     ca_stream: bool = Field(default=False, sa_column_kwargs={"server_default": false()})
     request: Optional[str] = None  # canonical JSON of the ModelRequest that loads it again

@@ -50,7 +50,8 @@ class Browser:
         self.profile = Path(tempfile.mkdtemp(prefix="alignbench-chromium-"))
         self.process = subprocess.Popen(
             [binary, *CHROMIUM_FLAGS, f"--user-data-dir={self.profile}", "--remote-debugging-port=0", "about:blank"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
         )
         self.events: list[dict[str, Any]] = []
         self._ids = itertools.count(1)
@@ -177,7 +178,7 @@ class Browser:
                     self.process.wait(timeout=10)
             shutil.rmtree(self.profile, ignore_errors=True)
 
-    def __enter__(self) -> "Browser":
+    def __enter__(self) -> Browser:
         return self
 
     def __exit__(self, *exc: object) -> None:

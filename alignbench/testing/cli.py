@@ -101,10 +101,18 @@ def add_run(
         explainer = q.upsert_explainer(session, method, params)
         dataset_row = q.upsert_dataset(session, dataset, dataset_fingerprint, n_images, location=location)
         run = q.get_or_create_run(
-            session, key=key, model=model_row, explainer=explainer, dataset=dataset_row, protocol="aligned",
-            metrics=["spearman"], n_images=n_images,
+            session,
+            key=key,
+            model=model_row,
+            explainer=explainer,
+            dataset=dataset_row,
+            protocol="aligned",
+            metrics=["spearman"],
+            n_images=n_images,
         )
-        q.insert_scores(session, run.id, [{"image_index": i, "image_id": f"img{i}", "spearman": i / max(1, n_images)} for i in range(n_rows)])
+        q.insert_scores(
+            session, run.id, [{"image_index": i, "image_id": f"img{i}", "spearman": i / max(1, n_images)} for i in range(n_rows)]
+        )
         q.update_run(session, run, status=status)
         session.commit()
         return run.id

@@ -27,7 +27,9 @@ def server_bindir() -> Path | None:
     configured = os.environ.get("ALIGNBENCH_PG_BINDIR")
     if configured:
         return Path(configured) if (Path(configured) / "initdb").is_file() else None
-    debian = sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb"), key=lambda p: int(p.parent.parent.name) if p.parent.parent.name.isdigit() else 0)
+    debian = sorted(
+        Path("/usr/lib/postgresql").glob("*/bin/initdb"), key=lambda p: int(p.parent.parent.name) if p.parent.parent.name.isdigit() else 0
+    )
     if debian:
         return debian[-1].parent
     found = shutil.which("initdb")
@@ -62,7 +64,7 @@ class LocalPostgres:
     account: pwd.struct_passwd | None
 
     @classmethod
-    def start(cls, *, durable: bool = False) -> "LocalPostgres":
+    def start(cls, *, durable: bool = False) -> LocalPostgres:
         """initdb + pg_ctl start. ``durable=False`` turns fsync off (tests); True keeps the server's
         defaults, so commits are flushed to disk as a real server's are (benchmarks)."""
         bindir = server_bindir()
@@ -74,13 +76,15 @@ class LocalPostgres:
             os.chown(root, account.pw_uid, account.pw_gid)
         server = cls(bindir, root, _free_port(), account)
         try:
-            server._command("initdb", "-D", str(root / "data"), "-U", _SUPERUSER, "--auth=trust", "--encoding=UTF8",
-                            "--locale=C", "--no-sync")
+            server._command(
+                "initdb", "-D", str(root / "data"), "-U", _SUPERUSER, "--auth=trust", "--encoding=UTF8", "--locale=C", "--no-sync"
+            )
             options = ["-c listen_addresses=127.0.0.1", f"-p {server.port}", f"-c unix_socket_directories={root}"]
             if not durable:
                 options += ["-c fsync=off", "-c synchronous_commit=off", "-c full_page_writes=off"]
-            server._command("pg_ctl", "-D", str(root / "data"), "-l", str(root / "server.log"), "-w", "-t", "60",
-                            "-o", " ".join(options), "start")
+            server._command(
+                "pg_ctl", "-D", str(root / "data"), "-l", str(root / "server.log"), "-w", "-t", "60", "-o", " ".join(options), "start"
+            )
         except BaseException:
             server.stop()
             raise
@@ -116,7 +120,7 @@ class LocalPostgres:
                 pass
         shutil.rmtree(self.root, ignore_errors=True)
 
-    def __enter__(self) -> "LocalPostgres":
+    def __enter__(self) -> LocalPostgres:
         return self
 
     def __exit__(self, *exc) -> None:

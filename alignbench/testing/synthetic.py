@@ -141,9 +141,7 @@ def fill_paper_like_store(
                 shift = 0.02 if dcls else 0.0
                 values = np.clip(mean + shift - 0.03 * method_index + difficulty + rng.normal(0, 0.15, n_images), -1, 1)
                 values[skipped] = np.nan
-                run_id = add_run(
-                    store, model=name, dcls=dcls, values=values, family=family, param_count=param_count, method=method
-                )
+                run_id = add_run(store, model=name, dcls=dcls, values=values, family=family, param_count=param_count, method=method)
                 runs.append(SyntheticRun(run_id, name, dcls, method))
     if centre_bias:
         values = np.clip(0.25 + difficulty + rng.normal(0, 0.1, n_images), -1, 1)
@@ -190,6 +188,8 @@ def add_thumbnails(store: Store, needed: dict[int, set[str]], *, side: int = 112
         q.insert_thumbnails(session, rows)
         session.commit()
     return sum(len(ids) for ids in needed.values())
+
+
 def add_request_run(store: Store, request, dataset, values: Sequence[float] | np.ndarray, *, status: str = "partial") -> int:
     """Record made-up values as the run ``alignbench score`` would make for ``request`` (a
     ScoreRequest) on the opened ``dataset``: the same model, explainer, dataset and run key, so

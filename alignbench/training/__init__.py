@@ -14,8 +14,19 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from alignbench._utils.lazy import lazy_attributes
-from alignbench.training._request import (FREEZE_MODES, METHODS, PAPER_GC_LAMBDA, POSITIONS_LR_FACTOR, POSITIONS_OFFSET, SAMPLE_DATA,
-                                          SCHEDULES, FreezeMode, Method, TrainRequest, position_parameters)
+from alignbench.training._request import (
+    FREEZE_MODES,
+    METHODS,
+    PAPER_GC_LAMBDA,
+    POSITIONS_LR_FACTOR,
+    POSITIONS_OFFSET,
+    SAMPLE_DATA,
+    SCHEDULES,
+    FreezeMode,
+    Method,
+    TrainRequest,
+    position_parameters,
+)
 
 __all__ = [
     "FREEZE_MODES",
@@ -55,13 +66,17 @@ __all__ = [
 # public name -> private module that defines it (imports torch; loaded on first use)
 _LAZY = {
     **dict.fromkeys(("LabelledImages", "open_training_data"), "alignbench.training._data"),
-    **dict.fromkeys(("build_composite", "consistency_map", "gc_consistency_loss", "paste_into_quadrants"),
-                    "alignbench.training._gc_consistency"),
-    **dict.fromkeys(("CrossEntropy", "Distillation", "Forward", "GradCamConsistency", "LossTerm", "TrainingStep"),
-                    "alignbench.training._objective"),
+    **dict.fromkeys(
+        ("build_composite", "consistency_map", "gc_consistency_loss", "paste_into_quadrants"), "alignbench.training._gc_consistency"
+    ),
+    **dict.fromkeys(
+        ("CrossEntropy", "Distillation", "Forward", "GradCamConsistency", "LossTerm", "TrainingStep"), "alignbench.training._objective"
+    ),
     **dict.fromkeys(("freeze", "param_groups"), "alignbench.training._params"),
-    **dict.fromkeys(("EvalRecord", "StepRecord", "TrainingInterrupted", "TrainResult", "train", "train_one_epoch", "validate"),
-                    "alignbench.training._train"),
+    **dict.fromkeys(
+        ("EvalRecord", "StepRecord", "TrainingInterrupted", "TrainResult", "train", "train_one_epoch", "validate"),
+        "alignbench.training._train",
+    ),
 }
 
 if TYPE_CHECKING:  # pragma: no cover

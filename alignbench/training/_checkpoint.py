@@ -125,8 +125,9 @@ def set_rng_state(state: Mapping[str, Any]) -> None:
     np.random.set_state((kind, keys.numpy().astype(np.uint32), position, has_gauss, cached))
 
 
-def save_state(path: Path, *, recipe: dict, model: torch.nn.Module, optimizer, scheduler, scaler, state: TrainState,
-               rng: list[dict]) -> None:
+def save_state(
+    path: Path, *, recipe: dict, model: torch.nn.Module, optimizer, scheduler, scaler, state: TrainState, rng: list[dict]
+) -> None:
     payload = {
         "format": STATE_FORMAT,
         "recipe": recipe,
@@ -169,7 +170,9 @@ def load_state(path: Path, recipe: dict) -> dict[str, Any]:
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # torch raises many kinds for a file that is not a checkpoint
-        raise TrainingError(f"--resume {path} cannot be read ({str(error).splitlines()[0]}); pass the {STATE_FILE} of an earlier run") from None
+        raise TrainingError(
+            f"--resume {path} cannot be read ({str(error).splitlines()[0]}); pass the {STATE_FILE} of an earlier run"
+        ) from None
     if not isinstance(payload, dict) or payload.get("format") != STATE_FORMAT:
         raise TrainingError(f"--resume {path} is not an alignbench training state; pass the {STATE_FILE} of an earlier run's --out")
     differences = recipe_differences(payload["recipe"], recipe)

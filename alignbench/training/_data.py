@@ -20,11 +20,11 @@ from __future__ import annotations
 
 import os
 import random
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -90,8 +90,11 @@ def _labelled_by_csv(root: Path, image_dir: Path, labels_file: Path, layout: str
         if label is None:
             missing.append(path.name)
     if missing:
-        raise TrainingError(f"{option} {root}: {labels_file.name} has no label for {missing[0]}" +
-                            (f" (and {len(missing) - 1} more)" if len(missing) > 1 else "") + "; training needs a label for every image")
+        raise TrainingError(
+            f"{option} {root}: {labels_file.name} has no label for {missing[0]}"
+            + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else "")
+            + "; training needs a label for every image"
+        )
     return LabelledImages(root, tuple(files), tuple(labels), layout, (labels_file,))
 
 
@@ -240,7 +243,7 @@ class EpochSampler(DistributedSampler):
         self.start = start
 
     def __iter__(self) -> Iterator[tuple[int, int]]:
-        indices = list(super().__iter__())[self.start:]
+        indices = list(super().__iter__())[self.start :]
         return iter([(self.epoch, index) for index in indices])
 
     def __len__(self) -> int:

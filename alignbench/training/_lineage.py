@@ -65,7 +65,12 @@ def record_trained(
                 continue
             seen.add(identity.fingerprint)
             q.record_trained_model(
-                session, identity, origin=origin, parent=parent_row, param_count=param_count, family=family,
+                session,
+                identity,
+                origin=origin,
+                parent=parent_row,
+                param_count=param_count,
+                family=family,
                 lineage={**lineage, **file.lineage, "parent": parent.fingerprint, "checkpoint": str(file.path), "file": file.kind},
             )
         session.commit()

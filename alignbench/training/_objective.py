@@ -89,8 +89,9 @@ class Distillation:
     def __call__(self, forward: Forward) -> Tensor:
         with torch.no_grad():
             target = self.teacher(forward.images)
-        return F.kl_div(F.log_softmax(forward.logits.float(), dim=1), F.log_softmax(target.float(), dim=1),
-                        log_target=True, reduction="batchmean")
+        return F.kl_div(
+            F.log_softmax(forward.logits.float(), dim=1), F.log_softmax(target.float(), dim=1), log_target=True, reduction="batchmean"
+        )
 
 
 class TrainingStep(nn.Module):

@@ -40,8 +40,7 @@ def freeze(model: nn.Module, mode: FreezeMode) -> Trainable:
     positions = {id(p) for p in position_parameters(model)}
     unique = {id(p): p for p in model.parameters()}.values()
     frozen_norms = tuple(
-        module for module in model.modules()
-        if isinstance(module, _BatchNorm) and not any(p.requires_grad for p in module.parameters())
+        module for module in model.modules() if isinstance(module, _BatchNorm) and not any(p.requires_grad for p in module.parameters())
     )
     return Trainable(
         parameters=sum(p.numel() for p in unique if p.requires_grad),

@@ -9,8 +9,7 @@ of the same names (``TrainRequest.from_options``) and the library reads it. ``ME
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterator
-from collections.abc import Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from types import MappingProxyType
@@ -71,8 +70,9 @@ FREEZE_MODES: dict[str, FreezeMode] = {
         FreezeMode("none", "every parameter trains", lambda model: iter(model.parameters())),
         FreezeMode("backbone", "only the classifier trains", _classifier_parameters),
         FreezeMode("all-but-positions", "only the DCLS positions (P, and SIG) train", position_parameters),
-        FreezeMode(_ca_stream.FREEZE, "only the CA-Stream trains (backbone, classifier, batch-norm statistics fixed)",
-                   _ca_stream.stream_parameters),
+        FreezeMode(
+            _ca_stream.FREEZE, "only the CA-Stream trains (backbone, classifier, batch-norm statistics fixed)", _ca_stream.stream_parameters
+        ),
     )
 }
 
@@ -89,18 +89,28 @@ class Method:
 
     name: str
     description: str
-    applies: Callable[["TrainRequest"], bool] = field(repr=False, compare=False)
+    applies: Callable[[TrainRequest], bool] = field(repr=False, compare=False)
     default_freeze: str = "none"
     recipe: Mapping[str, Any] = field(default_factory=lambda: GENERAL_RECIPE, repr=False, compare=False)
 
 
 METHODS: tuple[Method, ...] = (
-    Method(_ca_stream.METHOD, "the CA-Stream alone (Torres et al. 2024), cross-entropy through the frozen classifier",
-           lambda request: request.model.ca_stream, default_freeze=_ca_stream.FREEZE, recipe=_ca_stream.RECIPE),
-    Method("gc-consistency", "cross-entropy + λ · Grad-CAM consistency (Pillai & Pirsiavash 2021)",
-           lambda request: request.gc_consistency > 0),
-    Method("dcls-finetune", "DCLS positions fine-tuned (and, with --freeze none, every weight)",
-           lambda request: request.model.dcls, default_freeze="all-but-positions"),
+    Method(
+        _ca_stream.METHOD,
+        "the CA-Stream alone (Torres et al. 2024), cross-entropy through the frozen classifier",
+        lambda request: request.model.ca_stream,
+        default_freeze=_ca_stream.FREEZE,
+        recipe=_ca_stream.RECIPE,
+    ),
+    Method(
+        "gc-consistency", "cross-entropy + λ · Grad-CAM consistency (Pillai & Pirsiavash 2021)", lambda request: request.gc_consistency > 0
+    ),
+    Method(
+        "dcls-finetune",
+        "DCLS positions fine-tuned (and, with --freeze none, every weight)",
+        lambda request: request.model.dcls,
+        default_freeze="all-but-positions",
+    ),
     Method("finetune", "cross-entropy fine-tuning", lambda request: True),
 )
 
@@ -143,7 +153,7 @@ class TrainRequest:
     decay_rate: float = 0.1
 
     @classmethod
-    def from_options(cls, model: ModelRequest, options: Mapping[str, Any]) -> "TrainRequest":
+    def from_options(cls, model: ModelRequest, options: Mapping[str, Any]) -> TrainRequest:
         """The request for ``model`` whose other fields are taken by name from ``options`` (the ``train``
         command's parameters; other names are left out, and so are fields ``options`` lacks): a new
         option is a field here and a parameter of the command, nowhere else."""
@@ -177,17 +187,28 @@ class TrainRequest:
 
     def validate(self) -> None:
         """Raise TrainingError naming the first option that cannot work (before anything is loaded)."""
-        positive = {"--batch-size": self.batch_size, "--steps": self.steps, "--epochs": self.epochs,
-                    "--checkpoint-every": self.checkpoint_every, "--img-size": self.img_size}
+        positive = {
+            "--batch-size": self.batch_size,
+            "--steps": self.steps,
+            "--epochs": self.epochs,
+            "--checkpoint-every": self.checkpoint_every,
+            "--img-size": self.img_size,
+        }
         for option, value in positive.items():
             if value is not None and value < 1:
                 raise TrainingError(f"{option} must be at least 1, got {value}")
         if self.steps is not None and self.epochs is not None:
             raise TrainingError("give --steps or --epochs, not both")
-        for option, value in {"--lr": self.lr, "--positions-lr": self.positions_lr, "--weight-decay": self.weight_decay,
-                              "--gc-consistency": self.gc_consistency, "--distill-weight": self.distill_weight,
-                              "--min-lr": self.min_lr, "--warmup-steps": self.warmup_steps,
-                              "--positions-offset": self.positions_offset}.items():
+        for option, value in {
+            "--lr": self.lr,
+            "--positions-lr": self.positions_lr,
+            "--weight-decay": self.weight_decay,
+            "--gc-consistency": self.gc_consistency,
+            "--distill-weight": self.distill_weight,
+            "--min-lr": self.min_lr,
+            "--warmup-steps": self.warmup_steps,
+            "--positions-offset": self.positions_offset,
+        }.items():
             if value is not None and not (math.isfinite(value) and value >= 0):
                 raise TrainingError(f"{option} must be a finite number ≥ 0, got {value}")
         if self.sched not in SCHEDULES:

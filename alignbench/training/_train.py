@@ -30,9 +30,18 @@ from torch.utils.data import DataLoader
 
 from alignbench import __version__
 from alignbench.distributed import Ranks, gather_objects, join_launch, on_main, sum_over_ranks
-from alignbench.errors import AlignbenchError, DatasetError, TrainingError
-from alignbench.models import (CAStreamModel, ModelRequest, clamp_positions, load_model, model_identity, resolve_device, save_state_dict,
-                               save_stream, set_global_pool)
+from alignbench.errors import DatasetError, TrainingError
+from alignbench.models import (
+    CAStreamModel,
+    ModelRequest,
+    clamp_positions,
+    load_model,
+    model_identity,
+    resolve_device,
+    save_state_dict,
+    save_stream,
+    set_global_pool,
+)
 from alignbench.store import open_store
 from alignbench.training import _checkpoint as ckpt
 from alignbench.training._data import EpochSampler, EvalImages, LabelledImages, TrainingImages, open_training_data
@@ -279,7 +288,9 @@ def _optimizer(request: TrainRequest, model: nn.Module) -> torch.optim.Optimizer
     try:
         return create_optimizer_v2(groups, opt=request.opt, lr=request.lr, weight_decay=request.weight_decay, momentum=request.momentum)
     except (AssertionError, ValueError, KeyError) as error:
-        raise TrainingError(f"--opt {request.opt!r}: {error or 'unknown optimiser'}; use a timm optimiser name such as adamw or sgd") from None
+        raise TrainingError(
+            f"--opt {request.opt!r}: {error or 'unknown optimiser'}; use a timm optimiser name such as adamw or sgd"
+        ) from None
 
 
 def _scheduler(request: TrainRequest, optimizer: torch.optim.Optimizer, steps_per_epoch: int, total_steps: int) -> Any:
@@ -289,14 +300,27 @@ def _scheduler(request: TrainRequest, optimizer: torch.optim.Optimizer, steps_pe
     # --decay-epochs is in passes over --data; the scheduler's "epochs" are steps
     decay = {"decay_epochs": request.decay_epochs * steps_per_epoch} if request.decay_epochs else {}
     scheduler, _ = create_scheduler_v2(
-        optimizer, sched=request.sched, num_epochs=total_steps, warmup_epochs=request.warmup_steps,
-        min_lr=request.min_lr, step_on_epochs=False, updates_per_epoch=1, decay_rate=request.decay_rate, **decay,
+        optimizer,
+        sched=request.sched,
+        num_epochs=total_steps,
+        warmup_epochs=request.warmup_steps,
+        min_lr=request.min_lr,
+        step_on_epochs=False,
+        updates_per_epoch=1,
+        decay_rate=request.decay_rate,
+        **decay,
     )
     return scheduler
 
 
-def _resume(saved: dict[str, Any] | None, ranks: Ranks, model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any,
-            scaler: torch.amp.GradScaler) -> tuple[ckpt.TrainState, int | None]:
+def _resume(
+    saved: dict[str, Any] | None,
+    ranks: Ranks,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: Any,
+    scaler: torch.amp.GradScaler,
+) -> tuple[ckpt.TrainState, int | None]:
     """The state a --resume checkpoint left (and the step it starts from); a fresh state without one."""
     if saved is None:
         return ckpt.TrainState(), None
@@ -341,18 +365,38 @@ def _setup(request: TrainRequest, ranks: Ranks, device: torch.device, progress: 
     workers = request.workers if request.workers is not None else _default_workers(ranks)
     eval_loader = None
     if val is not None and ranks.is_main:
-        eval_loader = DataLoader(EvalImages(val, eval_transform), batch_size=per_process, num_workers=workers,
-                                 generator=torch.Generator())
+        eval_loader = DataLoader(EvalImages(val, eval_transform), batch_size=per_process, num_workers=workers, generator=torch.Generator())
 
     state, resumed_from = _resume(saved, ranks, model, optimizer, scheduler, scaler)
     positions_group = next((i for i, group in enumerate(optimizer.param_groups) if group.get("group_name") == "positions"), None)
     return _Run(
-        request=request, ranks=ranks, device=device, out=out, data=data, val=val, recipe=recipe, model=model,
-        step_module=prepared.step_module, trainable=prepared.trainable, optimizer=optimizer, scheduler=scheduler, scaler=scaler,
-        sampler=sampler, dataset=dataset, eval_loader=eval_loader, per_process_batch=per_process,
-        steps_per_epoch=steps_per_epoch, total_steps=total_steps, state=state, resumed_from=resumed_from,
-        workers=workers, weights_metadata=prepared.weights_metadata, progress=progress, positions_group=positions_group,
-        unpinned=prepared.unpinned, initial_positions=prepared.initial_positions,
+        request=request,
+        ranks=ranks,
+        device=device,
+        out=out,
+        data=data,
+        val=val,
+        recipe=recipe,
+        model=model,
+        step_module=prepared.step_module,
+        trainable=prepared.trainable,
+        optimizer=optimizer,
+        scheduler=scheduler,
+        scaler=scaler,
+        sampler=sampler,
+        dataset=dataset,
+        eval_loader=eval_loader,
+        per_process_batch=per_process,
+        steps_per_epoch=steps_per_epoch,
+        total_steps=total_steps,
+        state=state,
+        resumed_from=resumed_from,
+        workers=workers,
+        weights_metadata=prepared.weights_metadata,
+        progress=progress,
+        positions_group=positions_group,
+        unpinned=prepared.unpinned,
+        initial_positions=prepared.initial_positions,
     )
 
 
@@ -385,14 +429,21 @@ def _learning_rates(run: _Run) -> tuple[float, float | None]:
     return base, positions
 
 
-def _step_record(run: _Run, output: dict[str, Any], labels: torch.Tensor, seconds: float, clamped: int,
-                 rates: tuple[float, float | None]) -> StepRecord:
+def _step_record(
+    run: _Run, output: dict[str, Any], labels: torch.Tensor, seconds: float, clamped: int, rates: tuple[float, float | None]
+) -> StepRecord:
     """The step's loss, terms and accuracy averaged over every process's images."""
     count = float(labels.numel())
     terms = output["terms"]
     correct = (output["logits"].detach().argmax(dim=1) == labels).sum().float()
-    local = torch.stack([output["loss"].detach().float() * count, *(v.float() * count for v in terms.values()), correct,
-                         torch.tensor(count, device=labels.device)]).cpu()
+    local = torch.stack(
+        [
+            output["loss"].detach().float() * count,
+            *(v.float() * count for v in terms.values()),
+            correct,
+            torch.tensor(count, device=labels.device),
+        ]
+    ).cpu()
     total = sum_over_ranks(local, run.ranks)
     images = float(total[-1])
     loss, *term_values, accuracy = (total[:-1] / images).tolist()
@@ -506,8 +557,16 @@ def _save_last(run: _Run) -> None:
     rng = gather_objects(ckpt.rng_state(), run.ranks)
     if not run.ranks.is_main:
         return
-    ckpt.save_state(run.out / ckpt.STATE_FILE, recipe=run.recipe, model=run.model, optimizer=run.optimizer,
-                    scheduler=run.scheduler, scaler=run.scaler, state=run.state, rng=rng)
+    ckpt.save_state(
+        run.out / ckpt.STATE_FILE,
+        recipe=run.recipe,
+        model=run.model,
+        optimizer=run.optimizer,
+        scheduler=run.scheduler,
+        scaler=run.scaler,
+        state=run.state,
+        rng=rng,
+    )
     ckpt.atomic_write(run.out / ckpt.LAST_WEIGHTS, lambda temporary: _save_weights(run, temporary))
 
 
@@ -520,8 +579,12 @@ def _loop(run: _Run) -> None:
         # Its own generator: starting a loader draws a seed, which must not move the global
         # generator (dropout) — a resumed run starts one where an uninterrupted run does not.
         loader = DataLoader(
-            run.dataset, batch_size=run.per_process_batch, sampler=run.sampler, num_workers=run.workers,
-            pin_memory=run.device.type == "cuda", generator=torch.Generator(),
+            run.dataset,
+            batch_size=run.per_process_batch,
+            sampler=run.sampler,
+            num_workers=run.workers,
+            pin_memory=run.device.type == "cuda",
+            generator=torch.Generator(),
         )
         completed = train_one_epoch(run, loader)
         if completed:
@@ -584,22 +647,52 @@ def _finish(run: _Run, db: str | None) -> TrainResult:
         if state.best_step is not None and best.is_file():
             files.append(TrainedFile("best", best, {"step": state.best_step, "top1": state.best_top1}))
         recorded_in, identities = record_trained(
-            db, parent=parent, parent_request=request.model, origin=request.method.name, tag=tag, files=files,
-            lineage=lineage, param_count=info.param_count, family=info.spec.family, parent_param_count=parent_params,
+            db,
+            parent=parent,
+            parent_request=request.model,
+            origin=request.method.name,
+            tag=tag,
+            files=files,
+            lineage=lineage,
+            param_count=info.param_count,
+            family=info.spec.family,
+            parent_param_count=parent_params,
         )
     result = TrainResult(
-        model=info.spec.name, dcls=request.model.dcls, method=request.method.name, tag=tag, out=run.out, last=last,
-        best=best if state.best_step is not None else None, steps=state.step, total_steps=run.total_steps,
-        epochs=state.images_seen / len(run.data), images_seen=state.images_seen, batch_size=request.batch_size,
-        processes=run.ranks.world_size, trainable_parameters=run.trainable.parameters,
-        trainable_positions=run.trainable.positions, total_parameters=run.trainable.total, final_loss=final_loss,
-        top1_before=state.top1_before, top1_after=state.last_top1, best_top1=state.best_top1, best_step=state.best_step,
-        seconds=state.seconds, images_per_s=state.images_seen / state.seconds if state.seconds else 0.0,
-        resumed_from=run.resumed_from, positions_unpinned=run.unpinned, positions_shift_max=shift_max,
-        positions_shift_mean=shift_mean, parent_fingerprint=parent.fingerprint,
+        model=info.spec.name,
+        dcls=request.model.dcls,
+        method=request.method.name,
+        tag=tag,
+        out=run.out,
+        last=last,
+        best=best if state.best_step is not None else None,
+        steps=state.step,
+        total_steps=run.total_steps,
+        epochs=state.images_seen / len(run.data),
+        images_seen=state.images_seen,
+        batch_size=request.batch_size,
+        processes=run.ranks.world_size,
+        trainable_parameters=run.trainable.parameters,
+        trainable_positions=run.trainable.positions,
+        total_parameters=run.trainable.total,
+        final_loss=final_loss,
+        top1_before=state.top1_before,
+        top1_after=state.last_top1,
+        best_top1=state.best_top1,
+        best_step=state.best_step,
+        seconds=state.seconds,
+        images_per_s=state.images_seen / state.seconds if state.seconds else 0.0,
+        resumed_from=run.resumed_from,
+        positions_unpinned=run.unpinned,
+        positions_shift_max=shift_max,
+        positions_shift_mean=shift_mean,
+        parent_fingerprint=parent.fingerprint,
         fingerprint=identities["last"].fingerprint if "last" in identities else None,
         best_fingerprint=identities["best"].fingerprint if "best" in identities else None,
-        data_fingerprint=run.recipe["data"], recorded_in=recorded_in, lineage=lineage, ca_stream=request.model.ca_stream,
+        data_fingerprint=run.recipe["data"],
+        recorded_in=recorded_in,
+        lineage=lineage,
+        ca_stream=request.model.ca_stream,
     )
     if run.ranks.is_main:
         ckpt.write_json(run.out / ckpt.SUMMARY_FILE, {**result.to_json(), "request": request.to_json()})

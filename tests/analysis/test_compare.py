@@ -14,11 +14,11 @@ import pytest
 from scipy import stats
 from typer.testing import CliRunner
 
-from alignbench.testing.synthetic import add_run
 from alignbench.analysis.compare import MIN_PAIRS, compare, compare_runs
 from alignbench.cli.app import app
 from alignbench.errors import AlignbenchError
 from alignbench.store import open_store
+from alignbench.testing.synthetic import add_run
 
 CEILING = 0.65753
 runner = CliRunner()
@@ -43,8 +43,16 @@ def paired_store(tmp_path: Path) -> tuple[str, np.ndarray, np.ndarray, np.ndarra
     with open_store(url) as store:
         add_run(store, model="resnet50", dcls=False, values=x[:60], indices=range(60), param_count=25_557_032, dataset_size=70)
         add_run(store, model="resnet50", dcls=True, values=y[10:], indices=range(10, 70), param_count=25_557_032, dataset_size=70)
-        add_run(store, model="centre-bias", dcls=False, values=centre, method="centre-bias", params={"sigma_frac": 0.25},
-                family="reference", dataset_size=70)
+        add_run(
+            store,
+            model="centre-bias",
+            dcls=False,
+            values=centre,
+            method="centre-bias",
+            params={"sigma_frac": 0.25},
+            family="reference",
+            dataset_size=70,
+        )
     return url, x, y, centre
 
 

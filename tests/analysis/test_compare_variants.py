@@ -11,19 +11,39 @@ import pytest
 from scipy import stats
 from typer.testing import CliRunner
 
-from alignbench.testing.synthetic import add_run, model_identity
 from alignbench.analysis.compare import compare
 from alignbench.cli.app import app
 from alignbench.errors import AlignbenchError
 from alignbench.store import open_store
 from alignbench.store import queries as q
+from alignbench.testing.synthetic import add_run, model_identity
 
 CEILING = 0.65753
 runner = CliRunner()
 OLD_KEYS = (
-    "model", "dataset", "explainer", "explainer_params", "protocol", "metric", "scale", "baseline", "dcls", "delta", "ci_low",
-    "ci_high", "p_value", "n_pairs", "verdict", "baseline_run_id", "dcls_run_id", "baseline_n_scored", "dcls_n_scored",
-    "centre_bias", "centre_bias_n", "centre_bias_run_id", "notes",
+    "model",
+    "dataset",
+    "explainer",
+    "explainer_params",
+    "protocol",
+    "metric",
+    "scale",
+    "baseline",
+    "dcls",
+    "delta",
+    "ci_low",
+    "ci_high",
+    "p_value",
+    "n_pairs",
+    "verdict",
+    "baseline_run_id",
+    "dcls_run_id",
+    "baseline_n_scored",
+    "dcls_n_scored",
+    "centre_bias",
+    "centre_bias_n",
+    "centre_bias_run_id",
+    "notes",
 )
 
 
@@ -57,8 +77,15 @@ def lineage_store(tmp_path: Path):
         add_run(store, model="resnet50", dcls=True, values=values["dcls"])
         add_run(store, model="resnet50", dcls=True, values=values["pos"][5:45], indices=range(5, 45), checkpoint="pos", dataset_size=50)
         add_run(store, model="resnet50", dcls=False, values=values["ft"], checkpoint="ft")
-        add_run(store, model="centre-bias", dcls=False, values=np.linspace(0, 0.5, 50), method="centre-bias",
-                params={"sigma_frac": 0.25}, family="reference")
+        add_run(
+            store,
+            model="centre-bias",
+            dcls=False,
+            values=np.linspace(0, 0.5, 50),
+            method="centre-bias",
+            params={"sigma_frac": 0.25},
+            family="reference",
+        )
         add_run(store, model="resnet50", dcls=True, values=values["pos"], checkpoint="pos", method="gradcam")
         _mark_trained(store, child=("resnet50", True, "pos"), parent=("resnet50", True, ""), tag="r50-pos", origin="dcls-finetune")
         _mark_trained(store, child=("resnet50", False, "ft"), parent=("resnet50", False, ""), tag="r50-ft", origin="finetune")

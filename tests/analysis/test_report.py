@@ -12,11 +12,11 @@ from scipy import stats
 from typer.testing import CliRunner
 
 from alignbench.analysis import exports
-from alignbench.testing.synthetic import PAPER_ARCHITECTURES, add_run, fill_paper_like_store
 from alignbench.analysis.plots import figure_data, terminal_figures
 from alignbench.analysis.report import report
 from alignbench.cli.app import app
 from alignbench.store import open_store
+from alignbench.testing.synthetic import PAPER_ARCHITECTURES, add_run, fill_paper_like_store
 
 runner = CliRunner()
 

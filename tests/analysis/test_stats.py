@@ -68,8 +68,13 @@ def test_bootstrap_is_seeded_and_matches_scipy_percentile_interval() -> None:
     assert (low, high) == S.paired_bootstrap_ci(x, y, n_resamples=4000, seed=1)  # deterministic
     assert low < (y - x).mean() < high
     reference = stats.bootstrap(
-        (x, y), lambda a, b, axis: np.mean(b - a, axis=axis), paired=True, vectorized=True,
-        method="percentile", n_resamples=20000, random_state=0,
+        (x, y),
+        lambda a, b, axis: np.mean(b - a, axis=axis),
+        paired=True,
+        vectorized=True,
+        method="percentile",
+        n_resamples=20000,
+        random_state=0,
     ).confidence_interval
     standard_error = (y - x).std() / math.sqrt(x.size)
     # Monte-Carlo error of a 2.5 % percentile over a few thousand resamples: a few hundredths of an SE

@@ -8,8 +8,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from alignbench.testing.cli import add_run, invoke, no_runs, one_line_error, plain_file, sample_run_key, sha
 from PIL import Image
+
+from alignbench.testing.cli import add_run, invoke, no_runs, one_line_error, plain_file, sample_run_key, sha
 
 SAMPLE_DIR = Path(__file__).resolve().parents[2] / "alignbench" / "data" / "sample"
 SNAKE = SAMPLE_DIR / "ILSVRC2012_val_00009492.JPEG"
@@ -29,7 +30,7 @@ def cached_store(tmp_path: Path) -> tuple[str, Path]:
 def test_workers_outside_zero_to_the_core_count_are_refused_before_anything(tmp_path: Path, workers: str) -> None:
     db = tmp_path / "s.db"
     result = invoke("score", "--workers", workers, "--db", f"sqlite:///{db}")
-    one_line_error(result, f"--workers must be between 0 and", f"got {workers}")
+    one_line_error(result, "--workers must be between 0 and", f"got {workers}")
     assert not db.exists()
 
 
@@ -48,8 +49,10 @@ def test_a_dcls_checkpoint_without_dcls_says_to_add_dcls(tmp_path: Path) -> None
     path = tmp_path / "dcls.pth"
     torch.save(load_model("test_convnext", dcls=True, pretrained=False, init="random").state_dict(), path)
     db = tmp_path / "s.db"
-    for command in (["score", "test_convnext", "--checkpoint", path, "--db", f"sqlite:///{db}", "--workers", "0"],
-                    ["explain", "test_convnext", SNAKE, "--checkpoint", path, "--out", tmp_path / "maps"]):
+    for command in (
+        ["score", "test_convnext", "--checkpoint", path, "--db", f"sqlite:///{db}", "--workers", "0"],
+        ["explain", "test_convnext", SNAKE, "--checkpoint", path, "--out", tmp_path / "maps"],
+    ):
         line = one_line_error(invoke(*command), "holds DCLS layers", "load it with --dcls")
         assert "--init" not in line
     assert no_runs(db) and not (tmp_path / "maps").exists()
@@ -77,8 +80,9 @@ def test_explain_on_a_directory_without_images_says_so(tmp_path: Path) -> None:
     empty = tmp_path / "empty"
     empty.mkdir()
     (empty / "notes.txt").write_text("no image here")
-    one_line_error(invoke("explain", "efficientnet_lite0", empty, "--out", tmp_path / "maps"),
-                   f"{empty} is a directory with no image file in it")
+    one_line_error(
+        invoke("explain", "efficientnet_lite0", empty, "--out", tmp_path / "maps"), f"{empty} is a directory with no image file in it"
+    )
     assert not (tmp_path / "maps").exists()
 
 
@@ -136,8 +140,11 @@ def _folder(root: Path, labels: str | None) -> Path:
 def test_a_negative_label_is_refused_the_same_way_whatever_its_value(tmp_path: Path, label: str) -> None:
     root = _folder(tmp_path / "f", f"filename,label\nimg0.png,{label}\nimg1.png,3\n")
     db = tmp_path / "s.db"
-    one_line_error(invoke("score", "--dataset", "folder", "--data-dir", root, "--db", f"sqlite:///{db}", "--workers", "0"),
-                   f"label {label} is not a class index", "leave it empty ('img0.png,')")
+    one_line_error(
+        invoke("score", "--dataset", "folder", "--data-dir", root, "--db", f"sqlite:///{db}", "--workers", "0"),
+        f"label {label} is not a class index",
+        "leave it empty ('img0.png,')",
+    )
     assert not db.exists()
 
 

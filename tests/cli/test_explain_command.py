@@ -49,9 +49,7 @@ def test_explain_writes_maps_and_overlays_and_names_the_class(folder, tmp_path):
         assert abs(heatmap.min() - 0.3) < 1e-6 and heatmap.max() <= 1.0  # threshold-gradcam's floor
         with Image.open(out / f"{stem}.png") as png:
             assert png.size == (224, 224 + CAPTION_HEIGHT)
-    assert sorted(p.name for p in out.iterdir()) == sorted(
-        f"{s[:-5]}.{ext}" for s in (SNAKE, CABINET) for ext in ("npy", "png")
-    )
+    assert sorted(p.name for p in out.iterdir()) == sorted(f"{s[:-5]}.{ext}" for s in (SNAKE, CABINET) for ext in ("npy", "png"))
 
 
 def test_explain_with_a_target_and_another_explainer(folder, tmp_path):

@@ -48,6 +48,8 @@ def test_runs_list_imports_no_torch(tmp_path: Path) -> None:
     assert "alignbench.cli.runs" in modules
 
 
-@pytest.mark.parametrize("args", [["upgrade", "--help"], ["compare", "--help"], ["report", "--help"], ["runs", "--help"], ["study", "--help"]])
+@pytest.mark.parametrize(
+    "args", [["upgrade", "--help"], ["compare", "--help"], ["report", "--help"], ["runs", "--help"], ["study", "--help"]]
+)
 def test_store_commands_help_imports_no_torch(args: list[str]) -> None:
     assert "torch" not in imported(*args)

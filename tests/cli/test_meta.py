@@ -16,9 +16,7 @@ from alignbench.cli.app import COMMANDS as LISTED
 from alignbench.cli.app import app, load_command
 
 COMMANDS = ["models", "convert", "explain", "score", "compare", "report", "train"]
-MODULES = sorted(
-    name for _, name, _ in pkgutil.walk_packages(alignbench.__path__, prefix="alignbench.") if "migrations.env" not in name
-)
+MODULES = sorted(name for _, name, _ in pkgutil.walk_packages(alignbench.__path__, prefix="alignbench.") if "migrations.env" not in name)
 
 
 @pytest.mark.parametrize("module", MODULES)

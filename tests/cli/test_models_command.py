@@ -45,18 +45,41 @@ def _dense_checkpoint(tmp_path: Path) -> Path:
 
 def test_convert_writes_records_and_summarises(tmp_path: Path) -> None:
     out, db = tmp_path / "dcls.safetensors", f"sqlite:///{tmp_path / 'store.db'}"
-    args = ["convert", "test_convnext", "--dcls", "--init", "from-dense", "--checkpoint", str(_dense_checkpoint(tmp_path)),
-            "--version", "v0", "--dilated-kernel-size", "9", "--kernel-count", "49", "--out", str(out), "--db", db]
+    args = [
+        "convert",
+        "test_convnext",
+        "--dcls",
+        "--init",
+        "from-dense",
+        "--checkpoint",
+        str(_dense_checkpoint(tmp_path)),
+        "--version",
+        "v0",
+        "--dilated-kernel-size",
+        "9",
+        "--kernel-count",
+        "49",
+        "--out",
+        str(out),
+        "--db",
+        db,
+    ]
     result = runner.invoke(app, args, env={"COLUMNS": "200"})
     assert result.exit_code == 0, result.output
-    for text in ("layers replaced", "9 (4 shared position groups)", "7×7 → 9×9 per layer",
-                 "exact: every dense tap kept", "max |Δlogit| vs dense", "wrote"):
+    for text in (
+        "layers replaced",
+        "9 (4 shared position groups)",
+        "7×7 → 9×9 per layer",
+        "exact: every dense tap kept",
+        "max |Δlogit| vs dense",
+        "wrote",
+    ):
         assert text in result.stdout
     assert out.is_file()
 
+    from alignbench.models import model_identity
     from alignbench.store import open_store
     from alignbench.store.queries import find_model
-    from alignbench.models import model_identity
 
     identity = model_identity("test_convnext", dcls=True, checkpoint=out, version="v0", dilated_kernel_size=9, kernel_count=49)
     with open_store(db) as store, store.session() as session:
@@ -82,15 +105,20 @@ def test_convert_writes_records_and_summarises(tmp_path: Path) -> None:
     assert len(summary["layers_replaced"]) == 9 and summary["max_span_growth"][:2] == [7, 9]
 
 
-@pytest.mark.parametrize(("args", "message"), [
-    (["convert", "convnxt_tiny", "--dcls"], "unknown model 'convnxt_tiny'; closest: convnext_tiny"),
-    (["convert", "efficientnet_lite0"], "add --dcls"),
-    (["convert", "efficientnet_lite0", "--dcls", "--kernel-count", "400"], "kernel count 400 does not fit a 17×17"),
-    (["convert", "efficientnet_lite0", "--dcls", "--dilated-kernel-size", "3", "--kernel-count", "9"],
-     "dilated kernel size 3 is smaller than the 5×5 kernel"),
-    (["convert", "efficientnet_lite0", "--dcls", "--init", "checkpoint"], "no published DCLS checkpoint"),
-    (["convert", "convnext_tiny", "--dcls"], "cannot download the convnext_tiny DCLS checkpoint"),
-])
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["convert", "convnxt_tiny", "--dcls"], "unknown model 'convnxt_tiny'; closest: convnext_tiny"),
+        (["convert", "efficientnet_lite0"], "add --dcls"),
+        (["convert", "efficientnet_lite0", "--dcls", "--kernel-count", "400"], "kernel count 400 does not fit a 17×17"),
+        (
+            ["convert", "efficientnet_lite0", "--dcls", "--dilated-kernel-size", "3", "--kernel-count", "9"],
+            "dilated kernel size 3 is smaller than the 5×5 kernel",
+        ),
+        (["convert", "efficientnet_lite0", "--dcls", "--init", "checkpoint"], "no published DCLS checkpoint"),
+        (["convert", "convnext_tiny", "--dcls"], "cannot download the convnext_tiny DCLS checkpoint"),
+    ],
+)
 def test_convert_bad_input_is_one_line_and_exit_2(args: list[str], message: str) -> None:
     result = runner.invoke(app, args)
     assert result.exit_code == 2
@@ -99,7 +127,8 @@ def test_convert_bad_input_is_one_line_and_exit_2(args: list[str], message: str)
 
 
 def test_convert_with_a_checkpoint_that_does_not_fit(tmp_path: Path) -> None:
-    result = runner.invoke(app, ["convert", "test_resnet", "--dcls", "--init", "from-dense",
-                                 "--checkpoint", str(_dense_checkpoint(tmp_path))])
+    result = runner.invoke(
+        app, ["convert", "test_resnet", "--dcls", "--init", "from-dense", "--checkpoint", str(_dense_checkpoint(tmp_path))]
+    )
     assert result.exit_code == 2
     assert "checkpoint does not fit test_resnet (dense): missing: conv1.0.weight" in result.stderr

@@ -40,8 +40,17 @@ def test_model_options_are_model_request_fields() -> None:
 def test_model_request_of_the_options() -> None:
     options = {name: default for name, (_, default) in o.MODEL_OPTIONS.items()}
     assert o.model_request("resnet18", **options) == o.model_request("resnet18")
-    request = o.model_request("resnet18", **{**options, "dcls": True, "version": o.DclsVersion("v1"), "init": o.InitMode("from-dense"),
-                                             "kernel_count": 9, "pretrained": False})
+    request = o.model_request(
+        "resnet18",
+        **{
+            **options,
+            "dcls": True,
+            "version": o.DclsVersion("v1"),
+            "init": o.InitMode("from-dense"),
+            "kernel_count": 9,
+            "pretrained": False,
+        },
+    )
     assert (request.dcls, request.version, request.init, request.kernel_count, request.pretrained) == (True, "v1", "from-dense", 9, False)
     stream = o.model_request("resnet18", ca_stream=True, checkpoint=Path("s.pt"), backbone_checkpoint=Path("b.pt"))
     assert (stream.stream_checkpoint, stream.checkpoint) == (Path("s.pt"), Path("b.pt"))

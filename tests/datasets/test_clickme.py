@@ -15,7 +15,16 @@ import numpy as np
 import pytest
 import torch
 
-from alignbench.datasets import CLICKME_VAL_SHARDS, ClickMeRecord, collate, data_loader, iter_clickme_shard, open_dataset, torch_dataset, write_clickme_shard
+from alignbench.datasets import (
+    CLICKME_VAL_SHARDS,
+    ClickMeRecord,
+    collate,
+    data_loader,
+    iter_clickme_shard,
+    open_dataset,
+    torch_dataset,
+    write_clickme_shard,
+)
 from alignbench.datasets import _tfrecord as tfrecord
 from alignbench.datasets._pipeline import clickme_blur, clickme_blur_kernel, clickme_item, clickme_reference, resize_bilinear
 from alignbench.errors import DatasetError
@@ -53,7 +62,7 @@ def isolated_cache(tmp_path, monkeypatch):
 def test_example_bytes_match_the_protobuf_wire_format():
     # Example{features{feature{key: "label" value{int64_list{value: 7}}}}}, encoded by hand from
     # the wire format: tag 0x0a = field 1 length-delimited, 0x12 = field 2, 0x1a = field 3.
-    expected = bytes.fromhex("0a10" "0a0e" "0a05") + b"label" + bytes.fromhex("1205" "1a03" "0a0107")
+    expected = bytes.fromhex("0a100a0e0a05") + b"label" + bytes.fromhex("12051a030a0107")
     assert tfrecord.encode_example({"label": 7}) == expected
     assert tfrecord.parse_example(expected) == {"label": [7]}
 
@@ -62,7 +71,7 @@ def test_example_round_trip_and_unpacked_and_negative_ints():
     payload = tfrecord.encode_example({"image": b"\xff\xd8jpeg", "label": -3, "scores": [0.5, -2.0]})
     assert tfrecord.parse_example(payload) == {"image": [b"\xff\xd8jpeg"], "label": [-3], "scores": [0.5, -2.0]}
     # Int64List written unpacked (wire type 0), as old writers do: 0x08 = field 1 varint.
-    unpacked = bytes.fromhex("0a0d" "0a0b" "0a016e" "1206" "1a04" "0802" "0803")
+    unpacked = bytes.fromhex("0a0d0a0b0a016e12061a0408020803")
     assert tfrecord.parse_example(unpacked) == {"n": [2, 3]}
 
 
@@ -497,17 +506,22 @@ def test_paper_image_is_the_published_torchvision_transform(preprocessing):
     pil = Image.fromarray(image_224.numpy().astype(np.uint8))
     if preprocessing.paper_kind == "timm":  # timm's eval transform, as the published code builds it
         published = create_transform(
-            input_size=(3, *preprocessing.input_size), interpolation=preprocessing.interpolation,
-            mean=preprocessing.mean, std=preprocessing.std, crop_pct=preprocessing.crop_pct,
+            input_size=(3, *preprocessing.input_size),
+            interpolation=preprocessing.interpolation,
+            mean=preprocessing.mean,
+            std=preprocessing.std,
+            crop_pct=preprocessing.crop_pct,
         )
     else:  # get_model.py: Resize(int(224 / crop_pct), BICUBIC) + CenterCrop(224)
         size = 256 if preprocessing.paper_kind == "convnext" else 224
-        published = transforms.Compose([
-            transforms.Resize(size, interpolation=transforms.InterpolationMode.BICUBIC),
-            transforms.CenterCrop(224),
-            transforms.ToTensor(),
-            transforms.Normalize(mean=preprocessing.mean, std=preprocessing.std),
-        ])
+        published = transforms.Compose(
+            [
+                transforms.Resize(size, interpolation=transforms.InterpolationMode.BICUBIC),
+                transforms.CenterCrop(224),
+                transforms.ToTensor(),
+                transforms.Normalize(mean=preprocessing.mean, std=preprocessing.std),
+            ]
+        )
     assert torch.equal(paper_image(image_224, preprocessing), published(pil))
 
 

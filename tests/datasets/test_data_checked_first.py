@@ -9,11 +9,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from alignbench.testing.cli import invoke, no_runs, one_line_error
 from PIL import Image
 
 from alignbench.datasets import open_dataset
 from alignbench.datasets._file_checks import heatmap_shape, image_header, npy_header
+from alignbench.testing.cli import invoke, no_runs, one_line_error
 
 SAMPLE_DIR = Path(__file__).resolve().parents[2] / "alignbench" / "data" / "sample"
 SIZE = (48, 64)  # height, width of the folder images here
@@ -50,8 +50,14 @@ def _no_model(monkeypatch) -> None:
 BAD_FILES = {
     "truncated PNG image": (lambda root: _truncate(root / "images" / "img01.png"), "images/img01.png: truncated or corrupt PNG"),
     "not an image": (lambda root: (root / "images" / "img01.png").write_bytes(b"\x00" * 300), "images/img01.png: not an image file"),
-    "1x1 .npy heatmap": (lambda root: np.save(root / "heatmaps" / "img01.npy", np.ones((1, 1), np.float32)), "heatmaps/img01.npy: 1×1, but its image img01.png is 64×48"),
-    "heatmap of another size": (lambda root: np.save(root / "heatmaps" / "img01.npy", _blob(64, 48)), "heatmaps/img01.npy: 48×64, but its image img01.png is 64×48"),
+    "1x1 .npy heatmap": (
+        lambda root: np.save(root / "heatmaps" / "img01.npy", np.ones((1, 1), np.float32)),
+        "heatmaps/img01.npy: 1×1, but its image img01.png is 64×48",
+    ),
+    "heatmap of another size": (
+        lambda root: np.save(root / "heatmaps" / "img01.npy", _blob(64, 48)),
+        "heatmaps/img01.npy: 48×64, but its image img01.png is 64×48",
+    ),
     "3-D heatmap": (lambda root: np.save(root / "heatmaps" / "img01.npy", np.ones((2, 48, 64), np.float32)), "shape (2, 48, 64)"),
     "truncated .npy": (lambda root: _truncate(root / "heatmaps" / "img01.npy"), "heatmaps/img01.npy: truncated"),
     "object .npy": (lambda root: np.save(root / "heatmaps" / "img01.npy", np.array([{}], dtype=object)), "holds Python objects"),
@@ -98,7 +104,8 @@ def test_many_bad_files_list_the_first_ten_and_the_count(tmp_path: Path, monkeyp
     db = tmp_path / "s.db"
     line = one_line_error(
         invoke("score", "--dataset", "folder", "--data-dir", root, "--db", f"sqlite:///{db}", "--workers", "0"),
-        "12 of the 13 images", "(and 2 more)",
+        "12 of the 13 images",
+        "(and 2 more)",
     )
     assert line.count("heatmaps/img") == 10 and "img10.npy" in line and "img11.npy" not in line
     assert not db.exists()
@@ -116,8 +123,11 @@ def test_imagenet_val_truncated_jpeg_is_named_before_anything_is_stored(tmp_path
     _truncate(data / names[2])
     _no_model(monkeypatch)
     db = tmp_path / "s.db"
-    one_line_error(invoke("score", "--dataset", "imagenet-val", "--data-dir", data, "--db", f"sqlite:///{db}"),
-                   f"{names[2]}: truncated or corrupt JPEG", "1 of the 3 images")
+    one_line_error(
+        invoke("score", "--dataset", "imagenet-val", "--data-dir", data, "--db", f"sqlite:///{db}"),
+        f"{names[2]}: truncated or corrupt JPEG",
+        "1 of the 3 images",
+    )
     assert not db.exists()
 
 
@@ -125,7 +135,9 @@ def test_only_the_files_the_run_reads_are_checked(tmp_path: Path) -> None:
     root = make_folder(tmp_path / "f", n=3)
     np.save(root / "heatmaps" / "img02.npy", np.ones((1, 1), np.float32))  # beyond --limit 2
     db = tmp_path / "s.db"
-    result = invoke("score", "--dataset", "folder", "--data-dir", root, "--limit", "2", "--db", f"sqlite:///{db}", "--workers", "0", "--json")
+    result = invoke(
+        "score", "--dataset", "folder", "--data-dir", root, "--limit", "2", "--db", f"sqlite:///{db}", "--workers", "0", "--json"
+    )
     assert result.exit_code == 0, result.output
     assert no_runs(db) is False
 
@@ -156,7 +168,9 @@ def test_a_bad_clickme_record_stops_the_run_with_its_rows_kept_and_it_resumes(tm
     args = ["score", "--dataset", "clickme-val", "--data-dir", shards, "--db", f"sqlite:///{db}", "--workers", "0", "--batch-size", "2"]
     one_line_error(invoke(*args), "val-0.tfrecords", "a JPEG does not decode")
     con = sqlite3.connect(db)
-    runs = con.execute("SELECT run.id, status, count(image_score.id) FROM run LEFT JOIN image_score ON run_id = run.id GROUP BY run.id").fetchall()
+    runs = con.execute(
+        "SELECT run.id, status, count(image_score.id) FROM run LEFT JOIN image_score ON run_id = run.id GROUP BY run.id"
+    ).fetchall()
     assert runs == [(1, "partial", 2)]  # the first batch is kept
     one_line_error(invoke(*args), "val-0.tfrecords")  # the same run resumes, and stops at the same record
     assert con.execute("SELECT count(*), count(DISTINCT image_id) FROM image_score WHERE run_id = 1").fetchone() == (2, 2)

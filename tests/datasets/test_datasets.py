@@ -103,7 +103,12 @@ def test_sample_batches_through_workers_and_paper_protocol():
     assert torch.equal(paper["reference"], aligned["reference"])  # the heatmap is not cropped
     # ILSVRC2012_val_00007272 (334×500), box 1 121 326 490: under paper the box follows the crop.
     x0, y0, x1, y1 = aligned["boxes"][0].tolist()
-    expected = [max(0.0, x0 * 256 / 224 - 16), max(0.0, y0 * 256 / 224 - 16), min(224.0, x1 * 256 / 224 - 16), min(224.0, y1 * 256 / 224 - 16)]
+    expected = [
+        max(0.0, x0 * 256 / 224 - 16),
+        max(0.0, y0 * 256 / 224 - 16),
+        min(224.0, x1 * 256 / 224 - 16),
+        min(224.0, y1 * 256 / 224 - 16),
+    ]
     # both sides' float32 scale/offset roundings of coordinates ≤ 256: float32_bound(4, 256) ≈ 2.4e-4 (was 1e-3)
     assert paper["boxes"][0].tolist() == pytest.approx(expected, abs=float32_bound(4, 256.0))
 

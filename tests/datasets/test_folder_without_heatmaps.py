@@ -14,13 +14,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from alignbench.testing.cli import invoke, one_line_error
 from PIL import Image
 
 from alignbench.datasets import data_loader, open_dataset
 from alignbench.metrics import METRICS
 from alignbench.models import ModelRequest
 from alignbench.scoring import ScoreRequest, score
+from alignbench.testing.cli import invoke, one_line_error
 
 SAMPLE_DIR = Path(__file__).resolve().parents[2] / "alignbench" / "data" / "sample"
 TINY = ModelRequest("test_convnext", pretrained=False)
@@ -124,15 +124,22 @@ def test_faithfulness_scores_do_not_depend_on_the_reference_maps(tmp_path: Path)
     db = tmp_path / "s.db"
     url = f"sqlite:///{db}"
     request = ScoreRequest(
-        model=TINY, dataset="folder", metrics=("average-drop", "deletion"), metric_params={"deletion": {"steps": 4}},
-        workers=0, batch_size=2,
+        model=TINY,
+        dataset="folder",
+        metrics=("average-drop", "deletion"),
+        metric_params={"deletion": {"steps": 4}},
+        workers=0,
+        batch_size=2,
     )
     plain = score(ScoreRequest(**{**request.__dict__, "data_dir": without}), db=url)
     mapped = score(ScoreRequest(**{**request.__dict__, "data_dir": with_maps}), db=url)
     assert plain.run_id != mapped.run_id  # two datasets, two fingerprints
     assert (plain.n_images, plain.n_scored, plain.n_skipped) == (3, 3, 0)
     assert plain.mean_spearman is None and plain.alignment_score is None
-    a, b = _rows(db, plain.run_id, "target, average_drop, deletion, spearman, skip_reason"), _rows(db, mapped.run_id, "target, average_drop, deletion, spearman, skip_reason")
+    a, b = (
+        _rows(db, plain.run_id, "target, average_drop, deletion, spearman, skip_reason"),
+        _rows(db, mapped.run_id, "target, average_drop, deletion, spearman, skip_reason"),
+    )
     assert sorted(a) == ["img00", "img01", "img02"]
     for image_id, (target, drop, deletion, spearman, why) in a.items():
         assert target == [1, 4, 7][int(image_id[-1])]  # labels.csv's class_index column
@@ -166,7 +173,9 @@ def test_spearman_is_refused_before_anything_is_stored(tmp_path: Path, monkeypat
     options = [] if metric is None else ["--metric", metric]  # spearman is the default
     line = one_line_error(
         invoke("score", "--dataset", "folder", "--data-dir", root, *options, "--db", f"sqlite:///{db}", "--workers", "0"),
-        "metric 'spearman' needs reference maps", str(root), "add heatmaps/ with one map per image",
+        "metric 'spearman' needs reference maps",
+        str(root),
+        "add heatmaps/ with one map per image",
         "deletion, insertion, average-drop, average-increase, average-gain",
     )
     assert "pointing-game" not in line  # a box metric is no way out on a dataset without boxes
@@ -184,7 +193,9 @@ def test_a_truncated_image_is_named_without_heatmaps(tmp_path: Path, monkeypatch
     db = tmp_path / "s.db"
     one_line_error(
         invoke("score", "--dataset", "folder", "--data-dir", root, "--metric", "average-drop", "--db", f"sqlite:///{db}", "--workers", "0"),
-        "1 of the 3 images to score in dataset folder", "images/img01.png: truncated or corrupt PNG", "nothing was stored",
+        "1 of the 3 images to score in dataset folder",
+        "images/img01.png: truncated or corrupt PNG",
+        "nothing was stored",
     )
     assert not db.exists()
 

@@ -65,7 +65,10 @@ def recorded_rtols(model, images, path: bool = False) -> list[float]:
     c = model.embed_dim
     per_block = c + model.blocks[0].attn.head_dim + 3 * c + model.blocks[0].mlp.fc1.out_features  # qkv, q·k, proj, fc1, fc2
     patch = model.patch_embed.proj.weight[0].numel()
-    return [attention_rtol(b.attn, x, (patch + i * (per_block + x.shape[1])) if path else 0) for i, (b, x) in enumerate(zip(model.blocks, captured))]
+    return [
+        attention_rtol(b.attn, x, (patch + i * (per_block + x.shape[1])) if path else 0)
+        for i, (b, x) in enumerate(zip(model.blocks, captured))
+    ]
 
 
 def rollout_rtol(attention_rtols: list[float], n: int) -> float:
@@ -171,8 +174,12 @@ def test_raw_attention_of_layer_k_is_that_blocks_class_token_row(vit, images, la
     torch.testing.assert_close(low, expected, atol=0, rtol=rtol)
     # the public entry point: the same map upsampled, and -1 is the default (today's raw attention)
     maps = explain(vit, images, None, "raw-attention", layer=layer, head_fusion=head_fusion)
-    torch.testing.assert_close(maps, torch.nn.functional.interpolate(expected[:, None], size=(64, 64), mode="bilinear")[:, 0],
-                               atol=0, rtol=rtol + float32_relative(8))  # + the 4-term bilinear resize
+    torch.testing.assert_close(
+        maps,
+        torch.nn.functional.interpolate(expected[:, None], size=(64, 64), mode="bilinear")[:, 0],
+        atol=0,
+        rtol=rtol + float32_relative(8),
+    )  # + the 4-term bilinear resize
     assert torch.equal(explain(vit, images, None, "raw-attention", layer=5), explain(vit, images, None, "raw-attention"))
 
 
@@ -203,8 +210,8 @@ def vit_explain_rollout(attentions, discard_ratio, head_fusion, rows_sum_to_one=
             _, indices = flat.topk(int(flat.size(-1) * discard_ratio), -1, False)
             indices = indices[indices != 0]
             flat[0, indices] = 0
-            I = torch.eye(attention_heads_fused.size(-1))
-            a = (attention_heads_fused + 1.0 * I) / 2
+            identity = torch.eye(attention_heads_fused.size(-1))
+            a = (attention_heads_fused + 1.0 * identity) / 2
             a = a / a.sum(dim=-1, keepdim=True) if rows_sum_to_one else a / a.sum(dim=-1)
             result = torch.matmul(a, result)
     mask = result[0, 0, 1:]
@@ -279,7 +286,10 @@ def vit_checkpoint(tmp_path_factory):
 @pytest.mark.parametrize(
     "extra, message",
     [
-        (["--explainer", "raw-attention", "--layer", "6"], "layer 6 is outside test_vit's 6 blocks; use 0..5 (first to last) or -6..-1 (from the end)"),
+        (
+            ["--explainer", "raw-attention", "--layer", "6"],
+            "layer 6 is outside test_vit's 6 blocks; use 0..5 (first to last) or -6..-1 (from the end)",
+        ),
         (["--explainer", "raw-attention", "--layer", "-7"], "layer -7 is outside test_vit's 6 blocks"),
         (["--explainer", "rollout", "--discard-ratio", "1"], "discard_ratio must be in [0, 1)"),
         (["--explainer", "rollout", "--discard-ratio", "-0.5"], "discard_ratio must be in [0, 1)"),
@@ -295,8 +305,10 @@ def test_bad_attention_options_are_one_line_and_exit_2(vit_checkpoint, shared_da
 
     image = shared_data / "imagenet-val-10" / "ILSVRC2012_val_00009492.JPEG"
     db = tmp_path / "s.db"
-    for args in (["explain", "test_vit", str(image), "--out", str(tmp_path / "maps")],
-                 ["score", "test_vit", "--limit", "1", "--workers", "0", "--db", f"sqlite:///{db}"]):
+    for args in (
+        ["explain", "test_vit", str(image), "--out", str(tmp_path / "maps")],
+        ["score", "test_vit", "--limit", "1", "--workers", "0", "--db", f"sqlite:///{db}"],
+    ):
         result = CliRunner().invoke(app, [*args, "--checkpoint", str(vit_checkpoint), *extra])
         assert result.exit_code == 2, result.output
         assert "Traceback" not in result.output
@@ -316,11 +328,28 @@ def test_attention_options_reach_the_maps_through_explain(vit_checkpoint, shared
 
     image = shared_data / "imagenet-val-10" / "ILSVRC2012_val_00009492.JPEG"
     maps = {}
-    for label, extra in (("last", []), ("minus1", ["--layer", "-1"]), ("first", ["--layer", "0"]),
-                         ("first-max", ["--layer", "0", "--head-fusion", "max"])):
+    for label, extra in (
+        ("last", []),
+        ("minus1", ["--layer", "-1"]),
+        ("first", ["--layer", "0"]),
+        ("first-max", ["--layer", "0", "--head-fusion", "max"]),
+    ):
         out = tmp_path / label
-        result = CliRunner().invoke(app, ["explain", "test_vit", str(image), "--out", str(out), "--checkpoint", str(vit_checkpoint),
-                                          "--explainer", "raw-attention", *extra])
+        result = CliRunner().invoke(
+            app,
+            [
+                "explain",
+                "test_vit",
+                str(image),
+                "--out",
+                str(out),
+                "--checkpoint",
+                str(vit_checkpoint),
+                "--explainer",
+                "raw-attention",
+                *extra,
+            ],
+        )
         assert result.exit_code == 0, result.output
         maps[label] = np.load(out / "ILSVRC2012_val_00009492.npy")
     assert np.array_equal(maps["last"], maps["minus1"])

@@ -9,7 +9,6 @@ import numpy as np
 import pytest
 import timm
 import torch
-from alignbench.testing.cams import LibraryCam, assert_matches_library, library_cam
 from pytorch_grad_cam import EigenGradCAM, GradCAM, GradCAMPlusPlus, HiResCAM, LayerCAM, XGradCAM
 from pytorch_grad_cam.utils.svd_on_activations import get_2d_projection
 from torch import nn
@@ -19,6 +18,7 @@ from alignbench.explainers import explain, explain_batch
 from alignbench.explainers._explain import upsample
 from alignbench.explainers._gradient import GRADIENT_METHODS, gradcam
 from alignbench.explainers._split import gradient_evidence, split_model
+from alignbench.testing.cams import LibraryCam, assert_matches_library, library_cam
 
 SIZE = 96  # timm test models: 3x3 feature maps, enough to tell positions apart
 
@@ -218,8 +218,11 @@ def _metaformer():
 
     torch.manual_seed(0)
     return MetaFormer(
-        depths=(1, 1, 1, 1), dims=(8, 16, 32, 32), token_mixers=[SepConv, SepConv, Attention, Attention],
-        norm_layers=[LayerNorm2dNoBias] * 2 + [LayerNormNoBias] * 2, num_classes=10,
+        depths=(1, 1, 1, 1),
+        dims=(8, 16, 32, 32),
+        token_mixers=[SepConv, SepConv, Attention, Attention],
+        norm_layers=[LayerNorm2dNoBias] * 2 + [LayerNormNoBias] * 2,
+        num_classes=10,
     ).eval()
 
 
@@ -228,9 +231,11 @@ def _fastvit():
 
     torch.manual_seed(0)
     return FastVit(
-        layers=(1, 1, 1, 1), embed_dims=(8, 16, 32, 32),
+        layers=(1, 1, 1, 1),
+        embed_dims=(8, 16, 32, 32),
         pos_embs=(None, None, None, partial(RepConditionalPosEnc, spatial_shape=(7, 7))),
-        token_mixers=("repmixer", "repmixer", "repmixer", "attention"), num_classes=10,
+        token_mixers=("repmixer", "repmixer", "repmixer", "attention"),
+        num_classes=10,
     ).eval()
 
 
@@ -340,9 +345,7 @@ def test_batch_independence_and_determinism(method, images):
 
 
 def _hooks(model: nn.Module) -> int:
-    return sum(
-        len(m._forward_hooks) + len(m._forward_pre_hooks) + len(m._backward_hooks) for m in model.modules()
-    )
+    return sum(len(m._forward_hooks) + len(m._forward_pre_hooks) + len(m._backward_hooks) for m in model.modules())
 
 
 def _live_tensors() -> int:

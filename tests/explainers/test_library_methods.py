@@ -65,7 +65,9 @@ def test_every_library_method_runs_and_returns_normalised_maps(model, images):
             continue
         result = explain_batch(model, images[:1], None, name)
         assert result.maps.shape == (1, 64, 64), name
-        assert float(result.maps.min()) >= 0 and float(result.maps.max()) <= 1 + 1e-6, name  # x / (1e-7 + max) ≤ 1, then convex cv2 weights: a few roundings, 1e-6 ≈ 8·EPS
+        assert float(result.maps.min()) >= 0 and float(result.maps.max()) <= 1 + 1e-6, (
+            name
+        )  # x / (1e-7 + max) ≤ 1, then convex cv2 weights: a few roundings, 1e-6 ≈ 8·EPS
         assert torch.equal(result.targets, result.logits.argmax(1)), name
         assert all(p.grad is None for p in model.parameters()), name
         assert sum(len(m._forward_hooks) for m in model.modules()) == 0, name

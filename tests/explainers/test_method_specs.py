@@ -12,10 +12,7 @@ from alignbench.explainers import METHODS, explainer_setting, resolve_method
 
 
 def test_importing_the_registry_does_not_import_torch():
-    code = (
-        "import sys, alignbench.explainers as e; e.explainer_setting('threshold');"
-        "sys.exit('torch' in sys.modules)"
-    )
+    code = "import sys, alignbench.explainers as e; e.explainer_setting('threshold');sys.exit('torch' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code]).returncode == 0
 
 

@@ -13,15 +13,15 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from alignbench._utils.class_names import imagenet_class_names
-from alignbench.testing.synthetic import add_run, add_thumbnails, image_id
-from alignbench.html_report.gallery import pick_images
-from alignbench.html_report.build import build_page, missing_thumbnails, read_report_data
-from alignbench.html_report.painter import COLOUR_MAP
-from alignbench.html_report.render import render_page
 from alignbench.cli.app import app
 from alignbench.html_report import MANIFEST, write_html_report
+from alignbench.html_report.build import build_page, missing_thumbnails, read_report_data
+from alignbench.html_report.gallery import pick_images
+from alignbench.html_report.painter import COLOUR_MAP
+from alignbench.html_report.render import render_page
 from alignbench.store import open_store
 from alignbench.store import queries as q
+from alignbench.testing.synthetic import add_run, add_thumbnails, image_id
 
 runner = CliRunner()
 N = 40
@@ -254,7 +254,9 @@ def test_run_page_lists_every_image(store_url: str, tmp_path: Path) -> None:
 def test_values_are_escaped(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 's.db'}"
     with open_store(url) as store:
-        add_run(store, model="<script>alert(1)</script>", dcls=False, values=[0.1, 0.2], dataset="folder", dataset_fingerprint="f", ceiling=None)
+        add_run(
+            store, model="<script>alert(1)</script>", dcls=False, values=[0.1, 0.2], dataset="folder", dataset_fingerprint="f", ceiling=None
+        )
     out = tmp_path / "r"
     write_html_report(out, url, gallery=0)
     html = (out / "index.html").read_text()

@@ -13,14 +13,16 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from alignbench.testing.browser import Browser
 from alignbench.cli.app import app
 from alignbench.html_report import write_html_report
 from alignbench.models import ModelRequest
 from alignbench.scoring import ScoreRequest, score
+from alignbench.testing.browser import Browser
 
 TINY = ModelRequest("test_convnext", pretrained=False)
-TINY_DCLS = ModelRequest("test_convnext", dcls=True, pretrained=False, version="v1", dilated_kernel_size=9, kernel_count=20, init="from-dense")
+TINY_DCLS = ModelRequest(
+    "test_convnext", dcls=True, pretrained=False, version="v1", dilated_kernel_size=9, kernel_count=20, init="from-dense"
+)
 
 
 @pytest.fixture(scope="module")
@@ -42,7 +44,15 @@ def tiny_store(tmp_path_factory: pytest.TempPathFactory) -> dict:
     checkpoint.unlink()
     out = root / "report"
     result = write_html_report(out, url)
-    return {"url": url, "db": root / "s.db", "out": out, "result": result, "baseline": baseline.run_id, "dcls": dcls.run_id, "gone": gone.run_id}
+    return {
+        "url": url,
+        "db": root / "s.db",
+        "out": out,
+        "result": result,
+        "baseline": baseline.run_id,
+        "dcls": dcls.run_id,
+        "gone": gone.run_id,
+    }
 
 
 def _thumbnails(db: Path, run_id: int) -> dict[tuple[str, str], tuple[bytes, float | None, float | None]]:
@@ -55,8 +65,8 @@ def test_gallery_maps_are_the_runs_maps(tiny_store: dict) -> None:
     """The stored thumbnails are the maps `score` made: recomputed here with the public API on the same
     images and targets, they reproduce the stored Spearman and the stored thumbnails."""
     from alignbench import explain, load_model, spearman
-    from alignbench.html_report.thumbnails import image_thumbnails, map_thumbnails
     from alignbench.datasets import data_loader, open_dataset
+    from alignbench.html_report.thumbnails import image_thumbnails, map_thumbnails
 
     result = tiny_store["result"]
     assert result.thumbnails_computed == 20  # 10 images × the two runs of the comparison
@@ -170,7 +180,9 @@ def test_report_in_a_real_browser(tiny_store: dict, tmp_path: Path) -> None:
         table_ids = "Array.from(document.querySelectorAll('#image-table tbody tr')).map(r => r.cells[1].textContent)"
         ids = browser.evaluate(table_ids)
         assert len(ids) == 10 and browser.evaluate("document.getElementById('image-page-info').textContent") == "1–10 of 10"
-        browser.evaluate("{ const box = document.getElementById('image-filter'); box.value = '00009492'; box.dispatchEvent(new Event('input')); }")
+        browser.evaluate(
+            "{ const box = document.getElementById('image-filter'); box.value = '00009492'; box.dispatchEvent(new Event('input')); }"
+        )
         assert browser.evaluate(table_ids) == ["ILSVRC2012_val_00009492"]
         browser.evaluate("{ const box = document.getElementById('image-filter'); box.value = ''; box.dispatchEvent(new Event('input')); }")
         browser.evaluate("document.querySelectorAll('#image-table thead th')[5].click()")  # by the metric, ascending

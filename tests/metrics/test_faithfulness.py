@@ -240,9 +240,7 @@ def test_adapters_share_one_masked_pass(evidence):
 
 def test_batched_deletion_equals_a_pass_per_step_on_a_conv_net():
     torch.manual_seed(0)
-    net = nn.Sequential(
-        nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(2), nn.Flatten(), nn.Linear(16, 5)
-    )
+    net = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(2), nn.Flatten(), nn.Linear(16, 5))
     net.eval()
     images, maps, targets = torch.randn(2, 3, 8, 8), torch.rand(2, 8, 8), torch.tensor([1, 3])
     fractions, curve = causal_curve(net, images, maps, targets, mode="deletion", steps=16, batch_size=7)
@@ -257,15 +255,14 @@ def test_batched_deletion_equals_a_pass_per_step_on_a_conv_net():
     auc_atol = p_atol + float32_relative(2 * 17)
     # RISE's single_run: one forward pass per step, pixels replaced by the baseline in saliency order
     for b in range(2):
-        x = images[b:b + 1].clone()
+        x = images[b : b + 1].clone()
         order = maps[b].flatten().argsort(descending=True, stable=True)
         for i in range(17):
             with torch.no_grad():
                 p = net(x).double().softmax(1)[0, targets[b]]
             assert abs(float(p) - float(curve[b, i])) <= p_atol
-            x.view(1, 3, -1)[:, :, order[i * 4:(i + 1) * 4]] = 0.0
-        assert abs(float(deletion_auc(net, images, maps, targets, steps=16)[b]) -
-                   float(torch.trapezoid(curve[b], fractions))) <= auc_atol
+            x.view(1, 3, -1)[:, :, order[i * 4 : (i + 1) * 4]] = 0.0
+        assert abs(float(deletion_auc(net, images, maps, targets, steps=16)[b]) - float(torch.trapezoid(curve[b], fractions))) <= auc_atol
 
 
 # ------------------------------------------------------------------ bad input

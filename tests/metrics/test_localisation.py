@@ -79,12 +79,14 @@ def test_boxes_are_clipped_dropped_and_padding_ignored():
 
 
 def test_pointing_game_inside_outside_and_tolerance():
-    maps = torch.stack([
-        point_map(10, 12),  # inside
-        point_map(30, 30),  # far outside
-        point_map(10, 25),  # 6 px right of the last column (19): within 15 px
-        point_map(10, 20),  # first column past x1 = 20 (exclusive): outside by 1 px
-    ])
+    maps = torch.stack(
+        [
+            point_map(10, 12),  # inside
+            point_map(30, 30),  # far outside
+            point_map(10, 25),  # 6 px right of the last column (19): within 15 px
+            point_map(10, 20),  # first column past x1 = 20 (exclusive): outside by 1 px
+        ]
+    )
     boxes, counts = boxes_of([BOX], [BOX], [BOX], [BOX])
     assert same(pointing_game(maps, boxes, counts, tolerance=0), [1, 0, 0, 0])
     assert same(pointing_game(maps, boxes, counts), [1, 0, 1, 1])  # default tolerance 15
@@ -112,7 +114,7 @@ def test_pointing_game_is_batch_independent_and_on_straddling_map():
     maps = torch.rand(6, H, W)
     boxes, counts = boxes_of(*[[(float(i), float(i), float(i + 12), float(i + 9))] for i in range(6)])
     together = pointing_game(maps, boxes, counts, tolerance=3)
-    alone = torch.cat([pointing_game(maps[i:i + 1], boxes[i:i + 1], counts[i:i + 1], tolerance=3) for i in range(6)])
+    alone = torch.cat([pointing_game(maps[i : i + 1], boxes[i : i + 1], counts[i : i + 1], tolerance=3) for i in range(6)])
     assert torch.equal(together, alone)
     # reference: the argmax pixel against the clipped box grown by the tolerance (brute force)
     for i in range(6):
@@ -171,12 +173,14 @@ def test_stochastic_pointing_game_is_deterministic_per_image():
     boxes, counts = boxes_of([BOX], [BOX], [BOX], [BOX])
     seeds = [10, 11, 12, 13]
     batch = stochastic_pointing_game(maps, boxes, counts, seeds=seeds)
-    one_by_one = torch.cat([stochastic_pointing_game(maps[i:i + 1], boxes[i:i + 1], counts[i:i + 1], seeds=[s])
-                            for i, s in enumerate(seeds)])
+    one_by_one = torch.cat(
+        [stochastic_pointing_game(maps[i : i + 1], boxes[i : i + 1], counts[i : i + 1], seeds=[s]) for i, s in enumerate(seeds)]
+    )
     assert torch.equal(batch, one_by_one)
     g1, g2 = torch.Generator().manual_seed(5), torch.Generator().manual_seed(5)
-    assert torch.equal(stochastic_pointing_game(maps, boxes, counts, generator=g1),
-                       stochastic_pointing_game(maps, boxes, counts, generator=g2))
+    assert torch.equal(
+        stochastic_pointing_game(maps, boxes, counts, generator=g1), stochastic_pointing_game(maps, boxes, counts, generator=g2)
+    )
     assert ((batch * 100) == (batch * 100).round()).all()  # fractions of 100 points
 
 

@@ -10,8 +10,6 @@ import numpy as np
 import pytest
 import timm
 import torch
-from alignbench.testing.tolerance import EPS, float32_bound, float32_relative
-from alignbench.testing.cams import assert_matches_library, library_cam
 from pytorch_grad_cam import GradCAM
 from torch import nn
 from typer.testing import CliRunner
@@ -24,6 +22,8 @@ from alignbench.explainers._gradient import gradcam
 from alignbench.explainers._split import gradient_evidence
 from alignbench.models import CAStreamModel, load_model, model_identity, save_stream
 from alignbench.models._ca_stream import CAStream, CrossAttentionBlock, attachment_plan
+from alignbench.testing.cams import assert_matches_library, library_cam
+from alignbench.testing.tolerance import EPS, float32_bound, float32_relative
 
 SIZE = 64
 SAMPLE = Path(__file__).resolve().parents[2] / "alignbench" / "data" / "sample"
@@ -101,7 +101,9 @@ def test_block_equals_the_formula_and_the_official_cls_attention() -> None:
     f, w = features.double(), block.proj.weight.detach().double()
     delta = float32_bound(5, float((token.double()[:, :, None] * f.flatten(2)).abs().sum(1).max()) / math.sqrt(5))
     out_error = float32_bound(12, float(f.abs().max())) + float(f.abs().max()) * (2 * delta + float32_relative(15))
-    token_error = float(w.abs().sum(1).max()) * out_error + float32_bound(6, float(w.abs().sum(1).max() * f.abs().max() + block.proj.bias.detach().abs().max()))
+    token_error = float(w.abs().sum(1).max()) * out_error + float32_bound(
+        6, float(w.abs().sum(1).max() * f.abs().max() + block.proj.bias.detach().abs().max())
+    )
     torch.testing.assert_close(logits.double(), expected_logits, rtol=0, atol=delta)
     torch.testing.assert_close(new_token.double(), expected_token, rtol=0, atol=token_error)
 
@@ -413,8 +415,22 @@ def test_explain_cli_with_a_stream_checkpoint_and_ca_attention(tmp_path) -> None
     save_stream(stream_model(), stream)
     save_state_dict(load_model("test_resnet", pretrained=False), backbone)  # offline: no hub weights
     out = tmp_path / "maps"
-    args = ["explain", "test_resnet", str(IMAGE), "--out", str(out), "--ca-stream", "--checkpoint", str(stream),
-            "--backbone-checkpoint", str(backbone), "--explainer", "ca-attention", "--device", "cpu"]
+    args = [
+        "explain",
+        "test_resnet",
+        str(IMAGE),
+        "--out",
+        str(out),
+        "--ca-stream",
+        "--checkpoint",
+        str(stream),
+        "--backbone-checkpoint",
+        str(backbone),
+        "--explainer",
+        "ca-attention",
+        "--device",
+        "cpu",
+    ]
     result = runner.invoke(app, args, env={"COLUMNS": "200"})
     assert result.exit_code == 0, result.output
     assert "test_resnet + CA-Stream · ca-attention" in result.stdout
@@ -428,8 +444,18 @@ def test_cli_refuses_a_mismatched_stream_in_one_line(tmp_path) -> None:
     path, backbone = tmp_path / "stream.safetensors", tmp_path / "convnext.safetensors"
     save_stream(stream_model("test_resnet"), path)
     save_state_dict(load_model("test_convnext", pretrained=False), backbone)
-    args = ["explain", "test_convnext", str(IMAGE), "--out", str(tmp_path / "maps"), "--ca-stream", "--checkpoint", str(path),
-            "--backbone-checkpoint", str(backbone)]
+    args = [
+        "explain",
+        "test_convnext",
+        str(IMAGE),
+        "--out",
+        str(tmp_path / "maps"),
+        "--ca-stream",
+        "--checkpoint",
+        str(path),
+        "--backbone-checkpoint",
+        str(backbone),
+    ]
     line = _one_line_error(runner.invoke(app, args))
     assert "checkpoint does not fit the CA-Stream of test_convnext" in line and "shape: cls_token" in line
 
@@ -453,8 +479,26 @@ def test_score_cli_with_a_stream_is_stored_and_cached(tmp_path) -> None:
     path = tmp_path / "stream.safetensors"
     save_stream(load_model("efficientnet_lite0", ca_stream=True), path)
     db = f"sqlite:///{tmp_path / 'store.db'}"
-    args = ["score", "efficientnet_lite0", "--ca-stream", "--checkpoint", str(path), "--explainer", "gradcam", "--limit", "2",
-            "--batch-size", "2", "--workers", "0", "--device", "cpu", "--db", db, "--json"]
+    args = [
+        "score",
+        "efficientnet_lite0",
+        "--ca-stream",
+        "--checkpoint",
+        str(path),
+        "--explainer",
+        "gradcam",
+        "--limit",
+        "2",
+        "--batch-size",
+        "2",
+        "--workers",
+        "0",
+        "--device",
+        "cpu",
+        "--db",
+        db,
+        "--json",
+    ]
     result = runner.invoke(app, args)
     assert result.exit_code == 0, result.output
     summary = json.loads(result.stdout)

@@ -61,11 +61,17 @@ def to_apple_fastvit(key: str, network: dict[str, str]) -> str:
     """timm FastViT key → apple/ml-fastvit key (inverse of timm's fastvit filter)."""
     for timm_prefix, apple_prefix in network.items():
         if key.startswith(timm_prefix + "."):
-            key = apple_prefix + key[len(timm_prefix):]
+            key = apple_prefix + key[len(timm_prefix) :]
             break
     key = re.sub(r"^stem\.", "patch_embed.", key)
-    for timm_name, apple_name in (("conv_kxk", "rbr_conv"), ("conv_scale", "rbr_scale"), ("identity", "rbr_skip"),
-                                  ("final_conv", "conv_exp"), ("large_conv", "lkb_origin"), (".mlp.", ".convffn.")):
+    for timm_name, apple_name in (
+        ("conv_kxk", "rbr_conv"),
+        ("conv_scale", "rbr_scale"),
+        ("identity", "rbr_skip"),
+        ("final_conv", "conv_exp"),
+        ("large_conv", "lkb_origin"),
+        (".mlp.", ".convffn."),
+    ):
         key = key.replace(timm_name, apple_name)
     key = re.sub(r"layer_scale(_\d)?\.gamma", r"layer_scale\1", key)
     return key.replace("head.fc.", "head.")
@@ -91,18 +97,30 @@ def _small(family: str) -> nn.Module:
     if family == "metaformer":
         from timm.models.metaformer import Attention, LayerNorm2dNoBias, LayerNormNoBias, MetaFormer, SepConv
 
-        return MetaFormer(depths=(2, 1, 1, 1), dims=(16, 32, 64, 96), token_mixers=[SepConv, SepConv, Attention, Attention],
-                          norm_layers=[LayerNorm2dNoBias] * 2 + [LayerNormNoBias] * 2, num_classes=10)
+        return MetaFormer(
+            depths=(2, 1, 1, 1),
+            dims=(16, 32, 64, 96),
+            token_mixers=[SepConv, SepConv, Attention, Attention],
+            norm_layers=[LayerNorm2dNoBias] * 2 + [LayerNormNoBias] * 2,
+            num_classes=10,
+        )
     from timm.models.fastvit import FastVit, RepConditionalPosEnc
 
-    return FastVit(layers=(1, 1, 2, 2), embed_dims=(16, 32, 32, 64), mlp_ratios=(2, 2, 2, 2),
-                   pos_embs=(None, None, None, partial(RepConditionalPosEnc, spatial_shape=(7, 7))),
-                   token_mixers=("repmixer", "repmixer", "repmixer", "attention"), num_classes=10)
+    return FastVit(
+        layers=(1, 1, 2, 2),
+        embed_dims=(16, 32, 32, 64),
+        mlp_ratios=(2, 2, 2, 2),
+        pos_embs=(None, None, None, partial(RepConditionalPosEnc, spatial_shape=(7, 7))),
+        token_mixers=("repmixer", "repmixer", "repmixer", "attention"),
+        num_classes=10,
+    )
 
 
 def _convert_small(family: str, tie: bool = True) -> tuple[nn.Module, list]:
     model = _small(family).eval()
-    recipe = MODELS["caformer_s18" if family == "metaformer" else "fastvit_sa24"].dcls.with_overrides(dilated_kernel_size=9, kernel_count=20)
+    recipe = MODELS["caformer_s18" if family == "metaformer" else "fastvit_sa24"].dcls.with_overrides(
+        dilated_kernel_size=9, kernel_count=20
+    )
     targets = _dcls.plan(model, recipe, DEFAULT_STAGE_PATTERN)
     _dcls.convert(model, recipe, targets)
     if tie:

@@ -154,8 +154,7 @@ def test_selectors_on_a_hand_made_model() -> None:
         nn.Conv2d(8, 8, 3, padding=1),  # full 3×3
     )
     chosen = {
-        selector: [i for i, m in enumerate(model) if _dcls.selects(selector, m)]
-        for selector in (DEPTHWISE, DEPTHWISE_7X7, EVERY_3X3)
+        selector: [i for i, m in enumerate(model) if _dcls.selects(selector, m)] for selector in (DEPTHWISE, DEPTHWISE_7X7, EVERY_3X3)
     }
     assert chosen == {DEPTHWISE: [0, 2], DEPTHWISE_7X7: [2], EVERY_3X3: [0, 5]}
 
@@ -239,12 +238,15 @@ def test_parameter_count_formula_matches_the_converted_model(version: str) -> No
     assert sum(p.numel() for p in converted.parameters()) == expected
 
 
-@pytest.mark.parametrize(("name", "recipe", "size"), [
-    ("test_convnext", DclsRecipe("v0", 9, 49), 64),
-    ("test_convnext", DclsRecipe("v1", 17, 49), 64),
-    ("test_resnet", DclsRecipe("v0", 5, 9, EVERY_3X3), 64),  # stride-2 3×3 convs
-    ("test_efficientnet", DclsRecipe("v1", 7, 34), 67),  # TF "SAME" stride 2 at an odd size
-])
+@pytest.mark.parametrize(
+    ("name", "recipe", "size"),
+    [
+        ("test_convnext", DclsRecipe("v0", 9, 49), 64),
+        ("test_convnext", DclsRecipe("v1", 17, 49), 64),
+        ("test_resnet", DclsRecipe("v0", 5, 9, EVERY_3X3), 64),  # stride-2 3×3 convs
+        ("test_efficientnet", DclsRecipe("v1", 7, 34), 67),  # TF "SAME" stride 2 at an odd size
+    ],
+)
 def test_from_dense_with_enough_elements_computes_the_dense_function(name, recipe, size) -> None:
     reference, model, targets, _, error = _converted(name, recipe)
     x = torch.randn(2, 3, size, size, generator=torch.Generator().manual_seed(1))

@@ -108,12 +108,8 @@ def test_lean_construction_equals_dcls_and_the_transcribed_formula_with_gradient
     grad_out = torch.randn(out, in_per_group, size, size, dtype=weight.dtype, generator=torch.Generator().manual_seed(1))
 
     expected, expected_grads = _kernel_and_grads(package, weight, P, SIG, grad_out)
-    transcribed, transcribed_grads = _kernel_and_grads(
-        lambda w, p, s: _transcribed(w, p, s, version, size), weight, P, SIG, grad_out
-    )
-    lean, lean_grads = _kernel_and_grads(
-        lambda w, p, s: _embed(construct(w, p, s, version, size), size), weight, P, SIG, grad_out
-    )
+    transcribed, transcribed_grads = _kernel_and_grads(lambda w, p, s: _transcribed(w, p, s, version, size), weight, P, SIG, grad_out)
+    lean, lean_grads = _kernel_and_grads(lambda w, p, s: _embed(construct(w, p, s, version, size), size), weight, P, SIG, grad_out)
     torch.testing.assert_close(transcribed, expected, rtol=1e-12, atol=1e-12)
     torch.testing.assert_close(lean, expected, rtol=1e-12, atol=1e-12)
     for name, ours, theirs, written in zip(("weight", "P", "SIG"), lean_grads, expected_grads, transcribed_grads):
@@ -147,16 +143,18 @@ def _float32_bounds(version, weight, P, SIG, grad_out, size):
     bounds = []
     for i, leaf in enumerate(leaves):
         per_leaf = []
-        for part in ([None] if i == 0 else [0, 1]):  # w, then P and SIG's two axes one at a time
+        for part in [None] if i == 0 else [0, 1]:  # w, then P and SIG's two axes one at a time
             tangent = torch.zeros_like(leaf)
             if part is None:
                 tangent.fill_(1.0)
             else:
                 tangent[part] = 1.0
             tangents = tuple(tangent if j == i else torch.zeros_like(other) for j, other in enumerate(leaves))
-            _, column = torch.func.jvp(lambda *l: single(*l, *([None] if SIG is None else [])), tuple(leaves), tangents)
+            _, column = torch.func.jvp(lambda *leaf: single(*leaf, *([None] if SIG is None else [])), tuple(leaves), tangents)
             per_leaf.append((g * column.abs().reshape(out, in_per_group, count, size, size)).sum((-2, -1)))
-        bounds.append(float32_bound(2 * size * size + 8, 1.0) * torch.stack(per_leaf) if i else float32_bound(2 * size * size + 8, 1.0) * per_leaf[0])
+        bounds.append(
+            float32_bound(2 * size * size + 8, 1.0) * torch.stack(per_leaf) if i else float32_bound(2 * size * size + 8, 1.0) * per_leaf[0]
+        )
     return kernel_bound, bounds
 
 
@@ -168,9 +166,7 @@ def test_lean_construction_in_float32_is_within_1e_5_relative(version: str) -> N
     package = ConstructKernel2d(out, in_per_group, 1, count, (size, size), version)
     grad_out = torch.randn(out, in_per_group, size, size, generator=torch.Generator().manual_seed(1))
     expected, expected_grads = _kernel_and_grads(package, weight, P, SIG, grad_out)
-    lean, lean_grads = _kernel_and_grads(
-        lambda w, p, s: _embed(construct(w, p, s, version, size), size), weight, P, SIG, grad_out
-    )
+    lean, lean_grads = _kernel_and_grads(lambda w, p, s: _embed(construct(w, p, s, version, size), size), weight, P, SIG, grad_out)
     kernel_bound, grad_bounds = _float32_bounds(version, weight, P, SIG, grad_out, size)
     assert bool(((lean - expected).abs() <= kernel_bound).all())  # was relative 1e-5, tuned
     for ours, theirs, bound in zip(lean_grads, expected_grads, grad_bounds):
@@ -262,8 +258,11 @@ MODEL_CASES = [
 ]
 
 
-@pytest.mark.parametrize(("name", "recipe", "size"), MODEL_CASES,
-                         ids=[f"{name}-{recipe.version}-{recipe.dilated_kernel_size}" for name, recipe, _ in MODEL_CASES])
+@pytest.mark.parametrize(
+    ("name", "recipe", "size"),
+    MODEL_CASES,
+    ids=[f"{name}-{recipe.version}-{recipe.dilated_kernel_size}" for name, recipe, _ in MODEL_CASES],
+)
 def test_fast_path_equals_the_reference_under_no_grad_and_with_grad(name, recipe, size) -> None:
     model = _tiny(name, recipe)
     x = _input(size)
@@ -458,9 +457,16 @@ def test_taps_of_elements_with_weight_zero_are_trimmed_from_a_frozen_kernel() ->
 
 
 @pytest.mark.parametrize("method", ["conv", "fft"])
-@pytest.mark.parametrize(("size", "stride", "kernel", "padding"), [
-    (9, 1, 17, 8), (20, 1, 13, 6), (10, 2, 17, 8), (11, 2, 15, 7), (33, 2, 17, 9),
-])
+@pytest.mark.parametrize(
+    ("size", "stride", "kernel", "padding"),
+    [
+        (9, 1, 17, 8),
+        (20, 1, 13, 6),
+        (10, 2, 17, 8),
+        (11, 2, 15, 7),
+        (33, 2, 17, 9),
+    ],
+)
 def test_large_depthwise_backward_equals_autograd(monkeypatch, method, size, stride, kernel, padding) -> None:
     monkeypatch.setattr(_depthwise, "_SMALL_MAP", 10**9 if method == "conv" else 0)
     generator = torch.Generator().manual_seed(0)
@@ -472,8 +478,9 @@ def test_large_depthwise_backward_equals_autograd(monkeypatch, method, size, str
     grad = torch.randn(expected.shape, generator=generator, dtype=torch.float64)
     expected_grads = torch.autograd.grad(expected, leaves, grad)
     ours = [t.clone().requires_grad_() for t in (x, weight, bias)]
-    out = _depthwise.depthwise_conv(ours[0].contiguous(memory_format=torch.channels_last), ours[1], ours[2],
-                                    (stride, stride), (padding, padding))
+    out = _depthwise.depthwise_conv(
+        ours[0].contiguous(memory_format=torch.channels_last), ours[1], ours[2], (stride, stride), (padding, padding)
+    )
     torch.testing.assert_close(out, expected, rtol=1e-12, atol=1e-12)
     for got, want in zip(torch.autograd.grad(out, ours, grad), expected_grads):
         torch.testing.assert_close(got, want, rtol=1e-11, atol=1e-11)
@@ -535,14 +542,27 @@ def test_checkpoint_positions_just_outside_the_span_are_clamped_with_a_warning(t
 
 def test_checkpoint_positions_far_outside_the_span_are_refused(tmp_path) -> None:
     path = _checkpoint_with_position(tmp_path, -7.0)
-    with pytest.raises(ModelError, match=r"stages\.1\.blocks\.0\.conv_dw lie 3\.00 px outside the 9×9 dilated kernel; .*larger --dilated-kernel-size"):
+    with pytest.raises(
+        ModelError, match=r"stages\.1\.blocks\.0\.conv_dw lie 3\.00 px outside the 9×9 dilated kernel; .*larger --dilated-kernel-size"
+    ):
         load_model("test_convnext", dcls=True, checkpoint=path, **RECIPE)
 
 
 def test_the_cli_prints_the_clamping_warning_on_one_line(tmp_path) -> None:
     path = _checkpoint_with_position(tmp_path, 4.3)
-    args = ["convert", "test_convnext", "--dcls", "--checkpoint", str(path), "--version", "v1",
-            "--dilated-kernel-size", "9", "--kernel-count", "20"]
+    args = [
+        "convert",
+        "test_convnext",
+        "--dcls",
+        "--checkpoint",
+        str(path),
+        "--version",
+        "v1",
+        "--dilated-kernel-size",
+        "9",
+        "--kernel-count",
+        "20",
+    ]
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output
     lines = result.stderr.splitlines()

@@ -32,17 +32,19 @@ def test_efficientnet_lite0_from_dense_keeps_every_top1(shared_data: Path) -> No
     assert dcls.alignbench_info.conversion.kernel_error == 0.0
     pre = dense.alignbench_info.preprocessing
     transform = timm.data.create_transform(
-        input_size=(3, *pre.input_size), interpolation=pre.interpolation, mean=pre.mean, std=pre.std,
+        input_size=(3, *pre.input_size),
+        interpolation=pre.interpolation,
+        mean=pre.mean,
+        std=pre.std,
         crop_pct=pre.crop_pct,
     )
     dense, dcls = (m.to(memory_format=torch.channels_last) for m in (dense, dcls))
     dense_top1, dcls_top1, worst = [], [], 0.0
     with torch.inference_mode():
         for start in range(0, len(rows), 25):
-            batch = torch.stack([
-                transform(Image.open(root / "images" / row["filename"]).convert("RGB"))
-                for row in rows[start : start + 25]
-            ]).to(memory_format=torch.channels_last)
+            batch = torch.stack(
+                [transform(Image.open(root / "images" / row["filename"]).convert("RGB")) for row in rows[start : start + 25]]
+            ).to(memory_format=torch.channels_last)
             dense_logits, dcls_logits = dense(batch), dcls(batch)
             worst = max(worst, (dense_logits - dcls_logits).abs().max().item())
             dense_top1 += dense_logits.argmax(1).tolist()

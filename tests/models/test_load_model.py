@@ -22,8 +22,11 @@ def _val10(shared_data: Path, preprocessing) -> tuple[torch.Tensor, list[int]]:
     root = shared_data / "imagenet-val-10"
     rows = list(csv.DictReader(open(root / "labels_bboxes.csv")))
     transform = timm.data.create_transform(
-        input_size=(3, *preprocessing.input_size), interpolation=preprocessing.interpolation,
-        mean=preprocessing.mean, std=preprocessing.std, crop_pct=preprocessing.crop_pct,
+        input_size=(3, *preprocessing.input_size),
+        interpolation=preprocessing.interpolation,
+        mean=preprocessing.mean,
+        std=preprocessing.std,
+        crop_pct=preprocessing.crop_pct,
     )
     images = torch.stack([transform(Image.open(root / row["filename"]).convert("RGB")) for row in rows])
     return images, [int(row["class_index"]) for row in rows]
@@ -164,13 +167,16 @@ def test_timm_weights_in_the_hugging_face_cache_are_used_offline(tmp_path: Path,
     torch.testing.assert_close(loaded.state_dict(), model.state_dict())
 
 
-@pytest.mark.parametrize(("kwargs", "message"), [
-    (dict(dcls=True, kernel_count=300), r"kernel count 300 does not fit a 17×17"),
-    (dict(dcls=True, dilated_kernel_size=5, kernel_count=20), r"smaller than the 7×7 kernel"),
-    (dict(version="v1"), r"need --dcls"),
-    (dict(dcls=True, init="sideways"), r"unknown --init 'sideways'"),
-    (dict(dcls=True, checkpoint="/nonexistent/file.pth"), r"checkpoint /nonexistent/file.pth does not exist"),
-])
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        (dict(dcls=True, kernel_count=300), r"kernel count 300 does not fit a 17×17"),
+        (dict(dcls=True, dilated_kernel_size=5, kernel_count=20), r"smaller than the 7×7 kernel"),
+        (dict(version="v1"), r"need --dcls"),
+        (dict(dcls=True, init="sideways"), r"unknown --init 'sideways'"),
+        (dict(dcls=True, checkpoint="/nonexistent/file.pth"), r"checkpoint /nonexistent/file.pth does not exist"),
+    ],
+)
 def test_bad_requests_are_one_clear_line(kwargs: dict, message: str) -> None:
     with pytest.raises(ModelError, match=message) as error:
         load_model("test_convnext", **({"pretrained": False} | kwargs))

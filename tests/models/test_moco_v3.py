@@ -61,8 +61,13 @@ def _mlp(num_layers: int, input_dim: int, mlp_dim: int, output_dim: int, last_bn
 
 def lincls_checkpoint(state: dict) -> dict:
     """main_lincls.py save_checkpoint: the DDP-wrapped classifier under state_dict, keys 'module.<key>'."""
-    return {"epoch": 90, "arch": "moco", "state_dict": {f"module.{k}": v for k, v in state.items()}, "best_acc1": 0.0,
-            "optimizer": {"state": {}, "param_groups": [{"lr": 0.1, "params": [0, 1]}]}}
+    return {
+        "epoch": 90,
+        "arch": "moco",
+        "state_dict": {f"module.{k}": v for k, v in state.items()},
+        "best_acc1": 0.0,
+        "optimizer": {"state": {}, "param_groups": [{"lr": 0.1, "params": [0, 1]}]},
+    }
 
 
 def pretraining_checkpoint(state: dict, classifier: str) -> dict:
@@ -81,8 +86,13 @@ def pretraining_checkpoint(state: dict, classifier: str) -> dict:
     moco |= {f"momentum_encoder.{k}": v + 0.5 if v.is_floating_point() else v for k, v in backbone.items()}
     moco |= {f"momentum_encoder.{classifier}.{k}": v for k, v in momentum_projector.state_dict().items()}
     moco |= {f"predictor.{k}": v for k, v in predictor.state_dict().items()}
-    return {"epoch": 300, "arch": "moco", "state_dict": {f"module.{k}": v for k, v in moco.items()},
-            "optimizer": {"state": {}, "param_groups": []}, "scaler": {"scale": 65536.0, "_growth_tracker": 0}}
+    return {
+        "epoch": 300,
+        "arch": "moco",
+        "state_dict": {f"module.{k}": v for k, v in moco.items()},
+        "optimizer": {"state": {}, "param_groups": []},
+        "scaler": {"scale": 65536.0, "_growth_tracker": 0},
+    }
 
 
 def deit_checkpoint(state: dict, classifier: str = "head") -> dict:
@@ -134,7 +144,10 @@ def test_pretraining_checkpoint_keeps_only_the_base_encoder_and_takes_a_head(sou
 def test_pretraining_checkpoint_without_a_head_is_refused(source, tmp_path):
     name, model = source
     path = _save(tmp_path, "pretrain.pth.tar", pretraining_checkpoint(model.state_dict(), CLASSIFIER[name]))
-    with pytest.raises(ModelError, match=r"is a MoCo v3 pre-training checkpoint: its projection head \((fc|head)\.\*\) is not a classifier; pass --head PATH"):
+    with pytest.raises(
+        ModelError,
+        match=r"is a MoCo v3 pre-training checkpoint: its projection head \((fc|head)\.\*\) is not a classifier; pass --head PATH",
+    ):
         load_model(name, checkpoint=path, device="cpu")
 
 
@@ -164,11 +177,30 @@ def test_moco_key_names_are_timms_for_the_thesis_architectures():
         torchvision_resnet = torchvision.models.resnet50().state_dict()
         assert {k: v.shape for k, v in timm_resnet.items()} == {k: v.shape for k, v in torchvision_resnet.items()}
         for name, dim in (("vit_small_patch16_224", 384), ("vit_base_patch16_224", 768)):
-            block = {"norm1.weight": (dim,), "norm1.bias": (dim,), "attn.qkv.weight": (3 * dim, dim), "attn.qkv.bias": (3 * dim,),
-                     "attn.proj.weight": (dim, dim), "attn.proj.bias": (dim,), "norm2.weight": (dim,), "norm2.bias": (dim,),
-                     "mlp.fc1.weight": (4 * dim, dim), "mlp.fc1.bias": (4 * dim,), "mlp.fc2.weight": (dim, 4 * dim), "mlp.fc2.bias": (dim,)}
-            moco = {"cls_token": (1, 1, dim), "pos_embed": (1, 197, dim), "patch_embed.proj.weight": (dim, 3, 16, 16),
-                    "patch_embed.proj.bias": (dim,), "norm.weight": (dim,), "norm.bias": (dim,), "head.weight": (1000, dim), "head.bias": (1000,)}
+            block = {
+                "norm1.weight": (dim,),
+                "norm1.bias": (dim,),
+                "attn.qkv.weight": (3 * dim, dim),
+                "attn.qkv.bias": (3 * dim,),
+                "attn.proj.weight": (dim, dim),
+                "attn.proj.bias": (dim,),
+                "norm2.weight": (dim,),
+                "norm2.bias": (dim,),
+                "mlp.fc1.weight": (4 * dim, dim),
+                "mlp.fc1.bias": (4 * dim,),
+                "mlp.fc2.weight": (dim, 4 * dim),
+                "mlp.fc2.bias": (dim,),
+            }
+            moco = {
+                "cls_token": (1, 1, dim),
+                "pos_embed": (1, 197, dim),
+                "patch_embed.proj.weight": (dim, 3, 16, 16),
+                "patch_embed.proj.bias": (dim,),
+                "norm.weight": (dim,),
+                "norm.bias": (dim,),
+                "head.weight": (1000, dim),
+                "head.bias": (1000,),
+            }
             moco |= {f"blocks.{i}.{key}": shape for i in range(12) for key, shape in block.items()}
             vit = timm.create_model(name)
             assert {k: tuple(v.shape) for k, v in vit.state_dict().items()} == moco
@@ -266,8 +298,7 @@ def test_cli_refuses_a_pretraining_checkpoint_without_head(tmp_path, shared_data
     model = _source(VIT)
     path = _save(tmp_path, "pretrain.pth.tar", pretraining_checkpoint(model.state_dict(), "head"))
     image = shared_data / "imagenet-val-10" / SNAKE
-    for args in (["explain", VIT, str(image), "--out", str(tmp_path / "maps")],
-                 ["score", VIT, "--db", f"sqlite:///{tmp_path / 's.db'}"]):
+    for args in (["explain", VIT, str(image), "--out", str(tmp_path / "maps")], ["score", VIT, "--db", f"sqlite:///{tmp_path / 's.db'}"]):
         line = _one_line_error(CliRunner().invoke(app, [*args, "--checkpoint", str(path), "--explainer", "rollout"]))
         assert "is a MoCo v3 pre-training checkpoint" in line and "pass --head PATH" in line
     assert sqlite3.connect(tmp_path / "s.db").execute("SELECT count(*) FROM run").fetchone() == (0,)
@@ -277,7 +308,9 @@ def test_cli_names_the_first_mismatching_keys_of_a_checkpoint_for_another_archit
     resnet = _source(RESNET)
     path = _save(tmp_path, "pretrain.pth.tar", pretraining_checkpoint(resnet.state_dict(), "fc"))
     image = shared_data / "imagenet-val-10" / SNAKE
-    result = CliRunner().invoke(app, ["explain", VIT, str(image), "--out", str(tmp_path), "--checkpoint", str(path), "--explainer", "rollout"])
+    result = CliRunner().invoke(
+        app, ["explain", VIT, str(image), "--out", str(tmp_path), "--checkpoint", str(path), "--explainer", "rollout"]
+    )
     line = _one_line_error(result)
     assert "checkpoint does not fit test_vit (dense): missing: cls_token, pos_embed, patch_embed.proj.weight" in line
     assert "unexpected: conv1.weight, bn1.weight, bn1.bias" in line and "moco-v3 checkpoint of another architecture?" in line
@@ -289,8 +322,27 @@ def test_score_records_origin_head_and_tag_in_the_store(tmp_path):
     path = _save(tmp_path, "pretrain.pth.tar", pretraining_checkpoint(state, "head"))
     head = _save(tmp_path, "linear.pth.tar", lincls_checkpoint(state))
     db = tmp_path / "s.db"
-    args = ["score", VIT, "--checkpoint", str(path), "--head", str(head), "--tag", "vit-moco", "--explainer", "raw-attention",
-            "--layer", "2", "--limit", "2", "--workers", "0", "--db", f"sqlite:///{db}", "--json"]
+    args = [
+        "score",
+        VIT,
+        "--checkpoint",
+        str(path),
+        "--head",
+        str(head),
+        "--tag",
+        "vit-moco",
+        "--explainer",
+        "raw-attention",
+        "--layer",
+        "2",
+        "--limit",
+        "2",
+        "--workers",
+        "0",
+        "--db",
+        f"sqlite:///{db}",
+        "--json",
+    ]
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output
     row = sqlite3.connect(db).execute("SELECT tag, origin, weights_source, request FROM model WHERE name = ?", (VIT,)).fetchone()

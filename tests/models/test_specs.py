@@ -70,19 +70,23 @@ def test_generic_spec_for_any_timm_name() -> None:
     assert get_spec("test_convnext").target_layer == "forward_features"
 
 
-@pytest.mark.parametrize(("name", "suggestion"), [("convnxt_tiny", "convnext_tiny"), ("efficientnet_lite", "efficientnet_lite0"),
-                                                  ("resnet50.nope", "resnet50")])
+@pytest.mark.parametrize(
+    ("name", "suggestion"), [("convnxt_tiny", "convnext_tiny"), ("efficientnet_lite", "efficientnet_lite0"), ("resnet50.nope", "resnet50")]
+)
 def test_unknown_names_suggest_the_closest(name: str, suggestion: str) -> None:
     with pytest.raises(ModelError, match=rf"unknown model '{name}'.*closest: .*{suggestion}") as error:
         get_spec(name)
     assert "\n" not in error.value.message
 
 
-@pytest.mark.parametrize(("kwargs", "message"), [
-    ({"kernel_count": 300}, r"kernel count 300 does not fit a 17×17"),
-    ({"dilated_kernel_size": 16}, r"must be a positive odd number"),
-    ({"version": "v2"}, r"unknown DCLS version 'v2'"),
-])
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"kernel_count": 300}, r"kernel count 300 does not fit a 17×17"),
+        ({"dilated_kernel_size": 16}, r"must be a positive odd number"),
+        ({"version": "v2"}, r"unknown DCLS version 'v2'"),
+    ],
+)
 def test_impossible_recipes_are_refused(kwargs: dict, message: str) -> None:
     with pytest.raises(ModelError, match=message):
         MODELS["convnext_tiny"].dcls.with_overrides(**kwargs)

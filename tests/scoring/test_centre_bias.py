@@ -8,12 +8,12 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from alignbench.scoring.centre_bias import score_centre_bias
-from alignbench.explainers import CENTRE_BIAS, centre_bias_map
 from alignbench.analysis.compare import compare
-from alignbench.testing.synthetic import add_run
+from alignbench.explainers import CENTRE_BIAS, centre_bias_map
+from alignbench.scoring.centre_bias import score_centre_bias
 from alignbench.store import open_store
 from alignbench.store import queries as q
+from alignbench.testing.synthetic import add_run
 
 
 def test_map_is_an_isotropic_gaussian_at_the_centre() -> None:
@@ -43,7 +43,9 @@ def _tiny_batches(monkeypatch: pytest.MonkeyPatch) -> None:
     """score_centre_bias reads batches through ``alignbench.datasets.data_loader``: serve _TinyDataset's."""
     import alignbench.scoring.centre_bias
 
-    monkeypatch.setattr(alignbench.scoring.centre_bias, "data_loader", lambda dataset, *args, **kwargs: dataset.data_loader(*args, **kwargs))
+    monkeypatch.setattr(
+        alignbench.scoring.centre_bias, "data_loader", lambda dataset, *args, **kwargs: dataset.data_loader(*args, **kwargs)
+    )
 
 
 class _TinyDataset:
@@ -97,7 +99,13 @@ def test_scoring_stores_a_reference_run_once(tmp_path: Path) -> None:
             (view,) = q.list_runs(session)
             values = q.per_image_scores(session, [run_id])[run_id]
             n_rows, summary = q.summarise(session, run_id, ["spearman"])
-    assert (view.model, view.family, view.dcls, view.method, view.params) == (CENTRE_BIAS, "reference", False, CENTRE_BIAS, '{"sigma_frac":0.25}')
+    assert (view.model, view.family, view.dcls, view.method, view.params) == (
+        CENTRE_BIAS,
+        "reference",
+        False,
+        CENTRE_BIAS,
+        '{"sigma_frac":0.25}',
+    )
     assert (view.dataset, view.ceiling, view.status, view.n_images) == ("tiny", 0.5, "complete", 4)
     assert n_rows == 4 and summary["spearman"].n_skipped == 1  # the constant map is skipped, not lost
     assert values["tiny-0"] == pytest.approx(1.0) and values["tiny-1"] == pytest.approx(-1.0)
@@ -110,8 +118,17 @@ def test_compare_shows_the_reference_on_the_same_images(tmp_path: Path) -> None:
     with open_store(url) as store:
         score_centre_bias(store, dataset, protocol="aligned", input_size=(8, 8), num_workers=0)
         for dcls in (False, True):
-            add_run(store, model="resnet50", dcls=dcls, values=np.linspace(0.1, 0.4, 10) + 0.05 * dcls, indices=range(10),
-                    dataset="tiny", dataset_fingerprint="tiny-fingerprint", ceiling=0.5, dataset_size=12)
+            add_run(
+                store,
+                model="resnet50",
+                dcls=dcls,
+                values=np.linspace(0.1, 0.4, 10) + 0.05 * dcls,
+                indices=range(10),
+                dataset="tiny",
+                dataset_fingerprint="tiny-fingerprint",
+                ceiling=0.5,
+                dataset_size=12,
+            )
         with store.session() as session:
             reference = q.per_image_scores(session, [1])[1]
     (row,) = compare(url).comparisons

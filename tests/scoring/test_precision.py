@@ -105,7 +105,8 @@ def test_precision_is_a_run_of_its_own_and_fp32_keeps_its_key(tmp_path: Path) ->
     (key, model_fp, params, dataset_fp) = con.execute(
         "SELECT run.key, model.weights_fingerprint, explainer_setting.params, dataset.fingerprint FROM run "
         "JOIN model ON model.id = run.model_id JOIN explainer_setting ON explainer_setting.id = run.explainer_id "
-        "JOIN dataset ON dataset.id = run.dataset_id WHERE run.id = ?", (fp32["run_id"],)
+        "JOIN dataset ON dataset.id = run.dataset_id WHERE run.id = ?",
+        (fp32["run_id"],),
     ).fetchone()
     assert key == q.run_key(model_fp, "threshold-gradcam", json.loads(params), dataset_fp, "aligned", ["spearman"])
     con.close()
@@ -130,7 +131,9 @@ def test_fp32_on_cuda_equals_the_cpu(tmp_path: Path) -> None:
     runner = CliRunner()
     results = {}
     for device in ("cpu", "cuda"):
-        out = runner.invoke(app, ["score", "--limit", "8", "--workers", "1", "--device", device, "--json", "--db", f"sqlite:///{tmp_path / device}.db"])
+        out = runner.invoke(
+            app, ["score", "--limit", "8", "--workers", "1", "--device", device, "--json", "--db", f"sqlite:///{tmp_path / device}.db"]
+        )
         assert out.exit_code == 0, out.output
         results[device] = json.loads(out.stdout)
     assert results["cuda"]["device"].startswith("cuda")

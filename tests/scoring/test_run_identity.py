@@ -14,8 +14,16 @@ from alignbench.store import queries as q
 
 
 def _identity(**changes) -> RunIdentity:
-    fields = dict(model="resnet50", method="gradcam", params={"layer": "x"}, dataset="sample", protocol="aligned",
-                  metrics=("spearman", "deletion"), model_fingerprint="m" * 64, dataset_fingerprint="d" * 64)
+    fields = dict(
+        model="resnet50",
+        method="gradcam",
+        params={"layer": "x"},
+        dataset="sample",
+        protocol="aligned",
+        metrics=("spearman", "deletion"),
+        model_fingerprint="m" * 64,
+        dataset_fingerprint="d" * 64,
+    )
     return RunIdentity(**{**fields, **changes})
 
 
@@ -43,7 +51,7 @@ def test_a_request_s_identity_is_its_key() -> None:
 def test_a_key_needs_both_fingerprints() -> None:
     assert not _identity(dataset_fingerprint=None).exact
     with pytest.raises(ValueError):
-        _identity(model_fingerprint=None).key
+        _identity(model_fingerprint=None).key  # noqa: B018 (the property raises)
     assert _identity(model_fingerprint=None).with_model("x" * 64).exact
 
 

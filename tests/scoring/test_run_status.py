@@ -15,13 +15,13 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
-from alignbench.testing.cli import add_run, dump, invoke, one_line_error, plain_file, sha
 
+from alignbench.scoring.lifecycle import Heartbeat
 from alignbench.store import open_store
 from alignbench.store import queries as q
-from alignbench.scoring.lifecycle import Heartbeat
 from alignbench.store.liveness import HEARTBEAT_TIMEOUT_S, process_alive, shown_status
 from alignbench.store.tables import Run, Thumbnail
+from alignbench.testing.cli import add_run, dump, invoke, one_line_error, plain_file, sha
 
 
 def _dead_pid() -> int:
@@ -81,7 +81,9 @@ def test_a_killed_run_is_interrupted_not_running_and_resumes(tmp_path: Path) -> 
     db = tmp_path / "s.db"
     proc = subprocess.Popen(
         [sys.executable, "-m", "alignbench", "score", "--db", f"sqlite:///{db}", "--batch-size", "1", "--workers", "0"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
     )
     deadline = time.time() + 300
     while time.time() < deadline and proc.poll() is None:
@@ -95,7 +97,12 @@ def test_a_killed_run_is_interrupted_not_running_and_resumes(tmp_path: Path) -> 
     proc.kill()  # SIGKILL: no cleanup, no final status
     proc.wait()
     con = sqlite3.connect(db)
-    assert con.execute("SELECT status, pid, host, heartbeat_at IS NOT NULL FROM run").fetchone() == ("running", proc.pid, socket.gethostname(), 1)
+    assert con.execute("SELECT status, pid, host, heartbeat_at IS NOT NULL FROM run").fetchone() == (
+        "running",
+        proc.pid,
+        socket.gethostname(),
+        1,
+    )
 
     report = invoke("report", "--db", f"sqlite:///{db}", "--json")
     assert report.exit_code == 0, report.output
@@ -117,8 +124,17 @@ def store_with_an_empty_run(tmp_path: Path) -> tuple[str, Path]:
     path = tmp_path / "s.db"
     url = f"sqlite:///{path}"
     add_run(url, key="full", n_images=4, n_rows=4, dataset="folder", dataset_fingerprint="f1", location="/data/cats")
-    add_run(url, key="empty", n_images=4, n_rows=0, model="resnet18", dataset="folder", dataset_fingerprint="f1",
-            location="/data/cats", status="partial")
+    add_run(
+        url,
+        key="empty",
+        n_images=4,
+        n_rows=0,
+        model="resnet18",
+        dataset="folder",
+        dataset_fingerprint="f1",
+        location="/data/cats",
+        status="partial",
+    )
     plain_file(path)
     return url, path
 

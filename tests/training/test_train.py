@@ -22,9 +22,9 @@ from typer.testing import CliRunner
 from alignbench.cli.app import app
 from alignbench.errors import TrainingError
 from alignbench.models import ModelRequest, load_model
+from alignbench.testing.tolerance import float32_relative
 from alignbench.training import TrainRequest, open_training_data, param_groups, position_parameters, train
 from alignbench.training._checkpoint import STATE_FILE, atomic_write, prepare_out, rng_state, set_rng_state
-from alignbench.testing.tolerance import float32_relative
 from alignbench.training._data import TrainingImages
 
 runner = CliRunner()
@@ -228,8 +228,9 @@ def test_resume_reaches_exactly_the_uninterrupted_state(tmp_path, image_folder) 
 
 
 def test_gc_consistency_with_global_max_pooling_is_recorded_in_the_checkpoint(tmp_path, image_folder) -> None:
-    result = train(_request(tmp_path, image_folder, steps=1, batch_size=4, gc_consistency=25.0, maxpool=True),
-                   db=f"sqlite:///{tmp_path / 's.db'}")
+    result = train(
+        _request(tmp_path, image_folder, steps=1, batch_size=4, gc_consistency=25.0, maxpool=True), db=f"sqlite:///{tmp_path / 's.db'}"
+    )
     (record,) = [r for r in _log(result.out) if r["event"] == "step"]
     assert set(record["terms"]) == {"ce", "gc"} and record["terms"]["gc"] > 0
     # the float32 loss is 1·ce + 25·gc of these same values (≥ 0): ≤ 3 roundings apart from the recompute
@@ -240,8 +241,9 @@ def test_gc_consistency_with_global_max_pooling_is_recorded_in_the_checkpoint(tm
 
 
 def test_distillation_from_the_dense_original(tmp_path, image_folder) -> None:
-    result = train(_request(tmp_path, image_folder, model=TINY_DCLS, steps=1, batch_size=4, distill_from="dense"),
-                   db=f"sqlite:///{tmp_path / 's.db'}")
+    result = train(
+        _request(tmp_path, image_folder, model=TINY_DCLS, steps=1, batch_size=4, distill_from="dense"), db=f"sqlite:///{tmp_path / 's.db'}"
+    )
     (record,) = [r for r in _log(result.out) if r["event"] == "step"]
     # from-dense computes the dense function, and the positions barely moved: KL ≈ 0
     assert set(record["terms"]) == {"ce", "distill"} and 0 <= record["terms"]["distill"] < 1e-3
@@ -251,8 +253,25 @@ def test_distillation_from_the_dense_original(tmp_path, image_folder) -> None:
 
 
 def _cli(tmp_path: Path, *args: str):
-    return runner.invoke(app, ["train", "test_efficientnet", "--no-pretrained", "--img-size", "64", "--workers", "0",
-                               "--steps", "1", "--batch-size", "4", "--db", f"sqlite:///{tmp_path / 's.db'}", *args])
+    return runner.invoke(
+        app,
+        [
+            "train",
+            "test_efficientnet",
+            "--no-pretrained",
+            "--img-size",
+            "64",
+            "--workers",
+            "0",
+            "--steps",
+            "1",
+            "--batch-size",
+            "4",
+            "--db",
+            f"sqlite:///{tmp_path / 's.db'}",
+            *args,
+        ],
+    )
 
 
 def _one_line_error(result, *fragments: str) -> None:
@@ -285,8 +304,9 @@ def test_labels_outside_the_models_classes(tmp_path) -> None:
 
 
 def test_a_teacher_with_another_label_space(tmp_path, image_folder) -> None:
-    result = _cli(tmp_path, "--data", str(image_folder), "--out", str(tmp_path / "o"),
-                  "--distill-from", "vit_tiny_patch16_224.augreg_in21k")
+    result = _cli(
+        tmp_path, "--data", str(image_folder), "--out", str(tmp_path / "o"), "--distill-from", "vit_tiny_patch16_224.augreg_in21k"
+    )
     _one_line_error(result, "teacher predicts 21843 classes")
     assert not (tmp_path / "o" / STATE_FILE).exists()
 
@@ -296,9 +316,30 @@ def test_resume_from_another_model_or_recipe_names_what_differs(tmp_path, image_
     assert first.exit_code == 0, first.output
     state = str(tmp_path / "o" / STATE_FILE)
     before = (tmp_path / "o" / STATE_FILE).read_bytes()
-    other_model = runner.invoke(app, ["train", "test_resnet", "--no-pretrained", "--img-size", "64", "--workers", "0", "--steps", "1",
-                                      "--batch-size", "4", "--data", str(image_folder), "--out", str(tmp_path / "o"), "--resume", state,
-                                      "--db", f"sqlite:///{tmp_path / 's.db'}"])
+    other_model = runner.invoke(
+        app,
+        [
+            "train",
+            "test_resnet",
+            "--no-pretrained",
+            "--img-size",
+            "64",
+            "--workers",
+            "0",
+            "--steps",
+            "1",
+            "--batch-size",
+            "4",
+            "--data",
+            str(image_folder),
+            "--out",
+            str(tmp_path / "o"),
+            "--resume",
+            state,
+            "--db",
+            f"sqlite:///{tmp_path / 's.db'}",
+        ],
+    )
     _one_line_error(other_model, "another model or recipe", "model.name: 'test_efficientnet' in the checkpoint, 'test_resnet' now")
     other_recipe = _cli(tmp_path, "--data", str(image_folder), "--out", str(tmp_path / "o"), "--resume", state, "--lr", "0.5")
     _one_line_error(other_recipe, "lr: 0.0001 in the checkpoint, 0.5 now")

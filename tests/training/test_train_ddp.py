@@ -36,13 +36,42 @@ def test_two_processes_follow_the_one_process_loss_curve(tmp_path) -> None:
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        one = train(TrainRequest(model=ModelRequest("test_efficientnet_gn", pretrained=False), data=data, out=tmp_path / "one", **options), db=db)
+        one = train(
+            TrainRequest(model=ModelRequest("test_efficientnet_gn", pretrained=False), data=data, out=tmp_path / "one", **options), db=db
+        )
     finally:
         torch.set_num_threads(threads)
     command = [
-        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "alignbench", "train",
-        "test_efficientnet_gn", "--no-pretrained", "--data", str(data), "--out", str(tmp_path / "two"), "--steps", str(STEPS),
-        "--batch-size", "8", "--img-size", "64", "--lr", "0.01", "--workers", "0", "--gc-consistency", "1", "--db", db, "--json",
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node",
+        "2",
+        "-m",
+        "alignbench",
+        "train",
+        "test_efficientnet_gn",
+        "--no-pretrained",
+        "--data",
+        str(data),
+        "--out",
+        str(tmp_path / "two"),
+        "--steps",
+        str(STEPS),
+        "--batch-size",
+        "8",
+        "--img-size",
+        "64",
+        "--lr",
+        "0.01",
+        "--workers",
+        "0",
+        "--gc-consistency",
+        "1",
+        "--db",
+        db,
+        "--json",
     ]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     finished = subprocess.run(command, capture_output=True, text=True, env=env, timeout=600)

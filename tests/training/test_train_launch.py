@@ -15,8 +15,7 @@ import torch.distributed as dist
 from alignbench import distributed
 from alignbench.errors import AlignbenchError, TrainingError
 from alignbench.models import ModelRequest
-from alignbench.training import TrainRequest, train
-from alignbench.training import _train
+from alignbench.training import TrainRequest, _train, train
 
 
 @pytest.fixture
@@ -35,8 +34,9 @@ def rank_one_of_two(monkeypatch: pytest.MonkeyPatch) -> list[dict]:
 
 
 def _request(tmp_path) -> TrainRequest:
-    return TrainRequest(model=ModelRequest("test_efficientnet", pretrained=False), data=tmp_path / "data", out=tmp_path / "out",
-                        steps=1, device="cpu")
+    return TrainRequest(
+        model=ModelRequest("test_efficientnet", pretrained=False), data=tmp_path / "data", out=tmp_path / "out", steps=1, device="cpu"
+    )
 
 
 def test_training_joins_with_the_collective_timeout(rank_one_of_two: list[dict], tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -51,8 +51,9 @@ def test_training_joins_with_the_collective_timeout(rank_one_of_two: list[dict],
     assert rank_one_of_two == [{"backend": "gloo", "timeout": distributed.COLLECTIVE_TIMEOUT}]
 
 
-def test_sigterm_during_training_is_one_line_naming_the_checkpoints(rank_one_of_two: list[dict], tmp_path,
-                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+def test_sigterm_during_training_is_one_line_naming_the_checkpoints(
+    rank_one_of_two: list[dict], tmp_path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     def setup(request, ranks, device, progress, db):
         os.kill(os.getpid(), signal.SIGTERM)  # torchrun stopping this rank
         time.sleep(5)  # the handler raises before this returns

@@ -65,8 +65,15 @@ class Study:
         options = {**self.options, **{k: v for k, v in overrides.items() if v is not None}}
         return [
             ScoreRequest(
-                model=model, explainer=method, explainer_params=dict(params), dataset=dataset.name, data_dir=dataset.data_dir,
-                protocol=protocol, metrics=self.metrics, metric_params=self.metric_params, **options,
+                model=model,
+                explainer=method,
+                explainer_params=dict(params),
+                dataset=dataset.name,
+                data_dir=dataset.data_dir,
+                protocol=protocol,
+                metrics=self.metrics,
+                metric_params=self.metric_params,
+                **options,
             )
             for dataset, protocol, (method, params), model in itertools.product(self.datasets, self.protocols, self.explainers, self.models)
         ]
@@ -113,9 +120,7 @@ def _study_file(study: str | Path) -> tuple[Path, str]:
         return Path(__file__).resolve().parents[2] / "data" / "studies" / f"{text}.toml", f"built-in study {text}"
     path = Path(study).expanduser()
     if not path.is_file():
-        raise StudyError(
-            f"no study file {path}; give a TOML file or a built-in study ({', '.join(BUILT_IN_STUDIES)})"
-        )
+        raise StudyError(f"no study file {path}; give a TOML file or a built-in study ({', '.join(BUILT_IN_STUDIES)})")
     return path, str(path)
 
 
@@ -188,7 +193,10 @@ def _trained_models(table: dict[str, Any], source: _Source, index: int, db: str 
     if others:
         raise source.error(
             f"a [[model]] with trained = ... takes no other key (it has {others[0]!r}): the tag names the model, "
-            "its options and its checkpoint", "model", index, others[0],
+            "its options and its checkpoint",
+            "model",
+            index,
+            others[0],
         )
     models = []
     for tag in _as_list(table["trained"]):
@@ -206,7 +214,7 @@ def _parse_models(data: dict[str, Any], source: _Source, base: Path, db: str | N
     models: list[ModelRequest] = []
     tables = _tables(data, "model", source)
     if not tables:
-        raise source.error("a study needs at least one [[model]] (name = \"resnet50\", ...)")
+        raise source.error('a study needs at least one [[model]] (name = "resnet50", ...)')
     for index, table in enumerate(tables):
         if "trained" in table:
             models += _trained_models(table, source, index, db)
@@ -220,7 +228,7 @@ def _parse_models(data: dict[str, Any], source: _Source, base: Path, db: str | N
                 if not _check_type(item, fields[name].type):
                     raise source.error(f"model key {key!r} = {item!r} is not a {fields[name].type}", "model", index, key)
             if name in _PATH_KEYS:
-                value = [str((base / Path(v).expanduser())) for v in _as_list(value)]
+                value = [str(base / Path(v).expanduser()) for v in _as_list(value)]
             entry[name] = value
         if "name" not in entry:
             raise source.error("a [[model]] needs a name (a registry name or any timm model)", "model", index)
@@ -242,7 +250,7 @@ def _parse_explainers(data: dict[str, Any], source: _Source) -> tuple[tuple[str,
         table = dict(table)
         method = table.pop("method", table.pop("name", None))
         if not isinstance(method, str):
-            raise source.error("an [[explainer]] needs method = \"NAME\" (e.g. gradcam, threshold-gradcam)", "explainer", index)
+            raise source.error('an [[explainer]] needs method = "NAME" (e.g. gradcam, threshold-gradcam)', "explainer", index)
         try:
             spec = resolve_method(method)
         except ExplainerError as error:
@@ -250,7 +258,9 @@ def _parse_explainers(data: dict[str, Any], source: _Source) -> tuple[tuple[str,
         for key in table:
             if key not in spec.defaults:
                 allowed = ", ".join(spec.defaults) or "none"
-                raise source.error(f"explainer {spec.name!r} takes no parameter {key!r} (its parameters: {allowed})", "explainer", index, key)
+                raise source.error(
+                    f"explainer {spec.name!r} takes no parameter {key!r} (its parameters: {allowed})", "explainer", index, key
+                )
         for params in _expand(table):
             try:
                 settings.append(explainer_setting(method, **params))
@@ -334,7 +344,9 @@ def _parse_metric_params(data: dict[str, Any], source: _Source, metrics: tuple[s
         allowed = metric_spec(metric).params
         for key in params if isinstance(params, dict) else ():
             if key not in allowed:
-                raise source.error(f"metric {metric!r} takes no parameter {key!r} (its parameters: {', '.join(allowed) or 'none'})", table, 0, key)
+                raise source.error(
+                    f"metric {metric!r} takes no parameter {key!r} (its parameters: {', '.join(allowed) or 'none'})", table, 0, key
+                )
     return metric_params
 
 

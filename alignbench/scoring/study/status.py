@@ -34,11 +34,20 @@ class CellStatus:
 
     def to_json(self) -> dict[str, Any]:
         return {
-            "model": self.request.model.name, "dcls": self.request.model.dcls, "tag": self.request.model.tag,
-            "explainer": self.request.explainer, "explainer_params": self.request.explainer_params,
-            "dataset": self.request.dataset, "protocol": self.request.protocol, "precision": self.request.precision,
-            "state": self.state, "stored": self.stored, "wanted": self.wanted, "run_id": self.run_id,
-            "run_status": self.run_status, "matched_by": "key" if self.exact else "name",
+            "model": self.request.model.name,
+            "dcls": self.request.model.dcls,
+            "tag": self.request.model.tag,
+            "explainer": self.request.explainer,
+            "explainer_params": self.request.explainer_params,
+            "dataset": self.request.dataset,
+            "protocol": self.request.protocol,
+            "precision": self.request.precision,
+            "state": self.state,
+            "stored": self.stored,
+            "wanted": self.wanted,
+            "run_id": self.run_id,
+            "run_status": self.run_status,
+            "matched_by": "key" if self.exact else "name",
         }
 
 
@@ -114,5 +123,6 @@ def _cell_status(plan: _Plan, runs: dict[str, Any], session: Any) -> CellStatus:
     elif run is not None:
         stored = q.count_rows(session, run.id, max_index=request.limit)
     state = "missing" if run is None or stored == 0 else ("done" if need is not None and stored >= need else "partial")
-    return CellStatus(request, describe(request), state, stored, need, run.id if run else None,
-                      run.status if run else None, key is not None)
+    return CellStatus(
+        request, describe(request), state, stored, need, run.id if run else None, run.status if run else None, key is not None
+    )
