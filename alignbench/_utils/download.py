@@ -64,7 +64,9 @@ def _total_from_content_range(header: str | None) -> int | None:
 
 @contextmanager
 def download_progress() -> Iterator[Any]:
-    """A rich progress bar on stderr (stdout stays clean for --json); one task per file."""
+    """A rich progress bar on stderr (stdout stays clean for --json); one task per file. The bar
+    appears with the first transfer: a download refused before any byte (no network) prints its
+    one-line error alone."""
     from rich.console import Console
     from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn, TransferSpeedColumn
 
@@ -76,8 +78,22 @@ def download_progress() -> Iterator[Any]:
         TimeRemainingColumn(),
         console=Console(stderr=True),
     )
-    with progress:
+    started = False
+    add_task = progress.add_task
+
+    def start_then_add_task(*args: Any, **kwargs: Any) -> Any:
+        nonlocal started
+        if not started:
+            progress.start()
+            started = True
+        return add_task(*args, **kwargs)
+
+    progress.add_task = start_then_add_task
+    try:
         yield progress
+    finally:
+        if started:
+            progress.stop()
 
 
 def _hash_part(part: Path, digests: Sequence[Any]) -> None:
