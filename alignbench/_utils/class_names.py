@@ -2,7 +2,7 @@
 
 ImageNet-1k's names are timm's (``timm.data.ImageNetInfo``: each class's WordNet lemmas). They are
 read here straight from the two text files timm ships, because importing ``timm`` imports torch and
-the HTML report must name the classes of stored rows without it. ``tests/test_report_html.py`` checks
+the HTML report must name the classes of stored rows without it. ``tests/html_report/test_html_report.py`` checks
 that the names equal ``ImageNetInfo``'s, so a change of timm's file layout is caught.
 """
 

@@ -122,7 +122,7 @@ def _bootstrap_means(d: np.ndarray, n_resamples: int, rng: np.random.Generator) 
     # its normal law (mean c·μ, variance c·σ², exact in both), and those sums add up to one normal.
     # The bootstrap distribution keeps its exact mean and variance and the skew between strata; what
     # is lost is the within-stratum skew of sums of hundreds of draws, negligible next to the
-    # Monte-Carlo error of 2000 resamples (tests/test_stats.py compares both ways).
+    # Monte-Carlo error of 2000 resamples (tests/analysis/test_stats.py compares both ways).
     strata = np.array_split(np.sort(d), _STRATA)
     sizes = np.array([s.size for s in strata], dtype=np.float64)
     centre = np.array([s.mean() for s in strata])

@@ -4,7 +4,7 @@ attention; and of a CA-Stream model: its last cross-attention block's attention 
 timm's attention uses fused ``scaled_dot_product_attention`` and never materialises the attention
 matrix, so each block's input is captured with a forward pre-hook (removed before returning, also on
 error) and softmax(q·k^T·scale) is recomputed from the block's own ``qkv``, ``q_norm``, ``k_norm`` and
-``scale``; the result equals timm's unfused path (tests/test_explain_attention.py).
+``scale``; the result equals timm's unfused path (tests/explainers/test_attention.py).
 """
 
 from __future__ import annotations

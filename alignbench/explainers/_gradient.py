@@ -2,7 +2,7 @@
 
 Every function takes the ``Evidence`` of ``_split.gradient_evidence`` (A and G = dy_t/dA, NCHW) and
 returns a map [B, h, w] at A's resolution, on A's device; upsampling is the dispatcher's job. Each
-equals pytorch-grad-cam's method of the same name after min-max normalisation (tests/test_explain_core.py).
+equals pytorch-grad-cam's method of the same name after min-max normalisation (tests/explainers/test_cam_core.py).
 The paper's two methods average over channels, as its code does; the others sum, as in their papers
 and the library: a positive factor that min-max normalisation removes.
 """

@@ -3,7 +3,7 @@
 ρ is Pearson's correlation of the average ranks (ties share the mean of the ranks they span), exactly
 as scipy computes it: ``rankdata(method="average")`` then ``np.corrcoef``. Ranks are exact in float64
 (integers and halves), and the correlation is accumulated in float64, so the result matches scipy to
-rounding (|diff| ≤ 1e-12; see tests/test_spearman.py and benchmarks/spearman.py).
+rounding (|diff| ≤ 1e-12; see tests/metrics/test_spearman.py and benchmarks/spearman.py).
 
 Degenerate inputs are explicit, never dropped: a map that is constant or holds a non-finite value
 gives NaN for its image (scipy gives NaN for constant input too), and the caller counts NaNs as

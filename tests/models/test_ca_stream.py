@@ -294,7 +294,7 @@ def test_the_store_records_a_stream_model(tmp_path) -> None:
     with open_store(f"sqlite:///{tmp_path / 'store.db'}") as store, store.session(write=True) as session:
         row = upsert_model(session, model.alignbench_info.identity, param_count=model.alignbench_info.param_count)
         session.commit()
-        # origin and lineage come from training (tests/test_ca_stream_training.py): a stream loaded from
+        # origin and lineage come from training (tests/training/test_ca_stream_training.py): a stream loaded from
         # a file (or fresh) is no trained model of the store's until `alignbench train` records one
         assert (row.ca_stream, row.origin) == (True, None)
         assert row.param_count == sum(p.numel() for p in model.parameters())
