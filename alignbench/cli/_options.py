@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import functools
 import inspect
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from enum import Enum
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Optional
@@ -142,9 +142,14 @@ Pretrained = Annotated[
     typer.Option("--pretrained/--no-pretrained", help="Start from the model's pretrained weights, or from a seeded random initialisation."),
 ]
 
-# Every option of the model a command takes (ModelRequest's fields, as the CLI spells them):
-# parameter -> (alias, default). `with_model_options` gives them to a command, `model_request`
-# makes the request: a new model option is added here, to `ModelRequest`, and nowhere else.
+# A table of options: parameter -> (Annotated alias, default); `with_options` splices one into a
+# command. REQUIRED is the default of an option that must be given.
+OptionTable = Mapping[str, tuple[Any, Any]]
+REQUIRED = inspect.Parameter.empty
+
+# Every option of the model a command takes (ModelRequest's fields, as the CLI spells them).
+# `with_model_options` gives them to a command, `model_request` makes the request: a new model
+# option is added here, to `ModelRequest`, and nowhere else.
 MODEL_OPTIONS: dict[str, tuple[Any, Any]] = {
     "dcls": (Dcls, False),
     "checkpoint": (Checkpoint, None),
@@ -160,33 +165,36 @@ MODEL_OPTIONS: dict[str, tuple[Any, Any]] = {
 }
 
 
-def with_model_options(*, exclude: tuple[str, ...] = ()) -> Callable[[Callable], Callable]:
-    """Give a command every model option: its parameter ``model_options`` (a dict) stands, in its
-    signature, for the options of ``MODEL_OPTIONS`` (but ``exclude``, e.g. an option the command
-    spells otherwise) at that place, and receives their values by name."""
+def with_options(table: OptionTable, *, into: str) -> Callable[[Callable], Callable]:
+    """Give a command a table of options: its parameter ``into`` (a dict) stands, in its signature,
+    for the options of ``table`` at that place (in the table's order), and receives their values by name."""
 
     def decorate(func: Callable) -> Callable:
         signature = inspect.signature(func, eval_str=True)
         parameters = []
         for parameter in signature.parameters.values():
-            if parameter.name != "model_options":
+            if parameter.name != into:
                 parameters.append(parameter)
                 continue
             parameters += [
-                inspect.Parameter(name, parameter.kind, annotation=alias, default=default)
-                for name, (alias, default) in MODEL_OPTIONS.items()
-                if name not in exclude
+                inspect.Parameter(name, parameter.kind, annotation=alias, default=default) for name, (alias, default) in table.items()
             ]
 
         @functools.wraps(func)
         def command(*args, **kwargs):
-            options = {name: kwargs.pop(name) for name in MODEL_OPTIONS if name in kwargs}
-            return func(*args, model_options=options, **kwargs)
+            options = {name: kwargs.pop(name) for name in table if name in kwargs}
+            return func(*args, **{into: options}, **kwargs)
 
         command.__signature__ = signature.replace(parameters=parameters)  # type: ignore[attr-defined]
         return command
 
     return decorate
+
+
+def with_model_options(*, exclude: tuple[str, ...] = ()) -> Callable[[Callable], Callable]:
+    """Give a command every model option (``MODEL_OPTIONS`` but ``exclude``, e.g. an option the command
+    spells otherwise) as its parameter ``model_options`` (``with_options``)."""
+    return with_options({name: option for name, option in MODEL_OPTIONS.items() if name not in exclude}, into="model_options")
 
 
 def model_request(

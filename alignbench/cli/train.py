@@ -96,144 +96,209 @@ def _summary(result) -> Table:
     return summary_table(f"trained {result.tag}", rows)
 
 
+# Every option of `train` but the model's, in the order --help lists them: parameter -> (alias,
+# default). Each is the TrainRequest field of the same name (TrainRequest.from_options): a new
+# training option is a field there and an entry here, nowhere else.
+TRAIN_OPTIONS: dict[str, tuple[Any, Any]] = {
+    "data": (
+        Annotated[
+            str,
+            typer.Option(
+                "--data",
+                help="Training images: an ImageFolder tree (ImageNet wnid folders → ImageNet-1k indices), a folder with images/ and labels.csv, or `sample` (the embedded images).",
+                show_default=False,
+            ),
+        ],
+        o.REQUIRED,
+    ),
+    "out": (
+        Annotated[
+            Path,
+            typer.Option(
+                "--out",
+                help="Directory for last.pt (to --resume), last.safetensors / best.safetensors (to score), log.jsonl, train.json.",
+                file_okay=False,
+                show_default=False,
+            ),
+        ],
+        o.REQUIRED,
+    ),
+    # not a training option: the place of every model option but --tag (o.with_model_options)
+    "model_options": (dict, None),
+    "val": (
+        Annotated[
+            Optional[str],
+            typer.Option(
+                "--val",
+                help="Images (same layouts) for top-1 before training and after each epoch; picks best.safetensors.",
+                show_default=False,
+            ),
+        ],
+        None,
+    ),
+    "steps": (
+        Annotated[Optional[int], typer.Option("--steps", help="Optimiser steps (or --epochs; default 1 epoch).", show_default=False)],
+        None,
+    ),
+    "epochs": (Annotated[Optional[int], typer.Option("--epochs", help="Passes over --data.", show_default=False)], None),
+    "batch_size": (Annotated[int, typer.Option("--batch-size", help="Images per step, over all processes.")], 32),
+    "opt": (
+        Annotated[
+            Optional[str],
+            typer.Option(
+                "--opt",
+                help=f"timm optimiser (create_optimizer_v2): adamw, sgd, momentum, lamb, ...; {_recipe_default('opt')}.",
+                show_default=False,
+            ),
+        ],
+        None,
+    ),
+    "lr": (
+        Annotated[Optional[float], typer.Option("--lr", help=f"Base learning rate; {_recipe_default('lr')}.", show_default=False)],
+        None,
+    ),
+    "weight_decay": (
+        Annotated[
+            Optional[float],
+            typer.Option(
+                "--weight-decay",
+                help=f"Weight decay (not of biases, norms or positions); {_recipe_default('weight_decay')}.",
+                show_default=False,
+            ),
+        ],
+        None,
+    ),
+    "momentum": (Annotated[float, typer.Option("--momentum", help="Momentum of SGD-like optimisers.")], 0.9),
+    "sched": (
+        Annotated[
+            Optional[str],
+            typer.Option(
+                "--sched",
+                help=f"timm schedule per step (create_scheduler_v2): {', '.join(SCHEDULES)}; {_recipe_default('sched')}.",
+                show_default=False,
+            ),
+        ],
+        None,
+    ),
+    "decay_epochs": (
+        Annotated[
+            Optional[float],
+            typer.Option(
+                "--decay-epochs",
+                help="step/multistep schedules: decay every this many epochs (ca-stream: 30, the official recipe).",
+                show_default=False,
+            ),
+        ],
+        None,
+    ),
+    "decay_rate": (Annotated[float, typer.Option("--decay-rate", help="step/multistep schedules: the factor of each decay.")], 0.1),
+    "warmup_steps": (Annotated[int, typer.Option("--warmup-steps", help="Linear warm-up steps.")], 0),
+    "min_lr": (Annotated[float, typer.Option("--min-lr", help="Lowest rate of decaying schedules.")], 0.0),
+    "positions_lr": (
+        Annotated[
+            Optional[float],
+            typer.Option(
+                "--positions-lr",
+                help=f"Learning rate of the DCLS positions (default {POSITIONS_LR_FACTOR:g}× --lr, as ConvNeXt-dcls).",
+                show_default=False,
+            ),
+        ],
+        None,
+    ),
+    "positions_offset": (
+        Annotated[
+            float,
+            typer.Option(
+                "--positions-offset",
+                help="v1 positions on the integer grid (from-dense) first move this many pixels, where the v1 kernel has a gradient (0: off).",
+            ),
+        ],
+        POSITIONS_OFFSET,
+    ),
+    "freeze": (
+        Annotated[
+            Optional[str],
+            typer.Option("--freeze", help=f"What stays fixed. {_FREEZE_HELP}. Default by method: {_METHOD_DEFAULTS}.", show_default=False),
+        ],
+        None,
+    ),
+    "gc_consistency": (
+        Annotated[
+            float,
+            typer.Option(
+                "--gc-consistency",
+                help=f"λ of Pillai & Pirsiavash's Grad-CAM consistency loss (loss = CE + λ·GC; the paper uses {PAPER_GC_LAMBDA:g}); 0: off.",
+            ),
+        ],
+        0.0,
+    ),
+    "maxpool": (
+        Annotated[
+            bool, typer.Option("--maxpool", help="Global max pooling instead of average (their GMP variant); the checkpoint records it.")
+        ],
+        False,
+    ),
+    "distill_from": (
+        Annotated[
+            Optional[str],
+            typer.Option(
+                "--distill-from",
+                help="Add KL to a teacher's logits: `dense` (a DCLS model's dense original) or a model name.",
+                show_default=False,
+            ),
+        ],
+        None,
+    ),
+    "distill_weight": (Annotated[float, typer.Option("--distill-weight", help="Weight of the distillation term.")], 1.0),
+    "seed": (
+        Annotated[int, typer.Option("--seed", help="Seed of the data order, augmentation and initialisation (deterministic on the CPU).")],
+        0,
+    ),
+    "img_size": (
+        Annotated[Optional[int], typer.Option("--img-size", help="Training input size (default: the model's).", show_default=False)],
+        None,
+    ),
+    "aug": (
+        Annotated[bool, typer.Option("--aug/--no-aug", help="timm's training augmentation (random resized crop, flip, colour jitter).")],
+        True,
+    ),
+    "workers": (
+        Annotated[
+            Optional[int],
+            typer.Option("--workers", help="DataLoader worker processes (default: cores per process - 1).", show_default=False),
+        ],
+        None,
+    ),
+    "amp": (Annotated[bool, typer.Option("--amp", help="Mixed precision (CUDA only).")], False),
+    "device": (o.Device, "auto"),
+    "tag": (
+        Annotated[
+            Optional[str],
+            typer.Option("--tag", help="The trained model's name in the store (default: the name of --out).", show_default=False),
+        ],
+        None,
+    ),
+    "resume": (
+        Annotated[
+            Optional[Path],
+            typer.Option("--resume", help="Continue from OUT/last.pt exactly where it stopped (same options).", show_default=False),
+        ],
+        None,
+    ),
+    "checkpoint_every": (
+        Annotated[
+            Optional[int],
+            typer.Option("--checkpoint-every", help="Also write last.pt every N steps (always at each epoch's end).", show_default=False),
+        ],
+        None,
+    ),
+}
+
+
 @guarded
 @o.with_model_options(exclude=("tag",))  # train's --tag names the trained model
-def train(
-    model: o.ModelName,
-    data: Annotated[
-        str,
-        typer.Option(
-            "--data",
-            help="Training images: an ImageFolder tree (ImageNet wnid folders → ImageNet-1k indices), a folder with images/ and labels.csv, or `sample` (the embedded images).",
-            show_default=False,
-        ),
-    ],
-    out: Annotated[
-        Path,
-        typer.Option(
-            "--out",
-            help="Directory for last.pt (to --resume), last.safetensors / best.safetensors (to score), log.jsonl, train.json.",
-            file_okay=False,
-            show_default=False,
-        ),
-    ],
-    model_options: dict = None,  # every model option (o.MODEL_OPTIONS) but --tag
-    val: Annotated[
-        Optional[str],
-        typer.Option(
-            "--val",
-            help="Images (same layouts) for top-1 before training and after each epoch; picks best.safetensors.",
-            show_default=False,
-        ),
-    ] = None,
-    steps: Annotated[
-        Optional[int], typer.Option("--steps", help="Optimiser steps (or --epochs; default 1 epoch).", show_default=False)
-    ] = None,
-    epochs: Annotated[Optional[int], typer.Option("--epochs", help="Passes over --data.", show_default=False)] = None,
-    batch_size: Annotated[int, typer.Option("--batch-size", help="Images per step, over all processes.")] = 32,
-    opt: Annotated[
-        Optional[str],
-        typer.Option(
-            "--opt",
-            help=f"timm optimiser (create_optimizer_v2): adamw, sgd, momentum, lamb, ...; {_recipe_default('opt')}.",
-            show_default=False,
-        ),
-    ] = None,
-    lr: Annotated[Optional[float], typer.Option("--lr", help=f"Base learning rate; {_recipe_default('lr')}.", show_default=False)] = None,
-    weight_decay: Annotated[
-        Optional[float],
-        typer.Option(
-            "--weight-decay",
-            help=f"Weight decay (not of biases, norms or positions); {_recipe_default('weight_decay')}.",
-            show_default=False,
-        ),
-    ] = None,
-    momentum: Annotated[float, typer.Option("--momentum", help="Momentum of SGD-like optimisers.")] = 0.9,
-    sched: Annotated[
-        Optional[str],
-        typer.Option(
-            "--sched",
-            help=f"timm schedule per step (create_scheduler_v2): {', '.join(SCHEDULES)}; {_recipe_default('sched')}.",
-            show_default=False,
-        ),
-    ] = None,
-    decay_epochs: Annotated[
-        Optional[float],
-        typer.Option(
-            "--decay-epochs",
-            help="step/multistep schedules: decay every this many epochs (ca-stream: 30, the official recipe).",
-            show_default=False,
-        ),
-    ] = None,
-    decay_rate: Annotated[float, typer.Option("--decay-rate", help="step/multistep schedules: the factor of each decay.")] = 0.1,
-    warmup_steps: Annotated[int, typer.Option("--warmup-steps", help="Linear warm-up steps.")] = 0,
-    min_lr: Annotated[float, typer.Option("--min-lr", help="Lowest rate of decaying schedules.")] = 0.0,
-    positions_lr: Annotated[
-        Optional[float],
-        typer.Option(
-            "--positions-lr",
-            help=f"Learning rate of the DCLS positions (default {POSITIONS_LR_FACTOR:g}× --lr, as ConvNeXt-dcls).",
-            show_default=False,
-        ),
-    ] = None,
-    positions_offset: Annotated[
-        float,
-        typer.Option(
-            "--positions-offset",
-            help="v1 positions on the integer grid (from-dense) first move this many pixels, where the v1 kernel has a gradient (0: off).",
-        ),
-    ] = POSITIONS_OFFSET,
-    freeze: Annotated[
-        Optional[str],
-        typer.Option("--freeze", help=f"What stays fixed. {_FREEZE_HELP}. Default by method: {_METHOD_DEFAULTS}.", show_default=False),
-    ] = None,
-    gc_consistency: Annotated[
-        float,
-        typer.Option(
-            "--gc-consistency",
-            help=f"λ of Pillai & Pirsiavash's Grad-CAM consistency loss (loss = CE + λ·GC; the paper uses {PAPER_GC_LAMBDA:g}); 0: off.",
-        ),
-    ] = 0.0,
-    maxpool: Annotated[
-        bool, typer.Option("--maxpool", help="Global max pooling instead of average (their GMP variant); the checkpoint records it.")
-    ] = False,
-    distill_from: Annotated[
-        Optional[str],
-        typer.Option(
-            "--distill-from",
-            help="Add KL to a teacher's logits: `dense` (a DCLS model's dense original) or a model name.",
-            show_default=False,
-        ),
-    ] = None,
-    distill_weight: Annotated[float, typer.Option("--distill-weight", help="Weight of the distillation term.")] = 1.0,
-    seed: Annotated[
-        int, typer.Option("--seed", help="Seed of the data order, augmentation and initialisation (deterministic on the CPU).")
-    ] = 0,
-    img_size: Annotated[
-        Optional[int], typer.Option("--img-size", help="Training input size (default: the model's).", show_default=False)
-    ] = None,
-    aug: Annotated[
-        bool, typer.Option("--aug/--no-aug", help="timm's training augmentation (random resized crop, flip, colour jitter).")
-    ] = True,
-    workers: Annotated[
-        Optional[int], typer.Option("--workers", help="DataLoader worker processes (default: cores per process - 1).", show_default=False)
-    ] = None,
-    amp: Annotated[bool, typer.Option("--amp", help="Mixed precision (CUDA only).")] = False,
-    device: o.Device = "auto",
-    tag: Annotated[
-        Optional[str], typer.Option("--tag", help="The trained model's name in the store (default: the name of --out).", show_default=False)
-    ] = None,
-    resume: Annotated[
-        Optional[Path],
-        typer.Option("--resume", help="Continue from OUT/last.pt exactly where it stopped (same options).", show_default=False),
-    ] = None,
-    checkpoint_every: Annotated[
-        Optional[int],
-        typer.Option("--checkpoint-every", help="Also write last.pt every N steps (always at each epoch's end).", show_default=False),
-    ] = None,
-    db: o.Db = None,
-    as_json: o.Json = False,
-) -> None:
+@o.with_options(TRAIN_OPTIONS, into="options")
+def train(model: o.ModelName, options: dict = None, db: o.Db = None, as_json: o.Json = False) -> None:
     """Train a model for alignment: DCLS positions, Grad-CAM consistency, CA-Stream; checkpoints with lineage in the store.
 
     With --ca-stream only the stream trains (backbone, classifier and batch-norm statistics frozen), with the
@@ -247,8 +312,7 @@ def train(
     from alignbench.training import TrainRequest
     from alignbench.training import train as run_train
 
-    # every parameter but the model's options is a TrainRequest field of the same name
-    request = TrainRequest.from_options(o.model_request(model, **model_options), locals())
+    request = TrainRequest.from_options(o.model_request(model, **options["model_options"]), options)
     main_process = os.environ.get("RANK", "0") == "0"
     bar = _progress_bar(enabled=main_process and sys.stderr.isatty() and not as_json)
     try:

@@ -1,7 +1,7 @@
 """What a training run is asked to do (torch-free): its options, the methods and freeze modes as data.
 
-``TrainRequest`` holds every option of ``alignbench train`` once; the CLI builds it from its parameters
-of the same names (``TrainRequest.from_options``) and the library reads it. ``METHODS`` says which method a request is (what the store records as the trained model's
+``TrainRequest`` holds every option of ``alignbench train`` once; the CLI builds it from its options
+of the same names (``TrainRequest.from_options``, the CLI's table ``TRAIN_OPTIONS``) and the library reads it. ``METHODS`` says which method a request is (what the store records as the trained model's
 ``origin``) and which parameters it trains by default; ``FREEZE_MODES`` says which parameters a
 ``--freeze`` choice leaves trainable. A new way of training (e.g. CA-Stream) adds one entry to each.
 """
@@ -155,8 +155,8 @@ class TrainRequest:
     @classmethod
     def from_options(cls, model: ModelRequest, options: Mapping[str, Any]) -> TrainRequest:
         """The request for ``model`` whose other fields are taken by name from ``options`` (the ``train``
-        command's parameters; other names are left out, and so are fields ``options`` lacks): a new
-        option is a field here and a parameter of the command, nowhere else."""
+        command's options; other names are left out, and so are fields ``options`` lacks): a new
+        option is a field here and an entry of the command's ``TRAIN_OPTIONS``, nowhere else."""
         return cls(model=model, **{f.name: options[f.name] for f in fields(cls) if f.name != "model" and f.name in options})
 
     def __post_init__(self) -> None:

@@ -6,13 +6,16 @@ from __future__ import annotations
 import dataclasses
 import inspect
 from pathlib import Path
+from typing import Annotated
 
 import pytest
 import typer
+from typer.testing import CliRunner
 
 from alignbench.cli import _options as o
 from alignbench.cli._basic_options import run_filter
 from alignbench.cli.app import load_command
+from alignbench.cli.train import TRAIN_OPTIONS
 
 MODEL_COMMANDS = ["score", "explain", "convert", "train"]
 
@@ -62,6 +65,27 @@ def test_train_parameters_are_the_train_request_fields() -> None:
 
     fields = {field.name for field in dataclasses.fields(TrainRequest)}
     assert fields <= _options_of("train")
+    # declared once, in train's table: every field but the model, and the place of the model options
+    assert set(TRAIN_OPTIONS) == fields - {"model"} | {"model_options"}
+
+
+def test_train_passes_its_options_to_the_request(monkeypatch: pytest.MonkeyPatch) -> None:
+    """--tag names the trained model (TrainRequest.tag), not the model trained from (ModelRequest.tag)."""
+    import alignbench.training
+    from alignbench.cli.app import app
+
+    seen = {}
+
+    def fake_train(request, **_):
+        seen["request"] = request
+        raise typer.Exit(0)
+
+    monkeypatch.setattr(alignbench.training, "train", fake_train)
+    arguments = ["train", "resnet18", "--dcls", "--data", "sample", "--out", "runs/x", "--tag", "mine", "--steps", "3", "--no-aug"]
+    assert CliRunner().invoke(app, arguments).exit_code == 0
+    request = seen["request"]
+    assert (request.tag, request.model.tag, request.model.dcls) == ("mine", None, True)
+    assert (request.data, request.out, request.steps, request.aug, request.lr) == ("sample", Path("runs/x"), 3, False, 1e-4)
 
 
 def test_train_request_from_options() -> None:
@@ -100,6 +124,24 @@ def test_with_model_options_passes_the_values_by_name() -> None:
     command("m", dcls=True, other=2, **{n: d for n, (_, d) in o.MODEL_OPTIONS.items() if n not in ("tag", "dcls")})
     assert seen["dcls"] is True and seen["name"] == "m" and seen["other"] == 2 and "tag" not in seen
     assert isinstance(typer.main.get_command(_app(command)), typer.core.TyperCommand)
+
+
+def test_with_options_splices_a_table_in_place() -> None:
+    table = {"first": (Annotated[str, typer.Option("--first")], o.REQUIRED), "second": (Annotated[int, typer.Option("--second")], 2)}
+    seen = {}
+
+    @o.with_options(table, into="options")
+    def command(name: str, options: dict = None, other: int = 0) -> None:
+        seen.update(options, name=name, other=other)
+
+    signature = inspect.signature(command)
+    assert list(signature.parameters) == ["name", "first", "second", "other"]
+    assert signature.parameters["first"].default is inspect.Parameter.empty and signature.parameters["second"].default == 2
+    command("m", first="a", second=3, other=4)
+    assert seen == {"first": "a", "second": 3, "name": "m", "other": 4}
+    result = CliRunner().invoke(_app(command), ["m", "--first", "a"])
+    assert result.exit_code == 0 and seen["second"] == 2
+    assert CliRunner().invoke(_app(command), ["m"]).exit_code == 2  # --first is required
 
 
 def _app(command) -> typer.Typer:
