@@ -63,9 +63,10 @@ def test_statistics_on_the_common_images_against_scipy(paired_store) -> None:
     common = slice(10, 60)
     d = y[common] - x[common]
     assert row.n_pairs == 50
-    assert row.baseline == pytest.approx(x[common].mean() / CEILING, rel=1e-12)
-    assert row.dcls == pytest.approx(y[common].mean() / CEILING, rel=1e-12)
-    assert row.delta == pytest.approx(d.mean() / CEILING, rel=1e-12)
+    assert row.baseline == pytest.approx(x[common].mean() / CEILING, rel=1e-12)  # float64 rounding of n-term sums (n: the sample size)
+    assert row.dcls == pytest.approx(y[common].mean() / CEILING, rel=1e-12)  # float64 rounding of n-term sums (n: the sample size)
+    assert row.delta == pytest.approx(d.mean() / CEILING, rel=1e-12)  # float64 rounding of n-term sums (n: the sample size)
+    # float64: the p-value's series/normal approximation, rounded over n terms
     assert row.p_value == pytest.approx(stats.wilcoxon(d).pvalue, rel=1e-9)
     assert row.ci_low < row.delta < row.ci_high
     ci = stats.bootstrap((d,), np.mean, method="percentile", n_resamples=20000, random_state=0).confidence_interval
@@ -73,7 +74,9 @@ def test_statistics_on_the_common_images_against_scipy(paired_store) -> None:
     assert row.ci_low == pytest.approx(ci.low / CEILING, abs=0.2 * se)
     assert row.ci_high == pytest.approx(ci.high / CEILING, abs=0.2 * se)
     assert row.verdict == "better"
-    assert row.centre_bias == pytest.approx(centre[common].mean() / CEILING, rel=1e-12)
+    assert row.centre_bias == pytest.approx(
+        centre[common].mean() / CEILING, rel=1e-12
+    )  # float64 rounding of n-term sums (n: the sample size)
     assert row.centre_bias_n == 50
     assert row.scale.startswith("alignment score")
     assert any("50 images both runs scored" in note for note in row.notes)

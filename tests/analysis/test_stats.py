@@ -46,13 +46,15 @@ def test_wilcoxon_equals_scipy(n: int, decimals: int | None, zeros: int, method:
     ours = S.wilcoxon_signed_rank(x, y)
     reference = stats.wilcoxon(y - x)  # scipy's defaults: zero_method="wilcox", method="auto"
     assert ours.method == method
-    assert ours.statistic == pytest.approx(float(reference.statistic), abs=1e-9)
+    assert ours.statistic == pytest.approx(float(reference.statistic), abs=1e-9)  # float64 rounding of n-term sums (n: the sample size)
+    # float64: the p-value's series/normal approximation, rounded over n terms
     assert ours.p_value == pytest.approx(float(reference.pvalue), rel=1e-9, abs=1e-15)
     assert ours.n_nonzero == np.count_nonzero(y - x)
 
 
 def test_wilcoxon_one_sample_and_sign_symmetry() -> None:
     x, y = _pairs(25, seed=3)
+    # float64: the p-value's series/normal approximation, rounded over n terms
     assert S.wilcoxon_signed_rank(y - x).p_value == pytest.approx(stats.wilcoxon(y - x).pvalue, rel=1e-12)
     assert S.wilcoxon_signed_rank(x, y).p_value == pytest.approx(S.wilcoxon_signed_rank(y, x).p_value, rel=1e-12)
 

@@ -33,7 +33,7 @@ def test_known_answers_on_8x8_maps():
     # Left half 0, right half 1, against the row-major ramp 0..63: ρ is Pearson's r of a balanced
     # binary variable, (mean right − mean left) · ½ / sd(ramp) = (5.5 − 1.5) · ½ / sqrt((64² − 1)/12).
     halves = (torch.arange(8) >= 4).float().expand(8, 8).reshape(1, 8, 8)
-    assert spearman(halves, ramp).item() == pytest.approx(2.0 / np.sqrt(4095 / 12), abs=1e-14)
+    assert spearman(halves, ramp).item() == pytest.approx(2.0 / np.sqrt(4095 / 12), abs=1e-14)  # float64 rounding of the n-term rank sums
 
 
 def test_rank_average_matches_scipy_with_ties():
@@ -56,7 +56,7 @@ def test_equals_scipy_on_random_maps_with_ties(dtype):
         b = (b - b.min()).to(dtype) if dtype == torch.uint8 else b.to(dtype)
     a = a.to(dtype) if dtype != torch.uint8 else (a + 3).to(dtype)
     ours = spearman(a, b).numpy()
-    assert np.abs(ours - scipy_rho(a, b)).max() <= 1e-12
+    assert np.abs(ours - scipy_rho(a, b)).max() <= 1e-12  # float64 rounding of the n-term rank sums
     ranks = rank_average(a.reshape(6, -1))
     assert torch.equal(ranks, torch.from_numpy(rankdata(a.reshape(6, -1).double().numpy(), axis=-1)))
 
@@ -65,7 +65,7 @@ def test_equals_scipy_on_224_maps():
     generator = torch.Generator().manual_seed(2)
     cams = torch.nn.functional.interpolate(torch.rand(4, 1, 7, 7, generator=generator), size=(224, 224), mode="bilinear")[:, 0]
     reference = torch.relu(torch.randn(4, 224, 224, generator=generator))  # half the pixels tie at 0
-    assert np.abs(spearman(cams, reference).numpy() - scipy_rho(cams, reference)).max() <= 1e-12
+    assert np.abs(spearman(cams, reference).numpy() - scipy_rho(cams, reference)).max() <= 1e-12  # float64 rounding of the n-term rank sums
 
 
 def test_negative_zero_ties_with_zero():
@@ -95,7 +95,7 @@ def test_maps_larger_than_the_exact_range():
     b = torch.rand(2, 400, 400, generator=generator) + a
     b[1] = 7.0
     rho = spearman(a, b)
-    assert abs(rho[0].item() - scipy_rho(a[:1], b[:1])[0]) <= 1e-12 and torch.isnan(rho[1])
+    assert abs(rho[0].item() - scipy_rho(a[:1], b[:1])[0]) <= 1e-12 and torch.isnan(rho[1])  # float64 rounding of the n-term rank sums
 
 
 @pytest.mark.parametrize("side", [300, 400])
@@ -129,7 +129,7 @@ def test_radix_sorted_rows_equal_scipy_for_every_key_type(dtype):
     other = torch.rand(3, 224 * 224, generator=generator)
     if dtype.is_floating_point:
         return  # ±inf rows are undefined for spearman; the ranks above are what counts
-    assert np.abs(spearman(x, other).numpy() - scipy_rho(x, other)).max() <= 1e-12
+    assert np.abs(spearman(x, other).numpy() - scipy_rho(x, other)).max() <= 1e-12  # float64 rounding of the n-term rank sums
 
 
 def test_ranking_leaves_the_thread_count_as_it_was():
@@ -148,7 +148,7 @@ def test_spearman_from_ranks_equals_spearman():
     got = spearman_from_ranks(pred, ranks)
     assert torch.isnan(got[2]) and torch.isnan(expected[2])
     keep = torch.tensor([0, 1, 3, 4])
-    assert (got[keep] - expected[keep]).abs().max().item() <= 1e-12
+    assert (got[keep] - expected[keep]).abs().max().item() <= 1e-12  # float64 rounding of the n-term rank sums
     nan_row = torch.full_like(ranks[:1], float("nan"))  # how the cache marks a non-finite reference
     assert torch.isnan(spearman_from_ranks(pred[:1], nan_row)).all()
 

@@ -13,7 +13,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from alignbench.models import ModelRequest
+from alignbench.models import ModelRequest, load_model
+from alignbench.testing.tolerance import network_relative
 from alignbench.training import TrainRequest, train
 
 STEPS = 4
@@ -81,10 +82,27 @@ def test_two_processes_follow_the_one_process_loss_curve(tmp_path) -> None:
 
     a, b = _step_log(one.out), _step_log(tmp_path / "two")
     assert [r["step"] for r in a] == [r["step"] for r in b] == list(range(1, STEPS + 1))
-    np.testing.assert_allclose([r["loss"] for r in b], [r["loss"] for r in a], rtol=1e-5)
-    np.testing.assert_allclose([r["terms"]["gc"] for r in b], [r["terms"]["gc"] for r in a], rtol=1e-4)
+    # Step 1 evaluates the same weights on batches of 8 and of 2 × 4: the outputs within
+    # network_relative (the kernels sum the same products in other orders), and the loss terms are
+    # well-conditioned functions of them. Each step's update then carries the rounding of one
+    # gradient (forward, backward and the second-order pass of the consistency term: 4 passes) into
+    # the weights; AdamW normalises the gradient entry by entry, so each step moves the two runs
+    # apart by at most that relative bound again (assuming, as for these 4 steps, the loss is
+    # well conditioned in the weights): step k's bound is the first's plus k - 1 gradients'.
+    model = load_model(ModelRequest("test_efficientnet_gn", pretrained=False))
+    forward, gradient = network_relative(model), network_relative(model, passes=4)
+    rtol = np.array([forward + (k - 1) * gradient for k in range(1, STEPS + 1)])
+    for name in ("ce", "gc"):
+        np.testing.assert_array_less(
+            np.abs(np.array([r["terms"][name] for r in b]) - [r["terms"][name] for r in a]), rtol * [r["terms"][name] for r in a]
+        )
+    np.testing.assert_array_less(np.abs(np.array([r["loss"] for r in b]) - [r["loss"] for r in a]), rtol * [r["loss"] for r in a])
     assert a[-1]["loss"] < a[0]["loss"]
     weights_one = torch.load(one.out / "last.pt", weights_only=True)["model"]
     weights_two = torch.load(tmp_path / "two" / "last.pt", weights_only=True)["model"]
+    # AdamW (the recipe) moves an entry by lr_k·m̂/√v̂, and over k steps the bias-corrected averages
+    # weigh the k gradients near-uniformly: |m̂| ≤ max|g|, √v̂ ≥ max|g|/√k, so ≤ lr_k·√k. The two runs'
+    # normalised steps differ by their gradients' relative rounding, twice (m̂ and √v̂).
+    atol = 2 * gradient * sum(r["lr"] * np.sqrt(r["step"]) for r in a)
     for key, value in weights_one.items():
-        torch.testing.assert_close(weights_two[key], value, rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(weights_two[key], value, rtol=0, atol=atol)
