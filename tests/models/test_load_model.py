@@ -14,6 +14,7 @@ from PIL import Image
 from alignbench._utils.cache import sha256_file
 from alignbench.errors import ModelError, WeightsUnavailableError
 from alignbench.models import convert_model, load_model, model_identity, resolve_device
+from alignbench.testing.tolerance import network_relative
 
 TINY = dict(dcls=True, pretrained=False, version="v1", dilated_kernel_size=9, kernel_count=20)
 
@@ -53,8 +54,10 @@ def test_efficientnet_lite0_dcls_paper_recipe_matches_dense_on_real_images(share
     assert len(report.layers) == 16 and report.max_span_growth == (3, 17, 17 / 3)
     images, _ = _val10(shared_data, dense.alignbench_info.preprocessing)
     with torch.inference_mode():
-        delta = (dense(images[:4]) - dcls(images[:4])).abs().max().item()
-    assert delta <= 1e-3
+        logits = dense(images[:4])
+        delta = (logits - dcls(images[:4])).abs().max().item()
+    # kernel_error 0: the same function summed in other orders, within network_relative of the largest logit (was 1e-3)
+    assert delta <= network_relative(dense) * logits.abs().max().item()
 
 
 def test_identity_is_what_load_model_reports_and_is_stable() -> None:
