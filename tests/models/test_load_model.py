@@ -92,7 +92,7 @@ def test_checkpoint_fingerprint_follows_the_file_bytes(tmp_path: Path) -> None:
     second = model_identity("test_convnext", checkpoint=path)
     assert second.fingerprint != first.fingerprint and second.checkpoint_sha256 == sha256_file(path)
     loaded = load_model("test_convnext", checkpoint=path)
-    torch.testing.assert_close(loaded.state_dict(), model.state_dict())
+    torch.testing.assert_close(loaded.state_dict(), model.state_dict(), rtol=0, atol=0)  # the saved tensors: exact
 
 
 def test_random_init_is_reproducible_so_its_fingerprint_is_meaningful() -> None:
@@ -167,7 +167,7 @@ def test_timm_weights_in_the_hugging_face_cache_are_used_offline(tmp_path: Path,
     identity = model_identity("test_convnext")
     assert identity.weights_on_disk and identity.checkpoint_sha256 == sha256_file(snapshot / "model.safetensors")
     loaded = load_model("test_convnext")
-    torch.testing.assert_close(loaded.state_dict(), model.state_dict())
+    torch.testing.assert_close(loaded.state_dict(), model.state_dict(), rtol=0, atol=0)  # the cached file's tensors: exact
 
 
 @pytest.mark.parametrize(
