@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
-from alignbench.testing.tolerance import float32_bound, float32_relative
+from alignbench.testing.tolerance import float32_bound, float32_relative, network_relative
 
 MEANINGFUL = 0.05  # a bound above 5% of the map's scale no longer tells a wrong weight from rounding
 
@@ -111,3 +111,31 @@ def assert_matches_library(ours_raw, ours, theirs: LibraryCam, evidence, weight_
     checked = normalised_atol <= MEANINGFUL
     worst = np.abs(minmax(ours) - theirs.maps).max((1, 2), keepdims=True)
     assert (worst[checked] <= normalised_atol[checked]).all(), f"error {worst.ravel()} > bound {normalised_atol.ravel()}"
+
+
+def propagated_atol(method, evidence, model: torch.nn.Module) -> torch.Tensor:
+    """[B] bounds on |method(A, G) - method(A', G')| at A's resolution, for each image's A' and G' from
+    another float32 evaluation (another batch, kernel or process): A within network_relative(model)·max|A|
+    (a forward), G within network_relative(model, passes=2)·max|G| (a backward), each plus the method's
+    own float32_bound(C + HW + 8) (its sums over channels and positions); propagated through the method
+    itself to first order, Σ|∂map/∂A|·|ΔA| + |∂map/∂G|·|ΔG| per coarse position (autograd, so min-max's
+    1/r and an SVD's 1/gap are in it), × 2 for the second order and the ReLU kinks. A bilinear
+    upsampling and a floor are 1-Lipschitz: the bound holds for the returned maps too."""
+    from alignbench.explainers._split import Evidence
+
+    bounds = []
+    for i in range(evidence.activations.shape[0]):
+        a = evidence.activations[i : i + 1].detach().clone().requires_grad_()
+        g = evidence.gradients[i : i + 1].detach().clone().requires_grad_()
+        c, hw = a.shape[1], a.shape[2] * a.shape[3]
+        own = float32_bound(c + hw + 8, 1.0)
+        delta_a = (network_relative(model) + own) * float(a.detach().abs().max())
+        delta_g = (network_relative(model, passes=2) + own) * float(g.detach().abs().max())
+        coarse = method(Evidence(a, g, evidence.logits[i : i + 1], evidence.targets[i : i + 1])).flatten()
+        error = 0.0
+        for value in coarse:
+            da, dg = torch.autograd.grad(value, (a, g), retain_graph=True, allow_unused=True)
+            first = sum(float(d.abs().sum()) * delta for d, delta in ((da, delta_a), (dg, delta_g)) if d is not None)
+            error = max(error, first)
+        bounds.append(2 * error + float32_relative(8) * float(coarse.detach().abs().max()))
+    return torch.tensor(bounds, dtype=torch.float64)

@@ -102,6 +102,7 @@ def test_against_parent_pairs_each_trained_model_with_its_parents_run(lineage_st
     common = slice(5, 45)  # the images both runs scored
     d = values["pos"][common] - values["dcls"][common]
     assert pos.n_pairs == 40
+    # float64 rounding of n-term sums (n: the sample size), and of the p-value's series/normal approximation
     assert pos.delta == pytest.approx(d.mean() / CEILING, rel=1e-9)
     assert pos.p_value == pytest.approx(stats.wilcoxon(d).pvalue, rel=1e-9)
     assert pos.verdict == "better" and pos.ci_low > 0
@@ -125,6 +126,7 @@ def test_identical_runs_get_no_p_value(lineage_store) -> None:
     url, _ = lineage_store
     plain = {row.variant: row for row in compare(url, explainer="threshold-gradcam").comparisons}[None]
     assert plain.verdict == "identical" and plain.p_value is None
+    # not rounding: the fixture's N(0, 1e-8) noise, whose mean over 50 images is ~1.4e-9 (/ the ceiling); 1e-7 is tens of SDs
     assert abs(plain.delta) < 1e-7
     table = runner.invoke(app, ["compare", "--db", url, "--explainer", "threshold-gradcam"])
     assert table.exit_code == 0, table.output
@@ -137,7 +139,7 @@ def test_any_two_runs(lineage_store) -> None:
     (row,) = result.comparisons
     assert result.kind == "runs" and (row.baseline_run_id, row.dcls_run_id) == (4, 3) and row.n_pairs == 40
     d = values["pos"][5:45] - values["ft"][5:45]
-    assert row.delta == pytest.approx(d.mean() / CEILING, rel=1e-9)
+    assert row.delta == pytest.approx(d.mean() / CEILING, rel=1e-9)  # float64 rounding of n-term sums (n: the sample size)
     assert row.centre_bias_run_id == 5
     across = compare(url, run_pair=(2, 6)).comparisons[0]  # two explainer settings of one dataset: allowed, said
     assert any("gradcam" in note for note in across.notes)

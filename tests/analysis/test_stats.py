@@ -111,6 +111,7 @@ def test_correlations_equal_scipy() -> None:
     rng = np.random.default_rng(5)
     params = np.array([25.6, 28.6, 50.2, 88.6, 26.3, 26.8, 21.6, 31.5])
     scores = 0.4 + 0.001 * params + rng.normal(0, 0.02, params.size)
+    # float64 rounding of n-term sums (n: the sample size)
     assert S.pearson_r(params, scores) == pytest.approx(stats.pearsonr(params, scores).statistic, rel=1e-12)
     assert S.spearman_rho(params, scores) == pytest.approx(stats.spearmanr(params, scores).statistic, rel=1e-12)
     tied = np.array([1.0, 2.0, 2.0, 3.0, 5.0])

@@ -14,6 +14,7 @@ from typer.testing import CliRunner
 from alignbench.cli.app import app
 from alignbench.explainers import explain_files
 from alignbench.explainers._files import CAPTION_HEIGHT
+from alignbench.testing.tolerance import float32_bound
 
 SNAKE = "ILSVRC2012_val_00009492.JPEG"  # class 57, garter snake
 CABINET = "ILSVRC2012_val_00007272.JPEG"  # class 495, china cabinet
@@ -46,7 +47,8 @@ def test_explain_writes_maps_and_overlays_and_names_the_class(folder, tmp_path):
     for stem in (SNAKE[:-5], CABINET[:-5]):
         heatmap = np.load(out / f"{stem}.npy")
         assert heatmap.shape == (224, 224) and heatmap.dtype == np.float32
-        assert abs(heatmap.min() - 0.3) < 1e-6 and heatmap.max() <= 1.0  # threshold-gradcam's floor
+        # threshold-gradcam's floor: float32(0.3) bilinearly interpolated (4 products summed) and compared in float64
+        assert abs(heatmap.min() - 0.3) <= float32_bound(4 + 1, 0.3) and heatmap.max() <= 1.0
         with Image.open(out / f"{stem}.png") as png:
             assert png.size == (224, 224 + CAPTION_HEIGHT)
     assert sorted(p.name for p in out.iterdir()) == sorted(f"{s[:-5]}.{ext}" for s in (SNAKE, CABINET) for ext in ("npy", "png"))

@@ -9,7 +9,7 @@ import torch
 from alignbench.errors import ExplainerError
 from alignbench.explainers import explain, explain_batch
 from alignbench.explainers._attention import attention_maps, attention_probabilities, rollout
-from alignbench.testing.tolerance import float32_bound, float32_relative, softmax_relative
+from alignbench.testing.tolerance import float32_bound, float32_relative, network_relative, softmax_relative
 
 
 @pytest.fixture(scope="module")
@@ -95,7 +95,7 @@ def test_rollout_known_answer():
     a1 = torch.tensor([[[0.5, 0.5], [0.0, 1.0]]])
     a2 = torch.tensor([[[1.0, 0.0], [0.5, 0.5]]])
     expected = torch.tensor([[[0.75, 0.25], [0.1875, 0.8125]]])
-    torch.testing.assert_close(rollout([a1, a2]), expected)
+    torch.testing.assert_close(rollout([a1, a2]), expected, rtol=0, atol=0)  # dyadic fractions, 2-term sums: exact in float32
 
 
 def test_rollout_and_raw_attention_on_a_vit(vit, images):
@@ -104,7 +104,10 @@ def test_rollout_and_raw_attention_on_a_vit(vit, images):
     assert result.maps.shape == (2, 64, 64)
     assert torch.equal(result.targets, result.logits.argmax(1))
     with torch.no_grad():
-        torch.testing.assert_close(result.logits, vit(images))
+        # the explainer records attention on the unfused path where vit(images) may take a fused kernel:
+        # the same products in other orders, within network_relative of the largest logit
+        logits = vit(images)
+        torch.testing.assert_close(result.logits, logits, rtol=0, atol=network_relative(vit) * float(logits.abs().max()))
     # raw attention = the class-token row of the last block, heads averaged, upsampled
     last = timm_attention(vit, images)[-1].mean(1)[:, 0, vit.num_prefix_tokens :].reshape(2, *grid)
     expected = torch.nn.functional.interpolate(last[:, None], size=(64, 64), mode="bilinear", align_corners=False)[:, 0]

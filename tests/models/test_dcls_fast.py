@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import math
 
 import pytest
 import timm
@@ -21,9 +22,9 @@ import alignbench
 from alignbench.cli.app import app
 from alignbench.errors import AlignbenchWarning, ModelError
 from alignbench.models import _dcls, _depthwise, clamp_positions, dcls_implementation, load_model
-from alignbench.models._dcls_kernel import construct, trim_negligible
+from alignbench.models._dcls_kernel import _NEGLIGIBLE, construct, trim_negligible
 from alignbench.models.specs import EVERY_3X3, DclsRecipe, get_spec
-from alignbench.testing.tolerance import float32_bound, network_relative
+from alignbench.testing.tolerance import EPS64, float32_bound, network_relative
 
 VERSIONS = ("v0", "v1", "gauss")
 
@@ -110,9 +111,13 @@ def test_lean_construction_equals_dcls_and_the_transcribed_formula_with_gradient
     expected, expected_grads = _kernel_and_grads(package, weight, P, SIG, grad_out)
     transcribed, transcribed_grads = _kernel_and_grads(lambda w, p, s: _transcribed(w, p, s, version, size), weight, P, SIG, grad_out)
     lean, lean_grads = _kernel_and_grads(lambda w, p, s: _embed(construct(w, p, s, version, size), size), weight, P, SIG, grad_out)
+    # float64 throughout: a kernel entry sums ≤ count = 5 elements' products of a few factors, |w| ≲ 4:
+    # float32_bound(5 + 8, 4, eps=EPS64) ≈ 2.3e-14, so 1e-12 keeps a 40× margin and a wrong tap is O(|w|)
     torch.testing.assert_close(transcribed, expected, rtol=1e-12, atol=1e-12)
     torch.testing.assert_close(lean, expected, rtol=1e-12, atol=1e-12)
     for name, ours, theirs, written in zip(("weight", "P", "SIG"), lean_grads, expected_grads, transcribed_grads):
+        # a gradient sums the size² = 81 positions' terms (1/σ² ≲ 14 factors for gauss): float32_bound(81 + 8,
+        # 1, eps=EPS64) ≈ 4e-14 of Σ|terms|, which may exceed max|grad| by cancellation: 1e-10 leaves 2500× for it
         torch.testing.assert_close(written, theirs, rtol=1e-10, atol=1e-12, msg=f"transcription d/d{name}")
         assert _relative(ours, theirs) <= 1e-10, name
 
@@ -444,7 +449,9 @@ def test_the_gauss_window_leaves_out_only_tails_below_1e_9_of_the_peak() -> None
     assert lean.shape[-2:] == (5, 5)
     full = ConstructKernel2d(4, 1, 1, 3, (17, 17), "gauss")(weight, P, SIG)
     peak = full.abs().amax((-2, -1), keepdim=True)
-    assert bool(((full - _embed(lean, 17)).abs() <= 1e-9 * peak).all())
+    # not a rounding bound: the window's own cut-off (_NEGLIGIBLE of the peak), plus float64 rounding of the 3 elements' sum
+    bound = (_NEGLIGIBLE + float32_bound(3 + 8, 1.0, eps=EPS64)) * peak
+    assert bool(((full - _embed(lean, 17)).abs() <= bound).all())
 
 
 def test_taps_of_elements_with_weight_zero_are_trimmed_from_a_frozen_kernel() -> None:
@@ -481,9 +488,34 @@ def test_large_depthwise_backward_equals_autograd(monkeypatch, method, size, str
     out = _depthwise.depthwise_conv(
         ours[0].contiguous(memory_format=torch.channels_last), ours[1], ours[2], (stride, stride), (padding, padding)
     )
-    torch.testing.assert_close(out, expected, rtol=1e-12, atol=1e-12)
-    for got, want in zip(torch.autograd.grad(out, ours, grad), expected_grads):
-        torch.testing.assert_close(got, want, rtol=1e-11, atol=1e-11)
+    # float64 sums in another order (was 1e-12 and 1e-11, tuned): each entry within float32_bound(n, Σ|terms|,
+    # eps=EPS64) of autograd's, Σ|terms| being the same computation on |x|, |w|, |b|, |grad| (all terms ≥ 0)
+    bounds = _depthwise_bounds(x, weight, bias, grad, stride, padding, kernel)
+    assert bool(((out - expected).abs() <= bounds[0]).all())
+    for name, got, want, bound in zip(("x", "weight", "bias"), torch.autograd.grad(out, ours, grad), expected_grads, bounds[1:]):
+        assert bool(((got - want).abs() <= bound).all()), name
+
+
+def _depthwise_bounds(x, weight, bias, grad, stride, padding, kernel):
+    """Bounds on the output and the gradients (x, weight, bias) of two float64 depthwise convolutions:
+    an output or an input's gradient sums ≤ kernel² terms, the weight's and bias's gradients sum over the
+    batch and the output positions. The weight gradient may come from an FFT, whose error is normwise
+    (Higham §24.1: ≈ log2(N) roundings of ‖x‖₂‖grad‖₂ per transform, three transforms): added for both methods."""
+    leaves = [t.abs().requires_grad_() for t in (x, weight, bias)]
+    magnitude = F.conv2d(*leaves, stride, padding, 1, 5)
+    grads = torch.autograd.grad(magnitude, leaves, grad.abs())
+    positions = grad.shape[0] * grad.shape[2] * grad.shape[3]
+    padded = x.shape[-1] + 2 * padding + kernel
+    fft = (
+        float32_bound(3 * 2 * math.ceil(math.log2(padded)) + 8, 1.0, eps=EPS64)
+        * ((x.flatten(2).norm(dim=2) * grad.flatten(2).norm(dim=2)).sum(0)[:, None, None, None])
+    )
+    return (
+        float32_bound(kernel * kernel + 8, 1.0, eps=EPS64) * magnitude.detach(),
+        float32_bound(kernel * kernel + 8, 1.0, eps=EPS64) * grads[0],
+        float32_bound(positions + 8, 1.0, eps=EPS64) * grads[1] + fft,
+        float32_bound(positions + 8, 1.0, eps=EPS64) * grads[2],
+    )
 
 
 # ------------------------------------------------------------------ switch, clamping, bad input

@@ -19,6 +19,7 @@ import torch
 from PIL import Image
 
 from alignbench.models import load_model
+from alignbench.testing.tolerance import network_relative
 
 
 def test_efficientnet_lite0_from_dense_keeps_every_top1(shared_data: Path) -> None:
@@ -39,7 +40,7 @@ def test_efficientnet_lite0_from_dense_keeps_every_top1(shared_data: Path) -> No
         crop_pct=pre.crop_pct,
     )
     dense, dcls = (m.to(memory_format=torch.channels_last) for m in (dense, dcls))
-    dense_top1, dcls_top1, worst = [], [], 0.0
+    dense_top1, dcls_top1, worst, scale = [], [], 0.0, 0.0
     with torch.inference_mode():
         for start in range(0, len(rows), 25):
             batch = torch.stack(
@@ -47,10 +48,13 @@ def test_efficientnet_lite0_from_dense_keeps_every_top1(shared_data: Path) -> No
             ).to(memory_format=torch.channels_last)
             dense_logits, dcls_logits = dense(batch), dcls(batch)
             worst = max(worst, (dense_logits - dcls_logits).abs().max().item())
+            scale = max(scale, dense_logits.abs().max().item())
             dense_top1 += dense_logits.argmax(1).tolist()
             dcls_top1 += dcls_logits.argmax(1).tolist()
     labels = [int(row["class_index"]) for row in rows]
     assert dcls_top1 == dense_top1
-    assert worst <= 1e-3
+    # kernel_error 0: the same function summed in other orders (a 5×5 DCLS kernel for the 3×3 taps), so
+    # within network_relative of the largest logit (was 1e-3, tuned)
+    assert worst <= network_relative(dense) * scale
     accuracy = sum(p == y for p, y in zip(dense_top1, labels)) / len(labels)
     assert 0.8 <= accuracy <= 0.97  # ~0.89 on all 1000 (data README): the real weights are loaded

@@ -73,6 +73,8 @@ def test_bf16_maps_agree_with_fp32_maps_and_fp32_is_unchanged() -> None:
     # the same maps up to bf16's 8 bits of mantissa: rank correlation near 1 on every image
     assert spearman(bf16, fp32).min() > 0.95
     evidence = gradient_evidence(model, images, targets, precision="bf16")
+    # bf16 (u = 2⁻⁸ ≈ 0.004): A rounded to bf16 reaches G through the head's norm; 0.05 ≈ 13 such roundings,
+    # a budget for a few of them with margin, not a float32 bound
     torch.testing.assert_close(evidence.gradients, exact.gradients, rtol=0.05, atol=0.05 * exact.gradients.abs().max().item())
 
 
@@ -96,6 +98,8 @@ def test_precision_is_a_run_of_its_own_and_fp32_keeps_its_key(tmp_path: Path) ->
     assert bf16_result.exit_code == 0, bf16_result.output
     bf16 = json.loads(bf16_result.stdout)
     assert bf16["run_id"] != fp32["run_id"] and not bf16["cached"]
+    # not a rounding bound: bf16 maps rank-correlate > 0.95 with fp32's (above), and a rank statistic of
+    # near-tied values has no useful rounding bound (tests/scoring/test_distributed.py); 0.05 is a budget
     assert bf16["mean_spearman"] == pytest.approx(fp32["mean_spearman"], abs=0.05)
     assert json.loads(runner.invoke(app, [*common, "--precision", "bf16"]).stdout)["cached"] is True
     con = sqlite3.connect(db)
@@ -137,4 +141,6 @@ def test_fp32_on_cuda_equals_the_cpu(tmp_path: Path) -> None:
         assert out.exit_code == 0, out.output
         results[device] = json.loads(out.stdout)
     assert results["cuda"]["device"].startswith("cuda")
+    # not a rounding bound (other kernels on another device; a rank statistic of near-tied values has none
+    # worth checking, see tests/scoring/test_distributed.py): a budget, on machines with CUDA only
     assert results["cuda"]["mean_spearman"] == pytest.approx(results["cpu"]["mean_spearman"], abs=1e-4)
