@@ -15,7 +15,7 @@ import typer
 from typer.core import TyperCommand, TyperGroup
 
 from alignbench import __version__
-from alignbench.cli._rich_help import import_rich_utils
+from alignbench._utils.deferred import import_deferring
 
 if TYPE_CHECKING:  # pragma: no cover
     from typer import _click  # typer's own copy of click (importing click itself costs 30 ms)
@@ -87,8 +87,11 @@ class LazyGroup(TyperGroup):
 
     def main(self, args=None, *more, **kwargs):
         argv = sys.argv[1:] if args is None else list(args)
-        if not argv or "--help" in argv:  # typer.rich_utils renders the help: imported without what help never uses
-            import_rich_utils()
+        if not argv or "--help" in argv:
+            # typer.rich_utils renders the help; it imports rich.markdown and rich.traceback for
+            # rich_markup_mode="markdown" and pretty exceptions, both off here: deferred, the help is
+            # typer's own, byte for byte (tests/cli/test_import_set.py), ~85 ms sooner
+            import_deferring("typer.rich_utils", {"rich.markdown": ("Markdown",), "rich.traceback": ("Traceback",)})
         return super().main(args, *more, **kwargs)
 
     def resolve_command(self, ctx: _click.Context, args: list[str]):

@@ -56,7 +56,7 @@ def test_help_imports_no_command_nor_torch_numpy_or_sqlalchemy() -> None:
     modules = imported("--help")
     assert not {"torch", "numpy", "sqlalchemy", "sqlmodel"} & modules
     assert not {module for module, _, _ in COMMANDS.values()} & modules
-    # typer.rich_utils without what help never uses (alignbench/cli/_rich_help.py), nor click itself
+    # typer.rich_utils without what help never uses (alignbench/_utils/deferred.py), nor click itself
     assert "typer.rich_utils" in modules
     assert not {"rich.markdown", "markdown_it", "rich.traceback", "rich.syntax", "pygments", "click"} & modules
 
@@ -72,7 +72,7 @@ def _help(args: list[str], first: str) -> str:
 
 @pytest.mark.parametrize("args", [[], ["compare"], ["runs"], ["runs", "list"], ["study", "status"]])
 def test_help_is_typers_own(args: list[str]) -> None:
-    """The help rendered with the stand-ins of alignbench/cli/_rich_help.py is, byte for byte, the
+    """The help rendered with the stand-ins of alignbench/_utils/deferred.py is, byte for byte, the
     help typer renders with rich.markdown and rich.traceback imported."""
     lean = _help(args, "pass")
     assert "Usage" in lean
@@ -103,6 +103,23 @@ def test_compare_and_report_read_with_sqlalchemy_core_alone(demo_store: str, arg
 @pytest.mark.parametrize("export", ["--json", "--markdown"])
 def test_report_exports_read_with_sqlalchemy_core_alone(demo_store: str, export: str) -> None:
     assert not NOT_FOR_READING & imported("report", export, "--db", demo_store)
+
+
+def test_report_plots_without_plotexts_documentation(demo_store: str) -> None:
+    """plotext's documentation (plotext.doc, built at import) is deferred: never built by the report,
+    whose plots are, byte for byte, those plotext draws with it built."""
+    modules = imported("report", "--db", demo_store)
+    assert "plotext" in modules and "plotext._doc.doc" not in modules
+    run = "import runpy, sys; {}; sys.argv = sys.argv[1:]; runpy.run_module('alignbench', run_name='__main__')"
+    lean, full = (
+        subprocess.run(
+            [sys.executable, "-c", run.format(first), "alignbench", "report", "--db", demo_store], capture_output=True, text=True
+        )
+        for first in ("pass", "import plotext")
+    )
+    assert lean.returncode == full.returncode == 0, lean.stderr + full.stderr
+    assert "Stored runs" in lean.stdout
+    assert lean.stdout == full.stdout
 
 
 def test_report_imports_matplotlib_only_for_png(demo_store: str, tmp_path: Path) -> None:
