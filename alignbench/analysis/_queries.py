@@ -2,21 +2,34 @@
 
 Speed matters here: ``compare`` and ``report`` read every per-image value of up to a million rows
 and must answer in well under two seconds. Each function is one SQL statement built with SQLAlchemy
-(so it runs on any backend); the per-image fetch goes through the DBAPI cursor straight into numpy,
-about 1.5 times faster than materialising SQLAlchemy rows.
+Core (so it runs on any backend) on the Core tables of ``alignbench.store.listing``: reading never
+imports SQLModel's ORM, whose import alone cost more than the rest of ``compare`` (README,
+Performance). They take a Core connection or a session (``connection_of``). The per-image fetch goes
+through the DBAPI cursor straight into numpy, about 1.5 times faster than materialising rows.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Union
 
 import numpy as np
 from sqlalchemy import func, select
-from sqlmodel import Session
+from sqlalchemy.engine import Connection
 
-from alignbench.store.queries import metric_column
-from alignbench.store.tables import Dataset, ImageScore, Model, Run
+from alignbench.store.listing import image_score, metric_column
+
+if TYPE_CHECKING:  # pragma: no cover
+    from sqlalchemy.orm import Session
+
+Reader = Union[Connection, "Session"]
+"""What the read functions take: a Core connection (compare, report) or a session (its connection is used)."""
+
+
+def connection_of(db: Reader) -> Connection:
+    """The Core connection to read with: ``db`` itself, or the session's connection (its transaction)."""
+    return db if isinstance(db, Connection) else db.connection()
 
 
 @dataclass(frozen=True)
@@ -33,7 +46,7 @@ class ImageValues:
 EMPTY_VALUES = ImageValues(np.empty(0, dtype=np.int64), np.empty(0, dtype=np.float64))
 
 
-def per_image_values(session: Session, run_ids: Sequence[int], metric: str) -> dict[int, ImageValues]:
+def per_image_values(db: Reader, run_ids: Sequence[int], metric: str) -> dict[int, ImageValues]:
     """run id → its scored images' (image index, value) arrays, one query per run.
 
     Images are keyed by ``image_index`` rather than ``image_id``: runs are only ever joined within
@@ -41,18 +54,15 @@ def per_image_values(session: Session, run_ids: Sequence[int], metric: str) -> d
     and join much faster than strings.
     """
     run_ids = sorted({int(r) for r in run_ids})
-    column = getattr(ImageScore, metric_column(metric))
-    connection = session.connection()
+    column = image_score.c[metric_column(metric)]
+    connection = connection_of(db)
     cursor = connection.connection.cursor()
     out = {}
     try:
         # One statement per run: two columns per row instead of three leave less to convert in
         # Python's sqlite3, the slow part (figures in the README, Performance).
         for run_id in run_ids:
-            statement = select(ImageScore.image_index, column).where(
-                ImageScore.run_id == run_id,
-                column.is_not(None),  # type: ignore[attr-defined]
-            )
+            statement = select(image_score.c.image_index, column).where(image_score.c.run_id == run_id, column.is_not(None))
             # The only literal is the integer run id, so inlining it is safe; it lets the raw DBAPI
             # cursor run the statement without knowing this dialect's parameter style.
             cursor.execute(str(statement.compile(dialect=connection.dialect, compile_kwargs={"literal_binds": True})))
@@ -77,18 +87,19 @@ class WorstImage:
     value: float
 
 
-def worst_images(session: Session, run_id: int, metric: str, n: int, *, higher_is_better: bool = True) -> list[WorstImage]:
+def worst_images(db: Reader, run_id: int, metric: str, n: int, *, higher_is_better: bool = True) -> list[WorstImage]:
     """The ``n`` scored images of a run with the worst metric value (ties: lower index first)."""
-    column = getattr(ImageScore, metric_column(metric))
+    s = image_score.c
+    column = s[metric_column(metric)]
     statement = (
-        select(ImageScore.image_index, ImageScore.image_id, ImageScore.target, ImageScore.prediction, ImageScore.confidence, column)
-        .where(ImageScore.run_id == run_id, column.is_not(None))  # type: ignore[attr-defined]
-        .order_by(column.asc() if higher_is_better else column.desc(), ImageScore.image_index)
+        select(s.image_index, s.image_id, s.target, s.prediction, s.confidence, column)
+        .where(s.run_id == run_id, column.is_not(None))
+        .order_by(column.asc() if higher_is_better else column.desc(), s.image_index)
         .limit(n)
     )
     return [
         WorstImage(int(index), image_id, target, prediction, confidence, float(value))
-        for index, image_id, target, prediction, confidence, value in session.exec(statement).all()
+        for index, image_id, target, prediction, confidence, value in connection_of(db).execute(statement).all()
     ]
 
 
@@ -106,20 +117,14 @@ class ImageRow:
 
 
 def _image_rows_statement(run_id: int, metric: str):
-    column = getattr(ImageScore, metric_column(metric))
-    return select(
-        ImageScore.image_index,
-        ImageScore.image_id,
-        ImageScore.target,
-        ImageScore.prediction,
-        ImageScore.confidence,
-        column,
-        ImageScore.skip_reason,
-    ).where(ImageScore.run_id == run_id)
+    s = image_score.c
+    return select(s.image_index, s.image_id, s.target, s.prediction, s.confidence, s[metric_column(metric)], s.skip_reason).where(
+        s.run_id == run_id
+    )
 
 
 def image_rows(
-    session: Session, run_id: int, metric: str, indices: Sequence[int] | None = None, *, image_ids: Sequence[str] | None = None
+    db: Reader, run_id: int, metric: str, indices: Sequence[int] | None = None, *, image_ids: Sequence[str] | None = None
 ) -> list[ImageRow]:
     """A run's rows (those at ``indices``, or of ``image_ids``, when given), by image index.
 
@@ -130,29 +135,29 @@ def image_rows(
     if image_ids is not None:
         if not image_ids:
             return []
-        statement = statement.where(ImageScore.image_id.in_(sorted(set(image_ids))))  # type: ignore[attr-defined]
+        statement = statement.where(image_score.c.image_id.in_(sorted(set(image_ids))))
     elif indices is not None:
         if not indices:
             return []
-        statement = statement.where(ImageScore.image_index.in_(sorted({int(i) for i in indices})))  # type: ignore[attr-defined]
+        statement = statement.where(image_score.c.image_index.in_(sorted({int(i) for i in indices})))
     rows = [
         ImageRow(int(index), image_id, target, prediction, confidence, None if value is None else float(value), reason)
-        for index, image_id, target, prediction, confidence, value, reason in session.exec(statement).all()
+        for index, image_id, target, prediction, confidence, value, reason in connection_of(db).execute(statement).all()
     ]
     return sorted(rows, key=lambda row: row.image_index)
 
 
-def metric_means(session: Session, run_ids: Sequence[int], metric: str) -> dict[int, tuple[float | None, int]]:
+def metric_means(db: Reader, run_ids: Sequence[int], metric: str) -> dict[int, tuple[float | None, int]]:
     """run id → (mean of the metric over its non-NULL rows, how many), one grouped query."""
     if not run_ids:
         return {}
-    column = getattr(ImageScore, metric_column(metric))
+    column = image_score.c[metric_column(metric)]
     statement = (
-        select(ImageScore.run_id, func.avg(column), func.count(column))
-        .where(ImageScore.run_id.in_(sorted(set(run_ids))))  # type: ignore[attr-defined]
-        .group_by(ImageScore.run_id)
+        select(image_score.c.run_id, func.avg(column), func.count(column))
+        .where(image_score.c.run_id.in_(sorted(set(run_ids))))
+        .group_by(image_score.c.run_id)
     )
-    return {int(run_id): (None if mean is None else float(mean), int(n)) for run_id, mean, n in session.exec(statement).all()}
+    return {int(run_id): (None if mean is None else float(mean), int(n)) for run_id, mean, n in connection_of(db).execute(statement).all()}
 
 
 @dataclass(frozen=True)
@@ -177,6 +182,8 @@ class RunDetails:
 def run_details(session: Session, run_ids: Sequence[int]) -> dict[int, RunDetails]:
     if not run_ids:
         return {}
+    from alignbench.store.tables import Dataset, Model, Run  # the ORM: only the HTML report reads these
+
     statement = (
         select(Run, Model, Dataset)
         .join(Model, Model.id == Run.model_id)

@@ -20,9 +20,8 @@ from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
-from sqlmodel import Session
-
 from alignbench.analysis import NOTHING_STORED
+from alignbench.analysis._queries import Reader
 from alignbench.analysis.runs import (
     GroupKey,
     Pairing,
@@ -41,7 +40,7 @@ from alignbench.analysis.stats import DEFAULT_RESAMPLES, DEFAULT_SEED, paired_bo
 from alignbench.errors import AlignbenchError
 from alignbench.metrics import metric_spec  # torch-free: the registry is plain data
 from alignbench.store import StoreMissing, open_store
-from alignbench.store.queries import canonical_json
+from alignbench.store.listing import canonical_json
 
 if TYPE_CHECKING:  # pragma: no cover
     from alignbench.scoring import ScoreResult
@@ -240,7 +239,7 @@ def _pairings(stored, against: str, run_pair: tuple[int, int] | None) -> list[Pa
 
 
 def compare_runs(
-    session: Session,
+    db: Reader,
     runs: RunFilter | None = None,
     *,
     against: str = "baseline",
@@ -259,7 +258,7 @@ def compare_runs(
         runs = RunFilter(metric=runs.metric, run_ids=tuple(run_pair), include_empty=runs.include_empty)
     metric = runs.metric
     higher_is_better = _higher_is_better(metric)
-    stored = stored if stored is not None else load_runs(session, runs)
+    stored = stored if stored is not None else load_runs(db, runs)
     by_group: dict[GroupKey, list[Pairing]] = defaultdict(list)
     for pairing in _pairings(stored, against, run_pair):
         by_group[pairing.group].append(pairing)
@@ -309,8 +308,8 @@ def compare(
     except StoreMissing:
         raise AlignbenchError(NOTHING_STORED, exit_code=1) from None
     try:
-        with store.session() as session:
-            result = compare_runs(session, runs, against=against, run_pair=run_pair, n_resamples=n_resamples, seed=seed)
+        with store.engine.connect() as connection:  # Core only: reading never imports the ORM
+            result = compare_runs(connection, runs, against=against, run_pair=run_pair, n_resamples=n_resamples, seed=seed)
     finally:
         store.close()
     if not result.comparisons and against == "parent":

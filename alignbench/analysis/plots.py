@@ -11,6 +11,7 @@ from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 
+from alignbench._utils.deferred import import_deferring
 from alignbench.analysis.report import Histogram, ParameterFit, Report
 from alignbench.analysis.runs import Pairing, score_label, score_name
 from alignbench.models.specs import variant_name
@@ -83,7 +84,9 @@ def figure_data(report: Report) -> FigureData:
 
 
 def _new_figure(width: int, height: int):
-    import plotext
+    # plotext builds its interactive documentation (plotext.doc) at import, as long as the rest of
+    # it: deferred until used, which the report never does (alignbench._utils.deferred)
+    plotext = import_deferring("plotext", {"plotext._doc.doc": ("docs",)})
 
     plotext.terminal.limit(False, False)  # the caller sizes the plot; without a TTY plotext would assume 80×24
     figure = plotext.figure

@@ -23,10 +23,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-from sqlmodel import Session
 
 from alignbench.analysis import DEFAULT_BINS, NOTHING_STORED  # defined numpy-free there, for the CLI's --bins default
-from alignbench.analysis._queries import WorstImage, worst_images
+from alignbench.analysis._queries import Reader, WorstImage, worst_images
 from alignbench.analysis.runs import GroupKey, Pairing, RunFilter, RunScore, StoredRuns, hidden_note, load_runs, pair_runs, score_label
 from alignbench.analysis.stats import pearson_r, spearman_rho
 from alignbench.errors import AlignbenchError
@@ -200,7 +199,7 @@ def parameter_fits(pairings: list[Pairing]) -> list[ParameterFit]:
 
 
 def build_report(
-    session: Session,
+    db: Reader,
     runs: RunFilter | None = None,
     *,
     worst: int | None = None,
@@ -217,7 +216,7 @@ def build_report(
         raise AlignbenchError(f"--worst must be at least 1, got {worst}")
     if bins < 1:
         raise AlignbenchError(f"--bins must be at least 1, got {bins}")
-    stored = stored if stored is not None else load_runs(session, runs)
+    stored = stored if stored is not None else load_runs(db, runs)
     if run_id is not None and not stored.runs:
         raise AlignbenchError(
             f"no run {run_id} with metric {metric!r} in the store; `alignbench report` lists the stored runs and their ids"
@@ -226,9 +225,7 @@ def build_report(
     histograms = [histogram(run, stored.values[run.run_id].value, bins) for run in stored.runs]
     worst_run = stored.runs[0] if run_id is not None else None
     worst_rows = (
-        worst_images(session, run_id, metric, worst or DEFAULT_WORST, higher_is_better=spec.higher_is_better)
-        if worst_run is not None
-        else []
+        worst_images(db, run_id, metric, worst or DEFAULT_WORST, higher_is_better=spec.higher_is_better) if worst_run is not None else []
     )
     return Report(
         metric, stored.runs, pairings, histograms, parameter_fits(pairings), worst_run, worst_rows, hidden_empty=stored.hidden_empty
@@ -258,8 +255,8 @@ def report(
     except StoreMissing:
         return Report(metric, [], [], [], [], message=NOTHING_STORED)
     try:
-        with store.session() as session:
-            result = build_report(session, runs, worst=worst, bins=bins)
+        with store.engine.connect() as connection:  # Core only: reading never imports the ORM
+            result = build_report(connection, runs, worst=worst, bins=bins)
     finally:
         store.close()
     if result.empty:

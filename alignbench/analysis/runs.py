@@ -17,14 +17,13 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
-from sqlmodel import Session
 
-from alignbench.analysis._queries import EMPTY_VALUES, ImageValues, per_image_values
+from alignbench.analysis._queries import EMPTY_VALUES, ImageValues, Reader, connection_of, per_image_values
 from alignbench.datasets import dataset_label
 from alignbench.errors import AlignbenchError, ExplainerError, MetricError
 from alignbench.explainers import CENTRE_BIAS, resolve_method  # torch-free: the registry is plain data
 from alignbench.models.specs import variant_name
-from alignbench.store import queries as q
+from alignbench.store import listing
 
 
 @dataclass(frozen=True)
@@ -54,7 +53,7 @@ class GroupKey:
         return f"{self.dataset_label} · {self.explainer_label} · {self.protocol}"
 
 
-def _reference_key(view: q.RunView) -> tuple[str, str, str]:
+def _reference_key(view: listing.RunView) -> tuple[str, str, str]:
     return (view.dataset, view.dataset_fingerprint, view.protocol)
 
 
@@ -62,7 +61,7 @@ def _reference_key(view: q.RunView) -> tuple[str, str, str]:
 class RunScore:
     """One stored run with its counts and mean for the metric under study."""
 
-    view: q.RunView
+    view: listing.RunView
     metric: str
     n_rows: int
     n_scored: int
@@ -175,7 +174,7 @@ class StoredRuns:
     hidden_empty: int = 0  # runs left out because they have no stored row (RunFilter.include_empty shows them)
 
 
-def load_runs(session: Session, runs: RunFilter | None = None, **filters) -> StoredRuns:
+def load_runs(db: Reader, runs: RunFilter | None = None, **filters) -> StoredRuns:
     """Every stored run that matches the filters and has their metric, plus the centre-bias runs for them.
 
     Three queries whatever the number of runs: the runs, their row counts, and every scored value.
@@ -183,15 +182,16 @@ def load_runs(session: Session, runs: RunFilter | None = None, **filters) -> Sto
     runs = RunFilter.of(runs, **filters)
     metric, run_id = runs.metric, runs.run_id
     try:
-        q.metric_column(metric)  # an unknown metric fails before any query
+        listing.metric_column(metric)  # an unknown metric fails before any query
     except KeyError:
         raise MetricError(
             f"metric {metric!r} has no column in the store; use spearman or a metric `alignbench score --metric` stores"
         ) from None
     method = canonical_explainer(runs.explainer)
+    connection = connection_of(db)
     views = [
         v
-        for v in q.list_runs(session, dataset=runs.dataset, protocol=runs.protocol)
+        for v in listing.list_runs(connection, dataset_name=runs.dataset, protocol=runs.protocol)
         if metric in v.metrics.split(",")
         and (method is None or v.method in (method, CENTRE_BIAS))
         and (run_id is None or v.run_id == run_id)
@@ -202,8 +202,8 @@ def load_runs(session: Session, runs: RunFilter | None = None, **filters) -> Sto
     if method != CENTRE_BIAS and run_id is None:
         views = [v for v in views if v.method != CENTRE_BIAS or _reference_key(v) in wanted]
     ids = [v.run_id for v in views]
-    values = per_image_values(session, ids, metric)
-    rows = q.row_counts(session, ids) if ids else {}
+    values = per_image_values(connection, ids, metric)
+    rows = listing.row_counts(connection, ids) if ids else {}
     scores = []
     for v in views:
         scored = values.get(v.run_id, EMPTY_VALUES)

@@ -8,12 +8,17 @@ what listing runs needs.
 from __future__ import annotations
 
 import importlib
+import sys
+from typing import TYPE_CHECKING
 
-import click
 import typer
-from typer.core import TyperGroup
+from typer.core import TyperCommand, TyperGroup
 
 from alignbench import __version__
+from alignbench._utils.deferred import import_deferring
+
+if TYPE_CHECKING:  # pragma: no cover
+    from typer import _click  # typer's own copy of click (importing click itself costs 30 ms)
 
 # name -> (module, attribute: a command function or a Typer sub-app, the one-line help of
 # `alignbench --help`). The help is the first line of the function's docstring, or the sub-app's
@@ -55,11 +60,11 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
 _HELP = "How well vision models' explanations align with human attention, with and without DCLS."
 
 
-class _Listed(click.Command):
+class _Listed(TyperCommand):
     """A command as `alignbench --help` lists it (name and one-line help), until it is run."""
 
 
-def load_command(name: str) -> click.Command:
+def load_command(name: str) -> _click.Command:
     """The click command ``name`` of ``COMMANDS``, importing its module: built by a Typer app with the
     settings of ``app``, as ``app.command(name)`` / ``app.add_typer(..., name=name)`` would build it."""
     module, attribute, _ = COMMANDS[name]
@@ -80,7 +85,16 @@ class LazyGroup(TyperGroup):
         for name, (_, _, help_line) in COMMANDS.items():
             self.commands.setdefault(name, _Listed(name, help=help_line))
 
-    def resolve_command(self, ctx: click.Context, args: list[str]):
+    def main(self, args=None, *more, **kwargs):
+        argv = sys.argv[1:] if args is None else list(args)
+        if not argv or "--help" in argv:
+            # typer.rich_utils renders the help; it imports rich.markdown and rich.traceback for
+            # rich_markup_mode="markdown" and pretty exceptions, both off here: deferred, the help is
+            # typer's own, byte for byte (tests/cli/test_import_set.py), ~85 ms sooner
+            import_deferring("typer.rich_utils", {"rich.markdown": ("Markdown",), "rich.traceback": ("Traceback",)})
+        return super().main(args, *more, **kwargs)
+
+    def resolve_command(self, ctx: _click.Context, args: list[str]):
         if args and isinstance(self.commands.get(args[0]), _Listed):
             self.commands[args[0]] = load_command(args[0])
         return super().resolve_command(ctx, args)

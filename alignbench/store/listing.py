@@ -9,6 +9,7 @@ are named below as lightweight Core tables; ``tests/store/test_store_modules.py`
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -75,8 +76,44 @@ dataset = table(
     column("ceiling", Float),
     column("location", String),
 )
-image_score = table("image_score", column("run_id", Integer))
+METRIC_COLUMNS: tuple[str, ...] = (
+    "spearman",
+    "pointing_game",
+    "stochastic_pointing_game",
+    "energy_in_box",
+    "deletion",
+    "insertion",
+    "average_drop",
+    "average_increase",
+    "average_gain",
+)
+"""Per-image metric columns of image_score; a metric named ``a-b`` is stored in column ``a_b``."""
+
+image_score = table(
+    "image_score",
+    column("run_id", Integer),
+    column("image_index", Integer),
+    column("image_id", String),
+    column("target", Integer),
+    column("prediction", Integer),
+    column("confidence", Float),
+    *(column(name, Float) for name in METRIC_COLUMNS),
+    column("skip_reason", String),
+)
 thumbnail = table("thumbnail", column("run_id", Integer))
+
+
+def metric_column(metric: str) -> str:
+    """The image_score column of a metric: ``pointing-game`` → ``pointing_game``."""
+    name = metric.replace("-", "_")
+    if name not in METRIC_COLUMNS:
+        raise KeyError(f"metric {metric!r} has no column in image_score")
+    return name
+
+
+def canonical_json(value: Any) -> str:
+    """One spelling per value: sorted keys, no spaces (settings and recipes are compared as text)."""
+    return json.dumps(value, sort_keys=True, separators=(",", ":"))
 
 
 @dataclass(frozen=True)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -15,7 +14,7 @@ from sqlmodel import Session, SQLModel, select
 from alignbench._utils.cache import sha256_text
 from alignbench.store import listing
 from alignbench.store.engine import create_store_engine, open_store
-from alignbench.store.listing import RunView
+from alignbench.store.listing import RunView, canonical_json, metric_column
 from alignbench.store.tables import (
     METRIC_COLUMNS,
     Dataset,
@@ -29,19 +28,6 @@ from alignbench.store.tables import (
 from alignbench.store.urls import resolve_url
 
 T = TypeVar("T", bound=SQLModel)
-
-
-def canonical_json(value: Any) -> str:
-    """One spelling per value: sorted keys, no spaces (settings and recipes are compared as text)."""
-    return json.dumps(value, sort_keys=True, separators=(",", ":"))
-
-
-def metric_column(metric: str) -> str:
-    """The image_score column of a metric: ``pointing-game`` → ``pointing_game``."""
-    column = metric.replace("-", "_")
-    if column not in METRIC_COLUMNS:
-        raise KeyError(f"metric {metric!r} has no column in image_score")
-    return column
 
 
 def _get_or_create(session: Session, table: type[T], lookup: Mapping[str, Any], defaults: Mapping[str, Any]) -> T:

@@ -12,6 +12,8 @@ from typing import Optional
 from sqlalchemy import Column, ForeignKey, Index, Integer, LargeBinary, UniqueConstraint, false
 from sqlmodel import Field, SQLModel
 
+from alignbench.store.listing import METRIC_COLUMNS as METRIC_COLUMNS  # defined with the Core tables that read them
+
 
 def utcnow() -> datetime:
     return datetime.now(timezone.utc)
@@ -153,16 +155,3 @@ class Thumbnail(SQLModel, table=True):
 
 THUMBNAIL_KINDS: tuple[str, ...] = ("image", "reference", "model")
 """What the HTML report stores per (run, image) for its galleries (the centre-bias map is drawn, not stored)."""
-
-METRIC_COLUMNS: tuple[str, ...] = (
-    "spearman",
-    "pointing_game",
-    "stochastic_pointing_game",
-    "energy_in_box",
-    "deletion",
-    "insertion",
-    "average_drop",
-    "average_increase",
-    "average_gain",
-)
-"""Per-image metric columns of image_score; a metric named ``a-b`` is stored in column ``a_b``."""
