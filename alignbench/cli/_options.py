@@ -82,6 +82,10 @@ Precision = Annotated[
     ),
 ]
 Explainer = Annotated[str, typer.Option("--explainer", help=f"Explanation method: {', '.join(METHODS)} (aliases: threshold, ...).")]
+Threshold = Annotated[
+    Optional[float],
+    typer.Option("--threshold", help="threshold-gradcam: the floor after min-max (default 0.3).", show_default=False),
+]
 Layer = Annotated[
     Optional[int],
     typer.Option(
@@ -165,6 +169,16 @@ MODEL_OPTIONS: dict[str, tuple[Any, Any]] = {
 }
 
 
+# The explainers' parameters as options: each is a parameter of some methods (``MethodSpec.params``),
+# checked against the method's declaration by ``explainer_params``.
+EXPLAINER_OPTIONS: dict[str, tuple[Any, Any]] = {
+    "threshold": (Threshold, None),
+    "layer": (Layer, None),
+    "head_fusion": (HeadFusion, None),
+    "discard_ratio": (DiscardRatio, None),
+}
+
+
 def with_options(table: OptionTable, *, into: str) -> Callable[[Callable], Callable]:
     """Give a command a table of options: its parameter ``into`` (a dict) stands, in its signature,
     for the options of ``table`` at that place (in the table's order), and receives their values by name."""
@@ -195,6 +209,11 @@ def with_model_options(*, exclude: tuple[str, ...] = ()) -> Callable[[Callable],
     """Give a command every model option (``MODEL_OPTIONS`` but ``exclude``, e.g. an option the command
     spells otherwise) as its parameter ``model_options`` (``with_options``)."""
     return with_options({name: option for name, option in MODEL_OPTIONS.items() if name not in exclude}, into="model_options")
+
+
+def with_explainer_options() -> Callable[[Callable], Callable]:
+    """Give a command every explainer option (``EXPLAINER_OPTIONS``) as its parameter ``explainer_options``."""
+    return with_options(EXPLAINER_OPTIONS, into="explainer_options")
 
 
 def model_request(

@@ -12,13 +12,11 @@ from rich.table import Table
 from alignbench.cli._errors import err_console, guarded
 from alignbench.cli._options import (
     Device,
-    DiscardRatio,
     Explainer,
-    HeadFusion,
-    Layer,
     ModelName,
     explainer_params,
     model_request,
+    with_explainer_options,
     with_model_options,
 )
 from alignbench.explainers import DEFAULT_METHOD, explain_files
@@ -32,14 +30,11 @@ Target = Annotated[
     Optional[int],
     typer.Option("--target", help="Class index to explain for every image; default: each image's top-1 prediction.", show_default=False),
 ]
-Threshold = Annotated[
-    Optional[float],
-    typer.Option("--threshold", help="threshold-gradcam's floor after min-max (default 0.3).", show_default=False),
-]
 BatchSize = Annotated[int, typer.Option("--batch-size", min=1, help="Images per forward pass.")]
 
 
 @guarded
+@with_explainer_options()
 @with_model_options()
 def explain(
     model: ModelName,
@@ -47,10 +42,7 @@ def explain(
     out: OutDir,
     explainer: Explainer = DEFAULT_METHOD,
     target: Target = None,
-    threshold: Threshold = None,
-    layer: Layer = None,
-    head_fusion: HeadFusion = None,
-    discard_ratio: DiscardRatio = None,
+    explainer_options: dict = None,  # every explainer option (EXPLAINER_OPTIONS)
     model_options: dict = None,  # every model option (MODEL_OPTIONS)
     device: Device = "auto",
     batch_size: BatchSize = 8,
@@ -61,7 +53,7 @@ def explain(
 
     Example: [bold]alignbench explain efficientnet_lite0 cat.jpg dog.jpg --out maps/[/]
     """
-    params = explainer_params(explainer, threshold=threshold, layer=layer, head_fusion=head_fusion, discard_ratio=discard_ratio)
+    params = explainer_params(explainer, **explainer_options)
     result = explain_files(
         model_request(model, **model_options),
         images,

@@ -87,6 +87,7 @@ def scoring_progress(label: str = "scoring") -> tuple[Progress, Callable[[int, i
 
 
 @guarded
+@o.with_explainer_options()
 @o.with_model_options()
 def score(
     models: Annotated[
@@ -106,12 +107,7 @@ def score(
         ),
     ] = None,
     explainer: o.Explainer = "threshold-gradcam",
-    threshold: Annotated[
-        Optional[float], typer.Option("--threshold", help="Threshold-Grad-CAM floor (default 0.3).", show_default=False)
-    ] = None,
-    layer: o.Layer = None,
-    head_fusion: o.HeadFusion = None,
-    discard_ratio: o.DiscardRatio = None,
+    explainer_options: dict = None,  # every explainer option (o.EXPLAINER_OPTIONS)
     dataset: o.Dataset = "sample",
     data_dir: Annotated[
         Optional[Path], typer.Option("--data-dir", help="Dataset files (ClickMe shards, folder, ImageNet val JPEGs).", show_default=False)
@@ -154,9 +150,7 @@ def score(
         ScoreRequest(
             model=model_request,
             explainer=explainer,
-            explainer_params=o.explainer_params(
-                explainer, threshold=threshold, layer=layer, head_fusion=head_fusion, discard_ratio=discard_ratio
-            ),
+            explainer_params=o.explainer_params(explainer, **explainer_options),
             dataset=dataset,
             data_dir=data_dir,
             protocol=protocol,
