@@ -10,8 +10,6 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from alignbench._utils.lazy import lazy_attributes
-from alignbench.models._device import check_device_name, resolve_device
-from alignbench.models._identity import ModelIdentity, ModelRequest, model_identity
 
 __all__ = [
     "CAStreamModel",
@@ -35,8 +33,14 @@ __all__ = [
     "swap_modules",
 ]
 
-# public name -> private module that defines it (imports torch; loaded on first use)
+# public name -> private module that defines it, loaded on first use: the first five are torch-free
+# (so is ``models.specs``, which a listing of runs imports without wanting these), the rest import torch
 _LAZY = {
+    "check_device_name": "alignbench.models._device",
+    "resolve_device": "alignbench.models._device",
+    "ModelIdentity": "alignbench.models._identity",
+    "ModelRequest": "alignbench.models._identity",
+    "model_identity": "alignbench.models._identity",
     "load_model": "alignbench.models._load",
     "convert_model": "alignbench.models._load",
     "ConversionReport": "alignbench.models._load",
@@ -57,6 +61,8 @@ if TYPE_CHECKING:  # pragma: no cover
     from alignbench.models._ca_stream import CAStreamModel
     from alignbench.models._catalog import CatalogRow, catalog
     from alignbench.models._dcls import clamp_positions, dcls_implementation, swap_modules
+    from alignbench.models._device import check_device_name, resolve_device
+    from alignbench.models._identity import ModelIdentity, ModelRequest, model_identity
     from alignbench.models._load import (
         ConversionReport,
         ConversionResult,
