@@ -75,13 +75,14 @@ def list_runs(
 
     Example: [bold]alignbench runs list --empty[/]
     """
+    from alignbench.analysis import NOTHING_STORED
     from alignbench.store.maintenance import list_stored_runs
 
     runs = list_stored_runs(db, empty=empty)
     if as_json:
         typer.echo(json.dumps([_as_dict(run) for run in runs]))
     elif not runs:
-        typer.echo("no runs with no stored row" if empty else "no runs stored yet; run `alignbench score` first")
+        typer.echo("no runs with no stored row" if empty else NOTHING_STORED)
     else:
         stdout_console().print(_table(runs, "Stored runs"))
 
