@@ -18,7 +18,7 @@ from alignbench import __version__
 from alignbench._utils.deferred import import_deferring
 
 if TYPE_CHECKING:  # pragma: no cover
-    from typer import _click  # typer's own copy of click (importing click itself costs 30 ms)
+    from typer import _click  # typer's own copy of click (importing click itself is a noticeable part of start-up)
 
 # name -> (module, attribute: a command function or a Typer sub-app, the one-line help of
 # `alignbench --help`). The help is the first line of the function's docstring, or the sub-app's
@@ -90,7 +90,7 @@ class LazyGroup(TyperGroup):
         if not argv or "--help" in argv:
             # typer.rich_utils renders the help; it imports rich.markdown and rich.traceback for
             # rich_markup_mode="markdown" and pretty exceptions, both off here: deferred, the help is
-            # typer's own, byte for byte (tests/cli/test_import_set.py), ~85 ms sooner
+            # typer's own, byte for byte (tests/cli/test_import_set.py), sooner (README, Performance)
             import_deferring("typer.rich_utils", {"rich.markdown": ("Markdown",), "rich.traceback": ("Traceback",)})
         return super().main(args, *more, **kwargs)
 

@@ -63,7 +63,7 @@ class Store:
 
     def session(self, *, write: bool = False) -> Session:
         """A session; ``write=True`` takes SQLite's write lock at BEGIN (no read-then-upgrade deadlock)."""
-        # SQLModel (the ORM, ~0.5 s to import) only here: reading commands that list runs use Core
+        # SQLModel (the ORM, slow to import) only here: reading commands that list runs use Core
         # connections (alignbench.store.listing) and never import it.
         from sqlmodel import Session
 

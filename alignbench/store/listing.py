@@ -2,7 +2,7 @@
 
 ``alignbench runs list`` and the comparisons need one joined query over runs, models, explainer
 settings and datasets; importing SQLModel's ORM for it cost more than the rest of the command
-(``import sqlmodel`` ~1.0 s against ~0.5 s for SQLAlchemy Core here). The columns these queries read
+(``import sqlmodel`` about twice SQLAlchemy Core's import; README, Performance). The columns these queries read
 are named below as lightweight Core tables; ``tests/store/test_store_modules.py`` holds them to
 ``alignbench.store.tables``, which stays the schema's one definition (alembic targets it).
 """

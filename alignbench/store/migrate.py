@@ -1,7 +1,7 @@
 """Alembic migrations applied when a store is opened; a store from a newer alignbench is refused.
 
 Opening a store that is already at the head revision reads ``alembic_version`` with one plain query
-and never imports alembic (~0.2 s), so read-only commands stay fast; alembic runs only to upgrade.
+and never imports alembic (slow to import), so read-only commands stay fast; alembic runs only to upgrade.
 """
 
 from __future__ import annotations
