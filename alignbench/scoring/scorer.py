@@ -24,33 +24,13 @@ from alignbench.metrics import METRICS, metric_spec
 from alignbench.models import ModelRequest, check_device_name, model_identity
 from alignbench.scoring.identity import RunIdentity
 from alignbench.scoring.lifecycle import settle_status
-from alignbench.scoring.request import (
-    DEFAULT_DATASET,
-    DEFAULT_EXPLAINER,
-    DEFAULT_MODEL,
-    PROTOCOLS,
-    ProgressCallback,
-    ScoreRequest,
-    ScoreResult,
-    parse_metrics,
-)
+from alignbench.scoring.request import PROTOCOLS, ProgressCallback, ScoreRequest, ScoreResult
 from alignbench.store import StoreMissing, StoreOutdated, open_store
 from alignbench.store import queries as q
 from alignbench.store.liveness import shown_status
 from alignbench.store.tables import Dataset, Run
 
-__all__ = [
-    "DEFAULT_DATASET",
-    "DEFAULT_EXPLAINER",
-    "DEFAULT_MODEL",
-    "PROTOCOLS",
-    "ProgressCallback",
-    "ScoreRequest",
-    "ScoreResult",
-    "parse_metrics",
-    "score",
-    "trained_request",
-]
+__all__ = ["score", "trained_request"]
 
 
 def _validate(request: ScoreRequest) -> None:
