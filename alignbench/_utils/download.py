@@ -78,21 +78,18 @@ def download_progress() -> Iterator[Any]:
         TimeRemainingColumn(),
         console=Console(stderr=True),
     )
-    started = False
     add_task = progress.add_task
 
     def start_then_add_task(*args: Any, **kwargs: Any) -> Any:
-        nonlocal started
-        if not started:
+        if not progress.live.is_started:
             progress.start()
-            started = True
         return add_task(*args, **kwargs)
 
     progress.add_task = start_then_add_task
     try:
         yield progress
     finally:
-        if started:
+        if progress.live.is_started:  # Progress.stop prints a newline even when it never started
             progress.stop()
 
 
