@@ -86,6 +86,15 @@ METRIC_COLUMNS: tuple[str, ...] = (
     "average_drop",
     "average_increase",
     "average_gain",
+    # the saliency benchmark's fixation metrics (migration 0004)
+    "nss",
+    "auc_judd",
+    "auc_borji",
+    "sauc",
+    "cc",
+    "kl",
+    "sim",
+    "ig",
 )
 """Per-image metric columns of image_score; a metric named ``a-b`` is stored in column ``a_b``."""
 

@@ -128,6 +128,15 @@ class ImageScore(SQLModel, table=True):
     average_drop: Optional[float] = None
     average_increase: Optional[float] = None
     average_gain: Optional[float] = None
+    # the saliency benchmark's fixation metrics (migration 0004)
+    nss: Optional[float] = None
+    auc_judd: Optional[float] = None
+    auc_borji: Optional[float] = None
+    sauc: Optional[float] = None
+    cc: Optional[float] = None
+    kl: Optional[float] = None
+    sim: Optional[float] = None
+    ig: Optional[float] = None
     skip_reason: Optional[str] = None  # why a metric is NULL (constant map, non-finite map, ...)
     created_at: datetime = Field(default_factory=utcnow)
 
