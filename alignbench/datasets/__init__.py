@@ -8,8 +8,10 @@ serves the batches from worker processes. See SPEC "Datasets".
 
 Files read: ``sample`` ships in ``alignbench/data/sample``; ``clickme-val`` downloads to
 ``<cache>/clickme/val`` (``$ALIGNBENCH_CLICKME_URL`` points at a mirror) unless ``data_dir`` holds
-the shards; ``folder`` and ``imagenet-val`` read ``data_dir``. Derived data (file digests, shard
-indexes, reference ranks) lives under the cache (``alignbench._utils.cache.cache_dir``).
+the shards; ``folder``, ``imagenet-val``, ``fixations`` and ``nus-scene`` read ``data_dir``;
+``scene-sample`` ships in ``alignbench/data/scene-sample``. Derived data (file digests, shard
+indexes, reference ranks, fixation densities and centre biases) lives under the cache
+(``alignbench._utils.cache.cache_dir``).
 """
 
 from __future__ import annotations
@@ -37,6 +39,15 @@ from alignbench.datasets._clickme import (
     open_clickme,
     write_clickme_shard,
 )
+from alignbench.datasets._fixations import (
+    SCENE_SAMPLE_DIR,
+    FixationSample,
+    open_fixations,
+    open_nus_scene,
+    read_fixation_points,
+    remembered_sigmas,
+    read_nus_fixations,
+)
 from alignbench.datasets._folder import IMAGE_SUFFIXES, open_folder, read_labels
 from alignbench.datasets._imagenet import SAMPLE_DIR, SAMPLE_LABELS, open_imagenet_val, open_sample
 from alignbench.errors import DatasetError
@@ -55,9 +66,11 @@ __all__ = [
     "SAMPLE_DIR",
     "SAMPLE_LABELS",
     "ClickMeRecord",
+    "SCENE_SAMPLE_DIR",
     "ClickMeSample",
     "Dataset",
     "DatasetSpec",
+    "FixationSample",
     "FolderSample",
     "collate",
     "data_loader",
@@ -65,7 +78,9 @@ __all__ = [
     "fingerprint_files",
     "iter_clickme_shard",
     "open_dataset",
+    "read_fixation_points",
     "read_labels",
+    "read_nus_fixations",
     "reopen_dataset",
     "torch_dataset",
     "write_clickme_shard",
@@ -78,6 +93,7 @@ _LAZY = {
     "collate": "alignbench.datasets._torch_data",
 }
 
+_FIXATION_DENSITY = "fixation density (human eye-tracking fixations blurred with a Gaussian of --fixation-sigma px)"
 _BOX_MAP = "box mask blurred with the ClickMe blur (derived from ImageNet boxes, not human click data)"
 
 DATASETS: dict[str, DatasetSpec] = {
@@ -127,16 +143,65 @@ DATASETS: dict[str, DatasetSpec] = {
             protocols=PROTOCOLS,
             opener=open_imagenet_val,
         ),
+        DatasetSpec(
+            name="fixations",
+            description="--data-dir with images/ and fixations.csv (image,x,y; 0-based pixels) or fixations/NAME.png "
+            "(binary fixation-point maps), optional labels.csv",
+            reference=_FIXATION_DENSITY,
+            needs_data_dir=True,
+            has_boxes=False,
+            has_labels=False,
+            ceiling=None,
+            protocols=("aligned",),
+            opener=open_fixations,
+            has_fixations=True,
+        ),
+        DatasetSpec(
+            name="nus-scene",
+            description="--data-dir with the NUS scene eye-tracking set as it ships: stimuli/*.jpg and tidy/fixations.mat",
+            reference=_FIXATION_DENSITY,
+            needs_data_dir=True,
+            has_boxes=False,
+            has_labels=False,
+            ceiling=None,
+            protocols=("aligned",),
+            opener=open_nus_scene,
+            has_fixations=True,
+        ),
+        DatasetSpec(
+            name="scene-sample",
+            description="10 NUS scene images (256×256) embedded in the package, with 12 observers' eye-tracking fixations",
+            reference=_FIXATION_DENSITY,
+            needs_data_dir=False,
+            has_boxes=False,
+            has_labels=False,
+            ceiling=None,
+            protocols=("aligned",),
+            opener=open_fixations,
+            has_fixations=True,
+        ),
     )
 }
 
 
-def open_dataset(name: str, data_dir: str | PathLike[str] | None = None, *, download: bool = True) -> Dataset:
-    """Open a registered dataset (torch-free). ``download=False`` forbids fetching ClickMe shards."""
+def open_dataset(
+    name: str, data_dir: str | PathLike[str] | None = None, *, download: bool = True, fixation_sigma: float | None = None
+) -> Dataset:
+    """Open a registered dataset (torch-free). ``download=False`` forbids fetching ClickMe shards.
+    ``fixation_sigma``: the Gaussian (pixels of the image) that makes an eye-tracking dataset's
+    fixation density; None: 0.03 of each image's longer side. Part of the dataset's fingerprint."""
     spec = DATASETS.get(name)
     if spec is None:
         raise DatasetError(f"unknown dataset {name!r}; available: {', '.join(DATASETS)}")
-    return spec.opener(spec, None if data_dir is None else Path(data_dir), download)
+    data_dir = None if data_dir is None else Path(data_dir)
+    if spec.has_fixations:
+        return spec.opener(spec, data_dir, download, fixation_sigma=fixation_sigma)
+    if fixation_sigma is not None:
+        with_fixations = ", ".join(n for n, s in DATASETS.items() if s.has_fixations)
+        raise DatasetError(
+            f"--fixation-sigma applies to eye-tracking datasets ({with_fixations}), not {name!r}; leave it out"
+        )
+    return spec.opener(spec, data_dir, download)
 
 
 def dataset_label(name: str, location: str | None) -> str:
@@ -157,9 +222,10 @@ def reopen_dataset(name: str, location: str | None, fingerprint: str) -> Dataset
     embedded sample, the ClickMe cache). DatasetError unless its content is the stored one (same
     fingerprint): maps of other images would not be the run's."""
     reasons = []
+    sigma = remembered_sigmas().get(fingerprint) if DATASETS.get(name) and DATASETS[name].has_fixations else None
     for data_dir in ([location] if location else []) + [None]:
         try:
-            dataset = open_dataset(name, data_dir, download=False)
+            dataset = open_dataset(name, data_dir, download=False, fixation_sigma=sigma)
         except DatasetError as error:
             reasons.append(error.message)
             continue

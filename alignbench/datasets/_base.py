@@ -4,7 +4,7 @@ Opening a dataset lists its image ids and fingerprints its files without decodin
 importing torch, so a cached ``score`` answers from the store alone. ``torch_dataset(dataset, ...)``
 (``_torch_data``, which imports torch) turns it into model inputs and reference maps.
 
-Two geometries cover every dataset:
+Three geometries cover every dataset:
 
 - ``clickme``: a 256×256 RGB image and a 256×256 heatmap, as a ClickMe record stores them, then the
   ClickMe preprocessing (image 256→224, heatmap 256→64 → ClickMe blur → 224). ``clickme-val`` reads
@@ -13,6 +13,9 @@ Two geometries cover every dataset:
 - ``folder``: an image and a heatmap of the same size, both resized to the model input with
   antialiasing, no crop. A folder without ``heatmaps/`` has no reference maps (``has_reference``
   False): its items carry a NaN reference, so only metrics that never read it can be scored.
+- ``fixations``: an image and its eye-tracking fixations (``_fixations``); the image is resized like a
+  folder image, the reference map is the fixation density, and items also carry the fixations, the
+  density and centre bias at the image's own size, and the other images' fixations.
 """
 
 from __future__ import annotations
@@ -27,7 +30,7 @@ from alignbench.errors import DatasetError
 if TYPE_CHECKING:  # pragma: no cover - numpy is imported only where images are decoded
     import numpy as np
 
-Geometry = Literal["clickme", "folder"]
+Geometry = Literal["clickme", "folder", "fixations"]
 PROTOCOLS = ("aligned", "paper")
 CLICKME_HUMAN_CEILING = 0.65753  # inter-rater Spearman ceiling, Harmonization (Fel et al. 2022)
 # ClickMe stores 256×256 images and heatmaps (Harmonization clickme_dataset.py reshapes to (256, 256, c)).
@@ -50,6 +53,7 @@ class DatasetSpec:
     ceiling: float | None  # human inter-rater ceiling that normalises mean Spearman, if known
     protocols: tuple[str, ...]
     opener: Callable[..., Dataset] = field(repr=False, compare=False)  # (spec, data_dir, download)
+    has_fixations: bool = False  # eye-tracking data: the opener also takes fixation_sigma=
 
 
 @dataclass
@@ -103,6 +107,9 @@ class Dataset:
         self.has_labels = spec.has_labels if has_labels is None else has_labels
         # False: no reference map (a folder without heatmaps/); only metrics that never read one apply
         self.has_reference = has_reference
+        # True on eye-tracking datasets (``_fixations``): items carry fixations, density and centre bias
+        self.has_fixations = False
+        self.fixation_sigma: float | None = None  # their blur in pixels (None: the default)
         self.location = location  # the files read (data dir, cache dir or package data)
         self._image_ids = list(image_ids)
 

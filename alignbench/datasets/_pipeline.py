@@ -21,7 +21,8 @@ Protocols (SPEC "Datasets"):
   Reproduced here with the same PIL operations torchvision applies to a PIL image. When the model
   input is not 224 the 224 heatmap is resized (bilinear) to it, so maps can be compared at all.
 
-Folder images and heatmaps are resized to the model input with antialiased bilinear, no crop.
+Folder images and heatmaps are resized to the model input with antialiased bilinear, no crop; so are
+the images and fixation densities of eye-tracking datasets.
 ClickMe JPEGs are decoded as ``tf.io.decode_jpeg`` decodes them (libjpeg-turbo's fast integer IDCT,
 through simplejpeg: see ``_clickme.decode_jpeg``); folder and ImageNet images with PIL. Given the
 same decoded pixels, this module's image and reference maps equal TensorFlow 2.21's
@@ -39,6 +40,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from alignbench.datasets._base import ClickMeSample, FolderSample
+from alignbench.datasets._fixations import FixationSample
 from alignbench.models.preprocessing import Preprocessing
 
 # Harmonization blur.py: BLUR_KERNEL_SIZE = 10, BLUR_SIGMA = 10; heatmaps are blurred at 64×64 and
@@ -192,11 +194,20 @@ def folder_item(sample: FolderSample, preprocessing: Preprocessing) -> tuple[Ten
     return model_input.contiguous(), heatmap[0, 0].contiguous(), torch.zeros((0, 4), dtype=torch.float32)
 
 
+def fixation_item(sample: FixationSample, preprocessing: Preprocessing) -> tuple[Tensor, Tensor, Tensor]:
+    """(image [3, H, W] normalised, reference [H, W], no boxes): the image as a folder image, the
+    reference the fixation density resized to the model input like a folder heatmap (antialiased
+    bilinear; all NaN for an image without fixations)."""
+    return folder_item(FolderSample(image=sample.image, heatmap=sample.density, label=sample.label), preprocessing)
+
+
 def reference_recipe(geometry: str, preprocessing: Preprocessing, protocol: str) -> str:
     """What the reference map of an image depends on besides the image (keys the rank cache)."""
     height, width = preprocessing.input_size
     if geometry == "folder":
         return f"folder antialiased-bilinear {height}x{width}"
+    if geometry == "fixations":  # the sigma is in the dataset's fingerprint
+        return f"fixation density antialiased-bilinear {height}x{width}"
     if protocol == "paper" and (height, width) != (CLICKME_MODEL_SIDE, CLICKME_MODEL_SIDE):
         return f"clickme {CLICKME_MODEL_SIDE}x{CLICKME_MODEL_SIDE} then bilinear {height}x{width}"
     return f"clickme {height}x{width}"  # aligned at any size; paper at 224 is the same map

@@ -18,7 +18,18 @@ Item (one image), a dict:
 - ``boxes``: float32 [K, 4], (x0, y0, x1, y1) in model-input pixels, continuous edges, x1/y1
   exclusive (alignbench.metrics.localisation's convention); K may be 0.
 
-``collate`` stacks them; ``boxes`` becomes [B, K_max, 4] padded with NaN, with ``box_counts`` int64
+Items of an eye-tracking dataset (``Dataset.has_fixations``; the ``reference`` is then the fixation
+density resized to the model input with antialiasing) also carry, at the image file's own size:
+
+- ``stimulus_size``: (height, width);
+- ``fixations``: float64 numpy [N, 2], (x, y) = (column, row), 0-based continuous pixels (the pixel of
+  x is floor(x)); N may be 0 (then ``reference_undefined`` says the image has no fixations);
+- ``density``: float32 numpy [h, w], the fixation density (sums to 1; all NaN when N = 0);
+- ``baseline``: float32 numpy [h, w], the centre bias: leave-one-out average fixation density of the
+  other images (sums to 1);
+- ``other_fixations``: float64 numpy [M, 2], every other image's fixations rescaled to this size.
+
+``collate`` passes these five through as lists (one entry per image), and stacks the rest; ``boxes`` becomes [B, K_max, 4] padded with NaN, with ``box_counts`` int64
 [B] saying how many rows are real; ``index`` and ``label`` become int64 [B]; ``image_id`` and
 ``reference_undefined`` lists;
 ``image`` [B, 3, H, W] is stored channels-last (NHWC in memory), the layout the scorer runs its
@@ -37,11 +48,16 @@ from torch.utils.data import Dataset as TorchDataset
 
 from alignbench._utils.threads import one_torch_thread
 from alignbench.datasets._base import NO_REFERENCE, Dataset
-from alignbench.datasets._pipeline import clickme_item, folder_item, reference_recipe
+from alignbench.datasets._pipeline import clickme_item, fixation_item, folder_item, reference_recipe
 from alignbench.datasets._reference_ranks import ReferenceRankCache
 from alignbench.errors import DatasetError
 from alignbench.metrics.constancy import CONSTANT_RTOL, constant_map_reason, relative_range
 from alignbench.models.preprocessing import Preprocessing
+
+
+# The keys an eye-tracking dataset's items add (module docstring); collate keeps them as lists.
+FIXATION_KEYS = ("stimulus_size", "fixations", "density", "baseline", "other_fixations")
+NO_FIXATIONS = "the image has no fixations"
 
 
 class ReferenceMapDataset(TorchDataset):
@@ -84,6 +100,8 @@ class ReferenceMapDataset(TorchDataset):
         sample = self.reader.read(index)
         if self.reader.geometry == "clickme":
             image, reference, boxes = clickme_item(sample, self.preprocessing, self.protocol)
+        elif self.reader.geometry == "fixations":
+            image, reference, boxes = fixation_item(sample, self.preprocessing)
         else:
             image, reference, boxes = folder_item(sample, self.preprocessing)
         item = {
@@ -95,6 +113,14 @@ class ReferenceMapDataset(TorchDataset):
             "label": int(sample.label),
             "boxes": boxes,
         }
+        if self.reader.geometry == "fixations":
+            item["stimulus_size"] = tuple(sample.image.shape[:2])
+            item["fixations"] = sample.fixations
+            item["density"] = sample.density
+            item["baseline"] = sample.baseline
+            item["other_fixations"] = sample.other_fixations
+            if len(sample.fixations) == 0:
+                item["reference_undefined"] = NO_FIXATIONS
         if self.rank_cache is not None:
             item["reference_ranks"] = self.rank_cache.ranks(index, reference)
         return item
@@ -134,6 +160,9 @@ def collate(items: list[dict[str, Any]]) -> dict[str, Any]:
         "boxes": boxes,
         "box_counts": torch.tensor([item["boxes"].shape[0] for item in items], dtype=torch.int64),
     }
+    for key in FIXATION_KEYS:  # eye-tracking data: per image, sizes differ, so lists (never stacked)
+        if all(key in item for item in items):
+            batch[key] = [item[key] for item in items]
     if all("reference_ranks" in item for item in items):
         batch["reference_ranks"] = torch.stack([item["reference_ranks"] for item in items])
     return batch
