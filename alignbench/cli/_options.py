@@ -111,6 +111,17 @@ DiscardRatio = Annotated[
     ),
 ]
 Dataset = Annotated[str, typer.Option("--dataset", help=f"Dataset: {', '.join(DATASETS)}.")]
+FixationSigma = Annotated[
+    Optional[float],
+    typer.Option(
+        "--fixation-sigma",
+        metavar="PX",
+        help="Eye-tracking datasets (" + ", ".join(n for n, s in DATASETS.items() if s.has_fixations) + "): the Gaussian, in pixels "
+        "of the image, that blurs the fixations into the reference density (default: 0.03 of the image's longer side). "
+        "Part of the dataset's identity: each sigma is its own run.",
+        show_default=False,
+    ),
+]
 Protocol = Annotated[
     str,
     typer.Option(

@@ -112,6 +112,7 @@ def score(
     data_dir: Annotated[
         Optional[Path], typer.Option("--data-dir", help="Dataset files (ClickMe shards, folder, ImageNet val JPEGs).", show_default=False)
     ] = None,
+    fixation_sigma: o.FixationSigma = None,
     protocol: o.Protocol = "aligned",
     metric: Annotated[str, typer.Option("--metric", help=f"Metric or comma-separated metrics: {', '.join(METRICS)}.")] = "spearman",
     steps: Annotated[
@@ -153,6 +154,7 @@ def score(
             explainer_params=o.explainer_params(explainer, **explainer_options),
             dataset=dataset,
             data_dir=data_dir,
+            fixation_sigma=fixation_sigma,
             protocol=protocol,
             metrics=parse_metrics(metric),
             metric_params={} if steps is None else {"deletion": {"steps": steps}, "insertion": {"steps": steps}},

@@ -45,8 +45,8 @@ from alignbench.datasets._fixations import (
     open_fixations,
     open_nus_scene,
     read_fixation_points,
-    remembered_sigmas,
     read_nus_fixations,
+    remembered_sigmas,
 )
 from alignbench.datasets._folder import IMAGE_SUFFIXES, open_folder, read_labels
 from alignbench.datasets._imagenet import SAMPLE_DIR, SAMPLE_LABELS, open_imagenet_val, open_sample
@@ -198,9 +198,7 @@ def open_dataset(
         return spec.opener(spec, data_dir, download, fixation_sigma=fixation_sigma)
     if fixation_sigma is not None:
         with_fixations = ", ".join(n for n, s in DATASETS.items() if s.has_fixations)
-        raise DatasetError(
-            f"--fixation-sigma applies to eye-tracking datasets ({with_fixations}), not {name!r}; leave it out"
-        )
+        raise DatasetError(f"--fixation-sigma applies to eye-tracking datasets ({with_fixations}), not {name!r}; leave it out")
     return spec.opener(spec, data_dir, download)
 
 

@@ -290,7 +290,9 @@ def _read_fixations_csv(path: Path, images: list[Path], sizes: list[tuple[int, i
             name = row[col_image].strip()
             image = stems.get(name) or stems.get(Path(name).stem if Path(name).suffix.lower() in IMAGE_SUFFIXES else name)
             if image is None or (Path(name).suffix and image.name != name):
-                raise DatasetError(f"{path}, line {line_number}: image {name!r} is not in {images[0].parent}; add the image or remove its rows")
+                raise DatasetError(
+                    f"{path}, line {line_number}: image {name!r} is not in {images[0].parent}; add the image or remove its rows"
+                )
             try:
                 x, y = float(row[col_x]), float(row[col_y])
             except ValueError:
@@ -383,9 +385,7 @@ def _open_fixation_folder(spec: DatasetSpec, root: Path, sigma: float | None, wh
         raise DatasetError(f"{root} has neither {FIXATIONS_CSV} nor {FIXPTS_DIR}/; the {spec.name} dataset needs {what}")
     if labels_file is not None:
         names.append(LABELS_FILE)
-    return FixationDataset(
-        spec, root, images=images, fixations=fixations, sizes=sizes, files=names, labels_file=labels_file, sigma=sigma
-    )
+    return FixationDataset(spec, root, images=images, fixations=fixations, sizes=sizes, files=names, labels_file=labels_file, sigma=sigma)
 
 
 def read_nus_fixations(mat_path: Path, count: int) -> tuple[list[np.ndarray], list[list[int]]]:

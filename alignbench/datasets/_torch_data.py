@@ -54,7 +54,6 @@ from alignbench.errors import DatasetError
 from alignbench.metrics.constancy import CONSTANT_RTOL, constant_map_reason, relative_range
 from alignbench.models.preprocessing import Preprocessing
 
-
 # The keys an eye-tracking dataset's items add (module docstring); collate keeps them as lists.
 FIXATION_KEYS = ("stimulus_size", "fixations", "density", "baseline", "other_fixations")
 NO_FIXATIONS = "the image has no fixations"

@@ -34,6 +34,7 @@ class ScoreRequest:
     explainer_params: dict[str, Any] = field(default_factory=dict)
     dataset: str = DEFAULT_DATASET
     data_dir: Path | None = None
+    fixation_sigma: float | None = None  # eye-tracking datasets' density blur (px); None: the dataset default
     protocol: str = "aligned"
     metrics: tuple[str, ...] = ("spearman",)
     metric_params: dict[str, dict[str, Any]] = field(default_factory=dict)  # e.g. {"deletion": {"steps": 50}}

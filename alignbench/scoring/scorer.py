@@ -153,7 +153,7 @@ def score(request: ScoreRequest, *, db: str | None = None, progress: ProgressCal
     _validate(request)
     identity = model_identity(request.model)  # torch-free
     method, params = explainer_setting(request.explainer, **request.explainer_params)
-    dataset = open_dataset(request.dataset, request.data_dir)
+    dataset = open_dataset(request.dataset, request.data_dir, fixation_sigma=request.fixation_sigma)
     _check_metrics_fit(request.metrics, dataset)
     n_total = len(dataset)
     n_images = min(n_total, request.limit) if request.limit else n_total

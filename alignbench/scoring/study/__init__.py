@@ -30,6 +30,7 @@ A study is a TOML file (or a built-in name: ``paper``, ``demo``, in ``alignbench
     [[dataset]]
     name = "clickme-val"
     data_dir = "/data/clickme/val"          # optional; relative to the study file
+    # fixation_sigma = 20                   # eye-tracking datasets only: the density's blur in px
 
     [metric_params.deletion]                # optional: parameters of a metric
     steps = 50

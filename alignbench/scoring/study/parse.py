@@ -41,6 +41,7 @@ class StudyError(AlignbenchError):
 class StudyDataset:
     name: str
     data_dir: Path | None = None
+    fixation_sigma: float | None = None  # eye-tracking datasets: the density's blur in px (None: default)
 
 
 @dataclass(frozen=True)
@@ -70,6 +71,7 @@ class Study:
                 explainer_params=dict(params),
                 dataset=dataset.name,
                 data_dir=dataset.data_dir,
+                fixation_sigma=dataset.fixation_sigma,
                 protocol=protocol,
                 metrics=self.metrics,
                 metric_params=self.metric_params,
@@ -274,15 +276,21 @@ def _parse_datasets(data: dict[str, Any], source: _Source, base: Path) -> tuple[
     datasets = []
     for index, table in enumerate(_tables(data, "dataset", source) or [{"name": "sample"}]):
         for key in table:
-            if key.replace("-", "_") not in ("name", "data_dir"):
-                raise source.error(f"unknown dataset key {key!r}; dataset keys: name, data_dir", "dataset", index, key)
+            if key.replace("-", "_") not in ("name", "data_dir", "fixation_sigma"):
+                raise source.error(f"unknown dataset key {key!r}; dataset keys: name, data_dir, fixation_sigma", "dataset", index, key)
         name = table.get("name")
         if name not in DATASETS:
             raise source.error(f"unknown dataset {name!r}; available: {', '.join(DATASETS)}", "dataset", index, "name")
         data_dir = table.get("data_dir", table.get("data-dir"))
         if data_dir is not None and not isinstance(data_dir, str):
             raise source.error("data_dir must be a path (a string)", "dataset", index, "data_dir")
-        datasets.append(StudyDataset(name, None if data_dir is None else base / Path(data_dir).expanduser()))
+        sigma = table.get("fixation_sigma", table.get("fixation-sigma"))
+        if sigma is not None and (isinstance(sigma, bool) or not isinstance(sigma, (int, float)) or not DATASETS[name].has_fixations):
+            why = "a number of pixels" if DATASETS[name].has_fixations else f"only for eye-tracking datasets, not {name!r}"
+            raise source.error(f"fixation_sigma is {why}", "dataset", index, "fixation_sigma")
+        datasets.append(
+            StudyDataset(name, None if data_dir is None else base / Path(data_dir).expanduser(), None if sigma is None else float(sigma))
+        )
     return tuple(dict.fromkeys(datasets))
 
 

@@ -89,13 +89,13 @@ def study_status(requests: Sequence[ScoreRequest], *, db: str | None = None) -> 
 
 
 def _plans(requests: Sequence[ScoreRequest]) -> list[_Plan]:
-    datasets: dict[tuple[str, Path | None], Any] = {}
+    datasets: dict[tuple[str, Path | None, float | None], Any] = {}
     plans = []
     for request in requests:
-        where = (request.dataset, request.data_dir)
+        where = (request.dataset, request.data_dir, request.fixation_sigma)
         if where not in datasets:
             try:
-                datasets[where] = open_dataset(request.dataset, request.data_dir, download=False)
+                datasets[where] = open_dataset(request.dataset, request.data_dir, download=False, fixation_sigma=request.fixation_sigma)
             except DatasetError:
                 datasets[where] = None  # not on this machine: matched by name
         dataset = datasets[where]
