@@ -15,8 +15,8 @@ Layouts:
 
 Coordinates are pysaliency's: x = column, y = row, 0-based continuous pixels of the image file, the
 pixel of x is floor(x). A fixation must lie in −1 < x ≤ width − 1, −1 < y ≤ height − 1 (the range of
-1-based MATLAB data, 0 < x ≤ width, minus 1), with 1e-6 px of slack for rounding; anything further out
-is refused before a run exists. An image without fixations is served with N = 0 (its density and the
+1-based MATLAB data, 0 < x ≤ width, minus 1), with 1e-6 px of slack above for coordinates rounded
+when written as decimals; anything further out is refused before a run exists. An image without fixations is served with N = 0 (its density and the
 metrics that read fixations are undefined: NULL with that reason).
 
 The fixation sigma (``fixation_sigma``, pixels of the image; None: 0.03 of each image's longer side)
@@ -46,7 +46,7 @@ SCENE_SAMPLE_DIR = Path(__file__).resolve().parents[1] / "data" / "scene-sample"
 FIXATIONS_CSV = "fixations.csv"
 FIXPTS_DIR = "fixations"
 NUS_MAT = Path("tidy") / "fixations.mat"
-_SLACK = 1e-6  # pixels: rounding of coordinates written as decimals
+_SLACK = 1e-6  # pixels above w − 1: rounding of coordinates written as decimals (−1 itself is MATLAB's 0: outside)
 _CSV_COLUMNS = ("image", "x", "y")
 _OPTIONAL_COLUMNS = ("subject", "onset_s", "duration_s")
 
@@ -245,7 +245,7 @@ def _check_inside(points: np.ndarray, size: tuple[int, int], where: Callable[[in
         return
     x, y = points[:, 0], points[:, 1]
     bad = ~np.isfinite(points).all(axis=1)
-    bad |= (x <= -1 - _SLACK) | (x > width - 1 + _SLACK) | (y <= -1 - _SLACK) | (y > height - 1 + _SLACK)
+    bad |= (x <= -1) | (x > width - 1 + _SLACK) | (y <= -1) | (y > height - 1 + _SLACK)
     if bad.any():
         k = int(np.argmax(bad))
         raise DatasetError(
