@@ -311,3 +311,17 @@ def test_an_unreadable_mat_is_refused(tmp_path: Path, shared_data: Path) -> None
     savemat(root / "tidy" / "fixations.mat", {"fixations": cells})
     dataset = open_dataset("nus-scene", root)
     np.testing.assert_array_equal(dataset.fixations[1], [[2.0, 255.0]])
+
+
+def test_a_study_gives_each_eye_tracking_dataset_its_sigma(tmp_path: Path) -> None:
+    from alignbench.scoring.study import StudyError, load_study
+
+    path = tmp_path / "study.toml"
+    path.write_text(
+        '[[model]]\nname = "efficientnet_lite0"\n[[dataset]]\nname = "scene-sample"\nfixation_sigma = 5\n'
+        '[[dataset]]\nname = "scene-sample"\n'
+    )
+    assert [r.fixation_sigma for r in load_study(path).requests()] == [5.0, None]
+    path.write_text('[[model]]\nname = "efficientnet_lite0"\n[[dataset]]\nname = "sample"\nfixation_sigma = 5\n')
+    with pytest.raises(StudyError, match="only for eye-tracking datasets"):
+        load_study(path)

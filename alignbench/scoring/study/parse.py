@@ -28,7 +28,9 @@ else:  # pragma: no cover - Python 3.10: the same parser, from PyPI
 BUILT_IN_STUDIES = ("paper", "demo")
 # Fields of a ScoreRequest that the grid itself sets, or that belong to the command line (the machine
 # the study runs on), not to the study file's [run] table.
-_GRID_FIELDS = frozenset({"model", "explainer", "explainer_params", "dataset", "data_dir", "protocol", "metrics", "metric_params"})
+_GRID_FIELDS = frozenset(
+    {"model", "explainer", "explainer_params", "dataset", "data_dir", "fixation_sigma", "protocol", "metrics", "metric_params"}
+)
 _COMMAND_LINE_FIELDS = frozenset({"device", "force"})
 _TOP_LEVEL = ("name", "description", "protocols", "metrics", "metric_params", "model", "explainer", "dataset", "run")
 
