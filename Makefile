@@ -19,7 +19,8 @@ install: $(STAMP)
 
 # The main job on the embedded default (efficientnet_lite0, real ImageNet weights, on the embedded
 # `sample` dataset; offline), its DCLS conversion (from-dense), the same command again (answered from
-# the store), then a DCLS model whose positions `alignbench train` moved (on the same ten images; an
+# the store), the same default model on `scene-sample` (ten NUS scenes with real human eye-tracking
+# fixations: alignment with where people looked), then a DCLS model whose positions `alignbench train` moved (on the same ten images; an
 # earlier ./demo-train is resumed: finished, it is only recorded again), its score, the comparisons — DCLS vs
 # baseline, where from-dense is identical and the trained positions are not, and trained vs parent —
 # the report of what is stored in ./alignbench.db, then the same report as a static HTML page with
@@ -30,6 +31,7 @@ demo: install
 	$(BIN)/alignbench score
 	$(BIN)/alignbench score efficientnet_lite0 --dcls
 	$(BIN)/alignbench score
+	$(BIN)/alignbench score --dataset scene-sample
 	$(BIN)/alignbench train efficientnet_lite0 --dcls --data sample \
 		--out $(DEMO_TRAIN) --tag lite0-dcls-demo --steps 8 --batch-size 10 --positions-lr 0.05 \
 		$$(test -f $(DEMO_TRAIN)/last.pt && echo --resume $(DEMO_TRAIN)/last.pt)

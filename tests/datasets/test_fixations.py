@@ -19,7 +19,7 @@ from PIL import Image
 from scipy.ndimage import gaussian_filter
 
 from alignbench.datasets import DATASETS, SCENE_SAMPLE_DIR, collate, open_dataset, reopen_dataset, torch_dataset
-from alignbench.datasets._fixation_maps import gaussian_kernel
+from alignbench.datasets._fixation_maps import SPARSE_LINES, blur_fft, blur_sparse, gaussian_blur, gaussian_kernel
 from alignbench.errors import DatasetError
 from alignbench.models.preprocessing import Preprocessing
 from alignbench.testing.cli import invoke, one_line_error
@@ -152,6 +152,27 @@ def test_density_is_the_blurred_fixation_map(tmp_path: Path, size: tuple[int, in
     assert density.dtype == np.float32 and density.shape == size
     assert abs(float(density.astype(np.float64).sum()) - 1) <= float32_relative(density.size)
     assert (np.abs(density - expected) <= density_tolerance(expected, max(used, 1e-9), size)).all()
+
+
+@pytest.mark.parametrize(("size", "sigma"), [((7, 11), 1.3), ((7, 11), 9.0), ((5, 3), 20.0), ((1, 1), 2.0), ((33, 40), 2.5)])
+def test_both_blurs_equal_gaussian_filter(size: tuple[int, int], sigma: float) -> None:
+    """The sparse products and the FFT both equal ``gaussian_filter(mode="reflect")``, including
+    kernels longer than the image (reflected more than once); ``gaussian_blur`` takes the FFT for a
+    map with more than SPARSE_LINES non-zero columns."""
+    rng = np.random.default_rng(3)
+    sparse = np.zeros(size)
+    np.add.at(sparse, (rng.integers(0, size[0], 6), rng.integers(0, size[1], 6)), 1.0)
+    dense = rng.random(size)
+    for array in (sparse, dense):
+        expected = gaussian_filter(array, sigma, mode="reflect")
+        rows, columns = np.flatnonzero(array.any(axis=1)), np.flatnonzero(array.any(axis=0))
+        # float64 sums over the kernel's taps (a few more for the reflected FFT line), terms ≤ max
+        bound = float32_bound(2 * max(size) + 2 * gaussian_kernel(sigma).size, float(np.abs(array).sum()), eps=EPS64)
+        assert np.abs(blur_sparse(array, sigma, rows, columns) - expected).max() <= bound
+        assert np.abs(blur_fft(array, sigma) - expected).max() <= bound
+    wide = np.zeros((3, SPARSE_LINES + 1))
+    wide[1] = rng.random(SPARSE_LINES + 1)
+    np.testing.assert_array_equal(gaussian_blur(wide, 1.5), blur_fft(wide, 1.5))
 
 
 def test_centre_bias_is_the_leave_one_out_average_density(tmp_path: Path) -> None:
