@@ -346,3 +346,21 @@ def test_a_study_gives_each_eye_tracking_dataset_its_sigma(tmp_path: Path) -> No
     path.write_text('[[model]]\nname = "efficientnet_lite0"\n[[dataset]]\nname = "sample"\nfixation_sigma = 5\n')
     with pytest.raises(StudyError, match="only for eye-tracking datasets"):
         load_study(path)
+
+
+def test_an_image_without_fixations_is_scored_as_undefined(tmp_path: Path) -> None:
+    """Served with N = 0, not refused: its Spearman against the (undefined) density is NULL with the reason."""
+    from alignbench.models import ModelRequest
+    from alignbench.scoring import ScoreRequest, score
+
+    root = _csv_folder(tmp_path / "data", [(40, 50), (30, 30), (36, 48)], [[(3.0, 4.0), (20.0, 10.0)], [], [(10.0, 11.0)]])
+    db = tmp_path / "store.db"
+    request = ScoreRequest(model=ModelRequest("test_convnext", pretrained=False), dataset="fixations", data_dir=root, workers=0)
+    result = score(request, db=f"sqlite:///{db}")
+    assert (result.n_scored, result.n_skipped, result.status) == (2, 1, "complete")
+    con = sqlite3.connect(db)
+    try:
+        rows = con.execute("SELECT image_id, spearman, skip_reason FROM image_score WHERE run_id = ?", (result.run_id,)).fetchall()
+    finally:
+        con.close()
+    assert [(image, reason) for image, rho, reason in rows if rho is None] == [("im1", "spearman: the image has no fixations")]
