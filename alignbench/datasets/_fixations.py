@@ -95,12 +95,12 @@ class FixationReader(Reader):
         )
 
     def baseline(self, index: int) -> np.ndarray:
-        """float32 [h, w] centre bias of image ``index`` (cached)."""
+        """float32 [h, w] centre bias of image ``index`` (cached with every image of its size)."""
         from alignbench.datasets import _fixation_maps as maps
 
-        return maps.MapCache(self.fingerprint).get(
-            "baseline", index, lambda: maps.centre_bias(index, self.fixations, self.sizes, self.sigma_of(index))
-        )
+        sigma = self.sigma_of(index)
+        group = [j for j, size in enumerate(self.sizes) if size == self.sizes[index] and self.sigma_of(j) == sigma]
+        return maps.MapCache(self.fingerprint).get("baseline", index, lambda: maps.centre_biases(group, self.fixations, self.sizes, sigma))
 
     def read(self, index: int) -> FixationSample:
         import numpy as np
