@@ -110,7 +110,12 @@ def score(
     explainer_options: dict = None,  # every explainer option (o.EXPLAINER_OPTIONS)
     dataset: o.Dataset = "sample",
     data_dir: Annotated[
-        Optional[Path], typer.Option("--data-dir", help="Dataset files (ClickMe shards, folder, ImageNet val JPEGs).", show_default=False)
+        Optional[Path],
+        typer.Option(
+            "--data-dir",
+            help="Dataset files (ClickMe shards, folder, ImageNet val JPEGs, fixations folder, NUS scene set).",
+            show_default=False,
+        ),
     ] = None,
     fixation_sigma: o.FixationSigma = None,
     protocol: o.Protocol = "aligned",
