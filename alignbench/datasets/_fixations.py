@@ -314,7 +314,11 @@ def read_fixation_points(path: Path) -> np.ndarray:
 
     try:
         with Image.open(path) as opened:
-            array = np.array(opened)
+            # a palette index is not a colour (index 5 may be black); an alpha channel is not a fixation
+            image = opened.convert("RGBA") if opened.mode == "P" else opened
+            array = np.array(image)
+            if image.mode in ("LA", "RGBA", "La", "RGBa"):
+                array = array[..., :-1]
     except OSError as error:
         raise DatasetError(f"cannot read fixation map {path}: {error}; replace it") from None
     if array.ndim == 3:

@@ -129,6 +129,12 @@ def test_fixation_point_maps_are_read_as_fixations(tmp_path: Path) -> None:
     assert dataset.image_ids() == [Path(n).stem for n in names]
     np.testing.assert_array_equal(dataset.fixations[0], [[11, 0], [3, 4], [0, 8]])
     assert dataset.fixation_counts() == [3, 0]
+    # colour maps: any non-zero channel, the alpha channel (opaque everywhere) not counted
+    rgba = np.zeros((*sizes[1], 4), dtype=np.uint8)
+    rgba[..., 3] = 255
+    rgba[2, 6, 0] = 1
+    Image.fromarray(rgba, "RGBA").save(tmp_path / "fixations" / "im1.png")
+    np.testing.assert_array_equal(open_dataset("fixations", tmp_path).fixations[1], [[6, 2]])
 
 
 # --- density and centre bias -----------------------------------------------------------------------
