@@ -206,9 +206,13 @@ def _normalised(blurred: np.ndarray) -> np.ndarray:
     return blurred / blurred.sum()
 
 
+# Bumped when the maps' definition or computation changes, so older cached maps are not read.
+MAPS_VERSION = 1
+
+
 class MapCache:
     """Densities and centre biases of one dataset (its fingerprint covers the sigma), one ``.npy``
-    float32 file per image and kind under ``<cache>/fixation-maps/<fingerprint>/``; computed on first
+    float32 file per image and kind under ``<cache>/fixation-maps/v<MAPS_VERSION>-<fingerprint>/``; computed on first
     use (in whichever DataLoader worker asks first) and written atomically, so concurrent workers at
     worst compute a map twice."""
 
@@ -221,7 +225,7 @@ class MapCache:
         if self._directory is None:
             from alignbench._utils.cache import cache_dir
 
-            self._directory = cache_dir("fixation-maps", self.fingerprint[:32])
+            self._directory = cache_dir("fixation-maps", f"v{MAPS_VERSION}-{self.fingerprint[:32]}")
         return self._directory
 
     def get(self, kind: str, index: int, compute) -> np.ndarray:
