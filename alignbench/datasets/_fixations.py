@@ -288,8 +288,8 @@ def _read_fixations_csv(path: Path, images: list[Path], sizes: list[tuple[int, i
             if len(row) < width:
                 raise DatasetError(f"{path}, line {line_number}: expected {len(names)} columns ({','.join(names)}), got {','.join(row)!r}")
             name = row[col_image].strip()
-            image = stems.get(name) or stems.get(Path(name).stem if Path(name).suffix.lower() in IMAGE_SUFFIXES else name)
-            if image is None or (Path(name).suffix and image.name != name):
+            image = stems.get(name) or stems.get(Path(name).stem)
+            if image is None or name not in (image.name, image.stem):
                 raise DatasetError(
                     f"{path}, line {line_number}: image {name!r} is not in {images[0].parent}; add the image or remove its rows"
                 )

@@ -307,6 +307,10 @@ def test_bad_csv_rows_and_missing_images_are_refused(tmp_path: Path) -> None:
     good = csv_path.read_text()
     csv_path.write_text(good + "gone.png,1,1.0,1.0\n")
     _refused(tmp_path, "fixations", root, "fixations.csv, line 3", "'gone.png' is not in")
+    csv_path.write_text(good + "im0.jpg,1,1.0,1.0\n")  # another extension: another file
+    _refused(tmp_path, "fixations", root, "fixations.csv, line 3", "'im0.jpg' is not in")
+    csv_path.write_text(good + "im0,1,1.0,1.0\n")  # the stem names the image
+    assert open_dataset("fixations", root).fixation_counts() == [2]
     csv_path.write_text(good + "im0.png,1,left,1.0\n")
     _refused(tmp_path, "fixations", root, "fixations.csv, line 3", "must be numbers")
     csv_path.write_text(good + "im0.png,1\n")
