@@ -83,6 +83,7 @@ MARKED_BY_NAME: dict[str, dict[str, set[str]]] = {
     "slow": {
         "cli/test_models_command.py": {"test_models_json_lists_every_registry_entry"},
         "datasets/test_datasets.py": {"test_imagenet_val_reads_wsolevaluation_boxes_equal_to_the_sample"},
+        "datasets/test_fixations.py": {"test_an_image_without_fixations_is_scored_as_undefined"},
         "explainers/test_cam_core.py": {"test_no_hooks_graphs_or_tensors_left_behind"},
         "html_report/test_html_report.py": {"test_output_directory_rules"},
         "html_report/test_html_report_browser.py": {  # the module's store: two scored runs of a tiny model
