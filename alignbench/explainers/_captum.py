@@ -197,10 +197,14 @@ def attribution_maps(
     """(maps [B, H, W] at the images' size, logits, targets) for a captum-backed ``spec`` (module docstring)."""
     from captum.attr import GuidedBackprop, InputXGradient, Saliency
 
-    forward = Logits(model, precision, needs_gradient=spec.needs == "input-gradient")
+    needs_gradient = spec.needs == "input-gradient"
+    forward = Logits(model, precision, needs_gradient=needs_gradient)
     x = images.detach()
-    with torch.no_grad():
-        logits = forward(x)
+    # the logits and targets; for a gradient method with autograd on, so that a model whose logits
+    # have no input gradient is refused (Logits) before captum hooks anything
+    with torch.enable_grad() if needs_gradient else torch.no_grad(), frozen_parameters(model):
+        logits = forward(x.requires_grad_(needs_gradient)).detach()
+    x = images.detach()
     t = resolve_targets(targets, logits)
     with frozen_parameters(model), warnings.catch_warnings():
         # captum warns that it sets ReLU hooks and that the inputs require grad: both are by design here
