@@ -47,13 +47,17 @@ BLUR_SIGMA_FRAC = 0.05
 
 class Logits(nn.Module):
     """The model as captum calls it: float32 logits under the requested precision's autocast, and a
-    refusal (one line) where they do not depend differentiably on the input."""
+    refusal (one line) where they do not depend differentiably on the input. The logits of the call
+    on ``original`` itself (saliency, input × gradient, guided backprop and occlusion make one) are
+    kept, so the explanation's logits cost no forward of their own."""
 
-    def __init__(self, model: nn.Module, precision: str = "fp32", needs_gradient: bool = True) -> None:
+    def __init__(self, model: nn.Module, precision: str = "fp32", needs_gradient: bool = True, original: Tensor | None = None) -> None:
         super().__init__()
         self.model = model
         self.precision = precision
         self.needs_gradient = needs_gradient
+        self.original = original
+        self.original_logits: Tensor | None = None
 
     def forward(self, images: Tensor) -> Tensor:
         with forward_autocast(images.device, self.precision):
@@ -62,6 +66,8 @@ class Logits(nn.Module):
             raise ExplainerError(f"{model_name(self.model)} gives no [B, classes] logits to attribute")
         if self.needs_gradient and images.requires_grad and not logits.requires_grad:
             raise ExplainerError(no_input_gradient(self.model))
+        if images is self.original:
+            self.original_logits = logits.detach().float()
         return logits.float()
 
 
@@ -195,17 +201,17 @@ def attribution_maps(
     model: nn.Module, images: Tensor, targets: Targets, spec: MethodSpec, params: dict[str, Any], *, precision: str = "fp32"
 ) -> tuple[Tensor, Tensor, Tensor]:
     """(maps [B, H, W] at the images' size, logits, targets) for a captum-backed ``spec`` (module docstring)."""
-    from captum.attr import GuidedBackprop, InputXGradient, Saliency
+    from captum.attr import InputXGradient, Saliency
 
-    needs_gradient = spec.needs == "input-gradient"
-    forward = Logits(model, precision, needs_gradient=needs_gradient)
     x = images.detach()
-    # the logits and targets; for a gradient method with autograd on, so that a model whose logits
-    # have no input gradient is refused (Logits) before captum hooks anything
-    with torch.enable_grad() if needs_gradient else torch.no_grad(), frozen_parameters(model):
-        logits = forward(x.requires_grad_(needs_gradient)).detach()
-    x = images.detach()
-    t = resolve_targets(targets, logits)
+    forward = Logits(model, precision, needs_gradient=spec.needs == "input-gradient", original=x)
+    num_classes = getattr(model, "num_classes", None)
+    logits = None
+    if targets is None or spec.name in ("integrated-gradients", "smoothgrad") or not isinstance(num_classes, int):
+        # the top-1 targets, or logits that captum's calls on noisy / interpolated images do not give
+        with torch.no_grad():
+            logits = forward(x)
+    t = resolve_targets(targets, logits if logits is not None else x.new_zeros(x.shape[0], num_classes))
     with frozen_parameters(model), warnings.catch_warnings():
         # captum warns that it sets ReLU hooks and that the inputs require grad: both are by design here
         warnings.simplefilter("ignore")
@@ -218,12 +224,32 @@ def attribution_maps(
         elif spec.name == "smoothgrad":
             maps = _smoothgrad(forward, x, t, params)
         elif spec.name == "guided-backprop":
-            maps = GuidedBackprop(forward).attribute(x, target=t).sum(dim=1).abs()
+            maps = _guided_backprop(forward, x, t)
         elif spec.name == "occlusion":
             maps = _occlusion(forward, x, t, params)
         else:  # pragma: no cover - the registry and this dispatcher are kept in step by the tests
             raise ExplainerError(f"{spec.name} is not a captum attribution")
+    if logits is None:
+        logits = forward.original_logits
+    if logits is None:  # pragma: no cover - captum evaluates the original images in each of these methods
+        with torch.no_grad():
+            logits = forward(x)
     return maps.detach().float(), logits.detach(), t
+
+
+def _guided_backprop(forward: Logits, x: Tensor, t: Tensor) -> Tensor:
+    """captum's ``GuidedBackprop``, |channel sum|. Its ReLU hooks fail inside the forward where the
+    input has no gradient, before ``Logits`` can say so: that case is told apart and refused in one line."""
+    from captum.attr import GuidedBackprop
+
+    try:
+        return GuidedBackprop(forward).attribute(x, target=t).sum(dim=1).abs()
+    except RuntimeError:
+        probe = x.detach().requires_grad_(True)
+        with torch.enable_grad():
+            if not forward.model(probe).requires_grad:
+                raise ExplainerError(no_input_gradient(forward.model, "guided-backprop")) from None
+        raise
 
 
 def check_guided_backprop(model: nn.Module) -> None:

@@ -103,6 +103,9 @@ def test_each_attribution_is_captums_reduced_the_documented_way(name, model, ima
     result = explain_batch(model, images, TARGETS, name, **params)
     assert result.maps.shape == (2, SIZE, SIZE) and result.maps.dtype == torch.float32
     assert result.targets.tolist() == TARGETS
+    with torch.no_grad():  # the logits of the images themselves (taken from captum's own call where it makes one)
+        logits = model(images)
+    assert torch.allclose(result.logits, logits, rtol=0, atol=network_relative(model) * float(logits.abs().max()))
     # the same captum code on the same model, inputs and targets, the same float32 operations in the same order
     assert torch.equal(result.maps, expected)
     assert all(p.grad is None for p in model.parameters()) and all(p.requires_grad for p in model.parameters())
