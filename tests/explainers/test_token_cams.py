@@ -196,3 +196,12 @@ def test_tokens_that_cannot_be_laid_on_a_grid_are_refused_naming_why(images):
 def test_library_methods_that_need_the_whole_network_are_refused_on_a_vit(model, method):
     with pytest.raises(ExplainerError, match=rf"{method} cannot explain test_vit \(a token transformer\)"):
         check_applicable(model, method)
+
+
+def test_deit_distilled_drops_its_class_and_distillation_tokens(images):
+    torch.manual_seed(0)
+    deit = timm.create_model("deit_tiny_distilled_patch16_224", pretrained=False, num_classes=10, img_size=SIZE, depth=2).eval()
+    assert deit.num_prefix_tokens == 2
+    theirs = library_cam(GradCAM, deit, deit.blocks[-1].norm1, images, [4, 8], reshape=lambda t: vit_reshape_transform(t[:, 1:]))
+    evidence = token_evidence(deit, images, torch.tensor([4, 8]))
+    assert_matches_library(gradcam(evidence), explain(deit, images, [4, 8], "gradcam"), theirs, evidence, raw_scale=deit.embed_dim)
