@@ -66,18 +66,18 @@ def check_applicable(model: nn.Module, method: str, **params: Any) -> None:
     input gradient costs one probe forward here."""
     spec = resolve_method(method)
     _check(model, spec, params)
+    size = model_input_size(model)
+    if spec.name == "occlusion" and size is not None:  # explain_batch checks against the images themselves
+        check_occlusion(*size, {**METHODS["occlusion"].defaults, **params}, what=f"{model_name(model)}'s input")
     if spec.needs == "input-gradient":
         check_input_gradient(model, spec.name)
 
 
 def _check(model: nn.Module, spec: MethodSpec, params: dict[str, Any]) -> None:
-    """What ``check_applicable`` checks but the probe: cheap, run by every ``explain_batch``."""
+    """What ``check_applicable`` checks but the model's input size and the probe: cheap, run by every ``explain_batch``."""
     if spec.kind == "attribution":
         if spec.name == "guided-backprop":
             check_guided_backprop(model)
-        size = model_input_size(model)
-        if spec.name == "occlusion" and size is not None:
-            check_occlusion(*size, {**METHODS["occlusion"].defaults, **params}, what=f"{model_name(model)}'s input")
         return
     if spec.needs == "attention":
         attns = attention_modules(model, spec.name)
