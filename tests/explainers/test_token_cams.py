@@ -105,16 +105,26 @@ def test_layer_picks_the_block(model, images):
     assert not torch.equal(explain(model, images, targets, "gradcam", layer=0), explain(model, images, targets, "gradcam"))
 
 
-def test_library_methods_on_a_vit_are_the_library_with_the_reshape_transform(model, images):
-    ours = explain(model, images, [1, 2], "eigencam", layer=2)
-    cam = EigenCAM(model, [model.blocks[2].norm1], reshape_transform=vit_reshape_transform)
-    try:
-        from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+@pytest.mark.parametrize("method", ["eigencam", "scorecam", "ablationcam"])
+def test_library_methods_on_a_vit_are_the_library_with_the_reshape_transform(method, model, images):
+    """The library's own ViT recipe (AblationCAM with its AblationLayerVit), hooked at block 2's norm1."""
+    from pytorch_grad_cam import AblationCAM, ScoreCAM
+    from pytorch_grad_cam.ablation_layer import AblationLayerVit
+    from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
-        theirs = cam(images, [ClassifierOutputTarget(1), ClassifierOutputTarget(2)])
+    images, targets = (images[:1], [1]) if method != "eigencam" else (images, [1, 2])  # one image where a forward per channel
+    ours = explain(model, images, targets, method, layer=2)
+    cam_class, kwargs = {
+        "eigencam": (EigenCAM, {}),
+        "scorecam": (ScoreCAM, {}),
+        "ablationcam": (AblationCAM, {"ablation_layer": AblationLayerVit()}),
+    }[method]
+    cam = cam_class(model, [model.blocks[2].norm1], reshape_transform=vit_reshape_transform, **kwargs)
+    try:
+        theirs = cam(images, [ClassifierOutputTarget(t) for t in targets])
     finally:
         cam.activations_and_grads.release()
-    # the same library code on the same activations (A needs no gradient for Eigen-CAM): equal to the bit
+    # the same library code on the same activations (these methods need no gradient): equal to the bit
     np.testing.assert_array_equal(ours.numpy(), theirs)
     assert all(p.grad is None for p in model.parameters())
     assert sum(len(m._forward_hooks) for m in model.modules()) == 0
