@@ -90,7 +90,63 @@ Layer = Annotated[
     Optional[int],
     typer.Option(
         "--layer",
-        help="raw-attention: the block whose attention is shown, 0 the first, negative from the end (default -1: the last).",
+        help="The block, 0 the first, negative from the end (default -1: the last): raw-attention's attention; "
+        "a CAM's patch tokens on a ViT/DeiT (the block's norm1).",
+        show_default=False,
+    ),
+]
+
+
+def _param(method: str, name: str) -> Any:
+    """A method's declared parameter (``MethodSpec.params``): its default and choices in the help."""
+    return next(p for p in METHODS[method].params if p.name == name)
+
+
+# --ig-steps, not --steps: `score --steps` is the deletion/insertion curves' steps, and score takes every explainer option
+IgSteps = Annotated[
+    Optional[int],
+    typer.Option(
+        "--ig-steps",
+        help=f"integrated-gradients: points on the path from the baseline (default {_param('integrated-gradients', 'ig_steps').default}).",
+        show_default=False,
+    ),
+]
+Baseline = Annotated[
+    Optional[str],
+    typer.Option(
+        "--baseline",
+        help=f"integrated-gradients: the path's start, {' | '.join(_param('integrated-gradients', 'baseline').choices)} "
+        "(the image Gaussian-blurred, sigma 5% of its shorter side; default black).",
+        show_default=False,
+    ),
+]
+Samples = Annotated[
+    Optional[int],
+    typer.Option(
+        "--samples", help=f"smoothgrad: noisy copies per image (default {_param('smoothgrad', 'samples').default}).", show_default=False
+    ),
+]
+Noise = Annotated[
+    Optional[float],
+    typer.Option(
+        "--noise",
+        help=f"smoothgrad: the noise's standard deviation as a fraction of the image's value range (default {_param('smoothgrad', 'noise').default}).",
+        show_default=False,
+    ),
+]
+Window = Annotated[
+    Optional[int],
+    typer.Option(
+        "--window",
+        help=f"occlusion: the occluding square's side in pixels (default {_param('occlusion', 'window').default}).",
+        show_default=False,
+    ),
+]
+Stride = Annotated[
+    Optional[int],
+    typer.Option(
+        "--stride",
+        help=f"occlusion: the square's step in pixels, at most --window (default {_param('occlusion', 'stride').default}).",
         show_default=False,
     ),
 ]
@@ -187,6 +243,12 @@ EXPLAINER_OPTIONS: dict[str, tuple[Any, Any]] = {
     "layer": (Layer, None),
     "head_fusion": (HeadFusion, None),
     "discard_ratio": (DiscardRatio, None),
+    "ig_steps": (IgSteps, None),
+    "baseline": (Baseline, None),
+    "samples": (Samples, None),
+    "noise": (Noise, None),
+    "window": (Window, None),
+    "stride": (Stride, None),
 }
 
 

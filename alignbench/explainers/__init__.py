@@ -5,9 +5,12 @@ plain data that the store and a cached ``score`` read; ``explain``, ``explain_ba
 ``check_applicable`` and ``explain_files`` load their torch modules on first use. Methods:
 
 - ``gradcam``, ``threshold-gradcam`` (the paper's two) and ``gradcam++``, ``xgradcam``, ``layercam``,
-  ``hirescam``, ``eigengradcam``: one torch-native core that splits the model at A (``_split``);
+  ``hirescam``, ``eigengradcam``: one torch-native core that splits the model at A (``_split``; on a
+  ViT/DeiT, a block's patch tokens laid on their grid, ``_tokens``);
 - every other pytorch-grad-cam method (``eigencam``, ``scorecam``, ``ablationcam``, ``fullgrad``, ...)
   through the library itself (``_library``);
+- ``saliency``, ``input-x-gradient``, ``integrated-gradients``, ``smoothgrad``, ``guided-backprop``,
+  ``occlusion``: input attributions from captum, reduced to one map per image (``_captum``);
 - ``rollout`` and ``raw-attention`` for ViT / DeiT, ``ca-attention`` for CA-Stream models (``_attention``);
 - ``centre_bias_map``: the model-free reference every comparison shows (``_centre_bias``).
 """

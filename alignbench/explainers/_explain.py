@@ -1,4 +1,4 @@
-"""``explain`` / ``explain_batch``: one entry point over the three kinds of method (core, library, attention)."""
+"""``explain`` / ``explain_batch``: one entry point over the four kinds of method (core, library, attention, attribution)."""
 
 from __future__ import annotations
 
@@ -12,10 +12,18 @@ from torch import Tensor, nn
 from alignbench._utils.precision import check_precision
 from alignbench.errors import ExplainerError
 from alignbench.explainers._attention import attention_maps, attention_modules, block_index, ca_attention_maps, ca_stream_model
+from alignbench.explainers._captum import (  # imports captum on use
+    attribution_maps,
+    check_guided_backprop,
+    check_input_gradient,
+    check_occlusion,
+    model_input_size,
+)
 from alignbench.explainers._gradient import GRADIENT_METHODS, minmax
 from alignbench.explainers._library import library_maps  # imports pytorch-grad-cam (cv2, sklearn, ttach) on use
-from alignbench.explainers._methods import DEFAULT_METHOD, METHODS, explainer_setting, resolve_method
+from alignbench.explainers._methods import DEFAULT_METHOD, METHODS, MethodSpec, explainer_setting, resolve_method
 from alignbench.explainers._split import StreamSplit, Targets, as_batch, eval_mode, gradient_evidence, model_name, split_model
+from alignbench.explainers._tokens import TOKEN_REFUSED, block_of, check_grid, is_token_transformer, token_evidence
 
 
 @dataclass(frozen=True)
@@ -51,15 +59,26 @@ def upsample(maps: Tensor, size: tuple[int, int]) -> Tensor:
     return F.interpolate(maps[:, None], size=size, mode="bilinear", align_corners=False, antialias=False)[:, 0]
 
 
-def _is_token_transformer(model: nn.Module) -> bool:
-    # timm's ViT family (ViT, DeiT, EVA, ...) exposes num_prefix_tokens and emits [B, N, C] tokens
-    return hasattr(model, "num_prefix_tokens") and hasattr(model, "blocks") and hasattr(model, "patch_embed")
-
-
 def check_applicable(model: nn.Module, method: str, **params: Any) -> None:
     """Raise ExplainerError (one line: what is wrong, what to use) if ``method`` with ``params``
-    cannot explain ``model`` (e.g. rollout on a CNN, a raw-attention layer the model does not have)."""
+    cannot explain ``model`` (e.g. rollout on a CNN, a layer the model does not have, an input
+    gradient the model does not have). Called once before a run; an attribution that needs the
+    input gradient costs one probe forward here."""
     spec = resolve_method(method)
+    _check(model, spec, params)
+    size = model_input_size(model)
+    if spec.name == "occlusion" and size is not None:  # explain_batch checks against the images themselves
+        check_occlusion(*size, {**METHODS["occlusion"].defaults, **params}, what=f"{model_name(model)}'s input")
+    if spec.needs == "input-gradient":
+        check_input_gradient(model, spec.name)
+
+
+def _check(model: nn.Module, spec: MethodSpec, params: dict[str, Any]) -> None:
+    """What ``check_applicable`` checks but the model's input size and the probe: cheap, run by every ``explain_batch``."""
+    if spec.kind == "attribution":
+        if spec.name == "guided-backprop":
+            check_guided_backprop(model)
+        return
     if spec.needs == "attention":
         attns = attention_modules(model, spec.name)
         if "layer" in params:
@@ -68,16 +87,25 @@ def check_applicable(model: nn.Module, method: str, **params: Any) -> None:
     if spec.needs == "ca-stream":
         ca_stream_model(model, spec.name)
         return
+    layer = int(params.get("layer", -1))
+    if is_token_transformer(model):
+        if spec.name in TOKEN_REFUSED:
+            raise ExplainerError(
+                f"{spec.name} cannot explain {model_name(model)} (a token transformer): {TOKEN_REFUSED[spec.name]}; use gradcam"
+            )
+        block_of(model, layer, spec.name)
+        check_grid(model, spec.name)
+        return
     split = split_model(model)
+    if layer != -1:
+        raise ExplainerError(
+            f"--layer picks a block of a token transformer (ViT/DeiT); {model_name(model)} is explained at its "
+            "forward_features output: leave --layer out"
+        )
     if spec.name == "ablationcam" and isinstance(split, StreamSplit):
         # AblationCAM re-runs the head on cached activations, one image's copies per batch; a stream
         # model's head also needs that image's token, which the library has no way to hand over.
         raise ExplainerError(f"ablationcam cannot explain {model_name(model)} (a CA-Stream model); use scorecam, gradcam or ca-attention")
-    if _is_token_transformer(model):
-        raise ExplainerError(
-            f"{spec.name} needs a spatial feature map; {model_name(model)} is a token transformer whose "
-            "head reads the class token — use rollout or raw-attention"
-        )
 
 
 def explain_batch(
@@ -91,7 +119,7 @@ def explain_batch(
     """
     name, full = explainer_setting(method, **params)
     spec = METHODS[name]
-    check_applicable(model, name, **full)
+    _check(model, spec, full)
     if check_precision(precision) != "fp32" and spec.kind == "library":
         # pytorch-grad-cam runs its own forward and backward: autocast could not be kept to the forward
         raise ExplainerError(
@@ -106,9 +134,16 @@ def explain_batch(
         if x.is_inference():
             x = x.clone()
         if spec.kind == "core":
-            evidence = gradient_evidence(model, x, targets, precision=precision)
-            maps = upsample(GRADIENT_METHODS[name](evidence, **full), size)
+            layer = int(full.get("layer", -1))
+            if is_token_transformer(model):
+                evidence = token_evidence(model, x, targets, layer=layer, precision=precision)
+            else:
+                evidence = gradient_evidence(model, x, targets, precision=precision)
+            method_params = {key: value for key, value in full.items() if key != "layer"}
+            maps = upsample(GRADIENT_METHODS[name](evidence, **method_params), size)
             logits, t = evidence.logits, evidence.targets
+        elif spec.kind == "attribution":
+            maps, logits, t = attribution_maps(model, x, targets, spec, full, precision=precision)
         elif spec.kind == "library":
             maps, logits, t = library_maps(model, x, targets, spec, full)
         elif spec.needs == "ca-stream":

@@ -5,6 +5,8 @@ every timm model, so the library sees the model as ``SplitModel``: ``features`` 
 output A in NCHW) followed by ``head``. Methods that need only A (and dy/dA) run ``features`` outside
 autograd, as the core does; FullGrad and ShapleyCAM need input gradients and get the full graph.
 Either way parameters are frozen for the call and their flags restored, so none receives a gradient.
+A token transformer (ViT/DeiT) is handed over unmodified, hooked at a block's norm1 with the
+library's own reshape_transform (``_tokens``).
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from torch import Tensor, nn
 from alignbench.errors import ExplainerError
 from alignbench.explainers._methods import MethodSpec
 from alignbench.explainers._split import Split, Targets, frozen_parameters, model_name, resolve_targets, split_model
+from alignbench.explainers._tokens import block_of, is_token_transformer, leaf_at, reshape_transform
 
 
 class _Features(nn.Module):
@@ -102,7 +105,6 @@ def library_maps(
     from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
     cam_class = getattr(importlib.import_module("pytorch_grad_cam"), str(spec.library_class))
-    wrapper = SplitModel(model, full_graph=spec.full_graph)
     given = None
     if targets is not None:
         # validated before the call: the library turns an IndexError inside into a printed message
@@ -111,24 +113,39 @@ def library_maps(
             raise ExplainerError(f"{model_name(model)} has no num_classes to check targets against; pass targets=None (top-1)")
         given = resolve_targets(targets, images.new_zeros(images.shape[0], num_classes))
     kwargs: dict[str, Any] = {}
-    if spec.name == "ablationcam":
-        from pytorch_grad_cam import AblationLayer
+    if is_token_transformer(model):
+        # the library's own ViT recipe (usage_examples/vit_example.py): the unmodified model hooked at
+        # a block's norm1, the patch tokens laid on their grid by reshape_transform; the graph starts
+        # at that norm1's output, as the split starts it at A (``_tokens.leaf_at``, hooked before the library)
+        wrapper, layers = model, [block_of(model, int(params.get("layer", -1)), spec.name)]
+        kwargs["reshape_transform"] = reshape_transform(model, images)
+        start_graph = leaf_at(layers[0])
+        if spec.name == "ablationcam":
+            from pytorch_grad_cam.ablation_layer import AblationLayerVit
 
-        kwargs["ablation_layer"] = AblationLayer()  # the library's default is one shared instance
-    # FullGrad ignores target layers (it takes every bias) and prints a warning when given some.
-    layers = [] if spec.name == "fullgrad" else [wrapper.features]
-    cam = cam_class(wrapper, layers, **kwargs)
-    try:
-        # tqdm progress bars of ScoreCAM/AblationCAM go to stderr; a library call should be silent
-        with (
-            _parameters_untouched(model, freeze=spec.name not in _NEEDS_PARAMETER_GRAPH),
-            _seeded_numpy(int(params.get("seed", 0))),
-            contextlib.redirect_stderr(io.StringIO()),
-        ):
-            grayscale = cam(images, None if given is None else [ClassifierOutputTarget(int(t)) for t in given])
-        logits = cam.outputs.detach()
-    finally:
-        cam.activations_and_grads.release()
+            kwargs["ablation_layer"] = AblationLayerVit()
+    else:
+        wrapper = SplitModel(model, full_graph=spec.full_graph)
+        # FullGrad ignores target layers (it takes every bias) and prints a warning when given some.
+        layers = [] if spec.name == "fullgrad" else [wrapper.features]
+        if spec.name == "ablationcam":
+            from pytorch_grad_cam import AblationLayer
+
+            kwargs["ablation_layer"] = AblationLayer()  # the library's default is one shared instance
+        start_graph = contextlib.nullcontext([])
+    with start_graph:
+        cam = cam_class(wrapper, layers, **kwargs)
+        try:
+            # tqdm progress bars of ScoreCAM/AblationCAM go to stderr; a library call should be silent
+            with (
+                _parameters_untouched(model, freeze=spec.name not in _NEEDS_PARAMETER_GRAPH),
+                _seeded_numpy(int(params.get("seed", 0))),
+                contextlib.redirect_stderr(io.StringIO()),
+            ):
+                grayscale = cam(images, None if given is None else [ClassifierOutputTarget(int(t)) for t in given])
+            logits = cam.outputs.detach()
+        finally:
+            cam.activations_and_grads.release()
     t = given if given is not None else resolve_targets(targets, logits)
     maps = torch.from_numpy(np.ascontiguousarray(grayscale, dtype=np.float32)).to(images.device)
     return maps, logits, t

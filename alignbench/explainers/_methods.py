@@ -14,11 +14,16 @@ from typing import Any, Literal
 from alignbench.errors import ExplainerError
 
 # core: torch-native methods on the split at A (``_core``); library: pytorch-grad-cam itself
-# (``_library``); attention: ViT/DeiT and CA-Stream attention maps (``_attention``).
-Kind = Literal["core", "library", "attention"]
-# feature-map: needs A as a spatial NCHW map from ``forward_features``; attention: needs ViT blocks;
-# ca-stream: needs a CA-Stream model (``load_model(..., ca_stream=True)``).
-Needs = Literal["feature-map", "attention", "ca-stream"]
+# (``_library``); attention: ViT/DeiT and CA-Stream attention maps (``_attention``); attribution:
+# input attributions from captum (``_captum``).
+Kind = Literal["core", "library", "attention", "attribution"]
+# feature-map: needs A as a spatial NCHW map (``forward_features``, or a ViT block's patch tokens laid
+# on their grid, ``_tokens``); attention: needs ViT blocks; ca-stream: needs a CA-Stream model
+# (``load_model(..., ca_stream=True)``); input-gradient: needs d logit / d input (a differentiable
+# path from the input to the logits); forward: the model's forward pass only.
+Needs = Literal["feature-map", "attention", "ca-stream", "input-gradient", "forward"]
+
+INF = float("inf")
 
 
 HEAD_FUSIONS = ("mean", "max", "min")
@@ -79,8 +84,64 @@ DISCARD_RATIO = ParamSpec(
     range_reason="the fraction of each fused attention matrix set to zero",
 )
 # a block index as in Python (0 the first, -1 the last); -1 is what was stored before it existed
-LAYER = ParamSpec("layer", int, -1, "the block whose attention is shown, 0 the first, negative from the end", optional=True)
+LAYER = ParamSpec(
+    "layer",
+    int,
+    -1,
+    "the block: raw-attention's attention, a CAM's patch tokens (ViT/DeiT: the block's norm1); 0 the first, negative from the end",
+    optional=True,
+)
 SEED = ParamSpec("seed", int, 0, "the seed of the random channel weights")
+# captum's attributions (``_captum``). ``ig_steps``, not ``steps``: ``score --steps`` is the deletion
+# and insertion curves' number of steps, and ``score`` takes every explainer option too.
+IG_STEPS = ParamSpec(
+    "ig_steps",
+    int,
+    50,
+    "integrated-gradients: points on the path from the baseline (captum's n_steps, Gauss-Legendre)",
+    range=(1, INF),
+    range_reason="the number of points on the path",
+)
+BASELINE = ParamSpec(
+    "baseline",
+    str,
+    "black",
+    "integrated-gradients: the path's start, a black image or the image Gaussian-blurred",
+    choices=("black", "blurred"),
+)
+SAMPLES = ParamSpec(
+    "samples",
+    int,
+    50,
+    "smoothgrad: noisy copies averaged per image (captum's nt_samples)",
+    range=(1, INF),
+    range_reason="the number of noisy copies",
+)
+NOISE = ParamSpec(
+    "noise",
+    float,
+    0.15,
+    "smoothgrad: the noise's standard deviation as a fraction of each image's value range (Smilkov et al.'s σ/(max-min))",
+    range=(0.0, INF),
+    range_reason="a standard deviation",
+)
+NOISE_SEED = ParamSpec("seed", int, 0, "the seed of the noise (each image's noise depends on it alone)")
+WINDOW = ParamSpec(
+    "window",
+    int,
+    16,
+    "occlusion: the side of the square occluding patch, in pixels of the model input",
+    range=(1, INF),
+    range_reason="a patch side in pixels; it must also fit in the image",
+)
+STRIDE = ParamSpec(
+    "stride",
+    int,
+    8,
+    "occlusion: the patch's step, in pixels (at most the window: every pixel is occluded at least once)",
+    range=(1, INF),
+    range_reason="a step in pixels",
+)
 
 
 @dataclass(frozen=True)
@@ -142,13 +203,14 @@ _SPECS = (
         "Grad-CAM: ReLU(mean_c(w_c·A_c)), w_c = spatial mean of dy_t/dA_c",
         aliases=("grad-cam",),
         library_class="GradCAM",
+        params=(LAYER,),
     ),
     _spec(
         "threshold-gradcam",
         "core",
         "Threshold-Grad-CAM: mean_c(ReLU(w_c·A_c)), min-max per image, floored at `threshold`",
         aliases=("threshold", "threshold-grad-cam"),
-        params=(THRESHOLD,),
+        params=(THRESHOLD, LAYER),
         normalised=True,
     ),
     # Other gradient-weighted methods on the same core, each equal to the library's after min-max.
@@ -158,18 +220,39 @@ _SPECS = (
         "Grad-CAM++ (Chattopadhyay et al. 2018, eq. 19 weights)",
         aliases=("gradcampp", "gradcam-plusplus", "gradcamplusplus"),
         library_class="GradCAMPlusPlus",
+        params=(LAYER,),
     ),
     _spec(
-        "xgradcam", "core", "XGrad-CAM (Fu et al. 2020): activation-weighted gradients", aliases=("xgrad-cam",), library_class="XGradCAM"
+        "xgradcam",
+        "core",
+        "XGrad-CAM (Fu et al. 2020): activation-weighted gradients",
+        aliases=("xgrad-cam",),
+        library_class="XGradCAM",
+        params=(LAYER,),
     ),
-    _spec("layercam", "core", "LayerCAM (Jiang et al. 2021): ReLU(dy/dA)·A per position", aliases=("layer-cam",), library_class="LayerCAM"),
-    _spec("hirescam", "core", "HiResCAM (Draelos & Carin 2020): sum_c dy/dA_c·A_c", aliases=("hires-cam",), library_class="HiResCAM"),
+    _spec(
+        "layercam",
+        "core",
+        "LayerCAM (Jiang et al. 2021): ReLU(dy/dA)·A per position",
+        aliases=("layer-cam",),
+        library_class="LayerCAM",
+        params=(LAYER,),
+    ),
+    _spec(
+        "hirescam",
+        "core",
+        "HiResCAM (Draelos & Carin 2020): sum_c dy/dA_c·A_c",
+        aliases=("hires-cam",),
+        library_class="HiResCAM",
+        params=(LAYER,),
+    ),
     _spec(
         "eigengradcam",
         "core",
         "Eigen-Grad-CAM: first principal component of dy/dA·A",
         aliases=("eigen-grad-cam",),
         library_class="EigenGradCAM",
+        params=(LAYER,),
     ),
     # Everything else pytorch-grad-cam offers for a classifier, through the library itself.
     _spec(
@@ -178,6 +261,7 @@ _SPECS = (
         "Grad-CAM element-wise: sum_c ReLU(dy/dA_c·A_c)",
         aliases=("gradcamelementwise",),
         library_class="GradCAMElementWise",
+        params=(LAYER,),
     ),
     _spec(
         "eigencam",
@@ -185,6 +269,7 @@ _SPECS = (
         "Eigen-CAM (Muhammad & Yeasin 2020): first principal component of A",
         aliases=("eigen-cam",),
         library_class="EigenCAM",
+        params=(LAYER,),
     ),
     _spec(
         "scorecam",
@@ -192,6 +277,7 @@ _SPECS = (
         "Score-CAM (Wang et al. 2020): channel masks scored by the model",
         aliases=("score-cam",),
         library_class="ScoreCAM",
+        params=(LAYER,),
     ),
     _spec(
         "ablationcam",
@@ -199,6 +285,7 @@ _SPECS = (
         "Ablation-CAM (Desai & Ramaswamy 2020): score drop per ablated channel",
         aliases=("ablation-cam",),
         library_class="AblationCAM",
+        params=(LAYER,),
     ),
     _spec(
         "fullgrad",
@@ -215,16 +302,19 @@ _SPECS = (
         aliases=("shapley-cam",),
         library_class="ShapleyCAM",
         full_graph=True,
+        params=(LAYER,),
     ),
-    _spec("kpcacam", "library", "KPCA-CAM: first kernel-PCA component of A", aliases=("kpca-cam",), library_class="KPCA_CAM"),
-    _spec("fem", "library", "FEM (Fuad et al. 2020): k-sigma feature explanation", library_class="FEM"),
+    _spec(
+        "kpcacam", "library", "KPCA-CAM: first kernel-PCA component of A", aliases=("kpca-cam",), library_class="KPCA_CAM", params=(LAYER,)
+    ),
+    _spec("fem", "library", "FEM (Fuad et al. 2020): k-sigma feature explanation", library_class="FEM", params=(LAYER,)),
     _spec(
         "randomcam",
         "library",
         "Random channel weights: a sanity-check floor (seeded, so reproducible)",
         aliases=("random-cam", "random"),
         library_class="RandomCAM",
-        params=(SEED,),
+        params=(SEED, LAYER),
     ),
     # Attention maps for ViT / DeiT.
     _spec(
@@ -252,6 +342,51 @@ _SPECS = (
         needs="ca-stream",
         aliases=("ca-attn", "stream-attention"),
         normalised=True,
+    ),
+    # Input attributions from captum, each reduced to one map per image (``_captum``).
+    _spec(
+        "saliency",
+        "attribution",
+        "Saliency (Simonyan et al. 2014): max over colour channels of |d logit_t / dx|, Harmonization's and Xplique's map",
+        needs="input-gradient",
+        aliases=("vanilla-gradient",),
+    ),
+    _spec(
+        "input-x-gradient",
+        "attribution",
+        "Input × gradient (Shrikumar et al. 2016): |sum over colour channels of x·d logit_t/dx| (captum's visualisation)",
+        needs="input-gradient",
+        aliases=("inputxgradient", "gradient-x-input"),
+    ),
+    _spec(
+        "integrated-gradients",
+        "attribution",
+        "Integrated gradients (Sundararajan et al. 2017) from a black or blurred baseline: |channel sum| (captum's visualisation)",
+        needs="input-gradient",
+        aliases=("ig", "integratedgradients"),
+        params=(IG_STEPS, BASELINE),
+    ),
+    _spec(
+        "smoothgrad",
+        "attribution",
+        "SmoothGrad (Smilkov et al. 2017): gradients averaged over noisy copies, sum over colour channels of |·| (the paper's code)",
+        needs="input-gradient",
+        aliases=("smooth-grad",),
+        params=(SAMPLES, NOISE, NOISE_SEED),
+    ),
+    _spec(
+        "guided-backprop",
+        "attribution",
+        "Guided backpropagation (Springenberg et al. 2015): ReLU gradients clipped at 0, |channel sum| (captum's visualisation)",
+        needs="input-gradient",
+        aliases=("guidedbackprop", "guided-backpropagation", "gbp"),
+    ),
+    _spec(
+        "occlusion",
+        "attribution",
+        "Occlusion (Zeiler & Fergus 2014): drop of the target logit when a window is set to 0 (the mean colour), averaged per pixel",
+        needs="forward",
+        params=(WINDOW, STRIDE),
     ),
 )
 

@@ -57,7 +57,8 @@ class Split:
             shape = tuple(a.shape) if isinstance(a, Tensor) else type(a).__name__
             raise ExplainerError(
                 f"{model_name(self.model)}.forward_features gives {shape}, not a spatial feature map "
-                "[B, C, H, W]; CAM explainers need one (for ViT/DeiT use rollout or raw-attention)"
+                "[B, C, H, W], and it is no ViT/DeiT whose patch tokens lie on a grid; CAM explainers need one "
+                "of the two — use saliency or occlusion"
             )
         return a.permute(0, 3, 1, 2) if self.channels_last else a
 

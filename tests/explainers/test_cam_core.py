@@ -467,9 +467,27 @@ def test_images_are_checked():
     assert explain(model, one).shape == (1, 64, 64)
 
 
+class Tokens(nn.Module):
+    """forward_features gives [B, N, C] tokens, and nothing says how they lie on a grid."""
+
+    num_classes = 10
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.proj, self.fc = nn.Linear(3, 8), nn.Linear(8, 10)
+
+    def forward_features(self, x):
+        return self.proj(x.flatten(2).transpose(1, 2))
+
+    def forward_head(self, a):
+        return self.fc(a.mean(1))
+
+
 def test_models_without_a_spatial_feature_map_are_refused(images):
-    with pytest.raises(ExplainerError, match="use rollout or raw-attention"):
-        explain(tiny("test_vit"), images[:, :, :64, :64], None, "gradcam")
+    with pytest.raises(
+        ExplainerError, match=r"not a spatial feature map \[B, C, H, W\], and it is no ViT/DeiT .*use saliency or occlusion"
+    ):
+        explain(Tokens(), images, None, "gradcam")
     with pytest.raises(ExplainerError, match="forward_features/forward_head"):
         explain(nn.Sequential(nn.Conv2d(3, 2, 3), nn.Flatten()), images, None, "gradcam")
 
