@@ -111,6 +111,9 @@ DiscardRatio = Annotated[
     ),
 ]
 Dataset = Annotated[str, typer.Option("--dataset", help=f"Dataset: {', '.join(DATASETS)}.")]
+DataDir = Annotated[
+    Optional[Path], typer.Option("--data-dir", help="Dataset files (ClickMe shards, folder, ImageNet val JPEGs).", show_default=False)
+]
 Protocol = Annotated[
     str,
     typer.Option(

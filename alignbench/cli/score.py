@@ -109,9 +109,7 @@ def score(
     explainer: o.Explainer = "threshold-gradcam",
     explainer_options: dict = None,  # every explainer option (o.EXPLAINER_OPTIONS)
     dataset: o.Dataset = "sample",
-    data_dir: Annotated[
-        Optional[Path], typer.Option("--data-dir", help="Dataset files (ClickMe shards, folder, ImageNet val JPEGs).", show_default=False)
-    ] = None,
+    data_dir: o.DataDir = None,
     protocol: o.Protocol = "aligned",
     metric: Annotated[str, typer.Option("--metric", help=f"Metric or comma-separated metrics: {', '.join(METRICS)}.")] = "spearman",
     steps: Annotated[
