@@ -89,8 +89,8 @@ _LAZY = {
 if TYPE_CHECKING:  # pragma: no cover
     from alignbench.training._data import LabelledImages, open_training_data
     from alignbench.training._gc_consistency import build_composite, consistency_map, gc_consistency_loss, paste_into_quadrants
-    from alignbench.training._objective import CrossEntropy, Distillation, Forward, GradCamConsistency, LossTerm, TrainingStep
     from alignbench.training._harmonizer import Harmonization, WeightL2, harmonizer_loss
+    from alignbench.training._objective import CrossEntropy, Distillation, Forward, GradCamConsistency, LossTerm, TrainingStep
     from alignbench.training._params import freeze, param_groups
     from alignbench.training._train import EvalRecord, StepRecord, TrainingInterrupted, TrainResult, train, train_one_epoch, validate
 
