@@ -319,9 +319,10 @@ TRAIN_OPTIONS: dict[str, tuple[Any, Any]] = {
 @o.with_model_options(exclude=("tag",))  # train's --tag names the trained model
 @o.with_options(TRAIN_OPTIONS, into="options")
 def train(model: o.ModelName, options: dict = None, db: o.Db = None, as_json: o.Json = False) -> None:
-    """Train a model for alignment: DCLS positions, Grad-CAM consistency, the neural harmonizer, CA-Stream; checkpoints with lineage in the store.
+    """Train a model for alignment: DCLS positions, Grad-CAM consistency, CA-Stream; checkpoints with lineage in the store.
 
-    Training images come from --data (labelled images) or, for --harmonize, from --dataset/--data-dir (images with human maps, read as score reads them).
+    The neural harmonizer (--harmonize λ) trains the model's saliency towards human maps. Training images come from --data
+    (labelled images) or, for --harmonize, from --dataset/--data-dir (images with human maps, read as score reads them).
 
     With --ca-stream only the stream trains (backbone, classifier and batch-norm statistics frozen), with the
     official recipe unless given (SGD momentum 0.9, lr 0.1, weight decay 1e-4, ×0.1 every 30 epochs); OUT/last.safetensors
