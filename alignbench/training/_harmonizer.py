@@ -34,6 +34,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from alignbench.errors import TrainingError
+from alignbench.training._double_backward import grouped_conv_double_backward
 from alignbench.training._objective import CrossEntropy, Distillation, Forward, teacher_logits
 from alignbench.training._request import TrainRequest
 
@@ -171,7 +172,7 @@ def harmonizer_loss(
         raise TrainingError(f"human_maps must be [B, H, W] = {(images.shape[0], *images.shape[-2:])}, got {tuple(human_maps.shape)}")
     human_maps, flags = map_flags(human_maps, has_map)
     labels = teacher_logits.argmax(dim=1) if teacher_logits is not None else torch.as_tensor(labels, device=images.device).long().view(-1)
-    with torch.enable_grad():
+    with torch.enable_grad(), grouped_conv_double_backward():
         images = images.detach().requires_grad_(True)
         logits = model(images)
         saliency = saliency_maps(logits, images, labels, create_graph=True)

@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from alignbench.explainers import Split, split_model
+from alignbench.training._double_backward import grouped_conv_double_backward
 from alignbench.training._gc_consistency import consistency_from_features, features_of
 
 
@@ -116,10 +117,13 @@ class TrainingStep(nn.Module):
         self.terms = tuple(terms)
 
     def forward(self, batch: dict[str, Tensor]) -> dict[str, Any]:
-        images = batch["image"]
         if any(getattr(term, "needs_input_grad", False) for term in self.terms):  # a term differentiates the logits in the images
-            images = images.detach().requires_grad_(True)
-            batch = {**batch, "image": images}
+            with grouped_conv_double_backward():
+                return self._forward({**batch, "image": batch["image"].detach().requires_grad_(True)})
+        return self._forward(batch)
+
+    def _forward(self, batch: dict[str, Tensor]) -> dict[str, Any]:
+        images = batch["image"]
         if any(term.needs_features for term in self.terms):
             split = split_model(self.model)
             features = features_of(split, images)

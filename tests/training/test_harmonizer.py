@@ -431,3 +431,26 @@ def test_bad_input_is_one_line_before_any_step(tmp_path, heatmap_folder) -> None
     _one_line_error(_cli(tmp_path, "--dataset", "folder", "--data-dir", str(heatmap_folder)), "--harmonize")
     _one_line_error(_cli(tmp_path, "--dataset", "folder", "--data-dir", str(heatmap_folder), "--harmonize", "1"), "--distill-from self")
     assert not (tmp_path / "o" / "log.jsonl").exists()
+
+
+@pytest.mark.parametrize(("size", "stride", "padding", "dilation", "groups"), [(9, 2, 1, 1, 6), (10, 2, 2, 1, 6), (11, 1, 2, 2, 3)])
+def test_the_fast_grouped_convolution_has_torchs_first_and_second_derivatives(size, stride, padding, dilation, groups) -> None:
+    from alignbench.training._double_backward import grouped_conv_double_backward
+
+    generator = torch.Generator().manual_seed(size)
+    x = torch.randn(2, 6, size, size + 1, generator=generator, dtype=torch.float64)
+    weight = torch.randn(6, 6 // groups, 3, 3, generator=generator, dtype=torch.float64, requires_grad=True)
+    bias = torch.randn(6, generator=generator, dtype=torch.float64, requires_grad=True)
+
+    def second_order(fast: bool):
+        images = x.clone().requires_grad_(True)
+        context = grouped_conv_double_backward() if fast else torch.enable_grad()
+        with context:
+            out = F.conv2d(images, weight, bias, stride, padding, dilation, groups)
+            (saliency,) = torch.autograd.grad(out.square().sum(), images, create_graph=True)
+        loss = (saliency.sin() * out.mean()).sum()
+        return (out.detach(), saliency.detach(), *torch.autograd.grad(loss, (weight, bias)))
+
+    # float64: the same sums in another order, at float64 rounding
+    for ours, theirs in zip(second_order(True), second_order(False)):
+        torch.testing.assert_close(ours, theirs, rtol=1e-10, atol=1e-10)
