@@ -106,7 +106,8 @@ def saliency_maps(logits: Tensor, images: Tensor, labels: Tensor, *, create_grap
     """mean over colour channels of ∂(Σ_i logits_i[label_i])/∂images, with its sign, [B, H, W]; with
     ``create_graph`` it stays differentiable in the parameters (the double backward)."""
     score = logits.gather(1, labels.view(-1, 1)).sum()
-    (gradient,) = torch.autograd.grad(score, images, create_graph=create_graph)
+    # the graph is kept either way: the loss's own backward runs through it afterwards
+    (gradient,) = torch.autograd.grad(score, images, create_graph=create_graph, retain_graph=True)
     return gradient.float().mean(dim=1)
 
 

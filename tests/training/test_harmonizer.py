@@ -215,7 +215,7 @@ def test_the_comparison_tells_tfs_population_std_from_torchs_default(monkeypatch
     _, parts = harmonizer_loss(model, images, labels, maps)
     monkeypatch.setitem(globals(), "_tf_reduce_std", lambda x, axes, keepdims: x.std(dim=axes, keepdim=keepdims))
     _, theirs = _tf_harmonizer_loss(model, images.permute(0, 2, 3, 1), torch.ones(4), F.one_hot(labels, 10).float(), maps)
-    assert abs(float(parts["harmonization"]) / float(theirs["harmonization"]) - 1) > 10 * 1e-5
+    assert abs(float(parts["harmonization"]) / float(theirs["harmonization"].detach()) - 1) > 10 * 1e-5
 
 
 def test_teacher_logits_replace_the_cross_entropy_and_give_the_label() -> None:
@@ -288,6 +288,13 @@ def test_the_training_step_computes_harmonizer_loss() -> None:
     for name, value in parts.items():
         assert float(output["terms"][name]) == pytest.approx(float(value), rel=1e-6), name
     assert float(output["loss"]) == pytest.approx(float(loss), rel=1e-6)
+
+    # λ = 0, the control: the pyramid term is logged (same value), the loss is the rest, and it trains
+    control = TrainingStep(model, harmonizer_terms(replace(request, harmonize=0.0), None))
+    output = control({"image": images, "label": labels, "reference": maps, "has_map": torch.ones(4)})
+    assert float(output["terms"]["harmonization"]) == pytest.approx(float(parts["harmonization"]), rel=1e-6)
+    output["loss"].backward()
+    assert model.get_classifier().weight.grad is not None
 
 
 class _Detached(nn.Module):
@@ -454,3 +461,16 @@ def test_the_fast_grouped_convolution_has_torchs_first_and_second_derivatives(si
     # float64: the same sums in another order, at float64 rounding
     for ours, theirs in zip(second_order(True), second_order(False)):
         torch.testing.assert_close(ours, theirs, rtol=1e-10, atol=1e-10)
+
+
+def test_the_control_trains_from_the_command_line(tmp_path, heatmap_folder) -> None:
+    result = _cli(
+        tmp_path, "--dataset", "folder", "--data-dir", str(heatmap_folder), "--harmonize", "0", "--distill-from", "self", "--json"
+    )
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.stdout.strip().splitlines()[-1])
+    assert summary["method"] == "harmonizer" and summary["lineage"]["harmonize"] == 0.0 and summary["steps"] == 1
+    (record,) = [r for r in _log(tmp_path / "o") if r["event"] == "step"]
+    assert record["terms"]["harmonization"] > 0 and record["loss"] == pytest.approx(
+        record["terms"]["distill"] + 1e-5 * record["terms"]["weights"], rel=1e-5
+    )
