@@ -173,6 +173,8 @@ def harmonizer_loss(
         raise TrainingError(f"human_maps must be [B, H, W] = {(images.shape[0], *images.shape[-2:])}, got {tuple(human_maps.shape)}")
     human_maps, flags = map_flags(human_maps, has_map)
     labels = teacher_logits.argmax(dim=1) if teacher_logits is not None else torch.as_tensor(labels, device=images.device).long().view(-1)
+    if labels.shape != (images.shape[0],):
+        raise TrainingError(f"labels must be [B] = [{images.shape[0]}] class indices, got shape {tuple(labels.shape)}")
     with torch.enable_grad(), grouped_conv_double_backward():
         images = images.detach().requires_grad_(True)
         logits = model(images)
