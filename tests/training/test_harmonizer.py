@@ -20,6 +20,7 @@ from typer.testing import CliRunner
 from alignbench.cli.app import app
 from alignbench.errors import TrainingError
 from alignbench.models import ModelRequest
+from alignbench.testing.tolerance import float32_relative
 from alignbench.training import TrainRequest, harmonizer_loss, train
 from alignbench.training._checkpoint import STATE_FILE
 from alignbench.training._harmonizer import check_input_gradient, downsample, pyramid, same_padding
@@ -286,14 +287,15 @@ def test_the_training_step_computes_harmonizer_loss() -> None:
     output = step({"image": images, "label": labels, "reference": maps, "has_map": torch.ones(4)})
     loss, parts = harmonizer_loss(model, images, labels, maps, lambda_harmonization=2.0)
     assert set(output["terms"]) == set(parts)
-    for name, value in parts.items():
-        assert float(output["terms"][name]) == pytest.approx(float(value), rel=1e-6), name
-    assert float(output["loss"]) == pytest.approx(float(loss), rel=1e-6)
+    for name, value in parts.items():  # the same operations in the same order
+        assert float(output["terms"][name]) == float(value), name
+    # the weighted sum of the same three values, added in another order: a few float32 roundings
+    assert float(output["loss"].detach()) == pytest.approx(float(loss.detach()), rel=float32_relative(4))
 
     # λ = 0, the control: the pyramid term is logged (same value), the loss is the rest, and it trains
     control = TrainingStep(model, harmonizer_terms(replace(request, harmonize=0.0), None))
     output = control({"image": images, "label": labels, "reference": maps, "has_map": torch.ones(4)})
-    assert float(output["terms"]["harmonization"]) == pytest.approx(float(parts["harmonization"]), rel=1e-6)
+    assert float(output["terms"]["harmonization"]) == float(parts["harmonization"])  # the same saliency, without its graph
     output["loss"].backward()
     assert model.get_classifier().weight.grad is not None
 
@@ -473,5 +475,5 @@ def test_the_control_trains_from_the_command_line(tmp_path, heatmap_folder) -> N
     assert summary["method"] == "harmonizer" and summary["lineage"]["harmonize"] == 0.0 and summary["steps"] == 1
     (record,) = [r for r in _log(tmp_path / "o") if r["event"] == "step"]
     assert record["terms"]["harmonization"] > 0 and record["loss"] == pytest.approx(
-        record["terms"]["distill"] + 1e-5 * record["terms"]["weights"], rel=1e-5
+        record["terms"]["distill"] + 1e-5 * record["terms"]["weights"], rel=float32_relative(4)
     )
