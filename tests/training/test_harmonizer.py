@@ -477,3 +477,11 @@ def test_the_control_trains_from_the_command_line(tmp_path, heatmap_folder) -> N
     assert record["terms"]["harmonization"] > 0 and record["loss"] == pytest.approx(
         record["terms"]["distill"] + 1e-5 * record["terms"]["weights"], rel=float32_relative(4)
     )
+
+
+def test_dcls_positions_alone_train_under_the_harmonizer(tmp_path, heatmap_folder) -> None:
+    dcls = ModelRequest("test_efficientnet", dcls=True, pretrained=False, init="from-dense")
+    request = _request(tmp_path, heatmap_folder, model=dcls, steps=1, positions_lr=0.1)
+    assert request.method.name == "harmonizer" and request.freeze_mode.name == "all-but-positions"
+    result = train(request, db=f"sqlite:///{tmp_path / 's.db'}")
+    assert result.trainable_parameters == result.trainable_positions > 0 and result.positions_shift_max > 0
