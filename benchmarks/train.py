@@ -1,7 +1,8 @@
-"""Training-step throughput: dense, DCLS and Grad-CAM consistency, and 1 vs 2 torchrun processes (CPU).
+"""Training-step throughput: dense, DCLS, Grad-CAM consistency and the harmonizer, and 1 vs 2 torchrun processes (CPU).
 
     python benchmarks/train.py [--models efficientnet_lite0,resnet50] [--batch 8] [--steps 3] [--repeats 2]
-                               [--variants dense,dcls,dense+gc,dcls+gc,ca-stream] [--threads N] [--torchrun-steps 6]
+                               [--variants dense,dcls,dense+gc,dcls+gc,ca-stream,dense+backward,dense+harmonize]
+                               [--threads N] [--torchrun-steps 6]
                                [--skip-steps] [--skip-torchrun]
 
 Part 1 — images/s of one ``alignbench train`` step (TrainingStep forward, backward, AdamW step, DCLS
@@ -11,7 +12,11 @@ entropy, every weight), ``dcls`` (the registry recipe, --init from-dense, every 
 positions), ``dense+gc`` (λ = 25: the 448×448 composite too, and the second-order backward),
 ``dcls+gc``, ``ca-stream`` (``--ca-stream``: only the stream trains, the backbone in eval mode and
 outside autograd; its ratio to ``dense`` is the CA-Stream step against a full fine-tuning step of the
-same model). Weights are random (the cost does not depend on them), so it runs offline.
+same model), ``dense+harmonize`` (``--harmonize 1``: cross-entropy with label smoothing, the L2 term and
+the pyramid MSE of the input gradient to a human map, so the forward, the backward to the images kept
+in the graph, and the backward through both), and ``dense+backward``, its floor: the plain step plus
+one extra backward to the images (not kept in the graph). Weights are random (the cost does not
+depend on them), so it runs offline.
 
 Part 2 — ``alignbench train efficientnet_lite0`` on a synthetic 224×224 ImageFolder, once as one
 process and once under ``torchrun --nproc_per_node 2`` (gloo), same global batch: the step images/s
@@ -31,7 +36,7 @@ import tempfile
 import time
 from pathlib import Path
 
-VARIANTS = ("dense", "dcls", "dense+gc", "dcls+gc", "ca-stream")
+VARIANTS = ("dense", "dcls", "dense+gc", "dcls+gc", "ca-stream", "dense+backward", "dense+harmonize")
 GC_LAMBDA = 25.0
 
 
@@ -41,17 +46,27 @@ def _step_fn(model_name: str, variant: str, batch: int):
 
     from alignbench.models import ModelRequest, clamp_positions, load_model
     from alignbench.training import CrossEntropy, GradCamConsistency, TrainingStep, build_composite, param_groups
+    from alignbench.training._harmonizer import LABEL_SMOOTHING, Harmonization, WeightL2
 
     dcls = variant.startswith("dcls")
     request = ModelRequest(model_name, dcls=dcls, pretrained=False, init="from-dense" if dcls else None, ca_stream=variant == "ca-stream")
     model = load_model(request).train()
     terms = [CrossEntropy()] + ([GradCamConsistency(weight=GC_LAMBDA)] if variant.endswith("+gc") else [])
+    if variant == "dense+harmonize":  # harmonizer_terms of --harmonize 1 with labels
+        terms = [CrossEntropy(label_smoothing=LABEL_SMOOTHING), WeightL2(), Harmonization(weight=1.0)]
+    if variant == "dense+backward":
+        terms = [CrossEntropy(), _ExtraBackward()]
     step_module = TrainingStep(model, terms)
     optimizer = create_optimizer_v2(param_groups(model, weight_decay=0.05, positions_lr=5e-4), opt="adamw", lr=1e-4)
     generator = torch.Generator().manual_seed(0)
     images = torch.randn(batch, 3, 224, 224, generator=generator)
     labels = torch.randint(0, 1000, (batch,), generator=generator)
     data = {"image": images, "label": labels}
+    if variant == "dense+harmonize":
+        rows, cols = torch.meshgrid(torch.arange(224.0), torch.arange(224.0), indexing="ij")
+        centres = torch.randint(40, 184, (batch, 2), generator=generator).float()
+        data["reference"] = torch.exp(-((rows - centres[:, :1, None]) ** 2 + (cols - centres[:, 1:, None]) ** 2) / (2 * 30.0**2))
+        data["has_map"] = torch.ones(batch)
     if variant.endswith("+gc"):
         quadrants = torch.randint(0, 4, (batch,), generator=generator)
         others = torch.randn(batch, 3, 3, 224, 224, generator=generator)
@@ -68,6 +83,19 @@ def _step_fn(model_name: str, variant: str, batch: int):
         return time.perf_counter() - start
 
     return step
+
+
+class _ExtraBackward:
+    """The harmonizer's floor: ∂logit/∂image taken once more (a second backward), not kept in the graph; adds 0."""
+
+    name, weight, needs_features, needs_input_grad = "backward", 0.0, False, True
+
+    def __call__(self, forward):
+        import torch
+
+        score = forward.logits.gather(1, forward.labels.view(-1, 1)).sum()
+        (gradient,) = torch.autograd.grad(score, forward.images, retain_graph=True)
+        return gradient.mean() * 0
 
 
 def steps_per_variant(args: argparse.Namespace) -> None:
@@ -96,9 +124,12 @@ def steps_per_variant(args: argparse.Namespace) -> None:
             median = statistics.median(times[variant])
             spread = f"{min(times[variant]):.2f}–{max(times[variant]):.2f} s"
             print(
-                f"{model_name:20s} {variant:9s} {args.batch / median:7.2f} img/s  step {median:6.2f} s ({spread})  "
+                f"{model_name:20s} {variant:15s} {args.batch / median:7.2f} img/s  step {median:6.2f} s ({spread})  "
                 f"{median / dense:5.2f}× the dense step"
             )
+        if "dense+harmonize" in times and "dense+backward" in times:
+            harmonize, floor = statistics.median(times["dense+harmonize"]), statistics.median(times["dense+backward"])
+            print(f"{model_name:20s} harmonizer step / (plain step + one extra backward): {harmonize / floor:.2f}×")
         del steps
 
 

@@ -178,6 +178,14 @@ FixationSigma = Annotated[
         show_default=False,
     ),
 ]
+DataDir = Annotated[
+    Optional[Path],
+    typer.Option(
+        "--data-dir",
+        help="Dataset files (ClickMe shards, folder, ImageNet val JPEGs, fixations folder, NUS scene set).",
+        show_default=False,
+    ),
+]
 Protocol = Annotated[
     str,
     typer.Option(

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import sys
 from collections.abc import Callable
-from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Optional
 
 import typer
@@ -109,14 +108,7 @@ def score(
     explainer: o.Explainer = "threshold-gradcam",
     explainer_options: dict = None,  # every explainer option (o.EXPLAINER_OPTIONS)
     dataset: o.Dataset = "sample",
-    data_dir: Annotated[
-        Optional[Path],
-        typer.Option(
-            "--data-dir",
-            help="Dataset files (ClickMe shards, folder, ImageNet val JPEGs, fixations folder, NUS scene set).",
-            show_default=False,
-        ),
-    ] = None,
+    data_dir: o.DataDir = None,
     fixation_sigma: o.FixationSigma = None,
     protocol: o.Protocol = "aligned",
     metric: Annotated[str, typer.Option("--metric", help=f"Metric or comma-separated metrics: {', '.join(METRICS)}.")] = "spearman",

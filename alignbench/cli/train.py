@@ -21,7 +21,10 @@ from alignbench.models.specs import variant_name
 from alignbench.training import FREEZE_MODES, METHODS, PAPER_GC_LAMBDA, POSITIONS_LR_FACTOR, POSITIONS_OFFSET, SCHEDULES
 
 _FREEZE_HELP = "; ".join(f"{mode.name}: {mode.description}" for mode in FREEZE_MODES.values())
-_METHOD_DEFAULTS = ", ".join(f"{method.name}: {method.default_freeze}" for method in METHODS)
+_FREEZE_BY_METHOD: dict[str, list[str]] = {}
+for _method in METHODS:  # a method may have two entries (the harmonizer: positions only with --dcls)
+    _FREEZE_BY_METHOD.setdefault(_method.name, []).append(_method.default_freeze)
+_METHOD_DEFAULTS = ", ".join(f"{name}: {' or '.join(dict.fromkeys(modes))}" for name, modes in _FREEZE_BY_METHOD.items())
 
 
 def _recipe_default(option: str) -> str:
@@ -31,6 +34,7 @@ def _recipe_default(option: str) -> str:
         values.setdefault(
             f"{method.recipe[option]:g}" if isinstance(method.recipe[option], float) else str(method.recipe[option]), []
         ).append(method.name)
+    values = {value: list(dict.fromkeys(names)) for value, names in values.items()}
     if len(values) == 1:
         return f"default {next(iter(values))}"
     return "default " + "; ".join(f"{value} ({', '.join(names)})" for value, names in values.items())
@@ -100,17 +104,6 @@ def _summary(result) -> Table:
 # default). Each is the TrainRequest field of the same name (TrainRequest.from_options): a new
 # training option is a field there and an entry here, nowhere else.
 TRAIN_OPTIONS: dict[str, tuple[Any, Any]] = {
-    "data": (
-        Annotated[
-            str,
-            typer.Option(
-                "--data",
-                help="Training images: an ImageFolder tree (ImageNet wnid folders → ImageNet-1k indices), a folder with images/ and labels.csv, or `sample` (the embedded images).",
-                show_default=False,
-            ),
-        ],
-        o.REQUIRED,
-    ),
     "out": (
         Annotated[
             Path,
@@ -123,6 +116,21 @@ TRAIN_OPTIONS: dict[str, tuple[Any, Any]] = {
         ],
         o.REQUIRED,
     ),
+    "data": (
+        Annotated[
+            Optional[str],
+            typer.Option(
+                "--data",
+                help="Training images: an ImageFolder tree (ImageNet wnid folders → ImageNet-1k indices), a folder with images/ and labels.csv, or `sample` (the embedded images). With --harmonize: --dataset instead.",
+                show_default=False,
+            ),
+        ],
+        None,
+    ),
+    # --harmonize's images and human maps: a dataset as `score` takes it
+    "dataset": (o.Dataset, None),
+    "data_dir": (o.DataDir, None),
+    "fixation_sigma": (o.FixationSigma, None),
     # not a training option: the place of every model option but --tag (o.with_model_options)
     "model_options": (dict, None),
     "val": (
@@ -232,6 +240,19 @@ TRAIN_OPTIONS: dict[str, tuple[Any, Any]] = {
         ],
         0.0,
     ),
+    "harmonize": (
+        Annotated[
+            Optional[float],
+            typer.Option(
+                "--harmonize",
+                help="λ of the neural harmonizer (Fel et al. 2022): CE + 1e-5·L2 + λ·pyramid MSE between the model's saliency and "
+                "the human maps of --dataset (with --distill-from self: KL to the frozen parent instead of CE); with --dcls only the "
+                "positions train unless --freeze says otherwise; 0: the same training without the human maps (the control).",
+                show_default=False,
+            ),
+        ],
+        None,
+    ),
     "maxpool": (
         Annotated[
             bool, typer.Option("--maxpool", help="Global max pooling instead of average (their GMP variant); the checkpoint records it.")
@@ -243,7 +264,7 @@ TRAIN_OPTIONS: dict[str, tuple[Any, Any]] = {
             Optional[str],
             typer.Option(
                 "--distill-from",
-                help="Add KL to a teacher's logits: `dense` (a DCLS model's dense original) or a model name.",
+                help="Add KL to a teacher's logits: `dense` (a DCLS model's dense original), `self` (the model as training starts, frozen: data without labels) or a model name.",
                 show_default=False,
             ),
         ],
@@ -300,6 +321,9 @@ TRAIN_OPTIONS: dict[str, tuple[Any, Any]] = {
 @o.with_options(TRAIN_OPTIONS, into="options")
 def train(model: o.ModelName, options: dict = None, db: o.Db = None, as_json: o.Json = False) -> None:
     """Train a model for alignment: DCLS positions, Grad-CAM consistency, CA-Stream; checkpoints with lineage in the store.
+
+    The neural harmonizer (--harmonize λ) trains the model's saliency towards human maps. Training images come from --data
+    (labelled images) or, for --harmonize, from --dataset/--data-dir (images with human maps, read as score reads them).
 
     With --ca-stream only the stream trains (backbone, classifier and batch-norm statistics frozen), with the
     official recipe unless given (SGD momentum 0.9, lr 0.1, weight decay 1e-4, ×0.1 every 30 epochs); OUT/last.safetensors

@@ -1,8 +1,9 @@
-"""Training for alignment: DCLS positions, Grad-CAM consistency, CA-Stream, and the runs' lineage in the store.
+"""Training for alignment: DCLS positions, Grad-CAM consistency, the neural harmonizer, CA-Stream, and the runs' lineage in the store.
 
 ``train(TrainRequest)`` is ``alignbench train`` (see ``_train`` for the loop, which reads like
 timm's train.py); ``gc_consistency_loss`` is Pillai & Pirsiavash's loss as a pure function of
-(model, batch), with ``build_composite`` making its 2×2 grids. This package may import models,
+(model, batch), with ``build_composite`` making its 2×2 grids; ``harmonizer_loss`` is Fel et al.'s
+(serre-lab/Harmonization), trained towards a dataset's human maps by ``--harmonize``. This package may import models,
 explainers, datasets and the store; nothing below it imports it.
 
 Importing it does not import torch: the request and the registries of methods and freeze modes are
@@ -22,6 +23,7 @@ from alignbench.training._request import (
     POSITIONS_OFFSET,
     SAMPLE_DATA,
     SCHEDULES,
+    SELF_TEACHER,
     FreezeMode,
     Method,
     TrainRequest,
@@ -36,12 +38,14 @@ __all__ = [
     "POSITIONS_OFFSET",
     "SAMPLE_DATA",
     "SCHEDULES",
+    "SELF_TEACHER",
     "CrossEntropy",
     "Distillation",
     "EvalRecord",
     "Forward",
     "FreezeMode",
     "GradCamConsistency",
+    "Harmonization",
     "LabelledImages",
     "LossTerm",
     "Method",
@@ -50,10 +54,12 @@ __all__ = [
     "TrainResult",
     "TrainingInterrupted",
     "TrainingStep",
+    "WeightL2",
     "build_composite",
     "consistency_map",
     "freeze",
     "gc_consistency_loss",
+    "harmonizer_loss",
     "open_training_data",
     "param_groups",
     "paste_into_quadrants",
@@ -72,6 +78,7 @@ _LAZY = {
     **dict.fromkeys(
         ("CrossEntropy", "Distillation", "Forward", "GradCamConsistency", "LossTerm", "TrainingStep"), "alignbench.training._objective"
     ),
+    **dict.fromkeys(("Harmonization", "WeightL2", "harmonizer_loss"), "alignbench.training._harmonizer"),
     **dict.fromkeys(("freeze", "param_groups"), "alignbench.training._params"),
     **dict.fromkeys(
         ("EvalRecord", "StepRecord", "TrainingInterrupted", "TrainResult", "train", "train_one_epoch", "validate"),
@@ -82,6 +89,7 @@ _LAZY = {
 if TYPE_CHECKING:  # pragma: no cover
     from alignbench.training._data import LabelledImages, open_training_data
     from alignbench.training._gc_consistency import build_composite, consistency_map, gc_consistency_loss, paste_into_quadrants
+    from alignbench.training._harmonizer import Harmonization, WeightL2, harmonizer_loss
     from alignbench.training._objective import CrossEntropy, Distillation, Forward, GradCamConsistency, LossTerm, TrainingStep
     from alignbench.training._params import freeze, param_groups
     from alignbench.training._train import EvalRecord, StepRecord, TrainingInterrupted, TrainResult, train, train_one_epoch, validate

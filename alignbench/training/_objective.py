@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from alignbench.explainers import Split, split_model
+from alignbench.training._double_backward import grouped_conv_double_backward
 from alignbench.training._gc_consistency import consistency_from_features, features_of
 
 
@@ -33,6 +34,7 @@ class Forward:
     logits: Tensor
     split: Split | None = None
     features: Tensor | None = None  # A, when some term needs it
+    shared: dict[Any, Tensor] = field(default_factory=dict)  # what several terms read (a teacher's logits)
 
     @property
     def images(self) -> Tensor:
@@ -51,13 +53,25 @@ class LossTerm(Protocol):
     def __call__(self, forward: Forward) -> Tensor: ...
 
 
+def teacher_logits(forward: Forward, teacher: nn.Module) -> Tensor:
+    """``teacher``'s logits of the batch, computed once per forward however many terms read them."""
+    key = ("teacher", id(teacher))
+    if key not in forward.shared:
+        with torch.no_grad():
+            forward.shared[key] = teacher(forward.images.detach())
+    return forward.shared[key]
+
+
 @dataclass
 class CrossEntropy:
     name: str = "ce"
     weight: float = 1.0
     needs_features: bool = False
+    label_smoothing: float = 0.0
 
     def __call__(self, forward: Forward) -> Tensor:
+        if self.label_smoothing:
+            return F.cross_entropy(forward.logits.float(), forward.labels, label_smoothing=self.label_smoothing)
         return F.cross_entropy(forward.logits, forward.labels)
 
 
@@ -87,8 +101,7 @@ class Distillation:
     needs_features: bool = False
 
     def __call__(self, forward: Forward) -> Tensor:
-        with torch.no_grad():
-            target = self.teacher(forward.images)
+        target = teacher_logits(forward, self.teacher)
         return F.kl_div(
             F.log_softmax(forward.logits.float(), dim=1), F.log_softmax(target.float(), dim=1), log_target=True, reduction="batchmean"
         )
@@ -104,6 +117,12 @@ class TrainingStep(nn.Module):
         self.terms = tuple(terms)
 
     def forward(self, batch: dict[str, Tensor]) -> dict[str, Any]:
+        if any(getattr(term, "needs_input_grad", False) for term in self.terms):  # a term differentiates the logits in the images
+            with grouped_conv_double_backward():
+                return self._forward({**batch, "image": batch["image"].detach().requires_grad_(True)})
+        return self._forward(batch)
+
+    def _forward(self, batch: dict[str, Tensor]) -> dict[str, Any]:
         images = batch["image"]
         if any(term.needs_features for term in self.terms):
             split = split_model(self.model)

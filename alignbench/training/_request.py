@@ -33,6 +33,11 @@ PAPER_GC_LAMBDA = 25.0
 SCHEDULES = ("cosine", "tanh", "step", "multistep", "poly", "constant", "none")
 # The name that trains on the images embedded in the package (alignbench/data/sample).
 SAMPLE_DATA = "sample"
+# --distill-from self: the teacher is the model training starts from, frozen (data without labels).
+SELF_TEACHER = "self"
+# The harmonizer's regulariser is the L2 term of its loss (loss.py: λ_w = 1e-5 · Σ ½‖w‖²), so the
+# optimiser adds no weight decay of its own unless asked to.
+HARMONIZER_RECIPE: Mapping[str, Any] = MappingProxyType({"opt": "adamw", "lr": 1e-4, "weight_decay": 0.0, "sched": "cosine"})
 
 
 def position_parameters(model: Any) -> Iterator[Any]:
@@ -103,6 +108,19 @@ METHODS: tuple[Method, ...] = (
         recipe=_ca_stream.RECIPE,
     ),
     Method(
+        "harmonizer",
+        "the neural harmonizer (Fel et al. 2022) of the DCLS positions: CE (or KL to --distill-from) + λ_w·L2 + λ·pyramid MSE to human maps",
+        lambda request: request.harmonize is not None and request.model.dcls,
+        default_freeze="all-but-positions",
+        recipe=HARMONIZER_RECIPE,
+    ),
+    Method(
+        "harmonizer",
+        "the neural harmonizer (Fel et al. 2022): CE (or KL to --distill-from) + λ_w·L2 + λ·pyramid MSE to human maps",
+        lambda request: request.harmonize is not None,
+        recipe=HARMONIZER_RECIPE,
+    ),
+    Method(
         "gc-consistency", "cross-entropy + λ · Grad-CAM consistency (Pillai & Pirsiavash 2021)", lambda request: request.gc_consistency > 0
     ),
     Method(
@@ -120,8 +138,12 @@ class TrainRequest:
     """Every option of ``alignbench train`` (see ``alignbench train --help`` for each)."""
 
     model: ModelRequest
-    data: Path | str  # an ImageFolder tree, the folder layout (images/ + labels.csv), or "sample"
+    data: Path | str | None  # an ImageFolder tree, the folder layout (images/ + labels.csv), or "sample"; or
     out: Path
+    dataset: str | None = None  # a registry dataset with reference maps (--harmonize trains on its images and maps)
+    data_dir: Path | None = None  # its files
+    fixation_sigma: float | None = None  # an eye-tracking dataset's density blur (px); None: the dataset's default
+    harmonize: float | None = None  # λ of the harmonizer's pyramid term; None = off (0: the control, distillation/CE only)
     val: Path | str | None = None
     steps: int | None = None  # optimiser steps; or
     epochs: int | None = None  # passes over --data (default 1 when neither is given)
@@ -138,7 +160,7 @@ class TrainRequest:
     freeze: str | None = None  # default: the method's
     gc_consistency: float = 0.0  # λ; 0 = off
     maxpool: bool = False
-    distill_from: str | None = None  # "dense" or a model name
+    distill_from: str | None = None  # "dense", "self" or a model name
     distill_weight: float = 1.0
     seed: int = 0
     img_size: int | None = None  # default: the model's input size
@@ -166,6 +188,8 @@ class TrainRequest:
             if getattr(self, name) is None:
                 object.__setattr__(self, name, value)
         object.__setattr__(self, "out", Path(self.out).expanduser())
+        if self.data_dir is not None:
+            object.__setattr__(self, "data_dir", Path(self.data_dir).expanduser())
         if self.resume is not None:
             object.__setattr__(self, "resume", Path(self.resume).expanduser())
 
@@ -211,6 +235,7 @@ class TrainRequest:
         }.items():
             if value is not None and not (math.isfinite(value) and value >= 0):
                 raise TrainingError(f"{option} must be a finite number ≥ 0, got {value}")
+        self._validate_data()
         if self.sched not in SCHEDULES:
             raise TrainingError(f"unknown --sched {self.sched!r}; use one of {', '.join(SCHEDULES)}")
         freeze = self.freeze or self.method.default_freeze
@@ -227,6 +252,29 @@ class TrainRequest:
         if self.workers is not None and self.workers < 0:
             raise TrainingError(f"--workers must be 0 or more, got {self.workers}")
 
+    def _validate_data(self) -> None:
+        """One way per concept: --data gives labelled images; --dataset (+ --data-dir) a dataset's images
+        and human maps, for --harmonize."""
+        if self.data is not None and self.dataset is not None:
+            raise TrainingError("give --data (labelled images) or --dataset (images with human maps, for --harmonize), not both")
+        if self.harmonize is not None:
+            if not (math.isfinite(self.harmonize) and self.harmonize >= 0):
+                raise TrainingError(f"--harmonize must be a finite λ ≥ 0 (the weight of the pyramid term), got {self.harmonize}")
+            if self.dataset is None:
+                raise TrainingError(
+                    "--harmonize needs human maps: give --dataset NAME [--data-dir DIR] (a dataset with reference maps) instead of --data"
+                )
+            if self.gc_consistency > 0:
+                raise TrainingError("--harmonize and --gc-consistency are two methods; train with one")
+            if self.model.ca_stream:
+                raise TrainingError("--harmonize trains a model's input gradient; with --ca-stream (a frozen backbone) drop one of them")
+        elif self.dataset is not None:
+            raise TrainingError("--dataset trains on a dataset's human maps with --harmonize λ; for labelled images alone use --data")
+        if self.data is None and self.dataset is None:
+            raise TrainingError("give --data (labelled images) or --dataset with --harmonize λ (images with human maps)")
+        if self.data_dir is not None and self.dataset is None:
+            raise TrainingError("--data-dir is where --dataset's files are; give --dataset NAME (or use --data for labelled images)")
+
     def _validate_ca_stream(self, freeze: str) -> None:
         """The stream trains alone, on cross-entropy (distillation may be added): the paper's protocol."""
         if freeze != _ca_stream.FREEZE:
@@ -239,12 +287,15 @@ class TrainRequest:
     def recipe(self) -> dict[str, Any]:
         """What decides the trained weights (a --resume checkpoint must have been written with the same):
         the model, the data order and every hyper-parameter; not where files go or how many workers load them."""
-        skip = {"out", "resume", "workers", "device", "tag", "checkpoint_every", "data", "val"}
+        skip = {"out", "resume", "workers", "device", "tag", "checkpoint_every", "data", "val", "data_dir"}
         values = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in skip}
         values["model"] = self.model.to_json()
         values["model"].pop("tag", None)
         values["positions_lr"] = self.effective_positions_lr
         values["freeze"] = self.freeze_mode.name
+        for key in ("dataset", "harmonize", "fixation_sigma"):  # absent when off: checkpoints written before these options still resume
+            if values[key] is None:
+                del values[key]
         return {key: str(value) if isinstance(value, Path) else value for key, value in values.items()}
 
     def to_json(self) -> dict[str, Any]:

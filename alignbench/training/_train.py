@@ -45,10 +45,12 @@ from alignbench.models import (
 from alignbench.store import open_store
 from alignbench.training import _checkpoint as ckpt
 from alignbench.training._data import EpochSampler, EvalImages, LabelledImages, TrainingImages, open_training_data
+from alignbench.training._harmonizer import check_input_gradient, frozen_copy, harmonizer_terms
 from alignbench.training._lineage import TrainedFile, record_trained
+from alignbench.training._map_data import MapImages, MapTrainingImages, input_preprocessing, open_map_data
 from alignbench.training._objective import CrossEntropy, Distillation, GradCamConsistency, TrainingStep
 from alignbench.training._params import Trainable, freeze, param_groups, train_mode, unpin_positions
-from alignbench.training._request import TrainRequest, position_parameters
+from alignbench.training._request import SELF_TEACHER, TrainRequest, position_parameters
 
 # final_loss: the mean training loss over this many last steps (one step's loss is noisy).
 FINAL_LOSS_STEPS = 10
@@ -197,10 +199,13 @@ def _transforms(request: TrainRequest, model: nn.Module):
     return train, evaluate
 
 
-def _teacher(request: TrainRequest, student: nn.Module, device: torch.device) -> nn.Module:
-    """``--distill-from dense``: the student's dense original; a model name: that model."""
+def _teacher(request: TrainRequest, student: nn.Module, device: torch.device, parent: nn.Module | None = None) -> nn.Module:
+    """``--distill-from dense``: the student's dense original; ``self``: ``parent``, the student as training
+    starts it (frozen); a model name: that model."""
     info = student.alignbench_info
     source = request.distill_from
+    if source == SELF_TEACHER:
+        return parent.to(device)
     if source == "dense":
         if not request.model.dcls:
             raise TrainingError("--distill-from dense distils a DCLS model from its dense original: add --dcls, or name a teacher model")
@@ -224,12 +229,15 @@ def _teacher(request: TrainRequest, student: nn.Module, device: torch.device) ->
     return teacher
 
 
-def _objective(request: TrainRequest, model: nn.Module, device: torch.device) -> list:
+def _objective(request: TrainRequest, model: nn.Module, device: torch.device, parent: nn.Module | None = None) -> list:
+    if request.harmonize is not None:
+        teacher = _teacher(request, model, device, parent) if request.distill_from else None
+        return harmonizer_terms(request, teacher)
     terms: list = [CrossEntropy()]
     if request.gc_consistency > 0:
         terms.append(GradCamConsistency(weight=request.gc_consistency))
     if request.distill_from:
-        terms.append(Distillation(_teacher(request, model, device), weight=request.distill_weight))
+        terms.append(Distillation(_teacher(request, model, device, parent), weight=request.distill_weight))
     return terms
 
 
@@ -274,10 +282,15 @@ def _prepare_model(request: TrainRequest, model: nn.Module, ranks: Ranks, device
         set_global_pool(model, "max")
         weights_metadata["global_pool"] = "max"  # read back by load_model (models._pooling)
     trainable = freeze(model, request.freeze_mode)
+    parent = frozen_copy(model) if request.distill_from == SELF_TEACHER else None  # before the positions are unpinned
     initial_positions = [p.detach().clone() for p in position_parameters(model)]
     unpinned = unpin_positions(model, request.positions_offset) if request.positions_offset else 0
     model.to(device)
-    step_module = TrainingStep(model, _objective(request, model, device))
+    if request.harmonize is not None:
+        check_input_gradient(
+            model, tuple(input_preprocessing(model.alignbench_info.preprocessing, request.img_size).input_size), model.alignbench_info.name
+        )
+    step_module = TrainingStep(model, _objective(request, model, device, parent))
     if ranks.distributed:
         step_module = DistributedDataParallel(step_module, device_ids=[device.index] if device.type == "cuda" else None)
     return _Model(model, step_module, trainable, weights_metadata, initial_positions, unpinned)
@@ -337,7 +350,11 @@ def _resume(
 
 
 def _setup(request: TrainRequest, ranks: Ranks, device: torch.device, progress: Progress | None, db: str | None) -> _Run:
-    data = open_training_data(request.data)
+    data = (
+        open_map_data(request.dataset, request.data_dir, request.fixation_sigma)
+        if request.dataset is not None
+        else open_training_data(request.data)
+    )
     val = open_training_data(request.val, "--val") if request.val is not None else None
     out = request.out.resolve()
     ckpt.prepare_out(out, request.resume)
@@ -348,7 +365,10 @@ def _setup(request: TrainRequest, ranks: Ranks, device: torch.device, progress: 
     _seed_everything(request.seed + ranks.rank)
     model = load_model(request.model, device="cpu")
     info = model.alignbench_info
-    data.check_labels(info.num_classes, info.name, "--data")
+    if isinstance(data, MapImages):
+        data.check_labels(info.num_classes, info.name, "--dataset", teacher=request.distill_from is not None)
+    else:
+        data.check_labels(info.num_classes, info.name, "--data")
     if val is not None:
         val.check_labels(info.num_classes, info.name, "--val")
     on_main(ranks, lambda: _check_store(db), TrainingError)
@@ -356,7 +376,11 @@ def _setup(request: TrainRequest, ranks: Ranks, device: torch.device, progress: 
     optimizer = _optimizer(request, model)
 
     train_transform, eval_transform = _transforms(request, model)
-    dataset = TrainingImages(data, train_transform, seed=request.seed, composites=request.gc_consistency > 0)
+    if isinstance(data, MapImages):
+        preprocessing = input_preprocessing(info.preprocessing, request.img_size)
+        dataset = MapTrainingImages(data, preprocessing, seed=request.seed, flip=request.aug)
+    else:
+        dataset = TrainingImages(data, train_transform, seed=request.seed, composites=request.gc_consistency > 0)
     sampler = EpochSampler(dataset, num_replicas=ranks.world_size, rank=ranks.rank, seed=request.seed)
     steps_per_epoch = math.ceil(sampler.num_samples / per_process)
     total_steps = request.steps or (request.epochs or 1) * steps_per_epoch
@@ -603,6 +627,7 @@ def _lineage(run: _Run, result_fields: dict[str, Any]) -> dict[str, Any]:
         "data": run.recipe["data"],
         "data_dir": str(run.data.root) if run.data.layout != "sample" else "sample",
         "val_dir": str(run.val.root) if run.val is not None else None,
+        **({"harmonize": request.harmonize, "human_maps": run.data.source()} if isinstance(run.data, MapImages) else {}),
         "steps": run.state.step,
         "images_seen": run.state.images_seen,
         "processes": run.ranks.world_size,
