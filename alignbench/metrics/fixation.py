@@ -52,15 +52,99 @@ EPS = 2.2204e-16
 """The regularisation of KL and information gain: MATLAB's ``eps`` as MIT's code and pysaliency's
 ``MIT_KLDiv`` write it (2.2204e-16)."""
 
+_BLOCK = 1 << 14  # blocks of 16,384 values (128 KB in float64): the passes over a map of any size stay in L2, no map-sized temporaries
+_BINS = 4096  # the coarse bins of the AUCs' counts (see _counts_at_least): few values share a threshold's bin
 
-def _map(saliency: Any, name: str = "saliency") -> np.ndarray:
-    """One [H, W] map as float64 numpy (a torch tensor is moved to the CPU first)."""
-    if hasattr(saliency, "detach"):
-        saliency = saliency.detach().cpu().numpy()
-    array = np.asarray(saliency, dtype=np.float64)
+
+def _array(values: Any, name: str) -> np.ndarray:
+    """One [H, W] map as numpy: float32 kept as it is (sums are taken in float64, block by block;
+    comparisons are exact in either precision), anything else as float64. A torch tensor is moved
+    to the CPU first."""
+    if hasattr(values, "detach"):
+        values = values.detach().cpu().numpy()
+    array = np.asarray(values)
+    if array.dtype != np.float32:
+        array = array.astype(np.float64, copy=False)
     if array.ndim != 2:
         raise ValueError(f"{name} must be one [H, W] map; got shape {array.shape}")
     return array
+
+
+class _Map:
+    """One map, flat, with the statistics the metrics share computed once each (the scorer's adapters
+    keep one per image for all eight metrics): its float64 sum, minimum, mean and population std."""
+
+    def __init__(self, values: Any, name: str = "saliency") -> None:
+        array = _array(values, name)
+        self.shape = array.shape
+        self.flat = array.reshape(-1)
+        self._sum: float | None = None
+        self._min: float | None = None
+        self._std: float | None = None
+        self.cache: dict[Any, Any] = {}  # results that pair this map with another (the adapters' density scores)
+
+    def blocks(self):
+        for start in range(0, self.flat.size, _BLOCK):
+            yield self.flat[start : start + _BLOCK]
+
+    def _moments(self) -> None:
+        """Sum and population std in ONE float64 pass: Σ(v − c) and Σ(v − c)² about c, the mean of a
+        strided sample, so that the variance Σ(v − c)²/N − (Σ(v − c)/N)² loses nothing to cancellation
+        (c is within a fraction of a std of the mean)."""
+        flat = self.flat
+        c = float(flat[:: max(1, flat.size // 1024)].astype(np.float64).mean())
+        total = square = 0.0
+        if math.isfinite(c):
+            for start in range(0, flat.size, _BLOCK):
+                block = flat[start : start + _BLOCK].astype(np.float64)
+                block -= c
+                total += float(block.sum())
+                square += float(block @ block)
+        else:
+            total = square = math.nan
+        n = flat.size
+        self._sum = total + c * n
+        self._std = math.sqrt(max(0.0, square / n - (total / n) ** 2)) if math.isfinite(square) else math.nan
+
+    @property
+    def sum(self) -> float:
+        if self._sum is None:
+            self._moments()
+        return self._sum
+
+    @property
+    def finite(self) -> bool:
+        return math.isfinite(self.sum)  # NaN or ±inf anywhere makes the sum non-finite
+
+    @property
+    def mean(self) -> float:
+        return self.sum / self.flat.size
+
+    @property
+    def std(self) -> float:
+        """Population std (ddof 0)."""
+        if self._std is None:
+            self._moments()
+        return self._std
+
+    @property
+    def shift_and_total(self) -> tuple[float, float]:
+        """(shift, total): the map read as a density is (v − shift) / total — pysaliency's
+        ``convert_saliency_map_to_density(minimum_value=0)``, shifted by the minimum only when that is
+        negative. total 0 (a map summing to 0): the density is uniform."""
+        if self._min is None:
+            self._min = float(self.flat.min())
+        shift = self._min if self._min < 0 else 0.0
+        return shift, self.sum - shift * self.flat.size
+
+    def density_at(self, values: np.ndarray) -> np.ndarray:
+        """``values`` of this map (float64) read as its density."""
+        shift, total = self.shift_and_total
+        return (values - shift) / total if total else np.full(values.shape, 1.0 / self.flat.size)
+
+
+def _as_map(values: Any, name: str = "saliency") -> _Map:
+    return values if isinstance(values, _Map) else _Map(values, name)
 
 
 def _coordinates(values: Any) -> np.ndarray:
@@ -87,18 +171,8 @@ def to_density(saliency: Any) -> np.ndarray:
     with ``minimum_value=0`` — shifted by its minimum only when that is negative, then divided by its
     sum; a map summing to 0 becomes uniform. (MIT's code divides by the sum without the shift, and
     leaves an all-zero map zero.)"""
-    density = _map(saliency)
-    low = density.min()
-    if low < 0:
-        density = density - low
-    total = density.sum()
-    if total:
-        return density / total
-    return np.full(density.shape, 1.0 / density.size)
-
-
-def _finite(array: np.ndarray) -> bool:
-    return bool(np.isfinite(array.sum()))  # one pass; NaN or ±inf anywhere makes the sum non-finite
+    density = _as_map(saliency)
+    return density.density_at(density.flat.astype(np.float64)).reshape(density.shape)
 
 
 def nss(saliency: Any, xs: Any, ys: Any) -> float:
@@ -110,27 +184,85 @@ def nss(saliency: Any, xs: Any, ys: Any) -> float:
     counts a pixel fixated twice once. NaN without fixations or for a constant map (pysaliency then
     skips the division and returns s − mean = 0; MIT divides by 0).
     """
-    s = _map(saliency)
+    s = _as_map(saliency)
     pixels = fixation_pixels(xs, ys, s.shape)
-    if pixels.size == 0 or not _finite(s):
+    if pixels.size == 0 or not s.finite:
         return math.nan
-    mean = s.mean()
-    std = s.std()
+    std = s.std
     if std == 0:
         return math.nan
-    return float((s.reshape(-1)[pixels].mean() - mean) / std)
+    return float((s.flat[pixels].astype(np.float64).mean() - s.mean) / std)
 
 
 def _auc_exact(positives: np.ndarray, negatives: np.ndarray) -> float:
     """Area under the ROC curve of every threshold (pysaliency's ``general_roc`` with judd=0), exactly:
     the share of (positive, negative) pairs where the positive is higher, ties counting one half
-    (the trapezoid over all thresholds is exactly that Mann–Whitney statistic)."""
+    (the trapezoid over all thresholds is exactly that Mann–Whitney statistic). Each negative is
+    placed among the distinct positive values by :func:`_counts_at_least` (O(M) arithmetic): no sort
+    of the negatives."""
     if positives.size == 0 or negatives.size == 0:
         return math.nan
-    ordered = np.sort(negatives)
-    below = np.searchsorted(ordered, positives, side="left").sum(dtype=np.float64)
-    up_to = np.searchsorted(ordered, positives, side="right").sum(dtype=np.float64)
-    return float((below + up_to) * 0.5 / (positives.size * negatives.size))
+    values = np.unique(positives)
+    # #negatives > v = #negatives ≥ the next float after v (exact in float64, where the values are compared)
+    after = np.nextafter(values, np.inf)
+    levels = np.unique(np.concatenate([values, after]))
+    at_least = _counts_at_least(negatives, levels)
+    at_least_v, above_v = at_least[np.searchsorted(levels, values)], at_least[np.searchsorted(levels, after)]
+    below = negatives.size - at_least_v  # per distinct positive value: negatives below it, and tied with it
+    tied = at_least_v - above_v
+    multiplicity = np.bincount(np.searchsorted(values, positives), minlength=values.size)
+    pairs = float(multiplicity @ below) + 0.5 * float(multiplicity @ tied)
+    return pairs / (positives.size * negatives.size)
+
+
+def _counts_at_least(flat: np.ndarray, thresholds: np.ndarray) -> np.ndarray:
+    """How many values of ``flat`` are ≥ each of the distinct ascending ``thresholds`` (float64,
+    values of ``flat`` or exactly between them), exactly, as int64.
+
+    Every value is put in one of ``_BINS`` equal bins over [thresholds[0], thresholds[-1]] by
+    trunc(v · scale + offset), clipped, in ``flat``'s own precision — a monotone map of v (each step
+    rounds monotonically), so a value in a higher bin than a threshold's is above it and one in a
+    lower bin below it. Only the values sharing a bin with a threshold are compared with it
+    (``searchsorted`` over those few): O(N) arithmetic instead of a binary search per pixel.
+    """
+    dtype = flat.dtype
+    # each threshold rounded up to flat's precision: for every v of that precision, v ≥ θ ⇔ v ≥ rounded θ
+    rounded = thresholds.astype(dtype)
+    rounded = np.where(rounded.astype(np.float64) < thresholds, np.nextafter(rounded, dtype.type(np.inf)), rounded)
+    lo, hi = float(rounded[0]), float(rounded[-1])
+    with np.errstate(over="ignore", divide="ignore"):
+        scale = dtype.type(_BINS / (hi - lo)) if hi > lo else dtype.type(0)
+    if not (np.isfinite(scale) and np.isfinite(rounded).all()):  # a range too narrow (or wide) for the bins: compare directly
+        ordered = np.sort(flat).astype(np.float64)
+        return (flat.size - np.searchsorted(ordered, thresholds, side="left")).astype(np.int64)
+    offset, top = dtype.type(1.0 - lo * float(scale)), dtype.type(_BINS + 1)
+
+    def bin_of(values: np.ndarray) -> np.ndarray:
+        """1 + trunc((v − lo) · scale) as v · scale + (1 − lo · scale), clipped to [0, _BINS + 1]:
+        each step rounds monotonically, so the bins are in the order of the values (0: below lo)."""
+        scaled = values * scale
+        scaled += offset
+        np.maximum(scaled, 0, out=scaled)
+        np.minimum(scaled, top, out=scaled)
+        return scaled.astype(np.intp)
+
+    threshold_bins = bin_of(rounded)
+    is_threshold_bin = np.zeros(_BINS + 3, dtype=bool)
+    is_threshold_bin[threshold_bins] = True
+    counts = np.zeros(_BINS + 3, dtype=np.int64)
+    shared = []
+    for start in range(0, flat.size, _BLOCK):
+        block = flat[start : start + _BLOCK]
+        bins = bin_of(block)
+        counts += np.bincount(bins, minlength=_BINS + 3)
+        shared.append(block[is_threshold_bin[bins]])
+    shared_values = np.sort(np.concatenate(shared))
+    shared_counts = np.bincount(bin_of(shared_values.copy()), minlength=_BINS + 3)
+    # ≥ θ  =  in a higher bin  +  in θ's bin and ≥ θ  (shared values ≥ θ minus the shared ones in higher bins)
+    higher = np.cumsum(counts[::-1])[::-1][threshold_bins + 1]
+    shared_higher = np.cumsum(shared_counts[::-1])[::-1][threshold_bins + 1]
+    shared_at_least = shared_values.size - np.searchsorted(shared_values.astype(np.float64), thresholds, side="left")
+    return (higher + shared_at_least - shared_higher).astype(np.int64)
 
 
 def auc_judd(saliency: Any, xs: Any, ys: Any) -> float:
@@ -149,21 +281,21 @@ def auc_judd(saliency: Any, xs: Any, ys: Any) -> float:
     and its negatives are all pixels minus the fixated ones counted by rank (``aboveth − i``), which
     equals the exact count only without ties. NaN without fixations or when every pixel is fixated.
     """
-    s = _map(saliency)
+    s = _as_map(saliency)
     pixels = fixation_pixels(xs, ys, s.shape)
-    flat = s.reshape(-1)
-    if pixels.size == 0 or not _finite(s):
+    if pixels.size == 0 or not s.finite:
         return math.nan
-    positives = flat[pixels]
+    flat = s.flat
+    positives = flat[pixels].astype(np.float64)
     fixated = np.unique(pixels)
     n_negatives = flat.size - fixated.size
     if n_negatives == 0:
         return math.nan
     thresholds = np.unique(positives)  # ascending, distinct
-    # how many pixels are ≥ each threshold: bin every pixel among the thresholds (bin k: ≥ thresholds[k-1], < thresholds[k])
-    bins = np.bincount(np.searchsorted(thresholds, flat, side="right"), minlength=thresholds.size + 1)
-    fixated_bins = np.bincount(np.searchsorted(thresholds, flat[fixated], side="right"), minlength=thresholds.size + 1)
-    negatives_at_least = np.cumsum((bins - fixated_bins)[::-1])[::-1][1:]  # [k]: unfixated pixels ≥ thresholds[k]
+    fixated_values = np.sort(flat[fixated].astype(np.float64))
+    negatives_at_least = _counts_at_least(flat, thresholds) - (
+        fixated_values.size - np.searchsorted(fixated_values, thresholds, side="left")
+    )
     positives_at_least = positives.size - np.searchsorted(np.sort(positives), thresholds, side="left")
     # the curve from the highest threshold down: (0,0), one point per distinct fixated value, (1,1)
     # (pysaliency's repeated thresholds add zero-width steps only)
@@ -187,17 +319,16 @@ def auc_borji(saliency: Any, xs: Any, ys: Any, splits: int = 100, seed: int = 0)
     """
     if splits < 1:
         raise ValueError(f"splits must be at least 1, got {splits}")
-    s = _map(saliency)
+    s = _as_map(saliency)
     pixels = fixation_pixels(xs, ys, s.shape)
-    if pixels.size == 0 or not _finite(s):
+    if pixels.size == 0 or not s.finite:
         return math.nan
-    flat = s.reshape(-1)
-    positives = np.sort(flat[pixels])
-    drawn = flat[np.random.default_rng(seed).integers(0, flat.size, size=(splits, pixels.size))]
+    positives = np.sort(s.flat[pixels].astype(np.float64))
+    drawn = s.flat[np.random.default_rng(seed).integers(0, s.flat.size, size=(splits, pixels.size))].astype(np.float64)
     # per split: Σ over negatives of (#positives > n) + ½ (#positives = n)  =  Σ over pairs of (p > n) + ½ (p = n)
-    above = positives.size - np.searchsorted(positives, drawn, side="right")
-    tied = np.searchsorted(positives, drawn, side="right") - np.searchsorted(positives, drawn, side="left")
-    per_split = (above.sum(axis=1) + 0.5 * tied.sum(axis=1)) / (positives.size * pixels.size)
+    up_to = np.searchsorted(positives, drawn, side="right")
+    below = np.searchsorted(positives, drawn, side="left")
+    per_split = ((positives.size - up_to).sum(axis=1) + 0.5 * (up_to - below).sum(axis=1)) / (positives.size * pixels.size)
     return float(per_split.mean())
 
 
@@ -213,13 +344,59 @@ def sauc(saliency: Any, xs: Any, ys: Any, other_xs: Any, other_ys: Any) -> float
     (unseeded), thresholds the min-max-normalised map at 0, 0.1, …, 1 only, and counts a pixel
     fixated twice once. NaN without fixations on this image or on any other.
     """
-    s = _map(saliency)
-    if not _finite(s):
+    s = _as_map(saliency)
+    if not s.finite:
         return math.nan
-    flat = s.reshape(-1)
-    positives = flat[fixation_pixels(xs, ys, s.shape)]
-    negatives = flat[fixation_pixels(other_xs, other_ys, s.shape)]
+    positives = s.flat[fixation_pixels(xs, ys, s.shape)].astype(np.float64)
+    negatives = s.flat[fixation_pixels(other_xs, other_ys, s.shape)].astype(np.float64)
     return _auc_exact(positives, negatives)
+
+
+def _density_scores(saliency: Any, density: Any, want: tuple[str, ...] = ("cc", "kl", "sim")) -> dict[str, float]:
+    """CC, KL and SIM of a map and a density (what ``want`` names), in one pass over the two maps."""
+    p, q = _as_map(saliency), _as_map(density, "density")
+    if p.shape != q.shape:
+        raise ValueError(f"the map and the density must have one shape; got {p.shape} and {q.shape}")
+    if not (p.finite and q.finite):
+        return dict.fromkeys(want, math.nan)
+    cross = kl_sum = sim_sum = 0.0
+    (shift_p, total_p), (shift_q, total_q) = p.shift_and_total, q.shift_and_total
+    n = p.flat.size
+    densities = "kl" in want or "sim" in want
+    ratio = np.empty(min(n, _BLOCK))
+    for start in range(0, n, _BLOCK):
+        a = p.flat[start : start + _BLOCK].astype(np.float64)
+        b = q.flat[start : start + _BLOCK].astype(np.float64)
+        if "cc" in want:
+            # Σ (a − ā)(b − b̄) = Σ (a − ā) b: the centred a sums to 0 (up to rounding, negligible against the covariance)
+            cross += float((a - p.mean) @ b)
+        if not densities:
+            continue
+        # the two maps read as densities, in place: (v − shift) / total, or uniform for a map summing to 0
+        for values, shift, total in ((a, shift_p, total_p), (b, shift_q, total_q)):
+            if total:
+                values -= shift
+                values /= total
+            else:
+                values.fill(1.0 / n)
+        if "kl" in want:
+            buffer = ratio[: a.size]
+            np.add(a, EPS, out=buffer)
+            np.divide(b, buffer, out=buffer)
+            buffer += EPS
+            np.log(buffer, out=buffer)
+            kl_sum += float(b @ buffer)
+        if "sim" in want:
+            sim_sum += float(np.minimum(a, b, out=a).sum())
+    out = {}
+    if "cc" in want:
+        denominator = p.std * q.std * n
+        out["cc"] = min(1.0, max(-1.0, cross / denominator)) if denominator > 0 and math.isfinite(denominator) else math.nan
+    if "kl" in want:
+        out["kl"] = kl_sum
+    if "sim" in want:
+        out["sim"] = sim_sum
+    return out
 
 
 def cc(saliency: Any, density: Any) -> float:
@@ -229,16 +406,7 @@ def cc(saliency: Any, density: Any) -> float:
     the std's N vs N − 1 cancels in a correlation. NaN when either map is constant (pysaliency gives
     0 for a constant prediction; MIT divides by 0), or holds NaN/±inf.
     """
-    a, b = _map(saliency), _map(density, "density")
-    if a.shape != b.shape:
-        raise ValueError(f"the map and the density must have one shape; got {a.shape} and {b.shape}")
-    a = a - a.mean()
-    b = b - b.mean()
-    a_flat, b_flat = a.reshape(-1), b.reshape(-1)
-    denominator = math.sqrt(float(a_flat @ a_flat) * float(b_flat @ b_flat))
-    if denominator == 0 or not math.isfinite(denominator):
-        return math.nan
-    return float(min(1.0, max(-1.0, float(a_flat @ b_flat) / denominator)))
+    return _density_scores(saliency, density, ("cc",))["cc"]
 
 
 def kl(saliency: Any, density: Any) -> float:
@@ -250,13 +418,7 @@ def kl(saliency: Any, density: Any) -> float:
     by the sum without shifting a negative map by its minimum, and leaves an all-zero map zero
     (pysaliency: uniform). NaN when a map holds NaN/±inf.
     """
-    p, q = _map(saliency), _map(density, "density")
-    if p.shape != q.shape:
-        raise ValueError(f"the map and the density must have one shape; got {p.shape} and {q.shape}")
-    if not (_finite(p) and _finite(q)):
-        return math.nan
-    p, q = to_density(p), to_density(q)
-    return float(np.sum(q * np.log(EPS + q / (p + EPS))))
+    return _density_scores(saliency, density, ("kl",))["kl"]
 
 
 def sim(saliency: Any, density: Any) -> float:
@@ -267,12 +429,7 @@ def sim(saliency: Any, density: Any) -> float:
     sum, so a map with a positive floor (e.g. a centre bias that never reaches 0) scores differently
     there. NaN when a map holds NaN/±inf.
     """
-    p, q = _map(saliency), _map(density, "density")
-    if p.shape != q.shape:
-        raise ValueError(f"the map and the density must have one shape; got {p.shape} and {q.shape}")
-    if not (_finite(p) and _finite(q)):
-        return math.nan
-    return float(np.minimum(to_density(p), to_density(q)).sum())
+    return _density_scores(saliency, density, ("sim",))["sim"]
 
 
 def information_gain(saliency: Any, baseline: Any, xs: Any, ys: Any) -> float:
@@ -286,13 +443,14 @@ def information_gain(saliency: Any, baseline: Any, xs: Any, ys: Any) -> float:
     MIT min-max normalises both maps before dividing by their sums, and counts a pixel fixated twice
     once. The baseline scored against itself gives exactly 0. NaN without fixations.
     """
-    p, b = _map(saliency), _map(baseline, "baseline")
+    p, b = _as_map(saliency), _as_map(baseline, "baseline")
     if p.shape != b.shape:
         raise ValueError(f"the map and the baseline must have one shape; got {p.shape} and {b.shape}")
     pixels = fixation_pixels(xs, ys, p.shape)
-    if pixels.size == 0 or not (_finite(p) and _finite(b)):
+    if pixels.size == 0 or not (p.finite and b.finite):
         return math.nan
-    p_at, b_at = to_density(p).reshape(-1)[pixels], to_density(b).reshape(-1)[pixels]
+    p_at = p.density_at(p.flat[pixels].astype(np.float64))
+    b_at = b.density_at(b.flat[pixels].astype(np.float64))
     return float(np.mean(np.log2(EPS + p_at) - np.log2(EPS + b_at)))
 
 
@@ -301,42 +459,49 @@ def information_gain(saliency: Any, baseline: Any, xs: Any, ys: Any) -> float:
 
 class _StimulusMaps:
     """The batch's maps upsampled to each image's stimulus size, once per batch for every metric:
-    bilinear, align_corners=False (``torch.nn.functional.interpolate``), float32 as explained, and
-    float64 numpy for the metrics. Kept in the batch under ``_stimulus_maps``."""
+    bilinear, align_corners=False (``torch.nn.functional.interpolate``), float32 as explained; with
+    each map's statistics (and the density's, the baseline's) computed once for all eight metrics.
+    Kept in the batch under ``_stimulus_maps``."""
 
-    def __init__(self, maps: torch.Tensor, sizes: list) -> None:
-        self.maps, self.sizes = maps, sizes
+    def __init__(self, maps: torch.Tensor, batch: dict[str, Any]) -> None:
+        self.maps, self.batch = maps, batch
         self._float32: dict[int, torch.Tensor] = {}
-        self._float64: dict[int, np.ndarray] = {}
+        self._maps: dict[tuple[str, int], _Map] = {}
 
     def float32(self, i: int) -> torch.Tensor:
         if i not in self._float32:
-            height, width = (int(v) for v in self.sizes[i])
-            source = self.maps[i : i + 1, None].float()
-            if tuple(source.shape[-2:]) == (height, width):
-                self._float32[i] = source[0, 0].cpu()
-            else:
-                upsampled = torch.nn.functional.interpolate(source, size=(height, width), mode="bilinear", align_corners=False)
-                self._float32[i] = upsampled[0, 0].cpu()
+            height, width = (int(v) for v in self.batch["stimulus_size"][i])
+            source = self.maps[i : i + 1, None].detach().float()
+            if tuple(source.shape[-2:]) != (height, width):
+                source = torch.nn.functional.interpolate(source, size=(height, width), mode="bilinear", align_corners=False)
+            self._float32[i] = source[0, 0].cpu()
         return self._float32[i]
 
-    def float64(self, i: int) -> np.ndarray:
-        if i not in self._float64:
-            self._float64[i] = self.float32(i).numpy().astype(np.float64)
-        return self._float64[i]
+    def map(self, i: int, key: str = "model") -> _Map:
+        """Image ``i``'s upsampled map (``key`` "model"), or its ``density`` / ``baseline``."""
+        if (key, i) not in self._maps:
+            values = self.float32(i).numpy() if key == "model" else self.batch[key][i]
+            self._maps[key, i] = _Map(values, key)
+        return self._maps[key, i]
+
+    def density_scores(self, i: int) -> dict[str, float]:
+        """CC, KL and SIM of image ``i``, computed together in one pass on the first call."""
+        if ("density scores", i) not in self._maps:
+            self._maps["density scores", i] = _density_scores(self.map(i), self.map(i, "density"))  # type: ignore[assignment]
+        return self._maps["density scores", i]  # type: ignore[return-value]
 
 
 def stimulus_maps(maps: torch.Tensor, batch: dict[str, Any]) -> _StimulusMaps:
     """The :class:`_StimulusMaps` of ``maps`` for ``batch`` (made on the first metric's call)."""
     cached = batch.get("_stimulus_maps")
     if cached is None or cached.maps is not maps:
-        cached = _StimulusMaps(maps, batch["stimulus_size"])
+        cached = _StimulusMaps(maps, batch)
         batch["_stimulus_maps"] = cached
     return cached
 
 
 def _per_image(maps: torch.Tensor, batch: dict[str, Any], score_one) -> torch.Tensor:
-    """float64 [B]: ``score_one(i, stimulus maps)`` for each image, NaN where it has no fixations."""
+    """float64 [B]: ``score_one(i, stimulus maps, fixations)`` for each image, NaN where it has no fixations."""
     upsampled = stimulus_maps(maps, batch)
     values = []
     for i, fixations in enumerate(batch["fixations"]):
@@ -346,7 +511,7 @@ def _per_image(maps: torch.Tensor, batch: dict[str, Any], score_one) -> torch.Te
 
 def _fixation_metric(function):
     def compute(maps: torch.Tensor, batch: dict[str, Any], *, model: Any = None, explanation: Any = None) -> torch.Tensor:
-        return _per_image(maps, batch, lambda i, up, f: function(up.float64(i), f[:, 0], f[:, 1]))
+        return _per_image(maps, batch, lambda i, up, f: function(up.map(i), f[:, 0], f[:, 1]))
 
     return compute
 
@@ -354,24 +519,24 @@ def _fixation_metric(function):
 def _sauc_metric(maps: torch.Tensor, batch: dict[str, Any], *, model: Any = None, explanation: Any = None) -> torch.Tensor:
     def one(i: int, up: _StimulusMaps, f: np.ndarray) -> float:
         other = np.asarray(batch["other_fixations"][i], dtype=np.float64).reshape(-1, 2)
-        return sauc(up.float64(i), f[:, 0], f[:, 1], other[:, 0], other[:, 1])
+        return sauc(up.map(i), f[:, 0], f[:, 1], other[:, 0], other[:, 1])
 
     return _per_image(maps, batch, one)
 
 
 def _ig_metric(maps: torch.Tensor, batch: dict[str, Any], *, model: Any = None, explanation: Any = None) -> torch.Tensor:
-    return _per_image(maps, batch, lambda i, up, f: information_gain(up.float64(i), batch["baseline"][i], f[:, 0], f[:, 1]))
+    return _per_image(maps, batch, lambda i, up, f: information_gain(up.map(i), up.map(i, "baseline"), f[:, 0], f[:, 1]))
 
 
-def _density_metric(function):
+def _density_metric(name: str):
     """CC, KL, SIM: against the fixation density at the stimulus size on a fixation dataset; on any
     other dataset against its reference map (folder heatmaps, ClickMe), both at the model input size."""
 
     def compute(maps: torch.Tensor, batch: dict[str, Any], *, model: Any = None, explanation: Any = None) -> torch.Tensor:
         if "density" in batch:
-            return _per_image(maps, batch, lambda i, up, f: function(up.float64(i), batch["density"][i]))
+            return _per_image(maps, batch, lambda i, up, f: up.density_scores(i)[name])
         reference = batch["reference"]
-        values = [function(maps[i], reference[i]) for i in range(maps.shape[0])]
+        values = [_density_scores(maps[i], reference[i], (name,))[name] for i in range(maps.shape[0])]
         return torch.tensor(values, dtype=torch.float64)
 
     return compute
@@ -382,8 +547,8 @@ METRIC_FUNCTIONS = {
     "auc-judd": _fixation_metric(auc_judd),
     "auc-borji": _fixation_metric(auc_borji),
     "sauc": _sauc_metric,
-    "cc": _density_metric(cc),
-    "kl": _density_metric(kl),
-    "sim": _density_metric(sim),
+    "cc": _density_metric("cc"),
+    "kl": _density_metric("kl"),
+    "sim": _density_metric("sim"),
     "ig": _ig_metric,
 }

@@ -282,3 +282,36 @@ def test_torch_inputs_give_the_numpy_answer():
         F.nss(smap.astype(np.float32), xs, ys), abs=1e-12
     )
     assert F.cc(torch.from_numpy(smap), torch.from_numpy(density)) == F.cc(smap, density)
+
+
+@pytest.mark.parametrize("levels", [None, 16])
+def test_maps_larger_than_one_block_float32_and_many_fixations(levels):
+    # 300×400 = 120,000 pixels: two float64 blocks of the sums, and AUC-Judd's bins shared by many
+    # thresholds; float32 maps as the scorer passes them (compared with the same values in float64).
+    smap, xs, ys, xi, yi = case(11, levels=levels, shape=(300, 400), n_fix=400)
+    smap = smap.astype(np.float32)
+    as64 = smap.astype(np.float64)
+    density = (np.random.default_rng(12).random(smap.shape) ** 3).astype(np.float32)
+    assert F.auc_judd(smap, xs, ys) == pytest.approx(py_AUC_Judd_no_jitter(as64, xi, yi), abs=TOL)
+    assert F.nss(smap, xs, ys) == pytest.approx(py_NSS(as64, xi, yi).mean(), abs=1e-10)
+    assert F.cc(smap, density) == pytest.approx(py_CC(as64, density.astype(np.float64)), abs=1e-10)
+    assert F.kl(smap, density) == pytest.approx(py_MIT_KLDiv(as64, density.astype(np.float64)), abs=1e-10)
+    assert F.sim(smap, density) == pytest.approx(py_SIM(as64, density.astype(np.float64)), abs=1e-10)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_counts_at_least_are_exact_however_the_thresholds_fall(dtype):
+    from alignbench.metrics.fixation import _counts_at_least
+
+    rng = np.random.default_rng(5)
+    for values in (
+        rng.random(200_000),  # more than one block
+        np.floor(rng.random(5000) * 7) / 7,  # few distinct values: big tied blocks
+        1.0 + rng.random(5000) * 1e-6,  # a range narrow against the values
+        np.concatenate([np.zeros(5000), rng.random(50) * 1e30]),  # a range wide against most values
+    ):
+        flat = values.astype(dtype)
+        chosen = np.unique(flat[rng.integers(0, flat.size, 40)].astype(np.float64))
+        for thresholds in (chosen, np.unique(np.concatenate([chosen, np.nextafter(chosen, np.inf)])), chosen[:1]):
+            brute = (flat.astype(np.float64)[None, :] >= thresholds[:, None]).sum(axis=1)
+            assert _counts_at_least(flat, thresholds).tolist() == brute.tolist()
