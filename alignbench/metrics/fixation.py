@@ -74,7 +74,8 @@ class _Map:
     """One map, flat, with the statistics the metrics share computed once each (the scorer's adapters
     keep one per image for all eight metrics): its float64 sum, minimum, mean and population std."""
 
-    def __init__(self, values: Any, name: str = "saliency") -> None:
+    def __init__(self, values: Any, name: str = "saliency", *, with_std: bool = True) -> None:
+        self.with_std = with_std  # False: only the sum will be read (a baseline), one cheaper pass
         array = _array(values, name)
         self.shape = array.shape
         self.flat = array.reshape(-1)
@@ -103,13 +104,17 @@ class _Map:
         else:
             total = square = math.nan
         n = flat.size
-        self._sum = total + c * n
+        if self._sum is None:  # a sum taken on its own first stays (the metrics read one value)
+            self._sum = total + c * n
         self._std = math.sqrt(max(0.0, square / n - (total / n) ** 2)) if math.isfinite(square) else math.nan
 
     @property
     def sum(self) -> float:
         if self._sum is None:
-            self._moments()
+            if self.with_std:
+                self._moments()  # the sum and the std in one pass
+            else:
+                self._sum = float(np.add.reduce(self.flat, dtype=np.float64))
         return self._sum
 
     @property
@@ -143,8 +148,8 @@ class _Map:
         return (values - shift) / total if total else np.full(values.shape, 1.0 / self.flat.size)
 
 
-def _as_map(values: Any, name: str = "saliency") -> _Map:
-    return values if isinstance(values, _Map) else _Map(values, name)
+def _as_map(values: Any, name: str = "saliency", *, with_std: bool = True) -> _Map:
+    return values if isinstance(values, _Map) else _Map(values, name, with_std=with_std)
 
 
 def _coordinates(values: Any) -> np.ndarray:
@@ -443,7 +448,7 @@ def information_gain(saliency: Any, baseline: Any, xs: Any, ys: Any) -> float:
     MIT min-max normalises both maps before dividing by their sums, and counts a pixel fixated twice
     once. The baseline scored against itself gives exactly 0. NaN without fixations.
     """
-    p, b = _as_map(saliency), _as_map(baseline, "baseline")
+    p, b = _as_map(saliency), _as_map(baseline, "baseline", with_std=False)
     if p.shape != b.shape:
         raise ValueError(f"the map and the baseline must have one shape; got {p.shape} and {b.shape}")
     pixels = fixation_pixels(xs, ys, p.shape)
@@ -481,7 +486,7 @@ class _StimulusMaps:
         """Image ``i``'s upsampled map (``key`` "model"), or its ``density`` / ``baseline``."""
         if (key, i) not in self._maps:
             values = self.float32(i).numpy() if key == "model" else self.batch[key][i]
-            self._maps[key, i] = _Map(values, key)
+            self._maps[key, i] = _Map(values, key, with_std=key != "baseline")
         return self._maps[key, i]
 
     def density_scores(self, i: int) -> dict[str, float]:
