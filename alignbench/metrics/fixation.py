@@ -380,7 +380,8 @@ def _density_scores(saliency: Any, density: Any, want: tuple[str, ...] = ("cc", 
         # the two maps read as densities, in place: (v − shift) / total, or uniform for a map summing to 0
         for values, shift, total in ((a, shift_p, total_p), (b, shift_q, total_q)):
             if total:
-                values -= shift
+                if shift:
+                    values -= shift
                 values /= total
             else:
                 values.fill(1.0 / n)
