@@ -20,10 +20,13 @@ Undefined values are NaN, never a convention: an image without fixations, a map 
 stores NaN as NULL with the reason (``alignbench.metrics.constancy`` also NULLs every metric of a map
 that is constant up to rounding).
 
-Speed: everything is vectorised in numpy, float64; no metric sorts the map. AUC-Judd bins every pixel
-among the fixated values with one ``searchsorted`` (O(N log F)); the other AUCs sort only the
-negatives they sample (O(M log M)) and place the positives among them with ``searchsorted``.
-``benchmarks/fixation_metrics.py`` measures the eight against an explanation of the same image.
+Speed: vectorised numpy; sums are accumulated in float64 over blocks of 16,384 values (a float32 map
+is never copied whole to float64), and no metric sorts the map. A map's statistics (sum, minimum,
+population std) take one pass and are shared by the metrics that read them (the scorer's adapters keep
+them per image); CC, KL and SIM share one pass over the map and the density. The AUCs count values
+≥ each threshold exactly by monotone binning (:func:`_counts_at_least`: O(N) arithmetic, a binary
+search only among the few values that share a threshold's bin). ``benchmarks/fixation_metrics.py``
+measures the eight against an explanation of the same image.
 """
 
 from __future__ import annotations

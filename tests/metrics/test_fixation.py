@@ -315,3 +315,15 @@ def test_counts_at_least_are_exact_however_the_thresholds_fall(dtype):
         for thresholds in (chosen, np.unique(np.concatenate([chosen, np.nextafter(chosen, np.inf)])), chosen[:1]):
             brute = (flat.astype(np.float64)[None, :] >= thresholds[:, None]).sum(axis=1)
             assert _counts_at_least(flat, thresholds).tolist() == brute.tolist()
+
+
+def test_nss_and_cc_keep_their_precision_on_a_map_with_a_large_offset():
+    # one-pass moments about a sampled centre: no cancellation when the mean is 1e4 times the std
+    smap, xs, ys, xi, yi = case(13, shape=(300, 400), n_fix=50)
+    offset = 1e4 + smap
+    density = np.random.default_rng(14).random(smap.shape)
+    # Both sides sum 120,000 values ≈ 1e4 in float64, pairwise or in 8 blocks of pairwise sums: each mean
+    # is off by ≲ 2·log2(120,000)·2⁻⁵²·1e4 ≈ 8e-11, i.e. ≲ 3e-10 after dividing by the std ≈ 0.29; a
+    # one-pass Σx² − N·mean² would lose ~1e8·2⁻⁵² ≈ 2e-8 of the variance — the bound 1e-8 tells them apart.
+    assert F.nss(offset, xs, ys) == pytest.approx(py_NSS(offset, xi, yi).mean(), abs=1e-8)
+    assert F.cc(offset, density) == pytest.approx(py_CC(offset, density), abs=1e-8)
