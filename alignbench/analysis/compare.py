@@ -213,9 +213,10 @@ def _side_label(run: RunScore | None) -> str | None:
     return None if run is None else f"run {run.run_id}: {run.display_name}"
 
 
-def _ranked(runs: list[RunScore]) -> tuple[RunScore, ...]:
-    # best score first; a run with no scored image last
-    return tuple(sorted(runs, key=lambda r: (r.score is None, -(r.score or 0.0), r.run_id)))
+def _ranked(runs: list[RunScore], higher_is_better: bool = True) -> tuple[RunScore, ...]:
+    # best score first (the lowest for a lower-is-better metric such as kl); a run with no scored image last
+    sign = -1.0 if higher_is_better else 1.0
+    return tuple(sorted(runs, key=lambda r: (r.score is None, sign * (r.score or 0.0), r.run_id)))
 
 
 def _higher_is_better(metric: str) -> bool:
@@ -276,7 +277,7 @@ def compare_runs(
                 score_label(metric, some.view.ceiling),
                 score_name(metric, some.view.ceiling),
                 rows,
-                _ranked(members + ([reference] if reference else [])),
+                _ranked(members + ([reference] if reference else []), higher_is_better),
                 reference,
             )
         )

@@ -120,7 +120,10 @@ def score_label(metric: str, ceiling: float | None) -> str:
     """What a score is, in full (table captions, ``compare --json``'s ``scale``)."""
     if score_scale(metric, ceiling) != 1.0:
         return f"alignment score (mean {metric} / human ceiling {ceiling:.4f})"
-    return f"mean {metric}"
+    from alignbench.metrics import METRICS  # the registry is plain data (torch-free)
+
+    spec = METRICS.get(metric)
+    return f"mean {metric}, lower is better" if spec is not None and not spec.higher_is_better else f"mean {metric}"
 
 
 def canonical_explainer(name: str | None) -> str | None:

@@ -137,8 +137,9 @@ def _notes(group: GroupComparison, metric: str) -> list[str]:
             location = f" --data-dir {row.dataset_location}" if row.dataset_location and row.dataset == "folder" else ""
             options = f"--explainer {row.explainer} --dataset {row.dataset}{location} --protocol {row.protocol}"
             notes.append(f"{row.model}: {row.verdict}; run `alignbench score {row.model}{flag} {options}` to compare")
-    # the centre-bias run scores the metrics that read reference maps; for the others it has no value
-    if group.reference is None and metric_spec(metric).needs_reference:
+    # the centre-bias run scores the metrics that read reference maps or fixations; for the others it has no value
+    spec = metric_spec(metric)
+    if group.reference is None and (spec.needs_reference or spec.needs_fixations):
         notes.append(
             f"no centre-bias reference stored for {group.group.dataset} / {group.group.protocol}; "
             "`alignbench score` records it with its next run on that dataset"

@@ -17,7 +17,7 @@ from alignbench.cli._errors import guarded, stdout_console
 from alignbench.cli._format import number, summary_table
 from alignbench.distributed import is_main_process
 from alignbench.errors import AlignbenchError, ModelError
-from alignbench.metrics import METRICS
+from alignbench.metrics import FIXATION_DEFAULT_METRICS, METRICS
 from alignbench.models.specs import variant_name
 
 if TYPE_CHECKING:  # pragma: no cover - the scoring modules import SQLAlchemy: loaded only when the command runs
@@ -111,7 +111,15 @@ def score(
     data_dir: o.DataDir = None,
     fixation_sigma: o.FixationSigma = None,
     protocol: o.Protocol = "aligned",
-    metric: Annotated[str, typer.Option("--metric", help=f"Metric or comma-separated metrics: {', '.join(METRICS)}.")] = "spearman",
+    metric: Annotated[
+        Optional[str],
+        typer.Option(
+            "--metric",
+            help=f"Metric or comma-separated metrics: {', '.join(METRICS)} (default: spearman; on a fixation dataset "
+            f"{', '.join(FIXATION_DEFAULT_METRICS)}).",
+            show_default=False,
+        ),
+    ] = None,
     steps: Annotated[
         Optional[int], typer.Option("--steps", help="Steps of the deletion/insertion curves (default 224, RISE).", show_default=False)
     ] = None,
@@ -153,7 +161,7 @@ def score(
             data_dir=data_dir,
             fixation_sigma=fixation_sigma,
             protocol=protocol,
-            metrics=parse_metrics(metric),
+            metrics=None if metric is None else parse_metrics(metric),
             metric_params={} if steps is None else {"deletion": {"steps": steps}, "insertion": {"steps": steps}},
             limit=limit,
             batch_size=batch_size,

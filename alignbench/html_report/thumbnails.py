@@ -35,7 +35,7 @@ from sqlmodel import select
 from alignbench.datasets import data_loader, reopen_dataset
 from alignbench.errors import AlignbenchError
 from alignbench.explainers import explain_batch
-from alignbench.metrics.spearman import spearman
+from alignbench.metrics import metric_function
 from alignbench.models import ModelRequest, load_model, model_identity, resolve_device
 from alignbench.store import Store
 from alignbench.store import queries as q
@@ -194,7 +194,8 @@ def _run_thumbnails(
         maps = explanation.maps.float().cpu()
         outcome.seconds["explain"] += time.perf_counter() - start
         if "spearman" in inputs.metrics:  # never on a dataset without reference maps (score refuses it)
-            again = spearman(maps, batch["reference"].float()).double().numpy()
+            # as score computed it: on a fixation dataset at the stimulus size, against the fixation density
+            again = metric_function("spearman")(maps, batch).double().numpy()
             was = np.array([np.nan if stored[i][1] is None else stored[i][1] for i in batch["image_id"]])
             if not np.array_equal(np.isnan(again), np.isnan(was)):
                 raise AlignbenchError(f"the maps computed here for run {inputs.run_id} do not reproduce its skipped images")

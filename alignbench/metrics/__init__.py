@@ -16,7 +16,7 @@ from typing import Any
 
 from alignbench.errors import MetricError
 
-__all__ = ["METRICS", "MetricSpec", "metric_function", "metric_spec"]
+__all__ = ["FIXATION_DEFAULT_METRICS", "METRICS", "MetricSpec", "default_metrics", "metric_function", "metric_spec"]
 
 
 @dataclass(frozen=True)
@@ -32,12 +32,21 @@ class MetricSpec:
     # one that is constant, in its file or up to rounding (alignbench.metrics.constancy), makes it NaN
     # with the reason stored. Every metric here reads the model's map through its ranks, its maximum,
     # its min-max normalisation or its pixel order, all of which a constant map decides by rounding
-    # noise alone; only spearman reads the reference map too.
+    # noise alone; spearman, cc, kl and sim read the reference map (or fixation density) too.
     needs_variation: tuple[str, ...] = ("model",)
     # The metric reads the dataset's reference map (the batch's ``reference`` / ``reference_ranks``):
-    # refused on a dataset without reference maps (a folder without heatmaps/). Only spearman does;
-    # the box metrics read boxes and the faithfulness metrics the model and the image.
+    # refused on a dataset without reference maps (a folder without heatmaps/). Spearman, cc, kl and
+    # sim do; the box metrics read boxes, the faithfulness metrics the model and the image, and the
+    # fixation metrics the fixations.
     needs_reference: bool = False
+    # The saliency benchmark's metrics (alignbench.metrics.fixation). needs_fixations: the dataset must
+    # record eye fixations (``Dataset.has_fixations``; refused elsewhere before a run row exists);
+    # needs_density: compared with a continuous map — the fixation density on a fixation dataset,
+    # else any dataset's reference map; needs_other_fixations: also reads the other images' fixations
+    # (shuffled AUC's negatives).
+    needs_fixations: bool = False
+    needs_density: bool = False
+    needs_other_fixations: bool = False
 
 
 METRICS: dict[str, MetricSpec] = {
@@ -53,6 +62,88 @@ METRICS: dict[str, MetricSpec] = {
             module="alignbench.metrics.spearman",
             needs_variation=("model", "reference"),
             needs_reference=True,
+        ),
+        # The MIT/Tübingen saliency benchmark's metrics against eye fixations, pysaliency's
+        # conventions (alignbench.metrics.fixation states each difference from MIT's MATLAB code),
+        # at each stimulus's own size: the map upsampled bilinearly.
+        MetricSpec(
+            name="nss",
+            higher_is_better=True,
+            needs_boxes=False,
+            needs_model=False,
+            description="normalised scanpath saliency: the z-scored map (population std) averaged over the fixations",
+            module="alignbench.metrics.fixation",
+            needs_fixations=True,
+        ),
+        MetricSpec(
+            name="auc-judd",
+            higher_is_better=True,
+            needs_boxes=False,
+            needs_model=False,
+            description="AUC, thresholds at the fixated values, negatives the unfixated pixels (exact ties, no jitter)",
+            module="alignbench.metrics.fixation",
+            needs_fixations=True,
+        ),
+        MetricSpec(
+            name="auc-borji",
+            higher_is_better=True,
+            needs_boxes=False,
+            needs_model=False,
+            description="AUC against uniformly drawn pixels, mean of 100 seeded splits (exact ties)",
+            module="alignbench.metrics.fixation",
+            needs_fixations=True,
+        ),
+        MetricSpec(
+            name="sauc",
+            higher_is_better=True,
+            needs_boxes=False,
+            needs_model=False,
+            description="shuffled AUC: negatives are the other images' fixations, rescaled (exact ties)",
+            module="alignbench.metrics.fixation",
+            needs_fixations=True,
+            needs_other_fixations=True,
+        ),
+        MetricSpec(
+            name="cc",
+            higher_is_better=True,
+            needs_boxes=False,
+            needs_model=False,
+            description="Pearson correlation with the fixation density (or the reference map); NaN for a constant map",
+            module="alignbench.metrics.fixation",
+            needs_variation=("model", "reference"),
+            needs_reference=True,
+            needs_density=True,
+        ),
+        MetricSpec(
+            name="kl",
+            higher_is_better=False,
+            needs_boxes=False,
+            needs_model=False,
+            description="KL(density || map) in nats, both read as densities, MIT's eps 2.2204e-16; lower is better",
+            module="alignbench.metrics.fixation",
+            needs_variation=("model", "reference"),
+            needs_reference=True,
+            needs_density=True,
+        ),
+        MetricSpec(
+            name="sim",
+            higher_is_better=True,
+            needs_boxes=False,
+            needs_model=False,
+            description="similarity: sum of the minima of the map and the density, each normalised to sum 1",
+            module="alignbench.metrics.fixation",
+            needs_variation=("model", "reference"),
+            needs_reference=True,
+            needs_density=True,
+        ),
+        MetricSpec(
+            name="ig",
+            higher_is_better=True,
+            needs_boxes=False,
+            needs_model=False,
+            description="information gain over the dataset's centre bias, bits per fixation (map read as a density)",
+            module="alignbench.metrics.fixation",
+            needs_fixations=True,
         ),
         # Localisation against human bounding boxes ("Explainable Models with Consistent
         # Interpretations", AAAI 2021; Score-CAM's energy-based pointing game).
@@ -138,3 +229,14 @@ def metric_spec(name: str) -> MetricSpec:
 def metric_function(name: str) -> Callable[..., Any]:
     """The scorer's adapter for metric ``name`` (imports its module, hence torch)."""
     return import_module(metric_spec(name).module).METRIC_FUNCTIONS[name]
+
+
+FIXATION_DEFAULT_METRICS: tuple[str, ...] = ("spearman", "nss", "auc-judd", "auc-borji", "sauc", "cc", "kl", "sim", "ig")
+"""What ``score`` computes on a fixation dataset when no metric is named: the eight metrics of the saliency
+benchmark and Spearman (at the stimulus size, against the fixation density)."""
+
+
+def default_metrics(dataset: Any) -> tuple[str, ...]:
+    """The metrics ``score`` computes on ``dataset`` when none is named: all the fixation metrics and
+    Spearman on a fixation dataset, Spearman elsewhere."""
+    return FIXATION_DEFAULT_METRICS if getattr(dataset, "has_fixations", False) else ("spearman",)

@@ -269,7 +269,21 @@ def spearman_from_ranks(pred: Tensor, ref_ranks: Tensor) -> Tensor:
 
 
 def _spearman_metric(maps: Tensor, batch: Mapping[str, Any], *, model: Any = None, explanation: Any = None) -> Tensor:
-    """Scorer adapter: the batch's cached reference ranks when the dataset supplied them."""
+    """Scorer adapter: the batch's cached reference ranks when the dataset supplied them. On a
+    fixation dataset (its batches carry ``density``), at each stimulus's size against the fixation
+    density, the map upsampled as for the fixation metrics (alignbench.metrics.fixation); NaN for an
+    image without fixations."""
+    if "density" in batch:
+        from alignbench.metrics.fixation import stimulus_maps
+
+        upsampled = stimulus_maps(maps, batch)
+        values = [
+            spearman(upsampled.float32(i)[None], torch.as_tensor(batch["density"][i])[None]).item()
+            if len(batch["fixations"][i])
+            else math.nan
+            for i in range(maps.shape[0])
+        ]
+        return torch.tensor(values, dtype=torch.float64)
     if "reference_ranks" in batch:
         return spearman_from_ranks(maps, batch["reference_ranks"])
     return spearman(maps, batch["reference"].to(maps.device))

@@ -2,13 +2,18 @@
 
 ``alignbench score`` calls :func:`score_centre_bias` after each computed run on a dataset with
 reference maps, so compare and report always have the model-free reference on the same images and
-stay store-only. Imports torch.
+stay store-only. On a fixation dataset the reference is the dataset's own centre bias (each item's
+``baseline``: the leave-one-out average fixation density of the other images, at the stimulus size),
+scored with Spearman and the saliency benchmark's eight metrics (its information gain is 0 by
+definition); elsewhere it is the Gaussian centre-bias map, scored with Spearman. Imports torch.
 """
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
+import numpy as np
 import torch
 
 from alignbench._utils.cache import sha256_text
@@ -16,6 +21,7 @@ from alignbench.datasets import data_loader
 from alignbench.distributed import SINGLE, Ranks, my_share
 from alignbench.errors import DatasetError
 from alignbench.explainers import CENTRE_BIAS, CENTRE_BIAS_FAMILY, CENTRE_BIAS_SIGMA_FRAC, centre_bias_map
+from alignbench.metrics import FIXATION_DEFAULT_METRICS, fixation
 from alignbench.metrics.constancy import constant_map_reason, mask_undefined
 from alignbench.metrics.spearman import spearman
 from alignbench.models.preprocessing import Preprocessing
@@ -24,30 +30,38 @@ from alignbench.scoring.lifecycle import open_run, settle_status
 from alignbench.store import Store
 from alignbench.store import queries as q
 
+# On a fixation dataset the reference is the dataset's own centre bias (its items' ``baseline``).
+LEAVE_ONE_OUT = "leave-one-out"
+
 
 class CentreBiasIdentity:
     """What q.upsert_model records for the reference (the attributes of an alignbench.models.ModelIdentity)."""
 
-    def __init__(self, sigma_frac: float, input_size: tuple[int, int]) -> None:
+    def __init__(self, sigma_frac: float, input_size: tuple[int, int], *, fixations: bool = False) -> None:
         self.name = CENTRE_BIAS
         self.dcls = False
         self.recipe = None
         self.init = None
-        self.weights_source = f"model-free: isotropic Gaussian at the image centre, sigma = {sigma_frac} × shorter side"
+        if fixations:
+            self.weights_source = "model-free: the dataset's centre bias, the average fixation density of the other images (leave-one-out)"
+        else:
+            self.weights_source = f"model-free: isotropic Gaussian at the image centre, sigma = {sigma_frac} × shorter side"
         self.checkpoint_sha256 = None
-        self.fingerprint = sha256_text(CENTRE_BIAS, repr(float(sigma_frac)), f"{input_size[0]}x{input_size[1]}")
+        kind = (LEAVE_ONE_OUT,) if fixations else (repr(float(sigma_frac)),)
+        self.fingerprint = sha256_text(CENTRE_BIAS, *kind, f"{input_size[0]}x{input_size[1]}")
 
 
 def _reference_run(store: Store, dataset: Any, protocol: str, input_size: tuple[int, int], sigma_frac: float) -> int:
     """The id of the reference's run on ``dataset`` (created when new)."""
-    model = CentreBiasIdentity(sigma_frac, input_size)
+    fixations = getattr(dataset, "has_fixations", False)
+    model = CentreBiasIdentity(sigma_frac, input_size, fixations=fixations)
     identity = RunIdentity(
         model=model.name,
         method=CENTRE_BIAS,
-        params={"sigma_frac": float(sigma_frac)},
+        params={"baseline": LEAVE_ONE_OUT} if fixations else {"sigma_frac": float(sigma_frac)},
         dataset=dataset.name,
         protocol=protocol,
-        metrics=("spearman",),
+        metrics=FIXATION_DEFAULT_METRICS if fixations else ("spearman",),
         model_fingerprint=model.fingerprint,
         dataset_fingerprint=dataset.fingerprint,
     )
@@ -83,6 +97,54 @@ def _rows(batch: dict[str, Any], centre_maps: dict[tuple[int, int], torch.Tensor
                 "skip_reason": None if value == value else f"spearman: {why[i] or 'undefined'}",
             }
         )
+    return rows
+
+
+def _fixation_scores(baseline: np.ndarray, batch: dict[str, Any], i: int) -> dict[str, float]:
+    """The fixation metrics and Spearman of the dataset's centre bias for image ``i``, at the stimulus
+    size (the baseline is given there: nothing is resized). Its information gain is 0 by definition."""
+    fixations = np.asarray(batch["fixations"][i], dtype=np.float64).reshape(-1, 2)
+    if len(fixations) == 0:
+        return dict.fromkeys(FIXATION_DEFAULT_METRICS, math.nan)
+    xs, ys = fixations[:, 0], fixations[:, 1]
+    other = np.asarray(batch["other_fixations"][i], dtype=np.float64).reshape(-1, 2)
+    density = np.asarray(batch["density"][i])
+    return {
+        "spearman": float(spearman(torch.as_tensor(baseline, dtype=torch.float32)[None], torch.as_tensor(density)[None]).item()),
+        "nss": fixation.nss(baseline, xs, ys),
+        "auc-judd": fixation.auc_judd(baseline, xs, ys),
+        "auc-borji": fixation.auc_borji(baseline, xs, ys),
+        "sauc": fixation.sauc(baseline, xs, ys, other[:, 0], other[:, 1]),
+        "cc": fixation.cc(baseline, density),
+        "kl": fixation.kl(baseline, density),
+        "sim": fixation.sim(baseline, density),
+        "ig": fixation.information_gain(baseline, baseline, xs, ys),
+    }
+
+
+def _fixation_rows(batch: dict[str, Any]) -> list[dict[str, Any]]:
+    """One batch of a fixation dataset: the rows of its centre bias (the items' ``baseline``)."""
+    rows = []
+    for i, image_id in enumerate(batch["image_id"]):
+        baseline = np.asarray(batch["baseline"][i], dtype=np.float64)
+        scores = _fixation_scores(baseline, batch, i)
+        if not len(batch["fixations"][i]):
+            why = {metric: "the image has no fixations" for metric in scores}
+        else:
+            constant = constant_map_reason(torch.as_tensor(baseline)[None], "the centre bias")[0]
+            why = {metric: constant or "undefined (NaN or ±inf in the centre bias or the density)" for metric in scores}
+        label = int(batch["label"][i])
+        row = {
+            "image_index": int(batch["index"][i]),
+            "image_id": image_id,
+            "target": label if label >= 0 else None,
+            "prediction": None,
+            "confidence": None,
+        }
+        row.update({q.metric_column(metric): value for metric, value in scores.items()})
+        reasons = [f"{metric}: {why[metric]}" for metric, value in scores.items() if value != value]
+        row["skip_reason"] = "; ".join(reasons) or None
+        rows.append(row)
     return rows
 
 
@@ -129,8 +191,9 @@ def score_centre_bias(
         )
         centre_maps: dict[tuple[int, int], torch.Tensor] = {}
         for batch in batches:
+            rows = _fixation_rows(batch) if "baseline" in batch else _rows(batch, centre_maps, sigma_frac)
             with store.session(write=True) as session:
-                q.insert_scores(session, run_id, _rows(batch, centre_maps, sigma_frac))
+                q.insert_scores(session, run_id, rows)
                 session.commit()
     settle_status(store, run_id)
     return run_id

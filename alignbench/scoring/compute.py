@@ -48,9 +48,24 @@ def _targets(model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor,
     return labels
 
 
+def _missing_fixations(metric: str, batch: dict[str, Any], i: int) -> str | None:
+    """Why ``metric`` is undefined for image ``i`` of a fixation dataset's batch for want of fixations
+    (before any reason about the maps: without fixations there is no density either), or None."""
+    if "fixations" not in batch or METRICS[metric].needs_model:  # every other metric reads the fixations or their density
+        return None
+    if len(batch["fixations"][i]) == 0:
+        return "the image has no fixations"
+    if METRICS[metric].needs_other_fixations and len(batch["other_fixations"][i]) == 0:
+        return "no other image has fixations"
+    return None
+
+
 def _why_undefined(metric: str, batch: dict[str, Any], i: int) -> str:
-    if METRICS[metric].needs_boxes and int(batch["box_counts"][i]) == 0:
+    spec = METRICS[metric]
+    if spec.needs_boxes and int(batch["box_counts"][i]) == 0:
         return "the image has no box"
+    if spec.needs_fixations or spec.needs_density:
+        return "undefined (the map or the fixation density holds NaN or ±inf, or the map is constant)"
     return "undefined (no box inside the image, or the target's probability underflowed)"
 
 
@@ -187,7 +202,8 @@ def _rows(model: Any, batch: dict[str, Any], device: str, request: ScoreRequest,
             value = float(values[i])
             row[q.metric_column(metric)] = value
             if value != value:  # NaN: the metric is undefined for this image (counted as skipped)
-                reasons.append(f"{metric}: {constant[metric][i] or _why_undefined(metric, batch, i)}")
+                why = _missing_fixations(metric, batch, i) or constant[metric][i] or _why_undefined(metric, batch, i)
+                reasons.append(f"{metric}: {why}")
         row["skip_reason"] = "; ".join(reasons) or None
         rows.append(row)
     return rows

@@ -36,7 +36,9 @@ class ScoreRequest:
     data_dir: Path | None = None
     fixation_sigma: float | None = None  # eye-tracking datasets' density blur (px); None: the dataset default
     protocol: str = "aligned"
-    metrics: tuple[str, ...] = ("spearman",)
+    # None: the dataset's default (alignbench.metrics.default_metrics): spearman, and on a fixation
+    # dataset the saliency benchmark's eight metrics with it
+    metrics: tuple[str, ...] | None = None
     metric_params: dict[str, dict[str, Any]] = field(default_factory=dict)  # e.g. {"deletion": {"steps": 50}}
     limit: int | None = None
     batch_size: int = 16

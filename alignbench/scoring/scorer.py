@@ -20,7 +20,7 @@ from alignbench.datasets import DATASETS, open_dataset
 from alignbench.distributed import agree, all_done, join_launch, launched_ranks
 from alignbench.errors import AlignbenchError, MetricError, ModelError
 from alignbench.explainers import explainer_setting
-from alignbench.metrics import METRICS, metric_spec
+from alignbench.metrics import METRICS, default_metrics, metric_spec
 from alignbench.models import ModelRequest, check_device_name, model_identity
 from alignbench.scoring.identity import RunIdentity
 from alignbench.scoring.lifecycle import settle_status
@@ -45,9 +45,9 @@ def _validate(request: ScoreRequest) -> None:
 
     if request.protocol not in PROTOCOLS:
         raise AlignbenchError(f"unknown protocol {request.protocol!r}; use one of: {', '.join(PROTOCOLS)}")
-    for metric in request.metrics:
+    for metric in request.metrics or ():
         metric_spec(metric)  # the first unknown one is refused, naming those available
-    if not request.metrics:
+    if request.metrics is not None and not request.metrics:
         raise MetricError("no metric given; pass --metric spearman (or a comma-separated list)")
     if request.limit is not None and request.limit < 1:
         raise AlignbenchError(f"--limit must be at least 1, got {request.limit}")
@@ -55,7 +55,7 @@ def _validate(request: ScoreRequest) -> None:
         raise AlignbenchError(f"--batch-size must be at least 1, got {request.batch_size}")
     check_precision(request.precision)
     for metric, params in request.metric_params.items():
-        if metric not in request.metrics:
+        if metric not in (request.metrics or ()):
             continue
         unknown = sorted(set(params) - set(metric_spec(metric).params))
         if unknown:
@@ -71,6 +71,16 @@ def _check_metrics_fit(metrics: Sequence[str], dataset: Any) -> None:
         with_boxes = ", ".join(name for name, spec in DATASETS.items() if spec.has_boxes)
         raise MetricError(
             f"metric {boxed[0]!r} needs bounding boxes and dataset {dataset.name!r} has none; use a dataset with boxes ({with_boxes})"
+        )
+    fixated = [m for m in metrics if METRICS[m].needs_fixations]
+    if fixated and not getattr(dataset, "has_fixations", False):
+        with_fixations = ", ".join(name for name, spec in DATASETS.items() if getattr(spec, "has_fixations", False))
+        usable = ", ".join(
+            name for name, spec in METRICS.items() if not spec.needs_fixations and not spec.needs_boxes and not spec.needs_model
+        )
+        raise MetricError(
+            f"metric {fixated[0]!r} needs eye-tracking fixations and dataset {dataset.name!r} has none; "
+            f"use a fixation dataset{f' ({with_fixations})' if with_fixations else ''} or choose --metric among {usable}"
         )
     referenced = [m for m in metrics if METRICS[m].needs_reference]
     if referenced and not dataset.has_reference:
@@ -154,6 +164,8 @@ def score(request: ScoreRequest, *, db: str | None = None, progress: ProgressCal
     identity = model_identity(request.model)  # torch-free
     method, params = explainer_setting(request.explainer, **request.explainer_params)
     dataset = open_dataset(request.dataset, request.data_dir, fixation_sigma=request.fixation_sigma)
+    if request.metrics is None:  # the dataset's default: on a fixation dataset, the saliency benchmark's metrics
+        request = replace(request, metrics=default_metrics(dataset))
     _check_metrics_fit(request.metrics, dataset)
     n_total = len(dataset)
     n_images = min(n_total, request.limit) if request.limit else n_total

@@ -55,10 +55,11 @@ def test_reasons_name_the_map_and_non_finite_maps() -> None:
     assert reasons == ["the model's map is constant", "the model's map holds NaN or ±inf values", None]
 
 
-def test_every_metric_needs_the_model_map_to_vary_and_spearman_the_reference_too() -> None:
+def test_every_metric_needs_the_model_map_to_vary_and_those_reading_the_reference_it_too() -> None:
     assert METRICS["spearman"].needs_variation == ("model", "reference")
     assert all("model" in spec.needs_variation for spec in METRICS.values())
-    assert all("reference" not in spec.needs_variation for name, spec in METRICS.items() if name != "spearman")
+    assert {name for name, spec in METRICS.items() if "reference" in spec.needs_variation} == {"spearman", "cc", "kl", "sim"}
+    assert all(("reference" in spec.needs_variation) == spec.needs_reference for spec in METRICS.values())
 
 
 def test_metrics_are_masked_per_image_on_the_side_they_need() -> None:
