@@ -39,7 +39,7 @@ from alignbench.analysis.runs import (
 from alignbench.analysis.stats import DEFAULT_RESAMPLES, DEFAULT_SEED, paired_bootstrap_ci, wilcoxon_signed_rank
 from alignbench.errors import AlignbenchError
 from alignbench.metrics import metric_spec  # torch-free: the registry is plain data
-from alignbench.store import StoreMissing, open_store
+from alignbench.store import StoreMissing, open_store_to_read
 from alignbench.store.listing import canonical_json
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -304,7 +304,7 @@ def compare(
     if against not in AGAINST:
         raise AlignbenchError(f"unknown --against {against!r}; use one of {', '.join(AGAINST)}")
     try:
-        store = open_store(db, create=False, migrate=False)
+        store = open_store_to_read(db)
     except StoreMissing:
         raise AlignbenchError(NOTHING_STORED, exit_code=1) from None
     try:

@@ -29,13 +29,13 @@ from pathlib import Path
 
 from alignbench.analysis import DEFAULT_BINS, NOTHING_STORED
 from alignbench.analysis.runs import RunFilter
-from alignbench.errors import AlignbenchError
+from alignbench.errors import AlignbenchError, StoreError
 from alignbench.html_report.build import build_page, missing_thumbnails, read_report_data
 from alignbench.html_report.gallery import DEFAULT_GALLERY, DEFAULT_SEED
 from alignbench.html_report.page import message_page
 from alignbench.html_report.painter import PICTURES
 from alignbench.html_report.render import render_page
-from alignbench.store import StoreMissing, open_store, resolve_url
+from alignbench.store import StoreMissing, open_store, open_store_to_read, resolve_url
 
 MANIFEST = ".alignbench-report.json"  # the files a report wrote into its directory, and nothing else
 INDEX = "index.html"
@@ -147,6 +147,21 @@ def _store_label(url: str) -> str:
         return url
 
 
+def _store_thumbnails(db: str | None, missing: dict[int, set[str]], **options):
+    """Compute and store the thumbnails the galleries lack: the one write of ``report --html`` (at the
+    store's own revision and journal mode). A store the user may only read keeps its galleries
+    without maps, each saying why."""
+    from alignbench.html_report.thumbnails import ThumbnailOutcome, compute_thumbnails  # torch: only when maps are missing
+
+    try:
+        writer = open_store(db, create=False, migrate=False, read_only=False)
+    except StoreError as refused:
+        reason = f"its maps are not stored yet and cannot be stored here ({refused.message.split(';')[0]})"
+        return ThumbnailOutcome(unavailable={run_id: reason for run_id in missing})
+    with writer:
+        return compute_thumbnails(writer, missing, **options)
+
+
 def write_html_report(
     directory: str | os.PathLike[str],
     db: str | None = None,
@@ -177,7 +192,7 @@ def write_html_report(
     started = time.perf_counter()
     url = resolve_url(db)
     try:
-        store = open_store(db, create=False)
+        store = open_store_to_read(db)
     except StoreMissing:
         page = message_page(NOTHING_STORED, store=_store_label(url), filters=runs.options() or "none")
         index = out.write({INDEX: render_page(page).encode("utf-8")})
@@ -189,9 +204,7 @@ def write_html_report(
             missing = missing_thumbnails(session, data)
         read_seconds = time.perf_counter() - started
         if missing:
-            from alignbench.html_report.thumbnails import compute_thumbnails  # imports torch: only when maps are missing
-
-            outcome = compute_thumbnails(store, missing, device=device, batch_size=batch_size, progress=progress)
+            outcome = _store_thumbnails(db, missing, device=device, batch_size=batch_size, progress=progress)
         page_started = time.perf_counter()
         with store.session() as session:
             page = build_page(session, data, store=_store_label(store.url), unavailable=outcome.unavailable if outcome else {})

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from datetime import datetime
 from pathlib import Path
 
@@ -156,15 +157,16 @@ def test_a_store_at_the_first_revision_merges_into_head(tmp_path: Path) -> None:
     assert _sha(old) == before  # not migrated: read as it is
 
 
-@pytest.mark.parametrize("problem", ["newer", "missing", "not a store", "itself"])
+@pytest.mark.parametrize("problem", ["newer", "unknown revision", "missing", "not a store", "itself", "hard link"])
 def test_bad_sources_are_one_line_exit_2_and_nothing_merged(tmp_path: Path, problem: str) -> None:
     a, _ = _two_machines(tmp_path)
     into = tmp_path / "into.db"
     source = a
-    if problem == "newer":
+    if problem in ("newer", "unknown revision"):
         engine = create_engine(a)
         with engine.begin() as connection:
-            connection.execute(text("UPDATE alembic_version SET version_num = 'fffffffffff9'"))
+            revision = "9999" if problem == "newer" else "fffffffffff9"
+            connection.execute(text("UPDATE alembic_version SET version_num = :r"), {"r": revision})
         engine.dispose()
     elif problem == "missing":
         source = f"sqlite:///{tmp_path / 'nowhere.db'}"
@@ -178,6 +180,9 @@ def test_bad_sources_are_one_line_exit_2_and_nothing_merged(tmp_path: Path, prob
         source = f"sqlite:///{other}"
     elif problem == "itself":
         into = tmp_path / "a.db"
+    elif problem == "hard link":  # the probe: `merge a.db b.db --into hard-link-of-b.db` wrote a.db's rows first
+        into = tmp_path / "link.db"
+        os.link(tmp_path / "b.db", into)
     before = _sha(into) if into.exists() else None
     result = CliRunner().invoke(app, ["merge", source, f"sqlite:///{tmp_path / 'b.db'}", "--into", f"sqlite:///{into}"])
     assert result.exit_code == 2, result.output
@@ -185,6 +190,8 @@ def test_bad_sources_are_one_line_exit_2_and_nothing_merged(tmp_path: Path, prob
     assert len(message.splitlines()) == 1 and "Traceback" not in result.output
     words = {
         "newer": "newer alignbench",
+        "unknown revision": "which no alignbench release wrote",
+        "hard link": "the same file",
         "missing": "no store at",
         "not a store": "not an alignbench store",
         "itself": "is the store merged into",
