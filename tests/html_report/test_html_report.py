@@ -295,3 +295,49 @@ def test_a_second_metric_gets_a_column_of_means(tmp_path: Path) -> None:
     assert "mean spearman" in page.runs.columns and "mean average-drop" in page.runs.columns
     assert page.runs.rows[0][page.runs.columns.index("mean spearman")].text == "0.2000"
     assert page.runs.rows[0][page.runs.columns.index("mean average-drop")].text == "—"  # no row stored a value
+
+
+def _small_store(tmp_path: Path) -> str:
+    from alignbench.testing.synthetic import add_run
+
+    url = f"sqlite:///{tmp_path / 'small.db'}"
+    with open_store(url) as store:
+        add_run(store, model="resnet50", dcls=False, values=[0.1, 0.2, 0.3])
+        add_run(store, model="resnet50", dcls=True, values=[0.2, 0.3, 0.5])
+    return url
+
+
+def test_names_added_to_the_manifest_are_never_deleted(tmp_path: Path) -> None:
+    """The probe: the report trusted its manifest, so a name added to .alignbench-report.json was deleted."""
+    url = _small_store(tmp_path)
+    out = tmp_path / "report"
+    assert runner.invoke(app, ["report", "--db", url, "--html", str(out), "--gallery", "0"]).exit_code == 0
+    manifest = json.loads((out / MANIFEST).read_text())
+    assert set(manifest["files"]) >= {"index.html"}
+    (out / "thesis.tex").write_text("three years of work")
+    (out / "figures").mkdir(exist_ok=True)
+    (out / "figures" / "mine.png").write_bytes(b"not the report's")
+    manifest["files"]["thesis.tex"] = manifest["files"]["index.html"]  # a digest, but not of its bytes
+    manifest["files"]["figures/mine.png"] = "0" * 64
+    (out / MANIFEST).write_text(json.dumps(manifest))
+    refused = runner.invoke(app, ["report", "--db", url, "--html", str(out), "--gallery", "0"])
+    assert refused.exit_code == 2 and "thesis.tex" in refused.stderr  # not the report's: refused without --force
+    forced = runner.invoke(app, ["report", "--db", url, "--html", str(out), "--gallery", "0", "--force"])
+    assert forced.exit_code == 0, forced.output
+    assert (out / "thesis.tex").read_text() == "three years of work"
+    assert (out / "figures" / "mine.png").read_bytes() == b"not the report's"
+    assert "thesis.tex" not in json.loads((out / MANIFEST).read_text())["files"]
+
+
+def test_a_foreign_index_is_refused_without_suggesting_force(tmp_path: Path) -> None:
+    """The probe: `report --html DIR` suggested --force, then --force refused the foreign index.html."""
+    url = _small_store(tmp_path)
+    out = tmp_path / "site"
+    out.mkdir()
+    (out / "index.html").write_text("someone's page")
+    (out / "style.css").write_text("theirs")
+    for extra in ([], ["--force"]):
+        result = runner.invoke(app, ["report", "--db", url, "--html", str(out), "--gallery", "0", *extra])
+        assert result.exit_code == 2 and result.stderr.count("\n") == 1, result.output
+        assert "index.html" in result.stderr and "--force" not in result.stderr
+    assert (out / "index.html").read_text() == "someone's page" and sorted(p.name for p in out.iterdir()) == ["index.html", "style.css"]
