@@ -12,6 +12,7 @@ nothing is computed from images.
 from __future__ import annotations
 
 import json
+import shlex
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -155,12 +156,12 @@ class RunFilter:
     def options(self) -> str:
         """The filters as the command-line options that select them (``score`` takes the same ones)."""
         parts = [
-            f"--{name} {value}"
+            f"--{name} {shlex.quote(value)}"  # shell-quoted: the hints that show them are pasted into a shell
             for name, value in (("explainer", self.explainer), ("dataset", self.dataset), ("protocol", self.protocol))
             if value
         ]
         if self.metric != "spearman":
-            parts.append(f"--metric {self.metric}")
+            parts.append(f"--metric {shlex.quote(self.metric)}")
         return " ".join(parts)
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shlex
 from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
@@ -134,9 +135,11 @@ def _notes(group: GroupComparison, metric: str) -> list[str]:
         notes.extend(row.notes)
         if row.verdict in ("missing DCLS run", "missing baseline run"):
             flag = " --dcls" if row.dcls is None else ""
-            location = f" --data-dir {row.dataset_location}" if row.dataset_location and row.dataset == "folder" else ""
-            options = f"--explainer {row.explainer} --dataset {row.dataset}{location} --protocol {row.protocol}"
-            notes.append(f"{row.model}: {row.verdict}; run `alignbench score {row.model}{flag} {options}` to compare")
+            command = ["alignbench", "score", row.model, *flag.split(), "--explainer", row.explainer, "--dataset", row.dataset]
+            if row.dataset_location and row.dataset == "folder":
+                command += ["--data-dir", row.dataset_location]
+            command += ["--protocol", row.protocol]
+            notes.append(f"{row.model}: {row.verdict}; run `{shlex.join(command)}` to compare")  # pasted into a shell as it is
     # the centre-bias run scores the metrics that read reference maps; for the others it has no value
     if group.reference is None and metric_spec(metric).needs_reference:
         notes.append(

@@ -196,3 +196,22 @@ def test_runs_list_on_a_missing_or_empty_store_says_so_like_report(tmp_path: Pat
     assert len(result.stdout.strip().splitlines()) == 1 and "no runs stored yet" in result.stdout
     assert json.loads(invoke("runs", "list", "--db", str(path), "--json").stdout) == []
     assert path.exists() == (store == "empty")
+
+
+def test_the_score_it_hint_is_shell_quoted(tmp_path: Path) -> None:
+    """The probe: a folder dataset in "my images" gave `--data-dir /x/my images`, two words to a shell."""
+    import re
+    import shlex
+
+    folder = str(tmp_path / "my images; rm -rf ~")
+    path = tmp_path / "s.db"
+    with open_store(f"sqlite:///{path}") as store:  # a baseline without its DCLS run: compare says what to run
+        add_run(store, model="resnet50", dcls=False, values=[0.1, 0.2, 0.3], dataset="folder", location=folder)
+    result = invoke("compare", "--db", str(path))
+    assert result.exit_code == 0, result.output
+    (hint,) = re.findall(r"run `(alignbench score [^`]*)` to compare", " ".join(result.output.split("\n")))
+    words = shlex.split(hint)
+    assert words[:4] == ["alignbench", "score", "resnet50", "--dcls"]
+    assert words[words.index("--data-dir") + 1] == folder
+    no_match = invoke("report", "--db", str(path), "--dataset", "my set")
+    assert "--dataset 'my set'" in no_match.output
