@@ -42,7 +42,7 @@ def _row_name(row) -> str:
 
 
 def _comparison_table(group: GroupComparison, n_resamples: int, kind: str = "dcls-vs-baseline") -> Table:
-    from alignbench.analysis.compare import ALPHA, CONFIDENCE, IDENTICAL_TOLERANCE
+    from alignbench.analysis.compare import ALPHA, CONFIDENCE, IDENTICAL_RELATIVE
 
     title, side_a, side_b, delta, _ = _KINDS[kind]
     table = Table(
@@ -50,7 +50,7 @@ def _comparison_table(group: GroupComparison, n_resamples: int, kind: str = "dcl
         caption=(
             f"scores: {group.scale}, on the images both runs scored · Δ = {delta} · "
             f"{CONFIDENCE:.0%} CI: paired bootstrap, {n_resamples} resamples · p: Wilcoxon signed-rank · "
-            f"verdict: CI excludes 0 and p < {ALPHA}; identical: every image within {IDENTICAL_TOLERANCE:g} · "
+            f"verdict: CI excludes 0 and p < {ALPHA}; identical: every image within {IDENTICAL_RELATIVE:g} of the metric's range · "
             "centre bias: the reference on the same images"
         ),
         caption_justify="left",
