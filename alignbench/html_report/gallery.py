@@ -1,8 +1,9 @@
 """The HTML report's galleries (the paper's Fig. 1): which images they show, chosen from the stored
 scores, and their rows of pictures, painted from the stored thumbnails.
 
-A gallery belongs to a comparison (two runs of one group: baseline and DCLS today, trained model and
-parent later) or to one run. It shows K images in each of three sections: for a run, its best and
+A gallery belongs to a comparison (two runs of one group: baseline and DCLS, labelled so, a trained
+DCLS variant labelled with its tag, or a trained model and its parent, labelled parent / trained with
+the tag) or to one run. It shows K images in each of three sections: for a run, its best and
 worst scored images and K random others; for a comparison, the images where the second run beats the
 first by most, where the first beats the second by most (Δ = second − first, per image, on the images
 both scored) and K random others. An image appears in one section only, and the random draw is
@@ -186,7 +187,7 @@ def comparison_gallery(
     first, second = runs[comparison.baseline_run_id], runs[comparison.dcls_run_id]
     common, delta = _common(stored.values[first.run_id], stored.values[second.run_id])
     picks = pick_images(common, delta, k, seed=seed, higher_is_better=higher_is_better)
-    left, right = _label(first), _label(second)
+    left, right = _side_labels(comparison, first, second)
     run_ids = [first.run_id, second.run_id] + ([reference.run_id] if reference is not None else [])
     sections = _sections(
         session,
@@ -214,6 +215,19 @@ def comparison_gallery(
 
 def _label(run: RunScore) -> str:
     return "DCLS" if run.view.dcls else "baseline"
+
+
+def _side_labels(comparison: Comparison, first: RunScore, second: RunScore) -> tuple[str, str]:
+    """What the two maps of a comparison's gallery are called: baseline / DCLS (a trained DCLS variant
+    with its tag), parent / trained (with their tags)."""
+    if comparison.kind == "against-parent":
+        parent = f"parent · {first.variant}" if first.trained else "parent"
+        return parent, f"trained · {comparison.variant or second.variant}"
+    if comparison.kind == "dcls-vs-baseline" and comparison.variant:
+        return _label(first), f"{_label(second)} · {comparison.variant}"
+    if comparison.kind == "runs":
+        return f"run {first.run_id}", f"run {second.run_id}"
+    return _label(first), _label(second)
 
 
 def plan_galleries(
@@ -252,6 +266,10 @@ def plan_galleries(
     for comparison in comparisons:
         if comparison.baseline_run_id is None or comparison.dcls_run_id is None or not comparison.n_pairs:
             continue
+        if {comparison.baseline_run_id, comparison.dcls_run_id} <= compared and any(
+            plan.run_ids == (comparison.baseline_run_id, comparison.dcls_run_id) for plan in plans
+        ):
+            continue  # a trained model whose parent is the architecture's baseline: one gallery
         reference = runs.get(comparison.centre_bias_run_id) if comparison.centre_bias_run_id is not None else None
         plans.append(comparison_gallery(session, stored, comparison, runs, reference, k, seed=seed, higher_is_better=higher_is_better))
         compared.update((comparison.baseline_run_id, comparison.dcls_run_id))

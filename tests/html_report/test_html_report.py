@@ -341,3 +341,42 @@ def test_a_foreign_index_is_refused_without_suggesting_force(tmp_path: Path) -> 
         assert result.exit_code == 2 and result.stderr.count("\n") == 1, result.output
         assert "index.html" in result.stderr and "--force" not in result.stderr
     assert (out / "index.html").read_text() == "someone's page" and sorted(p.name for p in out.iterdir()) == ["index.html", "style.css"]
+
+
+def test_trained_vs_parent_galleries_are_labelled_parent_and_trained_with_the_tag(tmp_path: Path) -> None:
+    """A trained model gets a gallery against its parent, labelled "parent" / "trained · TAG" (as
+    DCLS-vs-baseline galleries are labelled baseline / DCLS), and a table of its own."""
+    from alignbench.html_report.build import build_page
+    from alignbench.store import queries as q
+    from alignbench.testing.synthetic import add_run, model_identity
+
+    url = f"sqlite:///{tmp_path / 'trained.db'}"
+    rng = np.random.default_rng(3)
+    base = rng.uniform(0.0, 0.8, 30)
+    with open_store(url) as store:
+        add_run(store, model="resnet50", dcls=False, values=base)
+        add_run(store, model="resnet50", dcls=True, values=base + 0.01)
+        add_run(store, model="resnet50", dcls=True, values=base + 0.05, checkpoint="pos")  # trained from the DCLS model
+        add_run(store, model="resnet50", dcls=False, values=base - 0.02, checkpoint="ft")  # trained from the dense model
+        with store.session(write=True) as session:
+            for checkpoint, dcls, tag in (("pos", True, "r50-pos"), ("ft", False, "r50-ft")):
+                parent = q.find_model(session, model_identity("resnet50", dcls=dcls).fingerprint)
+                row = q.record_trained_model(
+                    session, model_identity("resnet50", dcls=dcls, checkpoint=checkpoint), origin="finetune", parent=parent, lineage={}
+                )
+                row.tag = tag
+                session.add(row)
+            session.commit()
+    with open_store(url, create=False) as store, store.session() as session:
+        data = read_report_data(session, gallery=2)
+        page = build_page(session, data)
+    labels = {plan.run_ids: plan.labels for plan in data.plans}
+    assert labels[(1, 2)] == ("baseline", "DCLS")
+    assert labels[(1, 3)] == ("baseline", "DCLS · r50-pos")  # the trained DCLS variant against the architecture's baseline
+    assert labels[(2, 3)] == ("parent", "trained · r50-pos")
+    assert labels[(1, 4)] == ("parent", "trained · r50-ft")
+    titles = [table.title for table in page.comparisons]
+    assert any(title.startswith("DCLS vs baseline") for title in titles)
+    assert any(title.startswith("Trained vs parent") for title in titles)
+    html = render_page(page)
+    assert "trained · r50-ft" in html and "parent" in html
