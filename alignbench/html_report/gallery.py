@@ -31,7 +31,7 @@ from alignbench.datasets import DATASETS, NO_REFERENCE  # torch-free: the regist
 from alignbench.explainers import CENTRE_BIAS_SIGMA_FRAC, centre_bias_map  # torch-free: numpy only
 from alignbench.html_report.page import Gallery, GalleryRow, MapView, Picture
 from alignbench.html_report.page import GallerySection as SectionView
-from alignbench.html_report.painter import Painter, thumbnail_values, unit_range
+from alignbench.html_report.painter import Painter, unit_range
 from alignbench.models.specs import MODELS
 from alignbench.store import queries as q
 from alignbench.store.tables import Thumbnail
@@ -384,7 +384,7 @@ class _GalleryRows:
         if reference is None:
             return MapView(name, "human", _missing(name, NO_REFERENCE if no_reference else self.no_thumbnail), "")
         # stored over its own range: its grey levels are already the colour indices
-        plain = self.painter.colour(Painter.decode(reference.png) / 255.0)
+        plain = self.painter.colour_thumbnail(reference.png, 0.0, 1.0, 0.0, 1.0)
         return MapView(name, "human", Picture(plain, f"{name} of {image_id}", (reference.run_id, image_id, "reference")), "")
 
     def _model_maps(self, image: GalleryImage, image_id: str) -> tuple[list[MapView], str]:
@@ -404,7 +404,7 @@ class _GalleryRows:
                 plain = _missing(f"{label} map", self.unavailable.get(run_id, self.no_thumbnail))
             else:
                 plain = Picture(
-                    self.painter.colour(unit_range(thumbnail_values(thumb), low, high)),
+                    self.painter.colour_thumbnail(thumb.png, thumb.vmin or 0.0, thumb.vmax or 0.0, low, high),
                     f"{label} map of {image_id}",
                     (run_id, image_id, "model"),
                 )

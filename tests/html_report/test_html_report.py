@@ -380,3 +380,35 @@ def test_trained_vs_parent_galleries_are_labelled_parent_and_trained_with_the_ta
     assert any(title.startswith("Trained vs parent") for title in titles)
     html = render_page(page)
     assert "trained · r50-ft" in html and "parent" in html
+
+
+def test_the_colour_map_is_matplotlibs_jet_without_importing_it() -> None:
+    from matplotlib import colormaps
+
+    from alignbench.html_report.painter import jet_lut
+
+    expected = np.rint(colormaps[COLOUR_MAP](np.linspace(0, 1, 256))[:, :3] * 255).astype(np.uint8)
+    assert COLOUR_MAP == "jet" and np.array_equal(jet_lut(), expected)
+
+
+@pytest.mark.parametrize("scale", [(0.0, 1.0, 0.0, 1.0), (0.2, 0.7, 0.0, 2.0), (-1.0, 3.0, -0.5, 0.5), (0.5, 0.5, 0.5, 0.5)])
+def test_a_thumbnail_coloured_by_its_palette_is_the_decoded_map_coloured(scale: tuple[float, float, float, float]) -> None:
+    """Giving the stored grey PNG a palette paints every pixel as decoding, rescaling and colouring it did."""
+    from types import SimpleNamespace
+
+    from alignbench.html_report.painter import Painter, thumbnail_values, unit_range
+
+    vmin, vmax, low, high = scale
+    grey = np.random.default_rng(1).integers(0, 256, (37, 53), dtype=np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(grey, mode="L").save(buffer, format="PNG")
+    png = buffer.getvalue()
+    painter = Painter({})
+    fast = painter.colour_thumbnail(png, vmin, vmax, low, high)
+    slow = painter.colour(unit_range(thumbnail_values(SimpleNamespace(png=png, vmin=vmin, vmax=vmax)), low, high))
+
+    def rgb(name: str) -> np.ndarray:
+        with Image.open(io.BytesIO(painter.assets[name])) as image:
+            return np.asarray(image.convert("RGB"))
+
+    assert np.array_equal(rgb(fast), rgb(slow))
