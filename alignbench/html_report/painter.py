@@ -1,4 +1,4 @@
-"""The HTML report's pictures: stored thumbnails turned into palette PNGs, and the paper's figures.
+"""The HTML report's pictures: stored thumbnails turned into palette PNGs, and the paper's figures (SVG).
 
 Colours: maps are drawn with the colour map ``explain`` uses for its overlays (jet), as 8-bit PNGs
 whose palette is the colour map, and overlaid on the picture by the page itself at the weight
@@ -18,24 +18,23 @@ from __future__ import annotations
 import hashlib
 import io
 import struct
-import tempfile
 import zlib
 
 import numpy as np
 from PIL import Image
 
-from alignbench.analysis.plots import write_pngs
 from alignbench.analysis.report import Report
+from alignbench.html_report.charts import figure_charts
 from alignbench.html_report.page import Figure
 from alignbench.store.tables import Thumbnail
 
 COLOUR_MAP = "jet"  # explain's overlays (alignbench.explainers._files)
 PICTURES = "images/"  # where the pictures go, each named by a hash of its bytes (so a rewrite can skip it)
 FIGURE_CAPTIONS = {
-    "fig2_dcls_vs_baseline.png": "Fig. 2 — DCLS against baseline per architecture; above the line y = x, DCLS scores higher.",
-    "fig3_explainers.png": "Fig. 3 — each architecture's score per explainer, with and without DCLS.",
-    "fig4_parameters.png": "Fig. 4 — the baselines' parameter count against their score, with Pearson's r and Spearman's ρ.",
-    "histograms.png": "The per-image values of each run.",
+    "fig2_dcls_vs_baseline": "Fig. 2 — DCLS against baseline per architecture; above the line y = x, DCLS scores higher.",
+    "fig3_explainers": "Fig. 3 — each architecture's score per explainer, with and without DCLS.",
+    "fig4_parameters": "Fig. 4 — the baselines' parameter count against their score, with Pearson's r and Spearman's ρ.",
+    "histograms": "The per-image values of each run.",
 }
 
 
@@ -158,11 +157,13 @@ def unit_range(values: np.ndarray, low: float, high: float) -> np.ndarray:
 
 
 def paint_figures(report: Report, assets: dict[str, bytes]) -> list[Figure]:
-    """The paper's figures and the histograms, drawn by ``plots.write_pngs`` (the same figures as ``report --png``)."""
+    """The paper's figures and the histograms as SVG files (``charts``: the data of ``report --png``'s
+    figures, drawn by the template ``chart.svg.j2``, without matplotlib)."""
+    from alignbench.html_report.render import render_chart
+
     figures = []
-    with tempfile.TemporaryDirectory() as directory:
-        for path in write_pngs(report, directory):
-            name = f"figures/{path.name}"
-            assets[name] = path.read_bytes()
-            figures.append(Figure(name, FIGURE_CAPTIONS.get(path.name, "")))
+    for chart in figure_charts(report):
+        name = f"figures/{chart.name}.svg"
+        assets[name] = render_chart(chart).encode("utf-8")
+        figures.append(Figure(name, FIGURE_CAPTIONS.get(chart.name, "")))
     return figures

@@ -412,3 +412,40 @@ def test_a_thumbnail_coloured_by_its_palette_is_the_decoded_map_coloured(scale: 
             return np.asarray(image.convert("RGB"))
 
     assert np.array_equal(rgb(fast), rgb(slow))
+
+
+def test_the_figures_are_svg_drawn_without_matplotlib(store_url: str, tmp_path: Path) -> None:
+    """The HTML report's figures (SVG from the figure data): every point inside its axes, one ridge per
+    run, and no matplotlib imported to draw a page (it was most of report --html's time)."""
+    import subprocess
+    import sys
+    import xml.etree.ElementTree as ElementTree
+
+    from alignbench.analysis.plots import figure_data
+    from alignbench.html_report.charts import figure_charts
+    from alignbench.html_report.render import render_chart
+
+    data = _data(store_url)
+    charts = {chart.name: chart for chart in figure_charts(data.report)}
+    figures = figure_data(data.report)
+    assert set(charts) >= {"fig2_dcls_vs_baseline", "fig3_explainers", "histograms"}
+    svg = "{http://www.w3.org/2000/svg}"
+    for name, chart in charts.items():
+        root = ElementTree.fromstring(render_chart(chart))  # well-formed, escaped
+        for circle in root.iter(f"{svg}circle"):
+            if circle.find(f"{svg}title") is not None:  # a data point (legend dots have no title)
+                x, y = float(circle.get("cx")), float(circle.get("cy"))
+                assert chart.left <= x <= chart.right and chart.top <= y <= chart.bottom, name
+    scatter = ElementTree.fromstring(render_chart(charts["fig2_dcls_vs_baseline"]))
+    points = [c for c in scatter.iter(f"{svg}circle") if c.find(f"{svg}title") is not None]
+    assert len(points) == sum(len(s.models) for s in figures.scatter)
+    ridges = ElementTree.fromstring(render_chart(charts["histograms"])).findall(f"{svg}polygon")
+    assert len(ridges) == len(figures.histograms)
+    out = tmp_path / "report"
+    code = (
+        "import sys; from alignbench.html_report import write_html_report; "
+        f"write_html_report({str(out)!r}, {store_url!r}, gallery=0); print('matplotlib' in sys.modules)"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == "False"
+    assert sorted(p.name for p in (out / "figures").iterdir()) == sorted(f"{name}.svg" for name in charts)
