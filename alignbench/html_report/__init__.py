@@ -236,15 +236,15 @@ def write_html_report(
         return HtmlReportResult(index, 0, 0, message=NOTHING_STORED)
     outcome = None
     try:
-        with store.session() as session:
-            data = read_report_data(session, runs, gallery=gallery, seed=seed, bins=bins)
-            missing = missing_thumbnails(session, data)
+        with store.engine.connect() as connection:  # Core only: the report never imports the ORM
+            data = read_report_data(connection, runs, gallery=gallery, seed=seed, bins=bins)
+            missing = missing_thumbnails(connection, data)
         read_seconds = time.perf_counter() - started
         if missing:
             outcome = _store_thumbnails(db, missing, device=device, batch_size=batch_size, progress=progress)
         page_started = time.perf_counter()
-        with store.session() as session:
-            page = build_page(session, data, store=_store_label(store.url), unavailable=outcome.unavailable if outcome else {})
+        with store.engine.connect() as connection:
+            page = build_page(connection, data, store=_store_label(store.url), unavailable=outcome.unavailable if outcome else {})
     finally:
         store.close()
     files = dict(page.assets)

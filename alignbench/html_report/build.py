@@ -14,11 +14,9 @@ import json
 import math
 from dataclasses import dataclass
 
-from sqlmodel import Session
-
 from alignbench._utils.class_names import class_name
 from alignbench.analysis import DEFAULT_BINS, NOTHING_STORED
-from alignbench.analysis._queries import RunDetails, image_rows, metric_means, run_details
+from alignbench.analysis._queries import Reader, RunDetails, connection_of, image_rows, metric_means, run_details
 from alignbench.analysis.compare import ALPHA, CONFIDENCE, CompareResult, compare_runs
 from alignbench.analysis.report import Report, build_report
 from alignbench.analysis.runs import RunFilter, RunScore, StoredRuns, load_runs, score_label
@@ -35,8 +33,8 @@ from alignbench.html_report.gallery import (
 from alignbench.html_report.page import Cell, HtmlPage, ImageTable, Table, message_page
 from alignbench.html_report.painter import Painter, paint_figures
 from alignbench.metrics import metric_spec  # torch-free: the registry is plain data
-from alignbench.store import queries as q
-from alignbench.store.tables import THUMBNAIL_KINDS
+from alignbench.store import listing
+from alignbench.store.listing import THUMBNAIL_KINDS
 
 # --- what the report reads ---------------------------------------------------------------------
 
@@ -59,7 +57,7 @@ class ReportData:
 
 
 def read_report_data(
-    session: Session,
+    session: Reader,
     runs: RunFilter | None = None,
     *,
     gallery: int = DEFAULT_GALLERY,
@@ -90,10 +88,10 @@ def read_report_data(
 _COMPLETE_KINDS = tuple(kind for kind in THUMBNAIL_KINDS if kind != "reference")
 
 
-def missing_thumbnails(session: Session, data: ReportData) -> dict[int, set[str]]:
+def missing_thumbnails(session: Reader, data: ReportData) -> dict[int, set[str]]:
     """run id → image ids the galleries show that lack a stored thumbnail of some kind."""
     needed = thumbnails_needed(data.plans)
-    have = q.stored_thumbnails(session, list(needed))
+    have = listing.stored_thumbnails(connection_of(session), list(needed))
     missing = {
         run_id: {i for i in image_ids if any((run_id, i, kind) not in have for kind in _COMPLETE_KINDS)}
         for run_id, image_ids in needed.items()
@@ -292,7 +290,7 @@ def _details_table(run: RunScore, details: RunDetails | None) -> Table:
     return Table("details", f"Run {run.run_id}", ("", ""), tuple((Cell(k), Cell(str(value))) for k, value in pairs), sortable=False)
 
 
-def _image_table(session: Session, run: RunScore, imagenet: bool) -> ImageTable:
+def _image_table(session: Reader, run: RunScore, imagenet: bool) -> ImageTable:
     rows = []
     for row in image_rows(session, run.run_id, run.metric):
         rows.append(
@@ -314,7 +312,7 @@ def _image_table(session: Session, run: RunScore, imagenet: bool) -> ImageTable:
 
 
 def build_page(
-    session: Session,
+    session: Reader,
     data: ReportData,
     *,
     store: str = "",

@@ -26,7 +26,7 @@ from PIL import Image
 from alignbench.analysis.report import Report
 from alignbench.html_report.charts import figure_charts
 from alignbench.html_report.page import Figure
-from alignbench.store.tables import Thumbnail
+from alignbench.store.listing import ThumbnailRow
 
 COLOUR_MAP = "jet"  # explain's overlays (alignbench.explainers._files)
 PICTURES = "images/"  # where the pictures go, each named by a hash of its bytes (so a rewrite can skip it)
@@ -144,7 +144,7 @@ def _indices(unit: np.ndarray) -> np.ndarray:
     return np.rint(np.clip(unit, 0.0, 1.0) * 255.0).astype(np.uint8)
 
 
-def thumbnail_values(thumbnail: Thumbnail) -> np.ndarray:
+def thumbnail_values(thumbnail: ThumbnailRow) -> np.ndarray:
     """The map's values back from its 8-bit thumbnail (0..255 spans [vmin, vmax])."""
     grey = Painter.decode(thumbnail.png).astype(np.float64) / 255.0
     low, high = thumbnail.vmin or 0.0, thumbnail.vmax or 0.0

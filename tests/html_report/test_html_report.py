@@ -449,3 +449,24 @@ def test_the_figures_are_svg_drawn_without_matplotlib(store_url: str, tmp_path: 
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert result.stdout.strip() == "False"
     assert sorted(p.name for p in (out / "figures").iterdir()) == sorted(f"{name}.svg" for name in charts)
+
+
+@pytest.mark.parametrize("k", [1, 3, 8, 30])
+def test_pick_images_is_what_sorting_every_image_gives(k: int) -> None:
+    """The galleries' choice, computed on the k-th smallest candidates, is the full lexsort's (ties and
+    NaN included), so a store gives the galleries it always gave and its stored thumbnails are reused."""
+    rng = np.random.default_rng(k)
+    for higher_is_better in (True, False):
+        index = np.sort(rng.choice(100_000, 2_000, replace=False))
+        value = np.round(rng.normal(0, 1, index.size), 1)  # many ties
+        value[rng.random(index.size) < 0.01] = np.nan
+        sign = -1.0 if higher_is_better else 1.0
+        order = np.lexsort((index, sign * value))
+        best, rest = order[:k], order[k:]
+        worst = rest[np.lexsort((index[rest], -sign * value[rest]))][:k]
+        remaining = np.setdiff1d(rest, worst, assume_unique=True)
+        chosen = np.random.default_rng(5).choice(remaining, size=k, replace=False)
+        picks = pick_images(index, value, k, seed=5, higher_is_better=higher_is_better)
+        assert picks.best == tuple(int(i) for i in index[best])
+        assert picks.worst == tuple(int(i) for i in index[worst])
+        assert picks.random == tuple(sorted(int(i) for i in index[chosen]))
