@@ -249,8 +249,9 @@ def write_html_report(
         store.close()
     files = dict(page.assets)
     files[INDEX] = render_page(page).encode("utf-8")
+    write_started = time.perf_counter()
     index = out.write(files)
-    seconds = {"read": read_seconds, "page": time.perf_counter() - page_started}
+    seconds = {"read": read_seconds, "page": write_started - page_started, "write": time.perf_counter() - write_started}
     if outcome is not None:
         seconds |= {f"thumbnails_{name}": value for name, value in outcome.seconds.items()}
     return HtmlReportResult(
