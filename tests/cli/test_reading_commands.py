@@ -215,3 +215,43 @@ def test_the_score_it_hint_is_shell_quoted(tmp_path: Path) -> None:
     assert words[words.index("--data-dir") + 1] == folder
     no_match = invoke("report", "--db", str(path), "--dataset", "my set")
     assert "--dataset 'my set'" in no_match.output
+
+
+def test_alignbench_db_takes_a_path_and_its_errors_name_the_variable(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The probe: `ALIGNBENCH_DB=/path alignbench report` said "--db '/path' is not a database URL"."""
+    path = _store(tmp_path / "s.db")
+    monkeypatch.setenv("ALIGNBENCH_DB", str(path))
+    assert "resnet50" in invoke("runs", "list").stdout
+    monkeypatch.setenv("ALIGNBENCH_DB", str(tmp_path))  # a directory
+    line = one_line_error(invoke("report"), "ALIGNBENCH_DB=", "is a directory")
+    assert "--db '" not in line
+
+
+def test_report_html_on_a_store_it_may_not_write_keeps_galleries_without_maps(tmp_path: Path) -> None:
+    """Its one write (the thumbnails of the galleries) is refused by the store's permissions: the page
+    is written, each gallery saying why its maps are missing, and the store is untouched."""
+    source = _store(tmp_path / "source.db")
+    with reachable_directory() as shared:
+        path = _read_only_copy(source, shared / "ro", wal=False)
+        out = shared / "out"
+        out.mkdir()
+        out.chmod(0o777)
+        before = sha(path)
+        result = invoke_unprivileged(
+            "report",
+            "--html",
+            str(out / "html"),
+            "--gallery",
+            "2",
+            "--db",
+            str(path),
+            warm=lambda: (
+                invoke("report", "--html", str(tmp_path / "warm"), "--gallery", "2", "--db", str(tmp_path / "copy.db"))
+                if shutil.copy(source, tmp_path / "copy.db")
+                else None
+            ),
+        )
+        assert result.exit_code == 0, result.output
+        assert sha(path) == before
+        page = (out / "html" / "index.html").read_text()
+        assert "cannot be stored here" in page
