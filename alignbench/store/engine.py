@@ -50,6 +50,7 @@ __all__ = [
     "open_store",
     "open_store_to_read",
     "resolve_url",
+    "store_exists",
 ]
 SQLITE_BUSY_TIMEOUT_S = 60.0  # a writer waits this long for another process's transaction
 # A server that does not answer is reported after this long, not after the OS's TCP timeout (minutes).
@@ -228,6 +229,16 @@ def create_store_engine(url: str, *, create: bool = True, read_only: bool = Fals
     if engine.dialect.name == "sqlite":
         _install_sqlite_pragmas(engine)
     return engine
+
+
+def store_exists(url: str | None = None) -> bool:
+    """Whether opening ``url`` to write would find a store rather than create one: False for a SQLite
+    file that is missing or empty (a server's database is taken to exist). Reads nothing."""
+    sa_url = _parse(resolve_url(url))
+    if sa_url.get_backend_name() != "sqlite" or sa_url.database in (None, "", ":memory:"):
+        return True
+    file = Path(sa_url.database)
+    return file.is_file() and file.stat().st_size > 0
 
 
 def open_store_to_read(url: str | None = None) -> Store:
