@@ -26,8 +26,8 @@ from alignbench.scoring.identity import RunIdentity
 from alignbench.scoring.lifecycle import settle_status
 from alignbench.scoring.request import PROTOCOLS, ProgressCallback, ScoreRequest, ScoreResult
 from alignbench.store import StoreMissing, StoreOutdated, open_store
-from alignbench.store.engine import store_exists
 from alignbench.store import queries as q
+from alignbench.store.engine import store_exists
 from alignbench.store.liveness import shown_status
 from alignbench.store.tables import Dataset, Run
 
