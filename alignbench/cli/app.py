@@ -112,7 +112,7 @@ class LazyGroup(TyperGroup):
         except _click.exceptions.Abort:
             print("Aborted!", file=sys.stderr)
             sys.exit(1)
-        sys.exit(result if isinstance(result, int) else 0)  # non-standalone click returns typer.Exit's code
+        sys.exit(result if type(result) is int else 0)  # non-standalone click returns typer.Exit's code (a command returns None)
 
     def resolve_command(self, ctx: _click.Context, args: list[str]):
         if args and isinstance(self.commands.get(args[0]), _Listed):
