@@ -18,6 +18,7 @@ import numpy as np
 from sqlalchemy import func, select
 from sqlalchemy.engine import Connection
 
+from alignbench.store import listing
 from alignbench.store.listing import image_score, metric_column
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -179,32 +180,44 @@ class RunDetails:
     updated_at: object
 
 
-def run_details(session: Session, run_ids: Sequence[int]) -> dict[int, RunDetails]:
+def run_details(db: Reader, run_ids: Sequence[int]) -> dict[int, RunDetails]:
     if not run_ids:
         return {}
-    from alignbench.store.tables import Dataset, Model, Run  # the ORM: only the HTML report reads these
-
+    r, m, d = listing.run.c, listing.model.c, listing.dataset.c
     statement = (
-        select(Run, Model, Dataset)
-        .join(Model, Model.id == Run.model_id)
-        .join(Dataset, Dataset.id == Run.dataset_id)
-        .where(Run.id.in_(sorted(set(run_ids))))  # type: ignore[union-attr]
+        select(
+            r.id,
+            m.request,
+            m.weights_source,
+            m.init,
+            m.tag,
+            m.origin,
+            d.location,
+            d.size,
+            r.precision,
+            r.device,
+            r.compute_seconds,
+            r.created_at,
+            r.updated_at,
+        )
+        .select_from(listing.run.join(listing.model, m.id == r.model_id).join(listing.dataset, d.id == r.dataset_id))
+        .where(r.id.in_(sorted({int(i) for i in run_ids})))
     )
     return {
-        int(run.id): RunDetails(
-            int(run.id),
-            model.request,
-            model.weights_source,
-            model.init,
-            model.tag,
-            model.origin,
-            dataset.location,
-            int(dataset.size),
-            run.precision,
-            run.device,
-            float(run.compute_seconds or 0.0),
-            run.created_at,
-            run.updated_at,
+        int(row.id): RunDetails(
+            int(row.id),
+            row.request,
+            row.weights_source,
+            row.init,
+            row.tag,
+            row.origin,
+            row.location,
+            int(row.size),
+            row.precision,
+            row.device,
+            float(row.compute_seconds or 0.0),
+            row.created_at,
+            row.updated_at,
         )
-        for run, model, dataset in session.exec(statement).all()
+        for row in connection_of(db).execute(statement)
     }

@@ -20,6 +20,8 @@ from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
+
 from alignbench.analysis import NOTHING_STORED
 from alignbench.analysis._queries import Reader
 from alignbench.analysis.runs import (
@@ -39,7 +41,7 @@ from alignbench.analysis.runs import (
 from alignbench.analysis.stats import DEFAULT_RESAMPLES, DEFAULT_SEED, paired_bootstrap_ci, wilcoxon_signed_rank
 from alignbench.errors import AlignbenchError
 from alignbench.metrics import metric_spec  # torch-free: the registry is plain data
-from alignbench.store import StoreMissing, open_store
+from alignbench.store import StoreMissing, open_store_to_read
 from alignbench.store.listing import canonical_json
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -50,9 +52,31 @@ if TYPE_CHECKING:  # pragma: no cover
 MIN_PAIRS = 10
 ALPHA = 0.05
 CONFIDENCE = 0.95
-# Every per-image difference at most this large is float rounding (a from-dense DCLS model computes
-# the dense function up to ~1e-7 in its maps): the verdict is "identical" and no test is run on it.
-IDENTICAL_TOLERANCE = 1e-6
+# "identical": every per-image difference is float rounding, so no test is run on it. Rounding is
+# relative to the values' scale, not absolute: a from-dense DCLS model computes the dense function up
+# to float32 rounding (eps 1.2e-7) accumulated through the ~100 layers its output passes, ~1e-5 of a
+# metric's range — 2e-5 of Spearman's ρ, but 1e-3 of average drop, a percentage whose per-image
+# differences of ~1e-4 an absolute 1e-6 called "no significant difference".
+IDENTICAL_RELATIVE = 1e-5
+# The range of each metric's per-image values (max - min), which IDENTICAL_RELATIVE is taken of.
+METRIC_RANGES: dict[str, float] = {
+    "spearman": 2.0,  # ρ in [-1, 1]
+    "pointing-game": 1.0,  # 0 or 1
+    "stochastic-pointing-game": 1.0,  # a fraction of the sampled points
+    "energy-in-box": 1.0,  # a share of the map's mass
+    "deletion": 1.0,  # the area under a probability curve over [0, 1]
+    "insertion": 1.0,
+    "average-drop": 100.0,  # a percentage
+    "average-increase": 100.0,  # 0 or 100
+    "average-gain": 100.0,  # a percentage
+    "auc_judd": 1.0,  # areas under ROC curves
+    "auc_borji": 1.0,
+    "sauc": 1.0,
+    "cc": 2.0,  # a correlation
+    "sim": 1.0,  # histogram intersection of two distributions
+}
+# Metrics without a fixed range (nss, kl, ig: unbounded) are judged relative to the largest value
+# either run stored on the images compared.
 # compare's modes: which runs each row pairs
 AGAINST = ("baseline", "parent")
 
@@ -135,9 +159,21 @@ _MISSING = {
 }
 
 
+def identical_bound(metric: str, x: np.ndarray, y: np.ndarray) -> float:
+    """The largest per-image difference that is float rounding: IDENTICAL_RELATIVE of the metric's
+    range (METRIC_RANGES), or of the largest magnitude in ``x`` and ``y`` for an unbounded metric."""
+    span = METRIC_RANGES.get(metric)
+    if span is None:
+        span = float(max(np.abs(x).max(initial=0.0), np.abs(y).max(initial=0.0))) or 1.0
+    return IDENTICAL_RELATIVE * span
+
+
 def is_identical(pairing: Pairing) -> bool:
-    """Both runs scored the same on every shared image, up to float rounding (IDENTICAL_TOLERANCE)."""
-    return pairing.complete and pairing.n_pairs > 0 and float(abs(pairing.y - pairing.x).max()) <= IDENTICAL_TOLERANCE
+    """Both runs scored the same on every shared image, up to float rounding (``identical_bound``)."""
+    if not (pairing.complete and pairing.n_pairs > 0):
+        return False
+    metric = (pairing.baseline or pairing.dcls).metric
+    return float(abs(pairing.y - pairing.x).max()) <= identical_bound(metric, pairing.x, pairing.y)
 
 
 def _verdict(pairing: Pairing, delta: float | None, low: float, high: float, p: float, higher_is_better: bool) -> str:
@@ -305,7 +341,7 @@ def compare(
     if against not in AGAINST:
         raise AlignbenchError(f"unknown --against {against!r}; use one of {', '.join(AGAINST)}")
     try:
-        store = open_store(db, create=False, migrate=False)
+        store = open_store_to_read(db)
     except StoreMissing:
         raise AlignbenchError(NOTHING_STORED, exit_code=1) from None
     try:

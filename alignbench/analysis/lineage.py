@@ -10,7 +10,7 @@ from dataclasses import asdict, dataclass
 from datetime import datetime
 from typing import Any
 
-from alignbench.store import StoreMissing, open_store
+from alignbench.store import StoreMissing, open_store_to_read
 from alignbench.store import queries as q
 
 
@@ -51,7 +51,7 @@ class TrainedModel:
 def trained_models(db: str | None = None) -> list[TrainedModel]:
     """Every model with an origin in the store at ``db``, newest first."""
     try:
-        store = open_store(db, create=False)
+        store = open_store_to_read(db)
     except StoreMissing:
         return []
     try:

@@ -30,7 +30,7 @@ from alignbench.analysis.runs import GroupKey, Pairing, RunFilter, RunScore, Sto
 from alignbench.analysis.stats import pearson_r, spearman_rho
 from alignbench.errors import AlignbenchError
 from alignbench.metrics import metric_spec  # torch-free: the registry is plain data
-from alignbench.store import StoreMissing, open_store
+from alignbench.store import StoreMissing, open_store_to_read
 
 DEFAULT_WORST = 10
 
@@ -251,7 +251,7 @@ def report(
     if worst is not None and runs.run_id is None:
         raise AlignbenchError("--worst needs --run ID: the run whose images to list (`alignbench report` shows run ids)")
     try:
-        store = open_store(db, create=False, migrate=False)
+        store = open_store_to_read(db)
     except StoreMissing:
         return Report(metric, [], [], [], [], message=NOTHING_STORED)
     try:

@@ -12,6 +12,7 @@ nothing is computed from images.
 from __future__ import annotations
 
 import json
+import shlex
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -158,12 +159,12 @@ class RunFilter:
     def options(self) -> str:
         """The filters as the command-line options that select them (``score`` takes the same ones)."""
         parts = [
-            f"--{name} {value}"
+            f"--{name} {shlex.quote(value)}"  # shell-quoted: the hints that show them are pasted into a shell
             for name, value in (("explainer", self.explainer), ("dataset", self.dataset), ("protocol", self.protocol))
             if value
         ]
         if self.metric != "spearman":
-            parts.append(f"--metric {self.metric}")
+            parts.append(f"--metric {shlex.quote(self.metric)}")
         return " ".join(parts)
 
 
@@ -192,18 +193,21 @@ def load_runs(db: Reader, runs: RunFilter | None = None, **filters) -> StoredRun
         ) from None
     method = canonical_explainer(runs.explainer)
     connection = connection_of(db)
-    views = [
+    selected = [
         v
         for v in listing.list_runs(connection, dataset_name=runs.dataset, protocol=runs.protocol)
-        if metric in v.metrics.split(",")
-        and (method is None or v.method in (method, CENTRE_BIAS))
+        if (method is None or v.method in (method, CENTRE_BIAS))
         and (run_id is None or v.run_id == run_id)
         and (not runs.run_ids or v.run_id in runs.run_ids or v.method == CENTRE_BIAS)
     ]
+    views = [v for v in selected if metric in v.metrics.split(",")]
     # keep only the references of datasets/protocols that some selected model run uses
     wanted = {_reference_key(v) for v in views if v.method != CENTRE_BIAS}
     if method != CENTRE_BIAS and run_id is None:
         views = [v for v in views if v.method != CENTRE_BIAS or _reference_key(v) in wanted]
+    models = [v for v in selected if v.method != CENTRE_BIAS]
+    if models and not any(v.method != CENTRE_BIAS for v in views):
+        _refuse_other_metrics(runs, models)
     ids = [v.run_id for v in views]
     values = per_image_values(connection, ids, metric)
     rows = listing.row_counts(connection, ids) if ids else {}
@@ -214,6 +218,15 @@ def load_runs(db: Reader, runs: RunFilter | None = None, **filters) -> StoredRun
         scores.append(RunScore(v, metric, rows[v.run_id], len(scored), mean, score_scale(metric, v.ceiling)))
     shown = scores if runs.include_empty or run_id is not None else [r for r in scores if r.n_rows]
     return StoredRuns(metric, shown, values, hidden_empty=len(scores) - len(shown))
+
+
+def _refuse_other_metrics(runs: RunFilter, selected: Sequence[listing.RunView]) -> None:
+    """Runs are stored, but none with the metric asked for (e.g. a MoCo study scored only deletion
+    and insertion, and ``--metric`` defaults to spearman): name the metrics they have."""
+    stored = sorted({name for v in selected for name in v.metrics.split(",") if name})
+    others = RunFilter.of(runs, metric="spearman").options()
+    where = f" matching {others}" if others else ""
+    raise MetricError(f"no stored run{where} has the metric {runs.metric!r}; they have {', '.join(stored)}: pass --metric {stored[0]}")
 
 
 def hidden_note(hidden: int) -> str:

@@ -85,14 +85,34 @@ class LazyGroup(TyperGroup):
         for name, (_, _, help_line) in COMMANDS.items():
             self.commands.setdefault(name, _Listed(name, help=help_line))
 
-    def main(self, args=None, *more, **kwargs):
+    def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **kwargs):
         argv = sys.argv[1:] if args is None else list(args)
         if not argv or "--help" in argv:
             # typer.rich_utils renders the help; it imports rich.markdown and rich.traceback for
             # rich_markup_mode="markdown" and pretty exceptions, both off here: deferred, the help is
             # typer's own, byte for byte (tests/cli/test_import_set.py), sooner (README, Performance)
             import_deferring("typer.rich_utils", {"rich.markdown": ("Markdown",), "rich.traceback": ("Traceback",)})
-        return super().main(args, *more, **kwargs)
+        if not standalone_mode:
+            return super().main(args, prog_name, complete_var, standalone_mode, **kwargs)
+        # Standalone, as click runs it, but a usage error (an unknown option, a missing argument, a
+        # value of the wrong type) is one line and exit 2 like every other error, not typer's box.
+        from typer import _click
+
+        try:
+            result = super().main(args, prog_name, complete_var, False, **kwargs)
+        except _click.exceptions.UsageError as error:
+            if type(error).__name__ == "NoArgsIsHelpError":  # the help is printed already
+                sys.exit(error.exit_code)
+            where = f"; see `{error.ctx.command_path} --help`" if error.ctx is not None else ""
+            print(f"error: {' '.join(error.format_message().split()).rstrip('.')}{where}", file=sys.stderr)
+            sys.exit(2)
+        except _click.exceptions.ClickException as error:
+            error.show()
+            sys.exit(error.exit_code)
+        except _click.exceptions.Abort:
+            print("Aborted!", file=sys.stderr)
+            sys.exit(1)
+        sys.exit(result if type(result) is int else 0)  # non-standalone click returns typer.Exit's code (a command returns None)
 
     def resolve_command(self, ctx: _click.Context, args: list[str]):
         if args and isinstance(self.commands.get(args[0]), _Listed):

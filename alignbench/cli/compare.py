@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shlex
 from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
@@ -41,7 +42,7 @@ def _row_name(row) -> str:
 
 
 def _comparison_table(group: GroupComparison, n_resamples: int, kind: str = "dcls-vs-baseline") -> Table:
-    from alignbench.analysis.compare import ALPHA, CONFIDENCE, IDENTICAL_TOLERANCE
+    from alignbench.analysis.compare import ALPHA, CONFIDENCE, IDENTICAL_RELATIVE
 
     title, side_a, side_b, delta, _ = _KINDS[kind]
     table = Table(
@@ -49,7 +50,7 @@ def _comparison_table(group: GroupComparison, n_resamples: int, kind: str = "dcl
         caption=(
             f"scores: {group.scale}, on the images both runs scored · Δ = {delta} · "
             f"{CONFIDENCE:.0%} CI: paired bootstrap, {n_resamples} resamples · p: Wilcoxon signed-rank · "
-            f"verdict: CI excludes 0 and p < {ALPHA}; identical: every image within {IDENTICAL_TOLERANCE:g} · "
+            f"verdict: CI excludes 0 and p < {ALPHA}; identical: every image within {IDENTICAL_RELATIVE:g} of the metric's range · "
             "centre bias: the reference on the same images"
         ),
         caption_justify="left",
@@ -127,6 +128,7 @@ def _summary(group: GroupComparison, kind: str = "dcls-vs-baseline") -> str | No
 
 def _notes(group: GroupComparison, metric: str) -> list[str]:
     """What to know about a group's comparisons, and what to run for a missing side or reference."""
+    from alignbench.datasets import DATASETS  # the registry (torch-free)
     from alignbench.metrics import metric_spec  # plain data (torch-free)
 
     notes = []
@@ -134,9 +136,11 @@ def _notes(group: GroupComparison, metric: str) -> list[str]:
         notes.extend(row.notes)
         if row.verdict in ("missing DCLS run", "missing baseline run"):
             flag = " --dcls" if row.dcls is None else ""
-            location = f" --data-dir {row.dataset_location}" if row.dataset_location and row.dataset == "folder" else ""
-            options = f"--explainer {row.explainer} --dataset {row.dataset}{location} --protocol {row.protocol}"
-            notes.append(f"{row.model}: {row.verdict}; run `alignbench score {row.model}{flag} {options}` to compare")
+            command = ["alignbench", "score", row.model, *flag.split(), "--explainer", row.explainer, "--dataset", row.dataset]
+            if row.dataset_location and row.dataset in DATASETS and DATASETS[row.dataset].needs_data_dir:
+                command += ["--data-dir", row.dataset_location]
+            command += ["--protocol", row.protocol]
+            notes.append(f"{row.model}: {row.verdict}; run `{shlex.join(command)}` to compare")  # pasted into a shell as it is
     # the centre-bias run scores the metrics that read reference maps or fixations; for the others it has no value
     spec = metric_spec(metric)
     if group.reference is None and (spec.needs_reference or spec.needs_fixations):

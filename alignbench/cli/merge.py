@@ -70,9 +70,13 @@ def _conflicts(result) -> Table:
 def merge(
     sources: Annotated[
         list[str],
-        typer.Argument(help="Stores to merge from (database URLs, e.g. sqlite:///gpu1.db); only read.", metavar="SRC", show_default=False),
+        typer.Argument(
+            help="Stores to merge from (file paths, e.g. gpu1.db, or database URLs); only read.", metavar="SRC", show_default=False
+        ),
     ],
-    into: Annotated[str, typer.Option("--into", help="The store to merge into (created if missing).", show_default=False)],
+    into: Annotated[
+        str, typer.Option("--into", help="The store to merge into, a file path or URL (created if missing).", show_default=False)
+    ],
     prefer: Annotated[str, typer.Option("--prefer", help="Conflicting rows: keep DST's (into) or the newer row (newer).")] = "into",
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON document on stdout and nothing else.")] = False,
 ) -> None:
@@ -80,12 +84,12 @@ def merge(
 
     Models, explainer settings and datasets are matched by identity (weights fingerprint, method and parameters, name and content fingerprint), runs by key, image rows by run and image: what DST lacks is added and equal rows are left alone, so merging twice changes nothing. Rows both stores have with different values are listed and DST's are kept (exit 1), unless --prefer newer. A store from a newer alignbench is refused.
 
-    Example: [bold]alignbench merge sqlite:///node1.db sqlite:///node2.db --into sqlite:///study.db[/]
+    Example: [bold]alignbench merge node1.db node2.db --into study.db[/]
     """
     from alignbench.store.merge import merge_stores
 
     if not sources:
-        raise AlignbenchError("no store to merge; give SRC stores, e.g. alignbench merge sqlite:///a.db --into sqlite:///all.db")
+        raise AlignbenchError("no store to merge; give SRC stores, e.g. alignbench merge a.db b.db --into all.db")
     result = merge_stores(sources, into, prefer=prefer)
     if as_json:
         document = {
@@ -104,9 +108,12 @@ def merge(
         if result.conflicts:
             console.print(_conflicts(result))
     if result.unresolved:
-        err_console.print(
-            f"{result.unresolved:,} conflicting row(s) kept as they are in {result.into}; --prefer newer takes the newer rows",
-            markup=False,
-            highlight=False,
-        )
+        if result.prefer == "newer":  # what is left are rows created at the same moment in both stores
+            message = (
+                f"{result.unresolved:,} conflicting row(s) were created at the same time in both stores, so neither is newer; "
+                f"kept as they are in {result.into} (delete the run you do not want with `alignbench runs delete`, then merge again)"
+            )
+        else:
+            message = f"{result.unresolved:,} conflicting row(s) kept as they are in {result.into}; --prefer newer takes the newer rows"
+        err_console.print(message, markup=False, highlight=False)
         raise typer.Exit(1)

@@ -14,11 +14,9 @@ import json
 import math
 from dataclasses import dataclass
 
-from sqlmodel import Session
-
 from alignbench._utils.class_names import class_name
 from alignbench.analysis import DEFAULT_BINS, NOTHING_STORED
-from alignbench.analysis._queries import RunDetails, image_rows, metric_means, run_details
+from alignbench.analysis._queries import Reader, RunDetails, connection_of, image_rows, metric_means, run_details
 from alignbench.analysis.compare import ALPHA, CONFIDENCE, CompareResult, compare_runs
 from alignbench.analysis.report import Report, build_report
 from alignbench.analysis.runs import RunFilter, RunScore, StoredRuns, load_runs, score_label
@@ -35,8 +33,8 @@ from alignbench.html_report.gallery import (
 from alignbench.html_report.page import Cell, HtmlPage, ImageTable, Table, message_page
 from alignbench.html_report.painter import Painter, paint_figures
 from alignbench.metrics import metric_spec  # torch-free: the registry is plain data
-from alignbench.store import queries as q
-from alignbench.store.tables import THUMBNAIL_KINDS
+from alignbench.store import listing
+from alignbench.store.listing import THUMBNAIL_KINDS
 
 # --- what the report reads ---------------------------------------------------------------------
 
@@ -51,6 +49,7 @@ class ReportData:
     compared: CompareResult | None
     plans: list[GalleryPlan]
     details: dict[int, RunDetails]
+    parents: CompareResult | None = None  # each trained model against its parent
 
     @property
     def empty(self) -> bool:
@@ -58,7 +57,7 @@ class ReportData:
 
 
 def read_report_data(
-    session: Session,
+    session: Reader,
     runs: RunFilter | None = None,
     *,
     gallery: int = DEFAULT_GALLERY,
@@ -71,7 +70,8 @@ def read_report_data(
     stored = load_runs(session, runs)
     report = build_report(session, runs, bins=bins, stored=stored)
     compared = compare_runs(session, runs, stored=stored) if runs.run_id is None else None
-    comparisons = compared.comparisons if compared is not None else []
+    parents = compare_runs(session, runs, against="parent", stored=stored) if runs.run_id is None else None
+    comparisons = (compared.comparisons if compared is not None else []) + (parents.comparisons if parents is not None else [])
     galleried = stored
     if runs.run_id is not None and stored.runs and not stored.runs[0].is_reference:
         # a run's page shows the centre-bias reference beside its maps, as the overview's galleries do
@@ -80,7 +80,7 @@ def read_report_data(
         galleried = StoredRuns(stored.metric, stored.runs + references.runs, {**stored.values, **references.values})
     plans = plan_galleries(session, galleried, comparisons, gallery, seed=seed, higher_is_better=higher_is_better, run_id=runs.run_id)
     details = run_details(session, [run.run_id for run in stored.runs])
-    return ReportData(runs, stored, report, compared, plans, details)
+    return ReportData(runs, stored, report, compared, plans, details, parents if parents is not None and parents.groups else None)
 
 
 # A run's thumbnails of an image are stored together (alignbench.html_report.thumbnails), the reference map's
@@ -88,10 +88,10 @@ def read_report_data(
 _COMPLETE_KINDS = tuple(kind for kind in THUMBNAIL_KINDS if kind != "reference")
 
 
-def missing_thumbnails(session: Session, data: ReportData) -> dict[int, set[str]]:
+def missing_thumbnails(session: Reader, data: ReportData) -> dict[int, set[str]]:
     """run id → image ids the galleries show that lack a stored thumbnail of some kind."""
     needed = thumbnails_needed(data.plans)
-    have = q.stored_thumbnails(session, list(needed))
+    have = listing.stored_thumbnails(connection_of(session), list(needed))
     missing = {
         run_id: {i for i in image_ids if any((run_id, i, kind) not in have for kind in _COMPLETE_KINDS)}
         for run_id, image_ids in needed.items()
@@ -193,18 +193,27 @@ def _runs_table(data: ReportData, means: dict[str, dict[int, tuple[float | None,
     return Table("runs", "Stored runs", columns, tuple(rows), tuple(classes), caption)
 
 
-def _comparison_tables(compared: CompareResult, plans: list[GalleryPlan]) -> list[Table]:
+# a comparison table's title, side columns and Δ, by its kind (compare's dcls-vs-baseline or against-parent)
+_TABLE_KINDS = {
+    "dcls-vs-baseline": ("DCLS vs baseline", "baseline", "DCLS", "DCLS − baseline"),
+    "against-parent": ("Trained vs parent", "parent", "trained", "trained − parent"),
+}
+
+
+def _comparison_tables(compared: CompareResult, plans: list[GalleryPlan], *, start: int = 0) -> list[Table]:
     galleries = {plan.run_ids: plan.anchor for plan in plans if plan.comparison is not None}
+    title, side_a, side_b, delta = _TABLE_KINDS[compared.kind]
     tables = []
-    for n, group in enumerate(compared.groups):
+    for n, group in enumerate(compared.groups, start=start):
         rows, classes = [], []
         for row in group.rows:
             both = row.baseline_run_id is not None and row.dcls_run_id is not None
             ci = "—" if row.ci_low is None else f"[{row.ci_low:+.4f}, {row.ci_high:+.4f}]"
             anchor = galleries.get((row.baseline_run_id, row.dcls_run_id))
+            name = f"{row.model} · {row.variant}" if row.variant else row.model
             rows.append(
                 (
-                    Cell(row.model, link=f"#{anchor}" if anchor else None),
+                    Cell(name, link=f"#{anchor}" if anchor else None),
                     _number(row.baseline),
                     _number(row.dcls),
                     _number(row.delta, signed=True),
@@ -235,15 +244,15 @@ def _comparison_tables(compared: CompareResult, plans: list[GalleryPlan]) -> lis
             )
             classes.append("reference")
         caption = (
-            f"scores: {group.scale}, on the images both runs scored · Δ = DCLS − baseline · {CONFIDENCE:.0%} CI: paired "
+            f"scores: {group.scale}, on the images both runs scored · Δ = {delta} · {CONFIDENCE:.0%} CI: paired "
             f"bootstrap, {compared.n_resamples} resamples · p: Wilcoxon signed-rank · verdict: CI excludes 0 and p < {ALPHA} · "
             "centre bias: the reference on the same images"
         )
         tables.append(
             Table(
                 f"comparison-table-{n + 1}",
-                f"DCLS vs baseline ({group.scale_name}) · {group.group.label}",
-                ("model", "baseline", "DCLS", "Δ", f"{CONFIDENCE:.0%} CI", "p", "pairs", "centre bias", "verdict", "runs"),
+                f"{title} ({group.scale_name}) · {group.group.label}",
+                ("model", side_a, side_b, "Δ", f"{CONFIDENCE:.0%} CI", "p", "pairs", "centre bias", "verdict", "runs"),
                 tuple(rows),
                 tuple(classes),
                 caption,
@@ -281,7 +290,7 @@ def _details_table(run: RunScore, details: RunDetails | None) -> Table:
     return Table("details", f"Run {run.run_id}", ("", ""), tuple((Cell(k), Cell(str(value))) for k, value in pairs), sortable=False)
 
 
-def _image_table(session: Session, run: RunScore, imagenet: bool) -> ImageTable:
+def _image_table(session: Reader, run: RunScore, imagenet: bool) -> ImageTable:
     rows = []
     for row in image_rows(session, run.run_id, run.metric):
         rows.append(
@@ -303,7 +312,7 @@ def _image_table(session: Session, run: RunScore, imagenet: bool) -> ImageTable:
 
 
 def build_page(
-    session: Session,
+    session: Reader,
     data: ReportData,
     *,
     store: str = "",
@@ -327,9 +336,10 @@ def build_page(
     for metric in metrics[1:]:
         means[metric] = metric_means(session, [run.run_id for run in data.stored.runs if metric in run.view.metrics.split(",")], metric)
     page.runs = _runs_table(data, means)
-    if data.compared is not None:
-        page.comparisons = _comparison_tables(data.compared, data.plans)
-        page.notes += [note for row in data.compared.comparisons for note in row.notes]
+    for compared in (data.compared, data.parents):
+        if compared is not None:
+            page.comparisons += _comparison_tables(compared, data.plans, start=len(page.comparisons))
+            page.notes += [note for row in compared.comparisons for note in row.notes]
     page.figures = paint_figures(data.report, page.assets)
     painter = Painter(page.assets)
     page.galleries = [gallery_view(session, plan, data.stored, data.details, painter, unavailable) for plan in data.plans]

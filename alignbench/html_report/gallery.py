@@ -1,8 +1,9 @@
 """The HTML report's galleries (the paper's Fig. 1): which images they show, chosen from the stored
 scores, and their rows of pictures, painted from the stored thumbnails.
 
-A gallery belongs to a comparison (two runs of one group: baseline and DCLS today, trained model and
-parent later) or to one run. It shows K images in each of three sections: for a run, its best and
+A gallery belongs to a comparison (two runs of one group: baseline and DCLS, labelled so, a trained
+DCLS variant labelled with its tag, or a trained model and its parent, labelled parent / trained with
+the tag) or to one run. It shows K images in each of three sections: for a run, its best and
 worst scored images and K random others; for a comparison, the images where the second run beats the
 first by most, where the first beats the second by most (Δ = second − first, per image, on the images
 both scored) and K random others. An image appears in one section only, and the random draw is
@@ -20,20 +21,18 @@ import json
 from dataclasses import dataclass
 
 import numpy as np
-from sqlmodel import Session
 
 from alignbench._utils.class_names import class_name
-from alignbench.analysis._queries import ImageRow, ImageValues, RunDetails, image_rows
+from alignbench.analysis._queries import ImageRow, ImageValues, Reader, RunDetails, connection_of, image_rows
 from alignbench.analysis.compare import Comparison
 from alignbench.analysis.runs import RunScore, StoredRuns
 from alignbench.datasets import DATASETS, NO_REFERENCE  # torch-free: the registry is plain data
 from alignbench.explainers import CENTRE_BIAS_SIGMA_FRAC, centre_bias_map  # torch-free: numpy only
 from alignbench.html_report.page import Gallery, GalleryRow, MapView, Picture
 from alignbench.html_report.page import GallerySection as SectionView
-from alignbench.html_report.painter import Painter, thumbnail_values, unit_range
+from alignbench.html_report.painter import Painter, unit_range
 from alignbench.models.specs import MODELS
-from alignbench.store import queries as q
-from alignbench.store.tables import Thumbnail
+from alignbench.store.listing import ThumbnailRow, read_thumbnails
 
 DEFAULT_GALLERY = 8  # images per section (--gallery)
 DEFAULT_SEED = 0
@@ -63,16 +62,30 @@ def pick_images(index: np.ndarray, value: np.ndarray, k: int, *, seed: int = DEF
         return Picks((), (), ())
     sign = -1.0 if higher_is_better else 1.0
     order = np.lexsort((index, sign * value))  # best first
-    best = order[:k]
-    rest = order[k:]
-    worst = rest[np.lexsort((index[rest], -sign * value[rest]))][:k]
-    remaining = np.setdiff1d(rest, worst, assume_unique=True)
+    best, rest = order[:k], order[k:]
+    worst = _first(rest, -sign * value[rest], index[rest], k)
+    keep = np.ones(index.size, dtype=bool)
+    keep[worst] = False
+    remaining = rest[keep[rest]]  # in rank order: the seeded draw is made from it as it always was
     chosen = np.random.default_rng(seed).choice(remaining, size=min(k, remaining.size), replace=False) if remaining.size else remaining
     return Picks(
         tuple(int(i) for i in index[best]),
         tuple(int(i) for i in index[worst]),
         tuple(sorted(int(i) for i in index[chosen])),
     )
+
+
+def _first(positions: np.ndarray, keys: np.ndarray, index: np.ndarray, k: int) -> np.ndarray:
+    """The ``k`` positions with the smallest (key, index), in that order: what sorting them all by
+    ``np.lexsort((index, keys))`` and taking ``k`` gives (NaN keys last), sorting only the candidates
+    at or below the k-th smallest key (a gallery picks 8 of 52,000 images)."""
+    if k >= keys.size:
+        return positions[np.lexsort((index, keys))][:k]
+    kth = np.partition(keys, k - 1)[k - 1]
+    if np.isnan(kth):  # fewer than k numbers: the NaNs come into it
+        return positions[np.lexsort((index, keys))][:k]
+    candidates = np.flatnonzero(keys <= kth)
+    return positions[candidates[np.lexsort((index[candidates], keys[candidates]))]][:k]
 
 
 @dataclass(frozen=True)
@@ -114,7 +127,7 @@ def _common(first: ImageValues, second: ImageValues) -> tuple[np.ndarray, np.nda
     return common, second.value[theirs] - first.value[mine]
 
 
-def _rows(session: Session, metric: str, run_ids: list[int], indices: tuple[int, ...]) -> dict[int, dict[int, ImageRow]]:
+def _rows(session: Reader, metric: str, run_ids: list[int], indices: tuple[int, ...]) -> dict[int, dict[int, ImageRow]]:
     """image index → run id → row, for these runs at these images (all runs of one dataset)."""
     out: dict[int, dict[int, ImageRow]] = {i: {} for i in indices}
     first = image_rows(session, run_ids[0], metric, indices)  # the images were picked from this run's scores
@@ -125,7 +138,7 @@ def _rows(session: Session, metric: str, run_ids: list[int], indices: tuple[int,
     return out
 
 
-def _sections(session: Session, metric: str, run_ids: list[int], picks: Picks, titles: tuple[str, str, str]) -> tuple[GallerySection, ...]:
+def _sections(session: Reader, metric: str, run_ids: list[int], picks: Picks, titles: tuple[str, str, str]) -> tuple[GallerySection, ...]:
     rows = _rows(session, metric, run_ids, picks.all)
     return tuple(
         GallerySection(title, tuple(GalleryImage(i, rows[i]) for i in chosen if rows[i]))
@@ -141,7 +154,7 @@ def _sigma(run: RunScore | None) -> float | None:
 
 
 def run_gallery(
-    session: Session, stored: StoredRuns, run: RunScore, reference: RunScore | None, k: int, *, seed: int, higher_is_better: bool
+    session: Reader, stored: StoredRuns, run: RunScore, reference: RunScore | None, k: int, *, seed: int, higher_is_better: bool
 ) -> GalleryPlan:
     """A run's K best, K worst and K random scored images."""
     values = stored.values[run.run_id]
@@ -171,7 +184,7 @@ def run_gallery(
 
 
 def comparison_gallery(
-    session: Session,
+    session: Reader,
     stored: StoredRuns,
     comparison: Comparison,
     runs: dict[int, RunScore],
@@ -186,7 +199,7 @@ def comparison_gallery(
     first, second = runs[comparison.baseline_run_id], runs[comparison.dcls_run_id]
     common, delta = _common(stored.values[first.run_id], stored.values[second.run_id])
     picks = pick_images(common, delta, k, seed=seed, higher_is_better=higher_is_better)
-    left, right = _label(first), _label(second)
+    left, right = _side_labels(comparison, first, second)
     run_ids = [first.run_id, second.run_id] + ([reference.run_id] if reference is not None else [])
     sections = _sections(
         session,
@@ -216,8 +229,21 @@ def _label(run: RunScore) -> str:
     return "DCLS" if run.view.dcls else "baseline"
 
 
+def _side_labels(comparison: Comparison, first: RunScore, second: RunScore) -> tuple[str, str]:
+    """What the two maps of a comparison's gallery are called: baseline / DCLS (a trained DCLS variant
+    with its tag), parent / trained (with their tags)."""
+    if comparison.kind == "against-parent":
+        parent = f"parent · {first.variant}" if first.trained else "parent"
+        return parent, f"trained · {comparison.variant or second.variant}"
+    if comparison.kind == "dcls-vs-baseline" and comparison.variant:
+        return _label(first), f"{_label(second)} · {comparison.variant}"
+    if comparison.kind == "runs":
+        return f"run {first.run_id}", f"run {second.run_id}"
+    return _label(first), _label(second)
+
+
 def plan_galleries(
-    session: Session,
+    session: Reader,
     stored: StoredRuns,
     comparisons: list[Comparison],
     k: int = DEFAULT_GALLERY,
@@ -252,6 +278,10 @@ def plan_galleries(
     for comparison in comparisons:
         if comparison.baseline_run_id is None or comparison.dcls_run_id is None or not comparison.n_pairs:
             continue
+        if {comparison.baseline_run_id, comparison.dcls_run_id} <= compared and any(
+            plan.run_ids == (comparison.baseline_run_id, comparison.dcls_run_id) for plan in plans
+        ):
+            continue  # a trained model whose parent is the architecture's baseline: one gallery
         reference = runs.get(comparison.centre_bias_run_id) if comparison.centre_bias_run_id is not None else None
         plans.append(comparison_gallery(session, stored, comparison, runs, reference, k, seed=seed, higher_is_better=higher_is_better))
         compared.update((comparison.baseline_run_id, comparison.dcls_run_id))
@@ -315,7 +345,7 @@ class _GalleryRows:
 
     def __init__(
         self,
-        session: Session,
+        session: Reader,
         plan: GalleryPlan,
         stored: StoredRuns,
         details: dict[int, RunDetails],
@@ -324,8 +354,10 @@ class _GalleryRows:
     ) -> None:
         self.plan, self.painter, self.unavailable, self.metric = plan, painter, unavailable, stored.metric
         runs = {run.run_id: run for run in stored.runs}
-        self.thumbnails: dict[int, dict[tuple[str, str], Thumbnail]] = {
-            run_id: q.read_thumbnails(session, run_id, [image.rows[run_id].image_id for image in plan.images if run_id in image.rows])
+        self.thumbnails: dict[int, dict[tuple[str, str], ThumbnailRow]] = {
+            run_id: read_thumbnails(
+                connection_of(session), run_id, [image.rows[run_id].image_id for image in plan.images if run_id in image.rows]
+            )
             for run_id in plan.run_ids
         }
         self.imagenet = {run_id: imagenet_classes(runs[run_id], details.get(run_id)) for run_id in plan.run_ids}
@@ -361,12 +393,12 @@ class _GalleryRows:
             image_id, image.index, target, picture_view, (reference_map, *model_maps, centre_bias), _delta(self.plan, image), scale
         )
 
-    def _reference_map(self, image_id: str, reference: Thumbnail | None, no_reference: bool) -> MapView:
+    def _reference_map(self, image_id: str, reference: ThumbnailRow | None, no_reference: bool) -> MapView:
         name = self.reference_name
         if reference is None:
             return MapView(name, "human", _missing(name, NO_REFERENCE if no_reference else self.no_thumbnail), "")
         # stored over its own range: its grey levels are already the colour indices
-        plain = self.painter.colour(Painter.decode(reference.png) / 255.0)
+        plain = self.painter.colour_thumbnail(reference.png, 0.0, 1.0, 0.0, 1.0)
         return MapView(name, "human", Picture(plain, f"{name} of {image_id}", (reference.run_id, image_id, "reference")), "")
 
     def _model_maps(self, image: GalleryImage, image_id: str) -> tuple[list[MapView], str]:
@@ -386,14 +418,14 @@ class _GalleryRows:
                 plain = _missing(f"{label} map", self.unavailable.get(run_id, self.no_thumbnail))
             else:
                 plain = Picture(
-                    self.painter.colour(unit_range(thumbnail_values(thumb), low, high)),
+                    self.painter.colour_thumbnail(thumb.png, thumb.vmin or 0.0, thumb.vmax or 0.0, low, high),
                     f"{label} map of {image_id}",
                     (run_id, image_id, "model"),
                 )
             maps.append(MapView(label, "model", plain, _score_text(self.metric, row), note))
         return maps, (f"model maps: {low:.3g} to {high:.3g}" if present else "")
 
-    def _centre_bias_map(self, image: GalleryImage, picture: Thumbnail | None, no_reference: bool) -> MapView:
+    def _centre_bias_map(self, image: GalleryImage, picture: ThumbnailRow | None, no_reference: bool) -> MapView:
         if no_reference:  # the centre-bias map is a reference for reference maps: nothing to set it beside
             return MapView("centre bias", "centre-bias", _missing("centre-bias map", NO_REFERENCE), "")
         if picture is None:
@@ -408,7 +440,7 @@ class _GalleryRows:
 
 
 def gallery_view(
-    session: Session,
+    session: Reader,
     plan: GalleryPlan,
     stored: StoredRuns,
     details: dict[int, RunDetails],

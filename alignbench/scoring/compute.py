@@ -156,6 +156,11 @@ def _load(request: ScoreRequest, identity: RunIdentity, dataset: Any, device: st
     return model.eval().requires_grad_(False)
 
 
+def load_for_scoring(request: ScoreRequest, identity: RunIdentity, dataset: Any) -> Any:
+    """The model ``compute_run`` would load (on one process), loaded and checked before any store exists."""
+    return _load(request, identity, dataset, resolve_device(request.device))
+
+
 def _open(
     store: Store, request: ScoreRequest, identity: RunIdentity, info: Any, dataset: Any, device: str, ranks: Ranks
 ) -> tuple[int, set[str]]:
@@ -247,19 +252,22 @@ def compute_run(
     n_images: int,
     progress: Any = None,
     ranks: Ranks = SINGLE,
+    model: Any = None,
 ) -> tuple[int, int, str]:
     """Compute the missing rows of the run ``identity``; returns (run id, images computed, device).
     The key is made from the loaded model's fingerprint, which can be more exact than the one known
     before loading (``identity.model_fingerprint``; e.g. hub weights not cached yet). Under torchrun
-    (``ranks``), this process computes its share of the missing images only (``alignbench.distributed``)."""
+    (``ranks``), this process computes its share of the missing images only (``alignbench.distributed``).
+    ``model``: the model ``load_for_scoring`` loaded already (before a new store was created)."""
     device = rank_device(resolve_device(request.device), ranks)
     batches = _Batches(request, dataset, n_images, device)
-    early = _start_early(store, request, identity, batches, ranks)
-    try:
-        model = _load(request, identity, dataset, device)
-    except BaseException:
-        early = None  # stops the workers
-        raise
+    early = _start_early(store, request, identity, batches, ranks) if model is None else None
+    if model is None:
+        try:
+            model = _load(request, identity, dataset, device)
+        except BaseException:
+            early = None  # stops the workers
+            raise
     info = model.alignbench_info
     identity = identity.with_model(info.identity.fingerprint)
     run_id, done = _open(store, request, identity, info, dataset, device, ranks)

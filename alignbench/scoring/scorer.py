@@ -27,6 +27,7 @@ from alignbench.scoring.lifecycle import settle_status
 from alignbench.scoring.request import PROTOCOLS, ProgressCallback, ScoreRequest, ScoreResult
 from alignbench.store import StoreMissing, StoreOutdated, open_store
 from alignbench.store import queries as q
+from alignbench.store.engine import store_exists
 from alignbench.store.liveness import shown_status
 from alignbench.store.tables import Dataset, Run
 
@@ -183,6 +184,12 @@ def score(request: ScoreRequest, *, db: str | None = None, progress: ProgressCal
     # so a bad file leaves no run behind (a fixed file changes the dataset's fingerprint: such a run
     # could never be resumed).
     dataset.check_files(dataset.positions(skip_ids=done, limit=n_images))
+    model = None
+    if not store_exists(db) and not launched_ranks().distributed:
+        # a new store is created only for a model that loads: a refused one leaves no empty store behind
+        from alignbench.scoring.compute import load_for_scoring  # imports torch
+
+        model = load_for_scoring(request, run, dataset)
     with open_store(db) as store:
         # Under torchrun every rank runs this; all act on rank 0's view of the store (all compute, or
         # all answer from it) and meet once their rows are in (alignbench.distributed).
@@ -205,6 +212,7 @@ def score(request: ScoreRequest, *, db: str | None = None, progress: ProgressCal
             n_images=n_images,
             progress=progress,
             ranks=ranks,
+            model=model,
         )
         computed = all_done(ranks, computed)  # under torchrun: every rank's rows are in, counted over all ranks
         if ranks.distributed and ranks.is_main:

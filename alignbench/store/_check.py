@@ -22,8 +22,8 @@ from sqlalchemy import inspect, text
 from sqlalchemy.engine import Engine
 
 from alignbench.errors import StoreError
-from alignbench.store.migrate import head_revision, revisions, tables_at
-from alignbench.store.urls import resolve_url, shown_url
+from alignbench.store.migrate import head_revision, revisions, tables_at, unknown_revision
+from alignbench.store.urls import another_store, resolve_url, shown_url
 
 _SIGNATURE_TABLE = "image_score"  # no other program is expected to name a table this
 
@@ -78,27 +78,31 @@ def check_state(state: StoreState, url: str) -> None:
             missing = "missing" if "alembic_version" not in state.tables else "empty"
             raise StoreError(
                 f"store {where} is damaged: its alembic_version table is {missing}, so its schema revision is "
-                "unknown; restore it from a backup or pass --db another store"
+                f"unknown; restore it from a backup or {another_store(url)}"
             )
         raise StoreError(
             f"{where} is not an alignbench store (it holds other tables: {_listing(state.tables)}); "
-            "pass --db a new file or an existing alignbench store"
+            f"{another_store(url)} (a new file or an existing alignbench store)"
         )
     if state.revision not in revisions():
         if ours:
             raise StoreError(
-                f"store {where} was written by a newer alignbench (schema revision {state.revision}, this one knows "
-                f"up to {head_revision()}); upgrade alignbench to use it"
+                unknown_revision(
+                    where,
+                    state.revision,
+                    newer_advice="upgrade alignbench to use it",
+                    other_advice=f"restore it from a backup or {another_store(url)}",
+                )
             )
         raise StoreError(
             f"{where} is not an alignbench store (its alembic revision {state.revision} is not one of alignbench's); "
-            "pass --db a new file or an existing alignbench store"
+            f"{another_store(url)} (a new file or an existing alignbench store)"
         )
     missing = tables_at(state.revision) - state.tables
     if missing:
         raise StoreError(
             f"store {where} is damaged: table {_listing(missing)} is missing (schema revision {state.revision} has it); "
-            "restore the store from a backup or pass --db another store"
+            f"restore the store from a backup or {another_store(url)}"
         )
 
 

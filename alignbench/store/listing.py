@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
 
-from sqlalchemy import Boolean, DateTime, Float, Integer, String, column, delete, func, select, table
+from sqlalchemy import Boolean, DateTime, Float, Integer, LargeBinary, String, column, delete, func, select, table
 from sqlalchemy.engine import Connection, Dialect
 from sqlalchemy.types import TypeDecorator
 
@@ -52,6 +52,10 @@ run = table(
     column("pid", Integer),
     column("host", String),
     column("heartbeat_at", UTCDateTime),
+    column("precision", String),
+    column("device", String),
+    column("compute_seconds", Float),
+    column("created_at", UTCDateTime),
 )
 model = table(
     "model",
@@ -66,6 +70,9 @@ model = table(
     column("origin", String),
     column("parent_id", Integer),
     column("ca_stream", Boolean),
+    column("request", String),
+    column("weights_source", String),
+    column("init", String),
 )
 explainer_setting = table("explainer_setting", column("id", Integer), column("method", String), column("params", String))
 dataset = table(
@@ -75,6 +82,7 @@ dataset = table(
     column("fingerprint", String),
     column("ceiling", Float),
     column("location", String),
+    column("size", Integer),
 )
 METRIC_COLUMNS: tuple[str, ...] = (
     "spearman",
@@ -109,7 +117,51 @@ image_score = table(
     *(column(name, Float) for name in METRIC_COLUMNS),
     column("skip_reason", String),
 )
-thumbnail = table("thumbnail", column("run_id", Integer))
+thumbnail = table(
+    "thumbnail",
+    column("run_id", Integer),
+    column("image_id", String),
+    column("kind", String),
+    column("png", LargeBinary),
+    column("vmin", Float),
+    column("vmax", Float),
+)
+THUMBNAIL_KINDS: tuple[str, ...] = ("image", "reference", "model")
+"""What the HTML report stores per (run, image) for its galleries (the centre-bias map is drawn, not stored)."""
+
+
+@dataclass(frozen=True)
+class ThumbnailRow:
+    """One stored thumbnail: an 8-bit PNG of a picture or map; a map's grey levels span [vmin, vmax]."""
+
+    run_id: int
+    image_id: str
+    kind: str
+    png: bytes
+    vmin: float | None
+    vmax: float | None
+
+
+def stored_thumbnails(connection: Connection, run_ids: Sequence[int]) -> set[tuple[int, str, str]]:
+    """Which (run, image, kind) thumbnails the store holds for these runs (keys only, no bytes)."""
+    if not run_ids:
+        return set()
+    t = thumbnail.c
+    statement = select(t.run_id, t.image_id, t.kind).where(t.run_id.in_(sorted({int(r) for r in run_ids})))
+    return {(int(run_id), image_id, kind) for run_id, image_id, kind in connection.execute(statement)}
+
+
+def read_thumbnails(connection: Connection, run_id: int, image_ids: Sequence[str]) -> dict[tuple[str, str], ThumbnailRow]:
+    """(image id, kind) → thumbnail of one run's images."""
+    ids = sorted(set(image_ids))
+    if not ids:
+        return {}
+    t = thumbnail.c
+    statement = select(t.run_id, t.image_id, t.kind, t.png, t.vmin, t.vmax).where(t.run_id == run_id, t.image_id.in_(ids))
+    return {
+        (row.image_id, row.kind): ThumbnailRow(int(row.run_id), row.image_id, row.kind, bytes(row.png), row.vmin, row.vmax)
+        for row in connection.execute(statement)
+    }
 
 
 def metric_column(metric: str) -> str:

@@ -10,7 +10,7 @@ from sqlalchemy.engine import Connection
 from alignbench.errors import StoreError
 from alignbench.store import listing
 from alignbench.store._check import StoreOutdated, read_state
-from alignbench.store.engine import StoreMissing, open_store
+from alignbench.store.engine import StoreMissing, open_store, open_store_to_read
 from alignbench.store.liveness import RUNNING
 from alignbench.store.migrate import head_revision
 from alignbench.store.urls import resolve_url, shown_url
@@ -98,8 +98,13 @@ def _stored_runs(connection: Connection) -> list[StoredRun]:
 
 
 def list_stored_runs(db: str | None = None, *, empty: bool = False) -> list[StoredRun]:
-    """Every run in the store (``empty``: only those without a stored row); reads only."""
-    with open_store(db, create=False, migrate=False) as store, store.engine.connect() as connection:
+    """Every run in the store (``empty``: only those without a stored row); reads only. A missing or
+    empty store has no runs (the CLI says so, as ``report`` does)."""
+    try:
+        store = open_store_to_read(db)
+    except StoreMissing:
+        return []
+    with store, store.engine.connect() as connection:
         runs = _stored_runs(connection)
     return [run for run in runs if run.n_rows == 0] if empty else runs
 

@@ -19,19 +19,20 @@ is refused, as is DST itself when it is newer.
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import MetaData, Table, create_engine, func, inspect, select
+from sqlalchemy import MetaData, Table, func, inspect, select
 from sqlalchemy.engine import Connection, Engine, make_url
 from sqlalchemy.exc import DatabaseError, OperationalError
 
 from alignbench.errors import StoreError
 from alignbench.store.engine import _server_message, create_store_engine, open_store
-from alignbench.store.migrate import current_revision, head_revision, revisions
+from alignbench.store.migrate import current_revision, revisions, unknown_revision
 from alignbench.store.tables import METRIC_COLUMNS, Dataset, ExplainerSetting, ImageScore, Model, Run, Thumbnail
 from alignbench.store.urls import display_url, resolve_url
 
@@ -115,15 +116,15 @@ def _same(a: Any, b: Any) -> bool:
 
 
 def _read_only_engine(url: str) -> Engine:
-    """An engine that can only read ``url``: SQLite files opened with mode=ro (no journal-mode switch,
-    no migration), any other database as it is (merge only SELECTs from it)."""
+    """An engine that can only read ``url`` (a URL or a SQLite file path): SQLite files opened
+    read-only as every reading command opens them (no journal-mode switch, no migration, readable in
+    a read-only directory), any other database as it is (merge only SELECTs from it)."""
     sa_url = make_url(resolve_url(url))
-    if sa_url.get_backend_name() != "sqlite":
-        return create_store_engine(url, create=False)
-    path = Path(sa_url.database or "")
-    if not sa_url.database or sa_url.database == ":memory:" or not path.is_file():
-        raise StoreError(f"no store at {path if sa_url.database else url}; pass an existing alignbench store to merge")
-    return create_engine(f"sqlite:///file:{path.resolve()}?mode=ro&uri=true")
+    if sa_url.get_backend_name() == "sqlite":
+        path = Path(sa_url.database or "")
+        if not sa_url.database or sa_url.database == ":memory:" or not path.is_file():
+            raise StoreError(f"no store at {path if sa_url.database else url}; pass an existing alignbench store to merge")
+    return create_store_engine(resolve_url(url), create=False, read_only=True)
 
 
 def _source_revision(engine: Engine, url: str) -> str:
@@ -140,8 +141,12 @@ def _source_revision(engine: Engine, url: str) -> str:
         raise StoreError(f"{display_url(url)} {what}; nothing to merge")
     if revision not in revisions():
         raise StoreError(
-            f"store {display_url(url)} was written by a newer alignbench (schema revision {revision}, this one knows up to "
-            f"{head_revision()}); merge with that alignbench, or upgrade this one"
+            unknown_revision(
+                display_url(url),
+                revision,
+                newer_advice="merge with that alignbench, or upgrade this one",
+                other_advice="leave it out of the merge, or restore it from a backup",
+            )
         )
     return revision
 
@@ -352,7 +357,9 @@ def merge_stores(sources: Sequence[str], into: str, *, prefer: str = "into") -> 
     target = resolve_url(into)
     for url in sources:
         if _same_store(url, target):
-            raise StoreError(f"{display_url(url)} is the store merged into; give other stores as SRC")
+            raise StoreError(
+                f"{display_url(url)} is the store merged into ({display_url(target)}: the same file); give other stores as SRC"
+            )
     engines = []
     try:
         for url in sources:  # every source checked before DST is touched
@@ -370,7 +377,12 @@ def merge_stores(sources: Sequence[str], into: str, *, prefer: str = "into") -> 
 
 
 def _same_store(a: str, b: str) -> bool:
+    """Whether ``a`` and ``b`` name one store: for SQLite, one file however it is reached (a symlink,
+    another relative path, a hard link: same device and inode); else the same URL."""
     url_a, url_b = make_url(resolve_url(a)), make_url(resolve_url(b))
     if url_a.get_backend_name() == url_b.get_backend_name() == "sqlite" and url_a.database and url_b.database:
-        return Path(url_a.database).resolve() == Path(url_b.database).resolve()
+        file_a, file_b = Path(url_a.database), Path(url_b.database)
+        if file_a.exists() and file_b.exists():
+            return os.path.samefile(file_a, file_b)
+        return file_a.resolve() == file_b.resolve()
     return url_a.render_as_string(hide_password=False) == url_b.render_as_string(hide_password=False)

@@ -80,6 +80,19 @@ def head_revision() -> str:
     return head
 
 
+def unknown_revision(where: str, revision: str, *, newer_advice: str, other_advice: str) -> str:
+    """The message for a store whose schema revision this alignbench does not know: a later one of
+    ours (revisions are numbered, ``0001``, ``0002``, ...) was written by a newer alignbench; any
+    other was written by no alignbench release (a damaged store, or another fork's migrations)."""
+    head = head_revision()
+    if revision.isdigit() and len(revision) == len(head) and revision > head:
+        return f"store {where} was written by a newer alignbench (schema revision {revision}, this one knows up to {head}); {newer_advice}"
+    return (
+        f"store {where} has schema revision {revision!r}, which no alignbench release wrote (this one knows "
+        f"{first_revision()} to {head}); {other_advice}"
+    )
+
+
 def first_revision() -> str:
     (first,) = [revision for revision, down in revisions().items() if down is None]
     return first
@@ -100,8 +113,9 @@ def upgrade_to_head(engine: Engine, url: str, *, revision: str = "head") -> None
         return
     if current is not None and current not in revisions():
         raise StoreError(
-            f"store {url} was written by a newer alignbench (schema revision {current}, this one knows up to "
-            f"{head_revision()}); upgrade alignbench to use it"
+            unknown_revision(
+                url, current, newer_advice="upgrade alignbench to use it", other_advice="restore it from a backup or pass another --db"
+            )
         )
     from alembic import command
 

@@ -13,6 +13,7 @@ from sqlalchemy import Column, ForeignKey, Index, Integer, LargeBinary, UniqueCo
 from sqlmodel import Field, SQLModel
 
 from alignbench.store.listing import METRIC_COLUMNS as METRIC_COLUMNS  # defined with the Core tables that read them
+from alignbench.store.listing import THUMBNAIL_KINDS as THUMBNAIL_KINDS  # read by the HTML report without the ORM
 
 
 def utcnow() -> datetime:
@@ -160,7 +161,3 @@ class Thumbnail(SQLModel, table=True):
     vmin: Optional[float] = None
     vmax: Optional[float] = None
     created_at: datetime = Field(default_factory=utcnow)
-
-
-THUMBNAIL_KINDS: tuple[str, ...] = ("image", "reference", "model")
-"""What the HTML report stores per (run, image) for its galleries (the centre-bias map is drawn, not stored)."""

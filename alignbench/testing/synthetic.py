@@ -76,6 +76,7 @@ def add_run(
     checkpoint: str = "",
     status: str = "complete",
     location: str | None = "synthetic",  # where a real dataset's files are; shown beside its name
+    column: str = "spearman",  # the image_score column the values go to (e.g. average_drop)
 ) -> int:
     """Record one run with one row per value (NaN → a skipped image); returns the run id.
 
@@ -110,7 +111,7 @@ def add_run(
                 "target": index % 1000,
                 "prediction": (index * 7) % 1000,
                 "confidence": 0.5,
-                "spearman": float(value),
+                column: float(value),
                 "skip_reason": "constant map" if not np.isfinite(value) else None,
             }
             for index, value in zip(indices, values)

@@ -67,6 +67,9 @@ def upgrade() -> None:
 
 def downgrade() -> None:
     op.drop_table("thumbnail")
+    if op.get_bind().dialect.name == "sqlite":
+        _downgrade_sqlite()
+        return
     with op.batch_alter_table("run", schema=None) as batch_op:
         for column in ("heartbeat_at", "host", "pid", "precision"):
             batch_op.drop_column(column)
@@ -75,3 +78,54 @@ def downgrade() -> None:
         batch_op.drop_index(batch_op.f("ix_model_tag"))
         for column in ("request", "ca_stream", "lineage", "parent_id", "origin", "tag"):
             batch_op.drop_column(column)
+
+
+# 0002's model columns, in their order (0001 created them; 0002 left the table alone)
+_MODEL_0002 = (
+    "id",
+    "name",
+    "family",
+    "dcls",
+    "recipe",
+    "init",
+    "weights_source",
+    "weights_fingerprint",
+    "checkpoint_sha256",
+    "param_count",
+    "created_at",
+)
+
+
+def _downgrade_sqlite() -> None:
+    """SQLite drops plain columns in place (≥ 3.35), but not ``model.parent_id``, which holds a
+    foreign key: ``model`` is rebuilt. Batch mode's rebuild (copy, drop, rename) fails at COMMIT with
+    foreign keys on: dropping ``model`` orphans every run's reference, and a rename does not count as
+    the parent rows coming back. So the rows are set aside, ``model`` is dropped and created again
+    under its own name, and the rows inserted into it settle each deferred reference
+    (``PRAGMA foreign_keys`` cannot be switched off inside the migration's transaction)."""
+    for column in ("heartbeat_at", "host", "pid", "precision"):
+        op.drop_column("run", column)
+    kept = ", ".join(_MODEL_0002)
+    op.execute("PRAGMA defer_foreign_keys = ON")  # checked at COMMIT, when every model row is back
+    op.execute(f"CREATE TEMP TABLE model_0002 AS SELECT {kept} FROM model")
+    op.drop_index("ix_model_tag", table_name="model")
+    op.drop_table("model")
+    op.create_table(
+        "model",
+        sa.Column("id", sa.Integer(), nullable=False),
+        sa.Column("name", sa.String(), nullable=False),
+        sa.Column("family", sa.String(), nullable=True),
+        sa.Column("dcls", sa.Boolean(), nullable=False),
+        sa.Column("recipe", sa.String(), nullable=True),
+        sa.Column("init", sa.String(), nullable=True),
+        sa.Column("weights_source", sa.String(), nullable=False),
+        sa.Column("weights_fingerprint", sa.String(), nullable=False),
+        sa.Column("checkpoint_sha256", sa.String(), nullable=True),
+        sa.Column("param_count", sa.Integer(), nullable=True),
+        sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+        sa.PrimaryKeyConstraint("id"),
+        sa.UniqueConstraint("weights_fingerprint", name="uq_model_fingerprint"),
+    )
+    op.create_index("ix_model_name", "model", ["name"], unique=False)
+    op.execute(f"INSERT INTO model ({kept}) SELECT {kept} FROM model_0002")
+    op.execute("DROP TABLE model_0002")

@@ -175,3 +175,27 @@ def test_against_parent_without_trained_models_says_what_to_do(tmp_path: Path) -
         add_run(store, model="resnet50", dcls=False, values=[0.1, 0.2])
     result = runner.invoke(app, ["compare", "--db", url, "--against", "parent"])
     assert result.exit_code == 1 and "alignbench train" in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("metric", "column", "span"),
+    [("spearman", "spearman", 2.0), ("average-drop", "average_drop", 100.0), ("deletion", "deletion", 1.0)],
+)
+def test_identical_is_relative_to_the_metrics_range(tmp_path: Path, metric: str, column: str, span: float) -> None:
+    """The probe: a from-dense DCLS model on average drop (a percentage), per-image differences ~1e-4 of
+    rounding, was "no significant difference (p = 0.10)" under a 1e-6 absolute threshold."""
+    from alignbench.analysis.compare import IDENTICAL_RELATIVE
+
+    rng = np.random.default_rng(0)
+    base = rng.uniform(0.2, 0.8, 40) * span
+    url = f"sqlite:///{tmp_path / f'{column}.db'}"
+    rounding = rng.uniform(-0.5, 0.5, 40) * IDENTICAL_RELATIVE * span  # within the bound, both signs
+    real = np.full(40, 50 * IDENTICAL_RELATIVE * span)  # a shift 50 times the bound on every image: not rounding
+    with open_store(url) as store:
+        add_run(store, model="resnet50", dcls=False, values=base, metrics=(metric,), column=column)
+        add_run(store, model="resnet50", dcls=True, values=base + rounding, metrics=(metric,), column=column)
+        add_run(store, model="convnext_tiny", dcls=False, values=base, metrics=(metric,), column=column)
+        add_run(store, model="convnext_tiny", dcls=True, values=base + real, metrics=(metric,), column=column)
+    rows = {row.model: row for row in compare(url, metric=metric).comparisons}
+    assert rows["resnet50"].verdict == "identical" and rows["resnet50"].p_value is None
+    assert rows["convnext_tiny"].verdict != "identical" and rows["convnext_tiny"].p_value is not None

@@ -169,3 +169,14 @@ def test_a_negative_clickme_label_is_refused_not_taken_as_no_label(tmp_path: Pat
     dataset = open_dataset("clickme-val", shards, download=False)
     with pytest.raises(DatasetError, match=r"image val-0:1 has label -1, outside the model's 1000 classes \(0–999\)"):
         dataset.check_labels(1000)
+
+
+def test_a_refused_model_leaves_no_new_store_behind(tmp_path) -> None:
+    """The probe: `score MODEL --checkpoint not-a-checkpoint --db new.db` refused the model and left
+    an empty store at new.db."""
+    bad = tmp_path / "notes.txt"
+    bad.write_text("not a checkpoint")
+    store = tmp_path / "new.db"
+    result = invoke("score", "efficientnet_lite0", "--checkpoint", str(bad), "--limit", "1", "--db", str(store))
+    one_line_error(result, "is not a checkpoint alignbench can read")
+    assert not store.exists() and not list(tmp_path.glob("new.db*"))

@@ -295,3 +295,178 @@ def test_a_second_metric_gets_a_column_of_means(tmp_path: Path) -> None:
     assert "mean spearman" in page.runs.columns and "mean average-drop" in page.runs.columns
     assert page.runs.rows[0][page.runs.columns.index("mean spearman")].text == "0.2000"
     assert page.runs.rows[0][page.runs.columns.index("mean average-drop")].text == "—"  # no row stored a value
+
+
+def _small_store(tmp_path: Path) -> str:
+    from alignbench.testing.synthetic import add_run
+
+    url = f"sqlite:///{tmp_path / 'small.db'}"
+    with open_store(url) as store:
+        add_run(store, model="resnet50", dcls=False, values=[0.1, 0.2, 0.3])
+        add_run(store, model="resnet50", dcls=True, values=[0.2, 0.3, 0.5])
+    return url
+
+
+def test_names_added_to_the_manifest_are_never_deleted(tmp_path: Path) -> None:
+    """The probe: the report trusted its manifest, so a name added to .alignbench-report.json was deleted."""
+    url = _small_store(tmp_path)
+    out = tmp_path / "report"
+    assert runner.invoke(app, ["report", "--db", url, "--html", str(out), "--gallery", "0"]).exit_code == 0
+    manifest = json.loads((out / MANIFEST).read_text())
+    assert set(manifest["files"]) >= {"index.html"}
+    (out / "thesis.tex").write_text("three years of work")
+    (out / "figures").mkdir(exist_ok=True)
+    (out / "figures" / "mine.png").write_bytes(b"not the report's")
+    manifest["files"]["thesis.tex"] = manifest["files"]["index.html"]  # a digest, but not of its bytes
+    manifest["files"]["figures/mine.png"] = "0" * 64
+    (out / MANIFEST).write_text(json.dumps(manifest))
+    refused = runner.invoke(app, ["report", "--db", url, "--html", str(out), "--gallery", "0"])
+    assert refused.exit_code == 2 and "thesis.tex" in refused.stderr  # not the report's: refused without --force
+    forced = runner.invoke(app, ["report", "--db", url, "--html", str(out), "--gallery", "0", "--force"])
+    assert forced.exit_code == 0, forced.output
+    assert (out / "thesis.tex").read_text() == "three years of work"
+    assert (out / "figures" / "mine.png").read_bytes() == b"not the report's"
+    assert "thesis.tex" not in json.loads((out / MANIFEST).read_text())["files"]
+
+
+def test_a_foreign_index_is_refused_without_suggesting_force(tmp_path: Path) -> None:
+    """The probe: `report --html DIR` suggested --force, then --force refused the foreign index.html."""
+    url = _small_store(tmp_path)
+    out = tmp_path / "site"
+    out.mkdir()
+    (out / "index.html").write_text("someone's page")
+    (out / "style.css").write_text("theirs")
+    for extra in ([], ["--force"]):
+        result = runner.invoke(app, ["report", "--db", url, "--html", str(out), "--gallery", "0", *extra])
+        assert result.exit_code == 2 and result.stderr.count("\n") == 1, result.output
+        assert "index.html" in result.stderr and "--force" not in result.stderr
+    assert (out / "index.html").read_text() == "someone's page" and sorted(p.name for p in out.iterdir()) == ["index.html", "style.css"]
+
+
+def test_trained_vs_parent_galleries_are_labelled_parent_and_trained_with_the_tag(tmp_path: Path) -> None:
+    """A trained model gets a gallery against its parent, labelled "parent" / "trained · TAG" (as
+    DCLS-vs-baseline galleries are labelled baseline / DCLS), and a table of its own."""
+    from alignbench.html_report.build import build_page
+    from alignbench.store import queries as q
+    from alignbench.testing.synthetic import add_run, model_identity
+
+    url = f"sqlite:///{tmp_path / 'trained.db'}"
+    rng = np.random.default_rng(3)
+    base = rng.uniform(0.0, 0.8, 30)
+    with open_store(url) as store:
+        add_run(store, model="resnet50", dcls=False, values=base)
+        add_run(store, model="resnet50", dcls=True, values=base + 0.01)
+        add_run(store, model="resnet50", dcls=True, values=base + 0.05, checkpoint="pos")  # trained from the DCLS model
+        add_run(store, model="resnet50", dcls=False, values=base - 0.02, checkpoint="ft")  # trained from the dense model
+        with store.session(write=True) as session:
+            for checkpoint, dcls, tag in (("pos", True, "r50-pos"), ("ft", False, "r50-ft")):
+                parent = q.find_model(session, model_identity("resnet50", dcls=dcls).fingerprint)
+                row = q.record_trained_model(
+                    session, model_identity("resnet50", dcls=dcls, checkpoint=checkpoint), origin="finetune", parent=parent, lineage={}
+                )
+                row.tag = tag
+                session.add(row)
+            session.commit()
+    with open_store(url, create=False) as store, store.session() as session:
+        data = read_report_data(session, gallery=2)
+        page = build_page(session, data)
+    labels = {plan.run_ids: plan.labels for plan in data.plans}
+    assert labels[(1, 2)] == ("baseline", "DCLS")
+    assert labels[(1, 3)] == ("baseline", "DCLS · r50-pos")  # the trained DCLS variant against the architecture's baseline
+    assert labels[(2, 3)] == ("parent", "trained · r50-pos")
+    assert labels[(1, 4)] == ("parent", "trained · r50-ft")
+    titles = [table.title for table in page.comparisons]
+    assert any(title.startswith("DCLS vs baseline") for title in titles)
+    assert any(title.startswith("Trained vs parent") for title in titles)
+    html = render_page(page)
+    assert "trained · r50-ft" in html and "parent" in html
+
+
+def test_the_colour_map_is_matplotlibs_jet_without_importing_it() -> None:
+    from matplotlib import colormaps
+
+    from alignbench.html_report.painter import jet_lut
+
+    expected = np.rint(colormaps[COLOUR_MAP](np.linspace(0, 1, 256))[:, :3] * 255).astype(np.uint8)
+    assert COLOUR_MAP == "jet" and np.array_equal(jet_lut(), expected)
+
+
+@pytest.mark.parametrize("scale", [(0.0, 1.0, 0.0, 1.0), (0.2, 0.7, 0.0, 2.0), (-1.0, 3.0, -0.5, 0.5), (0.5, 0.5, 0.5, 0.5)])
+def test_a_thumbnail_coloured_by_its_palette_is_the_decoded_map_coloured(scale: tuple[float, float, float, float]) -> None:
+    """Giving the stored grey PNG a palette paints every pixel as decoding, rescaling and colouring it did."""
+    from types import SimpleNamespace
+
+    from alignbench.html_report.painter import Painter, thumbnail_values, unit_range
+
+    vmin, vmax, low, high = scale
+    grey = np.random.default_rng(1).integers(0, 256, (37, 53), dtype=np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(grey, mode="L").save(buffer, format="PNG")
+    png = buffer.getvalue()
+    painter = Painter({})
+    fast = painter.colour_thumbnail(png, vmin, vmax, low, high)
+    slow = painter.colour(unit_range(thumbnail_values(SimpleNamespace(png=png, vmin=vmin, vmax=vmax)), low, high))
+
+    def rgb(name: str) -> np.ndarray:
+        with Image.open(io.BytesIO(painter.assets[name])) as image:
+            return np.asarray(image.convert("RGB"))
+
+    assert np.array_equal(rgb(fast), rgb(slow))
+
+
+def test_the_figures_are_svg_drawn_without_matplotlib(store_url: str, tmp_path: Path) -> None:
+    """The HTML report's figures (SVG from the figure data): every point inside its axes, one ridge per
+    run, and no matplotlib imported to draw a page (it was most of report --html's time)."""
+    import subprocess
+    import sys
+    import xml.etree.ElementTree as ElementTree
+
+    from alignbench.analysis.plots import figure_data
+    from alignbench.html_report.charts import figure_charts
+    from alignbench.html_report.render import render_chart
+
+    data = _data(store_url)
+    charts = {chart.name: chart for chart in figure_charts(data.report)}
+    figures = figure_data(data.report)
+    assert set(charts) >= {"fig2_dcls_vs_baseline", "fig3_explainers", "histograms"}
+    svg = "{http://www.w3.org/2000/svg}"
+    for name, chart in charts.items():
+        root = ElementTree.fromstring(render_chart(chart))  # well-formed, escaped
+        for circle in root.iter(f"{svg}circle"):
+            if circle.find(f"{svg}title") is not None:  # a data point (legend dots have no title)
+                x, y = float(circle.get("cx")), float(circle.get("cy"))
+                assert chart.left <= x <= chart.right and chart.top <= y <= chart.bottom, name
+    scatter = ElementTree.fromstring(render_chart(charts["fig2_dcls_vs_baseline"]))
+    points = [c for c in scatter.iter(f"{svg}circle") if c.find(f"{svg}title") is not None]
+    assert len(points) == sum(len(s.models) for s in figures.scatter)
+    ridges = ElementTree.fromstring(render_chart(charts["histograms"])).findall(f"{svg}polygon")
+    assert len(ridges) == len(figures.histograms)
+    out = tmp_path / "report"
+    code = (
+        "import sys; from alignbench.html_report import write_html_report; "
+        f"write_html_report({str(out)!r}, {store_url!r}, gallery=0); print('matplotlib' in sys.modules)"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == "False"
+    assert sorted(p.name for p in (out / "figures").iterdir()) == sorted(f"{name}.svg" for name in charts)
+
+
+@pytest.mark.parametrize("k", [1, 3, 8, 30])
+def test_pick_images_is_what_sorting_every_image_gives(k: int) -> None:
+    """The galleries' choice, computed on the k-th smallest candidates, is the full lexsort's (ties and
+    NaN included), so a store gives the galleries it always gave and its stored thumbnails are reused."""
+    rng = np.random.default_rng(k)
+    for higher_is_better in (True, False):
+        index = np.sort(rng.choice(100_000, 2_000, replace=False))
+        value = np.round(rng.normal(0, 1, index.size), 1)  # many ties
+        value[rng.random(index.size) < 0.01] = np.nan
+        sign = -1.0 if higher_is_better else 1.0
+        order = np.lexsort((index, sign * value))
+        best, rest = order[:k], order[k:]
+        worst = rest[np.lexsort((index[rest], -sign * value[rest]))][:k]
+        remaining = np.setdiff1d(rest, worst, assume_unique=True)
+        chosen = np.random.default_rng(5).choice(remaining, size=k, replace=False)
+        picks = pick_images(index, value, k, seed=5, higher_is_better=higher_is_better)
+        assert picks.best == tuple(int(i) for i in index[best])
+        assert picks.worst == tuple(int(i) for i in index[worst])
+        assert picks.random == tuple(sorted(int(i) for i in index[chosen]))

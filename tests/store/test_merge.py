@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from datetime import datetime
 from pathlib import Path
 
@@ -156,15 +157,16 @@ def test_a_store_at_the_first_revision_merges_into_head(tmp_path: Path) -> None:
     assert _sha(old) == before  # not migrated: read as it is
 
 
-@pytest.mark.parametrize("problem", ["newer", "missing", "not a store", "itself"])
+@pytest.mark.parametrize("problem", ["newer", "unknown revision", "missing", "not a store", "itself", "hard link"])
 def test_bad_sources_are_one_line_exit_2_and_nothing_merged(tmp_path: Path, problem: str) -> None:
     a, _ = _two_machines(tmp_path)
     into = tmp_path / "into.db"
     source = a
-    if problem == "newer":
+    if problem in ("newer", "unknown revision"):
         engine = create_engine(a)
         with engine.begin() as connection:
-            connection.execute(text("UPDATE alembic_version SET version_num = 'fffffffffff9'"))
+            revision = "9999" if problem == "newer" else "fffffffffff9"
+            connection.execute(text("UPDATE alembic_version SET version_num = :r"), {"r": revision})
         engine.dispose()
     elif problem == "missing":
         source = f"sqlite:///{tmp_path / 'nowhere.db'}"
@@ -178,6 +180,9 @@ def test_bad_sources_are_one_line_exit_2_and_nothing_merged(tmp_path: Path, prob
         source = f"sqlite:///{other}"
     elif problem == "itself":
         into = tmp_path / "a.db"
+    elif problem == "hard link":  # the probe: `merge a.db b.db --into hard-link-of-b.db` wrote a.db's rows first
+        into = tmp_path / "link.db"
+        os.link(tmp_path / "b.db", into)
     before = _sha(into) if into.exists() else None
     result = CliRunner().invoke(app, ["merge", source, f"sqlite:///{tmp_path / 'b.db'}", "--into", f"sqlite:///{into}"])
     assert result.exit_code == 2, result.output
@@ -185,9 +190,44 @@ def test_bad_sources_are_one_line_exit_2_and_nothing_merged(tmp_path: Path, prob
     assert len(message.splitlines()) == 1 and "Traceback" not in result.output
     words = {
         "newer": "newer alignbench",
+        "unknown revision": "which no alignbench release wrote",
+        "hard link": "the same file",
         "missing": "no store at",
         "not a store": "not an alignbench store",
         "itself": "is the store merged into",
     }
     assert words[problem] in message
     assert (_sha(into) if into.exists() else None) == before  # DST untouched (not even created)
+
+
+def test_merge_takes_plain_file_paths(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The probe: `alignbench merge a.db b.db --into all.db` ended in 50 lines of SQLAlchemy ArgumentError."""
+    _two_machines(tmp_path)
+    monkeypatch.chdir(tmp_path)
+    result = CliRunner().invoke(app, ["merge", "a.db", "b.db", "--into", "all.db", "--json"])
+    assert result.exit_code == 0, result.output
+    assert [s["source"] for s in json.loads(result.stdout)["sources"]] == ["a.db", "b.db"]
+    assert _query(f"sqlite:///{tmp_path / 'all.db'}", "SELECT count(*) FROM image_score") == [(27,)]
+
+
+def test_prefer_newer_with_tied_times_says_neither_is_newer(tmp_path: Path) -> None:
+    """The probe: rows created at the same moment in both stores; merge said --prefer newer takes the
+    newer rows (which the user had passed) and exited 1."""
+    a, b, into = (f"sqlite:///{tmp_path / name}" for name in ("a.db", "b.db", "into.db"))
+    with open_store(a) as store:
+        add_run(store, model="resnet50", dcls=False, values=[0.1, 0.2])
+    with open_store(b) as store:
+        add_run(store, model="resnet50", dcls=False, values=[0.1, 0.25])
+    for url in (a, b):
+        engine = create_engine(url)
+        with engine.begin() as connection:
+            connection.execute(text("UPDATE image_score SET created_at = '2026-01-01 00:00:00.000000'"))
+        engine.dispose()
+    merge_stores([a], into)
+    before = _query(into, "SELECT image_id, spearman FROM image_score ORDER BY image_id")
+    result = CliRunner().invoke(app, ["merge", b, "--into", into, "--prefer", "newer", "--json"])
+    assert result.exit_code == 1, result.output
+    line = result.stderr.strip()
+    assert len(line.splitlines()) == 1 and "created at the same time in both stores, so neither is newer" in line
+    assert "--prefer newer takes" not in line
+    assert _query(into, "SELECT image_id, spearman FROM image_score ORDER BY image_id") == before

@@ -264,19 +264,22 @@ def test_corrupt_file_is_refused_untouched(tmp_path: Path) -> None:
     assert _sha(path) == before
 
 
-def test_newer_revision_is_refused_and_rows_kept(store_url: str) -> None:
+@pytest.mark.parametrize(
+    ("revision", "message"), [("9999", "newer alignbench"), ("fffffffffff9", "which no alignbench release wrote")], ids=["newer", "unknown"]
+)
+def test_newer_or_unknown_revision_is_refused_and_rows_kept(store_url: str, revision: str, message: str) -> None:
     url = store_url
     with open_store(url) as store, store.session(write=True) as session:
         _make_run(session)
         session.commit()
     engine = create_engine(url)
     with engine.begin() as connection:
-        connection.execute(text("UPDATE alembic_version SET version_num = 'fffffffffff9'"))
+        connection.execute(text("UPDATE alembic_version SET version_num = :r"), {"r": revision})
     engine.dispose()
-    with pytest.raises(StoreError, match="newer alignbench"):
+    with pytest.raises(StoreError, match=message):
         open_store(url)
     assert _scalar(url, "SELECT count(*) FROM run") == 1
-    assert _scalar(url, "SELECT version_num FROM alembic_version") == "fffffffffff9"
+    assert _scalar(url, "SELECT version_num FROM alembic_version") == revision
 
 
 def test_an_unreachable_server_is_one_line_naming_host_and_port() -> None:
@@ -295,12 +298,40 @@ def test_an_unreachable_server_is_one_line_naming_host_and_port() -> None:
     "url, message",
     [
         ("nosuchdb://user@host/x", "unknown database scheme"),
-        ("not a url", "not a database URL"),
+        ("://nowhere", "not a database URL"),
+        ("postgresql://me@host:port/db", "not a database URL"),
     ],
 )
 def test_bad_urls(url: str, message: str) -> None:
     with pytest.raises(StoreError, match=message):
         open_store(url)
+
+
+def test_a_plain_path_is_a_sqlite_store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """--db m.db, ALIGNBENCH_DB=/path and merge's SRC/DST take file paths, as sqlite-utils does."""
+    from alignbench.store.urls import as_url, resolve_url
+
+    monkeypatch.chdir(tmp_path)
+    assert as_url("m.db") == "sqlite:///m.db"
+    open_store(str(tmp_path / "a b?#.db")).close()  # URL-special characters stay part of the file name
+    assert (tmp_path / "a b?#.db").is_file()
+    with open_store("m.db") as store, store.session(write=True) as session:
+        _make_run(session)
+        session.commit()
+    assert _scalar("sqlite:///m.db", "SELECT count(*) FROM run") == 1
+    monkeypatch.setenv("ALIGNBENCH_DB", str(tmp_path / "m.db"))
+    assert resolve_url(None) == f"sqlite:///{tmp_path / 'm.db'}"
+    with open_store() as store:
+        assert store.url == resolve_url(None)
+
+
+def test_errors_about_the_environments_store_name_the_variable(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("ALIGNBENCH_DB", "nosuchdb://user@host/x")
+    with pytest.raises(StoreError, match="^ALIGNBENCH_DB='nosuchdb://user@host/x': unknown database scheme"):
+        open_store()
+    monkeypatch.setenv("ALIGNBENCH_DB", str(tmp_path))  # a directory
+    with pytest.raises(StoreError, match="^ALIGNBENCH_DB=.* is a directory"):
+        open_store()
 
 
 def test_unwritable_locations(tmp_path: Path) -> None:

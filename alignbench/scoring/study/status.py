@@ -15,8 +15,9 @@ from alignbench.models import model_identity
 from alignbench.scoring import ScoreRequest
 from alignbench.scoring.identity import RunIdentity
 from alignbench.scoring.study.parse import describe
-from alignbench.store import StoreMissing, open_store
+from alignbench.store import StoreMissing, open_store_to_read
 from alignbench.store import queries as q
+from alignbench.store.liveness import shown_status
 
 
 @dataclass(frozen=True)
@@ -29,7 +30,7 @@ class CellStatus:
     stored: int  # rows among the images the cell asks for
     wanted: int | None  # images the cell asks for (None: its dataset is not on this machine)
     run_id: int | None
-    run_status: str | None  # the stored run's own status (running, partial, complete, ...)
+    run_status: str | None  # the stored run's status as every reader shows it (a running run whose process is gone: interrupted)
     exact: bool  # matched by run key; False: by model name and settings (weights or data not here)
 
     def to_json(self) -> dict[str, Any]:
@@ -75,7 +76,7 @@ def study_status(requests: Sequence[ScoreRequest], *, db: str | None = None) -> 
     """
     plans = _plans(requests)
     try:
-        store = open_store(db, create=False)
+        store = open_store_to_read(db)
     except StoreMissing:
         store = None
     try:
@@ -123,6 +124,7 @@ def _cell_status(plan: _Plan, runs: dict[str, Any], session: Any) -> CellStatus:
     elif run is not None:
         stored = q.count_rows(session, run.id, max_index=request.limit)
     state = "missing" if run is None or stored == 0 else ("done" if need is not None and stored >= need else "partial")
-    return CellStatus(
-        request, describe(request), state, stored, need, run.id if run else None, run.status if run else None, key is not None
-    )
+    status = None
+    if run is not None:
+        status = shown_status(run.status, pid=run.pid, host=run.host, heartbeat_at=run.heartbeat_at, updated_at=run.updated_at)
+    return CellStatus(request, describe(request), state, stored, need, run.id if run else None, status, key is not None)
