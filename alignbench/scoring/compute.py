@@ -146,7 +146,15 @@ def _open(
 ) -> tuple[int, set[str]]:
     """(run id, image ids already stored): the run opened and marked running by this process."""
     with store.session(write=True) as session:
-        run = open_run(session, identity, model=info.identity, dataset=dataset, param_count=info.param_count, family=info.spec.family)
+        run = open_run(
+            session,
+            identity,
+            model=info.identity,
+            dataset=dataset,
+            param_count=info.param_count,
+            family=info.spec.family,
+            retag=request.retag,
+        )
         done = set() if request.force or ranks.distributed else q.scored_image_ids(session, run.id)
         mark_running(session, run, device=device, versions=_versions(device))
         session.commit()

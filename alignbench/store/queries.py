@@ -12,6 +12,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, SQLModel, select
 
 from alignbench._utils.cache import sha256_text
+from alignbench.errors import StoreError
 from alignbench.store import listing
 from alignbench.store.engine import create_store_engine, open_store
 from alignbench.store.listing import RunView, canonical_json, metric_column
@@ -21,6 +22,7 @@ from alignbench.store.tables import (
     ExplainerSetting,
     ImageScore,
     Model,
+    ModelTag,
     Run,
     Thumbnail,
     utcnow,
@@ -45,8 +47,12 @@ def _get_or_create(session: Session, table: type[T], lookup: Mapping[str, Any], 
     return row
 
 
-def upsert_model(session: Session, identity: Any, *, param_count: int | None = None, family: str | None = None) -> Model:
-    """Record a model by its weights fingerprint (``identity`` is an alignbench.models.ModelIdentity)."""
+def upsert_model(
+    session: Session, identity: Any, *, param_count: int | None = None, family: str | None = None, retag: bool = False
+) -> Model:
+    """Record a model by its weights fingerprint (``identity`` is an alignbench.models.ModelIdentity).
+
+    Its ``tag``, if any, is added to the model's tags (``tag_model``; ``retag`` moves it from another model)."""
     recipe = getattr(identity, "recipe", None)
     row = _get_or_create(
         session,
@@ -71,9 +77,8 @@ def upsert_model(session: Session, identity: Any, *, param_count: int | None = N
         row.origin = origin
         session.add(row)
     tag = getattr(identity, "tag", None)
-    if tag and row.tag != tag:  # a name given now names the model from now on
-        row.tag = tag
-        session.add(row)
+    if tag:  # a tag given now is one more name of the model; one naming another model is refused
+        tag_model(session, row, tag, retag=retag)
     if param_count is not None and row.param_count is None:
         row.param_count = param_count
         session.add(row)
@@ -105,14 +110,16 @@ def record_trained_model(
     lineage: Mapping[str, Any],
     param_count: int | None = None,
     family: str | None = None,
+    retag: bool = False,
 ) -> Model:
     """Record a model that ``alignbench train`` made: its weights (as upsert_model), the method
     (``origin``), the model it was trained from and its lineage (canonical JSON)."""
-    row = upsert_model(session, identity, param_count=param_count, family=family)
-    row.origin = origin
-    row.parent_id = parent.id
-    row.lineage = canonical_json(dict(lineage))
-    session.add(row)
+    row = upsert_model(session, identity, param_count=param_count, family=family, retag=retag)
+    if row.lineage is None:  # the same weights recorded again (another tag, a finished run resumed) keep their first lineage
+        row.origin = origin
+        row.parent_id = parent.id
+        row.lineage = canonical_json(dict(lineage))
+        session.add(row)
     return row
 
 
@@ -124,9 +131,68 @@ def trained_models(session: Session) -> list[tuple[Model, Model | None]]:
     return [(row, by_id.get(row.parent_id)) for row in rows]
 
 
+class TagTaken(StoreError):
+    """A tag already names another model (a tag names one model; ``--retag`` moves it)."""
+
+
+def tag_owner(session: Session, tag: str) -> Model | None:
+    """The model ``tag`` names, if any."""
+    return session.exec(select(Model).join(ModelTag, ModelTag.model_id == Model.id).where(ModelTag.tag == tag)).first()
+
+
+def model_tags(session: Session, model_id: int) -> list[str]:
+    """Every tag of a model, in the order they were given."""
+    return list(session.exec(select(ModelTag.tag).where(ModelTag.model_id == model_id).order_by(ModelTag.id)).all())
+
+
+def check_tag(owner: Model | None, fingerprint: str, tag: str, *, retag: bool = False) -> None:
+    """Raise TagTaken when ``tag`` names a model other than the one of ``fingerprint`` (and ``retag`` is not given)."""
+    if owner is not None and owner.weights_fingerprint != fingerprint and not retag:
+        raise TagTaken(
+            f"tag {tag!r} already names another model ({owner.name}, fingerprint {owner.weights_fingerprint[:12]}); "
+            "choose another --tag, or pass --retag to move it to this one"
+        )
+
+
+def tag_model(session: Session, row: Model, tag: str, *, retag: bool = False) -> bool:
+    """Give ``row`` the tag ``tag`` (one more of its names); True when something changed.
+
+    A tag names one model: one that names another model raises TagTaken, unless ``retag`` moves it
+    (the other model keeps its other tags; its first name becomes the next of them, or none)."""
+    if row.id is None:
+        session.flush()
+    owner = tag_owner(session, tag)
+    if owner is not None and owner.id == row.id:
+        return False
+    check_tag(owner, row.weights_fingerprint, tag, retag=retag)
+    if owner is not None:
+        session.exec(update(ModelTag).where(ModelTag.tag == tag).values(model_id=row.id))  # type: ignore[call-overload]
+        if owner.tag == tag:
+            owner.tag = next(iter(model_tags(session, owner.id)), None)
+            session.add(owner)
+    else:
+        session.add(ModelTag(tag=tag, model_id=row.id))
+    if row.tag is None:
+        row.tag = tag
+        session.add(row)
+    session.flush()
+    return True
+
+
 def models_tagged(session: Session, tag: str) -> list[Model]:
-    """The models named ``tag``, newest first."""
-    return list(session.exec(select(Model).where(Model.tag == tag).order_by(Model.id.desc())).all())
+    """The model named ``tag`` (a list of one), or none."""
+    owner = tag_owner(session, tag)
+    return [owner] if owner is not None else []
+
+
+def add_tag(db: str | None, fingerprint: str, tag: str, *, retag: bool = False) -> bool:
+    """Tag the stored model of ``fingerprint`` (``score MODEL --tag NAME`` on a model already stored);
+    False when it already had the tag or is not stored."""
+    with open_store(db) as store, store.session(write=True) as session:
+        row = find_model(session, fingerprint)
+        changed = row is not None and tag_model(session, row, tag, retag=retag)
+        session.commit()
+        return changed
 
 
 def upsert_explainer(session: Session, method: str, params: Mapping[str, Any]) -> ExplainerSetting:

@@ -9,6 +9,7 @@ of the same names (``TrainRequest.from_options``, the CLI's table ``TRAIN_OPTION
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -147,6 +148,7 @@ class TrainRequest:
     amp: bool = False
     device: str = "auto"
     tag: str | None = None  # default: the name of --out
+    retag: bool = False  # move the tag when it names a model of another run (a tag names one model)
     resume: Path | None = None
     checkpoint_every: int | None = None  # also write last.pt every N steps (always: each epoch's end)
     decay_epochs: float | None = None  # step / multistep schedules: decay every this many epochs (None: timm's default)
@@ -224,8 +226,15 @@ class TrainRequest:
             raise TrainingError("--freeze all-but-stream trains a CA-Stream: add --ca-stream")
         if self.decay_epochs is not None and not (math.isfinite(self.decay_epochs) and self.decay_epochs > 0):
             raise TrainingError(f"--decay-epochs must be a positive number, got {self.decay_epochs}")
-        if self.workers is not None and self.workers < 0:
-            raise TrainingError(f"--workers must be 0 or more, got {self.workers}")
+        cores = os.cpu_count() or 1
+        if self.workers is not None and not 0 <= self.workers <= cores:
+            raise TrainingError(
+                f"--workers must be between 0 and {cores} (this machine's cores), got {self.workers}; 0 decodes the images in the main process"
+            )
+        if self.positions_lr is not None and not self.model.dcls:
+            raise TrainingError(
+                "--positions-lr is the learning rate of DCLS positions, which a dense model has none of: add --dcls, or drop it"
+            )
 
     def _validate_ca_stream(self, freeze: str) -> None:
         """The stream trains alone, on cross-entropy (distillation may be added): the paper's protocol."""
@@ -239,7 +248,7 @@ class TrainRequest:
     def recipe(self) -> dict[str, Any]:
         """What decides the trained weights (a --resume checkpoint must have been written with the same):
         the model, the data order and every hyper-parameter; not where files go or how many workers load them."""
-        skip = {"out", "resume", "workers", "device", "tag", "checkpoint_every", "data", "val"}
+        skip = {"out", "resume", "workers", "device", "tag", "retag", "checkpoint_every", "data", "val"}
         values = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in skip}
         values["model"] = self.model.to_json()
         values["model"].pop("tag", None)
