@@ -35,6 +35,8 @@ SCHEDULES = ("cosine", "tanh", "step", "multistep", "poly", "constant", "none")
 # The name that trains on the images embedded in the package (alignbench/data/sample).
 SAMPLE_DATA = "sample"
 
+FLOAT32_MAX = 3.4028234663852886e38  # torch.finfo(torch.float32).max (this module does not import torch)
+
 
 def position_parameters(model: Any) -> Iterator[Any]:
     """The DCLS positions of ``model`` (each Dcls2d's P, and SIG for gauss), each shared tensor once."""
@@ -213,6 +215,11 @@ class TrainRequest:
         }.items():
             if value is not None and not (math.isfinite(value) and value >= 0):
                 raise TrainingError(f"{option} must be a finite number ≥ 0, got {value}")
+        for option, value in {"--lr": self.lr, "--positions-lr": self.positions_lr}.items():
+            if value is not None and value > FLOAT32_MAX:  # torch's optimisers cannot even form the step
+                raise TrainingError(
+                    f"{option} {value:g} is beyond float32 (at most {FLOAT32_MAX:.4g}); give a learning rate the weights can take"
+                )
         if self.sched not in SCHEDULES:
             raise TrainingError(f"unknown --sched {self.sched!r}; use one of {', '.join(SCHEDULES)}")
         freeze = self.freeze or self.method.default_freeze

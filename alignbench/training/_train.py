@@ -531,7 +531,14 @@ def train_one_epoch(run: _Run, loader: DataLoader) -> bool:
         optimizer.zero_grad(set_to_none=True)
         run.scaler.scale(loss).backward()
         run.interruptible = False
-        run.scaler.step(optimizer)
+        try:
+            run.scaler.step(optimizer)
+        except RuntimeError as error:  # torch's optimisers turn a step size past float32 into this error
+            if "overflow" not in str(error):
+                raise
+            raise TrainingError(
+                f"the update of step {state.step + 1} overflows float32 ({str(error).splitlines()[0]}); lower --lr ({_kept_checkpoint(run)})"
+            ) from None
         run.scaler.update()
         # ConvNeXt-dcls engine.py: the model's clamp_parameters() after every optimiser step
         clamped = clamp_positions(model)
