@@ -332,6 +332,7 @@ def _dcls_from_checkpoint(plan: LoadPlan) -> tuple[nn.Module, ConversionReport]:
     targets = _dcls.plan(model, recipe, spec.stage_pattern)
     _dcls.convert(model, recipe, targets)
     state = _checkpoint.remap(raw, model)
+    _checkpoint.check_finite(state, f"checkpoint {source.path or source.url}")
     # Which convs the checkpoint replaced is written in it: the modules of its `.P` keys.
     replaced = _checkpoint.dcls_conv_names(state)
     if not replaced:

@@ -18,7 +18,7 @@ from alignbench.metrics import metric_spec
 from alignbench.models import ModelRequest, model_identity
 from alignbench.models.specs import variant_name
 from alignbench.scoring import ScoreRequest, trained_request
-from alignbench.scoring.scorer import _validate
+from alignbench.scoring.scorer import _check_metrics_fit, _validate
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -281,7 +281,9 @@ def _parse_explainers(data: dict[str, Any], source: _Source) -> tuple[tuple[str,
     return tuple(unique.values())
 
 
-def _parse_datasets(data: dict[str, Any], source: _Source, base: Path, files: bool = True) -> tuple[StudyDataset, ...]:
+def _parse_datasets(
+    data: dict[str, Any], source: _Source, base: Path, files: bool = True, metrics: tuple[str, ...] = ()
+) -> tuple[StudyDataset, ...]:
     datasets = []
     for index, table in enumerate(_tables(data, "dataset", source) or [{"name": "sample"}]):
         for key in table:
@@ -295,13 +297,14 @@ def _parse_datasets(data: dict[str, Any], source: _Source, base: Path, files: bo
             raise source.error("data_dir must be a path (a string)", "dataset", index, "data_dir")
         dataset = StudyDataset(name, None if data_dir is None else base / Path(data_dir).expanduser())
         if files:
-            _check_dataset_files(dataset, source, index)
+            _check_dataset_files(dataset, source, index, metrics)
         datasets.append(dataset)
     return tuple(dict.fromkeys(datasets))
 
 
-def _check_dataset_files(dataset: StudyDataset, source: _Source, index: int) -> None:
-    """The dataset's files are where the study says (opened as its cells will open them, never downloading)."""
+def _check_dataset_files(dataset: StudyDataset, source: _Source, index: int, metrics: tuple[str, ...]) -> None:
+    """The dataset's files are where the study says (opened as its cells will open them, never
+    downloading) and have what the study's metrics need (boxes, reference maps)."""
     if dataset.data_dir is None:
         if DATASETS[dataset.name].needs_data_dir:
             raise source.error(f'dataset {dataset.name!r} needs data_dir = "DIR" (its files)', "dataset", index)
@@ -311,9 +314,13 @@ def _check_dataset_files(dataset: StudyDataset, source: _Source, index: int) -> 
             f"data_dir {dataset.data_dir} is not a directory; fix the path (relative to the study file)", "dataset", index, "data_dir"
         )
     try:
-        open_dataset(dataset.name, dataset.data_dir, download=False)
+        opened = open_dataset(dataset.name, dataset.data_dir, download=False)
     except DatasetError as error:
         raise source.error(error.message, "dataset", index, "data_dir") from None
+    try:
+        _check_metrics_fit(metrics, opened)
+    except MetricError as error:
+        raise source.error(error.message, "dataset", index) from None
 
 
 def _parse(data: dict[str, Any], source: _Source, base: Path, db: str | None = None, files: bool = True) -> Study:
@@ -330,7 +337,7 @@ def _parse(data: dict[str, Any], source: _Source, base: Path, db: str | None = N
         source=source.label,
         models=_parse_models(data, source, base, db, files),
         explainers=_parse_explainers(data, source),
-        datasets=_parse_datasets(data, source, base, files),
+        datasets=_parse_datasets(data, source, base, files, metrics),
         protocols=protocols,
         metrics=metrics,
         metric_params={m: dict(p) for m, p in metric_params.items()},
