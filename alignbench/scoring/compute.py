@@ -24,11 +24,18 @@ from alignbench.scoring.lifecycle import Heartbeat, mark_running, open_run, sett
 from alignbench.scoring.request import ScoreRequest
 from alignbench.store import Store
 from alignbench.store import queries as q
+from alignbench.store.recheck import SCORER_REVISION
 from alignbench.store.tables import Run
 
 
-def _versions(device: str) -> dict[str, str]:
-    return {"alignbench": __version__, "torch": torch.__version__, "timm": timm.__version__, "device": device}
+def _versions(device: str) -> dict[str, Any]:
+    return {
+        "alignbench": __version__,
+        "torch": torch.__version__,
+        "timm": timm.__version__,
+        "device": device,
+        "scorer": SCORER_REVISION,
+    }
 
 
 def _targets(model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor, precision: str = "fp32") -> torch.Tensor | None:
@@ -155,10 +162,18 @@ def _open(
             family=info.spec.family,
             retag=request.retag,
         )
+        # rows an older scorer wrote may hold a score of a constant map: those are computed again, and
+        # the run is stamped with this scorer's revision only once they all are (stamp_scorer)
+        recheck = q.needs_recheck(run) and not request.force
         done = set() if request.force or ranks.distributed else q.scored_image_ids(session, run.id)
-        mark_running(session, run, device=device, versions=_versions(device))
+        if recheck:
+            done -= q.rows_to_recheck(session, run.id)
+        versions = _versions(device)
+        if recheck:
+            versions.pop("scorer")
+        mark_running(session, run, device=device, versions=versions)
         session.commit()
-        return run.id, done
+        return run.id, done, recheck
 
 
 def _rows(model: Any, batch: dict[str, Any], device: str, request: ScoreRequest, identity: RunIdentity) -> list[dict[str, Any]]:
@@ -211,6 +226,8 @@ def _write_rows(
     request: ScoreRequest,
     identity: RunIdentity,
     progress: Any,
+    *,
+    replace: bool = False,
 ) -> int:
     """Every batch of ``loader`` scored and committed with the run's compute time and heartbeat; returns the rows written."""
     computed = 0
@@ -221,7 +238,7 @@ def _write_rows(
         rows = _rows(model, batch, device, request, identity)
         elapsed = time.perf_counter() - start
         with store.session(write=True) as session:
-            q.insert_scores(session, run_id, rows, replace=request.force)
+            q.insert_scores(session, run_id, rows, replace=replace)
             q.update_run(session, session.get(Run, run_id), add_seconds=elapsed, heartbeat=True)
             session.commit()
         computed += len(rows)
@@ -254,7 +271,7 @@ def compute_run(
         raise
     info = model.alignbench_info
     identity = identity.with_model(info.identity.fingerprint)
-    run_id, done = _open(store, request, identity, info, dataset, device, ranks)
+    run_id, done, recheck = _open(store, request, identity, info, dataset, device, ranks)
 
     if ranks.distributed:
 
@@ -272,7 +289,11 @@ def compute_run(
         todo, loader = batches(info.preprocessing, done)
     heartbeat = Heartbeat(store, run_id).start()
     try:
-        computed = _write_rows(store, run_id, loader, todo, model, device, request, identity, progress)
+        computed = _write_rows(store, run_id, loader, todo, model, device, request, identity, progress, replace=request.force or recheck)
+        if recheck:
+            with store.session(write=True) as session:
+                q.stamp_scorer(session, session.get(Run, run_id))
+                session.commit()
         # The model-free reference every comparison shows, on the same images: computed once per
         # dataset, protocol and input size (a no-op when stored), so compare/report stay store-only.
         # It is scored against the reference maps: a dataset without them has none.

@@ -136,9 +136,11 @@ def _look_up(db: str | None, key: str, request: ScoreRequest, *, n_images: int, 
         run = q.find_run(session, key)
         if run is None:
             return None, frozenset()
-        if q.count_rows(session, run.id, max_index=n_images) >= n_images:
+        recheck = q.needs_recheck(run)
+        if not recheck and q.count_rows(session, run.id, max_index=n_images) >= n_images:
             return _result(session, run, request, n_images=n_images, cached=True, device=run.device, **described), frozenset()
-        return None, frozenset(q.scored_image_ids(session, run.id))
+        done = q.scored_image_ids(session, run.id)
+        return None, frozenset(done - q.rows_to_recheck(session, run.id) if recheck else done)
 
 
 def _check_tag(db: str | None, tag: str, fingerprint: str, *, retag: bool) -> None:

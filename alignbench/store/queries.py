@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -13,7 +14,7 @@ from sqlmodel import Session, SQLModel, select
 
 from alignbench._utils.cache import sha256_text
 from alignbench.errors import StoreError
-from alignbench.store import listing
+from alignbench.store import listing, recheck
 from alignbench.store.engine import create_store_engine, open_store
 from alignbench.store.listing import RunView, canonical_json, metric_column
 from alignbench.store.tables import (
@@ -225,6 +226,28 @@ def run_key(
     if precision != "fp32":
         parts.append(f"precision={precision}")
     return sha256_text(*parts)
+
+
+def needs_recheck(run: Run) -> bool:
+    """Whether ``run``'s rows were written by a scorer older than SCORER_REVISION (``alignbench.store.recheck``)."""
+    return recheck.needs_recheck(run.versions)
+
+
+def rows_to_recheck(session: Session, run_id: int) -> set[str]:
+    """The image ids of a run's rows that an older scorer may have scored on a constant map: every row
+    it gave a value (a row with a skip_reason was undefined already)."""
+    statement = select(ImageScore.image_id).where(ImageScore.run_id == run_id, ImageScore.skip_reason.is_(None))  # type: ignore[union-attr]
+    return set(session.exec(statement).all())
+
+
+def stamp_scorer(session: Session, run: Run) -> None:
+    """Record that this scorer has (re)computed every row of ``run`` that needed it."""
+    try:
+        versions = json.loads(run.versions or "{}")
+    except ValueError:
+        versions = {}
+    run.versions = canonical_json({**versions, "scorer": recheck.SCORER_REVISION})
+    session.add(run)
 
 
 def find_run(session: Session, key: str) -> Run | None:
