@@ -109,11 +109,12 @@ def _lock(out: Path) -> int:
     return descriptor
 
 
-def prepare_out(out: Path, resume: Path | None, *, lock: bool = False) -> OutDir:
-    """``out`` exists and is writable, and holds no other run unless it is being resumed; with
-    ``lock``, it is locked for this process (a second run into it at once is refused).
+def prepare_out(out: Path, resume: Path | None, *, owner: bool = True) -> OutDir:
+    """``out`` exists and is writable, and holds no other run unless it is being resumed.
 
-    Temporary files a killed process left behind (never renamed, so never a checkpoint) are removed.
+    The ``owner`` (the one process of a run that writes files: torchrun's rank 0) locks it — a second
+    run into it at once is refused — and then removes the temporary files a killed process left
+    behind (never renamed, so never a checkpoint). ``OutDir.release`` (or the process's end) unlocks it.
     """
     created = not out.exists()
     try:
@@ -122,14 +123,14 @@ def prepare_out(out: Path, resume: Path | None, *, lock: bool = False) -> OutDir
         raise TrainingError(f"cannot create --out {out} ({error.strerror}); choose another directory") from None
     held = OutDir(out, created)
     try:
-        _check_out(held, resume, lock)
+        _check_out(held, resume, owner)
     except TrainingError:
         held.abandon()
         raise
     return held
 
 
-def _check_out(held: OutDir, resume: Path | None, lock: bool) -> None:
+def _check_out(held: OutDir, resume: Path | None, owner: bool) -> None:
     out = held.path
     if not out.is_dir():
         raise TrainingError(f"--out {out} is not a directory; choose another path")
@@ -138,14 +139,14 @@ def _check_out(held: OutDir, resume: Path | None, lock: bool) -> None:
             pass
     except OSError as error:
         raise TrainingError(f"--out {out} is not writable ({error.strerror}); choose another directory") from None
-    if lock:  # before anything in it is looked at or removed: another run's temporaries are its own
+    if owner:  # before anything in it is looked at or removed: another run's temporaries are its own
         held.lock = _lock(out)
     if (out / STATE_FILE).exists() and resume is None:
         raise TrainingError(
             f"--out {out} already holds a training run ({STATE_FILE}); continue it with --resume {out / STATE_FILE}, "
             "or choose another --out"
         )
-    for stale in out.glob(".*.tmp"):
+    for stale in out.glob(".*.tmp") if owner else ():
         stale.unlink(missing_ok=True)
 
 

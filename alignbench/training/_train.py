@@ -356,7 +356,7 @@ def _setup(request: TrainRequest, ranks: Ranks, device: torch.device, progress: 
     data = open_training_data(request.data)
     val = open_training_data(request.val, "--val") if request.val is not None else None
     out = request.out.resolve()
-    held = ckpt.prepare_out(out, request.resume, lock=ranks.is_main)
+    held = ckpt.prepare_out(out, request.resume, owner=ranks.is_main)
     try:
         return _setup_in(request, ranks, device, progress, db, data, val, held)
     except BaseException:

@@ -108,7 +108,7 @@ def test_a_second_train_into_an_out_being_written_is_refused_and_the_lock_dies_w
                 import sys, time
                 from pathlib import Path
                 from alignbench.training._checkpoint import prepare_out
-                prepare_out(Path({str(out)!r}), None, lock=True)
+                prepare_out(Path({str(out)!r}), None)
                 print("locked", flush=True)
                 time.sleep(600)
             """),
@@ -123,7 +123,7 @@ def test_a_second_train_into_an_out_being_written_is_refused_and_the_lock_dies_w
     finally:
         holder.kill()  # kill -9: no clean-up runs in the holder
         holder.wait()
-    held = prepare_out(out, None, lock=True)  # the lock went with the process
+    held = prepare_out(out, None)  # the lock went with the process
     held.release()
 
 
