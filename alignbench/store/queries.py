@@ -138,7 +138,10 @@ class TagTaken(StoreError):
 
 def tag_owner(session: Session, tag: str) -> Model | None:
     """The model ``tag`` names, if any."""
-    return session.exec(select(Model).join(ModelTag, ModelTag.model_id == Model.id).where(ModelTag.tag == tag)).first()
+    owner = session.exec(select(Model).join(ModelTag, ModelTag.model_id == Model.id).where(ModelTag.tag == tag)).first()
+    if owner is None:  # a store that got its models from `merge` (which copies model rows, model.tag included)
+        owner = session.exec(select(Model).where(Model.tag == tag).order_by(Model.id.desc())).first()  # type: ignore[arg-type]
+    return owner
 
 
 def model_tags(session: Session, model_id: int) -> list[str]:
@@ -166,13 +169,15 @@ def tag_model(session: Session, row: Model, tag: str, *, retag: bool = False) ->
     if owner is not None and owner.id == row.id:
         return False
     check_tag(owner, row.weights_fingerprint, tag, retag=retag)
-    if owner is not None:
-        session.exec(update(ModelTag).where(ModelTag.tag == tag).values(model_id=row.id))  # type: ignore[call-overload]
-        if owner.tag == tag:
-            owner.tag = next(iter(model_tags(session, owner.id)), None)
-            session.add(owner)
+    existing = session.exec(select(ModelTag).where(ModelTag.tag == tag)).first()
+    if existing is not None:
+        existing.model_id = row.id
+        session.add(existing)
     else:
         session.add(ModelTag(tag=tag, model_id=row.id))
+    if owner is not None and owner.tag == tag:  # the model it is taken from is shown by its next tag, if any
+        owner.tag = next((other for other in model_tags(session, owner.id) if other != tag), None)
+        session.add(owner)
     if row.tag is None:
         row.tag = tag
         session.add(row)
