@@ -172,7 +172,7 @@ def score(request: ScoreRequest, *, db: str | None = None, progress: ProgressCal
     request = _normalised(request)
     run = RunIdentity.of(request, identity, method, params, dataset_fingerprint=dataset.fingerprint)
     described = dict(method=method, params=params, n_images=n_images, weights_source=identity.weights_source)
-    tag = request.model.tag
+    tag = request.model.tag if request.model.tag != identity.origin else None  # --tag moco-v3 declares an origin, names nothing
     if tag:
         _check_tag(db, tag, identity.fingerprint, retag=request.retag)
 

@@ -78,7 +78,11 @@ def upsert_model(
         row.origin = origin
         session.add(row)
     tag = getattr(identity, "tag", None)
-    if tag:  # a tag given now is one more name of the model; one naming another model is refused
+    if tag and tag == origin:  # --tag moco-v3 declares where a checkpoint comes from: a kind shared by many models, no name
+        if row.tag is None:
+            row.tag = tag
+            session.add(row)
+    elif tag:  # a tag given now is one more name of the model; one naming another model is refused
         tag_model(session, row, tag, retag=retag)
     if param_count is not None and row.param_count is None:
         row.param_count = param_count

@@ -82,3 +82,13 @@ def test_a_store_merged_without_its_tag_rows_still_resolves_model_tag(tmp_path) 
             q.upsert_model(session, _identity("fp-new", "old"))
         moved = q.upsert_model(session, _identity("fp-new", "old"), retag=True)
         assert q.tag_owner(session, "old").id == moved.id and merged.tag is None
+
+
+def test_tag_moco_v3_declares_an_origin_that_many_models_share(tmp_path) -> None:
+    # README's MoCo workflow: a ResNet and a ViT checkpoint both scored with --tag moco-v3
+    with open_store(f"sqlite:///{tmp_path / 's.db'}") as store, store.session(write=True) as session:
+        for fingerprint in ("resnet", "vit"):
+            row = q.upsert_model(
+                session, SimpleNamespace(name=fingerprint, fingerprint=fingerprint, dcls=False, tag="moco-v3", origin="moco-v3")
+            )
+            assert row.tag == row.origin == "moco-v3" and q.model_tags(session, row.id) == []
