@@ -8,6 +8,7 @@ import json
 from pathlib import Path
 
 import pytest
+from PIL import Image
 from typer.testing import CliRunner
 
 from alignbench.cli.app import app
@@ -98,3 +99,13 @@ def test_study_status_shows_a_cell_whose_checkpoint_is_not_here(tmp_path) -> Non
     assert result.exit_code == 0, result.output
     (cell,) = json.loads(result.stdout)["cells"]
     assert cell["state"] == "missing" and cell["wanted"] is None and cell["run_id"] is None
+
+
+def test_a_dataset_without_what_the_metrics_need_is_refused_at_its_table(tmp_path) -> None:
+    (tmp_path / "nomaps" / "images").mkdir(parents=True)
+    Image.new("RGB", (8, 8)).save(tmp_path / "nomaps" / "images" / "a.png")
+    text = TWO_DATASETS.replace('"not-here"', '"nomaps"')
+    with pytest.raises(StudyError) as raised:
+        load_study(_write(tmp_path, text))
+    header = _line_of(text, 'name = "folder"') - 1
+    assert raised.value.message.startswith(f"{tmp_path / 'study.toml'}:{header}: metric 'spearman' needs reference maps")
