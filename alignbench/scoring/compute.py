@@ -193,8 +193,12 @@ def _rows(model: Any, batch: dict[str, Any], device: str, request: ScoreRequest,
     )
     probabilities = explanation.logits.float().softmax(dim=1)
     confidence, prediction = probabilities.max(dim=1)
+    # weights that overflow the forward (huge but finite: a diverged training) give NaN logits, whose
+    # argmax is class 0: such an image has no prediction, and no metric of it is defined
+    finite = torch.isfinite(explanation.logits).all(dim=1)
     # one device-to-host copy per tensor and batch, not one synchronising read per value
     targets_, predictions_, confidences_ = explanation.targets.tolist(), prediction.tolist(), confidence.tolist()
+    finite_ = finite.tolist()
     scores = {metric: values.tolist() for metric, values in scores.items()}
     rows = []
     for i, image_id in enumerate(batch["image_id"]):
@@ -202,14 +206,16 @@ def _rows(model: Any, batch: dict[str, Any], device: str, request: ScoreRequest,
             "image_index": int(batch["index"][i]),
             "image_id": image_id,
             "target": int(targets_[i]),
-            "prediction": int(predictions_[i]),
-            "confidence": float(confidences_[i]),
+            "prediction": int(predictions_[i]) if finite_[i] else None,
+            "confidence": float(confidences_[i]) if finite_[i] else None,
         }
         reasons = []
         for metric, values in scores.items():
-            value = float(values[i])
+            value = float(values[i]) if finite_[i] else float("nan")
             row[q.metric_column(metric)] = value
-            if value != value:  # NaN: the metric is undefined for this image (counted as skipped)
+            if not finite_[i]:
+                reasons.append(f"{metric}: the model's output holds NaN or ±inf (its weights overflow the forward pass)")
+            elif value != value:  # NaN: the metric is undefined for this image (counted as skipped)
                 reasons.append(f"{metric}: {constant[metric][i] or _why_undefined(metric, batch, i)}")
         row["skip_reason"] = "; ".join(reasons) or None
         rows.append(row)
