@@ -58,6 +58,10 @@ Tag = Annotated[
         show_default=False,
     ),
 ]
+Retag = Annotated[
+    bool,
+    typer.Option("--retag", help="Move --tag to this model when it already names another one (a tag names one model)."),
+]
 CaStream = Annotated[
     bool,
     typer.Option(

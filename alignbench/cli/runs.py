@@ -17,7 +17,7 @@ app = typer.Typer(
 )
 
 
-def _as_dict(run) -> dict:
+def _as_dict(run, recheck: frozenset[int] = frozenset()) -> dict:
     return {
         "run_id": run.run_id,
         "model": run.model,
@@ -33,6 +33,7 @@ def _as_dict(run) -> dict:
         "n_rows": run.n_rows,
         "n_images": run.n_images,
         "updated_at": str(run.updated_at),
+        "recheck": run.run_id in recheck,  # rows written by an older scorer: `score` recomputes them
     }
 
 
@@ -40,7 +41,7 @@ def _model(run) -> str:
     return variant_name(run.model, ca_stream=run.ca_stream, tag=run.tag)  # DCLS has a column of its own
 
 
-def _table(runs, title: str) -> Table:
+def _table(runs, title: str, recheck: frozenset[int] = frozenset()) -> Table:
     from alignbench.datasets import dataset_label
 
     table = Table(title=title)
@@ -55,7 +56,7 @@ def _table(runs, title: str) -> Table:
             dataset_label(run.dataset, run.dataset_location),
             run.protocol,
             run.metrics,
-            run.status,
+            run.status + (" (recheck)" if run.run_id in recheck else ""),
             f"{run.n_rows:,} / {run.n_images:,}",
             str(run.updated_at)[:19],
         )
@@ -71,20 +72,27 @@ def list_runs(
 ) -> None:
     """Every stored run with its status and how many of its images have a row; reads the store only.
 
-    A run whose process is gone (killed, crashed) shows as interrupted: `alignbench score` with the same options resumes it.
+    A run whose process is gone (killed, crashed) shows as interrupted: `alignbench score` with the same options resumes it. A run marked (recheck) was scored by an older alignbench that gave constant maps a score: `alignbench score` recomputes those rows.
 
     Example: [bold]alignbench runs list --empty[/]
     """
     from alignbench.analysis import NOTHING_STORED
     from alignbench.store.maintenance import list_stored_runs
+    from alignbench.store.recheck import runs_to_recheck
 
     runs = list_stored_runs(db, empty=empty)
+    recheck = frozenset(runs_to_recheck(db)) if runs else frozenset()
     if as_json:
-        typer.echo(json.dumps([_as_dict(run) for run in runs]))
+        typer.echo(json.dumps([_as_dict(run, recheck) for run in runs]))
     elif not runs:
         typer.echo("no runs with no stored row" if empty else NOTHING_STORED)
     else:
-        stdout_console().print(_table(runs, "Stored runs"))
+        stdout_console().print(_table(runs, "Stored runs", recheck))
+        if recheck:
+            typer.echo(
+                f"{len(recheck)} run(s) marked (recheck) were scored by an older alignbench, which scored constant maps: "
+                "`alignbench score` with the same options recomputes just their rows that may be affected"
+            )
 
 
 def _report(result) -> None:

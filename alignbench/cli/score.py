@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import sys
 from collections.abc import Callable
+from dataclasses import replace
 from typing import TYPE_CHECKING, Annotated, Any, Optional
 
 import typer
@@ -138,6 +139,7 @@ def score(
     ] = False,
     device: o.Device = "auto",
     precision: o.Precision = "fp32",
+    retag: o.Retag = False,
     db: o.Db = None,
     as_json: o.Json = False,
 ) -> None:
@@ -169,6 +171,7 @@ def score(
             device=device,
             workers=workers,
             precision=precision,
+            retag=retag,
         )
         for model_request in _model_requests(list(dict.fromkeys(models or [])), trained, model_options, db)
     ]
@@ -183,7 +186,9 @@ def _model_requests(names: list[str], trained: str | None, model_options: dict, 
 
     if trained is not None:
         request = trained_request(trained, db)
-        # --tag names the model in the store and is ignored here; every other model option is --trained's own
+        if model_options["tag"] is not None:  # one more name for the trained model
+            request = replace(request, tag=model_options["tag"])
+        # every other model option is --trained's own
         given = [name for name, (_, default) in o.MODEL_OPTIONS.items() if name != "tag" and model_options[name] != default]
         if given or (names and names != [request.name]):
             raise ModelError(

@@ -78,7 +78,7 @@ def status(study: StudyArgument, limit: Limit = None, db: o.Db = None, as_json: 
     """
     from alignbench.scoring.study import load_study, study_status
 
-    parsed = load_study(study, db=db)
+    parsed = load_study(study, db=db, files=False)  # a cell whose files are not here is shown, matched by name
     cells = study_status(parsed.requests(limit=limit), db=db)
     if as_json:
         typer.echo(json.dumps({"study": parsed.name, "source": parsed.source, "cells": [c.to_json() for c in cells]}, default=str))

@@ -65,7 +65,13 @@ def _summary(result) -> Table:
             "steps",
             f"{result.steps} of {result.total_steps} ({result.epochs:.2f} epochs, {result.images_seen:,} images, "
             f"batch {result.batch_size}, {result.processes} process{'es' if result.processes > 1 else ''})"
-            + (f", resumed at step {result.resumed_from}" if result.resumed_from is not None else ""),
+            + (f", resumed at step {result.resumed_from}" if result.resumed_from is not None else "")
+            + (
+                f"; extended from a run planned for {result.extended_from} steps, its schedule re-planned for {result.total_steps} "
+                f"at step {result.resumed_from} (not the same as a run planned for {result.total_steps} from the start)"
+                if result.extended_from is not None
+                else ""
+            ),
         ),
         ("final loss", f"{number(result.final_loss)} (mean of the last steps)"),
     ]
@@ -299,10 +305,16 @@ TRAIN_OPTIONS: dict[str, tuple[Any, Any]] = {
         ],
         None,
     ),
+    "retag": (o.Retag, False),
     "resume": (
         Annotated[
             Optional[Path],
-            typer.Option("--resume", help="Continue from OUT/last.pt exactly where it stopped (same options).", show_default=False),
+            typer.Option(
+                "--resume",
+                help="Continue from OUT/last.pt exactly where it stopped (same options); a larger --steps/--epochs extends the run "
+                "(its schedule re-planned for the new length from the resumed step).",
+                show_default=False,
+            ),
         ],
         None,
     ),

@@ -166,9 +166,23 @@ def check_fits(state: Mapping[str, torch.Tensor], model: nn.Module, what: str) -
         raise ModelError(f"checkpoint does not fit {what}: {'; '.join(problems)}")
 
 
+def check_finite(state: Mapping[str, torch.Tensor], what: str) -> None:
+    """ModelError naming the tensors that hold NaN or ±inf: such weights give NaN logits and maps
+    (an argmax of NaN is class 0), so nothing computed from them could be scored."""
+    bad = [key for key, value in state.items() if value.is_floating_point() and not bool(torch.isfinite(value).all())]
+    if bad:
+        floating = sum(1 for value in state.values() if value.is_floating_point())
+        more = f" (+{len(bad) - 1} more)" if len(bad) > 1 else ""
+        raise ModelError(
+            f"{what}: {len(bad)} of {floating} tensors hold NaN or ±inf values ({bad[0]}{more}); "
+            "the training that wrote it diverged: use an earlier checkpoint"
+        )
+
+
 def load_into(model: nn.Module, state: Mapping[str, torch.Tensor], what: str) -> None:
-    """Strictly load ``state`` (already remapped) into ``model``, after checking keys and shapes."""
+    """Strictly load ``state`` (already remapped) into ``model``, after checking keys, shapes and that every value is finite."""
     check_fits(state, model, what)
+    check_finite(state, what)
     full = dict(state)
     for key, value in model.state_dict().items():  # old checkpoints lack BN step counters
         full.setdefault(key, value)

@@ -460,6 +460,8 @@ def check_checkpoint_positions(model: nn.Module, what: str) -> None:
     they are clamped with a warning naming the layers; further out the checkpoint is refused."""
     overshoot = {}
     for name, conv in dcls_layers(model):
+        if not bool(torch.isfinite(conv.P.detach()).all()):
+            raise ModelError(f"{what}: positions of {name} are NaN or ±inf; the training that wrote it diverged: use an earlier checkpoint")
         beyond = float(conv.P.detach().abs().max()) - position_limit(conv) if conv.P.numel() else 0.0
         if beyond > 0:
             overshoot[name] = beyond

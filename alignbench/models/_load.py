@@ -284,6 +284,14 @@ def _with_stream(backbone: nn.Module, plan: LoadPlan) -> _ca_stream.CAStreamMode
     with _seeded():
         model = _ca_stream.CAStreamModel(backbone, attachments)
     if source.kind == "checkpoint":
+        # the file names the model it was trained on: a stream of another one is refused even when
+        # its shapes happen to fit (lite0's and lite1's stages have the same widths)
+        written_for = _checkpoint.read_metadata(source.path).get("model")
+        if written_for and written_for != spec.name:
+            raise ModelError(
+                f"{source.path} is a CA-Stream trained on {written_for}, not {spec.name}; score it with {written_for} --ca-stream, "
+                f"or train a stream for {spec.name} (alignbench train {spec.name} --ca-stream ...)"
+            )
         state = _ca_stream.as_stream_state(_checkpoint.read_state_dict(source.path))
         widths = ", ".join(map(str, attachments.channels))
         try:
@@ -324,6 +332,7 @@ def _dcls_from_checkpoint(plan: LoadPlan) -> tuple[nn.Module, ConversionReport]:
     targets = _dcls.plan(model, recipe, spec.stage_pattern)
     _dcls.convert(model, recipe, targets)
     state = _checkpoint.remap(raw, model)
+    _checkpoint.check_finite(state, f"checkpoint {source.path or source.url}")
     # Which convs the checkpoint replaced is written in it: the modules of its `.P` keys.
     replaced = _checkpoint.dcls_conv_names(state)
     if not replaced:

@@ -29,6 +29,7 @@ from alignbench.scoring.identity import RunIdentity
 from alignbench.scoring.lifecycle import open_run, settle_status
 from alignbench.store import Store
 from alignbench.store import queries as q
+from alignbench.store.tables import Run
 
 # On a fixation dataset the reference is the dataset's own centre bias (its items' ``baseline``).
 LEAVE_ONE_OUT = "leave-one-out"
@@ -51,8 +52,9 @@ class CentreBiasIdentity:
         self.fingerprint = sha256_text(CENTRE_BIAS, *kind, f"{input_size[0]}x{input_size[1]}")
 
 
-def _reference_run(store: Store, dataset: Any, protocol: str, input_size: tuple[int, int], sigma_frac: float) -> int:
-    """The id of the reference's run on ``dataset`` (created when new)."""
+def _reference_run(store: Store, dataset: Any, protocol: str, input_size: tuple[int, int], sigma_frac: float) -> tuple[int, bool]:
+    """The id of the reference's run on ``dataset`` (created when new), and whether an older scorer
+    wrote its rows (those with a value are then computed again: ``q.needs_recheck``)."""
     fixations = getattr(dataset, "has_fixations", False)
     model = CentreBiasIdentity(sigma_frac, input_size, fixations=fixations)
     identity = RunIdentity(
@@ -67,8 +69,11 @@ def _reference_run(store: Store, dataset: Any, protocol: str, input_size: tuple[
     )
     with store.session(write=True) as session:
         run = open_run(session, identity, model=model, dataset=dataset, param_count=0, family=CENTRE_BIAS_FAMILY)
+        recheck = q.needs_recheck(run) and bool(q.scored_image_ids(session, run.id))
+        if not recheck:
+            q.stamp_scorer(session, run)
         session.commit()
-        return run.id
+        return run.id, recheck
 
 
 def _rows(batch: dict[str, Any], centre_maps: dict[tuple[int, int], torch.Tensor], sigma_frac: float) -> list[dict[str, Any]]:
@@ -170,11 +175,12 @@ def score_centre_bias(
     if not getattr(dataset, "has_reference", True):  # a stand-in without the attribute has them
         raise DatasetError(f"dataset {dataset.name!r} has no reference maps: the centre-bias map has nothing to be scored against")
     wanted = len(dataset) if limit is None else min(limit, len(dataset))
-    run_id = _reference_run(store, dataset, protocol, input_size, sigma_frac)
+    run_id, recheck = _reference_run(store, dataset, protocol, input_size, sigma_frac)
 
     def missing() -> list[int]:
         with store.session() as session:
-            return dataset.positions(skip_ids=q.scored_image_ids(session, run_id), limit=wanted)
+            done = q.scored_image_ids(session, run_id)
+            return dataset.positions(skip_ids=done - q.rows_to_recheck(session, run_id) if recheck else done, limit=wanted)
 
     positions = my_share(ranks, missing)
     if positions:
@@ -193,7 +199,11 @@ def score_centre_bias(
         for batch in batches:
             rows = _fixation_rows(batch) if "baseline" in batch else _rows(batch, centre_maps, sigma_frac)
             with store.session(write=True) as session:
-                q.insert_scores(session, run_id, rows)
+                q.insert_scores(session, run_id, rows, replace=recheck)
                 session.commit()
+    if recheck and ranks.is_main:
+        with store.session(write=True) as session:
+            q.stamp_scorer(session, session.get(Run, run_id))
+            session.commit()
     settle_status(store, run_id)
     return run_id

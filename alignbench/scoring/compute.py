@@ -24,11 +24,18 @@ from alignbench.scoring.lifecycle import Heartbeat, mark_running, open_run, sett
 from alignbench.scoring.request import ScoreRequest
 from alignbench.store import Store
 from alignbench.store import queries as q
+from alignbench.store.recheck import SCORER_REVISION
 from alignbench.store.tables import Run
 
 
-def _versions(device: str) -> dict[str, str]:
-    return {"alignbench": __version__, "torch": torch.__version__, "timm": timm.__version__, "device": device}
+def _versions(device: str) -> dict[str, Any]:
+    return {
+        "alignbench": __version__,
+        "torch": torch.__version__,
+        "timm": timm.__version__,
+        "device": device,
+        "scorer": SCORER_REVISION,
+    }
 
 
 def _targets(model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor, precision: str = "fp32") -> torch.Tensor | None:
@@ -166,11 +173,27 @@ def _open(
 ) -> tuple[int, set[str]]:
     """(run id, image ids already stored): the run opened and marked running by this process."""
     with store.session(write=True) as session:
-        run = open_run(session, identity, model=info.identity, dataset=dataset, param_count=info.param_count, family=info.spec.family)
+        run = open_run(
+            session,
+            identity,
+            model=info.identity,
+            dataset=dataset,
+            param_count=info.param_count,
+            family=info.spec.family,
+            retag=request.retag,
+        )
+        # rows an older scorer wrote may hold a score of a constant map: those are computed again, and
+        # the run is stamped with this scorer's revision only once they all are (stamp_scorer)
+        recheck = q.needs_recheck(run) and not request.force
         done = set() if request.force or ranks.distributed else q.scored_image_ids(session, run.id)
-        mark_running(session, run, device=device, versions=_versions(device))
+        if recheck:
+            done -= q.rows_to_recheck(session, run.id)
+        versions = _versions(device)
+        if recheck:
+            versions.pop("scorer")
+        mark_running(session, run, device=device, versions=versions)
         session.commit()
-        return run.id, done
+        return run.id, done, recheck
 
 
 def _rows(model: Any, batch: dict[str, Any], device: str, request: ScoreRequest, identity: RunIdentity) -> list[dict[str, Any]]:
@@ -190,8 +213,12 @@ def _rows(model: Any, batch: dict[str, Any], device: str, request: ScoreRequest,
     )
     probabilities = explanation.logits.float().softmax(dim=1)
     confidence, prediction = probabilities.max(dim=1)
+    # weights that overflow the forward (huge but finite: a diverged training) give NaN logits, whose
+    # argmax is class 0: such an image has no prediction, and no metric of it is defined
+    finite = torch.isfinite(explanation.logits).all(dim=1)
     # one device-to-host copy per tensor and batch, not one synchronising read per value
     targets_, predictions_, confidences_ = explanation.targets.tolist(), prediction.tolist(), confidence.tolist()
+    finite_ = finite.tolist()
     scores = {metric: values.tolist() for metric, values in scores.items()}
     rows = []
     for i, image_id in enumerate(batch["image_id"]):
@@ -199,14 +226,16 @@ def _rows(model: Any, batch: dict[str, Any], device: str, request: ScoreRequest,
             "image_index": int(batch["index"][i]),
             "image_id": image_id,
             "target": int(targets_[i]),
-            "prediction": int(predictions_[i]),
-            "confidence": float(confidences_[i]),
+            "prediction": int(predictions_[i]) if finite_[i] else None,
+            "confidence": float(confidences_[i]) if finite_[i] else None,
         }
         reasons = []
         for metric, values in scores.items():
-            value = float(values[i])
+            value = float(values[i]) if finite_[i] else float("nan")
             row[q.metric_column(metric)] = value
-            if value != value:  # NaN: the metric is undefined for this image (counted as skipped)
+            if not finite_[i]:
+                reasons.append(f"{metric}: the model's output holds NaN or ±inf (its weights overflow the forward pass)")
+            elif value != value:  # NaN: the metric is undefined for this image (counted as skipped)
                 why = _missing_fixations(metric, batch, i) or constant[metric][i] or _why_undefined(metric, batch, i)
                 reasons.append(f"{metric}: {why}")
         row["skip_reason"] = "; ".join(reasons) or None
@@ -224,6 +253,8 @@ def _write_rows(
     request: ScoreRequest,
     identity: RunIdentity,
     progress: Any,
+    *,
+    replace: bool = False,
 ) -> int:
     """Every batch of ``loader`` scored and committed with the run's compute time and heartbeat; returns the rows written."""
     computed = 0
@@ -234,7 +265,7 @@ def _write_rows(
         rows = _rows(model, batch, device, request, identity)
         elapsed = time.perf_counter() - start
         with store.session(write=True) as session:
-            q.insert_scores(session, run_id, rows, replace=request.force)
+            q.insert_scores(session, run_id, rows, replace=replace)
             q.update_run(session, session.get(Run, run_id), add_seconds=elapsed, heartbeat=True)
             session.commit()
         computed += len(rows)
@@ -270,7 +301,7 @@ def compute_run(
             raise
     info = model.alignbench_info
     identity = identity.with_model(info.identity.fingerprint)
-    run_id, done = _open(store, request, identity, info, dataset, device, ranks)
+    run_id, done, recheck = _open(store, request, identity, info, dataset, device, ranks)
 
     if ranks.distributed:
 
@@ -288,7 +319,11 @@ def compute_run(
         todo, loader = batches(info.preprocessing, done)
     heartbeat = Heartbeat(store, run_id).start()
     try:
-        computed = _write_rows(store, run_id, loader, todo, model, device, request, identity, progress)
+        computed = _write_rows(store, run_id, loader, todo, model, device, request, identity, progress, replace=request.force or recheck)
+        if recheck:
+            with store.session(write=True) as session:
+                q.stamp_scorer(session, session.get(Run, run_id))
+                session.commit()
         # The model-free reference every comparison shows, on the same images: computed once per
         # dataset, protocol and input size (a no-op when stored), so compare/report stay store-only.
         # It is scored against the reference maps: a dataset without them has none.

@@ -29,11 +29,12 @@ def open_run(
     dataset: Any,
     param_count: int | None = None,
     family: str | None = None,
+    retag: bool = False,
 ) -> Run:
     """The run of ``identity``, created (with the rows it names) when the store has none yet.
     ``model`` is the weights' ModelIdentity (or a stand-in with its attributes), ``dataset`` the
     opened dataset; the caller commits."""
-    model_row = q.upsert_model(session, model, param_count=param_count, family=family)
+    model_row = q.upsert_model(session, model, param_count=param_count, family=family, retag=retag)
     explainer_row = q.upsert_explainer(session, identity.method, identity.params)
     dataset_row = q.upsert_dataset(
         session,

@@ -46,6 +46,7 @@ class ScoreRequest:
     device: str = "auto"
     workers: int | None = None  # DataLoader workers; None: the dataset's default (cores - 1, at most 4)
     precision: str = DEFAULT_PRECISION  # the forward passes' (alignbench._utils.precision); part of the run key unless fp32
+    retag: bool = False  # model.tag may be moved from another model (a tag names one model)
 
     def __post_init__(self) -> None:
         if not isinstance(self.model, ModelRequest):

@@ -147,9 +147,21 @@ def _look_up(db: str | None, key: str, request: ScoreRequest, *, n_images: int, 
         run = q.find_run(session, key)
         if run is None:
             return None, frozenset()
-        if q.count_rows(session, run.id, max_index=n_images) >= n_images:
+        recheck = q.needs_recheck(run)
+        if not recheck and q.count_rows(session, run.id, max_index=n_images) >= n_images:
             return _result(session, run, request, n_images=n_images, cached=True, device=run.device, **described), frozenset()
-        return None, frozenset(q.scored_image_ids(session, run.id))
+        done = q.scored_image_ids(session, run.id)
+        return None, frozenset(done - q.rows_to_recheck(session, run.id) if recheck else done)
+
+
+def _check_tag(db: str | None, tag: str, fingerprint: str, *, retag: bool) -> None:
+    """``--tag`` naming another stored model is refused before anything is written (unless ``--retag``)."""
+    try:
+        store = open_store(db, create=False, migrate=False)
+    except (StoreMissing, StoreOutdated):  # nothing tagged yet, or a store that is upgraded (and checked) as it is written
+        return
+    with store, store.session() as session:
+        q.check_tag(q.tag_owner(session, tag), fingerprint, tag, retag=retag)
 
 
 def _normalised(request: ScoreRequest) -> ScoreRequest:
@@ -173,12 +185,17 @@ def score(request: ScoreRequest, *, db: str | None = None, progress: ProgressCal
     request = _normalised(request)
     run = RunIdentity.of(request, identity, method, params, dataset_fingerprint=dataset.fingerprint)
     described = dict(method=method, params=params, n_images=n_images, weights_source=identity.weights_source)
+    tag = request.model.tag if request.model.tag != identity.origin else None  # --tag moco-v3 declares an origin, names nothing
+    if tag:
+        _check_tag(db, tag, identity.fingerprint, retag=request.retag)
 
     done: frozenset[str] = frozenset()
     if not request.force:
         cached, done = _look_up(db, run.key, request, **described)
         # under torchrun the ranks decide together, on rank 0's view (below)
         if cached is not None and not launched_ranks().distributed:
+            if tag:  # the stored model gets the name asked for (a cached answer writes nothing else)
+                q.add_tag(db, identity.fingerprint, tag, retag=request.retag)
             return cached
     # Every file the run will read is checked before the store is written to or the model loaded,
     # so a bad file leaves no run behind (a fixed file changes the dataset's fingerprint: such a run
@@ -231,8 +248,9 @@ def score(request: ScoreRequest, *, db: str | None = None, progress: ProgressCal
 
 
 def trained_request(tag: str, db: str | None = None) -> ModelRequest:
-    """The request of the newest model tagged ``tag`` in the store (``score --trained TAG``): what
-    ``alignbench train`` recorded, i.e. its model, DCLS recipe and trained checkpoint."""
+    """The request of the model tagged ``tag`` in the store (``score --trained TAG``): what
+    ``alignbench train`` recorded, i.e. its model, DCLS recipe and trained checkpoint — after checking
+    that the file at the recorded path still holds those weights (its fingerprint is the stored one)."""
     try:
         store = open_store(db, create=False)
     except StoreMissing:
@@ -247,4 +265,15 @@ def trained_request(tag: str, db: str | None = None) -> ModelRequest:
     if not rows[0].request:
         raise ModelError(f"model {tag!r} was recorded without the options that load it; score it with MODEL --checkpoint PATH")
     known = {f.name for f in fields(ModelRequest)}
-    return ModelRequest(**{key: value for key, value in json.loads(rows[0].request).items() if key in known})
+    request = ModelRequest(**{key: value for key, value in json.loads(rows[0].request).items() if key in known})
+    request = replace(request, tag=tag)  # TAG@best and further tags resolve to the model's recorded request
+    path = request.stream_checkpoint if request.ca_stream and request.stream_checkpoint else request.checkpoint
+    if path is not None and not os.path.isfile(path):
+        raise ModelError(f"model {tag!r} was trained into {path}, which no longer exists; restore the file, or train it again")
+    recorded, now = rows[0].weights_fingerprint, model_identity(request).fingerprint
+    if now != recorded:
+        raise ModelError(
+            f"{path} no longer holds the model tagged {tag!r} (fingerprint {recorded[:12]} recorded, {now[:12]} in the file now: "
+            "it was overwritten); restore the file, or train it again under a new --tag"
+        )
+    return request

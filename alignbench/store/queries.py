@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -12,7 +13,8 @@ from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, SQLModel, select
 
 from alignbench._utils.cache import sha256_text
-from alignbench.store import listing
+from alignbench.errors import StoreError
+from alignbench.store import listing, recheck
 from alignbench.store.engine import create_store_engine, open_store
 from alignbench.store.listing import RunView, canonical_json, metric_column
 from alignbench.store.tables import (
@@ -21,6 +23,7 @@ from alignbench.store.tables import (
     ExplainerSetting,
     ImageScore,
     Model,
+    ModelTag,
     Run,
     Thumbnail,
     utcnow,
@@ -45,8 +48,12 @@ def _get_or_create(session: Session, table: type[T], lookup: Mapping[str, Any], 
     return row
 
 
-def upsert_model(session: Session, identity: Any, *, param_count: int | None = None, family: str | None = None) -> Model:
-    """Record a model by its weights fingerprint (``identity`` is an alignbench.models.ModelIdentity)."""
+def upsert_model(
+    session: Session, identity: Any, *, param_count: int | None = None, family: str | None = None, retag: bool = False
+) -> Model:
+    """Record a model by its weights fingerprint (``identity`` is an alignbench.models.ModelIdentity).
+
+    Its ``tag``, if any, is added to the model's tags (``tag_model``; ``retag`` moves it from another model)."""
     recipe = getattr(identity, "recipe", None)
     row = _get_or_create(
         session,
@@ -71,9 +78,12 @@ def upsert_model(session: Session, identity: Any, *, param_count: int | None = N
         row.origin = origin
         session.add(row)
     tag = getattr(identity, "tag", None)
-    if tag and row.tag != tag:  # a name given now names the model from now on
-        row.tag = tag
-        session.add(row)
+    if tag and tag == origin:  # --tag moco-v3 declares where a checkpoint comes from: a kind shared by many models, no name
+        if row.tag is None:
+            row.tag = tag
+            session.add(row)
+    elif tag:  # a tag given now is one more name of the model; one naming another model is refused
+        tag_model(session, row, tag, retag=retag)
     if param_count is not None and row.param_count is None:
         row.param_count = param_count
         session.add(row)
@@ -105,14 +115,16 @@ def record_trained_model(
     lineage: Mapping[str, Any],
     param_count: int | None = None,
     family: str | None = None,
+    retag: bool = False,
 ) -> Model:
     """Record a model that ``alignbench train`` made: its weights (as upsert_model), the method
     (``origin``), the model it was trained from and its lineage (canonical JSON)."""
-    row = upsert_model(session, identity, param_count=param_count, family=family)
-    row.origin = origin
-    row.parent_id = parent.id
-    row.lineage = canonical_json(dict(lineage))
-    session.add(row)
+    row = upsert_model(session, identity, param_count=param_count, family=family, retag=retag)
+    if row.lineage is None:  # the same weights recorded again (another tag, a finished run resumed) keep their first lineage
+        row.origin = origin
+        row.parent_id = parent.id
+        row.lineage = canonical_json(dict(lineage))
+        session.add(row)
     return row
 
 
@@ -124,9 +136,73 @@ def trained_models(session: Session) -> list[tuple[Model, Model | None]]:
     return [(row, by_id.get(row.parent_id)) for row in rows]
 
 
+class TagTaken(StoreError):
+    """A tag already names another model (a tag names one model; ``--retag`` moves it)."""
+
+
+def tag_owner(session: Session, tag: str) -> Model | None:
+    """The model ``tag`` names, if any."""
+    owner = session.exec(select(Model).join(ModelTag, ModelTag.model_id == Model.id).where(ModelTag.tag == tag)).first()
+    if owner is None:  # a store that got its models from `merge` (which copies model rows, model.tag included)
+        owner = session.exec(select(Model).where(Model.tag == tag).order_by(Model.id.desc())).first()  # type: ignore[arg-type]
+    return owner
+
+
+def model_tags(session: Session, model_id: int) -> list[str]:
+    """Every tag of a model, in the order they were given."""
+    return list(session.exec(select(ModelTag.tag).where(ModelTag.model_id == model_id).order_by(ModelTag.id)).all())
+
+
+def check_tag(owner: Model | None, fingerprint: str, tag: str, *, retag: bool = False) -> None:
+    """Raise TagTaken when ``tag`` names a model other than the one of ``fingerprint`` (and ``retag`` is not given)."""
+    if owner is not None and owner.weights_fingerprint != fingerprint and not retag:
+        raise TagTaken(
+            f"tag {tag!r} already names another model ({owner.name}, fingerprint {owner.weights_fingerprint[:12]}); "
+            "choose another --tag, or pass --retag to move it to this one"
+        )
+
+
+def tag_model(session: Session, row: Model, tag: str, *, retag: bool = False) -> bool:
+    """Give ``row`` the tag ``tag`` (one more of its names); True when something changed.
+
+    A tag names one model: one that names another model raises TagTaken, unless ``retag`` moves it
+    (the other model keeps its other tags; its first name becomes the next of them, or none)."""
+    if row.id is None:
+        session.flush()
+    owner = tag_owner(session, tag)
+    if owner is not None and owner.id == row.id:
+        return False
+    check_tag(owner, row.weights_fingerprint, tag, retag=retag)
+    existing = session.exec(select(ModelTag).where(ModelTag.tag == tag)).first()
+    if existing is not None:
+        existing.model_id = row.id
+        session.add(existing)
+    else:
+        session.add(ModelTag(tag=tag, model_id=row.id))
+    if owner is not None and owner.tag == tag:  # the model it is taken from is shown by its next tag, if any
+        owner.tag = next((other for other in model_tags(session, owner.id) if other != tag), None)
+        session.add(owner)
+    if row.tag is None:
+        row.tag = tag
+        session.add(row)
+    session.flush()
+    return True
+
+
 def models_tagged(session: Session, tag: str) -> list[Model]:
-    """The models named ``tag``, newest first."""
-    return list(session.exec(select(Model).where(Model.tag == tag).order_by(Model.id.desc())).all())
+    """The model named ``tag`` (a list of one), or none."""
+    owner = tag_owner(session, tag)
+    return [owner] if owner is not None else []
+
+
+def add_tag(db: str | None, fingerprint: str, tag: str, *, retag: bool = False) -> bool:
+    """Tag the stored model of ``fingerprint`` (``score MODEL --tag NAME`` on a model already stored);
+    False when it already had the tag or is not stored."""
+    with open_store(db) as store, store.session(write=True) as session:
+        row = find_model(session, fingerprint)
+        changed = row is not None and tag_model(session, row, tag, retag=retag)
+        session.commit()
+        return changed
 
 
 def upsert_explainer(session: Session, method: str, params: Mapping[str, Any]) -> ExplainerSetting:
@@ -159,6 +235,28 @@ def run_key(
     if precision != "fp32":
         parts.append(f"precision={precision}")
     return sha256_text(*parts)
+
+
+def needs_recheck(run: Run) -> bool:
+    """Whether ``run``'s rows were written by a scorer older than SCORER_REVISION (``alignbench.store.recheck``)."""
+    return recheck.needs_recheck(run.versions)
+
+
+def rows_to_recheck(session: Session, run_id: int) -> set[str]:
+    """The image ids of a run's rows that an older scorer may have scored on a constant map: every row
+    it gave a value (a row with a skip_reason was undefined already)."""
+    statement = select(ImageScore.image_id).where(ImageScore.run_id == run_id, ImageScore.skip_reason.is_(None))  # type: ignore[union-attr]
+    return set(session.exec(statement).all())
+
+
+def stamp_scorer(session: Session, run: Run) -> None:
+    """Record that this scorer has (re)computed every row of ``run`` that needed it."""
+    try:
+        versions = json.loads(run.versions or "{}")
+    except ValueError:
+        versions = {}
+    run.versions = canonical_json({**versions, "scorer": recheck.SCORER_REVISION})
+    session.add(run)
 
 
 def find_run(session: Session, key: str) -> Run | None:

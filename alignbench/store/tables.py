@@ -48,6 +48,22 @@ class Model(SQLModel, table=True):
     request: Optional[str] = None  # canonical JSON of the ModelRequest that loads it again
 
 
+class ModelTag(SQLModel, table=True):
+    """A user's name for a model (migration 0005): a tag names one model, a model may carry several.
+
+    ``model.tag`` stays the model's first name (what listings show); this table is what a tag
+    resolves through (``score --trained TAG``), so a tag can be neither duplicated nor silently moved.
+    """
+
+    __tablename__ = "model_tag"
+    __table_args__ = (UniqueConstraint("tag", name="uq_model_tag_tag"),)
+
+    id: Optional[int] = Field(default=None, primary_key=True)
+    tag: str
+    model_id: int = Field(sa_column=Column(Integer, ForeignKey("model.id", ondelete="CASCADE"), nullable=False, index=True))
+    created_at: datetime = Field(default_factory=utcnow)
+
+
 class ExplainerSetting(SQLModel, table=True):
     """An explanation method with all its parameters (defaults filled), as canonical JSON."""
 

@@ -17,6 +17,7 @@ and pickles the weights where scoring wants safetensors; hence this module.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import random
@@ -37,16 +38,27 @@ BEST_WEIGHTS = "best.safetensors"
 LOG_FILE = "log.jsonl"
 SUMMARY_FILE = "train.json"
 STATE_FORMAT = "alignbench-train-state-1"
+LENGTH = ("steps", "epochs")  # recipe entries a --resume may change: the run is extended (or shortened)
 _TEMPORARY = ".{name}.{pid}.tmp"
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
-    """``write(temporary)`` then rename it to ``path``; on any failure ``path`` is left as it was."""
+    """``write(temporary)`` then rename it to ``path``; on any failure ``path`` is left as it was.
+
+    The file gets the mode of any file the user creates (0666 less the umask): a writer that stages
+    through ``tempfile`` (safetensors does) would otherwise leave it 0600, unlike its neighbours."""
     temporary = path.parent / _TEMPORARY.format(name=path.name, pid=os.getpid())
     try:
         write(temporary)
         with open(temporary, "rb+") as handle:
             os.fsync(handle.fileno())
+        os.chmod(temporary, 0o666 & ~_umask())
         os.replace(temporary, path)
     except BaseException:
         temporary.unlink(missing_ok=True)
@@ -61,15 +73,65 @@ def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
         os.close(directory)
 
 
-def prepare_out(out: Path, resume: Path | None) -> None:
+@dataclass
+class OutDir:
+    """``--out`` as a run holds it: whether the run created it (a refused run removes it again) and
+    the descriptor of its lock (an flock on the directory, released when the process ends, even by kill -9)."""
+
+    path: Path
+    created: bool
+    lock: int | None = None
+
+    def release(self) -> None:
+        if self.lock is not None:
+            os.close(self.lock)  # closing the descriptor drops the flock
+            self.lock = None
+
+    def abandon(self) -> None:
+        """A refused run: the lock released, and the directory removed when this run created it and it is still empty."""
+        self.release()
+        if self.created:
+            try:
+                self.path.rmdir()
+            except OSError:  # not empty (or already gone): it holds something that is not ours to delete
+                pass
+
+
+def _lock(out: Path) -> int:
+    descriptor = os.open(out, os.O_RDONLY)
+    try:
+        fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        os.close(descriptor)
+        raise TrainingError(
+            f"--out {out} is being written by another `alignbench train` running now; wait for it to end, or choose another --out"
+        ) from None
+    return descriptor
+
+
+def prepare_out(out: Path, resume: Path | None, *, owner: bool = True) -> OutDir:
     """``out`` exists and is writable, and holds no other run unless it is being resumed.
 
-    Temporary files a killed process left behind (never renamed, so never a checkpoint) are removed.
+    The ``owner`` (the one process of a run that writes files: torchrun's rank 0) locks it — a second
+    run into it at once is refused — and then removes the temporary files a killed process left
+    behind (never renamed, so never a checkpoint). ``OutDir.release`` (or the process's end) unlocks it.
     """
+    created = not out.exists()
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as error:
         raise TrainingError(f"cannot create --out {out} ({error.strerror}); choose another directory") from None
+    held = OutDir(out, created)
+    try:
+        _check_out(held, resume, owner)
+    except TrainingError:
+        held.abandon()
+        raise
+    return held
+
+
+def _check_out(held: OutDir, resume: Path | None, owner: bool) -> None:
+    out = held.path
     if not out.is_dir():
         raise TrainingError(f"--out {out} is not a directory; choose another path")
     try:
@@ -77,12 +139,14 @@ def prepare_out(out: Path, resume: Path | None) -> None:
             pass
     except OSError as error:
         raise TrainingError(f"--out {out} is not writable ({error.strerror}); choose another directory") from None
+    if owner:  # before anything in it is looked at or removed: another run's temporaries are its own
+        held.lock = _lock(out)
     if (out / STATE_FILE).exists() and resume is None:
         raise TrainingError(
             f"--out {out} already holds a training run ({STATE_FILE}); continue it with --resume {out / STATE_FILE}, "
             "or choose another --out"
         )
-    for stale in out.glob(".*.tmp"):
+    for stale in out.glob(".*.tmp") if owner else ():
         stale.unlink(missing_ok=True)
 
 
@@ -169,13 +233,15 @@ def load_state(path: Path, recipe: dict) -> dict[str, Any]:
         raise TrainingError(f"--resume {path} does not exist; pass the {STATE_FILE} of an earlier run's --out")
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # torch raises many kinds for a file that is not a checkpoint
+    except Exception:  # torch raises many kinds (with advice about weights_only) for a file that is not a checkpoint
         raise TrainingError(
-            f"--resume {path} cannot be read ({str(error).splitlines()[0]}); pass the {STATE_FILE} of an earlier run"
+            f"--resume {path} is not a training checkpoint (torch cannot read it as one); pass the {STATE_FILE} of an earlier run's --out"
         ) from None
     if not isinstance(payload, dict) or payload.get("format") != STATE_FORMAT:
         raise TrainingError(f"--resume {path} is not an alignbench training state; pass the {STATE_FILE} of an earlier run's --out")
-    differences = recipe_differences(payload["recipe"], recipe)
+    # the length of the run may change: a longer (or shorter) run continues, its schedule re-planned (see _train)
+    planned = {key: value for key, value in recipe.items() if key not in LENGTH}
+    differences = recipe_differences({key: value for key, value in payload["recipe"].items() if key not in LENGTH}, planned)
     if differences:
         shown = "; ".join(differences[:4]) + (f"; (+{len(differences) - 4} more)" if len(differences) > 4 else "")
         raise TrainingError(
@@ -183,6 +249,25 @@ def load_state(path: Path, recipe: dict) -> dict[str, Any]:
             "started with, or train afresh into another --out"
         )
     return payload
+
+
+def truncate_log(path: Path, step: int) -> None:
+    """Drop the records after ``step`` (a run killed after its last checkpoint logged steps it will take
+    again when resumed): the log then holds each step once."""
+    if not path.is_file():
+        return
+    lines = path.read_text(encoding="utf-8").splitlines(keepends=True)
+    kept = []
+    for line in lines:
+        try:
+            record = json.loads(line)
+        except ValueError:  # a line cut short by the kill
+            break
+        if record.get("step", 0) > step:
+            break
+        kept.append(line)
+    if len(kept) < len(lines):
+        atomic_write(path, lambda temporary: temporary.write_text("".join(kept), encoding="utf-8"))
 
 
 def append_log(path: Path, record: Mapping[str, Any]) -> None:

@@ -83,12 +83,20 @@ def _labelled_by_csv(root: Path, image_dir: Path, labels_file: Path, layout: str
     if not files:
         raise TrainingError(f"{option} {root}: no image in {image_dir} (looked for {', '.join(sorted(IMAGE_SUFFIXES))})")
     by_name = read_labels(labels_file)
-    labels, missing = [], []
+    labels, missing, empty = [], [], []
     for path in files:
         label = by_name.get(path.name, by_name.get(path.stem))
         labels.append(-1 if label is None else label)
         if label is None:
             missing.append(path.name)
+        elif label < 0:  # an empty label: scoring explains such an image's prediction; training has nothing to learn
+            empty.append(path.name)
+    if empty:
+        raise TrainingError(
+            f"{option} {root}: {labels_file.name} leaves the label of {empty[0]} empty"
+            + (f" (and {len(empty) - 1} more)" if len(empty) > 1 else "")
+            + "; training needs a class index for every image: fill it in, or remove the image"
+        )
     if missing:
         raise TrainingError(
             f"{option} {root}: {labels_file.name} has no label for {missing[0]}"

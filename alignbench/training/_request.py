@@ -9,6 +9,7 @@ of the same names (``TrainRequest.from_options``, the CLI's table ``TRAIN_OPTION
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -38,6 +39,8 @@ SELF_TEACHER = "self"
 # The harmonizer's regulariser is the L2 term of its loss (loss.py: λ_w = 1e-5 · Σ ½‖w‖²), so the
 # optimiser adds no weight decay of its own unless asked to.
 HARMONIZER_RECIPE: Mapping[str, Any] = MappingProxyType({"opt": "adamw", "lr": 1e-4, "weight_decay": 0.0, "sched": "cosine"})
+
+FLOAT32_MAX = 3.4028234663852886e38  # torch.finfo(torch.float32).max (this module does not import torch)
 
 
 def position_parameters(model: Any) -> Iterator[Any]:
@@ -169,6 +172,7 @@ class TrainRequest:
     amp: bool = False
     device: str = "auto"
     tag: str | None = None  # default: the name of --out
+    retag: bool = False  # move the tag when it names a model of another run (a tag names one model)
     resume: Path | None = None
     checkpoint_every: int | None = None  # also write last.pt every N steps (always: each epoch's end)
     decay_epochs: float | None = None  # step / multistep schedules: decay every this many epochs (None: timm's default)
@@ -236,6 +240,11 @@ class TrainRequest:
             if value is not None and not (math.isfinite(value) and value >= 0):
                 raise TrainingError(f"{option} must be a finite number ≥ 0, got {value}")
         self._validate_data()
+        for option, value in {"--lr": self.lr, "--positions-lr": self.positions_lr}.items():
+            if value is not None and value > FLOAT32_MAX:  # torch's optimisers cannot even form the step
+                raise TrainingError(
+                    f"{option} {value:g} is beyond float32 (at most {FLOAT32_MAX:.4g}); give a learning rate the weights can take"
+                )
         if self.sched not in SCHEDULES:
             raise TrainingError(f"unknown --sched {self.sched!r}; use one of {', '.join(SCHEDULES)}")
         freeze = self.freeze or self.method.default_freeze
@@ -249,8 +258,15 @@ class TrainRequest:
             raise TrainingError("--freeze all-but-stream trains a CA-Stream: add --ca-stream")
         if self.decay_epochs is not None and not (math.isfinite(self.decay_epochs) and self.decay_epochs > 0):
             raise TrainingError(f"--decay-epochs must be a positive number, got {self.decay_epochs}")
-        if self.workers is not None and self.workers < 0:
-            raise TrainingError(f"--workers must be 0 or more, got {self.workers}")
+        cores = os.cpu_count() or 1
+        if self.workers is not None and not 0 <= self.workers <= cores:
+            raise TrainingError(
+                f"--workers must be between 0 and {cores} (this machine's cores), got {self.workers}; 0 decodes the images in the main process"
+            )
+        if self.positions_lr is not None and not self.model.dcls:
+            raise TrainingError(
+                "--positions-lr is the learning rate of DCLS positions, which a dense model has none of: add --dcls, or drop it"
+            )
 
     def _validate_data(self) -> None:
         """One way per concept: --data gives labelled images; --dataset (+ --data-dir) a dataset's images
@@ -287,7 +303,7 @@ class TrainRequest:
     def recipe(self) -> dict[str, Any]:
         """What decides the trained weights (a --resume checkpoint must have been written with the same):
         the model, the data order and every hyper-parameter; not where files go or how many workers load them."""
-        skip = {"out", "resume", "workers", "device", "tag", "checkpoint_every", "data", "val", "data_dir"}
+        skip = {"out", "resume", "workers", "device", "tag", "retag", "checkpoint_every", "data", "val", "data_dir"}
         values = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in skip}
         values["model"] = self.model.to_json()
         values["model"].pop("tag", None)

@@ -46,7 +46,7 @@ from alignbench.store import open_store
 from alignbench.training import _checkpoint as ckpt
 from alignbench.training._data import EpochSampler, EvalImages, LabelledImages, TrainingImages, open_training_data
 from alignbench.training._harmonizer import check_input_gradient, frozen_copy, harmonizer_terms
-from alignbench.training._lineage import TrainedFile, record_trained
+from alignbench.training._lineage import TrainedFile, check_tags_free, record_trained
 from alignbench.training._map_data import MapImages, MapTrainingImages, input_preprocessing, open_map_data
 from alignbench.training._objective import CrossEntropy, Distillation, GradCamConsistency, TrainingStep
 from alignbench.training._params import Trainable, freeze, param_groups, train_mode, unpin_positions
@@ -132,6 +132,7 @@ class TrainResult:
     recorded_in: str | None
     lineage: dict[str, Any] = field(default_factory=dict)
     ca_stream: bool = False
+    extended_from: int | None = None  # a --resume with another --steps/--epochs: the length the checkpoint's run was planned for
 
     def to_json(self) -> dict[str, Any]:
         return {key: str(value) if isinstance(value, Path) else value for key, value in asdict(self).items()}
@@ -174,6 +175,9 @@ class _Run:
     positions_group: int | None  # index of the positions' parameter group, if any
     unpinned: int  # v1 position coordinates moved off the integer grid before the first step
     initial_positions: list[torch.Tensor]  # the parent's DCLS positions (how far training moved them)
+    held: ckpt.OutDir | None = None  # --out, locked by rank 0
+    saved_step: int | None = None  # the step of the last.pt on disk (None: none written yet)
+    extended_from: int | None = None  # the length the resumed checkpoint's run was planned for, when it differs
     interruptible: bool = True  # False while the optimiser updates the parameters
 
 
@@ -326,6 +330,11 @@ def _scheduler(request: TrainRequest, optimizer: torch.optim.Optimizer, steps_pe
     return scheduler
 
 
+def _planned_steps(recipe: dict[str, Any], steps_per_epoch: int) -> int:
+    """The number of steps a recipe plans (``--steps``, or ``--epochs`` passes; one pass by default)."""
+    return recipe.get("steps") or (recipe.get("epochs") or 1) * steps_per_epoch
+
+
 def _resume(
     saved: dict[str, Any] | None,
     ranks: Ranks,
@@ -333,13 +342,20 @@ def _resume(
     optimizer: torch.optim.Optimizer,
     scheduler: Any,
     scaler: torch.amp.GradScaler,
+    *,
+    replanned: bool = False,
 ) -> tuple[ckpt.TrainState, int | None]:
-    """The state a --resume checkpoint left (and the step it starts from); a fresh state without one."""
+    """The state a --resume checkpoint left (and the step it starts from); a fresh state without one.
+
+    ``replanned``: the run's length changed (a run extended): the schedule is the one planned for the
+    new length, taken at the resumed step — as timm's train.py does when resumed with more epochs."""
     if saved is None:
         return ckpt.TrainState(), None
     model.load_state_dict(saved["model"])
     optimizer.load_state_dict(saved["optimizer"])
-    if scheduler is not None:
+    if scheduler is not None and replanned:
+        scheduler.step_update(num_updates=saved["state"]["step"])
+    elif scheduler is not None:
         scheduler.load_state_dict(saved["scheduler"])
     scaler.load_state_dict(saved["scaler"])
     state = ckpt.TrainState(**saved["state"])
@@ -357,7 +373,25 @@ def _setup(request: TrainRequest, ranks: Ranks, device: torch.device, progress: 
     )
     val = open_training_data(request.val, "--val") if request.val is not None else None
     out = request.out.resolve()
-    ckpt.prepare_out(out, request.resume)
+    held = ckpt.prepare_out(out, request.resume, owner=ranks.is_main)
+    try:
+        return _setup_in(request, ranks, device, progress, db, data, val, held)
+    except BaseException:
+        held.abandon()  # a refused run leaves no --out behind (nor a lock)
+        raise
+
+
+def _setup_in(
+    request: TrainRequest,
+    ranks: Ranks,
+    device: torch.device,
+    progress: Progress | None,
+    db: str | None,
+    data: LabelledImages,
+    val: LabelledImages | None,
+    held: ckpt.OutDir,
+) -> _Run:
+    out = held.path
     recipe = {**request.recipe(), "data": data.fingerprint()}
     saved = ckpt.load_state(request.resume, recipe) if request.resume is not None else None
     per_process = _check_batch(request, ranks)
@@ -371,7 +405,7 @@ def _setup(request: TrainRequest, ranks: Ranks, device: torch.device, progress: 
         data.check_labels(info.num_classes, info.name, "--data")
     if val is not None:
         val.check_labels(info.num_classes, info.name, "--val")
-    on_main(ranks, lambda: _check_store(db), TrainingError)
+    on_main(ranks, lambda: _check_store(db, request, out), TrainingError)
     prepared = _prepare_model(request, model, ranks, device)
     optimizer = _optimizer(request, model)
 
@@ -383,7 +417,16 @@ def _setup(request: TrainRequest, ranks: Ranks, device: torch.device, progress: 
         dataset = TrainingImages(data, train_transform, seed=request.seed, composites=request.gc_consistency > 0)
     sampler = EpochSampler(dataset, num_replicas=ranks.world_size, rank=ranks.rank, seed=request.seed)
     steps_per_epoch = math.ceil(sampler.num_samples / per_process)
-    total_steps = request.steps or (request.epochs or 1) * steps_per_epoch
+    total_steps = _planned_steps(recipe, steps_per_epoch)
+    extended_from = None
+    if saved is not None and _planned_steps(saved["recipe"], steps_per_epoch) != total_steps:
+        extended_from = _planned_steps(saved["recipe"], steps_per_epoch)
+        reached = saved["state"]["step"]
+        if total_steps < reached:
+            raise TrainingError(
+                f"--resume {request.resume} is at step {reached}, past the {total_steps} steps asked for; "
+                f"give --steps {reached} or more (or the --epochs that many steps make)"
+            )
     scheduler = _scheduler(request, optimizer, steps_per_epoch, total_steps)
     scaler = torch.amp.GradScaler(device.type, enabled=request.amp)
     workers = request.workers if request.workers is not None else _default_workers(ranks)
@@ -391,7 +434,11 @@ def _setup(request: TrainRequest, ranks: Ranks, device: torch.device, progress: 
     if val is not None and ranks.is_main:
         eval_loader = DataLoader(EvalImages(val, eval_transform), batch_size=per_process, num_workers=workers, generator=torch.Generator())
 
-    state, resumed_from = _resume(saved, ranks, model, optimizer, scheduler, scaler)
+    state, resumed_from = _resume(saved, ranks, model, optimizer, scheduler, scaler, replanned=extended_from is not None)
+    if ranks.is_main and resumed_from is not None:
+        ckpt.truncate_log(out / ckpt.LOG_FILE, resumed_from)  # steps logged after the checkpoint are taken again
+    elif ranks.is_main:
+        (out / ckpt.LOG_FILE).unlink(missing_ok=True)  # the log of a run that left no checkpoint (else prepare_out refused)
     positions_group = next((i for i, group in enumerate(optimizer.param_groups) if group.get("group_name") == "positions"), None)
     return _Run(
         request=request,
@@ -421,11 +468,15 @@ def _setup(request: TrainRequest, ranks: Ranks, device: torch.device, progress: 
         positions_group=positions_group,
         unpinned=prepared.unpinned,
         initial_positions=prepared.initial_positions,
+        held=held,
+        saved_step=resumed_from,
+        extended_from=extended_from,
     )
 
 
-def _check_store(db: str | None) -> None:
+def _check_store(db: str | None, request: TrainRequest, out: Path) -> None:
     open_store(db).close()  # a bad --db fails now, not after the training
+    check_tags_free(db, request.effective_tag, out, retag=request.retag)  # and so does a --tag naming another run's model
 
 
 def _to_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
@@ -500,13 +551,18 @@ def train_one_epoch(run: _Run, loader: DataLoader) -> bool:
             output = run.step_module(batch)
         loss = output["loss"]
         if not torch.isfinite(loss.detach()):
-            raise TrainingError(
-                f"the loss is {float(loss)} at step {state.step + 1}; lower --lr (the last checkpoint in {run.out} is intact)"
-            )
+            raise TrainingError(f"the loss is {float(loss.detach())} at step {state.step + 1}; lower --lr ({_kept_checkpoint(run)})")
         optimizer.zero_grad(set_to_none=True)
         run.scaler.scale(loss).backward()
         run.interruptible = False
-        run.scaler.step(optimizer)
+        try:
+            run.scaler.step(optimizer)
+        except RuntimeError as error:  # torch's optimisers turn a step size past float32 into this error
+            if "overflow" not in str(error):
+                raise
+            raise TrainingError(
+                f"the update of step {state.step + 1} overflows float32 ({str(error).splitlines()[0]}); lower --lr ({_kept_checkpoint(run)})"
+            ) from None
         run.scaler.update()
         # ConvNeXt-dcls engine.py: the model's clamp_parameters() after every optimiser step
         clamped = clamp_positions(model)
@@ -555,6 +611,7 @@ def _evaluate(run: _Run) -> EvalRecord | None:
         state.top1_before = top1
     state.last_top1, state.last_top1_step = top1, state.step
     if best:
+        _check_finite(run)
         state.best_top1, state.best_step = top1, state.step
         ckpt.atomic_write(run.out / ckpt.BEST_WEIGHTS, lambda temporary: _save_weights(run, temporary))
     record = EvalRecord(step=state.step, epoch=state.epoch, top1=top1, n_images=len(run.val), best=best)
@@ -562,6 +619,25 @@ def _evaluate(run: _Run) -> EvalRecord | None:
     if run.progress is not None:
         run.progress(record)
     return record
+
+
+def _kept_checkpoint(run: _Run) -> str:
+    """What a run stopped by bad numbers leaves, truly: the checkpoint on disk, or none."""
+    if run.saved_step is None:
+        return f"no checkpoint was written: the run left only its log, {run.out / ckpt.LOG_FILE}"
+    return f"the checkpoint of step {run.saved_step} in {run.out} is intact: --resume {run.out / ckpt.STATE_FILE} continues from it"
+
+
+def _check_finite(run: _Run) -> None:
+    """Non-finite weights are never saved (nor recorded, nor scored): an optimiser step that overflowed
+    stops the run, naming the tensors."""
+    bad = [name for name, tensor in run.model.state_dict().items() if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all())]
+    if bad:
+        total = sum(1 for tensor in run.model.state_dict().values() if tensor.is_floating_point())
+        raise TrainingError(
+            f"step {run.state.step} left {len(bad)} of {total} weight tensors non-finite (NaN or ±inf, e.g. {bad[0]}); "
+            f"lower --lr ({_kept_checkpoint(run)})"
+        )
 
 
 def _save_weights(run: _Run, path: Path) -> None:
@@ -578,6 +654,7 @@ def _save_weights(run: _Run, path: Path) -> None:
 
 def _save_last(run: _Run) -> None:
     """last.pt (everything --resume needs, every process's generators) and last.safetensors."""
+    _check_finite(run)  # every rank holds the same weights (DDP): all stop together
     rng = gather_objects(ckpt.rng_state(), run.ranks)
     if not run.ranks.is_main:
         return
@@ -592,6 +669,7 @@ def _save_last(run: _Run) -> None:
         rng=rng,
     )
     ckpt.atomic_write(run.out / ckpt.LAST_WEIGHTS, lambda temporary: _save_weights(run, temporary))
+    run.saved_step = run.state.step
 
 
 def _loop(run: _Run) -> None:
@@ -635,6 +713,11 @@ def _lineage(run: _Run, result_fields: dict[str, Any]) -> dict[str, Any]:
         **result_fields,
         "top1_before": run.state.top1_before,
         "top1_after": run.state.last_top1,
+        **(
+            {"extended": {"planned_steps": run.extended_from, "replanned_at_step": run.resumed_from, "steps": run.total_steps}}
+            if run.extended_from is not None
+            else {}
+        ),
         "versions": {"alignbench": __version__, "torch": torch.__version__},
     }
 
@@ -682,6 +765,7 @@ def _finish(run: _Run, db: str | None) -> TrainResult:
             param_count=info.param_count,
             family=info.spec.family,
             parent_param_count=parent_params,
+            retag=request.retag,
         )
     result = TrainResult(
         model=info.spec.name,
@@ -718,6 +802,7 @@ def _finish(run: _Run, db: str | None) -> TrainResult:
         recorded_in=recorded_in,
         lineage=lineage,
         ca_stream=request.model.ca_stream,
+        extended_from=run.extended_from,
     )
     if run.ranks.is_main:
         ckpt.write_json(run.out / ckpt.SUMMARY_FILE, {**result.to_json(), "request": request.to_json()})
@@ -740,6 +825,14 @@ def train(request: TrainRequest, *, db: str | None = None, progress: Progress | 
     _check_device(request, device)
     run = _setup(request, ranks, device, progress, db)
     try:
+        return _train(run, db)
+    finally:
+        if run.held is not None:
+            run.held.release()
+
+
+def _train(run: _Run, db: str | None) -> TrainResult:
+    try:
         _loop(run)
     except KeyboardInterrupt:
         if run.interruptible and run.state.step > 0:
@@ -748,7 +841,7 @@ def train(request: TrainRequest, *, db: str | None = None, progress: Progress | 
                 f"interrupted after step {run.state.step} of {run.total_steps}; continue with "
                 f"--resume {run.out / ckpt.STATE_FILE} (same options)"
             ) from None
-        raise TrainingInterrupted(f"interrupted during step {run.state.step + 1}; the last checkpoint in {run.out} is intact") from None
+        raise TrainingInterrupted(f"interrupted during step {run.state.step + 1}; {_kept_checkpoint(run)}") from None
     return _finish(run, db)
 
 

@@ -242,12 +242,18 @@ def test_stream_checkpoint_round_trip_holds_only_the_stream(tmp_path, images) ->
 def test_a_stream_for_another_architecture_is_refused_listing_the_mismatches(tmp_path) -> None:
     path = tmp_path / "resnet_stream.safetensors"
     save_stream(stream_model("test_resnet"), path)
-    with pytest.raises(ModelError) as error:
+    with pytest.raises(ModelError) as error:  # the file names its architecture: refused before its shapes are read
         stream_model("test_convnext", stream_checkpoint=path)
+    assert "\n" not in error.value.message
+    assert f"{path} is a CA-Stream trained on test_resnet, not test_convnext" in error.value.message
+    bare = tmp_path / "resnet_stream.pt"  # a torch file names nothing: its shapes tell
+    torch.save(stream_model("test_resnet").ca_stream.state_dict(), bare)
+    with pytest.raises(ModelError) as error:
+        stream_model("test_convnext", stream_checkpoint=bare)
     message = error.value.message
     assert "\n" not in message
     assert "checkpoint does not fit the CA-Stream of test_convnext" in message
-    assert "shape: cls_token (1, 1, 32) vs (1, 1, 24)" in message and "is a stream for test_resnet" in message
+    assert "shape: cls_token (1, 1, 32) vs (1, 1, 24)" in message
 
 
 def test_a_stream_given_as_the_backbone_checkpoint_says_where_it_goes(tmp_path) -> None:
@@ -461,7 +467,7 @@ def test_cli_refuses_a_mismatched_stream_in_one_line(tmp_path) -> None:
         str(backbone),
     ]
     line = _one_line_error(runner.invoke(app, args))
-    assert "checkpoint does not fit the CA-Stream of test_convnext" in line and "shape: cls_token" in line
+    assert "is a CA-Stream trained on test_resnet, not test_convnext" in line
 
 
 def test_cli_refuses_a_stream_on_a_vit_in_one_line(tmp_path) -> None:

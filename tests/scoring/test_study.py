@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from PIL import Image
 from typer.testing import CliRunner
 
 from alignbench.cli.app import app
@@ -281,8 +282,14 @@ def test_score_with_several_models_is_a_study_in_one_line(tmp_path: Path) -> Non
 
 
 def test_a_failing_run_names_its_cell_and_keeps_what_is_stored(tmp_path: Path) -> None:
-    text = SMALL.replace('name = "sample"', 'name = "folder"\ndata_dir = "missing-dir"')
+    # files that are there but cannot be decoded fail only when the run reads them (a missing
+    # data_dir is refused before the first cell: tests/scoring/test_study_checks.py)
+    for folder in ("images", "heatmaps"):
+        (tmp_path / "broken" / folder).mkdir(parents=True)
+    Image.new("L", (8, 8)).save(tmp_path / "broken" / "heatmaps" / "a.png")
+    (tmp_path / "broken" / "images" / "a.png").write_bytes(b"not a png")
+    text = SMALL.replace('name = "sample"', 'name = "folder"\ndata_dir = "broken"')
     result = CliRunner().invoke(app, ["study", "run", str(_write(tmp_path, text)), "--db", f"sqlite:///{tmp_path / 's.db'}"])
     assert result.exit_code == 2, result.output
     message = result.stderr.strip().splitlines()[-1]
-    assert message.startswith("error: run 1/2 (efficientnet_lite0 · gradcam · folder · aligned): ") and "missing-dir" in message
+    assert message.startswith("error: run 1/2 (efficientnet_lite0 · gradcam · folder · aligned): ") and "a.png" in message

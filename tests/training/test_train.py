@@ -416,7 +416,7 @@ def test_kill_9_while_a_checkpoint_is_written_leaves_the_previous_one_whole(tmp_
     loaded = torch.load(path, weights_only=True)
     assert torch.equal(loaded["weights"], previous["weights"]) and int(loaded["step"]) == 3
     assert list(tmp_path.glob(".*.tmp"))  # the half-written temporary is all that is left of the killed write
-    prepare_out(tmp_path, resume=path)  # the next run (here: a resume) clears it away
+    prepare_out(tmp_path, resume=path).release()  # the next run (here: a resume) clears it away
     assert not list(tmp_path.glob(".*.tmp"))
 
 

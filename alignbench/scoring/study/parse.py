@@ -11,14 +11,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from alignbench.datasets import DATASETS, PROTOCOLS
-from alignbench.errors import AlignbenchError, ExplainerError, MetricError, ModelError
+from alignbench.datasets import DATASETS, PROTOCOLS, open_dataset
+from alignbench.errors import AlignbenchError, DatasetError, ExplainerError, MetricError, ModelError
 from alignbench.explainers import explainer_setting, resolve_method
 from alignbench.metrics import metric_spec
 from alignbench.models import ModelRequest, model_identity
 from alignbench.models.specs import variant_name
 from alignbench.scoring import ScoreRequest, trained_request
-from alignbench.scoring.scorer import _validate
+from alignbench.scoring.scorer import _check_metrics_fit, _validate
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -128,9 +128,14 @@ def _study_file(study: str | Path) -> tuple[Path, str]:
     return path, str(path)
 
 
-def load_study(study: str | Path, *, db: str | None = None) -> Study:
+def load_study(study: str | Path, *, db: str | None = None, files: bool = True) -> Study:
     """Parse and check a study file (or a built-in name); StudyError naming file, line and key otherwise.
-    ``db``: the store a ``trained = "TAG"`` model entry is looked up in (``alignbench models --trained``)."""
+    ``db``: the store a ``trained = "TAG"`` model entry is looked up in (``alignbench models --trained``).
+
+    ``files``: every file the cells will read is checked too — each checkpoint, each dataset's
+    ``data_dir`` (opened) — so a study whose last cell could not run stops before its first one
+    (``study run``); without, a model or dataset whose files are not on this machine is kept
+    (``study status`` matches such cells by name)."""
     path, label = _study_file(study)
     try:
         text = path.read_text(encoding="utf-8")
@@ -141,7 +146,7 @@ def load_study(study: str | Path, *, db: str | None = None) -> Study:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as error:
         raise StudyError(f"{label}: not valid TOML: {error}") from None
-    return _parse(data, source, path.parent, db)
+    return _parse(data, source, path.parent, db, files)
 
 
 def _as_list(value: Any) -> list[Any]:
@@ -213,7 +218,7 @@ def _trained_models(table: dict[str, Any], source: _Source, index: int, db: str 
     return models
 
 
-def _parse_models(data: dict[str, Any], source: _Source, base: Path, db: str | None) -> tuple[ModelRequest, ...]:
+def _parse_models(data: dict[str, Any], source: _Source, base: Path, db: str | None, files: bool = True) -> tuple[ModelRequest, ...]:
     fields = {f.name: f for f in dataclasses.fields(ModelRequest)}
     models: list[ModelRequest] = []
     tables = _tables(data, "model", source)
@@ -238,11 +243,17 @@ def _parse_models(data: dict[str, Any], source: _Source, base: Path, db: str | N
             raise source.error("a [[model]] needs a name (a registry name or any timm model)", "model", index)
         for options in _expand(entry):
             request = ModelRequest(**options)
+            missing = next((key for key in _PATH_KEYS if options.get(key) and not Path(options[key]).exists()), None)
+            if missing is not None and files:
+                raise source.error(
+                    f"{missing} {options[missing]} does not exist; fix the path (relative to the study file)", "model", index, missing
+                )
             try:
                 model_identity(request)  # unknown names, bad option combinations, missing checkpoints
             except ModelError as error:
-                key = "name" if "unknown model" in error.message else None
-                raise source.error(error.message, "model", index, key) from None
+                if missing is None:  # a file that is not here is checked by `study run` only
+                    key = "name" if "unknown model" in error.message else None
+                    raise source.error(error.message, "model", index, key) from None
             models.append(request)
     return tuple(dict.fromkeys(models))
 
@@ -274,7 +285,9 @@ def _parse_explainers(data: dict[str, Any], source: _Source) -> tuple[tuple[str,
     return tuple(unique.values())
 
 
-def _parse_datasets(data: dict[str, Any], source: _Source, base: Path) -> tuple[StudyDataset, ...]:
+def _parse_datasets(
+    data: dict[str, Any], source: _Source, base: Path, files: bool = True, metrics: tuple[str, ...] = ()
+) -> tuple[StudyDataset, ...]:
     datasets = []
     for index, table in enumerate(_tables(data, "dataset", source) or [{"name": "sample"}]):
         for key in table:
@@ -290,13 +303,37 @@ def _parse_datasets(data: dict[str, Any], source: _Source, base: Path) -> tuple[
         if sigma is not None and (isinstance(sigma, bool) or not isinstance(sigma, (int, float)) or not DATASETS[name].has_fixations):
             why = "a number of pixels" if DATASETS[name].has_fixations else f"only for eye-tracking datasets, not {name!r}"
             raise source.error(f"fixation_sigma is {why}", "dataset", index, "fixation_sigma")
-        datasets.append(
-            StudyDataset(name, None if data_dir is None else base / Path(data_dir).expanduser(), None if sigma is None else float(sigma))
+        dataset = StudyDataset(
+            name, None if data_dir is None else base / Path(data_dir).expanduser(), None if sigma is None else float(sigma)
         )
+        if files:
+            _check_dataset_files(dataset, source, index, metrics)
+        datasets.append(dataset)
     return tuple(dict.fromkeys(datasets))
 
 
-def _parse(data: dict[str, Any], source: _Source, base: Path, db: str | None = None) -> Study:
+def _check_dataset_files(dataset: StudyDataset, source: _Source, index: int, metrics: tuple[str, ...]) -> None:
+    """The dataset's files are where the study says (opened as its cells will open them, never
+    downloading) and have what the study's metrics need (boxes, reference maps)."""
+    if dataset.data_dir is None:
+        if DATASETS[dataset.name].needs_data_dir:
+            raise source.error(f'dataset {dataset.name!r} needs data_dir = "DIR" (its files)', "dataset", index)
+        return
+    if not dataset.data_dir.is_dir():
+        raise source.error(
+            f"data_dir {dataset.data_dir} is not a directory; fix the path (relative to the study file)", "dataset", index, "data_dir"
+        )
+    try:
+        opened = open_dataset(dataset.name, dataset.data_dir, download=False, fixation_sigma=dataset.fixation_sigma)
+    except DatasetError as error:
+        raise source.error(error.message, "dataset", index, "data_dir") from None
+    try:
+        _check_metrics_fit(metrics, opened)
+    except MetricError as error:
+        raise source.error(error.message, "dataset", index) from None
+
+
+def _parse(data: dict[str, Any], source: _Source, base: Path, db: str | None = None, files: bool = True) -> Study:
     for key in data:
         if key not in _TOP_LEVEL:
             raise source.error(f"unknown key {key!r}; a study has: {', '.join(_TOP_LEVEL)}", key=key)
@@ -308,9 +345,9 @@ def _parse(data: dict[str, Any], source: _Source, base: Path, db: str | None = N
     study = Study(
         name=str(name),
         source=source.label,
-        models=_parse_models(data, source, base, db),
+        models=_parse_models(data, source, base, db, files),
         explainers=_parse_explainers(data, source),
-        datasets=_parse_datasets(data, source, base),
+        datasets=_parse_datasets(data, source, base, files, metrics),
         protocols=protocols,
         metrics=metrics,
         metric_params={m: dict(p) for m, p in metric_params.items()},

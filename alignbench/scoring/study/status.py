@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from alignbench.datasets import open_dataset
-from alignbench.errors import DatasetError
+from alignbench.errors import DatasetError, ModelError
 from alignbench.explainers import explainer_setting
 from alignbench.models import model_identity
 from alignbench.scoring import ScoreRequest
@@ -57,12 +57,12 @@ class _Plan:
     """What a cell looks for in the store: its run, by key when this machine can make it exactly."""
 
     request: ScoreRequest
-    run: RunIdentity  # not exact where the weights or the dataset are not here (matched by name)
+    run: RunIdentity | None  # not exact where the weights or the dataset are not here (matched by name); None: a checkpoint not here
     wanted: int | None  # images the cell asks for (None: its dataset is not on this machine)
 
     @property
     def key(self) -> str | None:
-        return self.run.key if self.run.exact else None
+        return self.run.key if self.run is not None and self.run.exact else None
 
 
 def study_status(requests: Sequence[ScoreRequest], *, db: str | None = None) -> list[CellStatus]:
@@ -100,7 +100,11 @@ def _plans(requests: Sequence[ScoreRequest]) -> list[_Plan]:
             except DatasetError:
                 datasets[where] = None  # not on this machine: matched by name
         dataset = datasets[where]
-        identity = model_identity(request.model)
+        try:
+            identity = model_identity(request.model)
+        except ModelError:  # load_study(files=False) kept it: a checkpoint that is not on this machine
+            plans.append(_Plan(request, None, None))
+            continue
         method, params = explainer_setting(request.explainer, **request.explainer_params)
         run = RunIdentity.of(request, identity, method, params, dataset_fingerprint=dataset.fingerprint if dataset else None)
         if not identity.weights_on_disk:
@@ -112,6 +116,8 @@ def _plans(requests: Sequence[ScoreRequest]) -> list[_Plan]:
 
 def _cell_status(plan: _Plan, runs: dict[str, Any], session: Any) -> CellStatus:
     request, key, wanted = plan.request, plan.key, plan.wanted
+    if plan.run is None:
+        return CellStatus(request, f"{describe(request)} (its checkpoint is not on this machine)", "missing", 0, None, None, None, False)
     run = runs.get(key) if key else None
     if run is None and key is None and session is not None:
         run = plan.run.find_like(session)
