@@ -221,5 +221,6 @@ def add_request_run(store: Store, request, dataset, values: Sequence[float] | np
         for start in range(0, len(rows), 5000):
             q.insert_scores(session, run.id, rows[start : start + 5000])
         q.update_run(session, run, status=status)
+        q.stamp_scorer(session, run)  # written as this scorer writes its rows: nothing to re-check
         session.commit()
         return int(run.id)

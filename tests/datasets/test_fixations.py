@@ -365,7 +365,7 @@ def test_a_study_gives_each_eye_tracking_dataset_its_sigma(tmp_path: Path) -> No
 
 
 def test_an_image_without_fixations_is_scored_as_undefined(tmp_path: Path) -> None:
-    """Served with N = 0, not refused: its Spearman against the (undefined) density is NULL with the reason."""
+    """Served with N = 0, not refused: every metric (Spearman against the undefined density included) is NULL with the reason."""
     from alignbench.models import ModelRequest
     from alignbench.scoring import ScoreRequest, score
 
@@ -379,4 +379,8 @@ def test_an_image_without_fixations_is_scored_as_undefined(tmp_path: Path) -> No
         rows = con.execute("SELECT image_id, spearman, skip_reason FROM image_score WHERE run_id = ?", (result.run_id,)).fetchall()
     finally:
         con.close()
-    assert [(image, reason) for image, rho, reason in rows if rho is None] == [("im1", "spearman: the image has no fixations")]
+    assert [image for image, rho, reason in rows if rho is None] == ["im1"]
+    # every metric of the default set (the fixation metrics and Spearman) is undefined, each saying why
+    reasons = dict(part.split(": ", 1) for part in next(reason for image, _, reason in rows if image == "im1").split("; "))
+    assert set(reasons) == set(result.metrics) and "spearman" in reasons
+    assert set(reasons.values()) == {"the image has no fixations"}

@@ -54,9 +54,10 @@ def _rows(db: Path, run_id: int, columns: str) -> dict[str, tuple]:
     return {row[0]: row[1:] for row in rows}
 
 
-def test_only_spearman_reads_the_reference_map() -> None:
-    # the explicit flag agrees with what the metric is undefined without
-    assert [name for name, spec in METRICS.items() if spec.needs_reference] == ["spearman"]
+def test_spearman_cc_kl_and_sim_read_the_reference_map() -> None:
+    # the explicit flag agrees with what the metric is undefined without (CC, KL and SIM read any
+    # dataset's reference map as the density)
+    assert [name for name, spec in METRICS.items() if spec.needs_reference] == ["spearman", "cc", "kl", "sim"]
     assert all(spec.needs_reference == ("reference" in spec.needs_variation) for spec in METRICS.values())
 
 

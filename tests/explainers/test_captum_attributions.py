@@ -106,8 +106,15 @@ def test_each_attribution_is_captums_reduced_the_documented_way(name, model, ima
     with torch.no_grad():  # the logits of the images themselves (taken from captum's own call where it makes one)
         logits = model(images)
     assert torch.allclose(result.logits, logits, rtol=0, atol=network_relative(model) * float(logits.abs().max()))
-    # the same captum code on the same model, inputs and targets, the same float32 operations in the same order
-    assert torch.equal(result.maps, expected)
+    if name == "occlusion":
+        # each value is a difference of two forward passes' logits averaged over windows; the passes batch
+        # the perturbed images in other groups than captum's own call, and a multi-threaded kernel may
+        # then sum in another order: two forwards' rounding (relative to the largest logit)
+        atol = 2 * network_relative(model) * float(logits.abs().max())
+        assert torch.allclose(result.maps, expected, rtol=0, atol=atol)
+    else:
+        # the same captum code on the same model, inputs and targets, the same float32 operations in the same order
+        assert torch.equal(result.maps, expected)
     assert all(p.grad is None for p in model.parameters()) and all(p.requires_grad for p in model.parameters())
     assert sum(len(m._forward_hooks) + len(m._backward_hooks) for m in model.modules()) == 0
 

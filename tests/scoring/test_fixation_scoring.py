@@ -121,7 +121,7 @@ def stand_in(monkeypatch: pytest.MonkeyPatch) -> _FixationDataset:
     import alignbench.scoring.scorer
 
     dataset = _FixationDataset()
-    monkeypatch.setattr(alignbench.scoring.scorer, "open_dataset", lambda name, data_dir=None: dataset)
+    monkeypatch.setattr(alignbench.scoring.scorer, "open_dataset", lambda name, data_dir=None, **options: dataset)
     monkeypatch.setattr(alignbench.scoring.compute, "data_loader", lambda ds, *a, **k: _Loader(*ds.data_loader(*a, **k)))
     monkeypatch.setattr(alignbench.scoring.centre_bias, "data_loader", lambda ds, *a, **k: ds.loader(*a, **k))
     return dataset
