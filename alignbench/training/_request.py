@@ -62,6 +62,13 @@ def _classifier_parameters(model: Any) -> Iterator[Any]:
     yield from get_classifier().parameters()
 
 
+def _all_but_batch_norms(model: Any) -> Iterator[Any]:
+    from torch.nn.modules.batchnorm import _BatchNorm  # torch only when a model is frozen
+
+    norms = {id(p) for module in model.modules() if isinstance(module, _BatchNorm) for p in module.parameters()}
+    yield from (p for p in model.parameters() if id(p) not in norms)
+
+
 @dataclass(frozen=True)
 class FreezeMode:
     """A ``--freeze`` choice: ``trainable(model)`` yields the parameters that train; the rest stay
@@ -76,6 +83,12 @@ FREEZE_MODES: dict[str, FreezeMode] = {
     mode.name: mode
     for mode in (
         FreezeMode("none", "every parameter trains", lambda model: iter(model.parameters())),
+        FreezeMode(
+            "norms",
+            "every parameter trains but the batch-norm layers' (their running statistics fixed too: fine-tuning on "
+            "another kind of image, a batch's statistics would replace the pre-training ones)",
+            _all_but_batch_norms,
+        ),
         FreezeMode("backbone", "only the classifier trains", _classifier_parameters),
         FreezeMode("all-but-positions", "only the DCLS positions (P, and SIG) train", position_parameters),
         FreezeMode(

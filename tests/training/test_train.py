@@ -442,3 +442,25 @@ def test_resuming_a_finished_run_only_records_it_again(positions_run, tmp_path) 
     assert (result.out / STATE_FILE).read_bytes() == before
     listed = runner.invoke(app, ["models", "--trained", "--json", "--db", db])
     assert "tiny-pos" in {row["tag"] for row in json.loads(listed.stdout)}
+
+
+def test_freeze_norms_trains_every_weight_but_the_batch_norms_whose_statistics_stay() -> None:
+    """--freeze norms: convolutions and classifier train; batch-norm affine parameters and running
+    statistics are fixed (the layers stay in eval mode while the rest trains)."""
+    from torch.nn.modules.batchnorm import _BatchNorm
+
+    from alignbench.training._params import freeze, train_mode
+    from alignbench.training._request import FREEZE_MODES
+
+    model = load_model(ModelRequest("test_efficientnet", pretrained=False))
+    trainable = freeze(model, FREEZE_MODES["norms"])
+    norms = [m for m in model.modules() if isinstance(m, _BatchNorm)]
+    assert norms and set(trainable.frozen_norms) == set(norms)
+    norm_parameters = {id(p) for m in norms for p in m.parameters()}
+    for parameter in model.parameters():
+        assert parameter.requires_grad == (id(parameter) not in norm_parameters)
+    before = [m.running_mean.clone() for m in norms]
+    train_mode(model, trainable)
+    model(torch.randn(2, 3, 32, 32) * 3 + 1)
+    assert all(not m.training for m in norms) and model.training
+    assert all(torch.equal(m.running_mean, b) for m, b in zip(norms, before))
