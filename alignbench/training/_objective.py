@@ -108,7 +108,7 @@ class Distillation:
 
 
 class TrainingStep(nn.Module):
-    """``forward(batch)`` → {"loss", "logits", "terms"}: the objective of one batch (see the module docstring)."""
+    """``forward(batch)`` → {"loss", "logits", "labels", "terms"}: the objective of one batch (see the module docstring)."""
 
     def __init__(self, model: nn.Module, terms: list[Any]) -> None:
         super().__init__()
@@ -132,4 +132,11 @@ class TrainingStep(nn.Module):
             forward = Forward(self.model, batch, self.model(images))
         values = {term.name: term(forward) for term in self.terms}
         loss = sum(term.weight * values[term.name] for term in self.terms)
-        return {"loss": loss, "logits": forward.logits, "terms": {name: value.detach() for name, value in values.items()}}
+        # what the step's accuracy is measured against: the label, or where an image has none (scenes
+        # under --distill-from), the teacher's top-1, which the terms trained towards
+        labels = batch["label"]
+        teachers = [logits for key, logits in forward.shared.items() if key[0] == "teacher"]
+        if teachers and bool((labels < 0).any()):
+            labels = torch.where(labels < 0, teachers[0].argmax(dim=1), labels)
+        terms = {name: value.detach() for name, value in values.items()}
+        return {"loss": loss, "logits": forward.logits, "labels": labels, "terms": terms}

@@ -65,7 +65,7 @@ class StepRecord:
     epoch: int
     loss: float
     terms: dict[str, float]  # each loss term before its weight (ce, gc, distill)
-    accuracy: float  # top-1 on the step's training images
+    accuracy: float  # top-1 on the step's training images (unlabelled ones: agreement with the teacher's top-1)
     lr: float | None  # None when only the positions train
     positions_lr: float | None
     images_per_s: float
@@ -508,6 +508,7 @@ def _step_record(
     run: _Run, output: dict[str, Any], labels: torch.Tensor, seconds: float, clamped: int, rates: tuple[float, float | None]
 ) -> StepRecord:
     """The step's loss, terms and accuracy averaged over every process's images."""
+    labels = output.get("labels", labels)  # an unlabelled image: the teacher's top-1 (agreement with it)
     count = float(labels.numel())
     terms = output["terms"]
     correct = (output["logits"].detach().argmax(dim=1) == labels).sum().float()

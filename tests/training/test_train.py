@@ -464,3 +464,20 @@ def test_freeze_norms_trains_every_weight_but_the_batch_norms_whose_statistics_s
     model(torch.randn(2, 3, 32, 32) * 3 + 1)
     assert all(not m.training for m in norms) and model.training
     assert all(torch.equal(m.running_mean, b) for m, b in zip(norms, before))
+
+
+def test_the_step_accuracy_of_unlabelled_images_is_agreement_with_the_teacher() -> None:
+    """Scenes under --distill-from have no label (-1): the step's accuracy is measured against the
+    teacher's top-1 (what the terms train towards), never against -1 (which would read 0)."""
+    from alignbench.training._objective import TrainingStep
+
+    model = load_model(ModelRequest("test_efficientnet", pretrained=False)).eval()
+    teacher = load_model(ModelRequest("test_efficientnet", pretrained=False)).eval()
+    images = torch.randn(4, 3, 32, 32)
+    step = TrainingStep(model, [Distillation(teacher=teacher)])
+    output = step({"image": images, "label": torch.tensor([-1, 3, -1, -1])})
+    with torch.no_grad():
+        top1 = teacher(images).argmax(dim=1)
+    assert output["labels"].tolist() == [int(top1[0]), 3, int(top1[2]), int(top1[3])]
+    labelled = TrainingStep(model, [Distillation(teacher=teacher)])({"image": images, "label": torch.tensor([1, 2, 3, 4])})
+    assert labelled["labels"].tolist() == [1, 2, 3, 4]
