@@ -90,8 +90,12 @@ def theirs(path: Path) -> None:
         height, width = saliency.shape
 
         class Map(pysaliency.SaliencyMapModel):
+            def __init__(self, saliency_map: np.ndarray) -> None:
+                super().__init__(caching=False)
+                self.fixed_map = saliency_map
+
             def _saliency_map(self, stimulus):
-                return saliency
+                return self.fixed_map
 
         stimuli = pysaliency.Stimuli([np.zeros((height, width, 3), dtype=np.uint8)])
         fixations = pysaliency.Fixations.create_without_history(xs, ys, np.zeros(len(xs), dtype=int))
@@ -105,7 +109,7 @@ def theirs(path: Path) -> None:
         b = b / b.sum()
         reference = {
             "nss": float(NSS(saliency, xs, ys).mean()),
-            "auc_judd": float(Map(caching=False).AUC_Judd(stimuli, fixations, jitter=False)),
+            "auc_judd": float(Map(saliency).AUC_Judd(stimuli, fixations, jitter=False)),
             "sauc": float(general_roc(np.asarray(fixated, float), np.asarray(other, float))[0]),
             "cc": float(CC(saliency, density)),
             "kl": float(MIT_KLDiv(saliency, density)),
