@@ -29,9 +29,9 @@ cd "$(dirname "$0")/.."
 NUS=${NUS:-../shared/data/nus-scene-500}
 WORK=${WORK:-experiments/harmonize}
 DB=${DB:-sqlite:///$WORK/experiment.db}
-STEPS=${STEPS:-400}          # optimiser steps per variant and seed (batch $BATCH: 400 steps ≈ 16 passes over the 400 images)
+STEPS=${STEPS:-150}          # optimiser steps per variant and seed (batch $BATCH: 150 steps = 6 passes over the 400 images)
 BATCH=${BATCH:-16}
-LR=${LR:-1e-5}
+LR=${LR:-1e-4}
 POSITIONS_LR=${POSITIONS_LR:-0.01}
 LAMBDA=${LAMBDA:-1}
 SEEDS=${SEEDS:-"0 1 2"}
