@@ -11,6 +11,7 @@
 #   Variants:  all     every weight but the batch norms (--freeze norms), --harmonize $LAMBDA   (seeds $SEEDS)
 #              control the same with --harmonize 0: the same steps, distillation only (seeds $CONTROL_SEEDS)
 #              dcls    DCLS --init from-dense, the positions only    (seeds $DCLS_SEEDS)
+#              dcls-control  the same positions only with --harmonize 0   (seeds $DCLS_SEEDS)
 #   The batch-norm layers stay fixed (statistics included): in train mode a batch of scenes is normalised
 #   by its own statistics, not ImageNet's, and before any update the student's predictions were already
 #   ~3 nats (KL) from its own eval-mode parent's; the first run of this script with --freeze none
@@ -37,7 +38,7 @@ LAMBDA=${LAMBDA:-1}
 SEEDS=${SEEDS:-"0 1 2"}
 CONTROL_SEEDS=${CONTROL_SEEDS:-$SEEDS}  # the λ = 0 control (default: the same seeds)
 DCLS_SEEDS=${DCLS_SEEDS:-"0"}
-VARIANTS=${VARIANTS:-"all control dcls"}
+VARIANTS=${VARIANTS:-"all control dcls dcls-control"}
 EXPLAINERS=${EXPLAINERS:-"threshold-gradcam saliency"}
 METRICS=${METRICS:-spearman,nss,sauc,cc,ig}
 AB=${AB:-.venv/bin/alignbench}
@@ -74,7 +75,7 @@ test=(--dataset fixations --data-dir "$WORK/test" --metric "$METRICS" --db "$DB"
 # 2. The parents on the held-out images: the dense model, and its DCLS from-dense conversion (the same function).
 for explainer in $EXPLAINERS; do
     $AB score efficientnet_lite0 --explainer "$explainer" "${test[@]}" > "$WORK/scores/parent-dense-$explainer.json"
-    if [[ " $VARIANTS " == *" dcls "* ]]; then
+    if [[ " $VARIANTS " == *" dcls"* ]]; then
         $AB score efficientnet_lite0 --dcls --init from-dense --explainer "$explainer" "${test[@]}" > "$WORK/scores/parent-dcls-$explainer.json"
     fi
 done
@@ -87,7 +88,8 @@ for variant in $VARIANTS; do
         all)     options=(--harmonize "$LAMBDA" --freeze norms); seeds=$SEEDS ;;
         control) options=(--harmonize 0 --freeze norms); seeds=$CONTROL_SEEDS ;;
         dcls)    options=(--dcls --init from-dense --harmonize "$LAMBDA" --freeze all-but-positions --positions-lr "$POSITIONS_LR"); seeds=$DCLS_SEEDS ;;
-        *) echo "unknown variant $variant (all, control, dcls)" >&2; exit 2 ;;
+        dcls-control) options=(--dcls --init from-dense --harmonize 0 --freeze all-but-positions --positions-lr "$POSITIONS_LR"); seeds=$DCLS_SEEDS ;;
+        *) echo "unknown variant $variant (all, control, dcls, dcls-control)" >&2; exit 2 ;;
     esac
     for seed in $seeds; do
         tag="lite0-harmonize-$variant-s$seed"
