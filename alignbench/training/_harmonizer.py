@@ -36,7 +36,7 @@ from torch import Tensor, nn
 from alignbench.errors import TrainingError
 from alignbench.training._double_backward import grouped_conv_double_backward
 from alignbench.training._objective import CrossEntropy, Distillation, Forward, teacher_logits
-from alignbench.training._request import TrainRequest
+from alignbench.training._request import TrainRequest, position_parameters
 
 # loss.py: CategoricalCrossentropy(label_smoothing=0.1), lambda_weights=1e-5, lambda_harmonization=1.0
 LABEL_SMOOTHING = 0.1
@@ -112,11 +112,17 @@ def saliency_maps(logits: Tensor, images: Tensor, labels: Tensor, *, create_grap
 
 
 def weight_l2(model: nn.Module) -> Tensor:
-    """Σ ½‖w‖² (tf.nn.l2_loss) over the trainable parameters whose names contain none of NOT_WEIGHT_DECAYED."""
+    """Σ ½‖w‖² (tf.nn.l2_loss) over the trainable parameters whose names contain none of NOT_WEIGHT_DECAYED.
+
+    DCLS positions (P, SIG) are left out: they are coordinates in the dilated kernel, not weights (the
+    TF code has none); ½‖P‖² would pull every element towards the kernel centre, and the optimiser's
+    param_groups give them no weight decay either. With 374,272 positions on efficientnet_lite0 the term
+    was ~5 (× 1e-5), larger than the pyramid term, and moved the positions on its own."""
+    positions = {id(parameter) for parameter in position_parameters(model)}
     terms = [
         (parameter * parameter).sum() / 2
         for name, parameter in model.named_parameters()
-        if parameter.requires_grad and not any(part in name for part in NOT_WEIGHT_DECAYED)
+        if parameter.requires_grad and id(parameter) not in positions and not any(part in name for part in NOT_WEIGHT_DECAYED)
     ]
     if not terms:
         return torch.zeros((), device=next(model.parameters()).device)

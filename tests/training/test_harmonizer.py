@@ -485,3 +485,25 @@ def test_dcls_positions_alone_train_under_the_harmonizer(tmp_path, heatmap_folde
     assert request.method.name == "harmonizer" and request.freeze_mode.name == "all-but-positions"
     result = train(request, db=f"sqlite:///{tmp_path / 's.db'}")
     assert result.trainable_parameters == result.trainable_positions > 0 and result.positions_shift_max > 0
+
+
+def test_the_weight_term_leaves_dcls_positions_out() -> None:
+    from alignbench.models import load_model
+    from alignbench.training import position_parameters
+    from alignbench.training._harmonizer import NOT_WEIGHT_DECAYED, weight_l2
+
+    model = load_model(ModelRequest("test_efficientnet", dcls=True, pretrained=False, init="from-dense"))
+    positions = {id(p) for p in position_parameters(model)}
+    assert positions
+    expected = sum(
+        float((p.double() ** 2).sum()) / 2
+        for name, p in model.named_parameters()
+        if id(p) not in positions and not any(part in name for part in NOT_WEIGHT_DECAYED)
+    )
+    n = sum(p.numel() for name, p in model.named_parameters() if id(p) not in positions)
+    # float32 sums of n squares: relative rounding ≤ n·2⁻²⁴ (a loose bound; pairwise summation is far inside it)
+    assert float(weight_l2(model)) == pytest.approx(expected, rel=n * 2**-24)
+    # trained alone (--freeze all-but-positions), the positions add nothing to the weight term
+    for p in model.parameters():
+        p.requires_grad_(id(p) in positions)
+    assert float(weight_l2(model)) == 0.0
