@@ -502,8 +502,8 @@ def test_the_weight_term_leaves_dcls_positions_out() -> None:
     )
     n = sum(p.numel() for name, p in model.named_parameters() if id(p) not in positions)
     # float32 sums of n squares: relative rounding ≤ n·2⁻²⁴ (a loose bound; pairwise summation is far inside it)
-    assert float(weight_l2(model)) == pytest.approx(expected, rel=n * 2**-24)
+    assert float(weight_l2(model).detach()) == pytest.approx(expected, rel=n * 2**-24)
     # trained alone (--freeze all-but-positions), the positions add nothing to the weight term
     for p in model.parameters():
         p.requires_grad_(id(p) in positions)
-    assert float(weight_l2(model)) == 0.0
+    assert float(weight_l2(model).detach()) == 0.0
