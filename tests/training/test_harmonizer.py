@@ -496,7 +496,7 @@ def test_the_weight_term_leaves_dcls_positions_out() -> None:
     positions = {id(p) for p in position_parameters(model)}
     assert positions
     expected = sum(
-        float((p.double() ** 2).sum()) / 2
+        float((p.detach().double() ** 2).sum()) / 2
         for name, p in model.named_parameters()
         if id(p) not in positions and not any(part in name for part in NOT_WEIGHT_DECAYED)
     )
