@@ -32,6 +32,7 @@ demo: install
 	$(BIN)/alignbench score efficientnet_lite0 --dcls
 	$(BIN)/alignbench score
 	$(BIN)/alignbench score --dataset scene-sample
+	$(BIN)/alignbench score efficientnet_lite0 --dcls --dataset scene-sample
 	$(BIN)/alignbench train efficientnet_lite0 --dcls --data sample \
 		--out $(DEMO_TRAIN) --tag lite0-dcls-demo --steps 8 --batch-size 10 --positions-lr 0.05 \
 		$$(test -f $(DEMO_TRAIN)/last.pt && echo --resume $(DEMO_TRAIN)/last.pt)
