@@ -209,6 +209,7 @@ def compare(saved: Path) -> None:
         map_flags,
         pyramid,
         pyramidal_mse,
+        rescale_to_saliency,
         standardize_cut,
         weight_l2,
     )
@@ -242,9 +243,7 @@ def compare(saved: Path) -> None:
         sa_std, hm_std = standardize_cut(saliency), standardize_cut(human)
         report("standardize_cut(saliency)", sa_std, data[f"{name}__sa_std"])
         report("standardize_cut(human)", hm_std, data[f"{name}__hm_std"])
-        # harmonization_term's rescaling, its lines restated (it returns only the loss)
-        hm_rescaled = hm_std / (hm_std.amax(dim=(-2, -1), keepdim=True) + 1e-6) * (sa_std.amax(dim=(-2, -1), keepdim=True) + 1e-6)
-        report("human / _hm_max * _sa_max", hm_rescaled, data[f"{name}__hm_rescaled"])
+        report("human / _hm_max * _sa_max", rescale_to_saliency(hm_std, sa_std), data[f"{name}__hm_rescaled"])
         # the pyramid of TF's own standardised / rescaled maps, level by level (5 used + the unused 6th)
         for which in ("sa", "hm"):
             source = torch.from_numpy(data[f"{name}__pyr_{which}_0"])

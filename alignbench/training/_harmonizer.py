@@ -92,13 +92,18 @@ def pyramidal_mse(saliency: Tensor, human: Tensor, has_map: Tensor, levels: int 
     return torch.stack(per_level).mean()
 
 
+def rescale_to_saliency(human: Tensor, saliency: Tensor) -> Tensor:
+    """loss.py's re-normalisation: each standardised human map divided by (its max + 1e-6) and multiplied
+    by stop_gradient(max of the standardised saliency) + 1e-6."""
+    human_max = human.amax(dim=(-2, -1), keepdim=True) + MAX_EPSILON
+    saliency_max = saliency.detach().amax(dim=(-2, -1), keepdim=True) + MAX_EPSILON
+    return human / human_max * saliency_max
+
+
 def harmonization_term(saliency: Tensor, human_maps: Tensor, has_map: Tensor, levels: int = LEVELS) -> Tensor:
     """The pyramid MSE between the standardised-cut saliency and the human maps rescaled to its maximum."""
     saliency = standardize_cut(saliency)
-    human = standardize_cut(human_maps)
-    human_max = human.amax(dim=(-2, -1), keepdim=True) + MAX_EPSILON
-    saliency_max = saliency.detach().amax(dim=(-2, -1), keepdim=True) + MAX_EPSILON
-    human = human / human_max * saliency_max
+    human = rescale_to_saliency(standardize_cut(human_maps), saliency)
     return pyramidal_mse(saliency, human, has_map, levels)
 
 
